@@ -1,0 +1,330 @@
+"""GPU catalog: which AWS instance types and GCP machine types can serve SDXL, and which cannot.
+
+Everything here is plain data and pure functions, so config validation, the stacks and
+the preflight doctor all judge a type the same way and explain a refusal the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+# SDXL base in fp16 peaks at about 11.6 GiB of VRAM at batch 1; a 16 GB T4 is the smallest
+# card that serves it without CPU offload. One NVIDIA (CUDA) GPU of at least this size.
+SDXL_MIN_GPU_MEMORY_GB = 16
+
+# Providers report GPU memory in MiB (a T4 is 16384 MiB), so compare in the unit they use.
+_MIN_GPU_MEMORY_MIB = SDXL_MIN_GPU_MEMORY_GB * 1024
+
+PRICES_SOURCE = (
+    "approximate on-demand Linux list prices: AWS EC2 On-Demand pricing (us-east-1) and "
+    "Google Cloud GPU + Compute Engine pricing (us-central1)"
+)
+PRICES_AS_OF = "2025-06"
+
+
+@dataclass(frozen=True)
+class Gpu:
+    key: str  # the config value, e.g. "a10g"
+    model: str  # the name providers report, e.g. "A10G"
+    memory_gb: int  # per GPU
+    bf16: bool  # Ampere or newer: bf16 avoids the fp16 VAE overflow without an fp32 upcast
+
+
+GPUS: dict[str, Gpu] = {
+    g.key: g
+    for g in (
+        Gpu("t4", "T4", 16, bf16=False),
+        Gpu("a10g", "A10G", 24, bf16=True),
+        Gpu("l4", "L4", 24, bf16=True),
+        Gpu("l40s", "L40S", 48, bf16=True),
+        Gpu("a100", "A100", 40, bf16=True),
+        Gpu("a100-80gb", "A100", 80, bf16=True),
+        Gpu("h100", "H100", 80, bf16=True),
+    )
+}
+GPU_CHOICES = ("t4", "a10g", "l4", "l40s", "a100", "h100")  # what `gpu:` accepts
+DEFAULT_GPU = {"aws": "a10g", "gcp": "t4"}
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One rentable machine shape that fits SDXL."""
+
+    cloud: str  # "aws" | "gcp"
+    name: str  # instance type or machine type
+    gpu: Gpu
+    gpu_count: int
+    vcpus: int
+    ram_gib: float
+    usd_per_hour: float | None  # machine and GPU together, on demand; None when not in the catalog
+    accelerator: str | None = None  # GCP: the guest accelerator to attach (N1 + T4); None when built in
+
+    def describe(self) -> str:
+        gpus = f"{self.gpu_count}x {self.gpu.model}" if self.gpu_count > 1 else self.gpu.model
+        price = f"~${self.usd_per_hour:.2f}/h" if self.usd_per_hour is not None else "price not in catalog"
+        return (
+            f"{self.name} ({gpus} {self.gpu.memory_gb} GB, {self.vcpus} vCPU, "
+            f"{self.ram_gib:g} GiB RAM, {price})"
+        )
+
+
+def _aws(name: str, gpu: str, count: int, vcpus: int, ram: float, price: float) -> Offer:
+    return Offer("aws", name, GPUS[gpu], count, vcpus, ram, price)
+
+
+def _gcp(name: str, gpu: str, vcpus: int, ram: float, price: float, accelerator: str | None = None) -> Offer:
+    return Offer("gcp", name, GPUS[gpu], 1, vcpus, ram, price, accelerator)
+
+
+# vCPU, RAM and GPU fields match EC2's DescribeInstanceTypes (a test checks them against moto's copy).
+AWS_OFFERS: dict[str, Offer] = {
+    o.name: o
+    for o in (
+        _aws("g4dn.xlarge", "t4", 1, 4, 16, 0.526),
+        _aws("g4dn.2xlarge", "t4", 1, 8, 32, 0.752),
+        _aws("g4dn.4xlarge", "t4", 1, 16, 64, 1.204),
+        _aws("g4dn.8xlarge", "t4", 1, 32, 128, 2.176),
+        _aws("g4dn.16xlarge", "t4", 1, 64, 256, 4.352),
+        _aws("g4dn.12xlarge", "t4", 4, 48, 192, 3.912),
+        _aws("g5.xlarge", "a10g", 1, 4, 16, 1.006),
+        _aws("g5.2xlarge", "a10g", 1, 8, 32, 1.212),
+        _aws("g5.4xlarge", "a10g", 1, 16, 64, 1.624),
+        _aws("g5.8xlarge", "a10g", 1, 32, 128, 2.448),
+        _aws("g5.16xlarge", "a10g", 1, 64, 256, 4.096),
+        _aws("g5.12xlarge", "a10g", 4, 48, 192, 5.672),
+        _aws("g6.xlarge", "l4", 1, 4, 16, 0.805),
+        _aws("g6.2xlarge", "l4", 1, 8, 32, 0.978),
+        _aws("g6.4xlarge", "l4", 1, 16, 64, 1.323),
+        _aws("g6.8xlarge", "l4", 1, 32, 128, 2.014),
+        _aws("g6.16xlarge", "l4", 1, 64, 256, 3.397),
+        _aws("g6.12xlarge", "l4", 4, 48, 192, 4.602),
+        _aws("g6e.xlarge", "l40s", 1, 4, 32, 1.861),
+        _aws("g6e.2xlarge", "l40s", 1, 8, 64, 2.242),
+        _aws("g6e.4xlarge", "l40s", 1, 16, 128, 3.004),
+        _aws("g6e.8xlarge", "l40s", 1, 32, 256, 4.529),
+        _aws("p4d.24xlarge", "a100", 8, 96, 1152, 21.96),
+        _aws("p4de.24xlarge", "a100-80gb", 8, 96, 1152, 27.45),
+        _aws("p5.4xlarge", "h100", 1, 16, 256, 6.88),
+        _aws("p5.48xlarge", "h100", 8, 192, 2048, 55.04),
+    )
+}
+
+# GCP: T4 attaches only to N1; L4 comes built into G2; A100 into A2; H100 into A3.
+GCP_OFFERS: dict[str, Offer] = {
+    o.name: o
+    for o in (
+        _gcp("n1-standard-4", "t4", 4, 15, 0.54, accelerator="nvidia-tesla-t4"),
+        _gcp("n1-standard-8", "t4", 8, 30, 0.73, accelerator="nvidia-tesla-t4"),
+        _gcp("n1-standard-16", "t4", 16, 60, 1.11, accelerator="nvidia-tesla-t4"),
+        _gcp("g2-standard-4", "l4", 4, 16, 0.71),
+        _gcp("g2-standard-8", "l4", 8, 32, 0.85),
+        _gcp("g2-standard-12", "l4", 12, 48, 1.00),
+        _gcp("g2-standard-16", "l4", 16, 64, 1.15),
+        _gcp("a2-highgpu-1g", "a100", 12, 85, 3.67),
+        _gcp("a2-ultragpu-1g", "a100-80gb", 12, 170, 5.07),
+        _gcp("a3-highgpu-1g", "h100", 26, 234, 11.06),
+    )
+}
+
+# Zones that offer each accelerator (Google's "GPU regions and zones" table). The doctor
+# checks the live list; this one catches typos and obviously wrong zones at preview time.
+GCP_ACCELERATOR_ZONES: dict[str, tuple[str, ...]] = {
+    "t4": (
+        "us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f",
+        "us-east1-c", "us-east1-d", "us-east4-a", "us-east4-b", "us-east4-c",
+        "us-west1-a", "us-west1-b", "us-west2-b", "us-west2-c", "us-west4-a", "us-west4-b",
+        "europe-west1-b", "europe-west1-c", "europe-west1-d", "europe-west2-a", "europe-west2-b",
+        "europe-west3-b", "europe-west4-a", "europe-west4-b", "europe-west4-c",
+        "asia-east1-a", "asia-east1-c", "asia-northeast1-a", "asia-northeast1-c",
+        "asia-south1-a", "asia-south1-b", "asia-southeast1-a", "asia-southeast1-b", "asia-southeast1-c",
+        "australia-southeast1-a", "southamerica-east1-a", "southamerica-east1-c",
+    ),
+    "l4": (
+        "us-central1-a", "us-central1-b", "us-central1-c",
+        "us-east1-b", "us-east1-c", "us-east1-d", "us-east4-a", "us-east4-c",
+        "us-west1-a", "us-west1-b", "us-west1-c", "us-west4-a", "us-west4-c",
+        "europe-west1-b", "europe-west1-c", "europe-west2-a", "europe-west2-b",
+        "europe-west3-b", "europe-west4-a", "europe-west4-b", "europe-west4-c",
+        "asia-east1-a", "asia-east1-c", "asia-northeast1-a", "asia-northeast1-c",
+        "asia-south1-a", "asia-south1-b", "asia-southeast1-a", "asia-southeast1-b", "asia-southeast1-c",
+    ),
+    "a100": ("us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f", "us-east1-b",
+             "us-west1-b", "us-west4-b", "europe-west4-a", "europe-west4-b", "asia-northeast1-a"),
+    "a100-80gb": ("us-central1-a", "us-central1-c", "us-east4-c", "us-east5-b", "europe-west4-a"),
+    "h100": ("us-central1-a", "us-central1-c", "us-east4-a", "us-east4-b", "us-east5-a",
+             "us-west1-a", "us-west4-a", "europe-west4-b", "asia-northeast1-b"),
+}
+
+
+@dataclass(frozen=True)
+class GpuFacts:
+    manufacturer: str
+    model: str
+    count: int
+    memory_mib: int  # per GPU
+
+
+@dataclass(frozen=True)
+class InstanceFacts:
+    """What a provider says about an instance type, reduced to what SDXL cares about."""
+
+    name: str
+    vcpus: int
+    ram_gib: float = 0
+    architectures: tuple[str, ...] = ("x86_64",)
+    gpus: tuple[GpuFacts, ...] = ()
+    other_accelerators: tuple[str, ...] = ()  # Inferentia, Trainium, Gaudi ...
+
+
+# Families that fail for SDXL and that EC2's API no longer describes in every region
+# (previous generation or retired), so the refusal must not depend on a live look-up.
+_AWS_RETIRED_FAMILIES: dict[str, dict] = {
+    "p2": {"gpus": (GpuFacts("NVIDIA", "K80", 1, 12 * 1024),)},
+    "g3": {"gpus": (GpuFacts("NVIDIA", "M60", 1, 8 * 1024),)},
+    "g3s": {"gpus": (GpuFacts("NVIDIA", "M60", 1, 8 * 1024),)},
+    "g4ad": {"gpus": (GpuFacts("AMD", "Radeon Pro V520", 1, 8 * 1024),)},
+    "dl1": {"other_accelerators": ("Habana Gaudi",)},
+}
+
+_AWS_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
+
+
+class UnfitMachineError(ValueError):
+    """A machine type that cannot run SDXL; the message says why and what to pick instead."""
+
+
+def aws_family(instance_type: str) -> str:
+    return instance_type.split(".", 1)[0]
+
+
+def looks_like_aws_type(name: str) -> bool:
+    return bool(_AWS_TYPE_RE.match(name))
+
+
+def _vcpus_from_size(size: str) -> int:
+    """EC2 sizes follow large=2, xlarge=4, Nxlarge=4N vCPUs; good enough to rank alternatives."""
+    if size == "large":
+        return 2
+    match = re.fullmatch(r"(\d*)xlarge", size)
+    if match:
+        return 4 * int(match.group(1) or 1)
+    return 4
+
+
+def retired_aws_facts(instance_type: str) -> InstanceFacts | None:
+    family = aws_family(instance_type)
+    known = _AWS_RETIRED_FAMILIES.get(family)
+    if known is None:
+        return None
+    size = instance_type.split(".", 1)[1] if "." in instance_type else "xlarge"
+    return InstanceFacts(name=instance_type, vcpus=_vcpus_from_size(size), **known)
+
+
+def why_unfit(facts: InstanceFacts) -> str | None:
+    """The reason this type cannot run SDXL, or None when it can."""
+    floor = f"SDXL needs one NVIDIA GPU with at least {SDXL_MIN_GPU_MEMORY_GB} GB of memory"
+    if "x86_64" not in facts.architectures:
+        return (
+            f"it is an Arm ({'/'.join(facts.architectures)}) type; the server image is built "
+            "for x86-64 CUDA"
+        )
+    if not facts.gpus:
+        if facts.other_accelerators:
+            return (
+                f"its accelerators ({', '.join(facts.other_accelerators)}) are not NVIDIA GPUs "
+                f"and do not run CUDA; {floor}"
+            )
+        return f"it is CPU-only; {floor}"
+    best = max(facts.gpus, key=lambda g: g.memory_mib)
+    if best.manufacturer.upper() != "NVIDIA":
+        return f"its GPU is an {best.manufacturer} {best.model}, not NVIDIA, so CUDA does not run on it; {floor}"
+    if best.memory_mib < _MIN_GPU_MEMORY_MIB:
+        return (
+            f"its NVIDIA {best.model} has {best.memory_mib / 1024:.3g} GB per GPU, below the "
+            f"{SDXL_MIN_GPU_MEMORY_GB} GB that SDXL base in fp16 needs"
+        )
+    return None
+
+
+def nearest_offers(offers: dict[str, Offer], vcpus: int | None, limit: int = 3) -> list[Offer]:
+    """The fitting single-GPU types closest in size to what was asked for, cheapest first on ties."""
+    single = [o for o in offers.values() if o.gpu_count == 1]
+    target = max(vcpus or 4, 1)
+    ranked = sorted(single, key=lambda o: (abs(math.log2(o.vcpus / target)), o.usd_per_hour))
+    return sorted(ranked[:limit], key=lambda o: o.usd_per_hour)
+
+
+def refusal(cloud: str, name: str, reason: str, vcpus: int | None) -> UnfitMachineError:
+    offers = AWS_OFFERS if cloud == "aws" else GCP_OFFERS
+    key = "instanceType" if cloud == "aws" else "machineType"
+    lines = [f"{key} '{name}' cannot run SDXL: {reason}.", "Nearest types that fit:"]
+    lines += [f"  - {o.describe()}" for o in nearest_offers(offers, vcpus)]
+    lines.append(f"Fix: pulumi config set {key} {nearest_offers(offers, vcpus)[0].name}")
+    return UnfitMachineError("\n".join(lines))
+
+
+def smallest_offer(cloud: str, gpu_key: str) -> Offer:
+    """The cheapest single-GPU type with this GPU: what `gpu: <key>` resolves to."""
+    offers = AWS_OFFERS if cloud == "aws" else GCP_OFFERS
+    fitting = [o for o in offers.values() if o.gpu.key == gpu_key and o.gpu_count == 1]
+    if not fitting:
+        available = sorted({o.gpu.key for o in offers.values()} & set(GPU_CHOICES))
+        raise UnfitMachineError(
+            f"gpu '{gpu_key}' is not offered on {cloud.upper()}. "
+            f"{cloud.upper()} offers: {', '.join(available)}."
+        )
+    return min(fitting, key=lambda o: o.usd_per_hour)
+
+
+def judge_aws_type(facts: InstanceFacts) -> None:
+    """Raise UnfitMachineError with alternatives when the facts rule SDXL out."""
+    reason = why_unfit(facts)
+    if reason:
+        raise refusal("aws", facts.name, reason, facts.vcpus)
+
+
+def offer_from_aws_facts(facts: InstanceFacts) -> Offer:
+    """Describe a fitting type the catalog does not list, from the provider's own data."""
+    best = max(facts.gpus, key=lambda g: g.memory_mib)
+    memory_gb = round(best.memory_mib / 1024)
+    known = next((g for g in GPUS.values() if g.model == best.model and g.memory_gb == memory_gb), None)
+    gpu = known or Gpu(best.model.lower(), best.model, memory_gb, bf16=False)
+    return Offer("aws", facts.name, gpu, best.count, facts.vcpus, facts.ram_gib, None)
+
+
+# --- GCP ------------------------------------------------------------------------------------
+
+GCP_GPU_FAMILIES = {"n1": "t4", "g2": "l4", "a2": "a100", "a3": "h100"}
+_GCP_CPU_ONLY_PREFIXES = ("e2-", "n2-", "n2d-", "n4-", "c2-", "c2d-", "c3-", "c3d-", "c4-", "t2d-", "t2a-",
+                          "m1-", "m2-", "m3-", "h3-", "f1-", "g1-")
+
+
+def _gcp_vcpus(machine_type: str) -> int | None:
+    match = re.search(r"-(\d+)(?:-lssd)?$", machine_type)
+    return int(match.group(1)) if match else None
+
+
+def resolve_gcp(machine_type: str, gpu_key: str | None) -> Offer:
+    """Validate a GCP machine type, and the GPU asked for with it, against GCP's placement rules."""
+    vcpus = _gcp_vcpus(machine_type)
+    family = machine_type.split("-", 1)[0]
+    offer = GCP_OFFERS.get(machine_type)
+    if family == "g2" and gpu_key not in (None, "l4"):
+        raise refusal("gcp", machine_type, "G2 machines come with their L4 built in; an extra "
+                      f"guest accelerator ({gpu_key}) cannot be attached", vcpus)
+    if gpu_key == "t4" and family != "n1":
+        raise refusal("gcp", machine_type, "the T4 attaches only to N1 machine types", vcpus)
+    if offer is not None:
+        if gpu_key not in (None, offer.gpu.key):
+            raise refusal("gcp", machine_type, f"it comes with a {offer.gpu.model}, not the "
+                          f"{GPUS[gpu_key].model} that gpu: {gpu_key} asks for", vcpus)
+        return offer
+    if family == "n1":
+        raise refusal("gcp", machine_type, "the catalog pairs a T4 only with n1-standard-4, -8 or -16 "
+                      "(smaller N1 shapes starve the pipeline of RAM)", vcpus)
+    if machine_type.startswith(_GCP_CPU_ONLY_PREFIXES) or family not in GCP_GPU_FAMILIES:
+        raise refusal("gcp", machine_type, "it has no GPU; "
+                      f"SDXL needs one NVIDIA GPU with at least {SDXL_MIN_GPU_MEMORY_GB} GB", vcpus)
+    raise refusal("gcp", machine_type, "it is not a GPU shape this project supports", vcpus)
