@@ -30,13 +30,13 @@ lint: dev
 	$(VENV)/bin/ruff check .
 
 up:
-	./scripts/deploy.sh up $(STACK)
+	./scripts/deploy.sh up $(STACK) $(ARGS)
 
 preview:
-	./scripts/deploy.sh preview $(STACK)
+	./scripts/deploy.sh preview $(STACK) $(ARGS)
 
 destroy:
-	./scripts/deploy.sh destroy $(STACK)
+	./scripts/deploy.sh destroy $(STACK) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

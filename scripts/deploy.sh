@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One command from a fresh machine to a running endpoint (or a preview, or a teardown).
+#   scripts/deploy.sh up|preview|destroy [STACK]     (make up / make preview / make destroy)
+# Needs only Python 3.10+, curl and cloud credentials; installs the venv, the dependencies and
+# the Pulumi CLI when missing. State stays on this machine (no Pulumi Cloud account) unless
+# PULUMI_BACKEND_URL says otherwise, and secrets are encrypted with a passphrase.
+set -euo pipefail
+
+action=${1:-up}
+stack=${2:-aws-g5}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+case "$action" in
+  up|preview|destroy) ;;
+  *) echo "usage: $0 up|preview|destroy [stack]" >&2; exit 2 ;;
+esac
+if [ ! -f "stacks/Pulumi.$stack.yaml" ] && [ "$action" = up ] && [ -z "${SDXL_ALLOW_NEW_STACK:-}" ]; then
+  echo "No preset stacks/Pulumi.$stack.yaml. Presets:" >&2
+  ls stacks/Pulumi.*.yaml | sed 's|stacks/Pulumi.\(.*\).yaml|  \1|' >&2
+  exit 2
+fi
+
+python=${PYTHON:-python3}
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  || { echo "Python 3.10 or newer is required (found $("$python" --version 2>&1))." >&2; exit 1; }
+command -v curl >/dev/null || { echo "curl is required." >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$python" -m venv .venv
+fi
+if [ ! -f .venv/.deploy-installed ] || [ requirements.txt -nt .venv/.deploy-installed ]; then
+  echo "==> installing the program's dependencies"
+  .venv/bin/python -m pip install -q -r requirements.txt
+  touch .venv/.deploy-installed
+fi
+
+export PATH="$HOME/.pulumi/bin:$PATH"
+if ! command -v pulumi >/dev/null; then
+  echo "==> installing the Pulumi CLI (official installer, into ~/.pulumi)"
+  curl -fsSL https://get.pulumi.com | sh
+fi
+
+export PULUMI_SKIP_UPDATE_CHECK=true
+if [ -z "${PULUMI_BACKEND_URL:-}" ]; then
+  mkdir -p .pulumi-state
+  export PULUMI_BACKEND_URL="file://$root/.pulumi-state"
+fi
+if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then
+  passphrase_file="$root/.pulumi-state/passphrase"
+  if [ ! -s "$passphrase_file" ]; then
+    mkdir -p "$(dirname "$passphrase_file")"
+    (umask 077 && "$python" -c 'import secrets; print(secrets.token_urlsafe(32))' >"$passphrase_file")
+    echo "==> generated a secrets passphrase in $passphrase_file (back it up: it decrypts the stack's secrets)"
+  fi
+  export PULUMI_CONFIG_PASSPHRASE_FILE="$passphrase_file"
+fi
+
+pulumi stack select --create --secrets-provider passphrase "$stack" >/dev/null
+
+shift $(( $# > 2 ? 2 : $# ))
+case "$action" in
+  up)
+    if [ -z "${SKIP_DOCTOR:-}" ] && [ -f stacks/doctor.py ]; then
+      echo "==> preflight: python -m stacks.doctor --stack $stack (SKIP_DOCTOR=1 skips it)"
+      .venv/bin/python -m stacks.doctor --stack "$stack"
+    fi
+    pulumi up "$@"
+    echo
+    echo "Endpoint: $(pulumi stack output endpoint)"
+    echo "Token:    pulumi stack output apiToken --show-secrets"
+    echo "Try it:   $(pulumi stack output curlExample)"
+    ;;
+  preview) pulumi preview "$@" ;;
+  destroy) pulumi destroy "$@" ;;
+esac
