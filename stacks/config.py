@@ -171,11 +171,6 @@ def _check_cidr(cidr: str) -> str | None:
         network = ipaddress.ip_network(cidr, strict=False)
         return f"host bits are set; the network is {network}"
     except ValueError:
-        pass
-    try:
-        address = ipaddress.ip_address(cidr)
-        return f"a bare address; write it as {address}/{address.max_prefixlen}"
-    except ValueError:
         return "not a CIDR; write e.g. 203.0.113.0/24, or 198.51.100.7/32 for one address"
 
 
@@ -324,7 +319,7 @@ def load(
     for cidr in cidrs:
         why = _check_cidr(cidr)
         if why:
-            network = why.rsplit(" ", 1)[-1] if why.startswith(("host", "a bare")) else "203.0.113.0/24"
+            network = why.rsplit(" ", 1)[-1] if why.startswith("host") else "203.0.113.0/24"
             problems.add("allowedCidrs", cidr, why, f"use {network}")
 
     domain = _get(cfg, "domain")
@@ -356,7 +351,9 @@ def load(
         project=pulumi.get_project(), stack=stack, cloud=cloud, machine=machine, spot=spot,
         disk_gb=disk_gb, model=model, image=image,
         api_token=_get_secret("apiToken"), hf_token=_get_secret("hfToken"),
-        cors_origins=tuple(origins), allowed_cidrs=tuple(cidrs), domain=domain,
+        cors_origins=tuple(origins), domain=domain,
+        # A bare address is a valid /32 (or /128); providers want the prefix written out.
+        allowed_cidrs=tuple(str(ipaddress.ip_network(c)) for c in cidrs),
         idle_stop_minutes=idle, ssh=ssh, ttl=ttl, region=region, zone=zone,
         gcp_project=gcp_project, tags=tags,
     )

@@ -18,6 +18,7 @@ import moto
 import pulumi
 import pytest
 import yaml
+from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
@@ -72,6 +73,9 @@ class CloudMocks(pulumi.runtime.Mocks):
         self.resources.append(args)
         state = dict(args.inputs)
         resource_id = f"{args.name}-id"
+        if args.typ.startswith("aws:iam/"):
+            state.setdefault("name", f"{args.name}-1a2b3c")  # what the provider's auto-naming yields
+            state.setdefault("arn", f"arn:aws:iam::123456789012:{args.typ.split('/')[1].split(':')[0]}/{state['name']}")
         if args.typ == "aws:ec2/eip:Eip":
             state.update(publicIp=FAKE_EIP, allocationId="eipalloc-0123456789abcdef0")
         elif args.typ == "aws:ec2/instance:Instance":
@@ -102,9 +106,23 @@ class CloudMocks(pulumi.runtime.Mocks):
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
 
+class ParentRecordingMonitor(MockMonitor):
+    """The stock mock monitor, also remembering each resource's parent URN."""
+
+    def __init__(self, mocks: CloudMocks) -> None:
+        super().__init__(mocks)
+        self.parents: dict[str, str] = {}
+
+    def RegisterResource(self, request):  # noqa: N802 - gRPC method name
+        response = super().RegisterResource(request)
+        self.parents[response.urn] = request.parent
+        return response
+
+
 @dataclass
 class ProgramRun:
     mocks: CloudMocks
+    monitor: ParentRecordingMonitor
     namespace: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -122,6 +140,18 @@ class ProgramRun:
         found = self.of_type(typ)
         assert len(found) == 1, f"expected one {typ}, found {len(found)}"
         return found[0]
+
+    def orphans(self, component_type: str) -> list[str]:
+        """URNs of resources that are not the component or one of its descendants."""
+        (component,) = [u for u in self.monitor.parents if u.split("::")[-2].endswith(component_type)]
+        orphans = []
+        for urn in self.monitor.parents:
+            cursor = urn
+            while cursor and cursor != component:
+                cursor = self.monitor.parents.get(cursor, "")
+            if cursor != component:
+                orphans.append(urn)
+        return orphans
 
     def value(self, output: pulumi.Output) -> Any:
         return _sync_await(output.future())
@@ -145,9 +175,11 @@ def run_program(config: dict[str, Any] | None = None, *, stack: str = "test", pr
         full = key if ":" in key else f"sdxl-endpoint:{key}"
         merged[full] = value if isinstance(value, str) else json.dumps(value)
     mocks = CloudMocks()
-    pulumi.runtime.set_mocks(mocks, project="sdxl-endpoint", stack=preset or stack, preview=preview)
+    monitor = ParentRecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project="sdxl-endpoint", stack=preset or stack, preview=preview,
+                             monitor=monitor)
     pulumi.runtime.set_all_config(merged, secret_keys=list(secret_keys))
-    run = ProgramRun(mocks)
+    run = ProgramRun(mocks, monitor)
 
     def program() -> None:
         run.namespace.update(runpy.run_path(str(MAIN)))

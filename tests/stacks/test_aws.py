@@ -1,0 +1,233 @@
+"""The AWS component, evaluated through the real `__main__.py` under Pulumi mocks."""
+
+import pytest
+import yaml
+
+from stacks import aws, catalog, config, endpoint
+from stacks.bootstrap import USER_DATA_LIMIT_BYTES
+from tests.stacks.conftest import FAKE_AMI, ROOT, ec2_offerings, run_program
+
+AWS_PRESETS = sorted(p.name.split(".")[1] for p in (ROOT / "stacks").glob("Pulumi.aws-*.yaml"))
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how the Pulumi wire format marks a secret value
+INSTANCE = "aws:ec2/instance:Instance"
+SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+
+
+def secret_value(value):
+    """The plaintext of a secret-marked input, failing if it was not marked secret."""
+    assert isinstance(value, dict) and SECRET_SIG in value, "value is not a Pulumi secret"
+    return value["value"]
+
+
+def test_the_three_presets_exist():
+    assert AWS_PRESETS == ["aws-g4dn", "aws-g5", "aws-g6"]
+
+
+@pytest.mark.parametrize("preset", AWS_PRESETS)
+def test_each_preset_yields_a_gpu_instance_of_its_type(preset):
+    expected = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{preset}.yaml").read_text())["config"][
+        "sdxl-endpoint:instanceType"]
+    run = run_program(preset=preset)
+    instance = run.one(INSTANCE)
+    assert instance.inputs["instanceType"] == expected
+    offer = catalog.AWS_OFFERS[expected]
+    outputs = {k: run.value(v) for k, v in run.outputs.items()}
+    assert outputs["instanceType"] == expected
+    assert outputs["gpu"] == offer.gpu.model and outputs["gpuMemoryGb"] >= catalog.SDXL_MIN_GPU_MEMORY_GB
+    assert outputs["hourlyCostUsd"] == offer.usd_per_hour
+    assert outputs["region"] == "us-east-1"
+    assert instance.inputs["ami"] == FAKE_AMI
+
+
+def test_the_default_stack_is_aws_g5():
+    assert (ROOT / "stacks" / "Pulumi.aws-g5.yaml").exists()
+    run = run_program({})
+    assert run.one(INSTANCE).inputs["instanceType"] == "g5.xlarge"
+
+
+def test_outputs_follow_the_shared_contract():
+    run = run_program(preset="aws-g5")
+    assert tuple(run.outputs) == endpoint.OUTPUT_NAMES
+    outputs = {k: run.value(v) for k, v in run.outputs.items()}
+    assert outputs["instanceId"] == "i-0123456789abcdef0"
+    assert outputs["shell"] == "aws ssm start-session --region us-east-1 --target i-0123456789abcdef0"
+    assert outputs["endpoint"] in outputs["curlExample"]
+    assert outputs["availabilityZone"].startswith("us-east-1")
+
+
+@pytest.mark.parametrize("instance_type, reason", [
+    ("c5.xlarge", "CPU-only"), ("m6i.large", "CPU-only"), ("t3.medium", "CPU-only"), ("r7i.large", "CPU-only"),
+    ("g4ad.xlarge", "AMD"), ("inf1.xlarge", "Inferentia"), ("inf2.xlarge", "Inferentia2"),
+    ("trn1.2xlarge", "Trainium"), ("dl1.24xlarge", "Gaudi"),
+    ("g5g.xlarge", "Arm"), ("c7g.large", "Arm"),
+    ("p2.xlarge", "K80 has 12 GB"), ("g3.4xlarge", "M60 has 8 GB"),
+])
+def test_unfit_types_are_refused_at_preview_before_any_resource(instance_type, reason):
+    with pytest.raises(config.ConfigError) as refused:
+        run_program({"instanceType": instance_type}, preview=True)
+    message = str(refused.value)
+    assert f"instanceType '{instance_type}' cannot run SDXL" in message and reason in message
+    assert "Nearest types that fit:" in message and "fix: pulumi config set instanceType " in message
+
+
+def test_refusal_creates_nothing():
+    from tests.stacks import conftest
+
+    created = []
+    original = conftest.CloudMocks.new_resource
+    conftest.CloudMocks.new_resource = lambda self, args: (created.append(args.typ), original(self, args))[1]
+    try:
+        with pytest.raises(config.ConfigError):
+            run_program({"instanceType": "c5.xlarge", "diskGb": "20"}, preview=True)
+    finally:
+        conftest.CloudMocks.new_resource = original
+    assert created == []
+
+
+def test_uncatalogued_nvidia_type_is_checked_against_ec2_and_accepted():
+    run = run_program({"instanceType": "p3dn.24xlarge"})
+    assert run.one(INSTANCE).inputs["instanceType"] == "p3dn.24xlarge"
+    assert run.value(run.outputs["gpu"]) == "V100"
+    looked_up = [c.args["instanceType"] for c in run.mocks.calls if c.token.endswith("getInstanceType")]
+    assert looked_up == ["p3dn.24xlarge"]
+
+
+def test_catalogued_types_need_no_description_lookup():
+    run = run_program(preset="aws-g5")
+    assert not [c for c in run.mocks.calls if c.token.endswith("getInstanceType")]
+
+
+def test_subnet_sits_in_an_az_that_offers_the_type():
+    # g6e.xlarge is offered in only some us-east-1 zones; the first of those, by name, is used.
+    run = run_program({"instanceType": "g6e.xlarge"})
+    offered = sorted(o["Location"] for o in ec2_offerings("us-east-1") if o["InstanceType"] == "g6e.xlarge")
+    subnet = run.one("aws:ec2/subnet:Subnet")
+    assert subnet.inputs["availabilityZone"] == offered[0]
+    assert run.value(run.outputs["availabilityZone"]) == offered[0]
+
+
+def test_type_not_offered_in_region_fails_with_a_fix():
+    with pytest.raises(config.ConfigError, match="not offered in any availability zone of us-west-1"):
+        run_program({"instanceType": "g6e.xlarge", "aws:region": "us-west-1"})
+
+
+def test_own_network_and_no_default_vpc():
+    run = run_program(preset="aws-g5")
+    assert run.one("aws:ec2/vpc:Vpc").inputs["cidrBlock"] == aws.VPC_CIDR
+    routes = run.one("aws:ec2/routeTable:RouteTable").inputs["routes"]
+    assert routes == [{"cidrBlock": "0.0.0.0/0", "gatewayId": "sdxl-igw-id"}]
+    run.one("aws:ec2/routeTableAssociation:RouteTableAssociation")
+    assert not [c for c in run.mocks.calls if "getVpc" in c.token or "getSubnet" in c.token]
+
+
+@pytest.mark.parametrize("cidrs", [None, ["203.0.113.0/24", "2001:db8::/32"]])
+def test_security_group_opens_exactly_80_and_443(cidrs):
+    run = run_program({"allowedCidrs": cidrs} if cidrs else {})
+    group = run.one(SECURITY_GROUP)
+    ingress = group.inputs["ingress"]
+    assert sorted((r["fromPort"], r["toPort"], r["protocol"]) for r in ingress) == [(80, 80, "tcp"), (443, 443, "tcp")]
+    expected = cidrs or ["0.0.0.0/0"]
+    for rule in ingress:
+        assert rule.get("cidrBlocks", []) + rule.get("ipv6CidrBlocks", []) == expected
+    # No separate rule resources that could open anything else, and no SSH anywhere.
+    assert not [r for r in run.mocks.resources if "Ingress" in r.typ or "securityGroupRule" in r.typ]
+    assert all(r["fromPort"] != 22 for r in ingress)
+
+
+def test_shell_is_ssm_session_manager_with_least_privilege():
+    run = run_program(preset="aws-g5")
+    attachment = run.one("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    assert attachment.inputs["policyArn"] == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+    assert not run.of_type("aws:iam/rolePolicy:RolePolicy")
+    assert '"ec2.amazonaws.com"' in run.one("aws:iam/role:Role").inputs["assumeRolePolicy"]
+    assert run.one(INSTANCE).inputs["iamInstanceProfile"]
+
+
+def test_imdsv2_is_required_with_a_hop_for_the_container():
+    options = run_program(preset="aws-g5").one(INSTANCE).inputs["metadataOptions"]
+    assert options["httpTokens"] == "required"
+    assert options["httpPutResponseHopLimit"] == 2
+    assert options["httpEndpoint"] == "enabled"
+
+
+@pytest.mark.parametrize("disk", [None, "60", "500"])
+def test_root_volume_is_encrypted_gp3_and_at_least_60_gb(disk):
+    run = run_program({"diskGb": disk} if disk else {})
+    root = run.one(INSTANCE).inputs["rootBlockDevice"]
+    assert root["encrypted"] is True and root["volumeType"] == "gp3"
+    assert root["volumeSize"] == int(disk or 100) >= config.MIN_DISK_GB
+
+
+def test_guest_shutdown_stops_and_on_demand_by_default():
+    instance = run_program(preset="aws-g5").one(INSTANCE).inputs
+    assert instance["instanceInitiatedShutdownBehavior"] == "stop"
+    assert "instanceMarketOptions" not in instance
+
+
+def test_spot_interruption_stops_so_the_disk_survives():
+    options = run_program({"spot": "true"}).one(INSTANCE).inputs["instanceMarketOptions"]
+    assert options["marketType"] == "spot"
+    assert options["spotOptions"] == {"instanceInterruptionBehavior": "stop", "spotInstanceType": "persistent"}
+
+
+def test_elastic_ip_is_allocated_and_attached():
+    run = run_program(preset="aws-g5")
+    assert run.one("aws:ec2/eip:Eip").inputs["domain"] == "vpc"
+    association = run.one("aws:ec2/eipAssociation:EipAssociation").inputs
+    assert association["instanceId"] == "i-0123456789abcdef0"
+
+
+def test_tags_name_stack_project_and_ttl():
+    run = run_program({"ttl": "2030-01-31T18:00:00Z"}, stack="pr-42")
+    for typ in (INSTANCE, "aws:ec2/vpc:Vpc", SECURITY_GROUP, "aws:ec2/eip:Eip"):
+        tags = run.one(typ).inputs["tags"]
+        assert tags["sdxl-endpoint:stack"] == "pr-42"
+        assert tags["sdxl-endpoint:project"] == "sdxl-endpoint"
+        assert tags["sdxl-endpoint:ttl"] == "2030-01-31T18:00:00Z"
+    assert "sdxl-endpoint:ttl" not in run_program({}).one(INSTANCE).inputs["tags"]
+
+
+def test_generated_token_is_secret_in_outputs_and_user_data():
+    run = run_program(preset="aws-g5")
+    token = run.value(run.outputs["apiToken"])
+    assert run.is_secret(run.outputs["apiToken"])
+    assert len(token) == 48
+    user_data = secret_value(run.one(INSTANCE).inputs["userData"])
+    assert f"SDXL_API_TOKEN={token}" in user_data
+    # Only the token is secret; the rest of the outputs stay readable, and none contains it.
+    for name, output in run.outputs.items():
+        if name != "apiToken":
+            assert token not in str(run.value(output)), name
+
+
+def test_configured_token_is_used_and_stays_secret():
+    run = run_program({"apiToken": "configured-token-0123456789", "hfToken": "hf_abcdefghijklmnop"})
+    assert not run.of_type("random:index/randomPassword:RandomPassword")
+    assert run.value(run.outputs["apiToken"]) == "configured-token-0123456789"
+    assert run.is_secret(run.outputs["apiToken"])
+    user_data = secret_value(run.one(INSTANCE).inputs["userData"])
+    assert "configured-token-0123456789" in user_data and "hf_abcdefghijklmnop" in user_data
+    assert "configured-token" not in run.value(run.outputs["curlExample"])
+
+
+def test_user_data_is_under_the_16_kb_limit():
+    run = run_program({
+        "apiToken": "t" * 64, "hfToken": "hf_" + "x" * 40,
+        "corsOrigins": [f"https://app{i}.example.com" for i in range(20)],
+    })
+    user_data = secret_value(run.one(INSTANCE).inputs["userData"])
+    assert len(user_data.encode()) < USER_DATA_LIMIT_BYTES == 16 * 1024
+
+
+def test_every_resource_is_a_descendant_of_the_component():
+    run = run_program({"spot": "true"})
+    assert len(run.monitor.parents) >= 14
+    assert run.orphans("sdxl-endpoint:aws:GpuEndpoint") == []
+
+
+def test_region_comes_from_config_and_drives_the_provider():
+    run = run_program({"aws:region": "us-west-2", "instanceType": "g5.xlarge"})
+    assert run.one("pulumi:providers:aws").inputs["region"] == "us-west-2"
+    assert run.value(run.outputs["availabilityZone"]).startswith("us-west-2")
+    assert all(r.provider and "providers:aws" in r.provider for r in run.mocks.resources
+               if r.typ.startswith("aws:"))
