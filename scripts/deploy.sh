@@ -17,7 +17,10 @@ case "$action" in
 esac
 if [ ! -f "stacks/Pulumi.$stack.yaml" ] && [ "$action" = up ] && [ -z "${SDXL_ALLOW_NEW_STACK:-}" ]; then
   echo "No preset stacks/Pulumi.$stack.yaml. Presets:" >&2
-  ls stacks/Pulumi.*.yaml | sed 's|stacks/Pulumi.\(.*\).yaml|  \1|' >&2
+  for preset in stacks/Pulumi.*.yaml; do
+    preset=${preset#stacks/Pulumi.}
+    echo "  ${preset%.yaml}" >&2
+  done
   exit 2
 fi
 
