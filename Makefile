@@ -9,9 +9,9 @@ PY := $(VENV)/bin/python
 # Cloud SDKs probe the instance-metadata address when they find no credentials;
 # the tests must never touch the network beyond loopback.
 TEST_ENV := AWS_EC2_METADATA_DISABLED=true NO_GCE_CHECK=True GCE_METADATA_HOST=127.0.0.1:9 \
-	AWS_DEFAULT_REGION=us-east-1 HF_HUB_OFFLINE=1 PULUMI_SKIP_UPDATE_CHECK=true
+	GCE_METADATA_IP=127.0.0.1:9 AWS_DEFAULT_REGION=us-east-1 HF_HUB_OFFLINE=1 PULUMI_SKIP_UPDATE_CHECK=true
 
-.PHONY: help dev test lint up preview destroy clean
+.PHONY: help dev test lint up preview destroy wake clean
 
 help:
 	@sed -n 's/^# \{0,1\}//p' Makefile | head -4
@@ -37,6 +37,10 @@ preview:
 
 destroy:
 	./scripts/deploy.sh destroy $(STACK) $(ARGS)
+
+# Start an instance the idle auto-stop powered off, and wait until it answers /ready.
+wake:
+	./scripts/deploy.sh wake $(STACK) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

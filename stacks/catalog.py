@@ -256,12 +256,12 @@ def nearest_offers(offers: dict[str, Offer], vcpus: int | None, limit: int = 3) 
     return sorted(ranked[:limit], key=lambda o: o.usd_per_hour)
 
 
-def refusal(cloud: str, name: str, reason: str, vcpus: int | None) -> UnfitMachineError:
+def refusal(cloud: str, name: str, reason: str, vcpus: int | None, fix: str | None = None) -> UnfitMachineError:
     offers = AWS_OFFERS if cloud == "aws" else GCP_OFFERS
     key = "instanceType" if cloud == "aws" else "machineType"
     lines = [f"{key} '{name}' cannot run SDXL: {reason}.", "Nearest types that fit:"]
     lines += [f"  - {o.describe()}" for o in nearest_offers(offers, vcpus)]
-    lines.append(f"Fix: pulumi config set {key} {nearest_offers(offers, vcpus)[0].name}")
+    lines.append(f"Fix: {fix or f'pulumi config set {key} {nearest_offers(offers, vcpus)[0].name}'}")
     return UnfitMachineError("\n".join(lines))
 
 
@@ -313,7 +313,8 @@ def resolve_gcp(machine_type: str, gpu_key: str | None) -> Offer:
     offer = GCP_OFFERS.get(machine_type)
     if family == "g2" and gpu_key not in (None, "l4"):
         raise refusal("gcp", machine_type, "G2 machines come with their L4 built in; an extra "
-                      f"guest accelerator ({gpu_key}) cannot be attached", vcpus)
+                      f"guest accelerator ({gpu_key}) cannot be attached", vcpus,
+                      fix="pulumi config rm gpu (the G2's own L4 serves SDXL)")
     if gpu_key == "t4" and family != "n1":
         raise refusal("gcp", machine_type, "the T4 attaches only to N1 machine types", vcpus)
     if offer is not None:

@@ -202,6 +202,8 @@ def _resolve_machine(
                                  _set(key, catalog.smallest_offer("aws", gpu or "a10g").name))
                     return None
             if facts is None:
+                problems.add(key, explicit, "not in the GPU catalog, and EC2 was not asked to describe it",
+                             _set(key, catalog.smallest_offer("aws", gpu or "a10g").name))
                 return None
             catalog.judge_aws_type(facts)
             offer = catalog.offer_from_aws_facts(facts)

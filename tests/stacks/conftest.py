@@ -27,6 +27,8 @@ MAIN = ROOT / "__main__.py"
 MOTO_EC2 = Path(moto.__file__).parent / "ec2" / "resources"
 FAKE_AMI = "ami-0f1e2d3c4b5a69788"
 FAKE_EIP = "203.0.113.10"
+FAKE_GCP_ADDRESS = "203.0.113.20"
+FAKE_GCP_PROJECT = "sdxl-test-project"
 
 
 @functools.cache
@@ -80,6 +82,11 @@ class CloudMocks(pulumi.runtime.Mocks):
             state.update(publicIp=FAKE_EIP, allocationId="eipalloc-0123456789abcdef0")
         elif args.typ == "aws:ec2/instance:Instance":
             resource_id = "i-0123456789abcdef0"
+        elif args.typ == "gcp:compute/address:Address":
+            state["address"] = FAKE_GCP_ADDRESS
+        elif args.typ == "gcp:serviceaccount/account:Account":
+            state["email"] = f"{args.inputs['accountId']}@{FAKE_GCP_PROJECT}.iam.gserviceaccount.com"
+            state["member"] = f"serviceAccount:{state['email']}"
         elif args.typ == "random:index/randomPassword:RandomPassword":
             state["result"] = "generated-token-" + "x" * (int(args.inputs["length"]) - 16)
         return [resource_id, state]
@@ -103,6 +110,14 @@ class CloudMocks(pulumi.runtime.Mocks):
         if args.token == "aws:iam/getPolicyDocument:getPolicyDocument":
             statements = args.args.get("statements", [])
             return {"json": json.dumps({"Version": "2012-10-17", "Statement": statements}), "id": "policy"}
+        if args.token == "gcp:compute/getImage:getImage":
+            # A family look-up answers with that family's newest image; only the DLVM project has any.
+            project, family = args.args.get("project"), args.args.get("family")
+            if project != "deeplearning-platform-release" or not family:
+                raise Exception(f"googleapi: Error 404: image family {family!r} not found in {project!r}")
+            name = f"{family}-v20260801"
+            link = f"https://www.googleapis.com/compute/v1/projects/{project}/global/images/{name}"
+            return {"selfLink": link, "name": name, "family": family, "project": project, "id": link}
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
 
@@ -146,6 +161,8 @@ class ProgramRun:
         (component,) = [u for u in self.monitor.parents if u.split("::")[-2].endswith(component_type)]
         orphans = []
         for urn in self.monitor.parents:
+            if urn.split("::")[2] == "pulumi:pulumi:Stack":
+                continue  # the root; registered through the monitor only by a process's first run
             cursor = urn
             while cursor and cursor != component:
                 cursor = self.monitor.parents.get(cursor, "")

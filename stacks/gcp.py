@@ -1,0 +1,246 @@
+"""The GCP GPU endpoint: one ComponentResource that owns every GCP resource it creates.
+
+Same contract as the AWS component (stacks/aws.py): same config, same outputs, same bootstrap.
+`pulumi destroy` removes all of it: the instance and its disk, the static IP, the VPC network,
+its firewall rules and the service account with its two role bindings. Nothing depends on the
+project's `default` network, whose stock rules open SSH to the internet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from datetime import datetime, timezone
+
+import pulumi
+import pulumi_gcp as gcp
+
+from stacks import bootstrap, endpoint
+from stacks.config import ConfigError, Settings
+
+# Deep Learning VM "base" image, CUDA 12.9 + NVIDIA driver 580 preinstalled, on Ubuntu 24.04.
+# Google's Deep Learning VM image list (docs.cloud.google.com/deep-learning-vm/docs/images)
+# names the current base GPU families common-cu129-ubuntu-{2204,2404}-nvidia-580; the older
+# common-cu12x families without a driver suffix are deprecated. Chosen over the framework
+# images (pytorch-*) because the server container brings its own CUDA and torch, and over
+# ubuntu-2204 because Ubuntu 24.04 is what the AWS DLAMI runs, so the shared cloud-init
+# bootstrap meets the same distro on both clouds, with the longer OS support window.
+DLVM_IMAGE_PROJECT = "deeplearning-platform-release"
+DLVM_IMAGE_FAMILY = "common-cu129-ubuntu-2404-nvidia-580"
+
+SUBNET_CIDR = "10.80.1.0/24"
+PUBLIC_PORTS = ("80", "443")
+# Google's documented source range for IAP TCP forwarding: the only way SSH ever reaches the VM.
+IAP_TCP_FORWARDING_CIDR = "35.235.240.0/20"
+
+# Least privilege twice over: the service account holds only these roles, and the VM's
+# access scopes cap its tokens to the same two APIs.
+SERVICE_ACCOUNT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
+SERVICE_ACCOUNT_SCOPES = (
+    "https://www.googleapis.com/auth/logging.write",
+    "https://www.googleapis.com/auth/monitoring.write",
+)
+
+# GCP resource names: lowercase letter first, then [-a-z0-9], no trailing hyphen, <= 63 chars.
+NAME_MAX = 63
+SERVICE_ACCOUNT_ID_MAX = 30  # service account ids: 6 to 30 characters, same alphabet
+# Label values allow only [a-z0-9_-] (and some Unicode letters), <= 63 chars: no ':' or 'T'.
+# The RFC 3339 ttl is stored in UTC in this reversible form, e.g. 2030-01-31T18:00:00Z ->
+# 2030-01-31t18-00-00z; the reaper parses it back with datetime.strptime(value, TTL_LABEL_FORMAT).
+TTL_LABEL_FORMAT = "%Y-%m-%dt%H-%M-%Sz"
+LABEL_VALUE_MAX = 63
+
+
+def resource_name(stack: str, suffix: str, limit: int = NAME_MAX) -> str:
+    """`sdxl-<stack>-<suffix>`, valid as a GCP name. A stack name that had to be altered
+    (uppercase, dots, underscores) or cut to fit gets a short hash of the original, so two
+    different stacks in one project never share a resource name."""
+    cleaned = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", stack.lower())).strip("-")
+    name = f"sdxl-{cleaned}-{suffix}" if cleaned else f"sdxl-{suffix}"
+    if cleaned != stack or len(name) > limit:
+        digest = hashlib.sha256(stack.encode()).hexdigest()[:6]
+        room = limit - len(f"sdxl--{digest}-{suffix}")
+        stem = cleaned[:room].rstrip("-")
+        name = f"sdxl-{stem}-{digest}-{suffix}" if stem else f"sdxl-{digest}-{suffix}"
+    return name
+
+
+def label_value(value: str) -> str:
+    return re.sub(r"[^a-z0-9_-]", "-", value.lower())[:LABEL_VALUE_MAX]
+
+
+def ttl_label(ttl: str) -> str:
+    """The RFC 3339 expiry as a label value (see TTL_LABEL_FORMAT); config.py has validated it."""
+    expiry = datetime.fromisoformat(ttl.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return expiry.strftime(TTL_LABEL_FORMAT)
+
+
+def labels_for(settings: Settings) -> dict[str, str]:
+    """The shared tags (stack, project, ttl) as GCP labels: ':' is not allowed in label keys."""
+    labels = {key.replace(":", "-"): label_value(value) for key, value in settings.tags.items()}
+    if settings.ttl:
+        labels["sdxl-endpoint-ttl"] = ttl_label(settings.ttl)
+    return labels
+
+
+def scheduling_for(spot: bool) -> dict:
+    """GPU VMs cannot live-migrate, so host maintenance must TERMINATE them, spot or not."""
+    if spot:
+        # GCP's rules for SPOT (provider docs for scheduling.provisioning_model): preemptible
+        # true, automatic_restart false, on_host_maintenance TERMINATE. STOP on preemption
+        # keeps the disk and its model cache; a later start resumes where it was.
+        return {
+            "on_host_maintenance": "TERMINATE", "automatic_restart": False, "preemptible": True,
+            "provisioning_model": "SPOT", "instance_termination_action": "STOP",
+        }
+    # After a maintenance termination or a host error, GCP starts the VM again by itself.
+    return {"on_host_maintenance": "TERMINATE", "automatic_restart": True, "provisioning_model": "STANDARD"}
+
+
+def shell_command(settings: Settings, instance: str) -> str:
+    where = f"--zone {settings.zone} --project {settings.gcp_project}"
+    if settings.ssh:
+        return f"gcloud compute ssh {instance} --tunnel-through-iap {where}"
+    # No SSH path exists at all; the boot log still shows how the bootstrap went.
+    return (f"gcloud compute instances get-serial-port-output {instance} {where}"
+            "  # SSH is off; `pulumi config set ssh true` opens it through IAP only")
+
+
+class GcpGpuEndpoint(pulumi.ComponentResource):
+    """A GPU VM serving SDXL behind a static external IP, in its own VPC network."""
+
+    outputs: dict[str, pulumi.Output]
+
+    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("sdxl-endpoint:gcp:GpuEndpoint", name, None, opts)
+        machine = settings.machine
+        zone = settings.zone
+        labels = labels_for(settings)
+        names = {part: resource_name(settings.stack, part)
+                 for part in ("net", "subnet", "web", "iap-ssh", "ip", "vm")}
+        # The firewall rules target this tag, so they reach this VM only.
+        network_tag = names["vm"]
+
+        # The subnet is IPv4-only, so IPv6 ranges in allowedCidrs could never reach the VM.
+        ipv4 = [c for c in settings.allowed_cidrs if ipaddress.ip_network(c).version == 4]
+        if not ipv4:
+            raise ConfigError(
+                f"allowedCidrs = {list(settings.allowed_cidrs)}: the GCP endpoint has an IPv4 address "
+                "only, so IPv6 ranges can never reach it.\n"
+                "      fix: pulumi config set --path 'allowedCidrs[0]' 203.0.113.0/24 (your IPv4 range)"
+            )
+
+        provider = gcp.Provider("gcp", project=settings.gcp_project, region=settings.region, zone=zone,
+                                opts=pulumi.ResourceOptions(parent=self))
+        # Fixed names cannot coexist with their replacement: delete first, then create.
+        child = pulumi.ResourceOptions(parent=self, provider=provider, delete_before_replace=True)
+
+        network = gcp.compute.Network(
+            f"{name}-net", name=names["net"], auto_create_subnetworks=False,
+            description="SDXL endpoint: its own network, with no default firewall rules", opts=child,
+        )
+        subnet = gcp.compute.Subnetwork(
+            f"{name}-subnet", name=names["subnet"], network=network.id, region=settings.region,
+            ip_cidr_range=SUBNET_CIDR, private_ip_google_access=True, opts=child,
+        )
+        gcp.compute.Firewall(
+            f"{name}-web", name=names["web"], network=network.id, direction="INGRESS",
+            description="SDXL endpoint: HTTP and HTTPS from allowedCidrs",
+            allows=[{"protocol": "tcp", "ports": list(PUBLIC_PORTS)}],
+            source_ranges=ipv4, target_tags=[network_tag], opts=child,
+        )
+        if settings.ssh:
+            gcp.compute.Firewall(
+                f"{name}-iap-ssh", name=names["iap-ssh"], network=network.id, direction="INGRESS",
+                description="SDXL endpoint: SSH through IAP TCP forwarding only",
+                allows=[{"protocol": "tcp", "ports": ["22"]}],
+                source_ranges=[IAP_TCP_FORWARDING_CIDR], target_tags=[network_tag], opts=child,
+            )
+
+        account = gcp.serviceaccount.Account(
+            f"{name}-sa", account_id=resource_name(settings.stack, "sa", SERVICE_ACCOUNT_ID_MAX),
+            display_name=f"SDXL endpoint {settings.stack}"[:100],  # the API caps it at 100
+            description="SDXL endpoint VM: writes logs and metrics, nothing else", opts=child,
+        )
+        grants = [
+            gcp.projects.IAMMember(
+                f"{name}-{role.rsplit('.', 1)[-1].lower()}", project=settings.gcp_project, role=role,
+                member=account.member, opts=child,
+            )
+            for role in SERVICE_ACCOUNT_ROLES
+        ]
+
+        # Reserved before the instance so the bootstrap can know its own public address.
+        address = gcp.compute.Address(
+            f"{name}-ip", name=names["ip"], region=settings.region, address_type="EXTERNAL",
+            network_tier="PREMIUM", labels=labels, opts=child,
+        )
+
+        image = gcp.compute.get_image(family=DLVM_IMAGE_FAMILY, project=DLVM_IMAGE_PROJECT,
+                                      opts=pulumi.InvokeOptions(parent=self, provider=provider))
+        token = endpoint.api_token(settings, parent=self)
+        user_data = bootstrap.render_secret_user_data(settings, token, public_ip=address.address)
+
+        instance = gcp.compute.Instance(
+            f"{name}-vm",
+            name=names["vm"],
+            zone=zone,
+            machine_type=machine.name,
+            # T4 attaches to N1 as a guest accelerator; G2 (L4), A2 and A3 have theirs built in
+            # and refuse an extra one (the catalog enforces both at config time).
+            guest_accelerators=[{"type": machine.accelerator, "count": 1}] if machine.accelerator else None,
+            scheduling=scheduling_for(settings.spot),
+            boot_disk={
+                "auto_delete": True,
+                # Encrypted at rest by Google-managed keys, like every persistent disk.
+                "initialize_params": {
+                    "image": image.self_link, "size": settings.disk_gb, "type": "pd-balanced", "labels": labels,
+                },
+            },
+            network_interfaces=[{
+                "subnetwork": subnet.id,
+                "access_configs": [{"nat_ip": address.address, "network_tier": "PREMIUM"}],
+            }],
+            tags=[network_tag],
+            service_account={"email": account.email, "scopes": list(SERVICE_ACCOUNT_SCOPES)},
+            metadata={
+                # A no-op when the image already has the driver; installs it on first boot otherwise.
+                "install-nvidia-driver": "True",
+                "user-data": user_data,  # secret: it carries the API token
+                # SSH (only ever through IAP) authorises through IAM, never through metadata keys.
+                "enable-oslogin": "TRUE",
+                "block-project-ssh-keys": "TRUE",
+            },
+            # The DLVM image is UEFI-compatible: vTPM and integrity monitoring on. Secure Boot
+            # stays off because it refuses NVIDIA kernel modules that are not signed with a key
+            # the VM trusts, which leaves the GPU without a driver.
+            shielded_instance_config={
+                "enable_secure_boot": False, "enable_vtpm": True, "enable_integrity_monitoring": True,
+            },
+            labels=labels,
+            # Config changes (machine type, GPU) stop and restart the VM rather than fail.
+            allow_stopping_for_update=True,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                depends_on=grants,
+                # A new image in the family must not silently replace the VM and its model cache.
+                ignore_changes=["bootDisk.initializeParams.image"],
+            )),
+        )
+
+        url = endpoint.public_url(settings, address.address)
+        self.outputs = {
+            "endpoint": url,
+            "apiToken": token,
+            # The instance name: what every gcloud command takes.
+            "instanceId": instance.name,
+            "instanceType": pulumi.Output.from_input(machine.name),
+            "gpu": pulumi.Output.from_input(machine.gpu.model),
+            "gpuMemoryGb": pulumi.Output.from_input(machine.gpu.memory_gb),
+            "hourlyCostUsd": pulumi.Output.from_input(machine.usd_per_hour),
+            "region": pulumi.Output.from_input(settings.region),
+            "availabilityZone": pulumi.Output.from_input(zone),
+            "curlExample": endpoint.curl_example(url),
+            "shell": instance.name.apply(lambda vm: shell_command(settings, vm)),
+        }
+        self.register_outputs(self.outputs)

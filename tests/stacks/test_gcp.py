@@ -1,0 +1,333 @@
+"""The GCP component, evaluated through the real `__main__.py` under Pulumi mocks."""
+
+import ipaddress
+import re
+from datetime import datetime, timezone
+
+import pytest
+import yaml
+from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
+
+from stacks import catalog, config, endpoint, gcp
+from tests.stacks.conftest import FAKE_GCP_ADDRESS, ROOT, run_program
+
+GCP_PRESETS = sorted(p.name.split(".")[1] for p in (ROOT / "stacks").glob("Pulumi.gcp-*.yaml"))
+PROJECT = {"gcp:project": "my-project-123"}
+COMPONENT = "sdxl-endpoint:gcp:GpuEndpoint"
+INSTANCE = "gcp:compute/instance:Instance"
+FIREWALL = "gcp:compute/firewall:Firewall"
+IAP = "35.235.240.0/20"
+GCP_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+LABEL_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
+# Compute Engine metadata limits: 256 KB per value, 512 KB for all entries together.
+METADATA_VALUE_LIMIT = 256 * 1024
+METADATA_TOTAL_LIMIT = 512 * 1024
+
+
+def gcp_run(settings=None, **kwargs):
+    return run_program({"cloud": "gcp", **PROJECT, **(settings or {})}, **kwargs)
+
+
+def metadata(run) -> dict[str, str]:
+    """The instance metadata, failing unless it is marked secret (it carries the token)."""
+    raw = run.one(INSTANCE).inputs["metadata"]
+    assert is_rpc_secret(raw), "instance metadata is not a Pulumi secret"
+    return unwrap_rpc_secret(raw)
+
+
+def plain_strings(value):
+    """Every scalar in resource inputs that is not inside a secret."""
+    if is_rpc_secret(value):
+        return
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from plain_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from plain_strings(item)
+    else:
+        yield str(value)
+
+
+def opens_port(rule: dict, port: int) -> bool:
+    for allow in rule.get("allows", []):
+        if allow["protocol"] in ("tcp", "all") and not allow.get("ports"):
+            return True  # no ports listed means every port
+        for spec in allow.get("ports", []):
+            low, _, high = spec.partition("-")
+            if int(low) <= port <= int(high or low):
+                return True
+    return False
+
+
+def test_the_two_presets_exist():
+    assert GCP_PRESETS == ["gcp-l4", "gcp-t4"]
+
+
+@pytest.mark.parametrize("preset, machine_type, accelerators, gpu", [
+    ("gcp-t4", "n1-standard-4", [{"type": "nvidia-tesla-t4", "count": 1}], "T4"),
+    ("gcp-l4", "g2-standard-4", None, "L4"),
+])
+def test_each_preset_yields_its_machine_gpu_and_zone(preset, machine_type, accelerators, gpu):
+    run = run_program(PROJECT, preset=preset)
+    instance = run.one(INSTANCE).inputs
+    assert instance["machineType"] == machine_type
+    assert instance.get("guestAccelerators") == accelerators
+    assert instance["zone"] == "us-central1-a"
+    outputs = {k: run.value(v) for k, v in run.outputs.items()}
+    offer = catalog.GCP_OFFERS[machine_type]
+    assert outputs["instanceType"] == machine_type and outputs["gpu"] == gpu
+    assert outputs["gpuMemoryGb"] == offer.gpu.memory_gb >= catalog.SDXL_MIN_GPU_MEMORY_GB
+    assert outputs["hourlyCostUsd"] == offer.usd_per_hour
+    assert (outputs["region"], outputs["availabilityZone"]) == ("us-central1", "us-central1-a")
+    assert outputs["endpoint"] == f"https://{FAKE_GCP_ADDRESS}"
+    provider = run.one("pulumi:providers:gcp").inputs
+    assert (provider["project"], provider["region"], provider["zone"]) == (
+        "my-project-123", "us-central1", "us-central1-a")
+
+
+@pytest.mark.parametrize("preset", GCP_PRESETS)
+def test_presets_leave_the_project_to_the_user_and_say_how_to_set_it(preset):
+    document = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{preset}.yaml").read_text())
+    assert "gcp:project" not in document["config"]
+    with pytest.raises(config.ConfigError, match=r"gcp:project: required.*\n.*fix: pulumi config set gcp:project"):
+        run_program(preset=preset, preview=True)
+
+
+def test_gpu_alone_resolves_to_the_cheapest_gcp_shape():
+    assert gcp_run().one(INSTANCE).inputs["machineType"] == "n1-standard-4"  # the GCP default GPU is t4
+    l4 = gcp_run({"gpu": "l4"}).one(INSTANCE).inputs
+    assert l4["machineType"] == "g2-standard-4" and "guestAccelerators" not in l4
+
+
+@pytest.mark.parametrize("settings, reason, fix", [
+    ({"gpu": "t4", "machineType": "n2-standard-4"}, "the T4 attaches only to N1", "machineType n1-standard-4"),
+    ({"gpu": "t4", "machineType": "e2-standard-4"}, "the T4 attaches only to N1", "machineType n1-standard-4"),
+    ({"gpu": "t4", "machineType": "c2-standard-8"}, "the T4 attaches only to N1", "machineType n1-standard-8"),
+    ({"gpu": "t4", "machineType": "a2-highgpu-1g"}, "the T4 attaches only to N1", "machineType "),
+    ({"gpu": "t4", "machineType": "g2-standard-4"}, "extra guest accelerator (t4)", "pulumi config rm gpu"),
+    ({"gpu": "a100", "machineType": "g2-standard-8"}, "extra guest accelerator (a100)", "pulumi config rm gpu"),
+    ({"machineType": "e2-standard-4"}, "it has no GPU", "machineType n1-standard-4"),
+    ({"machineType": "n2-standard-8"}, "it has no GPU", "machineType n1-standard-8"),
+    ({"machineType": "c3-standard-4"}, "it has no GPU", "machineType n1-standard-4"),
+])
+def test_placement_refusals_name_the_nearest_types_and_prices(settings, reason, fix):
+    with pytest.raises(config.ConfigError) as refused:
+        gcp_run(settings, preview=True)
+    message = str(refused.value)
+    assert f"machineType '{settings['machineType']}' cannot run SDXL: " in message and reason in message
+    alternatives = [line.strip() for line in message.splitlines() if line.strip().startswith("- ")][1:]
+    assert 2 <= len(alternatives) <= 3
+    for line in alternatives:
+        name = line.split()[1]
+        assert name in catalog.GCP_OFFERS and f"~${catalog.GCP_OFFERS[name].usd_per_hour:.2f}/h" in line
+    assert f"fix: {fix}" in message or f"fix: pulumi config set {fix}" in message
+
+
+@pytest.mark.parametrize("settings, zone_hint", [
+    ({"gpu": "l4", "gcp:zone": "europe-west1-d"}, "europe-west1-b"),
+    ({"gpu": "t4", "gcp:zone": "us-central1-z"}, "us-central1-a"),
+])
+def test_zone_must_offer_the_gpu(settings, zone_hint):
+    with pytest.raises(config.ConfigError, match=f"fix: pulumi config set gcp:zone {zone_hint}"):
+        gcp_run(settings, preview=True)
+
+
+def test_zone_from_config_drives_region_provider_and_resources():
+    run = gcp_run({"gpu": "l4", "gcp:zone": "us-east4-c"})
+    assert run.one("pulumi:providers:gcp").inputs["zone"] == "us-east4-c"
+    assert run.one("pulumi:providers:gcp").inputs["region"] == "us-east4"
+    assert run.one(INSTANCE).inputs["zone"] == "us-east4-c"
+    assert run.one("gcp:compute/address:Address").inputs["region"] == "us-east4"
+    assert run.one("gcp:compute/subnetwork:Subnetwork").inputs["region"] == "us-east4"
+    assert run.value(run.outputs["availabilityZone"]) == "us-east4-c"
+    assert all(r.provider and "providers:gcp" in r.provider for r in run.mocks.resources if r.typ.startswith("gcp:"))
+
+
+@pytest.mark.parametrize("preset", GCP_PRESETS)
+@pytest.mark.parametrize("spot", ["false", "true"])
+def test_host_maintenance_always_terminates(preset, spot):
+    scheduling = run_program({**PROJECT, "spot": spot}, preset=preset).one(INSTANCE).inputs["scheduling"]
+    assert scheduling["onHostMaintenance"] == "TERMINATE"
+    if spot == "true":
+        # What GCP demands of a SPOT VM, and a stop (not a delete) on preemption.
+        assert scheduling["provisioningModel"] == "SPOT" and scheduling["preemptible"] is True
+        assert scheduling["automaticRestart"] is False
+        assert scheduling["instanceTerminationAction"] == "STOP"
+    else:
+        assert scheduling["provisioningModel"] == "STANDARD" and scheduling["automaticRestart"] is True
+        assert "preemptible" not in scheduling and "instanceTerminationAction" not in scheduling
+
+
+@pytest.mark.parametrize("ssh", ["false", "true"])
+@pytest.mark.parametrize("cidrs", [None, ["0.0.0.0/0"], ["203.0.113.0/24", "198.51.100.7/32"],
+                                   ["0.0.0.0/0", "2001:db8::/32"]])
+def test_no_port_22_from_the_internet_in_any_configuration(ssh, cidrs):
+    run = gcp_run({"ssh": ssh, **({"allowedCidrs": cidrs} if cidrs else {})})
+    rules = [r.inputs for r in run.of_type(FIREWALL)]
+    assert all(rule["direction"] == "INGRESS" for rule in rules)
+    for rule in rules:
+        if opens_port(rule, 22):
+            assert rule["sourceRanges"] == [IAP]
+        assert "0.0.0.0/0" not in rule["sourceRanges"] or not opens_port(rule, 22)
+    web = [rule for rule in rules if opens_port(rule, 443)]
+    assert len(web) == 1
+    assert [a["ports"] for a in web[0]["allows"]] == [["80", "443"]]
+    expected = [c for c in (cidrs or ["0.0.0.0/0"]) if ipaddress.ip_network(c).version == 4]
+    assert web[0]["sourceRanges"] == expected
+    # Every rule targets the endpoint's VM only.
+    tags = run.one(INSTANCE).inputs["tags"]
+    assert all(rule["targetTags"] == tags for rule in rules)
+
+
+def test_ssh_on_opens_22_to_iap_only_and_shell_tunnels_through_it():
+    run = gcp_run({"ssh": "true"}, stack="dev")
+    ssh_rules = [r.inputs for r in run.of_type(FIREWALL) if opens_port(r.inputs, 22)]
+    assert len(ssh_rules) == 1
+    assert ssh_rules[0]["sourceRanges"] == [IAP] and ssh_rules[0]["allows"] == [{"protocol": "tcp", "ports": ["22"]}]
+    assert run.value(run.outputs["shell"]) == (
+        "gcloud compute ssh sdxl-dev-vm --tunnel-through-iap --zone us-central1-a --project my-project-123")
+    assert metadata(run)["enable-oslogin"] == "TRUE" and metadata(run)["block-project-ssh-keys"] == "TRUE"
+
+
+def test_ssh_off_opens_no_22_and_shell_points_at_the_serial_log():
+    run = gcp_run(stack="dev")
+    assert not [r for r in run.of_type(FIREWALL) if opens_port(r.inputs, 22)]
+    shell = run.value(run.outputs["shell"])
+    assert shell.startswith("gcloud compute instances get-serial-port-output sdxl-dev-vm "
+                            "--zone us-central1-a --project my-project-123")
+    assert "ssh true" in shell
+
+
+def test_ipv6_only_cidrs_are_refused_with_a_fix():
+    with pytest.raises(config.ConfigError, match=r"IPv4 address only.*\n.*fix: pulumi config set --path"):
+        gcp_run({"allowedCidrs": ["2001:db8::/32"]})
+
+
+def test_own_network_with_no_auto_subnets():
+    run = gcp_run()
+    network = run.one("gcp:compute/network:Network").inputs
+    assert network["autoCreateSubnetworks"] is False
+    subnet = run.one("gcp:compute/subnetwork:Subnetwork").inputs
+    assert subnet["ipCidrRange"] == gcp.SUBNET_CIDR and subnet["network"] == "sdxl-net-id"
+    assert run.one(INSTANCE).inputs["networkInterfaces"][0]["subnetwork"] == "sdxl-subnet-id"
+
+
+def test_static_ip_is_reserved_before_the_instance_and_attached():
+    run = gcp_run()
+    types = [r.typ for r in run.mocks.resources]
+    assert types.index("gcp:compute/address:Address") < types.index(INSTANCE)
+    address = run.one("gcp:compute/address:Address").inputs
+    assert address["addressType"] == "EXTERNAL"
+    access = run.one(INSTANCE).inputs["networkInterfaces"][0]["accessConfigs"]
+    assert access == [{"natIp": FAKE_GCP_ADDRESS, "networkTier": "PREMIUM"}]
+
+
+def test_service_account_holds_only_log_and_metric_writer():
+    run = gcp_run(stack="dev")
+    account = run.one("gcp:serviceaccount/account:Account").inputs
+    member = f"serviceAccount:{account['accountId']}@sdxl-test-project.iam.gserviceaccount.com"
+    grants = [r.inputs for r in run.of_type("gcp:projects/iAMMember:IAMMember")]
+    assert sorted(g["role"] for g in grants) == ["roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    assert all(g["member"] == member and g["project"] == "my-project-123" for g in grants)
+    assert not [r for r in run.mocks.resources if "IAMBinding" in r.typ or "IAMPolicy" in r.typ]
+    service_account = run.one(INSTANCE).inputs["serviceAccount"]
+    assert service_account["email"] == member.split(":", 1)[1]
+    assert "https://www.googleapis.com/auth/cloud-platform" not in service_account["scopes"]
+
+
+@pytest.mark.parametrize("disk", [None, "60", "500"])
+def test_boot_disk_is_a_dlvm_image_on_pd_balanced(disk):
+    run = gcp_run({"diskGb": disk} if disk else {})
+    params = run.one(INSTANCE).inputs["bootDisk"]["initializeParams"]
+    assert params["type"] == "pd-balanced" and params["size"] == int(disk or 100)
+    (lookup,) = [c.args for c in run.mocks.calls if c.token == "gcp:compute/getImage:getImage"]
+    assert lookup == {"family": gcp.DLVM_IMAGE_FAMILY, "project": "deeplearning-platform-release"}
+    assert re.fullmatch(r"common-cu12\d*-ubuntu-\d{4}-nvidia-\d+", gcp.DLVM_IMAGE_FAMILY)  # CUDA 12 + driver
+    assert params["image"].endswith(f"/projects/deeplearning-platform-release/global/images/"
+                                    f"{gcp.DLVM_IMAGE_FAMILY}-v20260801")
+
+
+def test_driver_metadata_and_shielded_vm():
+    run = gcp_run()
+    assert metadata(run)["install-nvidia-driver"] == "True"
+    shielded = run.one(INSTANCE).inputs["shieldedInstanceConfig"]
+    assert shielded == {"enableVtpm": True, "enableIntegrityMonitoring": True, "enableSecureBoot": False}
+
+
+def test_labels_carry_stack_project_and_a_valid_ttl():
+    run = gcp_run({"ttl": "2030-01-31T19:30:00+01:00"}, stack="PR-42_feature")
+    labels = run.one(INSTANCE).inputs["labels"]
+    assert labels == {"sdxl-endpoint-stack": "pr-42_feature", "sdxl-endpoint-project": "sdxl-endpoint",
+                      "sdxl-endpoint-ttl": "2030-01-31t18-30-00z"}
+    assert all(LABEL_RE.match(v) and re.match(r"^[a-z][a-z0-9_-]{0,62}$", k) for k, v in labels.items())
+    expiry = datetime.strptime(labels["sdxl-endpoint-ttl"], gcp.TTL_LABEL_FORMAT).replace(tzinfo=timezone.utc)
+    assert expiry == datetime.fromisoformat("2030-01-31T19:30:00+01:00")
+    assert run.one("gcp:compute/address:Address").inputs["labels"] == labels
+    assert run.one(INSTANCE).inputs["bootDisk"]["initializeParams"]["labels"] == labels
+    assert "sdxl-endpoint-ttl" not in gcp_run().one(INSTANCE).inputs["labels"]
+
+
+@pytest.mark.parametrize("stack", ["dev", "Feature_Branch.v2", "pr-1234-" + "very-long-branch-name-" * 4])
+def test_resource_names_are_valid_gcp_names(stack):
+    run = gcp_run({"ssh": "true"}, stack=stack)
+    names = [r.inputs["name"] for r in run.mocks.resources if r.typ.startswith("gcp:") and "name" in r.inputs]
+    assert len(names) == 6 and len(set(names)) == 6
+    assert all(GCP_NAME_RE.match(n) and len(n) <= 63 for n in names), names
+    account_id = run.one("gcp:serviceaccount/account:Account").inputs["accountId"]
+    assert GCP_NAME_RE.match(account_id) and 6 <= len(account_id) <= 30
+
+
+def test_stacks_differing_only_in_case_or_punctuation_get_different_names():
+    names = {gcp.resource_name(s, "vm") for s in ("dev", "Dev", "dev.", "d-ev", "d_ev")}
+    assert len(names) == 5
+    assert gcp.resource_name("dev", "vm") == "sdxl-dev-vm"
+
+
+def test_generated_token_is_secret_in_outputs_metadata_and_nowhere_plain():
+    run = gcp_run({"ssh": "true", "spot": "true"})
+    token = run.value(run.outputs["apiToken"])
+    assert run.is_secret(run.outputs["apiToken"]) and len(token) == 48
+    assert f"SDXL_API_TOKEN={token}" in metadata(run)["user-data"]
+    for name, output in run.outputs.items():
+        if name != "apiToken":
+            assert token not in str(run.value(output)), name
+    for resource in run.mocks.resources:
+        if resource.typ != "random:index/randomPassword:RandomPassword":
+            assert not [s for s in plain_strings(resource.inputs) if token in s], resource.typ
+
+
+def test_configured_tokens_stay_secret():
+    run = gcp_run({"apiToken": "configured-token-0123456789", "hfToken": "hf_abcdefghijklmnop"})
+    assert not run.of_type("random:index/randomPassword:RandomPassword")
+    assert run.value(run.outputs["apiToken"]) == "configured-token-0123456789"
+    assert run.is_secret(run.outputs["apiToken"])
+    user_data = metadata(run)["user-data"]
+    assert "configured-token-0123456789" in user_data and "hf_abcdefghijklmnop" in user_data
+    for resource in run.mocks.resources:
+        plain = " ".join(plain_strings(resource.inputs))
+        assert "configured-token" not in plain and "hf_abcdefghijklmnop" not in plain, resource.typ
+
+
+def test_metadata_stays_within_gcp_limits():
+    run = gcp_run({
+        "apiToken": "t" * 64, "hfToken": "hf_" + "x" * 40, "ssh": "true",
+        "corsOrigins": [f"https://app{i}.example.com" for i in range(50)],
+    })
+    entries = metadata(run)
+    assert entries["user-data"].startswith("#cloud-config\n")
+    sizes = {key: len(key.encode()) + len(value.encode()) for key, value in entries.items()}
+    assert max(len(value.encode()) for value in entries.values()) <= METADATA_VALUE_LIMIT
+    assert sum(sizes.values()) <= METADATA_TOTAL_LIMIT
+
+
+def test_every_resource_is_a_descendant_of_the_component():
+    run = gcp_run({"ssh": "true", "spot": "true"})
+    assert len(run.monitor.parents) >= 12
+    assert run.orphans(COMPONENT) == []
+
+
+def test_outputs_are_the_same_names_as_aws():
+    gcp_outputs = tuple(gcp_run().outputs)
+    aws_outputs = tuple(run_program({}).outputs)
+    assert gcp_outputs == aws_outputs == endpoint.OUTPUT_NAMES
