@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# One-time GCP setup for the CI workflows (README: "CI environments"). Creates, or updates in
+# place when run again:
+#   - the Pulumi state bucket: uniform access, no public access, versioned;
+#   - a workload identity pool with a GitHub OIDC provider that accepts only this repository's
+#     tokens, so workflows get short-lived credentials and no service-account key exists;
+#   - three service accounts, each impersonable only from one context (the token's `sub`):
+#       gha-sdxl-preview  the `preview` environment (preview.yml): read-only
+#       gha-sdxl-review   the `review` environment (review-env.yml, reaper.yml): deploys
+#       gha-sdxl-deploy   the `production` environment (deploy.yml)
+#
+#   ci/bootstrap/gcp-wif.sh OWNER/REPO PROJECT_ID BUCKET [LOCATION]
+#
+# Needs the gcloud CLI and a project owner's credentials, once. It prints the repository
+# variables to set. For hard isolation between PR endpoints and production, give the review
+# account its own project.
+set -euo pipefail
+
+usage="usage: $0 OWNER/REPO PROJECT_ID BUCKET [LOCATION]"
+repo=${1:?$usage}
+project=${2:?$usage}
+bucket=${3:?$usage}
+location=${4:-us-central1}
+pool=github-actions
+provider=github
+
+[[ $repo =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]] || { echo "OWNER/REPO expected, got '$repo'" >&2; exit 2; }
+[[ $project =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || { echo "not a GCP project id: '$project'" >&2; exit 2; }
+[[ $bucket =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] || { echo "not a GCS bucket name: '$bucket'" >&2; exit 2; }
+command -v gcloud >/dev/null || { echo "the gcloud CLI is required" >&2; exit 1; }
+
+number=$(gcloud projects describe "$project" --format='value(projectNumber)')
+pool_id="projects/$number/locations/global/workloadIdentityPools/$pool"
+
+echo "==> APIs"
+gcloud services enable --project "$project" compute.googleapis.com iam.googleapis.com \
+  iamcredentials.googleapis.com sts.googleapis.com storage.googleapis.com \
+  cloudresourcemanager.googleapis.com
+
+echo "==> state bucket gs://$bucket ($location)"
+if ! gcloud storage buckets describe "gs://$bucket" --project "$project" >/dev/null 2>&1; then
+  gcloud storage buckets create "gs://$bucket" --project "$project" --location "$location" \
+    --uniform-bucket-level-access --public-access-prevention
+fi
+# Versioning keeps every checkpoint: a bad update or a deleted stack can be recovered.
+gcloud storage buckets update "gs://$bucket" --versioning --uniform-bucket-level-access \
+  --public-access-prevention >/dev/null
+
+echo "==> workload identity pool $pool"
+if ! gcloud iam workload-identity-pools describe "$pool" --project "$project" --location global >/dev/null 2>&1; then
+  gcloud iam workload-identity-pools create "$pool" --project "$project" --location global \
+    --display-name "GitHub Actions"
+fi
+# Only this repository's tokens are accepted at all; `sub` then picks the service account.
+provider_flags=(--project "$project" --location global --workload-identity-pool "$pool"
+  --attribute-mapping "google.subject=assertion.sub,attribute.repository=assertion.repository"
+  --attribute-condition "assertion.repository == '$repo'")
+if gcloud iam workload-identity-pools providers describe "$provider" --project "$project" \
+    --location global --workload-identity-pool "$pool" >/dev/null 2>&1; then
+  gcloud iam workload-identity-pools providers update-oidc "$provider" "${provider_flags[@]}"
+else
+  gcloud iam workload-identity-pools providers create-oidc "$provider" "${provider_flags[@]}" \
+    --issuer-uri "https://token.actions.githubusercontent.com"
+fi
+
+# service_account NAME SUBJECT: the account, impersonable only by tokens with that `sub`.
+service_account() {
+  local name=$1 subject=$2 email="$1@$project.iam.gserviceaccount.com"
+  if ! gcloud iam service-accounts describe "$email" --project "$project" >/dev/null 2>&1; then
+    gcloud iam service-accounts create "$name" --project "$project" \
+      --display-name "GitHub Actions ($repo): $subject" >/dev/null
+  fi
+  gcloud iam service-accounts add-iam-policy-binding "$email" --project "$project" \
+    --role roles/iam.workloadIdentityUser --condition None \
+    --member "principal://iam.googleapis.com/$pool_id/subject/repo:$repo:$subject" >/dev/null
+  echo "$email"
+}
+
+# grant EMAIL ROLE [CONDITION]: a project role, optionally limited by an IAM condition.
+grant() {
+  gcloud projects add-iam-policy-binding "$project" --member "serviceAccount:$1" --role "$2" \
+    --condition "${3:-None}" >/dev/null
+}
+
+echo "==> service accounts"
+preview=$(service_account gha-sdxl-preview environment:preview)
+review=$(service_account gha-sdxl-review environment:review)
+deploy=$(service_account gha-sdxl-deploy environment:production)
+
+gcloud storage buckets add-iam-policy-binding "gs://$bucket" --member "serviceAccount:$preview" \
+  --role roles/storage.objectViewer >/dev/null
+grant "$preview" roles/compute.viewer
+for account in "$review" "$deploy"; do
+  gcloud storage buckets add-iam-policy-binding "gs://$bucket" --member "serviceAccount:$account" \
+    --role roles/storage.objectUser >/dev/null
+  # The stack's network, firewall, address and VM, and the VM's own service account.
+  for role in roles/compute.instanceAdmin.v1 roles/compute.networkAdmin roles/compute.securityAdmin \
+      roles/iam.serviceAccountCreator roles/iam.serviceAccountDeleter roles/iam.serviceAccountViewer \
+      roles/iam.serviceAccountUser; do
+    grant "$account" "$role"
+  done
+  # The VM's account may be granted log and metric writing, and nothing else.
+  grant "$account" roles/resourcemanager.projectIamAdmin "title=sdxl-vm-roles-only,expression=\
+api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly(\
+['roles/logging.logWriter', 'roles/monitoring.metricWriter'])"
+done
+
+cat <<EOF
+
+Done. Set these repository variables (Settings > Secrets and variables > Actions > Variables):
+  PULUMI_BACKEND_URL              gs://$bucket   (unless the state lives in S3)
+  GCP_PROJECT                     $project
+  GCP_WORKLOAD_IDENTITY_PROVIDER  $pool_id/providers/$provider
+  GCP_PREVIEW_SERVICE_ACCOUNT     $preview
+  GCP_REVIEW_SERVICE_ACCOUNT      $review
+  GCP_DEPLOY_SERVICE_ACCOUNT      $deploy
+and the repository secret PULUMI_CONFIG_PASSPHRASE (e.g. openssl rand -base64 32; keep a copy).
+EOF

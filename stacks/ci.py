@@ -1,0 +1,467 @@
+"""CI's driver for throwaway per-PR stacks, through Pulumi's Automation API.
+
+The workflows in .github/workflows call it as a small CLI:
+
+    python -m stacks.ci plan    --pr 42 --state OPEN --labels "deploy-preview,preset:aws-g5"
+    python -m stacks.ci create  --stack pr-42 --preset aws-g4dn
+    python -m stacks.ci up      --stack pr-42 --ttl 24h
+    python -m stacks.ci destroy --stack pr-42
+    python -m stacks.ci expired            (names of pr-<n> stacks past their TTL)
+    python -m stacks.ci reap               (destroy and remove each of them)
+
+Only stacks named `pr-<n>` can be brought up with a TTL, destroyed or reaped here: the presets
+and production stacks are deployed by deploy.yml and are out of this module's reach.
+
+The expiry is the stack config `sdxl-endpoint:ttl` (RFC 3339, UTC), which stacks/config.py
+validates and the cloud components copy into a tag on every resource. CI runners start from a
+fresh checkout without the PR stack's config file, so the reaper reads the expiry back from the
+last update recorded in the state bucket (`pulumi stack history` keeps each update's config).
+
+Nothing here prints a secret: the engine masks secret outputs, and only the outputs named in
+PUBLIC_OUTPUTS, never a secret one, reach stdout or $GITHUB_OUTPUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pulumi import automation as auto
+
+from stacks.config import PROJECT
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET_DIR = ROOT / "stacks"  # Pulumi.yaml's stackConfigDir
+TTL_KEY = f"{PROJECT}:ttl"
+LABEL = "deploy-preview"
+PRESET_LABEL_PREFIX = "preset:"
+DEFAULT_PRESET = "aws-g4dn"  # the cheapest GPU that serves SDXL (T4, ~$0.53/h)
+DEFAULT_TTL = "24h"
+MIN_TTL = timedelta(minutes=30)  # boot, driver check and a 7 GB model download take ~10 minutes
+MAX_TTL = timedelta(days=7)
+# Non-secret outputs a PR comment may show; the API token never leaves the state.
+PUBLIC_OUTPUTS = ("endpoint", "gpu", "instanceType", "hourlyCostUsd", "region")
+
+# Optional: a fixed token for PR endpoints, from a repository secret (the name, not a value).
+API_TOKEN_ENV = "SDXL_API_TOKEN"  # noqa: S105
+
+_EPHEMERAL_RE = re.compile(r"^pr-[1-9][0-9]{0,9}$")
+_CONFIG_KEY_RE = re.compile(r"^[a-z][a-z0-9-]*:[A-Za-z][A-Za-z0-9_]*$")
+_DURATION_RE = re.compile(r"^\s*([1-9][0-9]*)\s*([mhd])\s*$")
+_DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+Clock = Callable[[], datetime]
+
+
+UTC = timezone.utc  # datetime.UTC needs Python 3.11; the README promises 3.10
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class CiError(Exception):
+    """A mistake in what CI asked for: printed as one message, exit status 2."""
+
+
+def _log(line: str) -> None:
+    # Progress goes to stderr, so stdout stays the machine-readable result.
+    print(line, file=sys.stderr, flush=True)
+
+
+# --- names, presets, durations ------------------------------------------------------------------
+
+
+def stack_for_pr(pr: int | str) -> str:
+    """`pr-<n>` for a pull-request number."""
+    text = str(pr).strip().lstrip("#")
+    if not text.isdigit() or int(text) < 1:
+        raise CiError(f"pull request number {pr!r}: must be a positive whole number, e.g. 42")
+    return f"pr-{int(text)}"
+
+
+def check_ephemeral(name: str) -> str:
+    """The name itself when it is `pr-<n>`; otherwise a CiError with the nearest valid name."""
+    if _EPHEMERAL_RE.match(name):
+        return name
+    # Only a name that is clearly a PR number in another spelling (PR-42, pr_042, #42) has a nearest.
+    number = re.match(r"(?i)^\s*(?:pr)?[\s_#-]*0*([1-9][0-9]{0,9})\s*$", name)
+    nearest = f"pr-{number[1]}" if number else "pr-<pull request number>"
+    raise CiError(
+        f"stack {name!r}: CI only manages ephemeral stacks named pr-<pull request number> "
+        f"(presets and production stacks are deployed by deploy.yml).\n  fix: --stack {nearest}"
+    )
+
+
+def presets() -> list[str]:
+    """Every preset in stacks/ (a local PR stack's config file there is not a preset)."""
+    names = (p.name[len("Pulumi."):-len(".yaml")] for p in PRESET_DIR.glob("Pulumi.*.yaml"))
+    return sorted(n for n in names if not _EPHEMERAL_RE.match(n))
+
+
+def check_preset(name: str) -> str:
+    known = presets()
+    if name in known:
+        return name
+    nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.4)
+    raise CiError(
+        f"preset {name!r} does not exist. Presets: {', '.join(known)}\n"
+        f"  fix: --preset {nearest[0] if nearest else DEFAULT_PRESET}"
+    )
+
+
+def preset_config(name: str) -> tuple[dict[str, auto.ConfigValue], dict[str, auto.ConfigValue]]:
+    """The preset's config as (plain keys, `--path` keys for lists and maps).
+
+    Values are rendered the way the CLI stores them (true, 100); lists and maps become path
+    keys such as `sdxl-endpoint:corsOrigins[0]`, so the stack keeps the types Pulumi.yaml declares.
+    """
+    path = PRESET_DIR / f"Pulumi.{check_preset(name)}.yaml"
+    document = yaml.safe_load(path.read_text()) or {}
+    plain: dict[str, auto.ConfigValue] = {}
+    nested: dict[str, auto.ConfigValue] = {}
+    encrypted = []
+    for key, value in (document.get("config") or {}).items():
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            encrypted.append(key)
+        elif isinstance(value, (dict, list)):
+            for sub_key, leaf in _flatten(key, value):
+                nested[sub_key] = auto.ConfigValue(value=_scalar(leaf))
+        else:
+            plain[key] = auto.ConfigValue(value=_scalar(value))
+    if encrypted:
+        # A preset's ciphertext is bound to that stack's salt and cannot be copied.
+        raise CiError(
+            f"preset {name!r} holds encrypted values ({', '.join(encrypted)}) that cannot be copied "
+            "to another stack.\n  fix: keep secrets out of presets; CI generates the API token"
+        )
+    plain.pop(TTL_KEY, None)  # the expiry is set by `up`, never inherited
+    return plain, nested
+
+
+def _flatten(prefix: str, value: Any) -> Iterable[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _flatten(f"{prefix}.{key}", item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _flatten(f"{prefix}[{index}]", item)
+    else:
+        yield prefix, value
+
+
+def _scalar(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+
+
+def parse_ttl(text: str) -> timedelta:
+    """`30m`, `8h` or `2d`, between MIN_TTL and MAX_TTL."""
+    match = _DURATION_RE.match(text or "")
+    ttl = timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])}) if match else None
+    if ttl is None or not MIN_TTL <= ttl <= MAX_TTL:
+        raise CiError(
+            f"ttl {text!r}: must be a whole number of minutes, hours or days (30m, 8h, 2d) from "
+            f"{_human(MIN_TTL)} to {_human(MAX_TTL)}: long enough to boot and load SDXL, short enough "
+            f"that a forgotten GPU stops billing.\n  fix: --ttl {DEFAULT_TTL}"
+        )
+    return ttl
+
+
+def _human(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    for unit, size in (("d", 1440), ("h", 60)):
+        if minutes % size == 0:
+            return f"{minutes // size}{unit}"
+    return f"{minutes}m"
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        return None
+    return moment if moment.tzinfo else None
+
+
+# --- plan: what the review-env workflow should do for a PR -------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: str  # "up" or "destroy"
+    stack: str
+    preset: str
+
+
+def plan(pr: int | str, state: str, labels: Iterable[str], default_preset: str = DEFAULT_PRESET) -> Plan:
+    """Desired state from the PR's *current* state and labels, whichever event woke the workflow.
+
+    An open PR labelled `deploy-preview` gets an endpoint; anything else gets none. A label
+    `preset:<name>` picks the preset; without one, `default_preset`.
+    """
+    stack = stack_for_pr(pr)
+    labels = [label.strip() for label in labels if label.strip()]
+    if state.strip().upper() != "OPEN" or LABEL not in labels:
+        # Tearing down never depends on the preset labels, so a bad one can't keep a GPU alive.
+        return Plan(action="destroy", stack=stack, preset="")
+    chosen = sorted({label[len(PRESET_LABEL_PREFIX):] for label in labels if label.startswith(PRESET_LABEL_PREFIX)})
+    if len(chosen) > 1:
+        raise CiError(f"labels pick {len(chosen)} presets ({', '.join(chosen)}): keep one preset:<name> label")
+    return Plan(action="up", stack=stack, preset=check_preset(chosen[0] if chosen else default_preset))
+
+
+# --- the stack operations ---------------------------------------------------------------------
+
+
+def _options() -> auto.LocalWorkspaceOptions:
+    # A self-managed backend encrypts secrets with PULUMI_CONFIG_PASSPHRASE.
+    return auto.LocalWorkspaceOptions(secrets_provider="passphrase")
+
+
+def _select(name: str) -> auto.Stack | None:
+    try:
+        return auto.select_stack(name, work_dir=str(ROOT), opts=_options())
+    except auto.StackNotFoundError:
+        return None
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, auto.ConfigValue]:
+    """`namespace:key=value` pairs CI adds to the preset (e.g. gcp:project, which presets leave out)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not _CONFIG_KEY_RE.match(key) or key == TTL_KEY or not value or "\n" in value:
+            raise CiError(f"--config {pair!r}: expected namespace:key=value on one line, e.g. gcp:project=my-project "
+                          f"({TTL_KEY} is set by `up --ttl`)")
+        overrides[key] = auto.ConfigValue(value=value)
+    return overrides
+
+
+def create(name: str, preset: str, overrides: Mapping[str, auto.ConfigValue] | None = None,
+           api_token: str | None = None) -> auto.Stack:
+    """Create (or select) `pr-<n>` and make its config exactly the preset's, plus `overrides`.
+
+    `api_token`, when given, becomes the secret `apiToken`; otherwise the program generates one.
+    """
+    check_ephemeral(name)
+    plain, nested = preset_config(preset)
+    plain.update(overrides or {})
+    if api_token:
+        plain[f"{PROJECT}:apiToken"] = auto.ConfigValue(value=api_token, secret=True)
+    stack = auto.create_or_select_stack(name, work_dir=str(ROOT), opts=_options())
+    # A stack re-created from another preset must not keep the old preset's keys (or list items).
+    stale = sorted(set(stack.get_all_config()) - set(plain))
+    if stale:
+        stack.remove_all_config(stale)
+    stack.set_all_config(plain)
+    if nested:
+        stack.set_all_config(nested, path=True)
+    _log(f"stack {name}: config copied from preset {preset}")
+    return stack
+
+
+def public_outputs(outputs: Mapping[str, auto.OutputValue]) -> dict[str, str]:
+    """The outputs a PR comment may show: listed in PUBLIC_OUTPUTS and not secret."""
+    return {
+        name: str(outputs[name].value)
+        for name in PUBLIC_OUTPUTS
+        if name in outputs and not outputs[name].secret and outputs[name].value not in (None, "")
+    }
+
+
+def up(name: str, ttl: timedelta, now: Clock = _utcnow) -> dict[str, str]:
+    """Set the expiry to now + ttl and run `pulumi up`; returns the public outputs and `expiresAt`."""
+    check_ephemeral(name)
+    stack = _select(name)
+    if stack is None:
+        raise CiError(f"stack {name!r} does not exist.\n  fix: python -m stacks.ci create --stack {name}")
+    expires = rfc3339(now() + ttl)
+    stack.set_config(TTL_KEY, auto.ConfigValue(value=expires))
+    _log(f"stack {name}: pulumi up, expires {expires}")
+    result = stack.up(on_output=_log, color="never")
+    return {**public_outputs(result.outputs), "expiresAt": expires}
+
+
+def destroy(name: str) -> bool:
+    """`pulumi destroy`, then remove the stack; False when there was no such stack."""
+    check_ephemeral(name)
+    stack = _select(name)
+    if stack is None:
+        _log(f"stack {name}: does not exist, nothing to destroy")
+        return False
+    _log(f"stack {name}: pulumi destroy")
+    stack.destroy(on_output=_log, color="never")
+    # Never --force: removal must fail if anything is still there, so nothing is orphaned.
+    stack.workspace.remove_stack(name)
+    _log(f"stack {name}: removed")
+    return True
+
+
+@dataclass(frozen=True)
+class Expiry:
+    stack: str
+    expires_at: datetime
+    source: str  # where the expiry came from
+
+
+def recorded_expiry(stack: auto.Stack) -> Expiry | None:
+    """The expiry of the stack's last update, or None when it was never deployed.
+
+    Without a recorded ttl (a stack created by hand, or by an older CI), the stack expires
+    MAX_TTL after its last update: no PR stack lives forever.
+    """
+    last = stack.info(show_secrets=False)
+    if last is None:
+        return None
+    ttl = last.config.get(TTL_KEY)
+    expires = parse_rfc3339(str(ttl.value)) if ttl is not None else None
+    if expires is not None:
+        return Expiry(stack.name, expires, "ttl")
+    updated = (last.end_time or last.start_time).replace(tzinfo=UTC)
+    return Expiry(stack.name, updated + MAX_TTL, f"no ttl recorded; last update + {_human(MAX_TTL)}")
+
+
+def expired(now: Clock = _utcnow) -> list[Expiry]:
+    """Every pr-<n> stack of this project whose expiry has passed, oldest first."""
+    workspace = auto.LocalWorkspace(work_dir=str(ROOT), secrets_provider="passphrase")
+    moment = now()
+    found = []
+    for summary in workspace.list_stacks():
+        name = summary.name.rsplit("/", 1)[-1]  # DIY backends may list organization/project/name
+        if not _EPHEMERAL_RE.match(name):
+            continue
+        if summary.update_in_progress:
+            _log(f"stack {name}: an update is running; left for the next run")
+            continue
+        stack = _select(name)
+        expiry = recorded_expiry(stack) if stack is not None else None
+        if expiry is None:
+            _log(f"stack {name}: never deployed, nothing bills")
+        elif expiry.expires_at <= moment:
+            found.append(expiry)
+    return sorted(found, key=lambda e: e.expires_at)
+
+
+def reap(now: Clock = _utcnow) -> tuple[list[str], list[str]]:
+    """Destroy every expired stack; returns (destroyed, failed). One failure doesn't stop the rest."""
+    destroyed, failed = [], []
+    for expiry in expired(now):
+        _log(f"stack {expiry.stack}: expired {rfc3339(expiry.expires_at)} ({expiry.source})")
+        try:
+            destroy(expiry.stack)
+            destroyed.append(expiry.stack)
+        except auto.CommandError as err:
+            _log(f"stack {expiry.stack}: destroy failed:{_tail(err)}")
+            failed.append(expiry.stack)
+    return destroyed, failed
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def write_github_output(values: Mapping[str, str], path: str | None = None) -> None:
+    """Append key=value lines to $GITHUB_OUTPUT (when the workflow provides one)."""
+    path = path or os.environ.get("GITHUB_OUTPUT")
+    if not path:
+        return
+    for key, value in values.items():
+        if "\n" in value or "\r" in value:
+            raise CiError(f"output {key!r} spans lines; refusing to write it to $GITHUB_OUTPUT")
+    with open(path, "a", encoding="utf-8") as file:
+        file.writelines(f"{key}={value}\n" for key, value in values.items())
+
+
+def _tail(err: auto.CommandError, lines: int = 5) -> str:
+    text = [line for line in str(err).splitlines() if line.strip()]
+    return "".join(f"\n  {line.strip()}" for line in text[-lines:])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stacks.ci", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("plan", help="what review-env should do for a PR: up or destroy, and the preset")
+    p.add_argument("--pr", required=True)
+    p.add_argument("--state", required=True, help="OPEN, CLOSED or MERGED")
+    p.add_argument("--labels", default="", help="the PR's labels, comma-separated or a JSON list")
+    p.add_argument("--default-preset", default=DEFAULT_PRESET)
+
+    p = commands.add_parser("create", help="create pr-<n> from a preset")
+    p.add_argument("--stack", required=True)
+    p.add_argument("--preset", default=DEFAULT_PRESET)
+    p.add_argument("--config", action="append", default=[], metavar="NS:KEY=VALUE",
+                   help="add to the preset's config, e.g. gcp:project=my-project (repeatable)")
+
+    p = commands.add_parser("up", help="pulumi up with an expiry")
+    p.add_argument("--stack", required=True)
+    p.add_argument("--ttl", default=DEFAULT_TTL, help=f"30m, 8h, 2d ... (default {DEFAULT_TTL})")
+
+    p = commands.add_parser("destroy", help="pulumi destroy, then remove the stack")
+    p.add_argument("--stack", required=True)
+
+    commands.add_parser("expired", help="list pr-<n> stacks past their expiry")
+    commands.add_parser("reap", help="destroy and remove every pr-<n> stack past its expiry")
+    return parser
+
+
+def _labels(text: str) -> list[str]:
+    text = text.strip()
+    if text.startswith("["):
+        return [str(label) for label in json.loads(text)]
+    return text.split(",")
+
+
+def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "plan":
+            decided = plan(args.pr, args.state, _labels(args.labels), args.default_preset)
+            result = {"action": decided.action, "stack": decided.stack, "preset": decided.preset}
+        elif args.command == "create":
+            # The token comes from the environment (a repository secret), never from argv or logs.
+            create(args.stack, args.preset, parse_overrides(args.config), os.environ.get(API_TOKEN_ENV) or None)
+            result = {"stack": args.stack, "preset": args.preset}
+        elif args.command == "up":
+            result = up(args.stack, parse_ttl(args.ttl), now)
+        elif args.command == "destroy":
+            result = {"destroyed": "true" if destroy(args.stack) else "false"}
+        elif args.command == "expired":
+            found = expired(now)
+            for expiry in found:
+                print(expiry.stack)
+                _log(f"{expiry.stack}: expired {rfc3339(expiry.expires_at)} ({expiry.source})")
+            return 0
+        else:
+            destroyed, failed = reap(now)
+            result = {"destroyed": " ".join(destroyed), "failed": " ".join(failed)}
+            print(json.dumps(result))
+            write_github_output(result)
+            return 1 if failed else 0
+    except CiError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except auto.CommandError as err:
+        # The engine's output was already streamed; its last lines say what failed.
+        print(f"error: pulumi {args.command} failed:{_tail(err)}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    write_github_output(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

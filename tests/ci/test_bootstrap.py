@@ -1,0 +1,242 @@
+"""ci/bootstrap/aws-oidc.sh and gcp-wif.sh: the one-time OIDC and state-bucket setup.
+
+The scripts run for real under bash, with recording stand-ins for `aws` and `gcloud` first on
+PATH. The tests then read back what would have been created: every policy document must be
+valid JSON, each role trusts exactly one GitHub context, and no grant lets CI escalate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import pytest
+
+from stacks import gcp
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOTSTRAP = ROOT / "ci" / "bootstrap"
+REPO = "octo-org/sdxl-endpoint"
+ACCOUNT = "123456789012"
+SHELLCHECK = Path(sys.executable).parent / "shellcheck"
+
+# A stand-in CLI: records its argv (and stdin for `cp -`), answers the look-ups the scripts make.
+FAKE_CLI = f"""#!{sys.executable}
+import json, os, sys
+args = sys.argv[1:]
+record = {{"cli": os.path.basename(sys.argv[0]), "args": args}}
+if args[:2] == ["s3", "cp"] and args[2] == "-":
+    record["stdin"] = sys.stdin.read()
+with open(os.environ["CALLS"], "a") as f:
+    f.write(json.dumps(record) + "\\n")
+existing = os.environ.get("EXISTING", "").split(",")
+verb = " ".join(a for a in args if not a.startswith("-"))
+if verb.startswith("sts get-caller-identity"):
+    print("{ACCOUNT}")
+elif verb.startswith("projects describe"):
+    print("987654321")
+elif any(word in verb for word in ("head-", "get-open-id", "get-role", "describe")):
+    sys.exit(0 if any(e and e in verb for e in existing) else 254)
+"""
+
+
+def run(script: str, *args: str, tmp_path: Path, existing: str = "") -> tuple[subprocess.CompletedProcess, list]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("aws", "gcloud"):
+        (bin_dir / name).write_text(FAKE_CLI)
+        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "calls.jsonl"
+    calls.unlink(missing_ok=True)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls), "EXISTING": existing}
+    result = subprocess.run(["bash", BOOTSTRAP / script, *args], capture_output=True, text=True, env=env, timeout=60)
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+    return result, recorded
+
+
+def option(call: dict, name: str) -> str:
+    args = call["args"]
+    return args[args.index(name) + 1]
+
+
+def find(calls: list, *words: str) -> list[dict]:
+    return [c for c in calls if all(w in c["args"] for w in words)]
+
+
+@pytest.mark.parametrize("script", ["aws-oidc.sh", "gcp-wif.sh"])
+def test_shellcheck_clean(script):
+    result = subprocess.run([SHELLCHECK, "--severity=style", BOOTSTRAP / script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+# --- AWS --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def aws(tmp_path):
+    result, calls = run("aws-oidc.sh", REPO, "sdxl-state", "us-west-2", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return result, calls
+
+
+def role_policies(calls: list) -> dict[str, tuple[dict, dict]]:
+    """role name -> (trust policy, permissions policy)."""
+    trusts = {option(c, "--role-name"): json.loads(option(c, "--assume-role-policy-document"))
+              for c in find(calls, "create-role")}
+    permissions = {option(c, "--role-name"): json.loads(option(c, "--policy-document"))
+                   for c in find(calls, "put-role-policy")}
+    assert trusts.keys() == permissions.keys()
+    return {name: (trusts[name], permissions[name]) for name in trusts}
+
+
+def test_aws_every_document_is_valid_json(aws):
+    _, calls = aws
+    documents = [option(c, flag) for c in calls for flag in
+                 ("--policy", "--policy-document", "--assume-role-policy-document",
+                  "--server-side-encryption-configuration") if flag in c["args"]]
+    assert len(documents) == 8  # bucket policy, encryption, 3 trusts, 3 permission policies
+    for document in documents:
+        json.loads(document)
+
+
+def test_aws_state_bucket_is_private_versioned_encrypted_tls_only(aws):
+    _, calls = aws
+    (create,) = find(calls, "create-bucket")
+    assert option(create, "--create-bucket-configuration") == "LocationConstraint=us-west-2"
+    (block,) = find(calls, "put-public-access-block")
+    assert option(block, "--public-access-block-configuration").count("=true") == 4
+    assert option(find(calls, "put-bucket-versioning")[0], "--versioning-configuration") == "Status=Enabled"
+    (policy,) = [json.loads(option(c, "--policy")) for c in find(calls, "put-bucket-policy")]
+    assert policy["Statement"][0]["Effect"] == "Deny"
+    assert policy["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    (meta,) = [c for c in calls if c["args"][:2] == ["s3", "cp"]]
+    assert meta["args"][3] == "s3://sdxl-state/.pulumi/meta.yaml" and meta["stdin"] == "version: 1\n"
+
+
+def test_aws_each_role_trusts_one_github_context_of_this_repo(aws):
+    _, calls = aws
+    (provider,) = find(calls, "create-open-id-connect-provider")
+    assert option(provider, "--client-id-list") == "sts.amazonaws.com"
+    expected = {"gha-sdxl-endpoint-preview": "environment:preview",
+                "gha-sdxl-endpoint-review": "environment:review",
+                "gha-sdxl-endpoint-deploy": "environment:production"}
+    policies = role_policies(calls)
+    assert set(policies) == set(expected)
+    for role, (trust, _) in policies.items():
+        (statement,) = trust["Statement"]
+        assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+        assert statement["Principal"]["Federated"] == \
+            f"arn:aws:iam::{ACCOUNT}:oidc-provider/token.actions.githubusercontent.com"
+        assert statement["Condition"] == {"StringEquals": {
+            "token.actions.githubusercontent.com:aud": "sts.amazonaws.com",
+            "token.actions.githubusercontent.com:sub": [f"repo:{REPO}:{expected[role]}"],
+        }}
+
+
+def allowed(policy: dict, action: str, resource: str) -> bool:
+    return any(fnmatchcase(action, a) and any(fnmatchcase(resource, r) for r in
+               (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]))
+               for s in policy["Statement"] if s["Effect"] == "Allow"
+               for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]]))
+
+
+def test_aws_permissions_are_least_privilege(aws):
+    _, calls = aws
+    policies = {role: permissions for role, (_, permissions) in role_policies(calls).items()}
+    preview, review, deploy = (policies[f"gha-sdxl-endpoint-{n}"] for n in ("preview", "review", "deploy"))
+    pr_state = "arn:aws:s3:::sdxl-state/.pulumi/stacks/sdxl-endpoint/pr-42.json"
+    prod_state = "arn:aws:s3:::sdxl-state/.pulumi/stacks/sdxl-endpoint/aws-g5.json"
+    # preview reads; only deploy may write production's state; review writes PR state only
+    assert allowed(preview, "s3:GetObject", prod_state) and not allowed(preview, "s3:PutObject", prod_state)
+    assert not allowed(preview, "ec2:RunInstances", "*")
+    assert allowed(review, "s3:PutObject", pr_state) and not allowed(review, "s3:PutObject", prod_state)
+    assert allowed(review, "s3:PutObject", "arn:aws:s3:::sdxl-state/.pulumi/history/sdxl-endpoint/pr-42/x.json")
+    assert allowed(deploy, "s3:PutObject", prod_state)
+    for policy in (preview, review, deploy):
+        for statement in policy["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            assert not any(a == "*" or a.endswith(":*") for a in actions), statement
+        # nothing may touch the CI roles themselves: that would be an escalation
+        for ci_role in policies:
+            arn = f"arn:aws:iam::{ACCOUNT}:role/{ci_role}"
+            for action in ("iam:UpdateAssumeRolePolicy", "iam:AttachRolePolicy", "iam:PassRole", "iam:PutRolePolicy"):
+                assert not allowed(policy, action, arn), (action, ci_role)
+    # the instance role the program creates can hold only the SSM policy and only go to EC2
+    attach = next(s for s in deploy["Statement"] if s.get("Sid") == "OnlySsmPolicy")
+    ssm_policy = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+    assert attach["Condition"] == {"ArnEquals": {"iam:PolicyARN": ssm_policy}}
+    ec2 = next(s for s in deploy["Statement"] if s.get("Sid") == "Ec2InRegion")
+    assert ec2["Condition"] == {"StringEquals": {"aws:RequestedRegion": "us-west-2"}}
+
+
+def test_aws_rerun_updates_instead_of_creating(tmp_path):
+    result, calls = run("aws-oidc.sh", REPO, "sdxl-state", tmp_path=tmp_path,
+                        existing="head-bucket,head-object,get-open-id-connect-provider,get-role")
+    assert result.returncode == 0, result.stderr
+    assert not find(calls, "create-bucket") and not find(calls, "create-role")
+    assert not find(calls, "create-open-id-connect-provider")
+    assert len(find(calls, "update-assume-role-policy")) == 3 and len(find(calls, "put-role-policy")) == 3
+    assert f"AWS_REVIEW_ROLE_ARN   arn:aws:iam::{ACCOUNT}:role/gha-sdxl-endpoint-review" in result.stdout
+
+
+@pytest.mark.parametrize("args", [("not-a-repo", "b"), (REPO, "Bad_Bucket"), (REPO, "sdxl-state", "mars-1")])
+def test_aws_bad_arguments_stop_before_any_call(tmp_path, args):
+    result, calls = run("aws-oidc.sh", *args, tmp_path=tmp_path)
+    assert result.returncode == 2 and calls == []
+
+
+# --- GCP --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gcloud(tmp_path):
+    result, calls = run("gcp-wif.sh", REPO, "sdxl-demo-1", "sdxl-state", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return result, calls
+
+
+def test_gcp_pool_accepts_only_this_repository(gcloud):
+    _, calls = gcloud
+    (provider,) = find(calls, "create-oidc")
+    assert option(provider, "--attribute-condition") == f"assertion.repository == '{REPO}'"
+    assert option(provider, "--issuer-uri") == "https://token.actions.githubusercontent.com"
+    assert "google.subject=assertion.sub" in option(provider, "--attribute-mapping")
+
+
+def test_gcp_each_account_is_impersonable_from_one_context(gcloud):
+    _, calls = gcloud
+    pool = "projects/987654321/locations/global/workloadIdentityPools/github-actions"
+    bindings = {option(c, "--member") for c in find(calls, "roles/iam.workloadIdentityUser")}
+    assert bindings == {f"principal://iam.googleapis.com/{pool}/subject/repo:{REPO}:environment:{e}"
+                        for e in ("preview", "review", "production")}
+
+
+def test_gcp_grants_are_least_privilege(gcloud):
+    result, calls = gcloud
+    grants = [(option(c, "--member"), option(c, "--role"), option(c, "--condition"))
+              for c in calls if c["args"][:2] == ["projects", "add-iam-policy-binding"]]
+    preview = "serviceAccount:gha-sdxl-preview@sdxl-demo-1.iam.gserviceaccount.com"
+    assert [(r, c) for m, r, c in grants if m == preview] == [("roles/compute.viewer", "None")]
+    assert not any(r in ("roles/owner", "roles/editor") for _, r, _ in grants)
+    # Granting project roles is allowed only for the roles the program gives its VM.
+    iam_admin = [c for _, r, c in grants if r == "roles/resourcemanager.projectIamAdmin"]
+    assert len(iam_admin) == 2
+    for condition in iam_admin:
+        assert "modifiedGrantsByRole" in condition
+        assert condition.split(".hasOnly(", 1)[1] == f"[{', '.join(repr(r) for r in gcp.SERVICE_ACCOUNT_ROLES)}])"
+    bucket = [(option(c, "--member"), option(c, "--role")) for c in calls if c["args"][:2] == ["storage", "buckets"]
+              and "add-iam-policy-binding" in c["args"]]
+    assert (preview, "roles/storage.objectViewer") in bucket
+    assert "GCP_WORKLOAD_IDENTITY_PROVIDER  projects/987654321/locations/global/workloadIdentityPools/" \
+           "github-actions/providers/github" in result.stdout
+
+
+def test_gcp_bucket_is_private_and_versioned(gcloud):
+    _, calls = gcloud
+    (create,) = find(calls, "create", "gs://sdxl-state")
+    assert "--uniform-bucket-level-access" in create["args"] and "--public-access-prevention" in create["args"]
+    assert find(calls, "update", "gs://sdxl-state", "--versioning")

@@ -1,0 +1,273 @@
+"""Every workflow in .github/workflows (whoever wrote it) and every local action.
+
+The real linters run on them: `check-jsonschema --builtin-schema vendor.github-workflows`,
+`zizmor --offline` (template injection, unpinned actions, excessive permissions, dangerous
+triggers), and shellcheck on each `run:` script. Then the project's own rules: least-privilege
+permissions per job, SHA pins with a version comment, fork PRs never reaching secrets, and
+every `python -m stacks.ci ...` call matching the CLI it calls.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stacks import ci
+
+ROOT = Path(__file__).resolve().parents[2]
+GITHUB = ROOT / ".github"
+WORKFLOWS = sorted([*GITHUB.glob("workflows/*.yml"), *GITHUB.glob("workflows/*.yaml")])
+ACTIONS = sorted(GITHUB.glob("actions/*/action.y*ml"))
+BIN = Path(sys.executable).parent
+PINNED_USES = re.compile(r"^\s*-?\s*uses:\s*([\w.-]+/[\w./-]+)@([0-9a-f]{40})\s+#\s*v\d+(\.\d+)*\b")
+OIDC_ACTIONS = ("aws-actions/configure-aws-credentials", "google-github-actions/auth")
+# Other legitimate consumers of a job's OIDC token: keyless signing and provenance.
+SIGNING_ACTIONS = ("actions/attest", "actions/attest-build-provenance", "sigstore/cosign-installer")
+LOCAL_OIDC_ACTION = "./.github/actions/pulumi-setup"
+FORK_GUARD = "github.event.pull_request.head.repo.full_name == github.repository"
+# Attacker-controlled fields of a pull request (title, body, branch names, labels' text...).
+UNTRUSTED = re.compile(r"\$\{\{[^}]*(github\.head_ref|github\.event\.(pull_request|issue|comment|review|head_commit)"
+                       r"\.[\w.]*(title|body|ref|label|name|message|email))[^}]*\}\}")
+
+
+def load(path: Path) -> dict:
+    # PyYAML reads the bare key `on` as True.
+    document = yaml.safe_load(path.read_text())
+    if True in document:
+        document["on"] = document.pop(True)
+    return document
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def jobs(path: Path) -> dict[str, dict]:
+    return load(path).get("jobs", {})
+
+
+def steps(job: dict) -> list[dict]:
+    return job.get("steps", [])
+
+
+def triggers(document: dict) -> set[str]:
+    on = document["on"]
+    return {on} if isinstance(on, str) else set(on)
+
+
+def test_the_workflows_exist():
+    names = {p.name for p in WORKFLOWS}
+    assert {"test.yml", "preview.yml", "deploy.yml", "review-env.yml", "reaper.yml"} <= names
+
+
+# --- the real linters --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=rel)
+def test_workflow_is_valid_per_the_github_schema(path):
+    result = subprocess.run([BIN / "check-jsonschema", "--builtin-schema", "vendor.github-workflows", path],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", ACTIONS, ids=rel)
+def test_local_action_is_valid_per_the_github_schema(path):
+    result = subprocess.run([BIN / "check-jsonschema", "--builtin-schema", "vendor.github-actions", path],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_zizmor_offline_finds_nothing(tmp_path):
+    # Fully offline: no token in the environment, and --offline disables every online audit.
+    env = {k: v for k, v in os.environ.items() if k not in ("GH_TOKEN", "GITHUB_TOKEN", "ZIZMOR_GITHUB_TOKEN")}
+    result = subprocess.run(
+        [BIN / "zizmor", "--offline", "--no-progress", "--color", "never", "--cache-dir", tmp_path, GITHUB],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No findings to report" in result.stdout, result.stdout
+
+
+def run_scripts() -> list[tuple[str, str]]:
+    found = []
+    for path in [*WORKFLOWS, *ACTIONS]:
+        document = load(path)
+        job_steps = [(name, s) for name, job in document.get("jobs", {}).items() for s in steps(job)]
+        job_steps += [("action", s) for s in document.get("runs", {}).get("steps", [])]
+        for index, (job, step) in enumerate(job_steps):
+            if "run" in step and step.get("shell", "bash") == "bash":
+                found.append((f"{rel(path)}:{job}:{step.get('name', index)}", step["run"]))
+    return found
+
+
+@pytest.mark.parametrize("where, script", run_scripts(), ids=[w for w, _ in run_scripts()])
+def test_run_scripts_pass_shellcheck(where, script, tmp_path):
+    # Expressions are replaced by a plain word: what shellcheck sees is what bash would run.
+    body = re.sub(r"\$\{\{.*?\}\}", "GHA_EXPRESSION", script)
+    target = tmp_path / "step.sh"
+    target.write_text(f"#!/usr/bin/env bash\nset -eo pipefail\n{body}")
+    result = subprocess.run([BIN / "shellcheck", "--severity=style", target], capture_output=True, text=True)
+    assert result.returncode == 0, f"{where}\n{result.stdout}"
+
+
+# --- least privilege ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=rel)
+def test_top_level_permissions_grant_nothing_writable(path):
+    permissions = load(path).get("permissions")
+    assert permissions is not None, "set top-level `permissions: {}` and widen per job"
+    assert isinstance(permissions, dict) and all(v in ("read", "none") for v in permissions.values()), permissions
+
+
+def uses_of(job: dict) -> list[str]:
+    return [s["uses"] for s in steps(job) if "uses" in s]
+
+
+def widened(job: dict, scope: str) -> bool:
+    permissions = job.get("permissions") or {}
+    return permissions == "write-all" or (isinstance(permissions, dict) and permissions.get(scope) == "write")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=rel)
+def test_id_token_write_only_where_oidc_is_used(path):
+    for name, job in jobs(path).items():
+        oidc = any(u.split("@")[0] in (*OIDC_ACTIONS, *SIGNING_ACTIONS) or u == LOCAL_OIDC_ACTION
+                   for u in uses_of(job))
+        assert widened(job, "id-token") == oidc, f"{name}: id-token: write iff it assumes a cloud role"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=rel)
+def test_pull_requests_write_only_where_a_job_comments(path):
+    for name, job in jobs(path).items():
+        comments = any(
+            s.get("uses", "").startswith("actions/github-script@")
+            or (s.get("uses", "").startswith("pulumi/actions@") and s.get("with", {}).get("comment-on-pr"))
+            for s in steps(job)
+        )
+        if widened(job, "pull-requests"):
+            assert comments, f"{name}: pull-requests: write without a comment step"
+
+
+def test_local_action_is_what_grants_oidc():
+    action = load(GITHUB / "actions" / "pulumi-setup" / "action.yml")
+    used = {s["uses"].split("@")[0] for s in action["runs"]["steps"] if "uses" in s}
+    assert set(OIDC_ACTIONS) <= used
+
+
+# --- supply chain and untrusted input ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [*WORKFLOWS, *ACTIONS], ids=rel)
+def test_every_action_is_pinned_to_a_full_sha_with_its_version(path):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if re.match(r"^\s*-?\s*uses:", line) and not re.search(r"uses:\s*(\./|docker://)", line):
+            assert PINNED_USES.match(line), f"{rel(path)}:{number}: pin to a 40-hex SHA with `# vX.Y.Z`: {line}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=rel)
+def test_no_pull_request_target(path):
+    assert not triggers(load(path)) & {"pull_request_target", "workflow_run"}, \
+        "these run with the base repository's secrets next to untrusted code"
+
+
+@pytest.mark.parametrize("path", [*WORKFLOWS, *ACTIONS], ids=rel)
+def test_untrusted_pr_fields_never_reach_a_script_directly(path):
+    document = load(path)
+    all_steps = [s for job in document.get("jobs", {}).values() for s in steps(job)]
+    all_steps += document.get("runs", {}).get("steps", [])
+    for step in all_steps:
+        for text in (step.get("run", ""), step.get("with", {}).get("script", "")):
+            assert not UNTRUSTED.search(text), f"pass it through env: instead: {UNTRUSTED.search(text)[0]}"
+            if step.get("uses", "").startswith("actions/github-script@"):
+                assert "${{" not in text, "github-script reads inputs from process.env"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=rel)
+def test_pull_request_jobs_with_secrets_skip_forks(path):
+    document = load(path)
+    if "pull_request" not in triggers(document):
+        return
+    for name, job in document["jobs"].items():
+        text = yaml.safe_dump(job)
+        if "secrets." in text or widened(job, "id-token"):
+            assert FORK_GUARD in " ".join(str(job.get("if", "")).split()), \
+                f"{name}: fork PRs get no secrets; skip them with `if: {FORK_GUARD}`"
+
+
+# --- the contract between the workflows and stacks/ci.py ---------------------------------------
+
+
+def ci_invocations() -> list[tuple[str, list[str]]]:
+    calls = []
+    for where, script in run_scripts():
+        joined = script.replace("\\\n", " ")
+        for match in re.finditer(r"python -m stacks\.ci ([^\n;|&]+)", joined):
+            words = shlex.split(re.sub(r'"\$\{\w+\[@\]\}"', "", match[1]))
+            calls.append((where, [re.sub(r"^\$\{?(\w+)\}?$", r"\1", w) for w in words]))
+    return calls
+
+
+def test_every_stacks_ci_call_matches_the_cli():
+    calls = ci_invocations()
+    assert {args[0] for _, args in calls} >= {"plan", "create", "up", "destroy", "reap"}
+    parser = ci._parser()
+    for where, args in calls:
+        try:
+            parser.parse_args(args)
+        except SystemExit:
+            pytest.fail(f"{where}: python -m stacks.ci {' '.join(args)} is not a valid call")
+
+
+def test_review_env_reads_only_outputs_that_ci_writes():
+    text = (GITHUB / "workflows" / "review-env.yml").read_text()
+    written = {
+        "plan": {"action", "stack", "preset"},
+        "up": set(ci.PUBLIC_OUTPUTS) | {"expiresAt", "stack", "preset"},
+        "destroy": {"destroyed"},
+    }
+    read = re.findall(r"steps\.(\w+)\.outputs\.(\w+)", text)
+    assert read
+    for step, key in read:
+        assert key in written[step], f"steps.{step}.outputs.{key} is never written by stacks.ci"
+    assert "apiToken" not in text.split("script:", 1)[1], "the comment never mentions the token's value"
+
+
+def test_review_env_never_overlaps_for_one_pr_and_converges():
+    document = load(GITHUB / "workflows" / "review-env.yml")
+    assert set(document["on"]["pull_request"]["types"]) >= {"labeled", "unlabeled", "synchronize", "closed"}
+    (job,) = document["jobs"].values()
+    assert job["concurrency"]["group"].endswith("${{ github.event.pull_request.number }}")
+    assert job["concurrency"]["cancel-in-progress"] is False, "an up or destroy must never be cut halfway"
+    assert job["environment"] == "review"
+
+
+def test_deploy_is_gated_by_the_production_environment():
+    (job,) = jobs(GITHUB / "workflows" / "deploy.yml").values()
+    assert job["environment"] == "production"
+    assert job["concurrency"]["cancel-in-progress"] is False
+
+
+def test_reaper_runs_on_a_schedule_and_by_hand():
+    document = load(GITHUB / "workflows" / "reaper.yml")
+    assert {"schedule", "workflow_dispatch"} <= triggers(document)
+    hours = document["on"]["schedule"][0]["cron"].split()[1]
+    assert hours == "*", "hourly: a forgotten GPU bills at most its TTL plus an hour"
+
+
+def test_test_workflow_runs_the_ci_entry_point_on_push_and_pr():
+    document = load(GITHUB / "workflows" / "test.yml")
+    assert {"push", "pull_request"} <= triggers(document)
+    (job,) = document["jobs"].values()
+    assert any(s.get("run", "").strip() == ".ci/run" for s in steps(job))
+    entry = (ROOT / ".ci" / "run").read_text()
+    assert entry.rstrip().endswith("make test") and "make test" in (ROOT / "README.md").read_text()
+    # .ci/run installs its packages with apt-get as root: a Debian image like the one it targets.
+    assert "bookworm" in job["container"]["image"]

@@ -1,0 +1,498 @@
+"""stacks/ci.py with the Automation API's entry points replaced by an in-memory backend.
+
+The fakes stand in for the Pulumi CLI (not installed here) at the module functions ci.py
+calls: `create_or_select_stack`, `select_stack` and `LocalWorkspace`. They keep what the real
+self-managed backend keeps: stacks, their config, and an update history that records the
+config each update ran with (what `pulumi stack history --json` returns).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import yaml
+from pulumi import automation as auto
+
+from stacks import ci
+
+UTC = timezone.utc
+NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
+TOKEN = "tok-3f9c2a7e5b1d4c8e9f0a6b2d7c4e1f3a"
+
+
+class FakeUpResult:
+    def __init__(self, outputs: dict[str, auto.OutputValue]):
+        self.outputs = outputs
+
+
+class FakeStack:
+    def __init__(self, name: str, backend: FakeBackend):
+        self.name = name
+        self.backend = backend
+        self.workspace = backend.workspace
+        self.config: dict[str, auto.ConfigValue] = {}
+        self.path_config: dict[str, auto.ConfigValue] = {}
+        self.history: list[auto.UpdateSummary] = []
+        self.resources = 0
+        self.fail_destroy = False
+
+    # config, as `pulumi config` keeps it in the stack's config file
+    def get_all_config(self) -> dict[str, auto.ConfigValue]:
+        return dict(self.config)
+
+    def remove_all_config(self, keys: list[str], *, path: bool = False) -> None:
+        self.backend.calls.append(("remove_all_config", self.name, tuple(keys)))
+        for key in keys:
+            self.config.pop(key)
+
+    def set_all_config(self, config: dict[str, auto.ConfigValue], *, path: bool = False) -> None:
+        self.backend.calls.append(("set_all_config", self.name, path))
+        (self.path_config if path else self.config).update(config)
+
+    def set_config(self, key: str, value: auto.ConfigValue, *, path: bool = False) -> None:
+        self.config[key] = value
+
+    # operations: each records the config it ran with, as the engine does
+    def _record(self, kind: str, when: datetime) -> None:
+        naive = when.astimezone(UTC).replace(tzinfo=None)
+        config = {k: {"value": v.value, "secret": v.secret} for k, v in self.config.items()}
+        self.history.insert(0, auto.UpdateSummary(kind=kind, start_time=naive, end_time=naive, message="",
+                                                  environment={}, config=config, result="succeeded"))
+
+    def up(self, on_output=None, color=None) -> FakeUpResult:
+        self.backend.calls.append(("up", self.name))
+        on_output("Updating (pr stack): apiToken: [secret]")
+        self.resources = 12
+        self._record("update", self.backend.clock())
+        return FakeUpResult({
+            "endpoint": auto.OutputValue("https://203-0-113-10.sslip.io", False),
+            "apiToken": auto.OutputValue(TOKEN, True),
+            "gpu": auto.OutputValue("NVIDIA T4", False),
+            "hourlyCostUsd": auto.OutputValue(0.526, False),
+            "curlExample": auto.OutputValue("curl -H 'Authorization: Bearer ...'", False),
+            "hfToken": auto.OutputValue("hf_should_never_show", True),
+        })
+
+    def destroy(self, on_output=None, color=None) -> None:
+        self.backend.calls.append(("destroy", self.name))
+        if self.fail_destroy:
+            raise auto.CommandError(auto.CommandResult("", "error: the stack is currently locked", 255))
+        self.resources = 0
+        self._record("destroy", self.backend.clock())
+
+    def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:
+        assert not show_secrets, "the reaper has no reason to decrypt secrets"
+        return self.history[0] if self.history else None
+
+
+class FakeWorkspace:
+    def __init__(self, backend: FakeBackend):
+        self.backend = backend
+
+    def list_stacks(self) -> list[auto.StackSummary]:
+        return [auto.StackSummary(name=self.backend.listed_names.get(n, n), current=False,
+                                  update_in_progress=n in self.backend.busy, resource_count=s.resources)
+                for n, s in self.backend.stacks.items()]
+
+    def remove_stack(self, name: str) -> None:
+        self.backend.calls.append(("remove_stack", name))
+        if self.backend.stacks[name].resources:
+            raise auto.CommandError(auto.CommandResult("", "error: stack still has resources", 255))
+        del self.backend.stacks[name]
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.stacks: dict[str, FakeStack] = {}
+        self.calls: list[tuple] = []
+        self.busy: set[str] = set()
+        self.listed_names: dict[str, str] = {}
+        self.workspace = FakeWorkspace(self)
+        self.now = NOW
+
+    def clock(self) -> datetime:
+        return self.now
+
+    def add(self, name: str) -> FakeStack:
+        self.stacks[name] = FakeStack(name, self)
+        return self.stacks[name]
+
+    # the patched module functions
+    def create_or_select_stack(self, name, work_dir=None, opts=None):
+        assert work_dir == str(ci.ROOT) and opts.secrets_provider == "passphrase"
+        self.calls.append(("create_or_select_stack", name))
+        return self.stacks.get(name) or self.add(name)
+
+    def select_stack(self, name, work_dir=None, opts=None):
+        assert work_dir == str(ci.ROOT)
+        if name not in self.stacks:
+            raise auto.StackNotFoundError(auto.CommandResult("", f"no stack named '{name}' found", 255))
+        return self.stacks[name]
+
+    def local_workspace(self, work_dir=None, secrets_provider=None):
+        assert work_dir == str(ci.ROOT)
+        return self.workspace
+
+
+@pytest.fixture
+def backend(monkeypatch) -> FakeBackend:
+    fake = FakeBackend()
+    monkeypatch.setattr(auto, "create_or_select_stack", fake.create_or_select_stack)
+    monkeypatch.setattr(auto, "select_stack", fake.select_stack)
+    monkeypatch.setattr(auto, "LocalWorkspace", fake.local_workspace)
+    return fake
+
+
+def deployed(backend: FakeBackend, name: str, at: datetime, ttl: str | None) -> FakeStack:
+    """A stack whose last update ran at `at`, with `ttl` recorded in its config (or none)."""
+    stack = backend.add(name)
+    if ttl is not None:
+        stack.config[ci.TTL_KEY] = auto.ConfigValue(ttl)
+    backend.now = at
+    stack.up(on_output=lambda _line: None)
+    backend.now = NOW
+    return stack
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["pr-1", "pr-42", "pr-1234567890"])
+def test_pr_stack_names_are_accepted(name):
+    assert ci.check_ephemeral(name) == name
+
+
+@pytest.mark.parametrize("name, nearest", [
+    ("PR-42", "pr-42"), ("pr-042", "pr-42"), ("pr_42", "pr-42"), ("42", "pr-42"), ("#42", "pr-42"),
+    ("pr-0", "pr-<pull request number>"), ("aws-g5", "pr-<pull request number>"),
+    ("pr-42; rm -rf /", "pr-<pull request number>"), ("pr-", "pr-<pull request number>"),
+])
+def test_other_stack_names_are_refused_with_the_nearest_fix(name, nearest):
+    with pytest.raises(ci.CiError, match="pr-<pull request number>") as err:
+        ci.check_ephemeral(name)
+    assert str(err.value).endswith(f"fix: --stack {nearest}")
+
+
+def test_stack_for_pr():
+    assert ci.stack_for_pr(42) == "pr-42"
+    assert ci.stack_for_pr("#7") == "pr-7"
+    for bad in ("0", "-3", "4a", ""):
+        with pytest.raises(ci.CiError, match="positive whole number"):
+            ci.stack_for_pr(bad)
+
+
+# --- presets ----------------------------------------------------------------------------------
+
+
+def test_presets_are_the_preset_files_and_never_a_local_pr_stack(tmp_path, monkeypatch):
+    real = ci.presets()
+    assert real == sorted(p.name[len("Pulumi."):-len(".yaml")] for p in ci.PRESET_DIR.glob("Pulumi.*.yaml")
+                          if not p.name.startswith("Pulumi.pr-"))
+    assert ci.DEFAULT_PRESET in real
+
+    for name in ("aws-g5", "pr-7", "gcp-t4"):
+        (tmp_path / f"Pulumi.{name}.yaml").write_text("config: {}\n")
+    monkeypatch.setattr(ci, "PRESET_DIR", tmp_path)
+    assert ci.presets() == ["aws-g5", "gcp-t4"]
+
+
+@pytest.mark.parametrize("preset", ci.presets())
+def test_preset_config_is_a_faithful_copy_of_the_preset_file(preset):
+    plain, nested = ci.preset_config(preset)
+    document = yaml.safe_load((ci.PRESET_DIR / f"Pulumi.{preset}.yaml").read_text())["config"]
+    scalars = {k: v for k, v in document.items() if not isinstance(v, (list, dict)) and k != ci.TTL_KEY}
+    assert {k: v.value for k, v in plain.items()} == {
+        k: json.dumps(v) if isinstance(v, bool) else str(v) for k, v in scalars.items()}
+    assert {k.split("[")[0].split(".")[0] for k in nested} == set(document) - set(scalars) - {ci.TTL_KEY}
+    assert not any(v.secret for v in [*plain.values(), *nested.values()])
+
+
+def test_preset_config_keeps_types_as_the_cli_stores_them(tmp_path, monkeypatch):
+    (tmp_path / "Pulumi.custom.yaml").write_text(yaml.safe_dump({"config": {
+        "sdxl-endpoint:spot": True, "sdxl-endpoint:diskGb": 200, "aws:region": "eu-west-1",
+        "sdxl-endpoint:corsOrigins": ["https://a.example.com", "https://b.example.com"],
+        "aws:defaultTags": {"tags": {"team": "ml"}},
+        "sdxl-endpoint:ttl": "2020-01-01T00:00:00Z",
+    }}))
+    monkeypatch.setattr(ci, "PRESET_DIR", tmp_path)
+    plain, nested = ci.preset_config("custom")
+    assert {k: v.value for k, v in plain.items()} == {
+        "sdxl-endpoint:spot": "true", "sdxl-endpoint:diskGb": "200", "aws:region": "eu-west-1",
+    }, "an old expiry in a preset must never be inherited"
+    assert {k: v.value for k, v in nested.items()} == {
+        "sdxl-endpoint:corsOrigins[0]": "https://a.example.com",
+        "sdxl-endpoint:corsOrigins[1]": "https://b.example.com",
+        "aws:defaultTags.tags.team": "ml",
+    }
+
+
+def test_preset_with_encrypted_values_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "Pulumi.locked.yaml").write_text(yaml.safe_dump({"config": {
+        "aws:region": "us-east-1", "sdxl-endpoint:hfToken": {"secure": "v1:abc"},
+    }}))
+    monkeypatch.setattr(ci, "PRESET_DIR", tmp_path)
+    with pytest.raises(ci.CiError, match=r"encrypted values \(sdxl-endpoint:hfToken\)"):
+        ci.preset_config("locked")
+
+
+def test_unknown_preset_names_the_presets_and_the_nearest():
+    with pytest.raises(ci.CiError) as err:
+        ci.check_preset("aws-g55")
+    assert ", ".join(ci.presets()) in str(err.value)
+    assert str(err.value).endswith("fix: --preset aws-g5")
+
+
+# --- ttl --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("30m", timedelta(minutes=30)), ("8h", timedelta(hours=8)), (" 2d ", timedelta(days=2)),
+    ("7d", timedelta(days=7)), ("90m", timedelta(minutes=90)),
+])
+def test_ttl_durations(text, expected):
+    assert ci.parse_ttl(text) == expected
+
+
+@pytest.mark.parametrize("text", ["29m", "0h", "8d", "169h", "24", "1.5h", "h", "", "-2h", "1w"])
+def test_ttl_outside_the_bounds_or_malformed_is_refused(text):
+    with pytest.raises(ci.CiError, match=r"from 30m to 7d.*\n  fix: --ttl 24h"):
+        ci.parse_ttl(text)
+
+
+def test_rfc3339_round_trip_in_utc():
+    plus_two = timezone(timedelta(hours=2))
+    assert ci.rfc3339(datetime(2026, 3, 14, 17, 9, 26, 999, tzinfo=plus_two)) == "2026-03-14T15:09:26Z"
+    assert ci.parse_rfc3339("2026-03-14T15:09:26Z") == datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
+    assert ci.parse_rfc3339("2026-03-14T15:09:26") is None, "a time without a zone is ambiguous"
+    assert ci.parse_rfc3339("tomorrow") is None
+
+
+# --- plan -------------------------------------------------------------------------------------
+
+
+def test_plan_up_for_an_open_labelled_pr_with_the_default_or_chosen_preset():
+    assert ci.plan(42, "OPEN", ["bug", "deploy-preview"]) == ci.Plan("up", "pr-42", ci.DEFAULT_PRESET)
+    assert ci.plan("42", "open", ["deploy-preview", "preset:aws-g5"]) == ci.Plan("up", "pr-42", "aws-g5")
+    assert ci.plan(42, "OPEN", ["deploy-preview"], default_preset="aws-g6").preset == "aws-g6"
+
+
+@pytest.mark.parametrize("state, labels", [
+    ("OPEN", ["bug"]), ("CLOSED", ["deploy-preview"]), ("MERGED", ["deploy-preview"]),
+    ("CLOSED", ["deploy-preview", "preset:nope", "preset:aws-g5"]),
+])
+def test_plan_destroy_when_closed_or_unlabelled_whatever_the_preset_labels(state, labels):
+    assert ci.plan(7, state, labels) == ci.Plan("destroy", "pr-7", "")
+
+
+def test_plan_refuses_two_presets_and_unknown_ones():
+    with pytest.raises(ci.CiError, match="keep one preset:<name> label"):
+        ci.plan(7, "OPEN", ["deploy-preview", "preset:aws-g5", "preset:aws-g6"])
+    with pytest.raises(ci.CiError, match="preset 'aws-g7' does not exist"):
+        ci.plan(7, "OPEN", ["deploy-preview", "preset:aws-g7"])
+
+
+def test_plan_cli_reads_gh_json_labels_and_writes_github_output(tmp_path, monkeypatch, capsys):
+    output = tmp_path / "github_output"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    labels = json.dumps(["deploy-preview", "preset:aws-g6"])
+    assert ci.main(["plan", "--pr", "9", "--state", "OPEN", "--labels", labels]) == 0
+    assert output.read_text() == "action=up\nstack=pr-9\npreset=aws-g6\n"
+    assert json.loads(capsys.readouterr().out) == {"action": "up", "stack": "pr-9", "preset": "aws-g6"}
+
+
+# --- create / up / destroy --------------------------------------------------------------------
+
+
+def test_create_copies_the_preset_into_a_new_pr_stack(backend):
+    stack = ci.create("pr-42", "aws-g4dn")
+    preset = yaml.safe_load((ci.PRESET_DIR / "Pulumi.aws-g4dn.yaml").read_text())["config"]
+    assert {k: v.value for k, v in stack.config.items()} == preset
+    assert not any(v.secret for v in stack.config.values())
+    assert backend.calls == [("create_or_select_stack", "pr-42"), ("set_all_config", "pr-42", False)]
+
+
+def test_create_again_from_another_preset_drops_the_old_keys(backend, tmp_path, monkeypatch):
+    stack = backend.add("pr-42")
+    stack.config = {"sdxl-endpoint:instanceType": auto.ConfigValue("g5.xlarge"),
+                    "sdxl-endpoint:ttl": auto.ConfigValue("2026-01-01T00:00:00Z"),
+                    "aws:region": auto.ConfigValue("us-west-2")}
+    (tmp_path / "Pulumi.gcp-t4.yaml").write_text(yaml.safe_dump({"config": {
+        "sdxl-endpoint:cloud": "gcp", "gcp:project": "demo", "aws:region": "us-east-1"}}))
+    monkeypatch.setattr(ci, "PRESET_DIR", tmp_path)
+    ci.create("pr-42", "gcp-t4")
+    assert {k: v.value for k, v in stack.config.items()} == {
+        "sdxl-endpoint:cloud": "gcp", "gcp:project": "demo", "aws:region": "us-east-1"}
+    assert ("remove_all_config", "pr-42", ("sdxl-endpoint:instanceType", "sdxl-endpoint:ttl")) in backend.calls
+
+
+@pytest.mark.parametrize("name, preset", [("aws-g5", "aws-g4dn"), ("pr-7", "aws-g7"), ("pr-7", "pr-8")])
+def test_create_refuses_before_touching_pulumi(backend, name, preset):
+    with pytest.raises(ci.CiError):
+        ci.create(name, preset)
+    assert backend.calls == []
+
+
+def test_up_sets_the_expiry_and_returns_only_public_outputs(backend):
+    ci.create("pr-42", "aws-g4dn")
+    result = ci.up("pr-42", timedelta(hours=8), now=lambda: NOW)
+    stack = backend.stacks["pr-42"]
+    assert stack.config[ci.TTL_KEY].value == "2026-03-14T23:09:26Z"
+    assert not stack.config[ci.TTL_KEY].secret
+    # the engine recorded the expiry with the update: that is what the reaper reads back
+    assert stack.history[0].config[ci.TTL_KEY].value == "2026-03-14T23:09:26Z"
+    assert result == {"endpoint": "https://203-0-113-10.sslip.io", "gpu": "NVIDIA T4",
+                      "hourlyCostUsd": "0.526", "expiresAt": "2026-03-14T23:09:26Z"}
+
+
+def test_public_outputs_never_include_a_secret_even_when_listed():
+    outputs = {"endpoint": auto.OutputValue("https://x.example.com", True),
+               "gpu": auto.OutputValue("NVIDIA L4", False), "apiToken": auto.OutputValue(TOKEN, False)}
+    assert ci.public_outputs(outputs) == {"gpu": "NVIDIA L4"}
+
+
+def test_up_on_a_missing_stack_says_to_create_it(backend):
+    with pytest.raises(ci.CiError, match="python -m stacks.ci create --stack pr-5"):
+        ci.up("pr-5", timedelta(hours=1))
+
+
+def test_up_cli_never_prints_or_outputs_the_token(backend, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "github_output"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    assert ci.main(["create", "--stack", "pr-3", "--preset", "aws-g4dn"]) == 0
+    assert ci.main(["up", "--stack", "pr-3", "--ttl", "2d"], now=lambda: NOW) == 0
+    captured = capsys.readouterr()
+    written = output.read_text()
+    assert "endpoint=https://203-0-113-10.sslip.io\n" in written
+    assert "expiresAt=2026-03-16T15:09:26Z\n" in written
+    for text in (captured.out, captured.err, written):
+        assert TOKEN not in text and "hf_should_never_show" not in text and "apiToken" not in text.replace(
+            "apiToken: [secret]", "")
+    assert "apiToken: [secret]" in captured.err, "the engine's (masked) progress goes to stderr"
+
+
+def test_cli_bad_ttl_exits_2_with_one_message(backend, capsys):
+    backend.add("pr-3")
+    assert ci.main(["up", "--stack", "pr-3", "--ttl", "30d"]) == 2
+    assert capsys.readouterr().err.startswith("error: ttl '30d'")
+    assert backend.calls == []
+
+
+def test_destroy_destroys_then_removes(backend):
+    deployed(backend, "pr-42", NOW, "2026-03-15T00:00:00Z")
+    assert ci.destroy("pr-42") is True
+    assert backend.calls[-2:] == [("destroy", "pr-42"), ("remove_stack", "pr-42")]
+    assert "pr-42" not in backend.stacks
+
+
+def test_destroy_of_a_missing_stack_is_a_quiet_no_op(backend, capsys):
+    assert ci.main(["destroy", "--stack", "pr-42"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"destroyed": "false"}
+    assert backend.calls == []
+
+
+def test_destroy_refuses_a_preset_or_production_stack(backend):
+    backend.add("aws-g5").resources = 12
+    assert ci.main(["destroy", "--stack", "aws-g5"]) == 2
+    assert backend.calls == [] and backend.stacks["aws-g5"].resources == 12
+
+
+def test_a_failed_destroy_keeps_the_stack_and_fails_the_cli(backend, capsys):
+    deployed(backend, "pr-8", NOW, None).fail_destroy = True
+    assert ci.main(["destroy", "--stack", "pr-8"]) == 1
+    assert "the stack is currently locked" in capsys.readouterr().err
+    assert ("remove_stack", "pr-8") not in backend.calls and "pr-8" in backend.stacks
+
+
+# --- expiry and the reaper --------------------------------------------------------------------
+
+
+@pytest.fixture
+def fleet(backend) -> FakeBackend:
+    deployed(backend, "pr-1", NOW - timedelta(days=1), "2026-03-14T15:09:25Z")  # expired a second ago
+    deployed(backend, "pr-2", NOW - timedelta(days=1), "2026-03-14T15:09:27Z")  # a second to go
+    deployed(backend, "pr-3", NOW - timedelta(days=7, hours=1), None)  # no ttl, older than MAX_TTL
+    deployed(backend, "pr-4", NOW - timedelta(days=6), None)  # no ttl, recent enough
+    backend.add("pr-5")  # created, never deployed: nothing bills
+    deployed(backend, "pr-6", NOW - timedelta(days=3), "2026-03-12T00:00:00Z")
+    backend.busy.add("pr-6")  # an up or destroy is running on it right now
+    deployed(backend, "aws-g5", NOW - timedelta(days=30), "2026-01-01T00:00:00Z")  # never a PR stack
+    deployed(backend, "pr-10", NOW - timedelta(days=2), "2026-03-13T00:00:00+01:00")
+    backend.listed_names["pr-10"] = "organization/sdxl-endpoint/pr-10"
+    return backend
+
+
+def test_expired_lists_only_pr_stacks_past_their_expiry_oldest_first(fleet):
+    found = ci.expired(now=lambda: NOW)
+    assert [(e.stack, ci.rfc3339(e.expires_at), e.source) for e in found] == [
+        ("pr-10", "2026-03-12T23:00:00Z", "ttl"),
+        ("pr-3", "2026-03-14T14:09:26Z", "no ttl recorded; last update + 7d"),
+        ("pr-1", "2026-03-14T15:09:25Z", "ttl"),
+    ]
+
+
+def test_expiry_moves_with_the_clock(fleet):
+    later = NOW + timedelta(seconds=2)
+    assert {e.stack for e in ci.expired(now=lambda: later)} == {"pr-1", "pr-2", "pr-3", "pr-10"}
+    earlier = datetime(2026, 3, 12, 22, 59, tzinfo=UTC)
+    assert ci.expired(now=lambda: earlier) == []
+
+
+def test_expired_cli_prints_one_name_per_line(fleet, capsys):
+    assert ci.main(["expired"], now=lambda: NOW) == 0
+    assert sorted(capsys.readouterr().out.split()) == ["pr-1", "pr-10", "pr-3"]
+
+
+def test_reap_destroys_expired_stacks_and_keeps_going_after_a_failure(fleet, tmp_path, monkeypatch, capsys):
+    fleet.stacks["pr-3"].fail_destroy = True
+    output = tmp_path / "github_output"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    assert ci.main(["reap"], now=lambda: NOW) == 1
+    assert set(fleet.stacks) == {"pr-2", "pr-3", "pr-4", "pr-5", "pr-6", "aws-g5"}
+    reaped = fleet.calls[fleet.calls.index(("destroy", "pr-10")):]
+    assert [c for c in reaped if c[0] in ("destroy", "remove_stack")] == [
+        ("destroy", "pr-10"), ("remove_stack", "pr-10"), ("destroy", "pr-3"),
+        ("destroy", "pr-1"), ("remove_stack", "pr-1")]
+    result = json.loads(capsys.readouterr().out)
+    assert sorted(result["destroyed"].split()) == ["pr-1", "pr-10"] and result["failed"] == "pr-3"
+    assert "failed=pr-3\n" in output.read_text()
+
+
+def test_a_reaped_stack_can_come_back_on_the_next_push(backend):
+    ci.create("pr-12", "aws-g4dn")
+    ci.up("pr-12", timedelta(hours=1), now=lambda: NOW)
+    assert [e.stack for e in ci.expired(now=lambda: NOW + timedelta(minutes=61))] == ["pr-12"]
+    ci.reap(now=lambda: NOW + timedelta(minutes=61))
+    assert "pr-12" not in backend.stacks
+    ci.create("pr-12", "aws-g4dn")
+    assert ci.up("pr-12", timedelta(hours=1), now=lambda: NOW + timedelta(hours=2))["expiresAt"] == \
+        "2026-03-14T18:09:26Z"
+
+
+def test_github_output_refuses_multiline_values(tmp_path):
+    with pytest.raises(ci.CiError, match="spans lines"):
+        ci.write_github_output({"endpoint": "https://x\nmalicious=1"}, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_overrides_add_what_presets_leave_out(backend):
+    stack = ci.create("pr-4", "aws-g4dn", ci.parse_overrides(["gcp:project=sdxl-demo-1", "aws:region=us-west-2"]))
+    assert stack.config["gcp:project"].value == "sdxl-demo-1"
+    assert stack.config["aws:region"].value == "us-west-2", "an override wins over the preset"
+
+
+@pytest.mark.parametrize("pair", ["gcp:project", "project=x", "sdxl-endpoint:ttl=2030-01-01T00:00:00Z",
+                                  "gcp:project=", "gcp:project=a\nb"])
+def test_bad_overrides_are_refused(pair):
+    with pytest.raises(ci.CiError, match="namespace:key=value"):
+        ci.parse_overrides([pair])
+
+
+def test_api_token_comes_from_the_environment_as_a_secret(backend, monkeypatch, capsys):
+    monkeypatch.setenv(ci.API_TOKEN_ENV, TOKEN)
+    assert ci.main(["create", "--stack", "pr-6", "--preset", "aws-g4dn"]) == 0
+    value = backend.stacks["pr-6"].config["sdxl-endpoint:apiToken"]
+    assert value.value == TOKEN and value.secret
+    captured = capsys.readouterr()
+    assert TOKEN not in captured.out + captured.err
