@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command from a fresh machine to a running endpoint (or a preview, or a teardown).
-#   scripts/deploy.sh up|preview|destroy [STACK]     (make up / make preview / make destroy)
+#   scripts/deploy.sh up|preview|destroy|wake [STACK]     (make up / make preview / make destroy / make wake)
 # Needs only Python 3.10+, curl and cloud credentials; installs the venv, the dependencies and
 # the Pulumi CLI when missing. State stays on this machine (no Pulumi Cloud account) unless
 # PULUMI_BACKEND_URL says otherwise, and secrets are encrypted with a passphrase.
@@ -12,8 +12,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 case "$action" in
-  up|preview|destroy) ;;
-  *) echo "usage: $0 up|preview|destroy [stack]" >&2; exit 2 ;;
+  up|preview|destroy|wake) ;;
+  *) echo "usage: $0 up|preview|destroy|wake [stack]" >&2; exit 2 ;;
 esac
 if [ ! -f "stacks/Pulumi.$stack.yaml" ] && [ "$action" = up ] && [ -z "${SDXL_ALLOW_NEW_STACK:-}" ]; then
   echo "No preset stacks/Pulumi.$stack.yaml. Presets:" >&2
@@ -60,7 +60,11 @@ if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FI
   export PULUMI_CONFIG_PASSPHRASE_FILE="$passphrase_file"
 fi
 
-pulumi stack select --create --secrets-provider passphrase "$stack" >/dev/null
+if [ "$action" = wake ]; then
+  pulumi stack select "$stack" >/dev/null  # waking never creates a stack
+else
+  pulumi stack select --create --secrets-provider passphrase "$stack" >/dev/null
+fi
 
 shift $(( $# > 2 ? 2 : $# ))
 case "$action" in
@@ -77,4 +81,5 @@ case "$action" in
     ;;
   preview) pulumi preview "$@" ;;
   destroy) pulumi destroy "$@" ;;
+  wake) .venv/bin/python -m stacks.wake --stack "$stack" "$@" ;;
 esac

@@ -129,7 +129,7 @@ class AwsGpuEndpoint(pulumi.ComponentResource):
         ami = aws.ssm.get_parameter(name=DLAMI_SSM_PARAMETER, region=settings.region,
                                     opts=pulumi.InvokeOptions(parent=self, provider=provider))
         token = endpoint.api_token(settings, parent=self)
-        user_data = bootstrap.render_secret_user_data(settings, token)
+        user_data = bootstrap.render_secret_user_data(settings, token, public_ip=address.public_ip)
 
         instance = aws.ec2.Instance(
             f"{name}-instance",
@@ -163,7 +163,7 @@ class AwsGpuEndpoint(pulumi.ComponentResource):
         aws.ec2.EipAssociation(f"{name}-eip-assoc", allocation_id=address.allocation_id,
                                instance_id=instance.id, opts=child)
 
-        url = pulumi.Output.concat("http://", address.public_ip)
+        url = endpoint.public_url(settings, address.public_ip)
         self.outputs = {
             "endpoint": url,
             "apiToken": token,

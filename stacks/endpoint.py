@@ -25,6 +25,20 @@ def api_token(settings: Settings, parent: pulumi.Resource) -> pulumi.Output[str]
     return pulumi.Output.secret(generated.result)
 
 
+def public_host(domain: str | None, public_ip: str | None) -> str:
+    """The name clients use and Caddy gets a certificate for: the domain, else the public IP itself."""
+    if domain:
+        return domain
+    if not public_ip:
+        raise ValueError("no domain and no public IP: the endpoint has no address")
+    return f"[{public_ip}]" if ":" in public_ip else public_ip
+
+
+def public_url(settings: Settings, public_ip: pulumi.Input[str]) -> pulumi.Output[str]:
+    """The `endpoint` output: always https (stacks/bootstrap.py runs Caddy with automatic certificates)."""
+    return pulumi.Output.from_input(public_ip).apply(lambda ip: f"https://{public_host(settings.domain, ip)}")
+
+
 def curl_example(endpoint: pulumi.Input[str]) -> pulumi.Output[str]:
     """A ready-to-run text-to-image request; it reads the token from the stack, never inlines it."""
     return pulumi.Output.concat(

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Container entrypoint: check that the model cache volume is usable, then hand PID 1 to the server
+# (flags pass through, e.g. `docker run IMAGE --compile`; settings also come from SDXL_* variables).
+set -eu
+
+cache="${HF_HOME:-/models}"
+if ! mkdir -p "$cache" 2>/dev/null || [ ! -w "$cache" ]; then
+  echo "entrypoint: the model cache $cache is not writable by uid $(id -u)." >&2
+  echo "entrypoint: on the host, run: chown -R $(id -u):$(id -g) <the directory mounted at $cache>" >&2
+  exit 78 # EX_CONFIG: restarting will not help until the mount is fixed
+fi
+
+exec python -m server "$@"

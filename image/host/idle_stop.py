@@ -1,0 +1,161 @@
+"""Idle auto-stop: power the instance off after N minutes without a generation request.
+
+Runs on the host (stdlib only: the DLAMI and Deep Learning VM images ship python3), as a systemd
+service. A guest power-off stops the instance on both clouds (AWS: shutdown behaviour "stop"; GCP: a
+guest shutdown leaves the VM TERMINATED), so GPU billing ends while the disk, IP and model cache stay.
+
+What counts as activity is the server's own `sdxl_last_request_timestamp_seconds` gauge, which only
+generation requests move (polls of /health, /ready and /metrics, ours included, never do), plus any image
+queued or in flight. The clock starts only once /ready has answered 200: a first boot that is still
+pulling the image or downloading the model is never stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+SERVER = "http://127.0.0.1:8000"
+ENV_FILE = "/etc/sdxl-endpoint/server.env"
+POLL_SECONDS = 60
+
+_SAMPLE = re.compile(r"^(sdxl_[a-z_]+)(?:\{[^}]*\})?\s+(\S+)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Observation:
+    ready: bool  # /ready answered 200
+    last_request: float | None = None  # the server's gauge (unix time), None if /metrics was unreadable
+    busy: bool = False  # images queued or being generated right now
+
+
+class IdleTracker:
+    """Decides, one observation at a time, whether the instance has been idle long enough to stop."""
+
+    def __init__(self, idle_seconds: float) -> None:
+        self.idle_seconds = idle_seconds
+        self.last_activity: float | None = None  # None until the server has been ready once
+        self._gauge: float | None = None  # the last value of the server's last-request gauge
+
+    def observe(self, now: float, seen: Observation) -> bool:
+        """Record one observation taken at `now`; True means: power off now."""
+        if self.last_activity is None:
+            if not seen.ready:
+                return False  # still booting, pulling or downloading: never stop before the first ready
+            self.last_activity = now
+        if seen.busy:
+            self.last_activity = now
+        elif seen.last_request is not None and seen.last_request != self._gauge:
+            # A new value means a request arrived (or the server restarted, which resets the gauge to
+            # its start time: that only delays a stop). Only changes count, and never later than now,
+            # so a host clock step cannot keep the instance "busy" for as long as the step.
+            self._gauge = seen.last_request
+            self.last_activity = max(self.last_activity, min(seen.last_request, now))
+        # A server that stops answering after being ready still counts down: a crashed server on an
+        # idle instance should not keep a GPU billed.
+        return self.idle_seconds > 0 and now - self.last_activity >= self.idle_seconds
+
+    def idle_for(self, now: float) -> float:
+        return 0.0 if self.last_activity is None else now - self.last_activity
+
+
+def parse_metrics(text: str) -> tuple[float | None, bool]:
+    """(last generation request time, busy) from Prometheus text exposition."""
+    values: dict[str, float] = {}
+    for name, value in _SAMPLE.findall(text):
+        values[name] = values.get(name, 0.0) + float(value)
+    busy = values.get("sdxl_queue_depth", 0.0) > 0 or values.get("sdxl_in_flight_images", 0.0) > 0
+    return values.get("sdxl_last_request_timestamp_seconds"), busy
+
+
+def read_token(env_file: str) -> str | None:
+    """SDXL_API_TOKEN from the root-only env file, without executing it as shell."""
+    try:
+        with open(env_file, encoding="utf-8") as f:
+            for line in f:
+                key, sep, value = line.rstrip("\n").partition("=")
+                if sep and key == "SDXL_API_TOKEN" and value:
+                    return value
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def _get(url: str, token: str | None) -> tuple[int, str]:
+    if not url.startswith("http://127.0.0.1:"):
+        raise ValueError(f"the idle watcher only talks to the server on loopback, not {url}")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - loopback http, checked above
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+    except OSError:
+        return 0, ""  # not listening yet (container starting) or restarting
+
+
+def observe_server(server: str, token: str | None) -> Observation:
+    ready = _get(f"{server}/ready", token)[0] == 200
+    status, text = _get(f"{server}/metrics", token)
+    if status != 200:
+        return Observation(ready=ready)
+    last_request, busy = parse_metrics(text)
+    return Observation(ready=ready, last_request=last_request, busy=busy)
+
+
+def console(message: str) -> None:
+    """To the journal and the serial console, which both clouds show without logging in."""
+    print(message, flush=True)
+    try:
+        with open("/dev/console", "w", encoding="utf-8") as tty:
+            tty.write(f"sdxl-idle-stop: {message}\n")
+    except OSError:
+        pass
+
+
+def run(tracker: IdleTracker, observe, clock, sleep, power_off, poll_seconds: float = POLL_SECONDS) -> None:
+    """The service loop, with every side effect injected (tests pass fakes; no real sleeps)."""
+    announced = False
+    while True:
+        now = clock()
+        seen = observe()
+        if tracker.observe(now, seen):
+            console(f"no generation request for {tracker.idle_for(now) / 60:.0f} min: powering off "
+                    "(the disk, IP and model cache stay; `make wake` starts it again)")
+            power_off()
+            return
+        if tracker.last_activity is not None and not announced:
+            console(f"server ready: idle auto-stop after {tracker.idle_seconds / 60:g} min without requests")
+            announced = True
+        sleep(poll_seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--minutes", type=float, required=True, help="idle minutes before power-off; 0 never")
+    parser.add_argument("--server", default=SERVER)
+    parser.add_argument("--env-file", default=ENV_FILE)
+    args = parser.parse_args(argv)
+    if args.minutes <= 0:
+        print("idle auto-stop disabled (0 minutes)")
+        return 0
+    token = read_token(args.env_file)
+    run(
+        IdleTracker(args.minutes * 60),
+        observe=lambda: observe_server(args.server, token),
+        clock=time.time,  # wall clock: the server's gauge is wall-clock time too
+        sleep=time.sleep,
+        power_off=lambda: subprocess.run(["systemctl", "poweroff"], check=True),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

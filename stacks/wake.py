@@ -1,0 +1,157 @@
+"""Start a stopped endpoint (idle auto-stop, or by hand) and wait until it answers `/ready`.
+
+    make wake STACK=aws-g5        (scripts/deploy.sh wake aws-g5 -> python -m stacks.wake --stack aws-g5)
+
+It reads the stack's outputs (instance, zone, endpoint, token) and config (cloud, GCP project) with the
+Pulumi CLI, asks the cloud to start the instance (boto3 `start_instances`, google-cloud-compute
+`instances.start`; a running instance is left as it is), then polls `<endpoint>/ready` with the token.
+The disk kept the image and the model, so this takes minutes, not the first boot's download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+DEFAULT_TIMEOUT_S = 20 * 60
+POLL_S = 5.0
+
+
+class WakeError(RuntimeError):
+    """Raised with a message the user can act on."""
+
+
+@dataclass(frozen=True)
+class Target:
+    cloud: str
+    instance: str  # AWS instance id, GCP instance name
+    region: str
+    zone: str
+    endpoint: str
+    token: str
+    gcp_project: str | None = None
+
+
+def _pulumi_json(args: list[str], stack: str) -> dict:
+    try:
+        result = subprocess.run(["pulumi", *args, "--json", "--stack", stack], capture_output=True, text=True,
+                                check=False, timeout=120)
+    except FileNotFoundError:
+        raise WakeError("the Pulumi CLI is not on PATH: run `make wake` (it sets up the CLI and the state backend)") \
+            from None
+    if result.returncode != 0:
+        raise WakeError(f"`pulumi {' '.join(args)}` failed for stack {stack}: {result.stderr.strip()}")
+    return json.loads(result.stdout or "{}")
+
+
+def read_target(stack: str, run: Callable[[list[str], str], dict] = _pulumi_json) -> Target:
+    """What to start and where to look, from the stack's outputs and config."""
+    outputs = run(["stack", "output", "--show-secrets"], stack)
+    config = run(["config"], stack)
+    missing = [k for k in ("instanceId", "endpoint", "apiToken", "region", "availabilityZone") if not outputs.get(k)]
+    if missing:
+        raise WakeError(f"stack {stack} has no {', '.join(missing)} output: deploy it first (make up STACK={stack})")
+    cloud = (config.get("sdxl-endpoint:cloud") or {}).get("value") or "aws"
+    project = (config.get("gcp:project") or {}).get("value")
+    if cloud == "gcp" and not project:
+        raise WakeError(f"stack {stack} has no gcp:project in its config")
+    return Target(cloud=cloud, instance=outputs["instanceId"], region=outputs["region"],
+                  zone=outputs["availabilityZone"], endpoint=outputs["endpoint"].rstrip("/"),
+                  token=outputs["apiToken"], gcp_project=project)
+
+
+def start_aws(target: Target, ec2=None) -> None:
+    import boto3
+
+    ec2 = ec2 or boto3.client("ec2", region_name=target.region)
+    # Starting a running instance is a no-op; a stopping one (the idle watcher just fired) must finish first.
+    if _aws_state(ec2, target) == "stopping":
+        ec2.get_waiter("instance_stopped").wait(InstanceIds=[target.instance], WaiterConfig={"Delay": 5})
+    ec2.start_instances(InstanceIds=[target.instance])
+    ec2.get_waiter("instance_running").wait(InstanceIds=[target.instance], WaiterConfig={"Delay": 5})
+
+
+def _aws_state(ec2, target: Target) -> str:
+    reservations = ec2.describe_instances(InstanceIds=[target.instance])["Reservations"]
+    return reservations[0]["Instances"][0]["State"]["Name"]
+
+
+def start_gcp(target: Target, instances=None) -> None:
+    from google.cloud import compute_v1
+
+    instances = instances or compute_v1.InstancesClient()
+    operation = instances.start(project=target.gcp_project, zone=target.zone, instance=target.instance)
+    try:
+        operation.result(timeout=600)
+    except Exception as exc:  # noqa: BLE001 - the client raises several types; the operation says why
+        # The client's exception only carries the HTTP status; GCE's reason (a GPU stockout in the
+        # zone, a quota) is in the operation's error list.
+        error = getattr(operation, "error", None)
+        reasons = "; ".join(f"{e.code}: {e.message}" for e in error.errors) if error else ""
+        raise WakeError(f"GCE could not start {target.instance} in {target.zone}: {reasons or exc}") from exc
+
+
+def wait_ready(target: Target, timeout_s: float, *, client: httpx.Client | None = None,
+               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+               say: Callable[[str], None] = print) -> float:
+    """Seconds until `/ready` answered 200. Refused connections, TLS errors (Caddy renewing a short-lived
+    certificate after a long stop), 502 (server container starting) and 503 (loading) all mean: wait."""
+    client = client or httpx.Client(timeout=10)
+    started = clock()
+    last = ""
+    while True:
+        try:
+            response = client.get(f"{target.endpoint}/ready", headers={"Authorization": f"Bearer {target.token}"})
+            state = f"HTTP {response.status_code}"
+            if response.status_code == 200:
+                return clock() - started
+            if response.status_code in (401, 403):
+                raise WakeError(f"{target.endpoint}/ready refused the stack's apiToken ({state})")
+        except httpx.TransportError as exc:
+            state = type(exc).__name__
+        elapsed = clock() - started
+        if elapsed >= timeout_s:
+            raise WakeError(
+                f"{target.endpoint} not ready after {elapsed:.0f} s (last: {state}). On the instance, "
+                "/var/lib/sdxl-endpoint/status and boot-phases.log say where the boot stands "
+                "(`pulumi stack output shell` opens a shell)."
+            )
+        if state != last:
+            say(f"  {elapsed:4.0f} s  {state}")
+            last = state
+        sleep(POLL_S)
+
+
+def wake(target: Target, timeout_s: float = DEFAULT_TIMEOUT_S, *, start=None, ready=wait_ready,
+         say: Callable[[str], None] = print) -> float:
+    start = start or {"aws": start_aws, "gcp": start_gcp}[target.cloud]
+    say(f"Starting {target.instance} ({target.cloud}, {target.zone})...")
+    start(target)
+    say(f"Running. Waiting for {target.endpoint}/ready (model and image are on the disk already)...")
+    seconds = ready(target, timeout_s, say=say)
+    say(f"Ready in {seconds:.0f} s: {target.endpoint}")
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Start a stopped SDXL endpoint and wait for /ready.")
+    parser.add_argument("--stack", required=True, help="the Pulumi stack, e.g. aws-g5")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to wait for /ready")
+    args = parser.parse_args(argv)
+    try:
+        wake(read_target(args.stack), args.timeout)
+    except WakeError as err:
+        print(f"wake: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

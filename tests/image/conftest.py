@@ -1,0 +1,90 @@
+"""One live tiny server per session, started the way the container starts it: through image/entrypoint.sh."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = ROOT / "image"
+TOKEN = "test-token-" + "t" * 37  # 48 characters, like the generated one
+APP_ORIGIN = "https://app.example.test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{what}: the process exited with {process.returncode}")
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    url: str
+    port: int
+    hf_home: Path
+    process: subprocess.Popen
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def entrypoint_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """`image/entrypoint.sh` with SDXL_MODEL=tiny, on a free loopback port; the venv stands in for /opt/venv."""
+    home = tmp_path_factory.mktemp("models")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SDXL_")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(ROOT),
+        HF_HOME=str(home),
+        SDXL_MODEL="tiny",
+        SDXL_HOST="127.0.0.1",
+        SDXL_PORT=str(port),
+        SDXL_API_TOKEN=TOKEN,
+        SDXL_CORS_ORIGINS=f'["{APP_ORIGIN}"]',
+        SDXL_COMPILE_CACHE_DIR=str(home / "torch-compile"),
+        SDXL_MIN_SIZE="64",
+    )
+    log = home / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(["sh", str(IMAGE / "entrypoint.sh")], cwd=ROOT, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/ready", headers={"Authorization": f"Bearer {TOKEN}"},
+                                   timeout=2).status_code == 200,
+                 timeout=55, what=f"tiny server /ready (log: {log})", process=process)
+        yield LiveServer(url=url, port=port, hf_home=home, process=process, log=log)
+    finally:
+        stop(process)

