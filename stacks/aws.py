@@ -21,7 +21,6 @@ DLAMI_SSM_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driv
 
 VPC_CIDR = "10.80.0.0/16"
 SUBNET_CIDR = "10.80.1.0/24"
-PUBLIC_PORTS = (80, 443)
 
 
 def offered_zones(instance_type: str, region: str) -> list[str]:
@@ -94,15 +93,16 @@ class AwsGpuEndpoint(pulumi.ComponentResource):
         aws.ec2.RouteTableAssociation(f"{name}-routes-assoc", subnet_id=subnet.id,
                                       route_table_id=routes.id, opts=child)
 
-        ipv4 = [c for c in settings.allowed_cidrs if ":" not in c]
-        ipv6 = [c for c in settings.allowed_cidrs if ":" in c]
         # HTTP(S) only: operators get a shell through SSM Session Manager, never SSH.
         firewall = aws.ec2.SecurityGroup(
             f"{name}-sg", vpc_id=vpc.id, description="SDXL endpoint: HTTP and HTTPS only",
             ingress=[
-                {"protocol": "tcp", "from_port": port, "to_port": port, "cidr_blocks": ipv4,
-                 "ipv6_cidr_blocks": ipv6, "description": f"tcp/{port} from allowedCidrs"}
-                for port in PUBLIC_PORTS
+                {"protocol": "tcp", "from_port": port, "to_port": port,
+                 "cidr_blocks": [c for c in sources if ":" not in c],
+                 "ipv6_cidr_blocks": [c for c in sources if ":" in c],
+                 "description": "API, from allowedCidrs" if port == endpoint.HTTPS_PORT
+                 else "redirect to HTTPS and ACME HTTP-01 only"}
+                for port, sources in endpoint.ingress_sources(settings).items()
             ],
             egress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"],
                      "ipv6_cidr_blocks": ["::/0"], "description": "image pulls, model download, ACME"}],
@@ -166,6 +166,7 @@ class AwsGpuEndpoint(pulumi.ComponentResource):
         url = endpoint.public_url(settings, address.public_ip)
         self.outputs = {
             "endpoint": url,
+            "publicIp": address.public_ip,  # for the DNS record when `domain` is set
             "apiToken": token,
             "instanceId": instance.id,
             "instanceType": pulumi.Output.from_input(machine.name),

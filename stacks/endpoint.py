@@ -9,7 +9,7 @@ from stacks.config import Settings
 
 # Every component exports exactly these names, so apps and CI read one contract.
 OUTPUT_NAMES = (
-    "endpoint", "apiToken", "instanceId", "instanceType", "gpu", "gpuMemoryGb", "hourlyCostUsd",
+    "endpoint", "publicIp", "apiToken", "instanceId", "instanceType", "gpu", "gpuMemoryGb", "hourlyCostUsd",
     "region", "availabilityZone", "curlExample", "shell",
 )
 
@@ -23,6 +23,20 @@ def api_token(settings: Settings, parent: pulumi.Resource) -> pulumi.Output[str]
     )
     # Mocked runs (and older engines) don't apply the provider's secret marking: wrap it anyway.
     return pulumi.Output.secret(generated.result)
+
+
+HTTP_PORT, HTTPS_PORT = 80, 443
+ANYWHERE = ("0.0.0.0/0",)  # neither network has IPv6
+
+
+def ingress_sources(settings: Settings) -> dict[int, tuple[str, ...]]:
+    """Who may reach each public port. The API is on 443 only, behind `allowedCidrs`.
+
+    Port 80 stays open to everyone: Caddy serves nothing there but the redirect to HTTPS and
+    Let's Encrypt's HTTP-01 challenge, whose validation servers use unpublished addresses, so
+    narrowing it would silently stop certificates from being issued or renewed.
+    """
+    return {HTTP_PORT: ANYWHERE, HTTPS_PORT: settings.allowed_cidrs}
 
 
 def public_host(domain: str | None, public_ip: str | None) -> str:

@@ -30,7 +30,6 @@ DLVM_IMAGE_PROJECT = "deeplearning-platform-release"
 DLVM_IMAGE_FAMILY = "common-cu129-ubuntu-2404-nvidia-580"
 
 SUBNET_CIDR = "10.80.1.0/24"
-PUBLIC_PORTS = ("80", "443")
 # Google's documented source range for IAP TCP forwarding: the only way SSH ever reaches the VM.
 IAP_TCP_FORWARDING_CIDR = "35.235.240.0/20"
 
@@ -118,7 +117,7 @@ class GcpGpuEndpoint(pulumi.ComponentResource):
         zone = settings.zone
         labels = labels_for(settings)
         names = {part: resource_name(settings.stack, part)
-                 for part in ("net", "subnet", "web", "iap-ssh", "ip", "vm")}
+                 for part in ("net", "subnet", "http", "https", "iap-ssh", "ip", "vm")}
         # The firewall rules target this tag, so they reach this VM only.
         network_tag = names["vm"]
 
@@ -144,12 +143,16 @@ class GcpGpuEndpoint(pulumi.ComponentResource):
             f"{name}-subnet", name=names["subnet"], network=network.id, region=settings.region,
             ip_cidr_range=SUBNET_CIDR, private_ip_google_access=True, opts=child,
         )
-        gcp.compute.Firewall(
-            f"{name}-web", name=names["web"], network=network.id, direction="INGRESS",
-            description="SDXL endpoint: HTTP and HTTPS from allowedCidrs",
-            allows=[{"protocol": "tcp", "ports": list(PUBLIC_PORTS)}],
-            source_ranges=ipv4, target_tags=[network_tag], opts=child,
-        )
+        for port, sources in endpoint.ingress_sources(settings).items():
+            part = "https" if port == endpoint.HTTPS_PORT else "http"
+            gcp.compute.Firewall(
+                f"{name}-{part}", name=names[part], network=network.id, direction="INGRESS",
+                description="SDXL endpoint: the API, from allowedCidrs" if part == "https"
+                else "SDXL endpoint: redirect to HTTPS and ACME HTTP-01 only",
+                allows=[{"protocol": "tcp", "ports": [str(port)]}],
+                source_ranges=[c for c in sources if ipaddress.ip_network(c).version == 4],
+                target_tags=[network_tag], opts=child,
+            )
         if settings.ssh:
             gcp.compute.Firewall(
                 f"{name}-iap-ssh", name=names["iap-ssh"], network=network.id, direction="INGRESS",
@@ -231,6 +234,7 @@ class GcpGpuEndpoint(pulumi.ComponentResource):
         url = endpoint.public_url(settings, address.address)
         self.outputs = {
             "endpoint": url,
+            "publicIp": address.address,  # for the DNS record when `domain` is set
             "apiToken": token,
             # The instance name: what every gcloud command takes.
             "instanceId": instance.name,

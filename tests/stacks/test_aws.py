@@ -5,7 +5,7 @@ import yaml
 
 from stacks import aws, catalog, config, endpoint
 from stacks.bootstrap import USER_DATA_LIMIT_BYTES
-from tests.stacks.conftest import FAKE_AMI, ROOT, ec2_offerings, run_program
+from tests.stacks.conftest import FAKE_AMI, FAKE_EIP, ROOT, ec2_offerings, run_program
 
 AWS_PRESETS = sorted(p.name.split(".")[1] for p in (ROOT / "stacks").glob("Pulumi.aws-*.yaml"))
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how the Pulumi wire format marks a secret value
@@ -50,6 +50,9 @@ def test_outputs_follow_the_shared_contract():
     assert tuple(run.outputs) == endpoint.OUTPUT_NAMES
     outputs = {k: run.value(v) for k, v in run.outputs.items()}
     assert outputs["instanceId"] == "i-0123456789abcdef0"
+    assert outputs["publicIp"] == FAKE_EIP and outputs["endpoint"] == f"https://{FAKE_EIP}"
+    with_domain = run_program({"domain": "sdxl.example.com"})
+    assert with_domain.value(with_domain.outputs["endpoint"]) == "https://sdxl.example.com"
     assert outputs["shell"] == "aws ssm start-session --region us-east-1 --target i-0123456789abcdef0"
     assert outputs["endpoint"] in outputs["curlExample"]
     assert outputs["availabilityZone"].startswith("us-east-1")
@@ -126,9 +129,9 @@ def test_security_group_opens_exactly_80_and_443(cidrs):
     group = run.one(SECURITY_GROUP)
     ingress = group.inputs["ingress"]
     assert sorted((r["fromPort"], r["toPort"], r["protocol"]) for r in ingress) == [(80, 80, "tcp"), (443, 443, "tcp")]
-    expected = cidrs or ["0.0.0.0/0"]
-    for rule in ingress:
-        assert rule.get("cidrBlocks", []) + rule.get("ipv6CidrBlocks", []) == expected
+    sources = {r["fromPort"]: r.get("cidrBlocks", []) + r.get("ipv6CidrBlocks", []) for r in ingress}
+    # The API (443) is limited to allowedCidrs; 80 only redirects and answers ACME challenges.
+    assert sources == {443: cidrs or ["0.0.0.0/0"], 80: ["0.0.0.0/0"]}
     # No separate rule resources that could open anything else, and no SSH anywhere.
     assert not [r for r in run.mocks.resources if "Ingress" in r.typ or "securityGroupRule" in r.typ]
     assert all(r["fromPort"] != 22 for r in ingress)

@@ -170,11 +170,14 @@ def test_no_port_22_from_the_internet_in_any_configuration(ssh, cidrs):
         if opens_port(rule, 22):
             assert rule["sourceRanges"] == [IAP]
         assert "0.0.0.0/0" not in rule["sourceRanges"] or not opens_port(rule, 22)
-    web = [rule for rule in rules if opens_port(rule, 443)]
-    assert len(web) == 1
-    assert [a["ports"] for a in web[0]["allows"]] == [["80", "443"]]
+    api = [rule for rule in rules if opens_port(rule, 443)]
+    assert len(api) == 1 and [a["ports"] for a in api[0]["allows"]] == [["443"]]
     expected = [c for c in (cidrs or ["0.0.0.0/0"]) if ipaddress.ip_network(c).version == 4]
-    assert web[0]["sourceRanges"] == expected
+    assert api[0]["sourceRanges"] == expected
+    # Port 80 only redirects and answers ACME challenges, so Let's Encrypt must always reach it.
+    redirect = [rule for rule in rules if opens_port(rule, 80)]
+    assert len(redirect) == 1 and [a["ports"] for a in redirect[0]["allows"]] == [["80"]]
+    assert redirect[0]["sourceRanges"] == ["0.0.0.0/0"]
     # Every rule targets the endpoint's VM only.
     tags = run.one(INSTANCE).inputs["tags"]
     assert all(rule["targetTags"] == tags for rule in rules)
@@ -272,7 +275,7 @@ def test_labels_carry_stack_project_and_a_valid_ttl():
 def test_resource_names_are_valid_gcp_names(stack):
     run = gcp_run({"ssh": "true"}, stack=stack)
     names = [r.inputs["name"] for r in run.mocks.resources if r.typ.startswith("gcp:") and "name" in r.inputs]
-    assert len(names) == 6 and len(set(names)) == 6
+    assert len(names) == 7 and len(set(names)) == 7
     assert all(GCP_NAME_RE.match(n) and len(n) <= 63 for n in names), names
     account_id = run.one("gcp:serviceaccount/account:Account").inputs["accountId"]
     assert GCP_NAME_RE.match(account_id) and 6 <= len(account_id) <= 30
