@@ -155,6 +155,9 @@ class AwsGpuEndpoint(pulumi.ComponentResource):
                 "spot_options": {"instance_interruption_behavior": "stop", "spot_instance_type": "persistent"},
             } if settings.spot else None,
             user_data=user_data,
+            # cloud-init applies the bootstrap once per instance, so a changed one (image, model,
+            # corsOrigins, domain ...) takes effect only on a new instance; the Elastic IP stays.
+            user_data_replace_on_change=True,
             tags=tags,
             volume_tags=None,
             # A new DLAMI release must not silently replace the instance and its model cache.

@@ -228,6 +228,9 @@ class GcpGpuEndpoint(pulumi.ComponentResource):
                 depends_on=grants,
                 # A new image in the family must not silently replace the VM and its model cache.
                 ignore_changes=["bootDisk.initializeParams.image"],
+                # cloud-init applies the bootstrap once per instance, so a changed one (image, model,
+                # corsOrigins, domain ...) takes effect only on a new VM; the static IP stays.
+                replace_on_changes=["metadata"],
             )),
         )
 

@@ -164,6 +164,8 @@ def test_root_volume_is_encrypted_gp3_and_at_least_60_gb(disk):
 def test_guest_shutdown_stops_and_on_demand_by_default():
     instance = run_program(preset="aws-g5").one(INSTANCE).inputs
     assert instance["instanceInitiatedShutdownBehavior"] == "stop"
+    # A changed bootstrap must reach the machine: cloud-init applies it once per instance.
+    assert instance["userDataReplaceOnChange"] is True
     assert "instanceMarketOptions" not in instance
 
 
