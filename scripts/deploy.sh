@@ -69,7 +69,7 @@ fi
 shift $(( $# > 2 ? 2 : $# ))
 case "$action" in
   up)
-    if [ -z "${SKIP_DOCTOR:-}" ] && [ -f stacks/doctor.py ]; then
+    if [ -z "${SKIP_DOCTOR:-}" ] && [ -d stacks/doctor ]; then
       echo "==> preflight: python -m stacks.doctor --stack $stack (SKIP_DOCTOR=1 skips it)"
       .venv/bin/python -m stacks.doctor --stack "$stack"
     fi

@@ -29,6 +29,11 @@ from moto import mock_aws
 
 from stacks import catalog, doctor
 from stacks.aws import DLAMI_SSM_PARAMETER
+from stacks.doctor import __main__ as cli
+from stacks.doctor import aws as doctor_aws
+from stacks.doctor import gcp as doctor_gcp
+from stacks.doctor import report as doctor_report
+from stacks.doctor import target as doctor_target
 from stacks.gcp import DLVM_IMAGE_FAMILY, DLVM_IMAGE_PROJECT
 from tests.stacks.conftest import MOTO_EC2, ROOT, ec2_offerings
 
@@ -71,9 +76,9 @@ def names(report: doctor.Report) -> dict[str, doctor.Check]:
 
 
 def run(argv: list[str], **apis) -> doctor.Report:
-    report = doctor.diagnose(doctor.parse_args(argv), **apis)
+    report = cli.diagnose(cli.parse_args(argv), **apis)
     # Every report, whatever happened, is valid against the published schema.
-    jsonschema.validate(doctor.as_json(report), doctor.JSON_SCHEMA)
+    jsonschema.validate(doctor_report.as_json(report), doctor_report.JSON_SCHEMA)
     return report
 
 
@@ -96,7 +101,7 @@ def quota_record(code: str, value: float, region: str) -> dict:
     }}
 
 
-def stub_quota(api: doctor.AwsApi, region: str, code: str, applied: float | None, default: float | None = None,
+def stub_quota(api: doctor_aws.AwsApi, region: str, code: str, applied: float | None, default: float | None = None,
                times: int = 1):
     """Answer the quota look-up: the applied value, or NoSuchResource then AWS's default."""
     stub = Stubber(api.client("service-quotas", region))
@@ -117,7 +122,7 @@ def stub_quota(api: doctor.AwsApi, region: str, code: str, applied: float | None
     return stub
 
 
-def stub_ami(api: doctor.AwsApi, region: str) -> Stubber:
+def stub_ami(api: doctor_aws.AwsApi, region: str) -> Stubber:
     """moto has no DLAMI parameter (and refuses to create one under /aws/): answer as SSM does."""
     stub = Stubber(api.client("ssm", region))
     stub.add_response("get_parameter", {"Parameter": {
@@ -131,10 +136,10 @@ def stub_ami(api: doctor.AwsApi, region: str) -> Stubber:
 @pytest.fixture
 def aws():
     with mock_aws():
-        yield doctor.AwsApi()
+        yield doctor_aws.AwsApi()
 
 
-def launch(api: doctor.AwsApi, instance_type: str, region: str = "us-east-1") -> None:
+def launch(api: doctor_aws.AwsApi, instance_type: str, region: str = "us-east-1") -> None:
     ec2 = api.client("ec2", region)
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     ec2.run_instances(ImageId=image, InstanceType=instance_type, MinCount=1, MaxCount=1)
@@ -146,7 +151,7 @@ def test_aws_preset_passes_every_check_with_moto_region_data(aws):
     report = run(["--stack", "aws-g5"], aws=aws)
     checks = names(report)
     assert [c.name for c in report.checks] == ["config", "credentials", "offering", "gpu", "quota", "image"]
-    assert all(c.status == doctor.OK for c in report.checks), doctor.as_text(report)
+    assert all(c.status == doctor.OK for c in report.checks), doctor_report.as_text(report)
     zones = sorted(o["Location"] for o in ec2_offerings("us-east-1") if o["InstanceType"] == "g5.xlarge")
     assert checks["offering"].value == f"us-east-1 offers g5.xlarge in {len(zones)} AZs: {', '.join(zones)}"
     assert "account 123456789012" in checks["credentials"].value
@@ -216,7 +221,7 @@ def test_no_readable_quota_at_all_is_a_warning_with_the_command(aws):
 
 
 def test_region_without_the_type_fails_and_names_regions_that_offer_it(aws, monkeypatch):
-    monkeypatch.setattr(doctor, "MAX_SUGGEST_REGIONS", 6)  # the big GPU regions come first within the bound
+    monkeypatch.setattr(doctor_aws, "MAX_SUGGEST_REGIONS", 6)  # the big GPU regions come first within the bound
     assert not [o for o in ec2_offerings("us-west-1") if o["InstanceType"] == "g5.xlarge"]
     stub_quota(aws, "us-west-1", "L-DB2E81BA", 8)
     stub_ami(aws, "us-west-1")
@@ -298,7 +303,7 @@ def test_suggest_lists_offering_regions_by_price_with_quota_marks(aws):
     report = run(["--stack", "aws-g5", "--suggest"], aws=aws)
     rows = {s.location: s for s in report.suggestions}
     # Only regions that offer the type, no more than the bound, and the big GPU regions asked first.
-    assert set(rows) <= set(offering) and len(rows) <= doctor.MAX_SUGGEST_REGIONS
+    assert set(rows) <= set(offering) and len(rows) <= doctor_aws.MAX_SUGGEST_REGIONS
     assert {"us-east-1", "us-east-2", "us-west-2", "eu-west-1", "ap-northeast-1"} <= set(rows)
     assert all(any(o["InstanceType"] == "g5.xlarge" for o in ec2_offerings(r)) for r in rows)
     ordered = [s.usd_per_hour if s.usd_per_hour is not None else math.inf for s in report.suggestions]
@@ -310,12 +315,12 @@ def test_suggest_lists_offering_regions_by_price_with_quota_marks(aws):
     # Among the $1.006 regions, known quota comes first, a known shortfall last.
     cheapest = [s.location for s in report.suggestions if s.usd_per_hour == pytest.approx(1.006)]
     assert cheapest[0] == "us-east-2" and cheapest[-1] == "us-east-1"
-    text = doctor.as_text(report)
+    text = doctor_report.as_text(report)
     assert "Where g5.xlarge is offered, cheapest first:" in text and "NO QUOTA" in text
 
 
 def test_suggest_without_the_price_list_uses_spot_prices_or_the_catalog(aws, monkeypatch):
-    monkeypatch.setattr(doctor, "MAX_SUGGEST_REGIONS", 3)  # us-east-1, us-east-2, us-west-2
+    monkeypatch.setattr(doctor_aws, "MAX_SUGGEST_REGIONS", 3)  # us-east-1, us-east-2, us-west-2
     for region in ("us-east-1", "us-east-2", "us-west-2"):  # the home region: by the check and by --suggest
         stub_quota(aws, region, "L-3819A6DF", 8, times=2 if region == "us-east-1" else 1)
     spot = run(["--cloud", "aws", "--gpu", "t4", "--region", "us-east-1", "--spot", "--suggest"], aws=aws)
@@ -365,7 +370,7 @@ def no_credentials(monkeypatch, tmp_path):
 
 def test_aws_without_credentials_is_one_quick_fail_line(no_credentials, capsys, loopback_only):
     started = time.monotonic()
-    status = doctor.main(["--stack", "aws-g5"])
+    status = cli.main(["--stack", "aws-g5"])
     elapsed = time.monotonic() - started
     out = capsys.readouterr().out
     assert status == 1 and elapsed < 5
@@ -378,11 +383,11 @@ def test_gcp_without_credentials_is_one_quick_fail_line(no_credentials, capsys, 
     if key_file == "unset":  # google-auth then asks the metadata server: GCE_METADATA_IP, a closed loopback port
         monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
     started = time.monotonic()
-    status = doctor.main(["--cloud", "gcp", "--gpu", "t4", "--zone", "us-central1-a", "--project", PROJECT,
+    status = cli.main(["--cloud", "gcp", "--gpu", "t4", "--zone", "us-central1-a", "--project", PROJECT,
                           "--json"])
     elapsed = time.monotonic() - started
     document = json.loads(capsys.readouterr().out)
-    jsonschema.validate(document, doctor.JSON_SCHEMA)
+    jsonschema.validate(document, doctor_report.JSON_SCHEMA)
     assert status == 1 and elapsed < 8 and document["ok"] is False
     (credentials,) = [c for c in document["checks"] if c["name"] == "credentials"]
     assert credentials["status"] == "fail" and "no application-default credentials" in credentials["value"]
@@ -414,8 +419,8 @@ def test_module_entry_point_exit_codes(no_credentials):
 def test_exit_status_is_zero_when_nothing_fails(aws, monkeypatch, capsys):
     stub_quota(aws, "us-east-1", "L-DB2E81BA", 8)
     stub_ami(aws, "us-east-1")
-    monkeypatch.setattr(doctor, "AwsApi", lambda profile=None: aws)
-    assert doctor.main(["--stack", "aws-g5", "--json"]) == 0
+    monkeypatch.setattr(doctor_aws, "AwsApi", lambda profile=None: aws)
+    assert cli.main(["--stack", "aws-g5", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["ok"] is True and document["target"]["machine_type"] == "g5.xlarge"
     assert document["target"]["stack"] == "aws-g5" and document["suggestions"] == []
@@ -430,20 +435,20 @@ def test_exit_status_is_zero_when_nothing_fails(aws, monkeypatch, capsys):
 ])
 def test_bad_command_lines_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        doctor.parse_args(argv)
+        cli.parse_args(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_stack_file_secrets_are_never_read(tmp_path, monkeypatch):
-    monkeypatch.setattr(doctor, "STACKS_DIR", tmp_path)
+    monkeypatch.setattr(doctor_target, "STACKS_DIR", tmp_path)
     (tmp_path / "Pulumi.mine.yaml").write_text(
         "config:\n  aws:region: eu-west-1\n  sdxl-endpoint:spot: true\n  sdxl-endpoint:corsOrigins: ['https://a.example']\n"
         "  sdxl-endpoint:apiToken:\n    secure: v1:abcdefgh:ijklmnop\n")
-    values, note = doctor.stack_values("mine")
+    values, note = doctor_target.stack_values("mine")
     assert note is None
     assert values == {"aws:region": "eu-west-1", "sdxl-endpoint:spot": "true",
                       "sdxl-endpoint:corsOrigins": '["https://a.example"]'}
-    assert doctor.stack_values("absent") == ({}, f"no {tmp_path.name}/Pulumi.absent.yaml: checking the defaults "
+    assert doctor_target.stack_values("absent") == ({}, f"no {tmp_path.name}/Pulumi.absent.yaml: checking the defaults "
                                                  "`pulumi up` would use")
 
 
@@ -532,7 +537,7 @@ class FakeCompute:
                     "maximumPersistentDisks": 128, "maximumPersistentDisksSizeGb": "263168",
                     "description": f"{offer.vcpus} vCPUs, {offer.ram_gib:g} GB RAM"}
             if offer.accelerator is None:
-                body["accelerators"] = [{"guestAcceleratorType": doctor.GCP_GPU_TYPES[offer.gpu.key][0],
+                body["accelerators"] = [{"guestAcceleratorType": doctor_gcp.GPU_TYPES[offer.gpu.key][0],
                                          "guestAcceleratorCount": 1}]
             return 200, body
         if parts == ["regions"]:
@@ -603,7 +608,7 @@ def compute(monkeypatch, tmp_path):
         "client_id": "109876543210987654321", "token_uri": f"{endpoint}/token",
         "auth_uri": "https://accounts.google.com/o/oauth2/auth"}))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
-    monkeypatch.setattr(doctor, "GCP_API_ENDPOINT", endpoint)
+    monkeypatch.setattr(doctor_gcp, "API_ENDPOINT", endpoint)
     yield fake
     server.shutdown()
     server.server_close()
@@ -618,7 +623,7 @@ def test_gcp_t4_passes_every_check(compute):
     checks = names(report)
     assert [c.name for c in report.checks] == ["config", "credentials", "compute-api", "accelerator",
                                                "machine-type", "regional-quota", "global-quota", "image"]
-    assert all(c.status == doctor.OK for c in report.checks), doctor.as_text(report)
+    assert all(c.status == doctor.OK for c in report.checks), doctor_report.as_text(report)
     assert f"service account deployer@{PROJECT}.iam.gserviceaccount.com" in checks["credentials"].value
     assert checks["accelerator"].value == "us-central1-a offers nvidia-tesla-t4 (up to 4 per VM)"
     assert checks["machine-type"].value == "n1-standard-4: 4 vCPUs, 15 GB RAM, plus 1x nvidia-tesla-t4 attached"
@@ -727,7 +732,7 @@ def test_gcp_unreachable_token_endpoint_is_a_fail_line(compute, tmp_path, monkey
 
 def test_gcp_gpu_names_match_the_catalog():
     for offer in catalog.GCP_OFFERS.values():
-        accelerator, metric = doctor.GCP_GPU_TYPES[offer.gpu.key]
+        accelerator, metric = doctor_gcp.GPU_TYPES[offer.gpu.key]
         assert offer.accelerator in (None, accelerator) and metric.endswith("_GPUS")
 
 
@@ -735,8 +740,8 @@ def test_text_output_has_one_line_per_check_and_a_fix_under_each_fail():
     report = doctor.Report(doctor.Target(cloud="aws", stack="aws-g5", machine=catalog.AWS_OFFERS["g5.xlarge"],
                                          region="us-east-1"))
     report.add("credentials", doctor.OK, "account 123456789012 as arn:aws:iam::123456789012:user/dev")
-    report.add("quota", doctor.FAIL, "0 vCPUs", doctor.aws_quota_fix("L-DB2E81BA", 4, "us-east-1"))
-    lines = doctor.as_text(report).splitlines()
+    report.add("quota", doctor.FAIL, "0 vCPUs", doctor_aws.quota_fix("L-DB2E81BA", 4, "us-east-1"))
+    lines = doctor_report.as_text(report).splitlines()
     assert lines[1] == "  ok    credentials  account 123456789012 as arn:aws:iam::123456789012:user/dev"
     assert lines[2] == "  FAIL  quota        0 vCPUs"
     assert lines[3].strip().startswith("fix: aws service-quotas request-service-quota-increase")

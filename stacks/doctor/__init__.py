@@ -1,0 +1,131 @@
+"""Preflight doctor: will `pulumi up` get its GPU? Checked in seconds, before anything is created.
+
+    python -m stacks.doctor --stack aws-g5                  # what `make up STACK=aws-g5` will ask for
+    python -m stacks.doctor --cloud aws --gpu l4 --region us-west-2 --spot
+    python -m stacks.doctor --cloud gcp --machine-type g2-standard-4 --zone us-east4-a --project my-proj
+    python -m stacks.doctor --stack aws-g4dn --suggest --json
+
+The target is resolved by the stack's own `config.load()`, so the doctor and `pulumi up` agree
+on the machine, GPU and location. Then every check asks the cloud (boto3 or google-cloud-compute)
+and prints one line: `ok`, `warn` or `FAIL`, the measured value, and for a FAIL the fix to run.
+Exit status: 0 when nothing failed, 1 on any FAIL, 2 for a bad command line.
+
+Every remote call has a timeout and few retries; no credentials or no network end in a FAIL
+line, never a traceback or a hang. The doctor only reads: it changes nothing in either cloud.
+
+The package, in the order a run goes through it:
+
+    __main__.py  the command line: parse_args, diagnose (one run), main
+    target.py    the target from a stack file or flags, resolved by stacks/config.py
+    aws.py       AwsApi (boto3 with timeouts), check(), suggest()
+    gcp.py       GcpApi (google-cloud-compute with timeouts), check(), suggest()
+    report.py    as_text, as_json and the JSON_SCHEMA of --json
+
+This file holds what they share: the result types and the timeouts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from stacks import catalog
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+# Seconds. Long enough for a slow link, short enough that a black-holed network fails fast.
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 15
+
+
+@dataclass
+class Check:
+    name: str  # stable identifier, see report.JSON_SCHEMA
+    status: str  # OK | WARN | FAIL
+    value: str  # what was measured
+    fix: str | None = None  # for a FAIL (and some warnings): the command or step that fixes it
+
+
+@dataclass
+class Suggestion:
+    location: str  # AWS region or GCP zone
+    zones: list[str]  # AWS: the region's AZs that offer the type; GCP: the zone itself
+    machine_type: str
+    usd_per_hour: float | None
+    price_source: str
+    quota: str  # "available" | "insufficient" | "unknown"
+    quota_detail: str
+
+
+def sort_suggestions(found: Iterable[Suggestion]) -> list[Suggestion]:
+    """Cheapest first; among equal prices, where quota is known to be available first."""
+    rank = {"available": 0, "unknown": 1, "insufficient": 2}
+    return sorted(found, key=lambda s: (s.usd_per_hour if s.usd_per_hour is not None else math.inf,
+                                        rank[s.quota], s.location))
+
+
+@dataclass
+class Target:
+    """What will be deployed, as the stack's config resolves it."""
+
+    cloud: str
+    stack: str | None = None
+    machine: catalog.Offer | None = None
+    spot: bool = False
+    region: str | None = None
+    zone: str | None = None  # GCP
+    project: str | None = None  # GCP
+    aws_profile: str | None = None  # a stack's `aws:profile`, as the Pulumi AWS provider uses it
+
+    def describe(self) -> str:
+        what = self.machine.describe() if self.machine else "(machine not resolved)"
+        where = self.zone or self.region or "?"
+        if self.project:
+            where += f", project {self.project}"
+        capacity = "spot" if self.spot else "on demand"
+        prefix = f"stack {self.stack}: " if self.stack else ""
+        return f"{prefix}{self.cloud.upper()} {what} in {where}, {capacity}"
+
+    def as_json(self) -> dict[str, Any]:
+        machine = self.machine
+        return {
+            "cloud": self.cloud, "stack": self.stack, "spot": self.spot,
+            "region": self.region, "zone": self.zone, "project": self.project,
+            "machine_type": machine.name if machine else None,
+            "gpu": machine.gpu.model if machine else None,
+            "gpu_count": machine.gpu_count if machine else None,
+            "gpu_memory_gb": machine.gpu.memory_gb if machine else None,
+            "vcpus": machine.vcpus if machine else None,
+            "usd_per_hour": machine.usd_per_hour if machine else None,
+        }
+
+
+class RemoteError(Exception):
+    """A cloud call failed; `why` says what happened and `fix` what to do, both for people."""
+
+    def __init__(self, why: str, fix: str | None = None, *, blocking: bool = False):
+        super().__init__(why)
+        self.why, self.fix = why, fix
+        self.blocking = blocking  # no credentials or no network: later calls would fail the same way
+
+
+@dataclass
+class Report:
+    target: Target
+    checks: list[Check] = field(default_factory=list)
+    suggestions: list[Suggestion] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != FAIL for c in self.checks)
+
+    def add(self, name: str, status: str, value: str, fix: str | None = None) -> Check:
+        check = Check(name, status, value, fix)
+        self.checks.append(check)
+        return check
+
+    def add_error(self, name: str, err: RemoteError) -> Check:
+        """A check that a failed cloud call ended: a FAIL line with the call's own explanation and fix."""
+        return self.add(name, FAIL, err.why, err.fix)

@@ -1,0 +1,106 @@
+"""`python -m stacks.doctor`: the command line. `diagnose` is one whole run, without printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+from stacks import catalog, config
+from stacks.doctor import FAIL, WARN, Check, Report, Target
+from stacks.doctor import aws as aws_cloud
+from stacks.doctor import gcp as gcp_cloud
+from stacks.doctor.report import SKIP_HINT, as_json, as_text
+from stacks.doctor.target import cloud_of, flag_values, resolve_target, stack_values
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m stacks.doctor",
+        description="Preflight for `pulumi up`: credentials, GPU quota, zone offerings and images.",
+        epilog="Exit status: 0 ready, 1 a check failed, 2 bad arguments. " + SKIP_HINT + " in scripts/deploy.sh.")
+    parser.add_argument("--stack", help="check a stack's config (stacks/Pulumi.<STACK>.yaml)")
+    parser.add_argument("--cloud", choices=config.CLOUDS, help="explicit target: the cloud")
+    machine = parser.add_mutually_exclusive_group()
+    machine.add_argument("--gpu", choices=catalog.GPU_CHOICES, help="GPU, resolved to the smallest type with it")
+    machine.add_argument("--instance-type", help="explicit AWS instance type, e.g. g5.xlarge")
+    machine.add_argument("--machine-type", help="explicit GCP machine type, e.g. g2-standard-4")
+    parser.add_argument("--region", help="AWS or GCP region")
+    parser.add_argument("--zone", help="GCP zone")
+    parser.add_argument("--project", help="GCP project id (default: the application-default credentials' project)")
+    parser.add_argument("--spot", action="store_true", help="check spot capacity: spot quota and spot prices")
+    parser.add_argument("--json", action="store_true", help="print one JSON document (schema: JSON_SCHEMA)")
+    parser.add_argument("--suggest", action="store_true",
+                        help="list the regions (AWS) or zones (GCP) offering the GPU, by price, with quota")
+    args = parser.parse_args(argv)
+    explicit = [f"--{n.replace('_', '-')}" for n in ("cloud", "gpu", "instance_type", "machine_type", "region",
+                                                     "zone", "project") if getattr(args, n)]
+    if args.stack and explicit:
+        parser.error(f"--stack reads the target from the stack; drop {', '.join(explicit)} "
+                     "(or drop --stack to check an explicit target)")
+    if not args.stack and not explicit:
+        parser.error("give --stack NAME, or an explicit target such as --cloud aws --gpu a10g --region us-east-1")
+    if (args.instance_type and cloud_of(args) == "gcp") or (args.machine_type and cloud_of(args) == "aws"):
+        parser.error("--instance-type is for AWS and --machine-type for GCP")
+    if (args.zone or args.project) and cloud_of(args) == "aws":
+        parser.error("--zone and --project are GCP settings; AWS takes --region")
+    return args
+
+
+def diagnose(args: argparse.Namespace, aws: aws_cloud.AwsApi | None = None,
+             gcp: gcp_cloud.GcpApi | None = None) -> Report:
+    """Run every check for the target the arguments name; never raises for a cloud's failure."""
+    gcp = gcp or gcp_cloud.GcpApi()
+    notes: list[Check] = []
+    if args.stack:
+        try:
+            values, missing = stack_values(args.stack)
+        except (OSError, yaml.YAMLError) as err:
+            report = Report(Target(cloud="aws", stack=args.stack))
+            report.add("config", FAIL, f"cannot read stacks/Pulumi.{args.stack}.yaml: {err}",
+                       "fix the file's YAML (pulumi config set rewrites it cleanly)")
+            return report
+        if missing:
+            notes.append(Check("config", WARN, missing))
+        if args.spot:
+            values[f"{config.PROJECT}:spot"] = "true"
+    else:
+        values = flag_values(args, gcp.adc_project)
+    cloud = values.get(f"{config.PROJECT}:cloud", "aws").strip().lower()
+    cloud = cloud if cloud in config.CLOUDS else "aws"
+    target = Target(cloud=cloud, stack=args.stack, aws_profile=values.get("aws:profile"))
+    report = Report(target, checks=notes)
+
+    if cloud == "aws":
+        try:
+            aws = aws or aws_cloud.AwsApi(target.aws_profile)
+        except Exception as err:  # noqa: BLE001 - e.g. a profile that isn't in ~/.aws/config
+            report.add("credentials", FAIL, f"cannot set up the AWS SDK ({type(err).__name__}: {err})",
+                       "check AWS_PROFILE / aws:profile and ~/.aws/config")
+            return report
+        report.checks.append(resolve_target(values, args.stack, aws.instance_facts, target))
+        aws_cloud.check(target, aws, report, args.suggest)
+    else:
+        check = resolve_target(values, args.stack, None, target)
+        if check.status == FAIL and "gcp:project" in check.value and gcp.adc_project():
+            check.fix = f"{check.fix}; your application-default credentials' project is {gcp.adc_project()}"
+        report.checks.append(check)
+        gcp_cloud.check(target, gcp, report, args.suggest)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = diagnose(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(as_json(report), indent=2) if args.json else as_text(report))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The target: a stack file's config or the flags, resolved by the stack's own `config.load()`.
+
+So the doctor checks exactly the machine, GPU and location that `pulumi up` would ask for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from stacks import catalog, config
+from stacks.doctor import FAIL, OK, Check, RemoteError, Target
+
+STACKS_DIR = Path(__file__).resolve().parent.parent
+
+
+def stack_values(stack: str) -> tuple[dict[str, str], str | None]:
+    """A stack file's config as the engine hands it to the program, and a note when it is missing.
+
+    Secrets stay encrypted in the file and are left out: the doctor never needs them.
+    """
+    path = STACKS_DIR / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        return {}, f"no {path.relative_to(STACKS_DIR.parent)}: checking the defaults `pulumi up` would use"
+    document = yaml.safe_load(path.read_text()) or {}
+    values = {}
+    for key, value in (document.get("config") or {}).items():
+        if isinstance(value, dict) and "secure" in value:
+            continue
+        values[key] = value if isinstance(value, str) else json.dumps(value)
+    return values, None
+
+
+def cloud_of(args: argparse.Namespace) -> str:
+    """The explicit target's cloud: --cloud, else what the other flags imply."""
+    return args.cloud or ("gcp" if args.machine_type or args.zone or args.project else "aws")
+
+
+def flag_values(args: argparse.Namespace, adc_project: Callable[[], str | None]) -> dict[str, str]:
+    """An explicit target as the config keys a stack would set."""
+    cloud = cloud_of(args)
+    values = {f"{config.PROJECT}:cloud": cloud, f"{config.PROJECT}:spot": json.dumps(bool(args.spot))}
+    for key, value in (("gpu", args.gpu), ("instanceType", args.instance_type), ("machineType", args.machine_type)):
+        if value:
+            values[f"{config.PROJECT}:{key}"] = value
+    if cloud == "aws":
+        if args.region:
+            values["aws:region"] = args.region
+        return values
+    zone = args.zone
+    if args.region and not zone:
+        zone = _first_gcp_zone(args.region, args.gpu, args.machine_type)
+    if args.region:
+        values["gcp:region"] = args.region
+    if zone:
+        values["gcp:zone"] = zone
+    project = args.project or adc_project()
+    if project:
+        values["gcp:project"] = project
+    return values
+
+
+def _first_gcp_zone(region: str, gpu: str | None, machine_type: str | None) -> str:
+    """`--region` without `--zone`: the region's first zone that the catalog says has the GPU."""
+    offer = catalog.GCP_OFFERS.get(machine_type or "")
+    key = offer.gpu.key if offer else (gpu or catalog.DEFAULT_GPU["gcp"])
+    zones = [z for z in catalog.GCP_ACCELERATOR_ZONES.get(key, ()) if z.startswith(region + "-")]
+    return zones[0] if zones else f"{region}-a"
+
+
+def resolve_target(values: dict[str, str], stack: str | None,
+                   lookup_aws_type: Callable[[str, str], catalog.InstanceFacts | None] | None,
+                   report_target: Target) -> Check:
+    """Run the stack's `config.load()` on these values; fill in the target, or explain why not."""
+    from pulumi.runtime import config as runtime_config
+    from pulumi.runtime import settings as runtime_settings
+
+    def load() -> config.Settings:
+        # The engine would set these before running __main__.py. A copied context keeps them
+        # from leaking into anything else running in this process.
+        runtime_settings.configure(runtime_settings.Settings(project=config.PROJECT, stack=stack or "doctor"))
+        runtime_config.set_all_config(values, secret_keys=[])
+        return config.load(lookup_aws_type=lookup_aws_type)
+
+    try:
+        settings = contextvars.copy_context().run(load)
+    except config.ConfigError as err:
+        # Explicit flags are no stack file: keep the problems, not the header naming one.
+        body = str(err) if stack else "the flags name an invalid target:\n" + str(err).split("\n", 1)[-1]
+        return Check("config", FAIL, body, "apply the fix under each problem above, then run the doctor again")
+    except RemoteError as err:
+        return Check("config", FAIL, f"could not describe the instance type: {err.why}", err.fix)
+    report_target.machine = settings.machine
+    report_target.spot = settings.spot
+    report_target.region = settings.region
+    report_target.zone = settings.zone
+    report_target.project = settings.gcp_project
+    return Check("config", OK, settings.machine.describe())
