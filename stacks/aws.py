@@ -166,21 +166,8 @@ class AwsGpuEndpoint(pulumi.ComponentResource):
         aws.ec2.EipAssociation(f"{name}-eip-assoc", allocation_id=address.allocation_id,
                                instance_id=instance.id, opts=child)
 
-        url = endpoint.public_url(settings, address.public_ip)
-        self.outputs = {
-            "endpoint": url,
-            "publicIp": address.public_ip,  # for the DNS record when `domain` is set
-            "apiToken": token,
-            "instanceId": instance.id,
-            "instanceType": pulumi.Output.from_input(machine.name),
-            "gpu": pulumi.Output.from_input(machine.gpu.model),
-            "gpuMemoryGb": pulumi.Output.from_input(machine.gpu.memory_gb),
-            "hourlyCostUsd": pulumi.Output.from_input(machine.usd_per_hour),
-            "region": pulumi.Output.from_input(settings.region),
-            "availabilityZone": pulumi.Output.from_input(zone),
-            "curlExample": endpoint.curl_example(url),
-            "shell": pulumi.Output.concat(
-                "aws ssm start-session --region ", settings.region, " --target ", instance.id
-            ),
-        }
+        self.outputs = endpoint.stack_outputs(
+            settings, public_ip=address.public_ip, api_token=token, instance_id=instance.id, zone=zone,
+            shell=pulumi.Output.concat("aws ssm start-session --region ", settings.region, " --target ", instance.id),
+        )
         self.register_outputs(self.outputs)

@@ -64,6 +64,28 @@ def curl_example(endpoint: pulumi.Input[str]) -> pulumi.Output[str]:
     )
 
 
+def stack_outputs(settings: Settings, *, public_ip: pulumi.Input[str], api_token: pulumi.Output[str],
+                  instance_id: pulumi.Input[str], zone: str, shell: pulumi.Input[str]) -> dict[str, pulumi.Output]:
+    """The output contract (OUTPUT_NAMES), from what each cloud's component knows about its machine."""
+    url = public_url(settings, public_ip)
+    machine = settings.machine
+    outputs = {
+        "endpoint": url,
+        "publicIp": public_ip,  # for the DNS record when `domain` is set
+        "apiToken": api_token,
+        "instanceId": instance_id,
+        "instanceType": machine.name,
+        "gpu": machine.gpu.model,
+        "gpuMemoryGb": machine.gpu.memory_gb,
+        "hourlyCostUsd": machine.usd_per_hour,
+        "region": settings.region,
+        "availabilityZone": zone,
+        "curlExample": curl_example(url),
+        "shell": shell,
+    }
+    return {name: pulumi.Output.from_input(outputs[name]) for name in OUTPUT_NAMES}
+
+
 def create_endpoint(settings: Settings) -> pulumi.ComponentResource:
     """Build the component for the configured cloud."""
     if settings.cloud == "gcp":

@@ -234,20 +234,9 @@ class GcpGpuEndpoint(pulumi.ComponentResource):
             )),
         )
 
-        url = endpoint.public_url(settings, address.address)
-        self.outputs = {
-            "endpoint": url,
-            "publicIp": address.address,  # for the DNS record when `domain` is set
-            "apiToken": token,
-            # The instance name: what every gcloud command takes.
-            "instanceId": instance.name,
-            "instanceType": pulumi.Output.from_input(machine.name),
-            "gpu": pulumi.Output.from_input(machine.gpu.model),
-            "gpuMemoryGb": pulumi.Output.from_input(machine.gpu.memory_gb),
-            "hourlyCostUsd": pulumi.Output.from_input(machine.usd_per_hour),
-            "region": pulumi.Output.from_input(settings.region),
-            "availabilityZone": pulumi.Output.from_input(zone),
-            "curlExample": endpoint.curl_example(url),
-            "shell": instance.name.apply(lambda vm: shell_command(settings, vm)),
-        }
+        self.outputs = endpoint.stack_outputs(
+            settings, public_ip=address.address, api_token=token,
+            instance_id=instance.name,  # the instance name: what every gcloud command takes
+            zone=zone, shell=instance.name.apply(lambda vm: shell_command(settings, vm)),
+        )
         self.register_outputs(self.outputs)
