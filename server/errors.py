@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,15 +74,18 @@ def error_response(path: str, err: ApiError, metrics: Any | None = None) -> JSON
     headers = dict(err.headers)
     if err.status == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
-    return JSONResponse(error_body(path, err), status_code=err.status, headers=headers)
+    # OpenAI answers every invalid parameter with 400; the HF side keeps FastAPI's 422.
+    status = 400 if err.status == 422 and path.startswith(OPENAI_PREFIX) else err.status
+    return JSONResponse(error_body(path, err), status_code=status, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0] if exc.errors() else {}
+def from_pydantic(errors: Sequence[Any], status: int) -> ApiError:
+    """A pydantic/FastAPI validation error list as one readable ApiError about its first problem."""
+    first = errors[0] if errors else {}
     loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     param = ".".join(loc) or None
     message = first.get("msg", "invalid request")
-    return (f"{param}: {message}" if param else message), param
+    return bad_input(f"{param}: {message}" if param else message, param, status)
 
 
 def install_handlers(app: Any) -> None:
@@ -96,10 +100,7 @@ def install_handlers(app: Any) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
-        # OpenAI answers schema errors with 400; the HF side keeps FastAPI's 422.
-        status = 400 if request.url.path.startswith(OPENAI_PREFIX) else 422
-        return error_response(request.url.path, bad_input(message, param, status), metrics_of(request))
+        return error_response(request.url.path, from_pydantic(exc.errors(), 422), metrics_of(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

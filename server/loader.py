@@ -40,6 +40,7 @@ class Pipelines:
     default_scheduler: str = ""
     load_seconds: float = 0.0
     optimizations: list[str] = field(default_factory=list)
+    _step_checks: dict[tuple[str, int], str | None] = field(default_factory=dict, repr=False)
 
     def for_kind(self, kind: Kind) -> DiffusionPipeline:
         return {"text2img": self.text2img, "img2img": self.img2img, "inpaint": self.inpaint}[kind]
@@ -52,6 +53,22 @@ class Pipelines:
     def use_scheduler(self, pipe: DiffusionPipeline, name: str | None) -> None:
         # Only the worker thread calls pipelines, so swapping the shared scheduler in place is safe.
         pipe.scheduler = self.schedulers[name or self.default_scheduler]
+
+    def steps_problem(self, name: str | None, steps: int) -> str | None:
+        """Why `name` cannot run `steps` steps (e.g. PNDM needs at least 4), or None.
+
+        Asks a private copy of the scheduler, so validation never touches the one the GPU thread uses.
+        """
+        name = name or self.default_scheduler
+        key = (name, steps)
+        if key not in self._step_checks:
+            probe = type(self.schedulers[name]).from_config(self.schedulers[name].config)
+            try:
+                probe.set_timesteps(steps)
+                self._step_checks[key] = None
+            except Exception as exc:  # any refusal means "not with these steps"
+                self._step_checks[key] = f"{type(exc).__name__}: {exc}"
+        return self._step_checks[key]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,7 +98,7 @@ def _has_variant(directory: Path, variant: str) -> bool:
 
 def _from_pretrained(settings: Settings, dtype: torch.dtype) -> DiffusionPipeline:
     source = Path(settings.model).expanduser()
-    kwargs: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True}
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
     if source.is_dir():
         target: str = str(source)
         variant = settings.variant if settings.variant and _has_variant(source, settings.variant) else None
@@ -105,7 +122,7 @@ def _build_base(settings: Settings, device: torch.device, dtype: torch.dtype) ->
         return synthetic.random_sdxl(device, dtype)
     pipe = _from_pretrained(settings, dtype)
     if settings.vae:
-        pipe.vae = AutoencoderKL.from_pretrained(settings.vae, torch_dtype=dtype, cache_dir=settings.cache_dir)
+        pipe.vae = AutoencoderKL.from_pretrained(settings.vae, dtype=dtype, cache_dir=settings.cache_dir)
     return pipe.to(device)
 
 
@@ -122,7 +139,7 @@ def _usable_schedulers(pipe: DiffusionPipeline) -> dict[str, Any]:
             continue
         try:
             usable[cls.__name__] = cls.from_config(config)
-        except Exception as exc:  # noqa: BLE001 - a missing optional dependency is reason enough
+        except Exception as exc:  # a missing optional dependency is reason enough
             log.debug("scheduler %s unavailable: %s", cls.__name__, exc)
     return dict(sorted(usable.items()))
 
@@ -130,11 +147,12 @@ def _usable_schedulers(pipe: DiffusionPipeline) -> dict[str, Any]:
 def _configure_compile_cache(directory: Path) -> Path:
     directory = directory.expanduser()
     directory.mkdir(parents=True, exist_ok=True)
-    # Inductor and Triton read these lazily, so setting them before the first compile is enough.
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(directory / "inductor"))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(directory / "triton"))
-    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
-    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    # Set, not setdefault: importing torch may already have filled in the /tmp default, which does not
+    # survive a container restart. Inductor and Triton read these at compile time.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(directory / "triton")
+    os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
+    os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "1"
     return directory
 
 
@@ -146,14 +164,18 @@ def _optimize(pipes: list[DiffusionPipeline], settings: Settings, device: torch.
         torch.backends.cudnn.allow_tf32 = True
     # Neither helps eager SDXL measurably (see ARCHITECTURE.md); both help under torch.compile.
     if settings.channels_last if settings.channels_last is not None else settings.compile:
+        # UNet only: a channels_last VAE hands img2img/inpaint latents with other strides to the UNet,
+        # which costs a second full compilation.
         base.unet.to(memory_format=torch.channels_last)
-        base.vae.to(memory_format=torch.channels_last)
         applied.append("channels_last")
     if settings.fuse_qkv if settings.fuse_qkv is not None else settings.compile:
         base.fuse_qkv_projections()
         applied.append("fused_qkv")
     if settings.compile:
         cache = _configure_compile_cache(settings.compile_cache_dir)
+        # Each batch size range and image size can need its own graph; past the limit torch silently
+        # falls back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         compiled = torch.compile(base.unet, mode=settings.compile_mode, fullgraph=False)
         for pipe in pipes:
             pipe.unet = compiled
@@ -168,6 +190,10 @@ def load_pipelines(settings: Settings) -> Pipelines:
     log.info("loading %s on %s as %s", settings.model, device, str(dtype).removeprefix("torch."))
     base = _build_base(settings, device, dtype)
     base.set_progress_bar_config(disable=True)
+    if dtype != torch.float16 and getattr(base.vae.config, "force_upcast", False):
+        # Only fp16 overflows in SDXL's VAE. Left on, img2img/inpaint would cast the whole VAE to fp32
+        # and back on every request, in bf16 too.
+        base.vae.register_to_config(force_upcast=False)
     # from_pipe reuses the very same modules: the edit pipelines cost no extra memory.
     img2img = AutoPipelineForImage2Image.from_pipe(base)
     inpaint = AutoPipelineForInpainting.from_pipe(base)

@@ -6,10 +6,11 @@ Precedence: command line > environment > defaults. `python -m server --help` lis
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -73,7 +74,10 @@ class Settings(BaseSettings):
     # --- limits --------------------------------------------------------------------------------
     max_queue: int = Field(32, ge=1, description="Images waiting for the GPU before answering 429.")
     max_batch: int = Field(4, ge=1, description="Most text-to-image requests merged into one pipeline call.")
-    batch_wait_ms: float = Field(0.0, ge=0, description="How long the worker waits for batch-mates.")
+    batch_wait_ms: float = Field(
+        20.0, ge=0, description="Under concurrent load, how long the worker waits for batch-mates (a lone "
+        "sequential client never waits)."
+    )
     request_timeout: float = Field(300.0, gt=0, description="Seconds from arrival to answer before 504.")
     max_body_mb: float = Field(20.0, gt=0, description="Largest request body accepted, in MiB.")
     max_input_pixels: int = Field(4096 * 4096, ge=1, description="Largest input image/mask, in pixels.")
@@ -90,7 +94,8 @@ class Settings(BaseSettings):
     fault_marker: str | None = Field(
         None,
         description="Testing only. A prompt containing '<marker>:fail' or '<marker>:oom' raises inside the "
-        "real pipeline call (after its first step); '<marker>:stall' slows each step by 0.2 s.",
+        "real pipeline call (after its first step); '<marker>:nan' turns its latents to NaN; "
+        "'<marker>:stall' slows each step by 0.2 s.",
     )
 
     @field_validator("cors_origins", mode="before")
@@ -129,5 +134,12 @@ class Settings(BaseSettings):
 
 
 def parse_cli(argv: list[str] | None = None) -> Settings:
-    """Settings from the command line (and the environment); exits with usage on bad flags."""
-    return Settings(_cli_parse_args=argv if argv is not None else True)
+    """Settings from the command line (and the environment); exits with status 2 on bad values."""
+    try:
+        return Settings(_cli_parse_args=argv if argv is not None else True)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}" for error in exc.errors()
+        )
+        print(f"usage: python -m server [-h] [flags...]\npython -m server: error: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,95 @@
+"""Shared fixtures: one tiny SDXL pipeline per session, saved to disk and loaded back through the real
+`from_pretrained` path; in-process apps around it; one live uvicorn server for the real clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server import synthetic
+from server.app import create_app
+from server.loader import Pipelines, load_pipelines
+from server.settings import Settings
+from tests.server.helpers import FAULT, TOKEN, LiveServer, settings_for, wait_ready
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # diffusers' schedulers hand torch tensors to numpy 2 in a deprecated way, thousands of times a run.
+    for message in ("__array__ implementation doesn't accept a copy keyword",
+                    "__array_wrap__ must accept context and return_scalar"):
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+
+
+def _no_sdxl_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read SDXL_* variables; the developer's shell must not change test outcomes."""
+    for name in list(os.environ):
+        if name.startswith("SDXL_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+
+
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-sdxl")
+    synthetic.tiny_sdxl().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+
+
+def pipelines(tiny_dir: Path) -> Pipelines:
+    return load_pipelines(Settings(model=str(tiny_dir)))
+
+
+@pytest.fixture
+
+
+def make_client(tiny_dir: Path, pipelines: Pipelines) -> Iterator[Callable[..., TestClient]]:
+    """In-process apps with any settings, all sharing the session's loaded pipelines."""
+    opened: list[TestClient] = []
+
+    def make(loader: Callable[[], Pipelines] | None = None, ready: bool = True, **overrides: object) -> TestClient:
+        app = create_app(settings_for(tiny_dir, **overrides), loader=loader or (lambda: pipelines))
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
+        opened.append(client)
+        if ready:
+            token = overrides.get("api_token")
+            wait_ready(client, {"Authorization": f"Bearer {token}"} if token else None)
+        return client
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+
+
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+@pytest.fixture(scope="session")
+
+
+def live_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(
+        ["--model", str(tiny_dir), "--api-token", TOKEN, "--fault-marker", FAULT, "--log-level", "warning",
+         "--default-steps", "2"],
+        tmp_path_factory.mktemp("live") / "server.log",
+    )
+    try:
+        server.wait_ready({"Authorization": f"Bearer {TOKEN}"})
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,102 @@
+"""Operations routes: health, readiness, metrics, info and the OpenAPI schema."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+from tests.server.helpers import FAST, auth
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent), labels in any order."""
+    for sample_labels, value in re.findall(rf"^{re.escape(name)}(?:{{(.*)}})? (\S+)$", text, re.MULTILINE):
+        if dict(re.findall(r'(\w+)="([^"]*)"', sample_labels)) == labels:
+            return float(value)
+    return 0.0
+
+
+def test_health_is_public_and_everything_else_needs_the_token(make_client):
+    client = make_client(api_token="s3cret")
+    assert client.get("/health").json() == {"status": "ok"}
+    for path in ("/ready", "/metrics", "/info", "/openapi.json", "/docs"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers=auth("s3cret")).status_code == 200, path
+
+
+def test_ready_is_503_until_loaded_and_warmed(make_client, pipelines):
+    gate = threading.Event()
+    client = make_client(loader=lambda: gate.wait(30) and pipelines, ready=False, warmup=True)
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["estimated_time"] > 0 and "Retry-After" in response.headers
+    assert client.get("/health").status_code == 200
+    gate.set()
+    deadline = time.monotonic() + 30
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # Warm-up ran all three tasks before readiness.
+    text = client.get("/metrics").text
+    for kind in ("text2img", "img2img", "inpaint"):
+        assert metric(text, "sdxl_generation_seconds_count", kind=kind) == 0  # warm-up is not user work
+    assert metric(text, "sdxl_ready") == 1
+
+
+def test_metrics_cover_queue_in_flight_latency_images_and_errors(client):
+    before = time.time()
+    assert client.post("/", json={"inputs": "a cat", "parameters": FAST}).status_code == 200
+    assert client.post("/", json={"inputs": "a cat", "parameters": {"width": 7}}).status_code == 422
+    assert client.post("/v1/images/generations", json={"prompt": "x", "n": 2, **FAST}).status_code == 200
+    text = client.get("/metrics").text
+    assert metric(text, "sdxl_queue_depth") == 0
+    assert metric(text, "sdxl_in_flight_images") == 0
+    assert metric(text, "sdxl_images_generated_total", kind="text2img") == 3
+    assert metric(text, "sdxl_errors_total", kind="validation") == 1
+    assert metric(text, "sdxl_request_duration_seconds_count", route="/") == 2
+    assert metric(text, "sdxl_request_duration_seconds_count", route="/v1/images/generations") == 1
+    assert metric(text, "sdxl_requests_total", route="/", method="POST", status="422") == 1
+    assert metric(text, "sdxl_generation_seconds_count", kind="text2img") >= 2
+    assert metric(text, "sdxl_batch_size_sum") == 3
+    assert metric(text, "sdxl_last_request_timestamp_seconds") >= before
+
+
+def test_unknown_routes_do_not_explode_the_route_label(client):
+    assert client.get("/nope/1").status_code == 404
+    assert client.get("/nope/2").status_code == 404
+    assert metric(client.get("/metrics").text, "sdxl_requests_total", route="other", method="GET", status="404") == 2
+
+
+def test_info_describes_model_device_versions_and_limits(client):
+    info = client.get("/info").json()
+    assert info["ready"] is True
+    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["pipelines"] == {"text2img": "StableDiffusionXLPipeline",
+                                 "img2img": "StableDiffusionXLImg2ImgPipeline",
+                                 "inpaint": "StableDiffusionXLInpaintPipeline"}
+    assert info["default_size"] == 256
+    assert info["limits"]["max_size"] == 2048 and info["limits"]["max_n"] == 4
+    assert info["versions"]["diffusers"] and info["versions"]["torch"]
+    assert "DPMSolverSDEScheduler" not in info["schedulers"]  # needs torchsde, not installed
+
+
+def test_openapi_documents_every_route_and_the_bearer_scheme(client):
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    for path in ("/", "/models/{model_id}", "/v1/images/generations", "/v1/images/edits",
+                 "/health", "/ready", "/metrics", "/info"):
+        assert path in paths, path
+    assert schema["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    assert paths["/health"]["get"]["security"] == []
+    hf = paths["/"]["post"]
+    assert hf["requestBody"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/HFRequest"
+    assert {"image/png", "image/jpeg", "image/webp"} <= set(hf["responses"]["200"]["content"])
+    assert "x-seed" in hf["responses"]["200"]["headers"]
+    params = schema["components"]["schemas"]["HFParameters"]["properties"]
+    for name in ("negative_prompt", "num_inference_steps", "guidance_scale", "width", "height", "seed",
+                 "scheduler", "target_size", "prompt", "strength", "mask"):
+        assert name in params, name
+    edit = paths["/v1/images/edits"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert {"image", "mask"} <= set(edit["properties"])
+    assert "ImagesEditFields" in schema["components"]["schemas"]
