@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 TEST_ENV := AWS_EC2_METADATA_DISABLED=true NO_GCE_CHECK=True GCE_METADATA_HOST=127.0.0.1:9 \
 	GCE_METADATA_IP=127.0.0.1:9 AWS_DEFAULT_REGION=us-east-1 HF_HUB_OFFLINE=1 PULUMI_SKIP_UPDATE_CHECK=true
 
-.PHONY: help dev test lint up preview destroy wake clean
+.PHONY: help dev test lint up preview destroy wake pulumi clean
 
 help:
 	@sed -n 's/^# \{0,1\}//p' Makefile | head -4
@@ -41,6 +41,10 @@ destroy:
 # Start an instance the idle auto-stop powered off, and wait until it answers /ready.
 wake:
 	./scripts/deploy.sh wake $(STACK) $(ARGS)
+
+# Any pulumi command against the stack's local state, e.g. ARGS="config set gcp:project my-project".
+pulumi:
+	./scripts/deploy.sh pulumi $(STACK) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command from a fresh machine to a running endpoint (or a preview, or a teardown).
 #   scripts/deploy.sh up|preview|destroy|wake [STACK]     (make up / make preview / make destroy / make wake)
+#   scripts/deploy.sh pulumi STACK ARGS...                (make pulumi STACK=... ARGS="config set ...")
 # Needs only Python 3.10+, curl and cloud credentials; installs the venv, the dependencies and
 # the Pulumi CLI when missing. State stays on this machine (no Pulumi Cloud account) unless
 # PULUMI_BACKEND_URL says otherwise, and secrets are encrypted with a passphrase.
@@ -12,8 +13,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 case "$action" in
-  up|preview|destroy|wake) ;;
-  *) echo "usage: $0 up|preview|destroy|wake [stack]" >&2; exit 2 ;;
+  up|preview|destroy|wake|pulumi) ;;
+  *) echo "usage: $0 up|preview|destroy|wake|pulumi [stack] [args...]" >&2; exit 2 ;;
 esac
 if [ ! -f "stacks/Pulumi.$stack.yaml" ] && [ "$action" = up ] && [ -z "${SDXL_ALLOW_NEW_STACK:-}" ]; then
   echo "No preset stacks/Pulumi.$stack.yaml. Presets:" >&2
@@ -78,8 +79,11 @@ case "$action" in
     echo "Endpoint: $(pulumi stack output endpoint)"
     echo "Token:    pulumi stack output apiToken --show-secrets"
     echo "Try it:   $(pulumi stack output curlExample)"
+    echo "(run other pulumi commands as: make pulumi STACK=$stack ARGS=\"stack output --show-secrets\")"
     ;;
   preview) pulumi preview "$@" ;;
   destroy) pulumi destroy "$@" ;;
+  # Any other Pulumi command, with this stack's state backend and passphrase.
+  pulumi) pulumi "$@" ;;
   wake) .venv/bin/python -m stacks.wake --stack "$stack" "$@" ;;
 esac

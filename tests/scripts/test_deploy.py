@@ -87,6 +87,14 @@ def test_an_explicit_backend_and_passphrase_are_respected(workdir):
     assert not (workdir / ".pulumi-state" / "passphrase").exists()
 
 
+def test_any_pulumi_command_runs_against_the_same_state(workdir):
+    deploy(workdir, "up")
+    result, calls = deploy(workdir, "pulumi", "gcp-t4", "config", "set", "gcp:project", "my-project")
+    assert result.returncode == 0, result.stderr
+    assert calls[-1] == (f"pulumi config set gcp:project my-project | backend=file://{workdir}/.pulumi-state "
+                         f"| passfile={workdir}/.pulumi-state/passphrase")
+
+
 def test_unknown_preset_and_action_are_refused_with_the_list(workdir):
     result, calls = deploy(workdir, "up", "aws-g9")
     assert result.returncode == 2 and "aws-g5" in result.stderr and calls == []
