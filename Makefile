@@ -16,9 +16,11 @@ TEST_ENV := AWS_EC2_METADATA_DISABLED=true NO_GCE_CHECK=True GCE_METADATA_HOST=1
 help:
 	@sed -n 's/^# \{0,1\}//p' Makefile | head -4
 
-$(VENV)/.dev-installed: requirements.txt requirements-dev.txt server/requirements.txt
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt server/requirements.txt tests/server/js/package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-dev.txt
+	# The JS client web apps use (@huggingface/inference), for tests/server/test_js_client.py.
+	npm ci --prefix tests/server/js --no-audit --no-fund --loglevel=error
 	touch $@
 
 dev: $(VENV)/.dev-installed
