@@ -97,10 +97,16 @@ def _get(cfg: pulumi.Config, key: str) -> str | None:
     return value.strip() if value and value.strip() else None
 
 
-def _get_secret(key: str) -> pulumi.Output[str] | None:
+def _get_secret(problems: _Problems, key: str) -> pulumi.Output[str] | None:
     # Checks presence on the raw value, so reading never logs or unwraps the secret.
     raw = pulumi.runtime.get_config(f"{PROJECT}:{key}")
-    return pulumi.Config(PROJECT).get_secret(key) if raw and str(raw).strip() else None
+    if not raw or not str(raw).strip():
+        return None
+    if not pulumi.runtime.is_config_secret(f"{PROJECT}:{key}"):
+        # Set without --secret: the value sits in plain text in the stack file (and maybe in git).
+        problems.add(key, None, "is stored in plain text in the stack's config file",
+                     f"pulumi config set --secret {key} <value>  (then rotate it: it may be in git history)")
+    return pulumi.Config(PROJECT).get_secret(key)
 
 
 def _set(key: str, value: str) -> str:
@@ -343,6 +349,7 @@ def load(
                          _set("ttl", "2030-01-31T18:00:00Z"))
 
     region, zone, gcp_project = _location(problems, cloud, machine)
+    api_token, hf_token = _get_secret(problems, "apiToken"), _get_secret(problems, "hfToken")
     problems.raise_if_any(stack)
 
     assert machine is not None and spot is not None and ssh is not None  # guaranteed by raise_if_any
@@ -352,7 +359,7 @@ def load(
     return Settings(
         project=pulumi.get_project(), stack=stack, cloud=cloud, machine=machine, spot=spot,
         disk_gb=disk_gb, model=model, image=image,
-        api_token=_get_secret("apiToken"), hf_token=_get_secret("hfToken"),
+        api_token=api_token, hf_token=hf_token,
         cors_origins=tuple(origins), domain=domain,
         # A bare address is a valid /32 (or /128); providers want the prefix written out.
         allowed_cidrs=tuple(str(ipaddress.ip_network(c)) for c in cidrs),

@@ -103,6 +103,16 @@ def test_each_mistake_has_a_message_and_a_fix(settings, pattern):
     assert "fix:" in message
 
 
+def test_tokens_set_without_secret_are_refused():
+    with pytest.raises(config.ConfigError) as raised:
+        run_program({"apiToken": "plain-token-1234", "hfToken": "hf_plain"}, secret_keys=())
+    message = str(raised.value)
+    assert "has 2 problems" in message
+    assert "apiToken: is stored in plain text" in message and "pulumi config set --secret apiToken" in message
+    assert "hfToken: is stored in plain text" in message
+    assert "plain-token-1234" not in message and "hf_plain" not in message
+
+
 def test_valid_values_are_accepted():
     settings = run_program({
         "corsOrigins": ["https://app.example.com", "http://localhost:5173"],
