@@ -235,6 +235,36 @@ def load(
     stack = pulumi.get_stack()
     problems = _Problems()
 
+    _check_unknown_keys(problems)
+    cloud, gpu = _read_cloud_and_gpu(cfg, problems)
+    machine = _read_machine(cfg, problems, cloud, gpu, lookup_aws_type)
+    spot = _read_bool(cfg, problems, "spot")
+    ssh = _read_bool(cfg, problems, "ssh")
+    disk_gb, idle = _read_sizes(cfg, problems)
+    model, image = _read_software(cfg, problems)
+    origins, cidrs, domain = _read_access(cfg, problems)
+    ttl = _read_ttl(cfg, problems)
+    region, zone, gcp_project = _location(problems, cloud, machine)
+    api_token, hf_token = _get_secret(problems, "apiToken"), _get_secret(problems, "hfToken")
+    problems.raise_if_any(stack)
+
+    assert machine is not None and spot is not None and ssh is not None  # guaranteed by raise_if_any
+    tags = {"sdxl-endpoint:stack": stack, "sdxl-endpoint:project": pulumi.get_project()}
+    if ttl:
+        tags["sdxl-endpoint:ttl"] = ttl
+    return Settings(
+        project=pulumi.get_project(), stack=stack, cloud=cloud, machine=machine, spot=spot,
+        disk_gb=disk_gb, model=model, image=image,
+        api_token=api_token, hf_token=hf_token,
+        cors_origins=tuple(origins), domain=domain,
+        # A bare address is a valid /32 (or /128); providers want the prefix written out.
+        allowed_cidrs=tuple(str(ipaddress.ip_network(c)) for c in cidrs),
+        idle_stop_minutes=idle, ssh=ssh, ttl=ttl, region=region, zone=zone,
+        gcp_project=gcp_project, tags=tags,
+    )
+
+
+def _check_unknown_keys(problems: _Problems) -> None:
     unknown = sorted(
         k.split(":", 1)[1] for k in _all_config_keys()
         if k.startswith(f"{PROJECT}:") and k.split(":", 1)[1] not in KNOWN_KEYS
@@ -245,68 +275,80 @@ def load(
         problems.add(key, None, f"unknown key. Known keys: {', '.join(KNOWN_KEYS)}",
                      f"pulumi config mv {key} {proper}" if proper else f"pulumi config rm {key}")
 
-    cloud = (_get(cfg, "cloud") or "aws").strip().lower()
+
+def _read_cloud_and_gpu(cfg: pulumi.Config, problems: _Problems) -> tuple[str, str | None]:
+    cloud = (_get(cfg, "cloud") or "aws").lower()
     if cloud not in CLOUDS:
         problems.add("cloud", cloud, f"not supported. Allowed: {', '.join(CLOUDS)}",
                      _set("cloud", _closest(cloud, CLOUDS) or "aws"))
         cloud = "aws"
 
     gpu = _get(cfg, "gpu")
-    if gpu is not None:
-        gpu = gpu.strip().lower()
-        if gpu not in catalog.GPU_CHOICES:
-            problems.add("gpu", gpu, f"unknown GPU. Allowed: {', '.join(catalog.GPU_CHOICES)}",
-                         _set("gpu", _closest(gpu, catalog.GPU_CHOICES) or catalog.DEFAULT_GPU[cloud]))
-            gpu = None
-        elif not any(o.gpu.key.startswith(gpu) for o in
-                     (catalog.AWS_OFFERS if cloud == "aws" else catalog.GCP_OFFERS).values()):
-            offered = sorted({o.gpu.key for o in catalog.GCP_OFFERS.values()} & set(catalog.GPU_CHOICES))
-            problems.add("gpu", gpu, f"not offered on {cloud.upper()}. Allowed there: {', '.join(offered)}",
-                         _set("gpu", "l4" if gpu in ("a10g", "l40s") else catalog.DEFAULT_GPU[cloud]))
-            gpu = None
+    if gpu is None:
+        return cloud, None
+    gpu = gpu.lower()
+    offers = catalog.AWS_OFFERS if cloud == "aws" else catalog.GCP_OFFERS
+    offered = sorted({o.gpu.key for o in offers.values()} & set(catalog.GPU_CHOICES))
+    if gpu not in catalog.GPU_CHOICES:
+        problems.add("gpu", gpu, f"unknown GPU. Allowed: {', '.join(catalog.GPU_CHOICES)}",
+                     _set("gpu", _closest(gpu, catalog.GPU_CHOICES) or catalog.DEFAULT_GPU[cloud]))
+        return cloud, None
+    if gpu not in offered:
+        problems.add("gpu", gpu, f"not offered on {cloud.upper()}. Allowed there: {', '.join(offered)}",
+                     # The 24 GB Ampere/Ada cards AWS has map to GCP's L4, not to a pricier A100.
+                     _set("gpu", "l4" if gpu in ("a10g", "l40s") and "l4" in offered else catalog.DEFAULT_GPU[cloud]))
+        return cloud, None
+    return cloud, gpu
 
-    instance_type = _get(cfg, "instanceType")
-    machine_type = _get(cfg, "machineType")
-    wrong_key = "machineType" if cloud == "aws" else "instanceType"
-    if (machine_type if cloud == "aws" else instance_type) is not None:
-        right_key = "instanceType" if cloud == "aws" else "machineType"
-        problems.add(wrong_key, machine_type if cloud == "aws" else instance_type,
-                     f"applies to {'GCP' if cloud == 'aws' else 'AWS'}, but cloud is {cloud}",
-                     f"pulumi config mv {wrong_key} {right_key}")
-    explicit = instance_type if cloud == "aws" else machine_type
+
+def _read_machine(cfg: pulumi.Config, problems: _Problems, cloud: str, gpu: str | None,
+                  lookup_aws_type: Callable[[str, str], catalog.InstanceFacts | None] | None) -> catalog.Offer | None:
+    own_key, other_key = ("instanceType", "machineType") if cloud == "aws" else ("machineType", "instanceType")
+    other = _get(cfg, other_key)
+    if other is not None:
+        problems.add(other_key, other, f"applies to {'GCP' if cloud == 'aws' else 'AWS'}, but cloud is {cloud}",
+                     f"pulumi config mv {other_key} {own_key}")
     aws_region = pulumi.Config("aws").get("region") or DEFAULT_AWS_REGION
     lookup = (lambda name: lookup_aws_type(name, aws_region)) if lookup_aws_type and cloud == "aws" else None
-    machine = _resolve_machine(problems, cloud, gpu, explicit.strip() if explicit else None, lookup)
+    return _resolve_machine(problems, cloud, gpu, _get(cfg, own_key), lookup)
 
-    spot = _parse_bool(_get(cfg, "spot"), False)
-    if spot is None:
-        problems.add("spot", _get(cfg, "spot"), "must be true or false", _set("spot", "false"))
-    ssh = _parse_bool(_get(cfg, "ssh"), False)
-    if ssh is None:
-        problems.add("ssh", _get(cfg, "ssh"), "must be true or false", _set("ssh", "false"))
 
+def _read_bool(cfg: pulumi.Config, problems: _Problems, key: str) -> bool | None:
+    value = _parse_bool(_get(cfg, key), False)
+    if value is None:
+        problems.add(key, _get(cfg, key), "must be true or false", _set(key, "false"))
+    return value
+
+
+def _read_sizes(cfg: pulumi.Config, problems: _Problems) -> tuple[int, int]:
     disk_gb = _parse_int(_get(cfg, "diskGb"), DEFAULT_DISK_GB)
     if disk_gb is None or not MIN_DISK_GB <= disk_gb <= MAX_DISK_GB:
         problems.add("diskGb", _get(cfg, "diskGb"),
                      f"must be a whole number of GB from {MIN_DISK_GB} to {MAX_DISK_GB}: the GPU image, "
                      "SDXL's weights and the compile cache need the room",
                      _set("diskGb", str(DEFAULT_DISK_GB)))
-
     idle = _parse_int(_get(cfg, "idleStopMinutes"), DEFAULT_IDLE_STOP_MINUTES)
     if idle is None or idle < 0:
         problems.add("idleStopMinutes", _get(cfg, "idleStopMinutes"),
                      "must be a whole number of minutes, 0 or more (0 never stops the instance)",
                      _set("idleStopMinutes", str(DEFAULT_IDLE_STOP_MINUTES)))
+    return disk_gb, idle
 
-    model = (_get(cfg, "model") or DEFAULT_MODEL).strip()
+
+def _read_software(cfg: pulumi.Config, problems: _Problems) -> tuple[str, str]:
+    model = _get(cfg, "model") or DEFAULT_MODEL
     if not _HUB_ID_RE.match(model):
         problems.add("model", model, "must be a Hugging Face Hub id, organisation/name",
                      _set("model", DEFAULT_MODEL))
-    image = (_get(cfg, "image") or DEFAULT_IMAGE).strip()
+    image = _get(cfg, "image") or DEFAULT_IMAGE
     if not _IMAGE_RE.match(image):
         problems.add("image", image, "must be a container image reference, e.g. ghcr.io/org/name:tag",
                      _set("image", DEFAULT_IMAGE))
+    return model, image
 
+
+def _read_access(cfg: pulumi.Config, problems: _Problems) -> tuple[list[str], list[str], str | None]:
+    """Who may call the endpoint: browser origins, source networks, and the name it answers on."""
     origins = _parse_list(_get(cfg, "corsOrigins"), ["*"])
     if origins is None:
         problems.add("corsOrigins", _get(cfg, "corsOrigins"), "must be a list of origins",
@@ -332,12 +374,15 @@ def load(
 
     domain = _get(cfg, "domain")
     if domain is not None:
-        domain = domain.strip().lower()
+        domain = domain.lower()
         bare = urlsplit(domain).hostname if "//" in domain else domain.rstrip("/").rstrip(".")
         if not _HOSTNAME_RE.match(domain):
             problems.add("domain", domain, "must be a DNS name you control, without scheme or path",
                          _set("domain", bare if bare and _HOSTNAME_RE.match(bare) else "sdxl.example.com"))
+    return origins, cidrs, domain
 
+
+def _read_ttl(cfg: pulumi.Config, problems: _Problems) -> str | None:
     ttl = _get(cfg, "ttl")
     if ttl is not None:
         try:
@@ -347,25 +392,7 @@ def load(
         except ValueError:
             problems.add("ttl", ttl, "must be an RFC 3339 time with a zone, when the stack may be destroyed",
                          _set("ttl", "2030-01-31T18:00:00Z"))
-
-    region, zone, gcp_project = _location(problems, cloud, machine)
-    api_token, hf_token = _get_secret(problems, "apiToken"), _get_secret(problems, "hfToken")
-    problems.raise_if_any(stack)
-
-    assert machine is not None and spot is not None and ssh is not None  # guaranteed by raise_if_any
-    tags = {"sdxl-endpoint:stack": stack, "sdxl-endpoint:project": pulumi.get_project()}
-    if ttl:
-        tags["sdxl-endpoint:ttl"] = ttl
-    return Settings(
-        project=pulumi.get_project(), stack=stack, cloud=cloud, machine=machine, spot=spot,
-        disk_gb=disk_gb, model=model, image=image,
-        api_token=api_token, hf_token=hf_token,
-        cors_origins=tuple(origins), domain=domain,
-        # A bare address is a valid /32 (or /128); providers want the prefix written out.
-        allowed_cidrs=tuple(str(ipaddress.ip_network(c)) for c in cidrs),
-        idle_stop_minutes=idle, ssh=ssh, ttl=ttl, region=region, zone=zone,
-        gcp_project=gcp_project, tags=tags,
-    )
+    return ttl
 
 
 def _location(problems: _Problems, cloud: str, machine: catalog.Offer | None) -> tuple[str, str | None, str | None]:

@@ -94,7 +94,8 @@ def test_all_bad_keys_are_reported_at_once():
     ({"machineType": "n1-standard-4"}, r"machineType = 'n1-standard-4': applies to GCP.*\n.*pulumi config mv"),
     ({"gpu": "t4", "instanceType": "g5.xlarge"}, r"has a A10G GPU but gpu is set to 't4'"),
     ({"instanceType": "not_a_type"}, r"not an EC2 instance type name"),
-    ({"cloud": "gcp", "gpu": "a10g", "gcp:project": "p"}, r"gpu = 'a10g': not offered on GCP"),
+    ({"cloud": "gcp", "gpu": "a10g", "gcp:project": "p"},
+     r"gpu = 'a10g': not offered on GCP. Allowed there: a100, h100, l4, t4\n.*fix: pulumi config set gpu l4"),
     ({"cloud": "gcp"}, r"gcp:project: required when cloud is gcp"),
 ])
 def test_each_mistake_has_a_message_and_a_fix(settings, pattern):
