@@ -7,7 +7,9 @@ guest shutdown leaves the VM TERMINATED), so GPU billing ends while the disk, IP
 What counts as activity is the server's own `sdxl_last_request_timestamp_seconds` gauge, which only
 generation requests move (polls of /health, /ready and /metrics, ours included, never do), plus any image
 queued or in flight. The clock starts only once /ready has answered 200: a first boot that is still
-pulling the image or downloading the model is never stopped.
+pulling the image or downloading the model is not stopped, unless it is still not ready after
+BOOT_GRACE_MINUTES, far beyond any healthy boot: then the GPU check failed or the server cannot start,
+and a broken instance should not bill until someone notices (the status file says why).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 SERVER = "http://127.0.0.1:8000"
 ENV_FILE = "/etc/sdxl-endpoint/server.env"
 POLL_SECONDS = 60
+BOOT_GRACE_MINUTES = 180  # a healthy first boot (pull, 6.9 GB download, warm-up) takes 6-15 minutes
 
 _SAMPLE = re.compile(r"^(sdxl_[a-z_]+)(?:\{[^}]*\})?\s+(\S+)", re.MULTILINE)
 
@@ -38,16 +41,21 @@ class Observation:
 class IdleTracker:
     """Decides, one observation at a time, whether the instance has been idle long enough to stop."""
 
-    def __init__(self, idle_seconds: float) -> None:
+    def __init__(self, idle_seconds: float, boot_grace_seconds: float = BOOT_GRACE_MINUTES * 60) -> None:
         self.idle_seconds = idle_seconds
+        self.boot_grace_seconds = boot_grace_seconds
+        self.first_seen: float | None = None  # when the watcher started watching
         self.last_activity: float | None = None  # None until the server has been ready once
         self._gauge: float | None = None  # the last value of the server's last-request gauge
 
     def observe(self, now: float, seen: Observation) -> bool:
         """Record one observation taken at `now`; True means: power off now."""
+        if self.first_seen is None:
+            self.first_seen = now
         if self.last_activity is None:
             if not seen.ready:
-                return False  # still booting, pulling or downloading: never stop before the first ready
+                # Still booting, pulling or downloading; only a boot that never gets there is stopped.
+                return self.idle_seconds > 0 and now - self.first_seen >= self.boot_grace_seconds
             self.last_activity = now
         if seen.busy:
             self.last_activity = now
@@ -127,8 +135,12 @@ def run(tracker: IdleTracker, observe, clock, sleep, power_off, poll_seconds: fl
         now = clock()
         seen = observe()
         if tracker.observe(now, seen):
-            console(f"no generation request for {tracker.idle_for(now) / 60:.0f} min: powering off "
-                    "(the disk, IP and model cache stay; `make wake` starts it again)")
+            if tracker.last_activity is None:
+                console(f"the server was never ready in {tracker.boot_grace_seconds / 60:.0f} min: powering off "
+                        "so a broken boot stops billing (see /var/lib/sdxl-endpoint/status; `make wake` retries)")
+            else:
+                console(f"no generation request for {tracker.idle_for(now) / 60:.0f} min: powering off "
+                        "(the disk, IP and model cache stay; `make wake` starts it again)")
             power_off()
             return
         if tracker.last_activity is not None and not announced:

@@ -15,12 +15,32 @@ MINUTE = 60.0
 BOOT = 1_800_000_000.0  # a wall-clock time, like the server's gauge
 
 
-def test_never_stops_before_the_server_was_ready_once() -> None:
+def test_never_stops_a_slow_first_boot_before_the_server_was_ready_once() -> None:
     tracker = IdleTracker(30 * MINUTE)
-    # First boot: pulling the image, downloading 6.9 GB, compiling. Hours may pass.
-    for minute in range(0, 600, 5):
+    # First boot: pulling the image, downloading 6.9 GB, compiling, on a slow link.
+    for minute in range(0, idle_stop.BOOT_GRACE_MINUTES, 5):
         assert not tracker.observe(BOOT + minute * MINUTE, Observation(ready=False))
     assert tracker.last_activity is None
+
+
+def test_a_boot_that_never_gets_ready_stops_after_the_grace(capsys: pytest.CaptureFixture[str]) -> None:
+    # A failed GPU check or a server that cannot start: the GPU must not bill until someone looks.
+    clock = {"now": BOOT}
+    powered_off = []
+
+    def sleep(seconds: float) -> None:
+        clock["now"] += seconds
+
+    idle_stop.run(IdleTracker(30 * MINUTE), observe=lambda: Observation(ready=False), clock=lambda: clock["now"],
+                  sleep=sleep, power_off=lambda: powered_off.append(clock["now"]))
+    assert powered_off == [BOOT + idle_stop.BOOT_GRACE_MINUTES * MINUTE]
+    assert "never ready in 180 min" in capsys.readouterr().out
+
+
+def test_zero_minutes_disables_the_boot_grace_too() -> None:
+    tracker = IdleTracker(0)
+    assert not tracker.observe(BOOT, Observation(ready=False))
+    assert not tracker.observe(BOOT + 10 * idle_stop.BOOT_GRACE_MINUTES * MINUTE, Observation(ready=False))
 
 
 def test_stops_after_the_idle_time_counted_from_ready() -> None:
