@@ -159,7 +159,6 @@ class AwsGpuEndpoint(pulumi.ComponentResource):
             # corsOrigins, domain ...) takes effect only on a new instance; the Elastic IP stays.
             user_data_replace_on_change=True,
             tags=tags,
-            volume_tags=None,
             # A new DLAMI release must not silently replace the instance and its model cache.
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(ignore_changes=["ami"])),
         )

@@ -242,7 +242,7 @@ def load(
     ssh = _read_bool(cfg, problems, "ssh")
     disk_gb, idle = _read_sizes(cfg, problems)
     model, image = _read_software(cfg, problems)
-    origins, cidrs, domain = _read_access(cfg, problems)
+    origins, cidrs, domain = _read_access(cfg, problems, cloud)
     ttl = _read_ttl(cfg, problems)
     region, zone, gcp_project = _location(problems, cloud, machine)
     api_token, hf_token = _get_secret(problems, "apiToken"), _get_secret(problems, "hfToken")
@@ -347,7 +347,7 @@ def _read_software(cfg: pulumi.Config, problems: _Problems) -> tuple[str, str]:
     return model, image
 
 
-def _read_access(cfg: pulumi.Config, problems: _Problems) -> tuple[list[str], list[str], str | None]:
+def _read_access(cfg: pulumi.Config, problems: _Problems, cloud: str) -> tuple[list[str], list[str], str | None]:
     """Who may call the endpoint: browser origins, source networks, and the name it answers on."""
     origins = _parse_list(_get(cfg, "corsOrigins"), ["*"])
     if origins is None:
@@ -371,6 +371,11 @@ def _read_access(cfg: pulumi.Config, problems: _Problems) -> tuple[list[str], li
         if why:
             network = why.rsplit(" ", 1)[-1] if why.startswith("host") else "203.0.113.0/24"
             problems.add("allowedCidrs", cidr, why, f"use {network}")
+    if cloud == "gcp" and cidrs and all(":" in c for c in cidrs):
+        # The GCP subnet is IPv4-only, so IPv6 ranges could never reach the VM.
+        problems.add("allowedCidrs", cidrs, "the GCP endpoint has an IPv4 address only, so IPv6 ranges "
+                     "can never reach it",
+                     "pulumi config set --path 'allowedCidrs[0]' 203.0.113.0/24 (your IPv4 range)")
 
     domain = _get(cfg, "domain")
     if domain is not None:

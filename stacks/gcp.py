@@ -17,7 +17,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from stacks import bootstrap, endpoint
-from stacks.config import ConfigError, Settings
+from stacks.config import Settings
 
 # Deep Learning VM "base" image, CUDA 12.9 + NVIDIA driver 580 preinstalled, on Ubuntu 24.04.
 # Google's Deep Learning VM image list (docs.cloud.google.com/deep-learning-vm/docs/images)
@@ -121,15 +121,6 @@ class GcpGpuEndpoint(pulumi.ComponentResource):
         # The firewall rules target this tag, so they reach this VM only.
         network_tag = names["vm"]
 
-        # The subnet is IPv4-only, so IPv6 ranges in allowedCidrs could never reach the VM.
-        ipv4 = [c for c in settings.allowed_cidrs if ipaddress.ip_network(c).version == 4]
-        if not ipv4:
-            raise ConfigError(
-                f"allowedCidrs = {list(settings.allowed_cidrs)}: the GCP endpoint has an IPv4 address "
-                "only, so IPv6 ranges can never reach it.\n"
-                "      fix: pulumi config set --path 'allowedCidrs[0]' 203.0.113.0/24 (your IPv4 range)"
-            )
-
         provider = gcp.Provider("gcp", project=settings.gcp_project, region=settings.region, zone=zone,
                                 opts=pulumi.ResourceOptions(parent=self))
         # Fixed names cannot coexist with their replacement: delete first, then create.
@@ -150,6 +141,7 @@ class GcpGpuEndpoint(pulumi.ComponentResource):
                 description="SDXL endpoint: the API, from allowedCidrs" if part == "https"
                 else "SDXL endpoint: redirect to HTTPS and ACME HTTP-01 only",
                 allows=[{"protocol": "tcp", "ports": [str(port)]}],
+                # The subnet is IPv4-only (config.py refuses an IPv6-only allowedCidrs on GCP).
                 source_ranges=[c for c in sources if ipaddress.ip_network(c).version == 4],
                 target_tags=[network_tag], opts=child,
             )
