@@ -29,19 +29,18 @@ class Gpu:
     key: str  # the config value, e.g. "a10g"
     model: str  # the name providers report, e.g. "A10G"
     memory_gb: int  # per GPU
-    bf16: bool  # Ampere or newer: bf16 avoids the fp16 VAE overflow without an fp32 upcast
 
 
 GPUS: dict[str, Gpu] = {
     g.key: g
     for g in (
-        Gpu("t4", "T4", 16, bf16=False),
-        Gpu("a10g", "A10G", 24, bf16=True),
-        Gpu("l4", "L4", 24, bf16=True),
-        Gpu("l40s", "L40S", 48, bf16=True),
-        Gpu("a100", "A100", 40, bf16=True),
-        Gpu("a100-80gb", "A100", 80, bf16=True),
-        Gpu("h100", "H100", 80, bf16=True),
+        Gpu("t4", "T4", 16),
+        Gpu("a10g", "A10G", 24),
+        Gpu("l4", "L4", 24),
+        Gpu("l40s", "L40S", 48),
+        Gpu("a100", "A100", 40),
+        Gpu("a100-80gb", "A100", 80),
+        Gpu("h100", "H100", 80),
     )
 }
 GPU_CHOICES = ("t4", "a10g", "l4", "l40s", "a100", "h100")  # what `gpu:` accepts
@@ -260,8 +259,9 @@ def refusal(cloud: str, name: str, reason: str, vcpus: int | None, fix: str | No
     offers = AWS_OFFERS if cloud == "aws" else GCP_OFFERS
     key = "instanceType" if cloud == "aws" else "machineType"
     lines = [f"{key} '{name}' cannot run SDXL: {reason}.", "Nearest types that fit:"]
-    lines += [f"  - {o.describe()}" for o in nearest_offers(offers, vcpus)]
-    lines.append(f"Fix: {fix or f'pulumi config set {key} {nearest_offers(offers, vcpus)[0].name}'}")
+    nearest = nearest_offers(offers, vcpus)
+    lines += [f"  - {o.describe()}" for o in nearest]
+    lines.append(f"Fix: {fix or f'pulumi config set {key} {nearest[0].name}'}")
     return UnfitMachineError("\n".join(lines))
 
 
@@ -290,15 +290,15 @@ def offer_from_aws_facts(facts: InstanceFacts) -> Offer:
     best = max(facts.gpus, key=lambda g: g.memory_mib)
     memory_gb = round(best.memory_mib / 1024)
     known = next((g for g in GPUS.values() if g.model == best.model and g.memory_gb == memory_gb), None)
-    gpu = known or Gpu(best.model.lower(), best.model, memory_gb, bf16=False)
+    gpu = known or Gpu(best.model.lower(), best.model, memory_gb)
     return Offer("aws", facts.name, gpu, best.count, facts.vcpus, facts.ram_gib, None)
 
 
 # --- GCP ------------------------------------------------------------------------------------
 
-GCP_GPU_FAMILIES = {"n1": "t4", "g2": "l4", "a2": "a100", "a3": "h100"}
-_GCP_CPU_ONLY_PREFIXES = ("e2-", "n2-", "n2d-", "n4-", "c2-", "c2d-", "c3-", "c3d-", "c4-", "t2d-", "t2a-",
-                          "m1-", "m2-", "m3-", "h3-", "f1-", "g1-")
+# Machine families that can carry a GPU here: N1 (+T4), G2 (L4), A2 (A100), A3 (H100). Any other
+# family (e2, n2, c3 ...) has none.
+_GCP_GPU_FAMILIES = ("n1", "g2", "a2", "a3")
 
 
 def _gcp_vcpus(machine_type: str) -> int | None:
@@ -325,7 +325,7 @@ def resolve_gcp(machine_type: str, gpu_key: str | None) -> Offer:
     if family == "n1":
         raise refusal("gcp", machine_type, "the catalog pairs a T4 only with n1-standard-4, -8 or -16 "
                       "(smaller N1 shapes starve the pipeline of RAM)", vcpus)
-    if machine_type.startswith(_GCP_CPU_ONLY_PREFIXES) or family not in GCP_GPU_FAMILIES:
+    if family not in _GCP_GPU_FAMILIES:
         raise refusal("gcp", machine_type, "it has no GPU; "
                       f"SDXL needs one NVIDIA GPU with at least {SDXL_MIN_GPU_MEMORY_GB} GB", vcpus)
     raise refusal("gcp", machine_type, "it is not a GPU shape this project supports", vcpus)
