@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 from pulumi import automation as auto
 
-from stacks.config import PROJECT
+from stacks.config import PROJECT, parse_rfc3339
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET_DIR = ROOT / "stacks"  # Pulumi.yaml's stackConfigDir
@@ -187,14 +187,6 @@ def _human(delta: timedelta) -> str:
 
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_rfc3339(text: str) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except (AttributeError, ValueError):
-        return None
-    return moment if moment.tzinfo else None
 
 
 # --- plan: what the review-env workflow should do for a PR -------------------------------------
@@ -427,6 +419,7 @@ def _labels(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
     args = _parser().parse_args(argv)
+    status = 0
     try:
         if args.command == "plan":
             decided = plan(args.pr, args.state, _labels(args.labels), args.default_preset)
@@ -448,9 +441,7 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
         else:
             destroyed, failed = reap(now)
             result = {"destroyed": " ".join(destroyed), "failed": " ".join(failed)}
-            print(json.dumps(result))
-            write_github_output(result)
-            return 1 if failed else 0
+            status = 1 if failed else 0  # the outputs still name what was destroyed
     except CiError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -460,7 +451,7 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
         return 1
     print(json.dumps(result))
     write_github_output(result)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

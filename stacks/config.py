@@ -387,16 +387,24 @@ def _read_access(cfg: pulumi.Config, problems: _Problems, cloud: str) -> tuple[l
     return origins, cidrs, domain
 
 
+def parse_rfc3339(text: str) -> datetime | None:
+    """The `ttl` format: an RFC 3339 time with a zone, or None (a time without one is ambiguous).
+
+    stacks/ci.py's reaper reads recorded expiries back with it; `_read_ttl` validates by the same rule.
+    """
+    try:
+        # datetime.fromisoformat reads "Z" only from Python 3.11; the README promises 3.10.
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        return None
+    return moment if moment.tzinfo else None
+
+
 def _read_ttl(cfg: pulumi.Config, problems: _Problems) -> str | None:
     ttl = _get(cfg, "ttl")
-    if ttl is not None:
-        try:
-            expiry = datetime.fromisoformat(ttl.replace("Z", "+00:00"))
-            if expiry.tzinfo is None:
-                raise ValueError("no time zone")
-        except ValueError:
-            problems.add("ttl", ttl, "must be an RFC 3339 time with a zone, when the stack may be destroyed",
-                         _set("ttl", "2030-01-31T18:00:00Z"))
+    if ttl is not None and parse_rfc3339(ttl) is None:
+        problems.add("ttl", ttl, "must be an RFC 3339 time with a zone, when the stack may be destroyed",
+                     _set("ttl", "2030-01-31T18:00:00Z"))
     return ttl
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from datetime import datetime, timezone
+from datetime import timezone
 
 import pulumi
 import pulumi_gcp as gcp
 
 from stacks import bootstrap, endpoint
-from stacks.config import Settings
+from stacks.config import Settings, parse_rfc3339
 
 # Deep Learning VM "base" image, CUDA 12.9 + NVIDIA driver 580 preinstalled, on Ubuntu 24.04.
 # Google's Deep Learning VM image list (docs.cloud.google.com/deep-learning-vm/docs/images)
@@ -71,7 +71,7 @@ def label_value(value: str) -> str:
 
 def ttl_label(ttl: str) -> str:
     """The RFC 3339 expiry as a label value (see TTL_LABEL_FORMAT); config.py has validated it."""
-    expiry = datetime.fromisoformat(ttl.replace("Z", "+00:00")).astimezone(timezone.utc)
+    expiry = parse_rfc3339(ttl).astimezone(timezone.utc)
     return expiry.strftime(TTL_LABEL_FORMAT)
 
 

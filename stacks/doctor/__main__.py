@@ -68,6 +68,8 @@ def diagnose(args: argparse.Namespace, aws: aws_cloud.AwsApi | None = None,
             values[f"{config.PROJECT}:spot"] = "true"
     else:
         values = flag_values(args, gcp.adc_project)
+    # Needed before config.load(): on AWS, load() describes unlisted types through the SDK set up below.
+    # A bad cloud falls back to aws here as in load(), which then reports it.
     cloud = values.get(f"{config.PROJECT}:cloud", "aws").strip().lower()
     cloud = cloud if cloud in config.CLOUDS else "aws"
     target = Target(cloud=cloud, stack=args.stack, aws_profile=values.get("aws:profile"))

@@ -91,10 +91,10 @@ def as_json(report: Report) -> dict[str, Any]:
 
 def as_text(report: Report) -> str:
     width = max((len(c.name) for c in report.checks), default=0)
+    indent = " " * (2 + 5 + 1 + width + 2)  # under the value: "  " status(5) " " name(width) "  "
     lines = [f"Preflight: {report.target.describe()}"]
     for check in report.checks:
         status = "FAIL" if check.status == FAIL else check.status
-        indent = " " * (2 + 5 + 1 + width + 2)
         value = check.value.replace("\n", "\n" + indent)
         lines.append(f"  {status:<5} {check.name:<{width}}  {value}")
         if check.fix:
