@@ -61,14 +61,15 @@ def create_app(settings: Settings, loader: Callable[[], Pipelines] | None = None
     app.state.metrics = metrics
     app.state.worker = worker
     errors.install_handlers(app)
-    for router in (hf.router, openai.router, ops.router):
+    routers = (hf.router, openai.router, ops.router)
+    for router in routers:
         app.include_router(router)
 
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(BearerAuth, token=settings.api_token, metrics=metrics)
     app.add_middleware(RequestMetrics, metrics=metrics,
-                       routes=[route for router in (hf.router, openai.router, ops.router) for route in router.routes])
+                       routes=[route for router in routers for route in router.routes])
     app.add_middleware(ErrorShield, metrics=metrics)
     app.add_middleware(
         CORSMiddleware,

@@ -116,10 +116,8 @@ def _from_pretrained(settings: Settings, dtype: torch.dtype) -> DiffusionPipelin
 
 
 def _build_base(settings: Settings, device: torch.device, dtype: torch.dtype) -> DiffusionPipeline:
-    if settings.model == "tiny":
-        return synthetic.tiny_sdxl(device, dtype)
-    if settings.model == "random-sdxl":
-        return synthetic.random_sdxl(device, dtype)
+    if settings.model in synthetic.BUILDERS:
+        return synthetic.BUILDERS[settings.model](device, dtype)
     pipe = _from_pretrained(settings, dtype)
     if settings.vae:
         pipe.vae = AutoencoderKL.from_pretrained(settings.vae, dtype=dtype, cache_dir=settings.cache_dir)

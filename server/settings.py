@@ -14,8 +14,6 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
-# Names that build a pipeline in-process instead of loading weights (see server/synthetic.py).
-SYNTHETIC_MODELS = ("tiny", "random-sdxl")
 
 
 class Settings(BaseSettings):
@@ -127,10 +125,6 @@ class Settings(BaseSettings):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
-
-    @property
-    def synthetic(self) -> bool:
-        return self.model in SYNTHETIC_MODELS
 
 
 def parse_cli(argv: list[str] | None = None) -> Settings:

@@ -166,6 +166,10 @@ def random_sdxl(device: torch.device | str, dtype: torch.dtype) -> StableDiffusi
     return _assemble(unet, vae, text_encoder, text_encoder_2, tokenizer)
 
 
+# `--model` names that build their pipeline here; called as builder(device, dtype).
+BUILDERS = {"tiny": tiny_sdxl, "random-sdxl": random_sdxl}
+
+
 def _assemble(unet, vae, text_encoder, text_encoder_2, tokenizer) -> StableDiffusionXLPipeline:
     return StableDiffusionXLPipeline(
         vae=vae,

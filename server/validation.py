@@ -37,6 +37,11 @@ def check_size(width: int, height: int, settings: Settings) -> None:
     check_side(height, "height", settings)
 
 
+def check_n(n: int, settings: Settings) -> None:
+    if n > settings.max_n:
+        raise bad_input(f"n must be within [1, {settings.max_n}], got {n}", "n", 400)
+
+
 def parse_openai_size(size: str | None) -> tuple[int, int] | None:
     """None means "no explicit size" ('auto' or omitted)."""
     if size is None or size.strip().lower() == "auto":

@@ -74,19 +74,24 @@ async def _build_job(request: Request) -> Job:
         payload and payload.options and payload.options.get("wait_for_model"))
     pipes = await worker_of(request).require_ready(wait)
     # Base64 and image decoding of up to --max-body-mb is CPU work: keep it off the event loop. A prompt
-    # alone is not worth the thread hop.
+    # alone is not worth the thread hop; an image always is, since a few KB of PNG can inflate to
+    # millions of pixels.
     if payload is None:
         return await run_in_threadpool(_edit_job, settings, pipes, HFParameters(), body, None)
     if len(body) <= _INLINE_BODY_BYTES:
-        return _job_from_payload(settings, pipes, payload)
-    return await run_in_threadpool(_job_from_payload, settings, pipes, payload)
+        image_bytes = imaging.b64_to_bytes(payload.inputs)
+    else:
+        image_bytes = await run_in_threadpool(imaging.b64_to_bytes, payload.inputs)
+    if image_bytes is None:
+        return _job_from_payload(settings, pipes, payload, None)
+    return await run_in_threadpool(_job_from_payload, settings, pipes, payload, image_bytes)
 
 
-def _job_from_payload(settings: Settings, pipes: Pipelines, payload: HFRequest) -> Job:
+def _job_from_payload(settings: Settings, pipes: Pipelines, payload: HFRequest, image_bytes: bytes | None) -> Job:
+    """`image_bytes`: `payload.inputs` decoded from base64, or None when it is a prompt."""
     params = payload.parameters
     target = params.target_size
     size = (params.width or (target.width if target else None), params.height or (target.height if target else None))
-    image_bytes = imaging.b64_to_bytes(payload.inputs)
     if image_bytes is None:
         if params.mask is not None or params.prompt is not None:
             raise bad_input("inputs must be a base64 image (or data: URL) for image-to-image and inpainting",

@@ -19,7 +19,7 @@ from server.loader import Pipelines
 from server.routes import IMAGE_HEADERS_DOC, encode_timed, image_headers, settings_of, validate, worker_of
 from server.schemas import ImageData, ImagesEditFields, ImagesGenerateRequest, ImagesResponse, OpenAIError
 from server.settings import Settings
-from server.validation import edit_job, parse_openai_size, text_job
+from server.validation import check_n, edit_job, parse_openai_size, text_job
 from server.worker import Job, Result
 
 router = APIRouter(prefix="/v1/images", tags=["OpenAI Images"])
@@ -36,11 +36,6 @@ _RESPONSES = {
     }.items()},
 }
 _MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-
-
-def _check_n(n: int, settings: Settings) -> None:
-    if n > settings.max_n:
-        raise bad_input(f"n must be within [1, {settings.max_n}], got {n}", "n", 400)
 
 
 def _siblings(first: Job, n: int, request: Request) -> list[Job]:
@@ -72,7 +67,7 @@ async def _respond(results: list[Result], response_format: str | None, output_fo
 async def generations(body: ImagesGenerateRequest, request: Request) -> Response:
     settings = settings_of(request)
     pipes = await worker_of(request).require_ready()
-    _check_n(body.n, settings)
+    check_n(body.n, settings)
     size = parse_openai_size(body.size) or (None, None)
     first = text_job(settings, pipes, body, body.prompt, size)
     results = await worker_of(request).generate(_siblings(first, body.n, request))
@@ -137,7 +132,7 @@ async def edits(request: Request) -> Response:
         scalars = {key: value for key, value in form.multi_items() if isinstance(value, str)}
         fields: ImagesEditFields = validate(ImagesEditFields, scalars, 400)
         pipes = await worker_of(request).require_ready()
-        _check_n(fields.n, settings)
+        check_n(fields.n, settings)
         size = parse_openai_size(fields.size) or (None, None)
         assert image_file is not None
         image_bytes = await image_file.read()

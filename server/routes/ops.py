@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 from fastapi import APIRouter, Request, Response
 
-from server.errors import error_response
+from server.errors import ApiError, error_response
 from server.metrics import CONTENT_TYPE
 from server.routes import settings_of, worker_of
 
@@ -23,6 +24,17 @@ def _version(package: str) -> str | None:
         return None
 
 
+@functools.cache
+def _versions() -> dict[str, str | None]:
+    # Fixed for the life of the process; looking up package metadata scans sys.path on every call.
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        **{name: _version(name) for name in ("diffusers", "transformers", "fastapi", "uvicorn")},
+    }
+
+
 @router.get("/health", summary="The process is alive (never needs a token)")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
@@ -31,11 +43,11 @@ async def health() -> dict[str, str]:
 @router.get("/ready", summary="200 once the model is loaded and warmed up; 503 before, and while draining",
             responses={503: {"description": "Loading (with estimated_time) or shutting down"}})
 async def ready(request: Request) -> Response:
-    worker = worker_of(request)
-    if worker.draining:
-        return error_response(request.url.path, worker.draining_error())
-    if not worker.ready:
-        return error_response(request.url.path, worker.loading_error())
+    try:
+        await worker_of(request).require_ready()
+    except ApiError as err:
+        # Not counted in sdxl_errors: the boot and wake scripts poll this until the model is ready.
+        return error_response(request.url.path, err)
     return Response('{"status":"ready"}', media_type="application/json")
 
 
@@ -84,10 +96,5 @@ async def info(request: Request) -> dict[str, Any]:
             "strength": "(0, 1]",
         },
         "defaults": {"num_inference_steps": settings.default_steps, "guidance_scale": settings.default_guidance},
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            **{name: _version(name) for name in ("diffusers", "transformers", "fastapi", "uvicorn")},
-        },
+        "versions": _versions(),
     }
