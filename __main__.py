@@ -1,12 +1,25 @@
-"""Pulumi entry point: validated config -> the cloud's GPU endpoint component -> stack outputs."""
+"""Pulumi entry point: validated config -> the configured target's component -> stack outputs.
+
+Each target is one module of stacks/ with the same shape: an `Endpoint` ComponentResource that takes
+the validated Settings and exposes `outputs` (stacks/contract.py), and `describe_machine`, the
+preview-time look-up config validation may use (None where the catalog is enough).
+"""
+
+import importlib
 
 import pulumi
 
 from stacks import config
-from stacks.aws import describe_instance_type
-from stacks.endpoint import create_endpoint
 
-settings = config.load(lookup_aws_type=describe_instance_type)
-endpoint = create_endpoint(settings)
+# `cloud` -> the module that builds it. Only the chosen one is imported.
+TARGETS = {
+    "aws": "stacks.aws",
+    "gcp": "stacks.gcp",
+}
+
+# An unknown cloud is reported by config.load() with the others; evaluate it against the default target.
+target = importlib.import_module(TARGETS.get(config.configured_cloud(), TARGETS["aws"]))
+settings = config.load(describe_machine=target.describe_machine)
+endpoint = target.Endpoint("sdxl", settings)
 for name, value in endpoint.outputs.items():
     pulumi.export(name, value)

@@ -9,15 +9,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from stacks import bootstrap, catalog, endpoint
+from stacks import bootstrap, catalog, contract
 from stacks.config import ConfigError, Settings
-
-# AWS Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04), x86-64: NVIDIA driver,
-# Docker and the NVIDIA container toolkit preinstalled, for G4dn/G5/G6/G6e/P4/P5. Chosen
-# over the "single CUDA" and PyTorch DLAMIs because our container brings its own CUDA and
-# torch: the base image is smaller and boots faster. AWS publishes the current id under
-# this public SSM parameter (see "Finding the ID of a DLAMI" in the DLAMI guide).
-DLAMI_SSM_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
 
 VPC_CIDR = "10.80.0.0/16"
 SUBNET_CIDR = "10.80.1.0/24"
@@ -33,26 +26,15 @@ def offered_zones(instance_type: str, region: str) -> list[str]:
     return sorted(offerings.locations)
 
 
-def describe_instance_type(instance_type: str, region: str) -> catalog.InstanceFacts | None:
-    """EC2's own description of a type (GPU maker, memory, count), or None if the region has no such type."""
+def describe_machine(instance_type: str, region: str) -> catalog.InstanceFacts | None:
+    """EC2's own description of a type (GPU maker, memory, count), or None if the region has no such type.
+
+    The preview-time look-up config validation uses for types the catalog does not list.
+    """
     # Ask for offerings first: describing an unknown type fails the whole deployment.
     if not offered_zones(instance_type, region):
         return None
-    found = aws.ec2.get_instance_type(instance_type=instance_type, region=region)
-    return catalog.InstanceFacts(
-        name=instance_type,
-        vcpus=found.default_vcpus,
-        ram_gib=found.memory_size / 1024,
-        architectures=tuple(found.supported_architectures),
-        gpus=tuple(
-            catalog.GpuFacts(g.manufacturer, g.name, g.count, g.memory_size) for g in found.gpuses
-        ),
-        # Inferentia shows up as both an inference accelerator and a Neuron device.
-        other_accelerators=tuple(dict.fromkeys(
-            [f"{a.manufacturer} {a.name}" for a in found.inference_accelerators]
-            + [f"AWS {d.name}" for d in found.neuron_devices]
-        )),
-    )
+    return catalog.instance_facts(aws.ec2.get_instance_type(instance_type=instance_type, region=region), "pulumi")
 
 
 def availability_zone_for(instance_type: str, region: str) -> str:
@@ -62,12 +44,12 @@ def availability_zone_for(instance_type: str, region: str) -> str:
         raise ConfigError(
             f"instanceType {instance_type} is not offered in any availability zone of {region}.\n"
             f"      fix: pick another region (pulumi config set aws:region us-east-1) or run "
-            f"`python -m stacks.doctor --cloud aws --instance-type {instance_type} --suggest`"
+            f"`python -m tools.doctor --cloud aws --instance-type {instance_type} --suggest`"
         )
     return zones[0]
 
 
-class AwsGpuEndpoint(pulumi.ComponentResource):
+class Endpoint(pulumi.ComponentResource):
     """A GPU instance serving SDXL behind an Elastic IP, in its own VPC."""
 
     outputs: dict[str, pulumi.Output]
@@ -100,9 +82,9 @@ class AwsGpuEndpoint(pulumi.ComponentResource):
                 {"protocol": "tcp", "from_port": port, "to_port": port,
                  "cidr_blocks": [c for c in sources if ":" not in c],
                  "ipv6_cidr_blocks": [c for c in sources if ":" in c],
-                 "description": "API, from allowedCidrs" if port == endpoint.HTTPS_PORT
+                 "description": "API, from allowedCidrs" if port == contract.HTTPS_PORT
                  else "redirect to HTTPS and ACME HTTP-01 only"}
-                for port, sources in endpoint.ingress_sources(settings).items()
+                for port, sources in contract.ingress_sources(settings).items()
             ],
             egress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"],
                      "ipv6_cidr_blocks": ["::/0"], "description": "image pulls, model download, ACME"}],
@@ -126,9 +108,9 @@ class AwsGpuEndpoint(pulumi.ComponentResource):
         # Allocated before the instance so the bootstrap can know its own public address.
         address = aws.ec2.Eip(f"{name}-eip", domain="vpc", tags=tags, opts=child)
 
-        ami = aws.ssm.get_parameter(name=DLAMI_SSM_PARAMETER, region=settings.region,
+        ami = aws.ssm.get_parameter(name=catalog.AWS_DLAMI_SSM_PARAMETER, region=settings.region,
                                     opts=pulumi.InvokeOptions(parent=self, provider=provider))
-        token = endpoint.api_token(settings, parent=self)
+        token = contract.api_token(settings, parent=self)
         user_data = bootstrap.render_secret_user_data(settings, token, public_ip=address.public_ip)
 
         instance = aws.ec2.Instance(
@@ -165,7 +147,7 @@ class AwsGpuEndpoint(pulumi.ComponentResource):
         aws.ec2.EipAssociation(f"{name}-eip-assoc", allocation_id=address.allocation_id,
                                instance_id=instance.id, opts=child)
 
-        self.outputs = endpoint.stack_outputs(
+        self.outputs = contract.stack_outputs(
             settings, public_ip=address.public_ip, api_token=token, instance_id=instance.id, zone=zone,
             shell=pulumi.Output.concat("aws ssm start-session --region ", settings.region, " --target ", instance.id),
         )

@@ -23,7 +23,7 @@ import pulumi
 import yaml
 
 from stacks.config import Settings
-from stacks.endpoint import public_host
+from stacks.contract import public_host
 
 # AWS rejects user data over 16 KB; GCP metadata values allow 256 KB, so AWS is the bound.
 USER_DATA_LIMIT_BYTES = 16 * 1024

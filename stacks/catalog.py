@@ -1,13 +1,15 @@
-"""GPU catalog: which AWS instance types and GCP machine types can serve SDXL, and which cannot.
+"""Every cloud fact in one place: which machines can serve SDXL (and which cannot), their prices,
+the images they boot, the quotas they count against and the names each cloud gives their GPUs.
 
-Everything here is plain data and pure functions, so config validation, the stacks and
-the preflight doctor all judge a type the same way and explain a refusal the same way.
+Everything here is plain data and pure functions, so config validation, the targets and the
+preflight doctor all judge a machine the same way and explain a refusal the same way.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 # SDXL base in fp16 peaks at about 11.6 GiB of VRAM at batch 1; a 16 GB T4 is the smallest
@@ -22,6 +24,29 @@ PRICES_SOURCE = (
     "Google Cloud GPU + Compute Engine pricing (us-central1)"
 )
 PRICES_AS_OF = "2025-06"
+
+
+# --- images the VM targets boot ---------------------------------------------------------------
+
+# AWS Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04), x86-64: NVIDIA driver,
+# Docker and the NVIDIA container toolkit preinstalled, for G4dn/G5/G6/G6e/P4/P5. Chosen
+# over the "single CUDA" and PyTorch DLAMIs because our container brings its own CUDA and
+# torch: the base image is smaller and boots faster. AWS publishes the current id under
+# this public SSM parameter (see "Finding the ID of a DLAMI" in the DLAMI guide).
+AWS_DLAMI_SSM_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
+
+# Deep Learning VM "base" image, CUDA 12.9 + NVIDIA driver 580 preinstalled, on Ubuntu 24.04.
+# Google's Deep Learning VM image list (docs.cloud.google.com/deep-learning-vm/docs/images)
+# names the current base GPU families common-cu129-ubuntu-{2204,2404}-nvidia-580; the older
+# common-cu12x families without a driver suffix are deprecated. Chosen over the framework
+# images (pytorch-*) because the server container brings its own CUDA and torch, and over
+# ubuntu-2204 because Ubuntu 24.04 is what the AWS DLAMI runs, so the shared cloud-init
+# bootstrap meets the same distro on both clouds, with the longer OS support window.
+GCP_DLVM_IMAGE_PROJECT = "deeplearning-platform-release"
+GCP_DLVM_IMAGE_FAMILY = "common-cu129-ubuntu-2404-nvidia-580"
+
+
+# --- GPUs ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -45,6 +70,52 @@ GPUS: dict[str, Gpu] = {
 }
 GPU_CHOICES = ("t4", "a10g", "l4", "l40s", "a100", "h100")  # what `gpu:` accepts
 DEFAULT_GPU = {"aws": "a10g", "gcp": "t4"}
+
+
+@dataclass(frozen=True)
+class GcpAccelerator:
+    type: str  # what Compute Engine calls it: the guest accelerator and accelerator-types name
+    quota_metric: str  # its regional quota; Spot VMs use PREEMPTIBLE_<metric> where the project has it
+
+
+GCP_ACCELERATORS: dict[str, GcpAccelerator] = {
+    "t4": GcpAccelerator("nvidia-tesla-t4", "NVIDIA_T4_GPUS"),
+    "l4": GcpAccelerator("nvidia-l4", "NVIDIA_L4_GPUS"),
+    "a100": GcpAccelerator("nvidia-tesla-a100", "NVIDIA_A100_GPUS"),
+    "a100-80gb": GcpAccelerator("nvidia-a100-80gb", "NVIDIA_A100_80GB_GPUS"),
+    "h100": GcpAccelerator("nvidia-h100-80gb", "NVIDIA_H100_GPUS"),
+}
+GCP_GLOBAL_GPU_QUOTA = "GPUS_ALL_REGIONS"  # every GPU VM also counts here, project-wide
+
+
+@dataclass(frozen=True)
+class AwsQuota:
+    code: str  # Service Quotas code, service "ec2"
+    name: str  # as the console shows it
+
+
+# EC2 counts GPU instances against per-region vCPU quotas, one per family class and capacity.
+AWS_GPU_QUOTAS: dict[str, dict[str, AwsQuota]] = {
+    "G": {"on-demand": AwsQuota("L-DB2E81BA", "Running On-Demand G and VT instances"),
+          "spot": AwsQuota("L-3819A6DF", "All G and VT Spot Instance Requests")},
+    "P": {"on-demand": AwsQuota("L-417A185B", "Running On-Demand P instances"),
+          "spot": AwsQuota("L-7212CCBC", "All P Spot Instance Requests")},
+}
+
+
+def aws_quota_class(instance_type: str) -> str | None:
+    """The AWS_GPU_QUOTAS class an instance type counts against, or None for a family outside them."""
+    family = aws_family(instance_type)
+    if family.startswith("p"):
+        return "P"
+    if family.startswith(("g", "vt")):
+        return "G"
+    return None
+
+
+def aws_quota(instance_type: str, spot: bool) -> AwsQuota | None:
+    quota_class = aws_quota_class(instance_type)
+    return AWS_GPU_QUOTAS[quota_class]["spot" if spot else "on-demand"] if quota_class else None
 
 
 @dataclass(frozen=True)
@@ -73,7 +144,8 @@ def _aws(name: str, gpu: str, count: int, vcpus: int, ram: float, price: float) 
     return Offer("aws", name, GPUS[gpu], count, vcpus, ram, price)
 
 
-def _gcp(name: str, gpu: str, vcpus: int, ram: float, price: float, accelerator: str | None = None) -> Offer:
+def _gcp(name: str, gpu: str, vcpus: int, ram: float, price: float, attached: bool = False) -> Offer:
+    accelerator = GCP_ACCELERATORS[gpu].type if attached else None
     return Offer("gcp", name, GPUS[gpu], 1, vcpus, ram, price, accelerator)
 
 
@@ -114,9 +186,9 @@ AWS_OFFERS: dict[str, Offer] = {
 GCP_OFFERS: dict[str, Offer] = {
     o.name: o
     for o in (
-        _gcp("n1-standard-4", "t4", 4, 15, 0.54, accelerator="nvidia-tesla-t4"),
-        _gcp("n1-standard-8", "t4", 8, 30, 0.73, accelerator="nvidia-tesla-t4"),
-        _gcp("n1-standard-16", "t4", 16, 60, 1.11, accelerator="nvidia-tesla-t4"),
+        _gcp("n1-standard-4", "t4", 4, 15, 0.54, attached=True),
+        _gcp("n1-standard-8", "t4", 8, 30, 0.73, attached=True),
+        _gcp("n1-standard-16", "t4", 16, 60, 1.11, attached=True),
         _gcp("g2-standard-4", "l4", 4, 16, 0.71),
         _gcp("g2-standard-8", "l4", 8, 32, 0.85),
         _gcp("g2-standard-12", "l4", 12, 48, 1.00),
@@ -190,8 +262,126 @@ _AWS_RETIRED_FAMILIES: dict[str, dict] = {
 _AWS_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
 
 
+# --- EC2's instance-type record -----------------------------------------------------------------
+
+# One record, two spellings: EC2's own API (DescribeInstanceTypes, as boto3 and moto return it) and
+# the Pulumi AWS provider's aws.ec2.get_instance_type (camelCase on the wire, snake_case attributes
+# on the SDK's result object). The program, the doctor and the tests' mocks all read this one table.
+EC2_RECORD_FIELDS: dict[str, tuple[str, str]] = {  # fact: (EC2 API path, Pulumi provider path)
+    "name": ("InstanceType", "instanceType"),
+    "vcpus": ("VCpuInfo.DefaultVCpus", "defaultVcpus"),
+    "memory_mib": ("MemoryInfo.SizeInMiB", "memorySize"),
+    "architectures": ("ProcessorInfo.SupportedArchitectures", "supportedArchitectures"),
+    "gpus": ("GpuInfo.Gpus", "gpuses"),
+    "inference_accelerators": ("InferenceAcceleratorInfo.Accelerators", "inferenceAccelerators"),
+    "neuron_devices": ("NeuronInfo.NeuronDevices", "neuronDevices"),
+}
+EC2_DEVICE_FIELDS: dict[str, tuple[str, str]] = {  # each GPU, inference accelerator or Neuron device
+    "manufacturer": ("Manufacturer", "manufacturer"),
+    "name": ("Name", "name"),
+    "count": ("Count", "count"),
+    "memory_mib": ("MemoryInfo.SizeInMiB", "memorySize"),
+}
+EC2_SHAPES = ("ec2", "pulumi")
+
+
+def _dig(record: object, path: str) -> object:
+    """A field by path, from a dict (either spelling) or from the provider SDK's result object."""
+    for part in path.split("."):
+        if record is None:
+            return None
+        # The provider SDK's result objects (and their nested dicts) use the snake_case of the wire names.
+        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", part).lower()
+        if isinstance(record, Mapping):
+            record = record[part] if part in record else record.get(snake)
+        else:
+            record = getattr(record, snake, None)
+    return record
+
+
+def _device(device: object, shape: int) -> dict[str, object]:
+    return {fact: _dig(device, paths[shape]) for fact, paths in EC2_DEVICE_FIELDS.items()}
+
+
+def instance_facts(record: object, shape: str = "ec2") -> InstanceFacts:
+    """An instance-type record, in either spelling (EC2_SHAPES), reduced to what `why_unfit` judges."""
+    at = EC2_SHAPES.index(shape)
+    field = {fact: _dig(record, paths[at]) for fact, paths in EC2_RECORD_FIELDS.items()}
+    devices = {kind: [_device(d, at) for d in field[kind] or []]
+               for kind in ("gpus", "inference_accelerators", "neuron_devices")}
+    return InstanceFacts(
+        name=str(field["name"]),
+        vcpus=int(field["vcpus"]),
+        ram_gib=(field["memory_mib"] or 0) / 1024,
+        architectures=tuple(field["architectures"] or ()),
+        gpus=tuple(GpuFacts(g["manufacturer"], g["name"], g["count"], g["memory_mib"]) for g in devices["gpus"]),
+        # Inferentia shows up as both an inference accelerator and a Neuron device.
+        other_accelerators=tuple(dict.fromkeys(
+            [f"{a['manufacturer']} {a['name']}" for a in devices["inference_accelerators"]]
+            + [f"AWS {d['name']}" for d in devices["neuron_devices"]]
+        )),
+    )
+
+
+def convert_ec2_record(record: Mapping, to: str = "pulumi") -> dict:
+    """An EC2 API record respelled as the provider returns it (what the tests' mocks answer with)."""
+    at = EC2_SHAPES.index(to)
+
+    def place(target: dict, path: str, value: object) -> None:
+        *parents, leaf = path.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+
+    converted: dict = {}
+    for fact, paths in EC2_RECORD_FIELDS.items():
+        value = _dig(record, paths[0])
+        if fact in ("gpus", "inference_accelerators", "neuron_devices"):
+            items = []
+            for device in value or []:
+                item: dict = {}
+                for device_paths in EC2_DEVICE_FIELDS.values():
+                    place(item, device_paths[at], _dig(device, device_paths[0]))
+                items.append(item)
+            value = items
+        place(converted, paths[at], value)
+    return converted
+
+
+# --- refusals -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A machine (or GPU choice) that cannot run SDXL: what was asked, why not, what fits instead."""
+
+    key: str  # the config key that asked for it, e.g. instanceType
+    value: str  # what it asked for
+    why: str
+    alternatives: tuple[Offer, ...] = ()
+    fix: str = ""
+
+    @property
+    def headline(self) -> str:
+        return f"{self.key} '{self.value}' cannot run SDXL: {self.why}."
+
+    def render(self) -> str:
+        """The one text form, shared by config errors and the doctor."""
+        lines = [self.headline]
+        if self.alternatives:
+            lines.append("Nearest types that fit:")
+            lines += [f"  - {o.describe()}" for o in self.alternatives]
+        if self.fix:
+            lines.append(f"fix: {self.fix}")
+        return "\n".join(lines)
+
+
 class UnfitMachineError(ValueError):
-    """A machine type that cannot run SDXL; the message says why and what to pick instead."""
+    """A machine type that cannot run SDXL; `refusal` says why and what to pick instead."""
+
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal.render())
+        self.refusal = refusal
 
 
 def aws_family(instance_type: str) -> str:
@@ -255,26 +445,28 @@ def nearest_offers(offers: dict[str, Offer], vcpus: int | None, limit: int = 3) 
     return sorted(ranked[:limit], key=lambda o: o.usd_per_hour)
 
 
+MACHINE_KEY = {"aws": "instanceType", "gcp": "machineType"}  # the config key naming a machine
+
+
+def offers_on(cloud: str) -> dict[str, Offer]:
+    return AWS_OFFERS if cloud == "aws" else GCP_OFFERS
+
+
 def refusal(cloud: str, name: str, reason: str, vcpus: int | None, fix: str | None = None) -> UnfitMachineError:
-    offers = AWS_OFFERS if cloud == "aws" else GCP_OFFERS
-    key = "instanceType" if cloud == "aws" else "machineType"
-    lines = [f"{key} '{name}' cannot run SDXL: {reason}.", "Nearest types that fit:"]
-    nearest = nearest_offers(offers, vcpus)
-    lines += [f"  - {o.describe()}" for o in nearest]
-    lines.append(f"Fix: {fix or f'pulumi config set {key} {nearest[0].name}'}")
-    return UnfitMachineError("\n".join(lines))
+    key = MACHINE_KEY[cloud]
+    nearest = tuple(nearest_offers(offers_on(cloud), vcpus))
+    return UnfitMachineError(Refusal(key, name, reason, nearest, fix or f"pulumi config set {key} {nearest[0].name}"))
 
 
 def smallest_offer(cloud: str, gpu_key: str) -> Offer:
     """The cheapest single-GPU type with this GPU: what `gpu: <key>` resolves to."""
-    offers = AWS_OFFERS if cloud == "aws" else GCP_OFFERS
+    offers = offers_on(cloud)
     fitting = [o for o in offers.values() if o.gpu.key == gpu_key and o.gpu_count == 1]
     if not fitting:
         available = sorted({o.gpu.key for o in offers.values()} & set(GPU_CHOICES))
-        raise UnfitMachineError(
-            f"gpu '{gpu_key}' is not offered on {cloud.upper()}. "
-            f"{cloud.upper()} offers: {', '.join(available)}."
-        )
+        raise UnfitMachineError(Refusal(
+            "gpu", gpu_key, f"it is not offered on {cloud.upper()}, which offers {', '.join(available)}",
+            fix=f"pulumi config set gpu {DEFAULT_GPU[cloud]}"))
     return min(fitting, key=lambda o: o.usd_per_hour)
 
 

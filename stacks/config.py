@@ -1,22 +1,25 @@
-"""The one place that reads `pulumi.Config`.
+"""The stack's config: one pure `validate(values) -> Settings`, and a thin `load()` that reads the engine's.
 
-`load()` turns the stack's config into one immutable `Settings`, or raises one `ConfigError`
-that names every bad key at once, what is allowed, and the nearest fix. Defaults live here
-too: the CLI applies Pulumi.yaml's defaults, but a mocked test run sees only what it sets.
+`validate` turns plain values (as the engine passes them, or as a stack file holds them) into one
+immutable `Settings`, or raises one `ConfigError` that names every bad key at once, what is allowed,
+and the nearest fix. It touches no Pulumi runtime, so the preflight doctor calls it directly. Defaults
+live here too: the CLI applies Pulumi.yaml's defaults, but a mocked test run sees only what it sets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-import pulumi
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from stacks import catalog
 
@@ -33,19 +36,21 @@ DEFAULT_IDLE_STOP_MINUTES = 30
 DEFAULT_AWS_REGION = "us-east-1"
 DEFAULT_GCP_REGION = "us-central1"
 DEFAULT_GCP_ZONE = "us-central1-a"
-CLOUDS = ("aws", "gcp")
-
-# Every project key, as declared in Pulumi.yaml; anything else under `sdxl-endpoint:` is a typo.
-KNOWN_KEYS = (
-    "cloud", "gpu", "instanceType", "machineType", "spot", "diskGb", "model", "image",
-    "apiToken", "hfToken", "corsOrigins", "allowedCidrs", "domain", "idleStopMinutes", "ssh", "ttl",
+CLOUDS = (
+    "aws",
+    "gcp",
 )
+SECRET_KEYS = ("apiToken", "hfToken")
 
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 _AWS_REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 _GCP_ZONE_RE = re.compile(r"^[a-z]+-[a-z]+\d-[a-z]$")
+
+# Describes a machine type the catalog does not list, from the cloud's own data: (name, region) -> facts,
+# or None when the region does not sell it. A target module that can look types up provides one.
+MachineLookup = Callable[[str, str], "catalog.InstanceFacts | None"]
 
 
 class ConfigError(ValueError):
@@ -62,8 +67,8 @@ class Settings:
     disk_gb: int
     model: str
     image: str
-    api_token: pulumi.Output[str] | None  # secret; None means "generate one"
-    hf_token: pulumi.Output[str] | None  # secret
+    api_token: Any | None  # a secret pulumi.Output[str] once load() has read it; None means "generate one"
+    hf_token: Any | None  # a secret pulumi.Output[str], or None
     cors_origins: tuple[str, ...]
     allowed_cidrs: tuple[str, ...]
     domain: str | None
@@ -73,222 +78,205 @@ class Settings:
     region: str
     zone: str | None = None  # GCP only
     gcp_project: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ownership(self) -> dict[str, str]:
+        """What every resource is marked with: its stack, its project and, for CI stacks, its expiry.
+        Each target writes these in its cloud's own form (AWS tags, GCP labels)."""
+        marks = {"stack": self.stack, "project": self.project}
+        if self.ttl:
+            marks["ttl"] = self.ttl
+        return marks
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The ownership marks as AWS tags (and Kubernetes-style keys): `sdxl-endpoint:<mark>`."""
+        return {f"{PROJECT}:{mark}": value for mark, value in self.ownership.items()}
+
+
+# --- problems: collected, then reported once ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    headline: str  # "<key> = '<value>': why"
+    fix: str
+    details: tuple[str, ...] = ()  # lines between the headline and the fix (e.g. fitting alternatives)
+
+    def render(self) -> str:
+        return "".join([self.headline, *(f"\n    {line}" for line in self.details), f"\n      fix: {self.fix}"])
 
 
 @dataclass
-class _Problems:
-    items: list[str] = field(default_factory=list)
+class Problems:
+    items: list[Problem] = field(default_factory=list)
 
     def add(self, key: str, got: object, why: str, fix: str) -> None:
         shown = f" = {got!r}" if got is not None else ""
-        self.items.append(f"{key}{shown}: {why}\n      fix: {fix}")
+        self.items.append(Problem(f"{key}{shown}: {why}", fix))
+
+    def add_refusal(self, refusal: catalog.Refusal) -> None:
+        details = ("Nearest types that fit:", *(f"  - {o.describe()}" for o in refusal.alternatives))
+        self.items.append(Problem(refusal.headline, refusal.fix, details if refusal.alternatives else ()))
 
     def raise_if_any(self, stack: str) -> None:
         if self.items:
             count = f"{len(self.items)} problem{'s' if len(self.items) > 1 else ''}"
-            body = "\n".join(f"  - {item}" for item in self.items)
+            body = "\n".join(f"  - {item.render()}" for item in self.items)
             raise ConfigError(f"Stack '{stack}' has {count} in its config (stacks/Pulumi.{stack}.yaml):\n{body}")
-
-
-def _get(cfg: pulumi.Config, key: str) -> str | None:
-    """A plain value; Pulumi.yaml declares optional keys with default "", which means unset."""
-    value = cfg.get(key)
-    return value.strip() if value and value.strip() else None
-
-
-def _get_secret(problems: _Problems, key: str) -> pulumi.Output[str] | None:
-    # Checks presence on the raw value, so reading never logs or unwraps the secret.
-    raw = pulumi.runtime.get_config(f"{PROJECT}:{key}")
-    if not raw or not str(raw).strip():
-        return None
-    if not pulumi.runtime.is_config_secret(f"{PROJECT}:{key}"):
-        # Set without --secret: the value sits in plain text in the stack file (and maybe in git).
-        problems.add(key, None, "is stored in plain text in the stack's config file",
-                     f"pulumi config set --secret {key} <value>  (then rotate it: it may be in git history)")
-    return pulumi.Config(PROJECT).get_secret(key)
 
 
 def _set(key: str, value: str) -> str:
     return f"pulumi config set {key} {value}"
 
 
-def _closest(value: str, allowed: tuple[str, ...] | list[str]) -> str | None:
+def _closest(value: str, allowed: Collection[str]) -> str | None:
     match = difflib.get_close_matches(value.lower(), list(allowed), n=1, cutoff=0.5)
     return match[0] if match else None
 
 
-def _all_config_keys() -> set[str]:
-    # The engine passes config in PULUMI_CONFIG; tests set it through set_all_config.
-    from pulumi.runtime import config as runtime_config
-
-    return set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+# --- the raw values, typed by pydantic -------------------------------------------------------------
 
 
-def _parse_list(raw: str | None, default: list[str]) -> list[str] | None:
-    if raw is None:
-        return default
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = [part.strip() for part in raw.split(",") if part.strip()]
+def _bool_text(value: object) -> object:
+    # The CLI stores booleans as "true"/"false"; anything else ("yes", "1") stays a string and fails.
     if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        return None
+        return {"true": True, "false": False}.get(value.strip().lower(), value)
     return value
 
 
-def _parse_bool(raw: str | None, default: bool) -> bool | None:
-    if raw is None:
-        return default
-    return {"true": True, "false": False}.get(raw.strip().lower())
-
-
-def _parse_int(raw: str | None, default: int) -> int | None:
-    if raw is None:
-        return default
+def _list_text(value: object) -> object:
+    # A YAML list reaches the program as JSON; `pulumi config set corsOrigins "a, b"` as plain text.
+    if not isinstance(value, str):
+        return value
     try:
-        return int(raw)
-    except ValueError:
-        return None
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = [part.strip() for part in value.split(",") if part.strip()]
+    return [parsed] if isinstance(parsed, str) else parsed
 
 
-def _check_origin(origin: str) -> str | None:
-    """None when the origin is valid, else the origin it most likely meant."""
-    if origin == "*":
-        return None
-    parts = urlsplit(origin)
-    if parts.scheme in ("http", "https") and parts.hostname and origin == f"{parts.scheme}://{parts.netloc}":
-        return None
-    if parts.scheme in ("http", "https") and parts.netloc:
-        return f"{parts.scheme}://{parts.netloc}"
-    return f"https://{origin.strip('/').split('/')[0]}"
+Flag = Annotated[bool, BeforeValidator(_bool_text), Field(strict=True)]
+TextList = Annotated[list[str], BeforeValidator(_list_text)]
 
 
-def _check_cidr(cidr: str) -> str | None:
-    """None when the CIDR is valid, else a message with the nearest valid form."""
+class RawConfig(BaseModel):
+    """The project's keys (one field each, as Pulumi.yaml declares them), parsed into types; the checks
+    that need the catalog come after."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cloud: str = "aws"
+    gpu: str | None = None
+    instanceType: str | None = None  # noqa: N815 - the config key's own spelling
+    machineType: str | None = None  # noqa: N815
+    spot: Flag = False
+    ssh: Flag = False
+    diskGb: int = Field(DEFAULT_DISK_GB, ge=MIN_DISK_GB, le=MAX_DISK_GB)  # noqa: N815
+    idleStopMinutes: int = Field(DEFAULT_IDLE_STOP_MINUTES, ge=0)  # noqa: N815
+    model: str = Field(DEFAULT_MODEL, pattern=_HUB_ID_RE.pattern)
+    image: str = Field(DEFAULT_IMAGE, pattern=_IMAGE_RE.pattern)
+    apiToken: str | None = None  # noqa: N815
+    hfToken: str | None = None  # noqa: N815
+    corsOrigins: TextList = Field(default_factory=lambda: ["*"])  # noqa: N815
+    allowedCidrs: TextList = Field(default_factory=lambda: ["0.0.0.0/0"], min_length=1)  # noqa: N815
+    domain: str | None = None
+    ttl: str | None = None
+
+
+# Every project key, as declared in Pulumi.yaml; anything else under `sdxl-endpoint:` is a typo.
+KNOWN_KEYS = tuple(RawConfig.model_fields)
+
+# What a value of the wrong type or range is told, and how to fix it.
+_TYPE_HELP: dict[str, tuple[str, str]] = {
+    "spot": ("must be true or false", _set("spot", "false")),
+    "ssh": ("must be true or false", _set("ssh", "false")),
+    "diskGb": (f"must be a whole number of GB from {MIN_DISK_GB} to {MAX_DISK_GB}: the GPU image, SDXL's "
+               "weights and the compile cache need the room", _set("diskGb", str(DEFAULT_DISK_GB))),
+    "idleStopMinutes": ("must be a whole number of minutes, 0 or more (0 never stops the instance)",
+                        _set("idleStopMinutes", str(DEFAULT_IDLE_STOP_MINUTES))),
+    "model": ("must be a Hugging Face Hub id, organisation/name", _set("model", DEFAULT_MODEL)),
+    "image": ("must be a container image reference, e.g. ghcr.io/org/name:tag", _set("image", DEFAULT_IMAGE)),
+    "corsOrigins": ("must be a list of origins", "pulumi config set --path 'corsOrigins[0]' https://app.example.com"),
+    "allowedCidrs": ("must be a non-empty list of CIDRs", "pulumi config set --path 'allowedCidrs[0]' 0.0.0.0/0"),
+}
+
+
+def _parse_raw(project_values: dict[str, object], problems: Problems) -> RawConfig:
+    """The typed values; each key that fails is reported and replaced by its default."""
     try:
-        ipaddress.ip_network(cidr, strict=True)
-        return None
-    except ValueError:
-        pass
-    try:
-        network = ipaddress.ip_network(cidr, strict=False)
-        return f"host bits are set; the network is {network}"
-    except ValueError:
-        return "not a CIDR; write e.g. 203.0.113.0/24, or 198.51.100.7/32 for one address"
+        return RawConfig.model_validate(project_values)
+    except ValidationError as err:
+        # One problem per key, however many of its list items failed.
+        failed = dict.fromkeys(str(e["loc"][0]) for e in err.errors() if e["loc"])
+        for key in failed:
+            if key not in RawConfig.model_fields:
+                guess = _closest(key, [k.lower() for k in KNOWN_KEYS])
+                proper = next((k for k in KNOWN_KEYS if k.lower() == guess), None)
+                problems.add(key, None, f"unknown key. Known keys: {', '.join(KNOWN_KEYS)}",
+                             f"pulumi config mv {key} {proper}" if proper else f"pulumi config rm {key}")
+            else:
+                why, fix = _TYPE_HELP.get(key, ("must be text", f"pulumi config rm {key}"))
+                problems.add(key, project_values.get(key), why, fix)
+        return RawConfig.model_validate({k: v for k, v in project_values.items() if k not in failed})
 
 
-def _resolve_machine(
-    problems: _Problems,
-    cloud: str,
-    gpu: str | None,
-    explicit: str | None,
-    lookup_aws_type: Callable[[str], catalog.InstanceFacts | None] | None,
-) -> catalog.Offer | None:
-    key = "instanceType" if cloud == "aws" else "machineType"
-    try:
-        if explicit is None:
-            return catalog.smallest_offer(cloud, gpu or catalog.DEFAULT_GPU[cloud])
-        if cloud == "gcp":
-            return catalog.resolve_gcp(explicit, gpu)
-        if not catalog.looks_like_aws_type(explicit):
-            problems.add(key, explicit, "not an EC2 instance type name (family.size, e.g. g5.xlarge)",
-                         _set(key, catalog.smallest_offer("aws", gpu or "a10g").name))
-            return None
-        offer = catalog.AWS_OFFERS.get(explicit)
-        if offer is None:
-            facts = catalog.retired_aws_facts(explicit)
-            if facts is None and lookup_aws_type is not None:
-                # Not in the catalog: ask the provider rather than refuse blindly.
-                facts = lookup_aws_type(explicit)
-                if facts is None:
-                    problems.add(key, explicit, "EC2 does not offer this instance type in this region",
-                                 _set(key, catalog.smallest_offer("aws", gpu or "a10g").name))
-                    return None
-            if facts is None:
-                problems.add(key, explicit, "not in the GPU catalog, and EC2 was not asked to describe it",
-                             _set(key, catalog.smallest_offer("aws", gpu or "a10g").name))
-                return None
-            catalog.judge_aws_type(facts)
-            offer = catalog.offer_from_aws_facts(facts)
-        if gpu is not None and offer.gpu.key.split("-")[0] != gpu:
-            problems.add(key, explicit, f"it has a {offer.gpu.model} GPU but gpu is set to '{gpu}'",
-                         f"pulumi config rm gpu, or {_set(key, catalog.smallest_offer(cloud, gpu).name)}")
-            return None
-        return offer
-    except catalog.UnfitMachineError as err:
-        reason, _, fix = str(err).rpartition("\nFix: ")
-        problems.items.append(f"{reason.replace(chr(10), chr(10) + '    ')}\n      fix: {fix}")
-        return None
+# --- validation -----------------------------------------------------------------------------------
 
 
-def load(
-    lookup_aws_type: Callable[[str, str], catalog.InstanceFacts | None] | None = None,
-) -> Settings:
-    """Read and validate the whole stack config.
+def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT,
+             secret_keys: Collection[str] = (), describe_machine: MachineLookup | None = None) -> Settings:
+    """Plain config values (full keys such as `sdxl-endpoint:gpu` or `aws:region`) -> Settings, or one
+    ConfigError naming every problem.
 
-    `lookup_aws_type(instance_type, region)` describes EC2 types the catalog does not list.
+    `secret_keys` are the keys the engine holds encrypted; a token outside them is refused. The tokens
+    themselves are not read here: `load()` attaches them as secret Outputs. `describe_machine` describes
+    AWS types the catalog does not list.
     """
-    cfg = pulumi.Config(PROJECT)
-    stack = pulumi.get_stack()
-    problems = _Problems()
+    cleaned = {key: value.strip() if isinstance(value, str) else value for key, value in values.items()}
+    # Pulumi.yaml declares optional keys with default "", which means unset.
+    cleaned = {key: value for key, value in cleaned.items() if value not in ("", None)}
+    problems = Problems()
+    raw = _parse_raw({key.split(":", 1)[1]: value for key, value in cleaned.items()
+                      if key.startswith(f"{PROJECT}:")}, problems)
 
-    _check_unknown_keys(problems)
-    cloud, gpu = _read_cloud_and_gpu(cfg, problems)
-    machine = _read_machine(cfg, problems, cloud, gpu, lookup_aws_type)
-    spot = _read_bool(cfg, problems, "spot")
-    ssh = _read_bool(cfg, problems, "ssh")
-    disk_gb, idle = _read_sizes(cfg, problems)
-    model, image = _read_software(cfg, problems)
-    origins, cidrs, domain = _read_access(cfg, problems, cloud)
-    ttl = _read_ttl(cfg, problems)
-    region, zone, gcp_project = _location(problems, cloud, machine)
-    api_token, hf_token = _get_secret(problems, "apiToken"), _get_secret(problems, "hfToken")
+    cloud, gpu = _check_cloud_and_gpu(raw, problems)
+    region = _aws_region(cleaned) if cloud == "aws" else None
+    machine = _resolve_machine(raw, problems, cloud, gpu, describe_machine, region)
+    origins = _check_origins(raw.corsOrigins, problems)
+    cidrs = _check_cidrs(raw.allowedCidrs, problems, cloud)
+    domain = _check_domain(raw.domain, problems)
+    _check_ttl(raw.ttl, problems)
+    region, zone, gcp_project = _location(cleaned, problems, cloud, machine)
+    for key in SECRET_KEYS:
+        if f"{PROJECT}:{key}" in cleaned and f"{PROJECT}:{key}" not in secret_keys:
+            # Set without --secret: the value sits in plain text in the stack file (and maybe in git).
+            problems.add(key, None, "is stored in plain text in the stack's config file",
+                         f"pulumi config set --secret {key} <value>  (then rotate it: it may be in git history)")
     problems.raise_if_any(stack)
 
-    assert machine is not None and spot is not None and ssh is not None  # guaranteed by raise_if_any
-    tags = {"sdxl-endpoint:stack": stack, "sdxl-endpoint:project": pulumi.get_project()}
-    if ttl:
-        tags["sdxl-endpoint:ttl"] = ttl
+    assert machine is not None  # guaranteed by raise_if_any
     return Settings(
-        project=pulumi.get_project(), stack=stack, cloud=cloud, machine=machine, spot=spot,
-        disk_gb=disk_gb, model=model, image=image,
-        api_token=api_token, hf_token=hf_token,
+        project=project, stack=stack, cloud=cloud, machine=machine, spot=raw.spot,
+        disk_gb=raw.diskGb, model=raw.model, image=raw.image, api_token=None, hf_token=None,
         cors_origins=tuple(origins), domain=domain,
         # A bare address is a valid /32 (or /128); providers want the prefix written out.
         allowed_cidrs=tuple(str(ipaddress.ip_network(c)) for c in cidrs),
-        idle_stop_minutes=idle, ssh=ssh, ttl=ttl, region=region, zone=zone,
-        gcp_project=gcp_project, tags=tags,
+        idle_stop_minutes=raw.idleStopMinutes, ssh=raw.ssh, ttl=raw.ttl, region=region, zone=zone,
+        gcp_project=gcp_project,
     )
 
 
-def _check_unknown_keys(problems: _Problems) -> None:
-    unknown = sorted(
-        k.split(":", 1)[1] for k in _all_config_keys()
-        if k.startswith(f"{PROJECT}:") and k.split(":", 1)[1] not in KNOWN_KEYS
-    )
-    for key in unknown:
-        guess = _closest(key, [k.lower() for k in KNOWN_KEYS])
-        proper = next((k for k in KNOWN_KEYS if k.lower() == guess), None)
-        problems.add(key, None, f"unknown key. Known keys: {', '.join(KNOWN_KEYS)}",
-                     f"pulumi config mv {key} {proper}" if proper else f"pulumi config rm {key}")
-
-
-def _read_cloud_and_gpu(cfg: pulumi.Config, problems: _Problems) -> tuple[str, str | None]:
-    cloud = (_get(cfg, "cloud") or "aws").lower()
+def _check_cloud_and_gpu(raw: RawConfig, problems: Problems) -> tuple[str, str | None]:
+    cloud = raw.cloud.lower()
     if cloud not in CLOUDS:
         problems.add("cloud", cloud, f"not supported. Allowed: {', '.join(CLOUDS)}",
                      _set("cloud", _closest(cloud, CLOUDS) or "aws"))
         cloud = "aws"
-
-    gpu = _get(cfg, "gpu")
-    if gpu is None:
+    if raw.gpu is None:
         return cloud, None
-    gpu = gpu.lower()
-    offers = catalog.AWS_OFFERS if cloud == "aws" else catalog.GCP_OFFERS
-    offered = sorted({o.gpu.key for o in offers.values()} & set(catalog.GPU_CHOICES))
+    gpu = raw.gpu.lower()
+    offered = sorted({o.gpu.key for o in catalog.offers_on(cloud).values()} & set(catalog.GPU_CHOICES))
     if gpu not in catalog.GPU_CHOICES:
         problems.add("gpu", gpu, f"unknown GPU. Allowed: {', '.join(catalog.GPU_CHOICES)}",
                      _set("gpu", _closest(gpu, catalog.GPU_CHOICES) or catalog.DEFAULT_GPU[cloud]))
@@ -301,126 +289,144 @@ def _read_cloud_and_gpu(cfg: pulumi.Config, problems: _Problems) -> tuple[str, s
     return cloud, gpu
 
 
-def _read_machine(cfg: pulumi.Config, problems: _Problems, cloud: str, gpu: str | None,
-                  lookup_aws_type: Callable[[str, str], catalog.InstanceFacts | None] | None) -> catalog.Offer | None:
-    own_key, other_key = ("instanceType", "machineType") if cloud == "aws" else ("machineType", "instanceType")
-    other = _get(cfg, other_key)
-    if other is not None:
-        problems.add(other_key, other, f"applies to {'GCP' if cloud == 'aws' else 'AWS'}, but cloud is {cloud}",
-                     f"pulumi config mv {other_key} {own_key}")
-    aws_region = pulumi.Config("aws").get("region") or DEFAULT_AWS_REGION
-    lookup = (lambda name: lookup_aws_type(name, aws_region)) if lookup_aws_type and cloud == "aws" else None
-    return _resolve_machine(problems, cloud, gpu, _get(cfg, own_key), lookup)
+def _resolve_machine(raw: RawConfig, problems: Problems, cloud: str, gpu: str | None,
+                     describe_machine: MachineLookup | None, region: str | None) -> catalog.Offer | None:
+    own_key = catalog.MACHINE_KEY[cloud]
+    for other_cloud, other_key in catalog.MACHINE_KEY.items():
+        other = getattr(raw, other_key)
+        if other_key != own_key and other is not None:
+            problems.add(other_key, other, f"applies to {other_cloud.upper()}, but cloud is {cloud}",
+                         f"pulumi config mv {other_key} {own_key}")
+    explicit = getattr(raw, own_key)
+    try:
+        if explicit is None:
+            return catalog.smallest_offer(cloud, gpu or catalog.DEFAULT_GPU[cloud])
+        if cloud == "gcp":
+            return catalog.resolve_gcp(explicit, gpu)
+        return _resolve_aws_type(explicit, problems, gpu, describe_machine, region)
+    except catalog.UnfitMachineError as err:
+        problems.add_refusal(err.refusal)
+        return None
 
 
-def _read_bool(cfg: pulumi.Config, problems: _Problems, key: str) -> bool | None:
-    value = _parse_bool(_get(cfg, key), False)
-    if value is None:
-        problems.add(key, _get(cfg, key), "must be true or false", _set(key, "false"))
-    return value
+def _resolve_aws_type(name: str, problems: Problems, gpu: str | None, describe_machine: MachineLookup | None,
+                      region: str | None) -> catalog.Offer | None:
+    key, suggestion = "instanceType", catalog.smallest_offer("aws", gpu or "a10g").name
+    if not catalog.looks_like_aws_type(name):
+        problems.add(key, name, "not an EC2 instance type name (family.size, e.g. g5.xlarge)", _set(key, suggestion))
+        return None
+    offer = catalog.AWS_OFFERS.get(name)
+    if offer is None:
+        facts = catalog.retired_aws_facts(name)
+        if facts is None and describe_machine is not None and region is not None:
+            # Not in the catalog: ask the provider rather than refuse blindly.
+            facts = describe_machine(name, region)
+            if facts is None:
+                problems.add(key, name, "EC2 does not offer this instance type in this region", _set(key, suggestion))
+                return None
+        if facts is None:
+            problems.add(key, name, "not in the GPU catalog, and EC2 was not asked to describe it",
+                         _set(key, suggestion))
+            return None
+        catalog.judge_aws_type(facts)
+        offer = catalog.offer_from_aws_facts(facts)
+    if gpu is not None and offer.gpu.key.split("-")[0] != gpu:
+        problems.add(key, name, f"it has a {offer.gpu.model} GPU but gpu is set to '{gpu}'",
+                     f"pulumi config rm gpu, or {_set(key, catalog.smallest_offer('aws', gpu).name)}")
+        return None
+    return offer
 
 
-def _read_sizes(cfg: pulumi.Config, problems: _Problems) -> tuple[int, int]:
-    disk_gb = _parse_int(_get(cfg, "diskGb"), DEFAULT_DISK_GB)
-    if disk_gb is None or not MIN_DISK_GB <= disk_gb <= MAX_DISK_GB:
-        problems.add("diskGb", _get(cfg, "diskGb"),
-                     f"must be a whole number of GB from {MIN_DISK_GB} to {MAX_DISK_GB}: the GPU image, "
-                     "SDXL's weights and the compile cache need the room",
-                     _set("diskGb", str(DEFAULT_DISK_GB)))
-    idle = _parse_int(_get(cfg, "idleStopMinutes"), DEFAULT_IDLE_STOP_MINUTES)
-    if idle is None or idle < 0:
-        problems.add("idleStopMinutes", _get(cfg, "idleStopMinutes"),
-                     "must be a whole number of minutes, 0 or more (0 never stops the instance)",
-                     _set("idleStopMinutes", str(DEFAULT_IDLE_STOP_MINUTES)))
-    return disk_gb, idle
-
-
-def _read_software(cfg: pulumi.Config, problems: _Problems) -> tuple[str, str]:
-    model = _get(cfg, "model") or DEFAULT_MODEL
-    if not _HUB_ID_RE.match(model):
-        problems.add("model", model, "must be a Hugging Face Hub id, organisation/name",
-                     _set("model", DEFAULT_MODEL))
-    image = _get(cfg, "image") or DEFAULT_IMAGE
-    if not _IMAGE_RE.match(image):
-        problems.add("image", image, "must be a container image reference, e.g. ghcr.io/org/name:tag",
-                     _set("image", DEFAULT_IMAGE))
-    return model, image
-
-
-def _read_access(cfg: pulumi.Config, problems: _Problems, cloud: str) -> tuple[list[str], list[str], str | None]:
-    """Who may call the endpoint: browser origins, source networks, and the name it answers on."""
-    origins = _parse_list(_get(cfg, "corsOrigins"), ["*"])
-    if origins is None:
-        problems.add("corsOrigins", _get(cfg, "corsOrigins"), "must be a list of origins",
-                     "pulumi config set --path 'corsOrigins[0]' https://app.example.com")
-        origins = []
+def _check_origins(origins: list[str], problems: Problems) -> list[str]:
+    """Browser origins: scheme://host[:port], nothing more."""
     for origin in origins:
-        nearest = _check_origin(origin)
+        nearest = _nearest_origin(origin)
         if nearest:
             problems.add("corsOrigins", origin,
-                         "an origin is scheme://host[:port], with no path and no trailing slash",
-                         f"use {nearest}")
+                         "an origin is scheme://host[:port], with no path and no trailing slash", f"use {nearest}")
+    return origins
 
-    cidrs = _parse_list(_get(cfg, "allowedCidrs"), ["0.0.0.0/0"])
-    if not cidrs:
-        problems.add("allowedCidrs", _get(cfg, "allowedCidrs"), "must be a non-empty list of CIDRs",
-                     "pulumi config set --path 'allowedCidrs[0]' 0.0.0.0/0")
-        cidrs = []
+
+def _nearest_origin(origin: str) -> str | None:
+    """None when the origin is valid, else the origin it most likely meant."""
+    if origin == "*":
+        return None
+    parts = urlsplit(origin)
+    if parts.scheme in ("http", "https") and parts.hostname and origin == f"{parts.scheme}://{parts.netloc}":
+        return None
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return f"{parts.scheme}://{parts.netloc}"
+    return f"https://{origin.strip('/').split('/')[0]}"
+
+
+def _check_cidrs(cidrs: list[str], problems: Problems, cloud: str) -> list[str]:
+    """Who may reach the API: networks written as networks."""
     for cidr in cidrs:
-        why = _check_cidr(cidr)
-        if why:
-            network = why.rsplit(" ", 1)[-1] if why.startswith("host") else "203.0.113.0/24"
-            problems.add("allowedCidrs", cidr, why, f"use {network}")
+        try:
+            ipaddress.ip_network(cidr, strict=True)
+            continue
+        except ValueError:
+            pass
+        try:
+            network = ipaddress.ip_network(cidr, strict=False)
+            problems.add("allowedCidrs", cidr, f"host bits are set; the network is {network}", f"use {network}")
+        except ValueError:
+            problems.add("allowedCidrs", cidr, "not a CIDR; write e.g. 203.0.113.0/24, or 198.51.100.7/32 for one "
+                         "address", "use 203.0.113.0/24")
     if cloud == "gcp" and cidrs and all(":" in c for c in cidrs):
         # The GCP subnet is IPv4-only, so IPv6 ranges could never reach the VM.
         problems.add("allowedCidrs", cidrs, "the GCP endpoint has an IPv4 address only, so IPv6 ranges "
                      "can never reach it",
                      "pulumi config set --path 'allowedCidrs[0]' 203.0.113.0/24 (your IPv4 range)")
+    return cidrs
 
-    domain = _get(cfg, "domain")
-    if domain is not None:
-        domain = domain.lower()
+
+def _check_domain(domain: str | None, problems: Problems) -> str | None:
+    if domain is None:
+        return None
+    domain = domain.lower()
+    if not _HOSTNAME_RE.match(domain):
         bare = urlsplit(domain).hostname if "//" in domain else domain.rstrip("/").rstrip(".")
-        if not _HOSTNAME_RE.match(domain):
-            problems.add("domain", domain, "must be a DNS name you control, without scheme or path",
-                         _set("domain", bare if bare and _HOSTNAME_RE.match(bare) else "sdxl.example.com"))
-    return origins, cidrs, domain
+        problems.add("domain", domain, "must be a DNS name you control, without scheme or path",
+                     _set("domain", bare if bare and _HOSTNAME_RE.match(bare) else "sdxl.example.com"))
+    return domain
 
 
 def parse_rfc3339(text: str) -> datetime | None:
     """The `ttl` format: an RFC 3339 time with a zone, or None (a time without one is ambiguous).
 
-    stacks/ci.py's reaper reads recorded expiries back with it; `_read_ttl` validates by the same rule.
+    The CI reaper (tools/ci) reads recorded expiries back with it; validation uses the same rule.
     """
     try:
-        # datetime.fromisoformat reads "Z" only from Python 3.11; the README promises 3.10.
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.strip())
     except (AttributeError, ValueError):
         return None
     return moment if moment.tzinfo else None
 
 
-def _read_ttl(cfg: pulumi.Config, problems: _Problems) -> str | None:
-    ttl = _get(cfg, "ttl")
+def _check_ttl(ttl: str | None, problems: Problems) -> None:
     if ttl is not None and parse_rfc3339(ttl) is None:
         problems.add("ttl", ttl, "must be an RFC 3339 time with a zone, when the stack may be destroyed",
                      _set("ttl", "2030-01-31T18:00:00Z"))
-    return ttl
 
 
-def _location(problems: _Problems, cloud: str, machine: catalog.Offer | None) -> tuple[str, str | None, str | None]:
+def _aws_region(values: Mapping[str, object]) -> str:
+    return str(values.get("aws:region") or DEFAULT_AWS_REGION)
+
+
+def _location(values: Mapping[str, object], problems: Problems, cloud: str,
+              machine: catalog.Offer | None) -> tuple[str, str | None, str | None]:
     if cloud == "aws":
-        region = pulumi.Config("aws").get("region") or DEFAULT_AWS_REGION
+        region = _aws_region(values)
         if not _AWS_REGION_RE.match(region):
             problems.add("aws:region", region, "not an AWS region name", _set("aws:region", DEFAULT_AWS_REGION))
         return region, None, None
 
-    gcp = pulumi.Config("gcp")
-    project = gcp.get("project")
+    project = values.get("gcp:project")
     if not project:
         problems.add("gcp:project", None, "required when cloud is gcp", _set("gcp:project", "<your-project-id>"))
-    zone = gcp.get("zone") or DEFAULT_GCP_ZONE
-    region = gcp.get("region") or zone.rsplit("-", 1)[0]
+    zone = str(values.get("gcp:zone") or DEFAULT_GCP_ZONE)
+    region = str(values.get("gcp:region") or zone.rsplit("-", 1)[0])
     if not _GCP_ZONE_RE.match(zone):
         problems.add("gcp:zone", zone, "not a GCP zone name", _set("gcp:zone", DEFAULT_GCP_ZONE))
     elif not zone.startswith(region + "-"):
@@ -433,4 +439,33 @@ def _location(problems: _Problems, cloud: str, machine: catalog.Offer | None) ->
             problems.add("gcp:zone", zone, f"does not offer the {machine.gpu.model}. Zones that do: "
                          f"{', '.join(in_region or zones[:6])}",
                          _set("gcp:zone", (in_region or zones)[0]))
-    return region, zone, project
+    return region, zone, str(project) if project else None
+
+
+# --- the thin loader: the engine's config -> validate ---------------------------------------------
+
+
+def configured_cloud() -> str:
+    """The `cloud` key as set (lower-cased), so `__main__` can import only that target; validate() judges it."""
+    import pulumi
+
+    return (pulumi.Config(PROJECT).get("cloud") or "aws").strip().lower() or "aws"
+
+
+def load(describe_machine: MachineLookup | None = None) -> Settings:
+    """Validate the config the engine handed this program; the tokens come back as secret Outputs."""
+    import pulumi
+
+    # The language host passes the whole config, and which keys are secret, in these two documented
+    # variables (pulumi.runtime.get_config_env / get_config_secret_keys_env).
+    values = pulumi.runtime.get_config_env()
+    secret_keys = pulumi.runtime.get_config_secret_keys_env()
+    settings = validate(values, stack=pulumi.get_stack(), project=pulumi.get_project(), secret_keys=secret_keys,
+                        describe_machine=describe_machine)
+    cfg = pulumi.Config(PROJECT)
+
+    def secret(key: str) -> Any | None:
+        raw = values.get(f"{PROJECT}:{key}")
+        return cfg.get_secret(key) if isinstance(raw, str) and raw.strip() else None
+
+    return dataclasses.replace(settings, api_token=secret("apiToken"), hf_token=secret("hfToken"))

@@ -16,18 +16,11 @@ from datetime import timezone
 import pulumi
 import pulumi_gcp as gcp
 
-from stacks import bootstrap, endpoint
-from stacks.config import Settings, parse_rfc3339
+from stacks import bootstrap, catalog, contract
+from stacks.config import PROJECT, MachineLookup, Settings, parse_rfc3339
 
-# Deep Learning VM "base" image, CUDA 12.9 + NVIDIA driver 580 preinstalled, on Ubuntu 24.04.
-# Google's Deep Learning VM image list (docs.cloud.google.com/deep-learning-vm/docs/images)
-# names the current base GPU families common-cu129-ubuntu-{2204,2404}-nvidia-580; the older
-# common-cu12x families without a driver suffix are deprecated. Chosen over the framework
-# images (pytorch-*) because the server container brings its own CUDA and torch, and over
-# ubuntu-2204 because Ubuntu 24.04 is what the AWS DLAMI runs, so the shared cloud-init
-# bootstrap meets the same distro on both clouds, with the longer OS support window.
-DLVM_IMAGE_PROJECT = "deeplearning-platform-release"
-DLVM_IMAGE_FAMILY = "common-cu129-ubuntu-2404-nvidia-580"
+# No preview-time look-up: the catalog lists every GCP shape this project supports.
+describe_machine: MachineLookup | None = None
 
 SUBNET_CIDR = "10.80.1.0/24"
 # Google's documented source range for IAP TCP forwarding: the only way SSH ever reaches the VM.
@@ -76,11 +69,9 @@ def ttl_label(ttl: str) -> str:
 
 
 def labels_for(settings: Settings) -> dict[str, str]:
-    """The shared tags (stack, project, ttl) as GCP labels: ':' is not allowed in label keys."""
-    labels = {key.replace(":", "-"): label_value(value) for key, value in settings.tags.items()}
-    if settings.ttl:
-        labels["sdxl-endpoint-ttl"] = ttl_label(settings.ttl)
-    return labels
+    """The ownership marks (stack, project, ttl) as GCP labels: ':' is not allowed in label keys."""
+    return {f"{PROJECT}-{mark}": ttl_label(value) if mark == "ttl" else label_value(value)
+            for mark, value in settings.ownership.items()}
 
 
 def scheduling_for(spot: bool) -> dict:
@@ -106,7 +97,7 @@ def shell_command(settings: Settings, instance: str) -> str:
             "  # SSH is off; `pulumi config set ssh true` opens it through IAP only")
 
 
-class GcpGpuEndpoint(pulumi.ComponentResource):
+class Endpoint(pulumi.ComponentResource):
     """A GPU VM serving SDXL behind a static external IP, in its own VPC network."""
 
     outputs: dict[str, pulumi.Output]
@@ -134,8 +125,8 @@ class GcpGpuEndpoint(pulumi.ComponentResource):
             f"{name}-subnet", name=names["subnet"], network=network.id, region=settings.region,
             ip_cidr_range=SUBNET_CIDR, private_ip_google_access=True, opts=child,
         )
-        for port, sources in endpoint.ingress_sources(settings).items():
-            part = "https" if port == endpoint.HTTPS_PORT else "http"
+        for port, sources in contract.ingress_sources(settings).items():
+            part = "https" if port == contract.HTTPS_PORT else "http"
             gcp.compute.Firewall(
                 f"{name}-{part}", name=names[part], network=network.id, direction="INGRESS",
                 description="SDXL endpoint: the API, from allowedCidrs" if part == "https"
@@ -172,9 +163,9 @@ class GcpGpuEndpoint(pulumi.ComponentResource):
             network_tier="PREMIUM", labels=labels, opts=child,
         )
 
-        image = gcp.compute.get_image(family=DLVM_IMAGE_FAMILY, project=DLVM_IMAGE_PROJECT,
+        image = gcp.compute.get_image(family=catalog.GCP_DLVM_IMAGE_FAMILY, project=catalog.GCP_DLVM_IMAGE_PROJECT,
                                       opts=pulumi.InvokeOptions(parent=self, provider=provider))
-        token = endpoint.api_token(settings, parent=self)
+        token = contract.api_token(settings, parent=self)
         user_data = bootstrap.render_secret_user_data(settings, token, public_ip=address.address)
 
         instance = gcp.compute.Instance(
@@ -226,7 +217,7 @@ class GcpGpuEndpoint(pulumi.ComponentResource):
             )),
         )
 
-        self.outputs = endpoint.stack_outputs(
+        self.outputs = contract.stack_outputs(
             settings, public_ip=address.address, api_token=token,
             instance_id=instance.name,  # the instance name: what every gcloud command takes
             zone=zone, shell=instance.name.apply(lambda vm: shell_command(settings, vm)),

@@ -6,9 +6,11 @@ per-AZ offerings come from moto's copy of EC2's catalog, not from hand-written f
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gzip
 import json
+import os
 import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +19,10 @@ from typing import Any
 import moto
 import pulumi
 import pytest
-import yaml
 from pulumi.runtime.mocks import MockMonitor
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
+
+from stacks import catalog
+from tools import presets
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "__main__.py"
@@ -44,26 +46,11 @@ def ec2_offerings(region: str) -> list[dict]:
 
 
 def get_instance_type_result(instance_type: str) -> dict:
-    """EC2's DescribeInstanceTypes record reshaped as aws.ec2.getInstanceType returns it."""
+    """EC2's DescribeInstanceTypes record, as aws.ec2.getInstanceType returns it (the catalog's one mapping)."""
     record = ec2_instance_types().get(instance_type)
     if record is None:
         raise Exception(f"no EC2 Instance Type found matching criteria; instance type {instance_type!r}")
-    gpus = record.get("GpuInfo", {}).get("Gpus", [])
-    inference = record.get("InferenceAcceleratorInfo", {}).get("Accelerators", [])
-    neuron = record.get("NeuronInfo", {}).get("NeuronDevices", [])
-    return {
-        "instanceType": instance_type,
-        "defaultVcpus": record["VCpuInfo"]["DefaultVCpus"],
-        "memorySize": record["MemoryInfo"]["SizeInMiB"],
-        "supportedArchitectures": record["ProcessorInfo"]["SupportedArchitectures"],
-        "gpuses": [{"count": g["Count"], "manufacturer": g["Manufacturer"], "name": g["Name"],
-                    "memorySize": g["MemoryInfo"]["SizeInMiB"]} for g in gpus],
-        "inferenceAccelerators": [{"count": a["Count"], "manufacturer": a["Manufacturer"], "name": a["Name"],
-                                   "memorySize": a.get("MemoryInfo", {}).get("SizeInMiB", 0)} for a in inference],
-        "neuronDevices": [{"count": d["Count"], "name": d["Name"], "coreCount": d["CoreInfo"]["Count"],
-                           "coreVersion": d["CoreInfo"]["Version"],
-                           "memorySize": d["MemoryInfo"]["SizeInMiB"]} for d in neuron],
-    }
+    return catalog.convert_ec2_record(record, to="pulumi")
 
 
 class CloudMocks(pulumi.runtime.Mocks):
@@ -121,24 +108,13 @@ class CloudMocks(pulumi.runtime.Mocks):
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
 
-class ParentRecordingMonitor(MockMonitor):
-    """The stock mock monitor, also remembering each resource's parent URN."""
-
-    def __init__(self, mocks: CloudMocks) -> None:
-        super().__init__(mocks)
-        self.parents: dict[str, str] = {}
-
-    def RegisterResource(self, request):  # noqa: N802 - gRPC method name
-        response = super().RegisterResource(request)
-        self.parents[response.urn] = request.parent
-        return response
-
-
 @dataclass
 class ProgramRun:
     mocks: CloudMocks
-    monitor: ParentRecordingMonitor
+    monitor: MockMonitor
     namespace: dict[str, Any] = field(default_factory=dict)
+    # Every stack output, resolved while the program ran: id(output) -> (value, is secret).
+    resolved: dict[int, tuple[Any, bool]] = field(default_factory=dict)
 
     @property
     def endpoint(self) -> pulumi.ComponentResource:
@@ -157,51 +133,67 @@ class ProgramRun:
         return found[0]
 
     def orphans(self, component_type: str) -> list[str]:
-        """URNs of resources that are not the component or one of its descendants."""
-        (component,) = [u for u in self.monitor.parents if u.split("::")[-2].endswith(component_type)]
-        orphans = []
-        for urn in self.monitor.parents:
-            if urn.split("::")[2] == "pulumi:pulumi:Stack":
-                continue  # the root; registered through the monitor only by a process's first run
-            cursor = urn
-            while cursor and cursor != component:
-                cursor = self.monitor.parents.get(cursor, "")
-            if cursor != component:
-                orphans.append(urn)
-        return orphans
+        """URNs of resources registered outside the component: the root stack is their direct parent.
+
+        The mock monitor writes each URN's type as `<parent type>$<type>`, as the engine does."""
+        urns = list(self.monitor.get_registered_resources())
+        components = [u for u in urns if u.split("::")[2] == f"pulumi:pulumi:Stack${component_type}"]
+        assert len(components) == 1, f"expected one {component_type} under the stack, found {components}"
+        return [u for u in urns if u.split("::")[2].startswith("pulumi:pulumi:Stack$") and u not in components]
 
     def value(self, output: pulumi.Output) -> Any:
-        return _sync_await(output.future())
+        return self.resolved[id(output)][0]
 
     def is_secret(self, output: pulumi.Output) -> bool:
-        return _sync_await(output.is_secret())
+        return self.resolved[id(output)][1]
 
 
-def preset_config(stack: str) -> dict[str, str]:
-    """A preset's config as the engine hands it to the program: strings, lists as JSON."""
-    document = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in (document.get("config") or {}).items()}
+def engine_config(config: dict[str, Any] | None, preset: str | None) -> dict[str, str]:
+    """The config as the engine hands it to the program: full keys, strings, lists and maps as JSON."""
+    merged = presets.engine_values(presets.read(preset)) if preset else {}
+    for key, value in (config or {}).items():
+        full = key if ":" in key else f"sdxl-endpoint:{key}"
+        merged[full] = value if isinstance(value, str) else json.dumps(value)
+    return merged
 
 
 def run_program(config: dict[str, Any] | None = None, *, stack: str = "test", preset: str | None = None,
                 secret_keys: tuple[str, ...] = ("sdxl-endpoint:apiToken", "sdxl-endpoint:hfToken"),
                 preview: bool = False) -> ProgramRun:
-    """Evaluate `__main__.py` with the given config (keys without a namespace get the project's)."""
-    merged = preset_config(preset) if preset else {}
-    for key, value in (config or {}).items():
-        full = key if ":" in key else f"sdxl-endpoint:{key}"
-        merged[full] = value if isinstance(value, str) else json.dumps(value)
+    """Evaluate `__main__.py` with the given config (keys without a namespace get the project's).
+
+    Only Pulumi's public testing API: the config arrives as the language host passes it (PULUMI_CONFIG and
+    PULUMI_CONFIG_SECRET_KEYS), `set_mocks` answers the resources and invokes, and `pulumi.runtime.test`
+    runs the program and waits for every output.
+    """
     mocks = CloudMocks()
-    monitor = ParentRecordingMonitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project="sdxl-endpoint", stack=preset or stack, preview=preview,
-                             monitor=monitor)
-    pulumi.runtime.set_all_config(merged, secret_keys=list(secret_keys))
+    monitor = MockMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project="sdxl-endpoint", stack=preset or stack, preview=preview, monitor=monitor)
     run = ProgramRun(mocks, monitor)
+    environment = {"PULUMI_CONFIG": json.dumps(engine_config(config, preset)),
+                   "PULUMI_CONFIG_SECRET_KEYS": json.dumps(list(secret_keys))}
+    saved = {name: os.environ.get(name) for name in environment}
 
-    def program() -> None:
+    async def resolve(outputs: dict[str, pulumi.Output]) -> None:
+        for output in outputs.values():
+            run.resolved[id(output)] = (await output.future(), await output.is_secret())
+
+    @pulumi.runtime.test
+    def evaluate():
+        # What the language host does before it runs a program.
+        pulumi.runtime.set_all_config(pulumi.runtime.get_config_env(), pulumi.runtime.get_config_secret_keys_env())
         run.namespace.update(runpy.run_path(str(MAIN)))
+        return pulumi.Output.from_input(asyncio.ensure_future(resolve(run.outputs)))
 
-    _sync_await(run_pulumi_func(program))
+    os.environ.update(environment)
+    try:
+        evaluate()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return run
 
 

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from stacks import aws, catalog, config, endpoint
+from stacks import aws, catalog, config, contract
 from stacks.bootstrap import USER_DATA_LIMIT_BYTES
 from tests.stacks.conftest import FAKE_AMI, FAKE_EIP, ROOT, ec2_offerings, run_program
 
@@ -47,7 +47,7 @@ def test_the_default_stack_is_aws_g5():
 
 def test_outputs_follow_the_shared_contract():
     run = run_program(preset="aws-g5")
-    assert tuple(run.outputs) == endpoint.OUTPUT_NAMES
+    assert tuple(run.outputs) == contract.OUTPUT_NAMES
     outputs = {k: run.value(v) for k, v in run.outputs.items()}
     assert outputs["instanceId"] == "i-0123456789abcdef0"
     assert outputs["publicIp"] == FAKE_EIP and outputs["endpoint"] == f"https://{FAKE_EIP}"
@@ -226,7 +226,7 @@ def test_user_data_is_under_the_16_kb_limit():
 
 def test_every_resource_is_a_descendant_of_the_component():
     run = run_program({"spot": "true"})
-    assert len(run.monitor.parents) >= 14
+    assert len(run.monitor.get_registered_resources()) >= 14
     assert run.orphans("sdxl-endpoint:aws:GpuEndpoint") == []
 
 

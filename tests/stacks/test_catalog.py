@@ -9,13 +9,7 @@ from tests.stacks.conftest import ec2_instance_types, get_instance_type_result
 
 def facts_from_ec2(instance_type: str) -> catalog.InstanceFacts:
     """What stacks/aws.py builds from aws.ec2.get_instance_type, from moto's real EC2 data."""
-    r = get_instance_type_result(instance_type)
-    return catalog.InstanceFacts(
-        name=instance_type, vcpus=r["defaultVcpus"], ram_gib=r["memorySize"] / 1024,
-        architectures=tuple(r["supportedArchitectures"]),
-        gpus=tuple(catalog.GpuFacts(g["manufacturer"], g["name"], g["count"], g["memorySize"]) for g in r["gpuses"]),
-        other_accelerators=tuple(f"AWS {d['name']}" for d in r["neuronDevices"]),
-    )
+    return catalog.instance_facts(get_instance_type_result(instance_type), "pulumi")
 
 
 @pytest.mark.parametrize("name", sorted(catalog.AWS_OFFERS))

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
-from stacks import catalog, config, endpoint, gcp
+from stacks import catalog, config, contract, gcp
 from tests.stacks.conftest import FAKE_GCP_ADDRESS, ROOT, run_program
 
 GCP_PRESETS = sorted(p.name.split(".")[1] for p in (ROOT / "stacks").glob("Pulumi.gcp-*.yaml"))
@@ -245,10 +245,10 @@ def test_boot_disk_is_a_dlvm_image_on_pd_balanced(disk):
     params = run.one(INSTANCE).inputs["bootDisk"]["initializeParams"]
     assert params["type"] == "pd-balanced" and params["size"] == int(disk or 100)
     (lookup,) = [c.args for c in run.mocks.calls if c.token == "gcp:compute/getImage:getImage"]
-    assert lookup == {"family": gcp.DLVM_IMAGE_FAMILY, "project": "deeplearning-platform-release"}
-    assert re.fullmatch(r"common-cu12\d*-ubuntu-\d{4}-nvidia-\d+", gcp.DLVM_IMAGE_FAMILY)  # CUDA 12 + driver
+    assert lookup == {"family": catalog.GCP_DLVM_IMAGE_FAMILY, "project": "deeplearning-platform-release"}
+    assert re.fullmatch(r"common-cu12\d*-ubuntu-\d{4}-nvidia-\d+", catalog.GCP_DLVM_IMAGE_FAMILY)  # CUDA 12 + driver
     assert params["image"].endswith(f"/projects/deeplearning-platform-release/global/images/"
-                                    f"{gcp.DLVM_IMAGE_FAMILY}-v20260801")
+                                    f"{catalog.GCP_DLVM_IMAGE_FAMILY}-v20260801")
 
 
 def test_driver_metadata_and_shielded_vm():
@@ -326,11 +326,11 @@ def test_metadata_stays_within_gcp_limits():
 
 def test_every_resource_is_a_descendant_of_the_component():
     run = gcp_run({"ssh": "true", "spot": "true"})
-    assert len(run.monitor.parents) >= 12
+    assert len(run.monitor.get_registered_resources()) >= 12
     assert run.orphans(COMPONENT) == []
 
 
 def test_outputs_are_the_same_names_as_aws():
     gcp_outputs = tuple(gcp_run().outputs)
     aws_outputs = tuple(run_program({}).outputs)
-    assert gcp_outputs == aws_outputs == endpoint.OUTPUT_NAMES
+    assert gcp_outputs == aws_outputs == contract.OUTPUT_NAMES

@@ -1,4 +1,7 @@
-"""What every cloud's component shares: the API token, the output contract, and the choice of cloud."""
+"""What every target shares: the output contract, the public URL, the ports and the API token.
+
+Each target module (stacks/aws.py, stacks/gcp.py, ...) imports this one; it imports no target.
+"""
 
 from __future__ import annotations
 
@@ -84,14 +87,3 @@ def stack_outputs(settings: Settings, *, public_ip: pulumi.Input[str], api_token
         "shell": shell,
     }
     return {name: pulumi.Output.from_input(outputs[name]) for name in OUTPUT_NAMES}
-
-
-def create_endpoint(settings: Settings) -> pulumi.ComponentResource:
-    """Build the component for the configured cloud."""
-    if settings.cloud == "gcp":
-        from stacks.gcp import GcpGpuEndpoint
-
-        return GcpGpuEndpoint("sdxl", settings)
-    from stacks.aws import AwsGpuEndpoint
-
-    return AwsGpuEndpoint("sdxl", settings)
