@@ -22,7 +22,7 @@ from string import Template
 import pulumi
 import yaml
 
-from stacks.config import Settings
+from stacks.config import DEFAULT_IMAGE, Settings
 from stacks.contract import public_host
 
 # AWS rejects user data over 16 KB; GCP metadata values allow 256 KB, so AWS is the bound.
@@ -203,7 +203,7 @@ def render_secret_user_data(settings: Settings, api_token: pulumi.Output[str], *
     def render(args: list) -> str:
         token, hf, ip = args
         return render_cloud_init(BootstrapValues(
-            image=settings.image, model=settings.model, api_token=token, hf_token=hf,
+            image=settings.image or DEFAULT_IMAGE, model=settings.model, api_token=token, hf_token=hf,
             cors_origins=settings.cors_origins, public_ip=ip, domain=settings.domain,
             idle_stop_minutes=settings.idle_stop_minutes,
         ))

@@ -26,6 +26,7 @@ from stacks import catalog
 PROJECT = "sdxl-endpoint"
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+# What the VM targets pull while `image` is unset (until they build this checkout's server themselves).
 DEFAULT_IMAGE = "ghcr.io/sdxl-endpoint/sdxl-endpoint-server:latest"
 DEFAULT_DISK_GB = 100
 # The DLAMI root takes ~40 GB; SDXL's fp16 weights, the container image and the compile
@@ -33,6 +34,7 @@ DEFAULT_DISK_GB = 100
 MIN_DISK_GB = 60
 MAX_DISK_GB = 16384
 DEFAULT_IDLE_STOP_MINUTES = 30
+MAX_REPLICAS = 64  # a sanity bound: each replica is a GPU billing by the hour
 DEFAULT_AWS_REGION = "us-east-1"
 DEFAULT_GCP_REGION = "us-central1"
 DEFAULT_GCP_ZONE = "us-central1-a"
@@ -66,7 +68,7 @@ class Settings:
     spot: bool
     disk_gb: int
     model: str
-    image: str
+    image: str | None  # a pullable image; None when unset
     api_token: Any | None  # a secret pulumi.Output[str] once load() has read it; None means "generate one"
     hf_token: Any | None  # a secret pulumi.Output[str], or None
     cors_origins: tuple[str, ...]
@@ -78,6 +80,13 @@ class Settings:
     region: str
     zone: str | None = None  # GCP only
     gcp_project: str | None = None
+    min_replicas: int = 1
+    max_replicas: int = 1
+
+    @property
+    def fleet(self) -> bool:
+        """More than one replica may run: the target scales out behind its load balancer."""
+        return self.max_replicas > 1
 
     @property
     def ownership(self) -> dict[str, str]:
@@ -175,13 +184,15 @@ class RawConfig(BaseModel):
     diskGb: int = Field(DEFAULT_DISK_GB, ge=MIN_DISK_GB, le=MAX_DISK_GB)  # noqa: N815
     idleStopMinutes: int = Field(DEFAULT_IDLE_STOP_MINUTES, ge=0)  # noqa: N815
     model: str = Field(DEFAULT_MODEL, pattern=_HUB_ID_RE.pattern)
-    image: str = Field(DEFAULT_IMAGE, pattern=_IMAGE_RE.pattern)
+    image: str | None = Field(None, pattern=_IMAGE_RE.pattern)
     apiToken: str | None = None  # noqa: N815
     hfToken: str | None = None  # noqa: N815
     corsOrigins: TextList = Field(default_factory=lambda: ["*"])  # noqa: N815
     allowedCidrs: TextList = Field(default_factory=lambda: ["0.0.0.0/0"], min_length=1)  # noqa: N815
     domain: str | None = None
     ttl: str | None = None
+    minReplicas: int = Field(1, ge=0, le=MAX_REPLICAS)  # noqa: N815
+    maxReplicas: int = Field(1, ge=1, le=MAX_REPLICAS)  # noqa: N815
 
 
 # Every project key, as declared in Pulumi.yaml; anything else under `sdxl-endpoint:` is a typo.
@@ -196,7 +207,9 @@ _TYPE_HELP: dict[str, tuple[str, str]] = {
     "idleStopMinutes": ("must be a whole number of minutes, 0 or more (0 never stops the instance)",
                         _set("idleStopMinutes", str(DEFAULT_IDLE_STOP_MINUTES))),
     "model": ("must be a Hugging Face Hub id, organisation/name", _set("model", DEFAULT_MODEL)),
-    "image": ("must be a container image reference, e.g. ghcr.io/org/name:tag", _set("image", DEFAULT_IMAGE)),
+    "image": ("must be a container image reference, e.g. ghcr.io/org/name:tag", "pulumi config rm image"),
+    "minReplicas": (f"must be a whole number from 0 to {MAX_REPLICAS}", _set("minReplicas", "1")),
+    "maxReplicas": (f"must be a whole number from 1 to {MAX_REPLICAS}", _set("maxReplicas", "1")),
     "corsOrigins": ("must be a list of origins", "pulumi config set --path 'corsOrigins[0]' https://app.example.com"),
     "allowedCidrs": ("must be a non-empty list of CIDRs", "pulumi config set --path 'allowedCidrs[0]' 0.0.0.0/0"),
 }
@@ -247,6 +260,9 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
     cidrs = _check_cidrs(raw.allowedCidrs, problems, cloud)
     domain = _check_domain(raw.domain, problems)
     _check_ttl(raw.ttl, problems)
+    if raw.minReplicas > raw.maxReplicas:
+        problems.add("minReplicas", raw.minReplicas, f"is above maxReplicas ({raw.maxReplicas})",
+                     f"{_set('maxReplicas', str(raw.minReplicas))}, or {_set('minReplicas', str(raw.maxReplicas))}")
     region, zone, gcp_project = _location(cleaned, problems, cloud, machine)
     for key in SECRET_KEYS:
         if f"{PROJECT}:{key}" in cleaned and f"{PROJECT}:{key}" not in secret_keys:
@@ -263,7 +279,7 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
         # A bare address is a valid /32 (or /128); providers want the prefix written out.
         allowed_cidrs=tuple(str(ipaddress.ip_network(c)) for c in cidrs),
         idle_stop_minutes=raw.idleStopMinutes, ssh=raw.ssh, ttl=raw.ttl, region=region, zone=zone,
-        gcp_project=gcp_project,
+        gcp_project=gcp_project, min_replicas=raw.minReplicas, max_replicas=raw.maxReplicas,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from datetime import timezone
+from datetime import UTC
 
 import pulumi
 import pulumi_gcp as gcp
@@ -64,7 +64,7 @@ def label_value(value: str) -> str:
 
 def ttl_label(ttl: str) -> str:
     """The RFC 3339 expiry as a label value (see TTL_LABEL_FORMAT); config.py has validated it."""
-    expiry = parse_rfc3339(ttl).astimezone(timezone.utc)
+    expiry = parse_rfc3339(ttl).astimezone(UTC)
     return expiry.strftime(TTL_LABEL_FORMAT)
 
 

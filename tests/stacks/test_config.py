@@ -5,8 +5,8 @@ import re
 import pytest
 import yaml
 
-from stacks import config
-from tests.stacks.conftest import ROOT, run_program
+from stacks import catalog, config
+from tests.stacks.conftest import ROOT, ec2_instance_types, run_program
 
 
 def config_error(settings: dict) -> str:
@@ -34,7 +34,8 @@ def test_pulumi_yaml_defaults_match_the_config_module():
     assert declared["diskGb"]["default"] == config.DEFAULT_DISK_GB
     assert declared["idleStopMinutes"]["default"] == config.DEFAULT_IDLE_STOP_MINUTES
     assert declared["model"]["default"] == config.DEFAULT_MODEL
-    assert declared["image"]["default"] == config.DEFAULT_IMAGE
+    assert declared["image"]["default"] == ""  # unset: each target decides (stacks/config.py)
+    assert declared["minReplicas"]["default"] == 1 and declared["maxReplicas"]["default"] == 1
     # The CLI applies these defaults; a run that sees them must equal one that sees nothing.
     applied = {k: spec["default"] for k, spec in declared.items()}
     with_defaults = run_program(applied).namespace["settings"]
@@ -89,6 +90,10 @@ def test_all_bad_keys_are_reported_at_once():
     ({"domain": "https://sdxl.example.com/"}, r"fix: pulumi config set domain sdxl.example.com"),
     ({"model": "not a hub id"}, r"model = 'not a hub id': must be a Hugging Face Hub id"),
     ({"ttl": "tomorrow"}, r"ttl = 'tomorrow': must be an RFC 3339 time"),
+    ({"minReplicas": "3", "maxReplicas": "2"},
+     r"minReplicas = 3: is above maxReplicas \(2\)\n.*fix: pulumi config set maxReplicas 3"),
+    ({"maxReplicas": "0"}, r"maxReplicas = '0': must be a whole number from 1 to 64"),
+    ({"maxReplicas": "many"}, r"maxReplicas = 'many'"),
     ({"ttl": "2030-01-01T00:00:00"}, r"ttl = .*RFC 3339 time with a zone"),
     ({"aws:region": "useast1"}, r"aws:region = 'useast1': not an AWS region"),
     ({"machineType": "n1-standard-4"}, r"machineType = 'n1-standard-4': applies to GCP.*\n.*pulumi config mv"),
@@ -142,3 +147,40 @@ def test_config_is_read_only_in_the_config_module():
         if path.name != "config.py" and "pulumi.Config(" in path.read_text()
     ]
     assert offenders == []
+
+
+def test_validate_is_a_pure_function_of_plain_values():
+    # No Pulumi runtime is set up here: the doctor calls validate() the same way.
+    settings = config.validate({"sdxl-endpoint:gpu": "t4", "aws:region": "us-west-2",
+                                "sdxl-endpoint:corsOrigins": '["https://app.example.com"]'}, stack="plain")
+    assert settings.machine.name == "g4dn.xlarge" and settings.region == "us-west-2"
+    assert settings.cors_origins == ("https://app.example.com",) and settings.stack == "plain"
+    assert settings.tags == {"sdxl-endpoint:stack": "plain", "sdxl-endpoint:project": "sdxl-endpoint"}
+    with pytest.raises(config.ConfigError, match=r"Stack 'plain' has 1 problem .*\n  - gpu = 'x100'"):
+        config.validate({"sdxl-endpoint:gpu": "x100"}, stack="plain")
+    # YAML values (as a stack file holds them) are accepted as well as the engine's strings.
+    typed = config.validate({"sdxl-endpoint:spot": True, "sdxl-endpoint:diskGb": 200,
+                             "sdxl-endpoint:allowedCidrs": ["203.0.113.0/24"]}, stack="plain")
+    assert typed.spot and typed.disk_gb == 200 and typed.allowed_cidrs == ("203.0.113.0/24",)
+
+
+def test_the_config_module_imports_pulumi_only_in_its_loader():
+    import ast
+
+    tree = ast.parse((ROOT / "stacks" / "config.py").read_text())
+    top_level = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    top_level |= {node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {name for name in top_level if name.split(".")[0] == "pulumi"}
+    assert "CONFIG" not in (ROOT / "stacks" / "config.py").read_text()  # Pulumi's private config map
+
+
+def test_a_refusal_is_data_rendered_once():
+    with pytest.raises(config.ConfigError) as raised:
+        config.validate({"sdxl-endpoint:instanceType": "c5.xlarge"}, stack="plain",
+                        describe_machine=lambda name, region: catalog.instance_facts(ec2_instance_types()[name]))
+    message = str(raised.value)
+    # Rendered from catalog.Refusal: the headline, the alternatives, then one fix line.
+    assert re.search(r"- instanceType 'c5.xlarge' cannot run SDXL: it is CPU-only; .*\.\n"
+                     r"    Nearest types that fit:\n(      - .*\n){3}"
+                     r"      fix: pulumi config set instanceType ", message)
+    assert "Fix:" not in message

@@ -1,0 +1,103 @@
+"""The program's shape: no import cycle, no operator tool inside it, one target module per cloud of one shape."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+from pathlib import Path
+
+import pulumi
+import pytest
+
+from stacks import config
+from tests.stacks.conftest import MAIN, ROOT
+
+PROGRAM = [MAIN, *sorted((ROOT / "stacks").glob("*.py"))]
+
+
+def module_name(path: Path) -> str:
+    return "__main__" if path == MAIN else f"stacks.{path.stem}".removesuffix(".__init__")
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module of this repository that `path` imports, at any depth of the file (lazy imports count)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    ours = ("stacks", "tools", "server", "bench", "__main__")
+    return {name for name in found if name.split(".")[0] in ours}
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PROGRAM}
+    # `from stacks import aws` names the module stacks.aws; keep only edges to modules that exist.
+    return {name: {i for i in imports_of(path) if i in modules and i != name} for name, path in modules.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    found, state = [], {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for child in sorted(edges.get(node, ())):
+            if state.get(child) == "open":
+                found.append([*trail[trail.index(child):], child])
+            elif child not in state:
+                visit(child, [*trail, child])
+        state[node] = "done"
+
+    for start in sorted(edges):
+        if start not in state:
+            visit(start, [start])
+    return found
+
+
+def test_cycle_finder_finds_a_cycle():
+    # The check below must be able to fail.
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_among_the_programs_modules():
+    assert cycles(graph()) == []
+
+
+def test_the_program_imports_no_operator_tool_and_nothing_imports_its_dispatcher():
+    for path in PROGRAM:
+        imported = imports_of(path)
+        assert not [i for i in imported if i.split(".")[0] in ("tools", "server", "bench")], path
+        assert "__main__" not in imported, path
+
+
+def test_the_contract_imports_no_target():
+    targets = set(targets_table().values())
+    # The shared modules every target uses import none of them.
+    for name in ("contract", "config", "catalog", "bootstrap"):
+        assert not imports_of(ROOT / "stacks" / f"{name}.py") & targets, name
+
+
+def targets_table() -> dict[str, str]:
+    """__main__.TARGETS, read from its source: running __main__ would need a Pulumi engine."""
+    tree = ast.parse(MAIN.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "TARGETS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError("__main__.py has no TARGETS table")
+
+
+def test_every_cloud_has_a_target_and_every_target_a_cloud():
+    assert set(targets_table()) == set(config.CLOUDS)
+
+
+@pytest.mark.parametrize("cloud", config.CLOUDS)
+def test_every_target_module_has_the_same_public_shape(cloud):
+    module = importlib.import_module(targets_table()[cloud])
+    assert issubclass(module.Endpoint, pulumi.ComponentResource)
+    assert list(inspect.signature(module.Endpoint.__init__).parameters) == ["self", "name", "settings", "opts"]
+    assert hasattr(module, "describe_machine")  # the preview-time look-up, or None
+    assert module.describe_machine is None or callable(module.describe_machine)
