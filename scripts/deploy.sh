@@ -2,7 +2,7 @@
 # One command from a fresh machine to a running endpoint (or a preview, or a teardown).
 #   scripts/deploy.sh up|preview|destroy|wake [STACK]     (make up / make preview / make destroy / make wake)
 #   scripts/deploy.sh pulumi STACK ARGS...                (make pulumi STACK=... ARGS="config set ...")
-# Needs only Python 3.10+, curl and cloud credentials; installs the venv, the dependencies and
+# Needs only Python 3.11+, curl and cloud credentials; installs the venv, the dependencies and
 # the Pulumi CLI when missing. State stays on this machine (no Pulumi Cloud account) unless
 # PULUMI_BACKEND_URL says otherwise, and secrets are encrypted with a passphrase.
 set -euo pipefail
@@ -26,8 +26,8 @@ if [ ! -f "stacks/Pulumi.$stack.yaml" ] && [ "$action" = up ] && [ -z "${SDXL_AL
 fi
 
 python=${PYTHON:-python3}
-"$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-  || { echo "Python 3.10 or newer is required (found $("$python" --version 2>&1))." >&2; exit 1; }
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "Python 3.11 or newer is required (found $("$python" --version 2>&1))." >&2; exit 1; }
 command -v curl >/dev/null || { echo "curl is required." >&2; exit 1; }
 
 if [ ! -x .venv/bin/python ]; then
@@ -70,9 +70,9 @@ fi
 shift $(( $# > 2 ? 2 : $# ))
 case "$action" in
   up)
-    if [ -z "${SKIP_DOCTOR:-}" ] && [ -d stacks/doctor ]; then
-      echo "==> preflight: python -m stacks.doctor --stack $stack (SKIP_DOCTOR=1 skips it)"
-      .venv/bin/python -m stacks.doctor --stack "$stack"
+    if [ -z "${SKIP_DOCTOR:-}" ] && [ -d tools/doctor ]; then
+      echo "==> preflight: python -m tools.doctor --stack $stack (SKIP_DOCTOR=1 skips it)"
+      .venv/bin/python -m tools.doctor --stack "$stack"
     fi
     pulumi up "$@"
     echo
@@ -85,5 +85,5 @@ case "$action" in
   destroy) pulumi destroy "$@" ;;
   # Any other Pulumi command, with this stack's state backend and passphrase.
   pulumi) pulumi "$@" ;;
-  wake) .venv/bin/python -m stacks.wake --stack "$stack" "$@" ;;
+  wake) .venv/bin/python -m tools.wake --stack "$stack" "$@" ;;
 esac

@@ -4,7 +4,7 @@ The real linters run on them: `check-jsonschema --builtin-schema vendor.github-w
 `zizmor --offline` (template injection, unpinned actions, excessive permissions, dangerous
 triggers), and shellcheck on each `run:` script. Then the project's own rules: least-privilege
 permissions per job, SHA pins with a version comment, fork PRs never reaching secrets, and
-every `python -m stacks.ci ...` call matching the CLI it calls.
+every `python -m tools.ci ...` call matching the CLI it calls.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stacks import ci
+from tools import ci
 
 ROOT = Path(__file__).resolve().parents[2]
 GITHUB = ROOT / ".github"
@@ -202,20 +202,20 @@ def test_pull_request_jobs_with_secrets_skip_forks(path):
                 f"{name}: fork PRs get no secrets; skip them with `if: {FORK_GUARD}`"
 
 
-# --- the contract between the workflows and stacks/ci.py ---------------------------------------
+# --- the contract between the workflows and tools/ci ---------------------------------------
 
 
 def ci_invocations() -> list[tuple[str, list[str]]]:
     calls = []
     for where, script in run_scripts():
         joined = script.replace("\\\n", " ")
-        for match in re.finditer(r"python -m stacks\.ci ([^\n;|&]+)", joined):
+        for match in re.finditer(r"python -m tools\.ci ([^\n;|&]+)", joined):
             words = shlex.split(re.sub(r'"\$\{\w+\[@\]\}"', "", match[1]))
             calls.append((where, [re.sub(r"^\$\{?(\w+)\}?$", r"\1", w) for w in words]))
     return calls
 
 
-def test_every_stacks_ci_call_matches_the_cli():
+def test_every_tools_ci_call_matches_the_cli():
     calls = ci_invocations()
     assert {args[0] for _, args in calls} >= {"plan", "create", "up", "destroy", "reap"}
     parser = ci._parser()
@@ -223,7 +223,7 @@ def test_every_stacks_ci_call_matches_the_cli():
         try:
             parser.parse_args(args)
         except SystemExit:
-            pytest.fail(f"{where}: python -m stacks.ci {' '.join(args)} is not a valid call")
+            pytest.fail(f"{where}: python -m tools.ci {' '.join(args)} is not a valid call")
 
 
 def test_review_env_reads_only_outputs_that_ci_writes():
@@ -236,7 +236,7 @@ def test_review_env_reads_only_outputs_that_ci_writes():
     read = re.findall(r"steps\.(\w+)\.outputs\.(\w+)", text)
     assert read
     for step, key in read:
-        assert key in written[step], f"steps.{step}.outputs.{key} is never written by stacks.ci"
+        assert key in written[step], f"steps.{step}.outputs.{key} is never written by tools.ci"
     assert "apiToken" not in text.split("script:", 1)[1], "the comment never mentions the token's value"
 
 

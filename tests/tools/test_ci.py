@@ -1,148 +1,16 @@
-"""stacks/ci.py with the Automation API's entry points replaced by an in-memory backend.
-
-The fakes stand in for the Pulumi CLI (not installed here) at the module functions ci.py
-calls: `create_or_select_stack`, `select_stack` and `LocalWorkspace`. They keep what the real
-self-managed backend keeps: stacks, their config, and an update history that records the
-config each update ran with (what `pulumi stack history --json` returns).
-"""
+"""tools/ci with the Automation API's entry points replaced by an in-memory backend (tests/tools/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import yaml
 from pulumi import automation as auto
 
-from stacks import ci
-
-UTC = timezone.utc
-NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
-TOKEN = "tok-3f9c2a7e5b1d4c8e9f0a6b2d7c4e1f3a"
-
-
-class FakeUpResult:
-    def __init__(self, outputs: dict[str, auto.OutputValue]):
-        self.outputs = outputs
-
-
-class FakeStack:
-    def __init__(self, name: str, backend: FakeBackend):
-        self.name = name
-        self.backend = backend
-        self.workspace = backend.workspace
-        self.config: dict[str, auto.ConfigValue] = {}
-        self.path_config: dict[str, auto.ConfigValue] = {}
-        self.history: list[auto.UpdateSummary] = []
-        self.resources = 0
-        self.fail_destroy = False
-
-    # config, as `pulumi config` keeps it in the stack's config file
-    def get_all_config(self) -> dict[str, auto.ConfigValue]:
-        return dict(self.config)
-
-    def remove_all_config(self, keys: list[str], *, path: bool = False) -> None:
-        self.backend.calls.append(("remove_all_config", self.name, tuple(keys)))
-        for key in keys:
-            self.config.pop(key)
-
-    def set_all_config(self, config: dict[str, auto.ConfigValue], *, path: bool = False) -> None:
-        self.backend.calls.append(("set_all_config", self.name, path))
-        (self.path_config if path else self.config).update(config)
-
-    def set_config(self, key: str, value: auto.ConfigValue, *, path: bool = False) -> None:
-        self.config[key] = value
-
-    # operations: each records the config it ran with, as the engine does
-    def _record(self, kind: str, when: datetime) -> None:
-        naive = when.astimezone(UTC).replace(tzinfo=None)
-        config = {k: {"value": v.value, "secret": v.secret} for k, v in self.config.items()}
-        self.history.insert(0, auto.UpdateSummary(kind=kind, start_time=naive, end_time=naive, message="",
-                                                  environment={}, config=config, result="succeeded"))
-
-    def up(self, on_output=None, color=None) -> FakeUpResult:
-        self.backend.calls.append(("up", self.name))
-        on_output("Updating (pr stack): apiToken: [secret]")
-        self.resources = 12
-        self._record("update", self.backend.clock())
-        return FakeUpResult({
-            "endpoint": auto.OutputValue("https://203-0-113-10.sslip.io", False),
-            "apiToken": auto.OutputValue(TOKEN, True),
-            "gpu": auto.OutputValue("NVIDIA T4", False),
-            "hourlyCostUsd": auto.OutputValue(0.526, False),
-            "curlExample": auto.OutputValue("curl -H 'Authorization: Bearer ...'", False),
-            "hfToken": auto.OutputValue("hf_should_never_show", True),
-        })
-
-    def destroy(self, on_output=None, color=None) -> None:
-        self.backend.calls.append(("destroy", self.name))
-        if self.fail_destroy:
-            raise auto.CommandError(auto.CommandResult("", "error: the stack is currently locked", 255))
-        self.resources = 0
-        self._record("destroy", self.backend.clock())
-
-    def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:
-        assert not show_secrets, "the reaper has no reason to decrypt secrets"
-        return self.history[0] if self.history else None
-
-
-class FakeWorkspace:
-    def __init__(self, backend: FakeBackend):
-        self.backend = backend
-
-    def list_stacks(self) -> list[auto.StackSummary]:
-        return [auto.StackSummary(name=self.backend.listed_names.get(n, n), current=False,
-                                  update_in_progress=n in self.backend.busy, resource_count=s.resources)
-                for n, s in self.backend.stacks.items()]
-
-    def remove_stack(self, name: str) -> None:
-        self.backend.calls.append(("remove_stack", name))
-        if self.backend.stacks[name].resources:
-            raise auto.CommandError(auto.CommandResult("", "error: stack still has resources", 255))
-        del self.backend.stacks[name]
-
-
-class FakeBackend:
-    def __init__(self) -> None:
-        self.stacks: dict[str, FakeStack] = {}
-        self.calls: list[tuple] = []
-        self.busy: set[str] = set()
-        self.listed_names: dict[str, str] = {}
-        self.workspace = FakeWorkspace(self)
-        self.now = NOW
-
-    def clock(self) -> datetime:
-        return self.now
-
-    def add(self, name: str) -> FakeStack:
-        self.stacks[name] = FakeStack(name, self)
-        return self.stacks[name]
-
-    # the patched module functions
-    def create_or_select_stack(self, name, work_dir=None, opts=None):
-        assert work_dir == str(ci.ROOT) and opts.secrets_provider == "passphrase"
-        self.calls.append(("create_or_select_stack", name))
-        return self.stacks.get(name) or self.add(name)
-
-    def select_stack(self, name, work_dir=None, opts=None):
-        assert work_dir == str(ci.ROOT)
-        if name not in self.stacks:
-            raise auto.StackNotFoundError(auto.CommandResult("", f"no stack named '{name}' found", 255))
-        return self.stacks[name]
-
-    def local_workspace(self, work_dir=None, secrets_provider=None):
-        assert work_dir == str(ci.ROOT)
-        return self.workspace
-
-
-@pytest.fixture
-def backend(monkeypatch) -> FakeBackend:
-    fake = FakeBackend()
-    monkeypatch.setattr(auto, "create_or_select_stack", fake.create_or_select_stack)
-    monkeypatch.setattr(auto, "select_stack", fake.select_stack)
-    monkeypatch.setattr(auto, "LocalWorkspace", fake.local_workspace)
-    return fake
+from tests.tools.conftest import NOW, TOKEN, FakeBackend, FakeStack
+from tools import ci, presets
 
 
 def deployed(backend: FakeBackend, name: str, at: datetime, ttl: str | None) -> FakeStack:
@@ -187,21 +55,21 @@ def test_stack_for_pr():
 
 
 def test_presets_are_the_preset_files_and_never_a_local_pr_stack(tmp_path, monkeypatch):
-    real = ci.presets()
-    assert real == sorted(p.name[len("Pulumi."):-len(".yaml")] for p in ci.PRESET_DIR.glob("Pulumi.*.yaml")
+    real = presets.names()
+    assert real == sorted(p.name[len("Pulumi."):-len(".yaml")] for p in presets.STACKS_DIR.glob("Pulumi.*.yaml")
                           if not p.name.startswith("Pulumi.pr-"))
     assert ci.DEFAULT_PRESET in real
 
     for name in ("aws-g5", "pr-7", "gcp-t4"):
         (tmp_path / f"Pulumi.{name}.yaml").write_text("config: {}\n")
-    monkeypatch.setattr(ci, "PRESET_DIR", tmp_path)
-    assert ci.presets() == ["aws-g5", "gcp-t4"]
+    monkeypatch.setattr(presets, "STACKS_DIR", tmp_path)
+    assert presets.names() == ["aws-g5", "gcp-t4"]
 
 
-@pytest.mark.parametrize("preset", ci.presets())
+@pytest.mark.parametrize("preset", presets.names())
 def test_preset_config_is_a_faithful_copy_of_the_preset_file(preset):
     plain, nested = ci.preset_config(preset)
-    document = yaml.safe_load((ci.PRESET_DIR / f"Pulumi.{preset}.yaml").read_text())["config"]
+    document = yaml.safe_load((presets.STACKS_DIR / f"Pulumi.{preset}.yaml").read_text())["config"]
     scalars = {k: v for k, v in document.items() if not isinstance(v, (list, dict)) and k != ci.TTL_KEY}
     assert {k: v.value for k, v in plain.items()} == {
         k: json.dumps(v) if isinstance(v, bool) else str(v) for k, v in scalars.items()}
@@ -216,7 +84,7 @@ def test_preset_config_keeps_types_as_the_cli_stores_them(tmp_path, monkeypatch)
         "aws:defaultTags": {"tags": {"team": "ml"}},
         "sdxl-endpoint:ttl": "2020-01-01T00:00:00Z",
     }}))
-    monkeypatch.setattr(ci, "PRESET_DIR", tmp_path)
+    monkeypatch.setattr(presets, "STACKS_DIR", tmp_path)
     plain, nested = ci.preset_config("custom")
     assert {k: v.value for k, v in plain.items()} == {
         "sdxl-endpoint:spot": "true", "sdxl-endpoint:diskGb": "200", "aws:region": "eu-west-1",
@@ -232,7 +100,7 @@ def test_preset_with_encrypted_values_is_refused(tmp_path, monkeypatch):
     (tmp_path / "Pulumi.locked.yaml").write_text(yaml.safe_dump({"config": {
         "aws:region": "us-east-1", "sdxl-endpoint:hfToken": {"secure": "v1:abc"},
     }}))
-    monkeypatch.setattr(ci, "PRESET_DIR", tmp_path)
+    monkeypatch.setattr(presets, "STACKS_DIR", tmp_path)
     with pytest.raises(ci.CiError, match=r"encrypted values \(sdxl-endpoint:hfToken\)"):
         ci.preset_config("locked")
 
@@ -240,7 +108,7 @@ def test_preset_with_encrypted_values_is_refused(tmp_path, monkeypatch):
 def test_unknown_preset_names_the_presets_and_the_nearest():
     with pytest.raises(ci.CiError) as err:
         ci.check_preset("aws-g55")
-    assert ", ".join(ci.presets()) in str(err.value)
+    assert ", ".join(presets.names()) in str(err.value)
     assert str(err.value).endswith("fix: --preset aws-g5")
 
 
@@ -307,7 +175,7 @@ def test_plan_cli_reads_gh_json_labels_and_writes_github_output(tmp_path, monkey
 
 def test_create_copies_the_preset_into_a_new_pr_stack(backend):
     stack = ci.create("pr-42", "aws-g4dn")
-    preset = yaml.safe_load((ci.PRESET_DIR / "Pulumi.aws-g4dn.yaml").read_text())["config"]
+    preset = yaml.safe_load((presets.STACKS_DIR / "Pulumi.aws-g4dn.yaml").read_text())["config"]
     assert {k: v.value for k, v in stack.config.items()} == preset
     assert not any(v.secret for v in stack.config.values())
     assert backend.calls == [("create_or_select_stack", "pr-42"), ("set_all_config", "pr-42", False)]
@@ -320,7 +188,7 @@ def test_create_again_from_another_preset_drops_the_old_keys(backend, tmp_path, 
                     "aws:region": auto.ConfigValue("us-west-2")}
     (tmp_path / "Pulumi.gcp-t4.yaml").write_text(yaml.safe_dump({"config": {
         "sdxl-endpoint:cloud": "gcp", "gcp:project": "demo", "aws:region": "us-east-1"}}))
-    monkeypatch.setattr(ci, "PRESET_DIR", tmp_path)
+    monkeypatch.setattr(presets, "STACKS_DIR", tmp_path)
     ci.create("pr-42", "gcp-t4")
     assert {k: v.value for k, v in stack.config.items()} == {
         "sdxl-endpoint:cloud": "gcp", "gcp:project": "demo", "aws:region": "us-east-1"}
@@ -353,7 +221,7 @@ def test_public_outputs_never_include_a_secret_even_when_listed():
 
 
 def test_up_on_a_missing_stack_says_to_create_it(backend):
-    with pytest.raises(ci.CiError, match="python -m stacks.ci create --stack pr-5"):
+    with pytest.raises(ci.CiError, match="python -m tools.ci create --stack pr-5"):
         ci.up("pr-5", timedelta(hours=1))
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -27,15 +27,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from moto import mock_aws
 
-from stacks import catalog, doctor
-from stacks.aws import DLAMI_SSM_PARAMETER
-from stacks.doctor import __main__ as cli
-from stacks.doctor import aws as doctor_aws
-from stacks.doctor import gcp as doctor_gcp
-from stacks.doctor import report as doctor_report
-from stacks.doctor import target as doctor_target
-from stacks.gcp import DLVM_IMAGE_FAMILY, DLVM_IMAGE_PROJECT
+from stacks import catalog
+from stacks.catalog import AWS_DLAMI_SSM_PARAMETER as DLAMI_SSM_PARAMETER
+from stacks.catalog import GCP_DLVM_IMAGE_FAMILY as DLVM_IMAGE_FAMILY
+from stacks.catalog import GCP_DLVM_IMAGE_PROJECT as DLVM_IMAGE_PROJECT
 from tests.stacks.conftest import MOTO_EC2, ROOT, ec2_offerings
+from tools import doctor, presets
+from tools.doctor import __main__ as cli
+from tools.doctor import aws as doctor_aws
+from tools.doctor import gcp as doctor_gcp
+from tools.doctor import report as doctor_report
+from tools.doctor import target as doctor_target
 
 FAKE_AMI = "ami-0a1b2c3d4e5f67890"
 MOTO_OFFERINGS = MOTO_EC2 / "instance_type_offerings"
@@ -127,7 +129,7 @@ def stub_ami(api: doctor_aws.AwsApi, region: str) -> Stubber:
     stub = Stubber(api.client("ssm", region))
     stub.add_response("get_parameter", {"Parameter": {
         "Name": DLAMI_SSM_PARAMETER, "Type": "String", "Value": FAKE_AMI, "Version": 87, "DataType": "text",
-        "LastModifiedDate": datetime(2026, 11, 10, tzinfo=timezone.utc),
+        "LastModifiedDate": datetime(2026, 11, 10, tzinfo=UTC),
         "ARN": f"arn:aws:ssm:{region}::parameter{DLAMI_SSM_PARAMETER}"}}, {"Name": DLAMI_SSM_PARAMETER})
     stub.activate()
     return stub
@@ -408,10 +410,10 @@ def test_unreachable_aws_is_a_fail_line_not_a_hang(monkeypatch, tmp_path):
 
 def test_module_entry_point_exit_codes(no_credentials):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "stacks.doctor", "--stack", "aws-g4dn"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "tools.doctor", "--stack", "aws-g4dn"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "FAIL  credentials" in done.stdout and "Traceback" not in done.stderr
-    usage = subprocess.run([sys.executable, "-m", "stacks.doctor"], cwd=ROOT, env=env,
+    usage = subprocess.run([sys.executable, "-m", "tools.doctor"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "give --stack NAME" in usage.stderr
 
@@ -440,7 +442,7 @@ def test_bad_command_lines_exit_2(argv, message, capsys):
 
 
 def test_stack_file_secrets_are_never_read(tmp_path, monkeypatch):
-    monkeypatch.setattr(doctor_target, "STACKS_DIR", tmp_path)
+    monkeypatch.setattr(presets, "STACKS_DIR", tmp_path)
     (tmp_path / "Pulumi.mine.yaml").write_text(
         "config:\n  aws:region: eu-west-1\n  sdxl-endpoint:spot: true\n  sdxl-endpoint:corsOrigins: ['https://a.example']\n"
         "  sdxl-endpoint:apiToken:\n    secure: v1:abcdefgh:ijklmnop\n")
@@ -537,7 +539,7 @@ class FakeCompute:
                     "maximumPersistentDisks": 128, "maximumPersistentDisksSizeGb": "263168",
                     "description": f"{offer.vcpus} vCPUs, {offer.ram_gib:g} GB RAM"}
             if offer.accelerator is None:
-                body["accelerators"] = [{"guestAcceleratorType": doctor_gcp.GPU_TYPES[offer.gpu.key][0],
+                body["accelerators"] = [{"guestAcceleratorType": catalog.GCP_ACCELERATORS[offer.gpu.key].type,
                                          "guestAcceleratorCount": 1}]
             return 200, body
         if parts == ["regions"]:
@@ -687,7 +689,7 @@ def test_gcp_image_family_missing_or_deprecated(compute, monkeypatch):
     compute.image_state = "DEPRECATED"
     image = names(run(gcp("--gpu", "t4", "--zone", "us-central1-a")))["image"]
     assert image.status == doctor.WARN and image.value.endswith("is DEPRECATED")
-    monkeypatch.setattr("stacks.gcp.DLVM_IMAGE_FAMILY", "common-cu999-retired")
+    monkeypatch.setattr(catalog, "GCP_DLVM_IMAGE_FAMILY", "common-cu999-retired")
     image = names(run(gcp("--gpu", "t4", "--zone", "us-central1-a")))["image"]
     assert image.status == doctor.FAIL and "common-cu999-retired not found" in image.value
     assert "gcloud compute images list --project=deeplearning-platform-release" in image.fix
@@ -732,8 +734,8 @@ def test_gcp_unreachable_token_endpoint_is_a_fail_line(compute, tmp_path, monkey
 
 def test_gcp_gpu_names_match_the_catalog():
     for offer in catalog.GCP_OFFERS.values():
-        accelerator, metric = doctor_gcp.GPU_TYPES[offer.gpu.key]
-        assert offer.accelerator in (None, accelerator) and metric.endswith("_GPUS")
+        gpu = catalog.GCP_ACCELERATORS[offer.gpu.key]
+        assert offer.accelerator in (None, gpu.type) and gpu.quota_metric.endswith("_GPUS")
 
 
 def test_text_output_has_one_line_per_check_and_a_fix_under_each_fail():

@@ -1,5 +1,6 @@
-"""`make wake` (stacks/wake.py): boto3 against moto, google-cloud-compute against a loopback stand-in of
-the Compute REST API, a stand-in `pulumi` CLI, and /ready polling on a fake clock."""
+"""`make wake` (tools/wake): boto3 against moto, google-cloud-compute against a loopback stand-in of
+the Compute REST API, the Automation API stand-in the CI tests use (tests/tools/conftest.py), and /ready
+polling on a fake clock."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 from moto import mock_aws
+from pulumi import automation as auto
 
-from stacks import wake
-from stacks.wake import Target, WakeError
 from tests.stacks.conftest import FAKE_AMI
+from tests.tools.conftest import FakeBackend
+from tools import wake
+from tools.wake import Target, WakeError
 
 TOKEN = "wake-token-" + "w" * 37
 
@@ -162,23 +165,11 @@ def test_a_wrong_token_fails_at_once() -> None:
         wake.wait_ready(aws_target("i-1"), 600, client=client, clock=FakeClock(), sleep=lambda _: None)
 
 
-def fake_pulumi(tmp_path: Path, outputs: dict, config: dict, exit_code: int = 0) -> Path:
-    """A `pulumi` on PATH that answers `stack output` and `config` as the real CLI does with --json."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (tmp_path / "outputs.json").write_text(json.dumps(outputs))
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    script = bin_dir / "pulumi"
-    script.write_text(f"""#!/bin/sh
-echo "$@" >> {tmp_path}/calls
-[ {exit_code} -eq 0 ] || {{ echo "error: no stack named 'nope' found" >&2; exit {exit_code}; }}
-case "$1" in
-  stack) cat {tmp_path}/outputs.json ;;
-  config) cat {tmp_path}/config.json ;;
-esac
-""")
-    script.chmod(0o755)
-    return bin_dir
+def deployed(backend: FakeBackend, name: str, outputs: dict, config: dict) -> None:
+    """A stack in the Automation API stand-in, with these outputs (the token secret) and this config."""
+    stack = backend.add(name)
+    stack.last_outputs = {k: auto.OutputValue(v, k == "apiToken") for k, v in outputs.items()}
+    stack.config = {k: auto.ConfigValue(v) for k, v in config.items()}
 
 
 class Ready(BaseHTTPRequestHandler):
@@ -192,15 +183,14 @@ class Ready(BaseHTTPRequestHandler):
         pass
 
 
-def test_make_wake_end_to_end_on_aws(stopped_instance, tmp_path, monkeypatch, capsys) -> None:
+def test_make_wake_end_to_end_on_aws(stopped_instance, backend, capsys) -> None:
     ec2, instance_id = stopped_instance
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Ready)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{httpd.server_address[1]}"
-    outputs = {"endpoint": endpoint, "apiToken": TOKEN, "instanceId": instance_id, "region": "us-east-1",
-               "availabilityZone": "us-east-1a", "gpu": "NVIDIA A10G"}
-    config = {"sdxl-endpoint:cloud": {"value": "aws", "secret": False}}
-    monkeypatch.setenv("PATH", f"{fake_pulumi(tmp_path, outputs, config)}:/usr/bin:/bin")
+    deployed(backend, "aws-g5", {"endpoint": endpoint, "apiToken": TOKEN, "instanceId": instance_id,
+                                 "region": "us-east-1", "availabilityZone": "us-east-1a", "gpu": "NVIDIA A10G"},
+             {"sdxl-endpoint:cloud": "aws"})
     try:
         assert wake.main(["--stack", "aws-g5"]) == 0
     finally:
@@ -209,28 +199,41 @@ def test_make_wake_end_to_end_on_aws(stopped_instance, tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     assert f"Ready in 0 s: {endpoint}" in out
     assert TOKEN not in out
-    calls = (tmp_path / "calls").read_text().splitlines()
-    assert calls == ["stack output --show-secrets --json --stack aws-g5", "config --json --stack aws-g5"]
+    assert "create_or_select_stack" not in {call[0] for call in backend.calls}  # waking never creates a stack
 
 
-def test_reads_a_gcp_target_from_outputs_and_config(tmp_path, monkeypatch) -> None:
-    outputs = {"endpoint": "https://203.0.113.20/", "apiToken": TOKEN, "instanceId": "sdxl-gcp-t4-vm",
-               "region": "us-central1", "availabilityZone": "us-central1-a"}
-    config = {"sdxl-endpoint:cloud": {"value": "gcp", "secret": False}, "gcp:project": {"value": "my-project"}}
-    monkeypatch.setenv("PATH", f"{fake_pulumi(tmp_path, outputs, config)}:/usr/bin:/bin")
+def test_reads_a_gcp_target_from_outputs_and_config(backend) -> None:
+    deployed(backend, "gcp-t4", {"endpoint": "https://203.0.113.20/", "apiToken": TOKEN, "instanceId": "sdxl-gcp-t4-vm",
+                                 "region": "us-central1", "availabilityZone": "us-central1-a"},
+             {"sdxl-endpoint:cloud": "gcp", "gcp:project": "my-project"})
     assert wake.read_target("gcp-t4") == GCP
 
 
-def test_an_undeployed_stack_says_how_to_deploy(tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setenv("PATH", f"{fake_pulumi(tmp_path, {}, {})}:/usr/bin:/bin")
+def test_an_undeployed_stack_says_how_to_deploy(backend, capsys) -> None:
+    backend.add("aws-g4dn")  # created, never deployed: no outputs
     assert wake.main(["--stack", "aws-g4dn"]) == 1
     assert "make up STACK=aws-g4dn" in capsys.readouterr().err
 
 
-def test_a_missing_stack_reports_pulumis_error(tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setenv("PATH", f"{fake_pulumi(tmp_path, {}, {}, exit_code=255)}:/usr/bin:/bin")
+def test_a_missing_stack_says_so(backend, capsys) -> None:
     assert wake.main(["--stack", "nope"]) == 1
-    assert "no stack named 'nope' found" in capsys.readouterr().err
+    assert "no stack named 'nope'" in capsys.readouterr().err
+
+
+def test_a_backend_error_reports_pulumis_words(backend, monkeypatch, capsys) -> None:
+    def locked(name, work_dir=None, opts=None):
+        raise auto.CommandError(auto.CommandResult("", "error: the stack is currently locked by 1 lock(s)", 255))
+
+    monkeypatch.setattr(auto, "select_stack", locked)
+    assert wake.main(["--stack", "aws-g5"]) == 1
+    assert "cannot read stack aws-g5: error: the stack is currently locked" in capsys.readouterr().err
+
+
+def pulumi_cli_version() -> str:
+    """The SDK's own version: the Automation API refuses a CLI older than it needs."""
+    from importlib.metadata import version
+
+    return version("pulumi")
 
 
 def test_make_wake_goes_through_deploy_sh_and_never_creates_a_stack(tmp_path) -> None:
@@ -246,9 +249,14 @@ def test_make_wake_goes_through_deploy_sh_and_never_creates_a_stack(tmp_path) ->
     (tmp_path / ".venv" / ".deploy-installed").touch()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    # Enough of the CLI for the Automation API: its version check, `stack select`, outputs and config.
     (bin_dir / "pulumi").write_text(f"""#!/bin/sh
 echo "$* | backend=$PULUMI_BACKEND_URL" >> {tmp_path}/calls
-case "$1" in stack|config) [ "$2" = select ] || echo '{{}}' ;; esac
+[ "$1" != --non-interactive ] || shift
+case "$1" in
+  version) echo v{pulumi_cli_version()} ;;
+  stack|config) [ "$2" = select ] || echo '{{}}' ;;
+esac
 """)
     (bin_dir / "pulumi").chmod(0o755)
     result = subprocess.run(["bash", "scripts/deploy.sh", "wake", "aws-g5"], cwd=tmp_path, capture_output=True,
@@ -258,9 +266,12 @@ case "$1" in stack|config) [ "$2" = select ] || echo '{{}}' ;; esac
     assert "wake: stack aws-g5 has no instanceId" in result.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
     backend = f"backend=file://{tmp_path}/.pulumi-state"
-    assert calls == [f"stack select aws-g5 | {backend}",
-                     f"stack output --show-secrets --json --stack aws-g5 | {backend}",
-                     f"config --json --stack aws-g5 | {backend}"]
+    assert all(call.endswith(f" | {backend}") for call in calls), calls  # one backend: make up's
+    commands = [call.split(" | ")[0].removeprefix("--non-interactive ") for call in calls]
+    assert commands[0] == "stack select aws-g5"  # deploy.sh: select, never --create
+    assert not [c for c in commands if "--create" in c or c.startswith(("stack init", "up", "destroy"))]
+    assert "stack output --json --show-secrets --stack aws-g5" in commands  # read through the Automation API
+    assert any(c.startswith("config") and "--stack aws-g5" in c for c in commands)
 
 
 def test_everything_wake_imports_is_in_the_deploy_requirements() -> None:
@@ -269,7 +280,7 @@ def test_everything_wake_imports_is_in_the_deploy_requirements() -> None:
     from importlib.metadata import packages_distributions
 
     root = Path(__file__).resolve().parents[2]
-    tree = ast.parse((root / "stacks" / "wake.py").read_text())
+    tree = ast.parse((root / "tools" / "wake" / "__init__.py").read_text())
     modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                for alias in node.names}
     modules |= {node.module.split(".")[0] for node in ast.walk(tree)
@@ -277,6 +288,6 @@ def test_everything_wake_imports_is_in_the_deploy_requirements() -> None:
     pinned = {line.split("==")[0].split("[")[0].lower() for line in (root / "requirements.txt").read_text().splitlines()
               if "==" in line}
     distributions = packages_distributions()
-    for module in sorted(modules - set(sys.stdlib_module_names) - {"stacks"}):
+    for module in sorted(modules - set(sys.stdlib_module_names) - {"stacks", "tools"}):
         names = {d.lower() for d in distributions.get(module, [])}
-        assert names & pinned, f"stacks/wake.py imports {module} ({names}), which requirements.txt does not pin"
+        assert names & pinned, f"tools/wake imports {module} ({names}), which requirements.txt does not pin"

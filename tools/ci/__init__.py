@@ -2,12 +2,12 @@
 
 The workflows in .github/workflows call it as a small CLI:
 
-    python -m stacks.ci plan    --pr 42 --state OPEN --labels "deploy-preview,preset:aws-g5"
-    python -m stacks.ci create  --stack pr-42 --preset aws-g4dn
-    python -m stacks.ci up      --stack pr-42 --ttl 24h
-    python -m stacks.ci destroy --stack pr-42
-    python -m stacks.ci expired            (names of pr-<n> stacks past their TTL)
-    python -m stacks.ci reap               (destroy and remove each of them)
+    python -m tools.ci plan    --pr 42 --state OPEN --labels "deploy-preview,preset:aws-g5"
+    python -m tools.ci create  --stack pr-42 --preset aws-g4dn
+    python -m tools.ci up      --stack pr-42 --ttl 24h
+    python -m tools.ci destroy --stack pr-42
+    python -m tools.ci expired            (names of pr-<n> stacks past their TTL)
+    python -m tools.ci reap               (destroy and remove each of them)
 
 Only stacks named `pr-<n>` can be brought up with a TTL, destroyed or reaped here: the presets
 and production stacks are deployed by deploy.yml and are out of this module's reach.
@@ -31,17 +31,14 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import yaml
 from pulumi import automation as auto
 
 from stacks.config import PROJECT, parse_rfc3339
+from tools import presets, workspace
 
-ROOT = Path(__file__).resolve().parents[1]
-PRESET_DIR = ROOT / "stacks"  # Pulumi.yaml's stackConfigDir
 TTL_KEY = f"{PROJECT}:ttl"
 LABEL = "deploy-preview"
 PRESET_LABEL_PREFIX = "preset:"
@@ -55,15 +52,12 @@ PUBLIC_OUTPUTS = ("endpoint", "gpu", "instanceType", "hourlyCostUsd", "region")
 # Optional: a fixed token for PR endpoints, from a repository secret (the name, not a value).
 API_TOKEN_ENV = "SDXL_API_TOKEN"  # noqa: S105
 
-_EPHEMERAL_RE = re.compile(r"^pr-[1-9][0-9]{0,9}$")
+_EPHEMERAL_RE = presets.EPHEMERAL_NAME
 _CONFIG_KEY_RE = re.compile(r"^[a-z][a-z0-9-]*:[A-Za-z][A-Za-z0-9_]*$")
 _DURATION_RE = re.compile(r"^\s*([1-9][0-9]*)\s*([mhd])\s*$")
 _DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
 Clock = Callable[[], datetime]
-
-
-UTC = timezone.utc  # datetime.UTC needs Python 3.11; the README promises 3.10
 
 
 def _utcnow() -> datetime:
@@ -103,14 +97,8 @@ def check_ephemeral(name: str) -> str:
     )
 
 
-def presets() -> list[str]:
-    """Every preset in stacks/ (a local PR stack's config file there is not a preset)."""
-    names = (p.name[len("Pulumi."):-len(".yaml")] for p in PRESET_DIR.glob("Pulumi.*.yaml"))
-    return sorted(n for n in names if not _EPHEMERAL_RE.match(n))
-
-
 def check_preset(name: str) -> str:
-    known = presets()
+    known = presets.names()
     if name in known:
         return name
     nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.4)
@@ -126,23 +114,19 @@ def preset_config(name: str) -> tuple[dict[str, auto.ConfigValue], dict[str, aut
     Values are rendered the way the CLI stores them (true, 100); lists and maps become path
     keys such as `sdxl-endpoint:corsOrigins[0]`, so the stack keeps the types Pulumi.yaml declares.
     """
-    path = PRESET_DIR / f"Pulumi.{check_preset(name)}.yaml"
-    document = yaml.safe_load(path.read_text()) or {}
+    stack_file = presets.read(check_preset(name))
     plain: dict[str, auto.ConfigValue] = {}
     nested: dict[str, auto.ConfigValue] = {}
-    encrypted = []
-    for key, value in (document.get("config") or {}).items():
-        if isinstance(value, dict) and set(value) == {"secure"}:
-            encrypted.append(key)
-        elif isinstance(value, (dict, list)):
+    for key, value in stack_file.config.items():
+        if isinstance(value, (dict, list)):
             for sub_key, leaf in _flatten(key, value):
                 nested[sub_key] = auto.ConfigValue(value=_scalar(leaf))
         else:
             plain[key] = auto.ConfigValue(value=_scalar(value))
-    if encrypted:
+    if stack_file.encrypted:
         # A preset's ciphertext is bound to that stack's salt and cannot be copied.
         raise CiError(
-            f"preset {name!r} holds encrypted values ({', '.join(encrypted)}) that cannot be copied "
+            f"preset {name!r} holds encrypted values ({', '.join(stack_file.encrypted)}) that cannot be copied "
             "to another stack.\n  fix: keep secrets out of presets; CI generates the API token"
         )
     plain.pop(TTL_KEY, None)  # the expiry is set by `up`, never inherited
@@ -219,18 +203,6 @@ def plan(pr: int | str, state: str, labels: Iterable[str], default_preset: str =
 # --- the stack operations ---------------------------------------------------------------------
 
 
-def _options() -> auto.LocalWorkspaceOptions:
-    # A self-managed backend encrypts secrets with PULUMI_CONFIG_PASSPHRASE.
-    return auto.LocalWorkspaceOptions(secrets_provider="passphrase")
-
-
-def _select(name: str) -> auto.Stack | None:
-    try:
-        return auto.select_stack(name, work_dir=str(ROOT), opts=_options())
-    except auto.StackNotFoundError:
-        return None
-
-
 def parse_overrides(pairs: Iterable[str]) -> dict[str, auto.ConfigValue]:
     """`namespace:key=value` pairs CI adds to the preset (e.g. gcp:project, which presets leave out)."""
     overrides = {}
@@ -254,7 +226,7 @@ def create(name: str, preset: str, overrides: Mapping[str, auto.ConfigValue] | N
     plain.update(overrides or {})
     if api_token:
         plain[f"{PROJECT}:apiToken"] = auto.ConfigValue(value=api_token, secret=True)
-    stack = auto.create_or_select_stack(name, work_dir=str(ROOT), opts=_options())
+    stack = workspace.create_or_select(name)
     # A stack re-created from another preset must not keep the old preset's keys (or list items).
     stale = sorted(set(stack.get_all_config()) - set(plain))
     if stale:
@@ -278,9 +250,9 @@ def public_outputs(outputs: Mapping[str, auto.OutputValue]) -> dict[str, str]:
 def up(name: str, ttl: timedelta, now: Clock = _utcnow) -> dict[str, str]:
     """Set the expiry to now + ttl and run `pulumi up`; returns the public outputs and `expiresAt`."""
     check_ephemeral(name)
-    stack = _select(name)
+    stack = workspace.select(name)
     if stack is None:
-        raise CiError(f"stack {name!r} does not exist.\n  fix: python -m stacks.ci create --stack {name}")
+        raise CiError(f"stack {name!r} does not exist.\n  fix: python -m tools.ci create --stack {name}")
     expires = rfc3339(now() + ttl)
     stack.set_config(TTL_KEY, auto.ConfigValue(value=expires))
     _log(f"stack {name}: pulumi up, expires {expires}")
@@ -291,7 +263,7 @@ def up(name: str, ttl: timedelta, now: Clock = _utcnow) -> dict[str, str]:
 def destroy(name: str) -> bool:
     """`pulumi destroy`, then remove the stack; False when there was no such stack."""
     check_ephemeral(name)
-    stack = _select(name)
+    stack = workspace.select(name)
     if stack is None:
         _log(f"stack {name}: does not exist, nothing to destroy")
         return False
@@ -329,17 +301,16 @@ def recorded_expiry(stack: auto.Stack) -> Expiry | None:
 
 def expired(now: Clock = _utcnow) -> list[Expiry]:
     """Every pr-<n> stack of this project whose expiry has passed, oldest first."""
-    workspace = auto.LocalWorkspace(work_dir=str(ROOT), secrets_provider="passphrase")
     moment = now()
     found = []
-    for summary in workspace.list_stacks():
+    for summary in workspace.local().list_stacks():
         name = summary.name.rsplit("/", 1)[-1]  # DIY backends may list organization/project/name
         if not _EPHEMERAL_RE.match(name):
             continue
         if summary.update_in_progress:
             _log(f"stack {name}: an update is running; left for the next run")
             continue
-        stack = _select(name)
+        stack = workspace.select(name)
         expiry = recorded_expiry(stack) if stack is not None else None
         if expiry is None:
             _log(f"stack {name}: never deployed, nothing bills")
@@ -378,12 +349,11 @@ def write_github_output(values: Mapping[str, str], path: str | None = None) -> N
 
 
 def _tail(err: auto.CommandError, lines: int = 5) -> str:
-    text = [line for line in str(err).splitlines() if line.strip()]
-    return "".join(f"\n  {line.strip()}" for line in text[-lines:])
+    return "".join(f"\n  {line}" for line in workspace.error_lines(err, lines))
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stacks.ci", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.ci", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("plan", help="what review-env should do for a PR: up or destroy, and the preset")
@@ -452,7 +422,3 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
     print(json.dumps(result))
     write_github_output(result)
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

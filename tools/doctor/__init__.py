@@ -1,11 +1,11 @@
 """Preflight doctor: will `pulumi up` get its GPU? Checked in seconds, before anything is created.
 
-    python -m stacks.doctor --stack aws-g5                  # what `make up STACK=aws-g5` will ask for
-    python -m stacks.doctor --cloud aws --gpu l4 --region us-west-2 --spot
-    python -m stacks.doctor --cloud gcp --machine-type g2-standard-4 --zone us-east4-a --project my-proj
-    python -m stacks.doctor --stack aws-g4dn --suggest --json
+    python -m tools.doctor --stack aws-g5                  # what `make up STACK=aws-g5` will ask for
+    python -m tools.doctor --cloud aws --gpu l4 --region us-west-2 --spot
+    python -m tools.doctor --cloud gcp --machine-type g2-standard-4 --zone us-east4-a --project my-proj
+    python -m tools.doctor --stack aws-g4dn --suggest --json
 
-The target is resolved by the stack's own `config.load()`, so the doctor and `pulumi up` agree
+The target is resolved by the stack's own `config.validate()`, so the doctor and `pulumi up` agree
 on the machine, GPU and location. Then every check asks the cloud (boto3 or google-cloud-compute)
 and prints one line: `ok`, `warn` or `FAIL`, the measured value, and for a FAIL the fix to run.
 Exit status: 0 when nothing failed, 1 on any FAIL, 2 for a bad command line.
@@ -16,46 +16,58 @@ line, never a traceback or a hang. The doctor only reads: it changes nothing in 
 The package, in the order a run goes through it:
 
     __main__.py  the command line: parse_args, diagnose (one run), main
-    target.py    the target from a stack file or flags, resolved by stacks/config.py
+    target.py    the target from a stack file (tools/presets.py) or flags, resolved by stacks/config.py
     aws.py       AwsApi (boto3 with timeouts), check(), suggest()
     gcp.py       GcpApi (google-cloud-compute with timeouts), check(), suggest()
-    report.py    as_text, as_json and the JSON_SCHEMA of --json
+    report.py    as_text, as_json and the JSON_SCHEMA of --json, generated from the models here
 
-This file holds what they share: the result types and the timeouts.
+This file holds what they share: the result models, the timeouts, and `Runner`, which skips the
+remaining checks once one has lost the network or the credentials.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from stacks import catalog
+from pydantic import BaseModel, ConfigDict
+
+from stacks import catalog, config
 
 OK, WARN, FAIL = "ok", "warn", "fail"
+Status = Literal["ok", "warn", "fail"]
+CloudName = Literal[config.CLOUDS]  # the same tuple `cloud:` is validated against
+# Stable identifiers of the checks, in the order a run may add them (the --json schema lists them).
+CheckName = Literal["config", "credentials", "offering", "gpu", "quota", "image", "spot-price", "compute-api",
+                    "accelerator", "machine-type", "regional-quota", "global-quota"]
 
 # Seconds. Long enough for a slow link, short enough that a black-holed network fails fast.
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 15
 
 
-@dataclass
-class Check:
-    name: str  # stable identifier, see report.JSON_SCHEMA
-    status: str  # OK | WARN | FAIL
+class _Model(BaseModel):
+    # Unknown fields are refused; in the --json schema every field is listed as present (nullable ones
+    # may be null), which is what the document promises.
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+
+class Check(_Model):
+    name: CheckName
+    status: Status
     value: str  # what was measured
     fix: str | None = None  # for a FAIL (and some warnings): the command or step that fixes it
 
 
-@dataclass
-class Suggestion:
+class Suggestion(_Model):
     location: str  # AWS region or GCP zone
     zones: list[str]  # AWS: the region's AZs that offer the type; GCP: the zone itself
     machine_type: str
     usd_per_hour: float | None
     price_source: str
-    quota: str  # "available" | "insufficient" | "unknown"
+    quota: Literal["available", "insufficient", "unknown"]
     quota_detail: str
 
 
@@ -64,6 +76,23 @@ def sort_suggestions(found: Iterable[Suggestion]) -> list[Suggestion]:
     rank = {"available": 0, "unknown": 1, "insufficient": 2}
     return sorted(found, key=lambda s: (s.usd_per_hour if s.usd_per_hour is not None else math.inf,
                                         rank[s.quota], s.location))
+
+
+class TargetDocument(_Model):
+    """The target as the --json document shows it."""
+
+    cloud: CloudName
+    stack: str | None
+    spot: bool
+    region: str | None
+    zone: str | None
+    project: str | None
+    machine_type: str | None
+    gpu: str | None
+    gpu_count: int | None
+    gpu_memory_gb: int | None
+    vcpus: int | None
+    usd_per_hour: float | None
 
 
 @dataclass
@@ -88,18 +117,15 @@ class Target:
         prefix = f"stack {self.stack}: " if self.stack else ""
         return f"{prefix}{self.cloud.upper()} {what} in {where}, {capacity}"
 
-    def as_json(self) -> dict[str, Any]:
+    def document(self) -> TargetDocument:
         machine = self.machine
-        return {
-            "cloud": self.cloud, "stack": self.stack, "spot": self.spot,
-            "region": self.region, "zone": self.zone, "project": self.project,
-            "machine_type": machine.name if machine else None,
-            "gpu": machine.gpu.model if machine else None,
-            "gpu_count": machine.gpu_count if machine else None,
-            "gpu_memory_gb": machine.gpu.memory_gb if machine else None,
-            "vcpus": machine.vcpus if machine else None,
-            "usd_per_hour": machine.usd_per_hour if machine else None,
-        }
+        return TargetDocument(
+            cloud=self.cloud, stack=self.stack, spot=self.spot, region=self.region, zone=self.zone,
+            project=self.project, machine_type=machine.name if machine else None,
+            gpu=machine.gpu.model if machine else None, gpu_count=machine.gpu_count if machine else None,
+            gpu_memory_gb=machine.gpu.memory_gb if machine else None, vcpus=machine.vcpus if machine else None,
+            usd_per_hour=machine.usd_per_hour if machine else None,
+        )
 
 
 class RemoteError(Exception):
@@ -122,10 +148,39 @@ class Report:
         return all(c.status != FAIL for c in self.checks)
 
     def add(self, name: str, status: str, value: str, fix: str | None = None) -> Check:
-        check = Check(name, status, value, fix)
+        check = Check(name=name, status=status, value=value, fix=fix)
         self.checks.append(check)
         return check
 
     def add_error(self, name: str, err: RemoteError) -> Check:
         """A check that a failed cloud call ended: a FAIL line with the call's own explanation and fix."""
         return self.add(name, FAIL, err.why, err.fix)
+
+
+class Runner:
+    """Runs a cloud's checks one by one. A failed cloud call becomes that check's FAIL line; once one has
+    lost the network or the credentials (`RemoteError.blocking`), the rest are skipped, since each would
+    only time out the same way."""
+
+    def __init__(self, report: Report, not_found: type[BaseException] | tuple[type[BaseException], ...] = ()):
+        self.report = report
+        self.not_found = not_found  # the SDK's "no such thing" error, answered by `missing`
+        self.blocked = False
+
+    def run(self, name: str, check: Callable[[], Any],
+            missing: Callable[[], tuple[str, str]] | None = None) -> bool:
+        """True when the check ran to its end (whatever it reported)."""
+        if self.blocked:
+            return False
+        try:
+            check()
+            return True
+        except RemoteError as err:
+            self.report.add_error(name, err)
+            self.blocked = err.blocking
+        except Exception as err:
+            if missing is None or not self.not_found or not isinstance(err, self.not_found):
+                raise
+            why, fix = missing()
+            self.report.add(name, FAIL, why, fix)
+        return False

@@ -1,4 +1,4 @@
-"""`python -m stacks.doctor`: the command line. `diagnose` is one whole run, without printing."""
+"""`python -m tools.doctor`: the command line. `diagnose` is one whole run, without printing."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import sys
 import yaml
 
 from stacks import catalog, config
-from stacks.doctor import FAIL, WARN, Check, Report, Target
-from stacks.doctor import aws as aws_cloud
-from stacks.doctor import gcp as gcp_cloud
-from stacks.doctor.report import SKIP_HINT, as_json, as_text
-from stacks.doctor.target import cloud_of, flag_values, resolve_target, stack_values
+from tools.doctor import FAIL, WARN, Check, Report, Target
+from tools.doctor import aws as aws_cloud
+from tools.doctor import gcp as gcp_cloud
+from tools.doctor.report import SKIP_HINT, as_json, as_text
+from tools.doctor.target import cloud_of, flag_values, resolve_target, stack_values
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m stacks.doctor",
+        prog="python -m tools.doctor",
         description="Preflight for `pulumi up`: credentials, GPU quota, zone offerings and images.",
         epilog="Exit status: 0 ready, 1 a check failed, 2 bad arguments. " + SKIP_HINT + " in scripts/deploy.sh.")
     parser.add_argument("--stack", help="check a stack's config (stacks/Pulumi.<STACK>.yaml)")
@@ -63,7 +63,7 @@ def diagnose(args: argparse.Namespace, aws: aws_cloud.AwsApi | None = None,
                        "fix the file's YAML (pulumi config set rewrites it cleanly)")
             return report
         if missing:
-            notes.append(Check("config", WARN, missing))
+            notes.append(Check(name="config", status=WARN, value=missing))
         if args.spot:
             values[f"{config.PROJECT}:spot"] = "true"
     else:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from stacks import catalog, config
-from stacks.doctor import (
+from tools.doctor import (
     CONNECT_TIMEOUT_S,
     FAIL,
     OK,
@@ -22,6 +22,7 @@ from stacks.doctor import (
     WARN,
     RemoteError,
     Report,
+    Runner,
     Suggestion,
     Target,
     sort_suggestions,
@@ -31,34 +32,10 @@ from stacks.doctor import (
 MAX_SUGGEST_REGIONS = 20
 SUGGEST_WORKERS = 8
 
-# Quota classes that GPU instance families count against, in vCPUs per region.
-# family prefix -> {capacity: (quota code, quota name)}
-GPU_QUOTAS = {
-    "G": {"on-demand": ("L-DB2E81BA", "Running On-Demand G and VT instances"),
-          "spot": ("L-3819A6DF", "All G and VT Spot Instance Requests")},
-    "P": {"on-demand": ("L-417A185B", "Running On-Demand P instances"),
-          "spot": ("L-7212CCBC", "All P Spot Instance Requests")},
-}
-
 # Regions with the deepest GPU capacity, asked first when the account has more than the bound.
 GPU_REGIONS = ("us-east-1", "us-east-2", "us-west-2", "us-west-1", "ca-central-1", "eu-west-1", "eu-west-2",
                "eu-central-1", "eu-north-1", "eu-west-3", "ap-northeast-1", "ap-northeast-2",
                "ap-southeast-1", "ap-southeast-2", "ap-south-1", "sa-east-1")
-
-
-def quota_class_of(instance_type: str) -> str | None:
-    """The GPU_QUOTAS class the type counts against, or None for a family outside them."""
-    family = catalog.aws_family(instance_type)
-    if family.startswith("p"):
-        return "P"
-    if family.startswith(("g", "vt")):
-        return "G"
-    return None
-
-
-def _quota(quota_class: str, spot: bool) -> tuple[str, str]:
-    """(quota code, quota name) for the class and the capacity."""
-    return GPU_QUOTAS[quota_class]["spot" if spot else "on-demand"]
 
 
 def quota_fix(code: str, desired: int, region: str) -> str:
@@ -93,12 +70,16 @@ class AwsApi:
     def known_regions(self) -> list[str]:
         return self._session.get_available_regions("ec2")
 
-    def call(self, service: str, region: str, operation: str, **params) -> dict:
+    def call(self, service: str, region: str, operation: str, **params) -> Any:
         """One API call; any failure becomes a RemoteError that says what to do about it."""
+        return self.call_with(lambda: getattr(self.client(service, region), operation)(**params), service, region)
+
+    def call_with(self, request, service: str, region: str) -> Any:
+        """Run `request` (an SDK call, or the next page of one); any failure becomes a RemoteError."""
         from botocore import exceptions as bx
 
         try:
-            return getattr(self.client(service, region), operation)(**params)
+            return request()
         except (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError,
                 bx.ProfileNotFound, bx.TokenRetrievalError, bx.SSOError) as err:
             raise RemoteError(f"no usable AWS credentials ({err})",
@@ -125,14 +106,15 @@ class AwsApi:
             raise RemoteError(f"{type(err).__name__}: {err}") from err
 
     def pages(self, service: str, region: str, operation: str, max_pages: int, **params) -> Iterator[dict]:
-        """The pages of a NextToken-paged call, at most `max_pages` of them: never loop without end."""
-        token = None
-        for _ in range(max_pages):
-            page = self.call(service, region, operation, **params, **({"NextToken": token} if token else {}))
-            yield page
-            token = page.get("NextToken")
-            if not token:
+        """The pages of a paged call through boto3's own paginator, at most `max_pages` of them; a failure on
+        any page becomes a RemoteError as in `call`."""
+        pages = iter(self.call(service, region, "get_paginator", operation_name=operation)
+                     .paginate(**params, PaginationConfig={"MaxPages": max_pages}))
+        while True:
+            page = self.call_with(lambda: next(pages, None), service, region)
+            if page is None:
                 return
+            yield page
 
     # -- look-ups shared by the checks and --suggest
 
@@ -144,7 +126,7 @@ class AwsApi:
     def describe_type(self, instance_type: str, region: str) -> catalog.InstanceFacts:
         """EC2's own description of a type the region offers."""
         (record,) = self.call("ec2", region, "describe_instance_types", InstanceTypes=[instance_type])["InstanceTypes"]
-        return facts_from_record(record)
+        return catalog.instance_facts(record)
 
     def instance_facts(self, instance_type: str, region: str) -> catalog.InstanceFacts | None:
         """EC2's own description of the type, or None when the region does not sell it."""
@@ -174,7 +156,7 @@ class AwsApi:
         """The current Linux spot price per AZ."""
         history = self.call("ec2", region, "describe_spot_price_history", InstanceTypes=[instance_type],
                             ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
-                            StartTime=datetime.now(timezone.utc), MaxResults=100)["SpotPriceHistory"]
+                            StartTime=datetime.now(UTC), MaxResults=100)["SpotPriceHistory"]
         latest: dict[str, tuple[datetime, float]] = {}
         for entry in history:
             zone, when = entry["AvailabilityZone"], entry["Timestamp"]
@@ -209,7 +191,7 @@ class AwsApi:
             for reservation in page["Reservations"]:
                 for instance in reservation["Instances"]:
                     is_spot = instance.get("InstanceLifecycle") == "spot"
-                    if quota_class_of(instance["InstanceType"]) != quota_class or is_spot != spot:
+                    if catalog.aws_quota_class(instance["InstanceType"]) != quota_class or is_spot != spot:
                         continue
                     cpu = instance.get("CpuOptions")
                     if cpu:
@@ -222,23 +204,6 @@ class AwsApi:
             default = {r["InstanceType"]: r["VCpuInfo"]["DefaultVCpus"] for r in records}
             used += sum(default.get(t, 0) for t in unsized)
         return used
-
-
-def facts_from_record(record: dict) -> catalog.InstanceFacts:
-    """A DescribeInstanceTypes record reduced to what catalog.why_unfit judges."""
-    gpus = record.get("GpuInfo", {}).get("Gpus", [])
-    inference = record.get("InferenceAcceleratorInfo", {}).get("Accelerators", [])
-    neuron = record.get("NeuronInfo", {}).get("NeuronDevices", [])
-    return catalog.InstanceFacts(
-        name=record["InstanceType"],
-        vcpus=record["VCpuInfo"]["DefaultVCpus"],
-        ram_gib=record["MemoryInfo"]["SizeInMiB"] / 1024,
-        architectures=tuple(record["ProcessorInfo"]["SupportedArchitectures"]),
-        gpus=tuple(catalog.GpuFacts(g["Manufacturer"], g["Name"], g["Count"], g["MemoryInfo"]["SizeInMiB"])
-                   for g in gpus),
-        other_accelerators=tuple(dict.fromkeys([f"{a['Manufacturer']} {a['Name']}" for a in inference]
-                                               + [f"AWS {d['Name']}" for d in neuron])),
-    )
 
 
 def _partition(region: str) -> str:
@@ -273,8 +238,6 @@ def regions_offering(api: AwsApi, instance_type: str, home: str) -> dict[str, li
 def check(target: Target, api: AwsApi, report: Report, with_suggest: bool) -> None:
     """The checks in order: credentials, offering, gpu, quota, image, spot-price (with spot).
     Then, with --suggest, the regions that offer the type."""
-    from stacks.aws import DLAMI_SSM_PARAMETER
-
     region, machine = target.region or config.DEFAULT_AWS_REGION, target.machine
     try:
         who = api.call("sts", region, "get_caller_identity")
@@ -285,22 +248,7 @@ def check(target: Target, api: AwsApi, report: Report, with_suggest: bool) -> No
     if machine is None:
         return
     name = machine.name
-
-    blocked = False
-
-    def attempt(check: str, run: Callable[[], None]) -> bool:
-        """Run one check; once the network or credentials are gone, skip the rest (each would time out)."""
-        nonlocal blocked
-        if blocked:
-            return False
-        try:
-            run()
-            return True
-        except RemoteError as err:
-            report.add_error(check, err)
-            blocked = err.blocking
-            return False
-
+    runner = Runner(report)
     offered: list[str] = []
 
     def offering() -> None:
@@ -312,9 +260,9 @@ def check(target: Target, api: AwsApi, report: Report, with_suggest: bool) -> No
         report.add("offering", FAIL, f"{region} does not offer {name}",
                    f"pulumi config set aws:region {next(iter(elsewhere))} "
                    f"(regions that offer {name}: {', '.join(elsewhere)})" if elsewhere
-                   else f"pick another type: python -m stacks.doctor --cloud aws --gpu {machine.gpu.key} --suggest")
+                   else f"pick another type: python -m tools.doctor --cloud aws --gpu {machine.gpu.key} --suggest")
 
-    if not attempt("offering", offering):
+    if not runner.run("offering", offering):
         return
     vcpus = machine.vcpus
 
@@ -324,40 +272,41 @@ def check(target: Target, api: AwsApi, report: Report, with_suggest: bool) -> No
         vcpus = facts.vcpus
         reason = catalog.why_unfit(facts)
         if reason:
-            better = catalog.nearest_offers(catalog.AWS_OFFERS, facts.vcpus)[0].name
-            report.add("gpu", FAIL, f"{name}: {reason}", f"pulumi config set instanceType {better}")
+            refusal = catalog.refusal("aws", name, reason, facts.vcpus).refusal
+            report.add("gpu", FAIL, f"{name}: {reason}", refusal.fix)
             return
         best = max(facts.gpus, key=lambda g: g.memory_mib)
         report.add("gpu", OK, f"{best.count}x {best.manufacturer} {best.model}, {best.memory_mib} MiB each "
                               f"(SDXL needs {catalog.SDXL_MIN_GPU_MEMORY_GB} GB); {facts.vcpus} vCPUs")
 
     if offered:
-        attempt("gpu", gpu)
-    attempt("quota", lambda: _check_quota(api, report, name, vcpus, region, target.spot))
+        runner.run("gpu", gpu)
+    runner.run("quota", lambda: _check_quota(api, report, name, vcpus, region, target.spot))
 
     def image() -> None:
+        parameter = catalog.AWS_DLAMI_SSM_PARAMETER
         try:
-            found = api.call("ssm", region, "get_parameter", Name=DLAMI_SSM_PARAMETER)["Parameter"]
+            found = api.call("ssm", region, "get_parameter", Name=parameter)["Parameter"]
         except RemoteError as err:
             if "ParameterNotFound" in err.why:
-                raise RemoteError(f"the GPU AMI is not published in {region} ({DLAMI_SSM_PARAMETER})",
+                raise RemoteError(f"the GPU AMI is not published in {region} ({parameter})",
                                   "pick a region where it is, e.g. pulumi config set aws:region us-east-1") from err
             raise
         report.add("image", OK, f"{found['Value']} (Deep Learning Base OSS NVIDIA driver AMI, Ubuntu 24.04)")
 
-    attempt("image", image)
+    runner.run("image", image)
     if target.spot and offered:
-        attempt("spot-price", lambda: _check_spot_price(api, report, name, region, offered, machine))
-    if with_suggest and not blocked:
+        runner.run("spot-price", lambda: _check_spot_price(api, report, name, region, offered, machine))
+    if with_suggest and not runner.blocked:
         report.suggestions = suggest(target, api, vcpus)
 
 
 def _check_quota(api: AwsApi, report: Report, name: str, vcpus: int, region: str, spot: bool) -> None:
-    quota_class = quota_class_of(name)
-    if quota_class is None:
+    quota_class, quota = catalog.aws_quota_class(name), catalog.aws_quota(name, spot)
+    if quota_class is None or quota is None:
         report.add("quota", WARN, f"{name} counts against no GPU quota the doctor knows; not checked")
         return
-    code, title = _quota(quota_class, spot)
+    code, title = quota.code, quota.name
     limit, source = api.quota(code, region)
     try:
         used, used_note = api.vcpus_in_use(quota_class, spot, region), ""
@@ -386,7 +335,7 @@ def _check_spot_price(api: AwsApi, report: Report, name: str, region: str, offer
     prices = {z: p for z, p in api.spot_prices(name, region).items() if z in offered}
     if not prices:
         report.add("spot-price", WARN, f"no current spot price for {name} in {region}: spot capacity may be "
-                                       "unavailable there", "python -m stacks.doctor --stack ... --suggest")
+                                       "unavailable there", "python -m tools.doctor --stack ... --suggest")
         return
     on_demand = f"; on demand ~${machine.usd_per_hour:.3f}/h" if machine.usd_per_hour else ""
     listing = ", ".join(f"{z} ${p:.4f}/h" for z, p in prices.items())
@@ -408,7 +357,7 @@ def suggest(target: Target, api: AwsApi, vcpus: int | None = None) -> list[Sugge
         regions = regions_offering(api, machine.name, home)
     except RemoteError:
         return []
-    quota_class = quota_class_of(machine.name)
+    quota = catalog.aws_quota(machine.name, spot)
     on_demand: dict[str, float] = {}
     source = "AWS Price List API, Linux on demand"
     if not spot:
@@ -430,9 +379,9 @@ def suggest(target: Target, api: AwsApi, vcpus: int | None = None) -> list[Sugge
             price_source = "no price for this region in the AWS Price List answer"
         elif price is None:  # no Price List at all: the catalog's one price, the same everywhere
             price = machine.usd_per_hour
-        quota, detail = "unknown", "no GPU quota class"
-        if quota_class:
-            code, _ = _quota(quota_class, spot)
+        state, detail = "unknown", "no GPU quota class"
+        if quota is not None:
+            code = quota.code
             try:
                 limit, how = api.quota(code, region)
             except RemoteError as err:
@@ -440,10 +389,11 @@ def suggest(target: Target, api: AwsApi, vcpus: int | None = None) -> list[Sugge
             if limit is None:
                 detail = f"{code}: {how}"
             else:
-                quota = "available" if limit >= vcpus and how == "applied" else (
+                state = "available" if limit >= vcpus and how == "applied" else (
                     "insufficient" if limit < vcpus else "unknown")
                 detail = f"{code}: {limit:g} vCPUs{'' if how == 'applied' else ' (AWS default)'}"
-        return Suggestion(region, zones, machine.name, price, price_source, quota, detail)
+        return Suggestion(location=region, zones=zones, machine_type=machine.name, usd_per_hour=price,
+                          price_source=price_source, quota=state, quota_detail=detail)
 
     with ThreadPoolExecutor(SUGGEST_WORKERS) as pool:
         found = list(pool.map(one, regions))

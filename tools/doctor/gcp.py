@@ -7,21 +7,22 @@ timeout, turning failures into a RemoteError that says what to do. The same thre
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from stacks import catalog
-from stacks.doctor import FAIL, OK, READ_TIMEOUT_S, WARN, RemoteError, Report, Suggestion, Target, sort_suggestions
+from tools.doctor import (
+    FAIL,
+    OK,
+    READ_TIMEOUT_S,
+    WARN,
+    RemoteError,
+    Report,
+    Runner,
+    Suggestion,
+    Target,
+    sort_suggestions,
+)
 
-# GPU -> (the accelerator type Compute Engine names it by, its regional quota metric).
-# Spot VMs count against PREEMPTIBLE_<metric> where the project has that quota, else <metric>.
-GPU_TYPES = {
-    "t4": ("nvidia-tesla-t4", "NVIDIA_T4_GPUS"),
-    "l4": ("nvidia-l4", "NVIDIA_L4_GPUS"),
-    "a100": ("nvidia-tesla-a100", "NVIDIA_A100_GPUS"),
-    "a100-80gb": ("nvidia-a100-80gb", "NVIDIA_A100_80GB_GPUS"),
-    "h100": ("nvidia-h100-80gb", "NVIDIA_H100_GPUS"),
-}
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 # Tests point the real clients at a local fake of the Compute REST API; None is Google's endpoint.
 API_ENDPOINT: str | None = None
@@ -171,8 +172,6 @@ def check(target: Target, api: GcpApi, report: Report, with_suggest: bool) -> No
     global-quota, image. Then, with --suggest, the zones that offer the GPU."""
     from google.api_core import exceptions as gax
 
-    from stacks.gcp import DLVM_IMAGE_FAMILY, DLVM_IMAGE_PROJECT
-
     try:
         identity = api.identity()
         adc = api.adc_project()
@@ -196,7 +195,8 @@ def check(target: Target, api: GcpApi, report: Report, with_suggest: bool) -> No
         report.add_error("compute-api", err)
         return  # the remaining checks are calls to the same API
 
-    accelerator, metric = GPU_TYPES[machine.gpu.key]
+    gpu = catalog.GCP_ACCELERATORS[machine.gpu.key]
+    accelerator, metric = gpu.type, gpu.quota_metric
     other_zones: list[str] | None = None
 
     def zones_fix(what: str) -> str:
@@ -212,20 +212,14 @@ def check(target: Target, api: GcpApi, report: Report, with_suggest: bool) -> No
         return (f"pulumi config set gcp:zone {near[0]} (and gcp:region {near[0].rsplit('-', 1)[0]}); "
                 f"zones with {what}: {', '.join(near[:8])}")
 
-    def guarded(check: str, run: Callable[[], None], missing: Callable[[], tuple[str, str]]) -> None:
-        try:
-            run()
-        except gax.NotFound:
-            why, fix = missing()
-            report.add(check, FAIL, why, fix)
-        except RemoteError as err:
-            report.add_error(check, err)
+    # Compute Engine answers NotFound for a zone, machine type, region or image that does not exist.
+    runner = Runner(report, not_found=gax.NotFound)
 
     def accelerator_check() -> None:
         found = api.call("AcceleratorTypesClient", "get", project=project, zone=zone, accelerator_type=accelerator)
         report.add("accelerator", OK, f"{zone} offers {found.name} (up to {found.maximum_cards_per_instance} per VM)")
 
-    guarded("accelerator", accelerator_check,
+    runner.run("accelerator", accelerator_check,
             lambda: (f"{zone} does not offer {accelerator}", zones_fix(accelerator)))
 
     def machine_check() -> None:
@@ -235,7 +229,7 @@ def check(target: Target, api: GcpApi, report: Report, with_suggest: bool) -> No
         report.add("machine-type", OK, f"{found.name}: {found.guest_cpus} vCPUs, "
                                        f"{found.memory_mb / 1024:g} GB RAM{extra}")
 
-    guarded("machine-type", machine_check,
+    runner.run("machine-type", machine_check,
             lambda: (f"{zone} has no machine type {machine.name}", zones_fix(accelerator)))
 
     needed = machine.gpu_count
@@ -255,33 +249,35 @@ def check(target: Target, api: GcpApi, report: Report, with_suggest: bool) -> No
         else:
             report.add("regional-quota", OK, measured)
 
-    guarded("regional-quota", regional_quota, lambda: (f"region {region} not found", zones_fix(accelerator)))
+    runner.run("regional-quota", regional_quota, lambda: (f"region {region} not found", zones_fix(accelerator)))
 
-    quota = _find_quota(project_info.quotas, "GPUS_ALL_REGIONS")
+    global_metric = catalog.GCP_GLOBAL_GPU_QUOTA
+    quota = _find_quota(project_info.quotas, global_metric)
     if quota is None:
-        report.add("global-quota", WARN, "the project lists no GPUS_ALL_REGIONS quota; not checked")
+        report.add("global-quota", WARN, f"the project lists no {global_metric} quota; not checked")
     else:
-        measured = f"GPUS_ALL_REGIONS: limit {quota.limit:g}, in use {quota.usage:g}, {needed} needed"
+        measured = f"{global_metric}: limit {quota.limit:g}, in use {quota.usage:g}, {needed} needed"
         if quota.limit - quota.usage < needed:
             report.add("global-quota", FAIL, measured,
-                       quota_fix(project, "GPUS_ALL_REGIONS", int(quota.usage) + needed, None))
+                       quota_fix(project, global_metric, int(quota.usage) + needed, None))
         else:
             report.add("global-quota", OK, measured)
 
     def image_check() -> None:
-        image = api.call("ImagesClient", "get_from_family", project=DLVM_IMAGE_PROJECT, family=DLVM_IMAGE_FAMILY)
+        image = api.call("ImagesClient", "get_from_family", project=catalog.GCP_DLVM_IMAGE_PROJECT,
+                         family=catalog.GCP_DLVM_IMAGE_FAMILY)
         state = image.deprecated.state if image.deprecated else ""
-        value = f"{image.name} (family {DLVM_IMAGE_FAMILY}, created {image.creation_timestamp[:10]})"
+        value = f"{image.name} (family {catalog.GCP_DLVM_IMAGE_FAMILY}, created {image.creation_timestamp[:10]})"
         if state in ("DEPRECATED", "OBSOLETE", "DELETED"):
             report.add("image", WARN, f"{value} is {state}",
-                       "update DLVM_IMAGE_FAMILY in stacks/gcp.py to a current family")
+                       "update GCP_DLVM_IMAGE_FAMILY in stacks/catalog.py to a current family")
         else:
             report.add("image", OK, value)
 
-    guarded("image", image_check, lambda: (
-        f"image family {DLVM_IMAGE_FAMILY} not found in {DLVM_IMAGE_PROJECT}",
-        "update DLVM_IMAGE_FAMILY in stacks/gcp.py; current families: gcloud compute images list "
-        f"--project={DLVM_IMAGE_PROJECT} --no-standard-images --filter='family~^common-cu'"))
+    runner.run("image", image_check, lambda: (
+        f"image family {catalog.GCP_DLVM_IMAGE_FAMILY} not found in {catalog.GCP_DLVM_IMAGE_PROJECT}",
+        "update GCP_DLVM_IMAGE_FAMILY in stacks/catalog.py; current families: gcloud compute images list "
+        f"--project={catalog.GCP_DLVM_IMAGE_PROJECT} --no-standard-images --filter='family~^common-cu'"))
 
     if with_suggest:
         report.suggestions = suggest(target, api)
@@ -295,7 +291,8 @@ def suggest(target: Target, api: GcpApi) -> list[Suggestion]:
     from google.api_core import exceptions as gax
 
     machine, project = target.machine, target.project
-    accelerator, metric = GPU_TYPES[machine.gpu.key]
+    gpu = catalog.GCP_ACCELERATORS[machine.gpu.key]
+    accelerator, metric = gpu.type, gpu.quota_metric
     try:
         zones = api.zones_with(project, accelerator)
         regions = {r.name: r.quotas for r in api.call("RegionsClient", "list", project=project)}
@@ -311,5 +308,7 @@ def suggest(target: Target, api: GcpApi) -> list[Suggestion]:
             free = quota.limit - quota.usage
             state = "available" if free >= machine.gpu_count else "insufficient"
             detail = f"{used_metric}: {free:g} free of {quota.limit:g}"
-        found.append(Suggestion(zone, [zone], machine.name, machine.usd_per_hour, price_source, state, detail))
+        found.append(Suggestion(location=zone, zones=[zone], machine_type=machine.name,
+                                usd_per_hour=machine.usd_per_hour, price_source=price_source, quota=state,
+                                quota_detail=detail))
     return sort_suggestions(found)

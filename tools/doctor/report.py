@@ -1,92 +1,40 @@
 """What a run prints: one line per check (`as_text`), or one JSON document for CI (`as_json`).
 
-JSON_SCHEMA describes the --json document. It is stable: fields are only ever added, never
-renamed or removed.
+JSON_SCHEMA describes the --json document; it is generated from the models (ReportDocument and the
+models in tools/doctor/__init__.py). It is stable: fields are only ever added, never renamed or removed.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
-from stacks.doctor import FAIL, OK, WARN, Report
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.doctor import FAIL, WARN, Check, Report, Suggestion, TargetDocument
 
 SKIP_HINT = "SKIP_DOCTOR=1 skips this preflight"
 
-JSON_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "sdxl-endpoint preflight doctor report",
-    "type": "object",
-    "required": ["schema_version", "ok", "target", "checks", "suggestions"],
-    "properties": {
-        "schema_version": {"const": 1},
-        "ok": {"type": "boolean", "description": "false when any check failed; the exit status is then 1"},
-        "target": {
-            "type": "object",
-            "required": ["cloud", "stack", "spot", "region", "zone", "project", "machine_type", "gpu",
-                         "gpu_count", "gpu_memory_gb", "vcpus", "usd_per_hour"],
-            "properties": {
-                "cloud": {"enum": ["aws", "gcp"]},
-                "stack": {"type": ["string", "null"]},
-                "spot": {"type": "boolean"},
-                "region": {"type": ["string", "null"]},
-                "zone": {"type": ["string", "null"]},
-                "project": {"type": ["string", "null"]},
-                "machine_type": {"type": ["string", "null"]},
-                "gpu": {"type": ["string", "null"]},
-                "gpu_count": {"type": ["integer", "null"]},
-                "gpu_memory_gb": {"type": ["integer", "null"]},
-                "vcpus": {"type": ["integer", "null"]},
-                "usd_per_hour": {"type": ["number", "null"]},
-            },
-        },
-        "checks": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name", "status", "value", "fix"],
-                "additionalProperties": False,
-                "properties": {
-                    "name": {"enum": ["config", "credentials", "offering", "gpu", "quota", "image", "spot-price",
-                                      "compute-api", "accelerator", "machine-type", "regional-quota",
-                                      "global-quota"]},
-                    "status": {"enum": [OK, WARN, FAIL]},
-                    "value": {"type": "string"},
-                    "fix": {"type": ["string", "null"]},
-                },
-            },
-        },
-        "suggestions": {
-            "type": "array",
-            "description": "with --suggest: where the machine is offered, cheapest first",
-            "items": {
-                "type": "object",
-                "required": ["location", "zones", "machine_type", "usd_per_hour", "price_source", "quota",
-                             "quota_detail"],
-                "additionalProperties": False,
-                "properties": {
-                    "location": {"type": "string"},
-                    "zones": {"type": "array", "items": {"type": "string"}},
-                    "machine_type": {"type": "string"},
-                    "usd_per_hour": {"type": ["number", "null"]},
-                    "price_source": {"type": "string"},
-                    "quota": {"enum": ["available", "insufficient", "unknown"]},
-                    "quota_detail": {"type": "string"},
-                },
-            },
-        },
-    },
-}
+class ReportDocument(BaseModel):
+    """The --json document."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True,
+                              title="sdxl-endpoint preflight doctor report")
+
+    schema_version: Literal[1] = 1
+    ok: bool = Field(description="false when any check failed; the exit status is then 1")
+    target: TargetDocument
+    checks: list[Check]
+    suggestions: list[Suggestion] = Field(description="with --suggest: where the machine is offered, cheapest first")
+
+
+JSON_SCHEMA: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                               **ReportDocument.model_json_schema(mode="serialization")}
 
 
 def as_json(report: Report) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "ok": report.ok,
-        "target": report.target.as_json(),
-        "checks": [asdict(c) for c in report.checks],
-        "suggestions": [asdict(s) for s in report.suggestions],
-    }
+    document = ReportDocument(ok=report.ok, target=report.target.document(), checks=report.checks,
+                              suggestions=report.suggestions)
+    return document.model_dump(mode="json")
 
 
 def as_text(report: Report) -> str:

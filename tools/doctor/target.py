@@ -1,4 +1,4 @@
-"""The target: a stack file's config or the flags, resolved by the stack's own `config.load()`.
+"""The target: a stack file's config or the flags, resolved by the stack's own `config.validate()`.
 
 So the doctor checks exactly the machine, GPU and location that `pulumi up` would ask for.
 """
@@ -6,17 +6,12 @@ So the doctor checks exactly the machine, GPU and location that `pulumi up` woul
 from __future__ import annotations
 
 import argparse
-import contextvars
 import json
 from collections.abc import Callable
-from pathlib import Path
-
-import yaml
 
 from stacks import catalog, config
-from stacks.doctor import FAIL, OK, Check, RemoteError, Target
-
-STACKS_DIR = Path(__file__).resolve().parent.parent
+from tools import presets
+from tools.doctor import FAIL, OK, Check, RemoteError, Target
 
 
 def stack_values(stack: str) -> tuple[dict[str, str], str | None]:
@@ -24,16 +19,10 @@ def stack_values(stack: str) -> tuple[dict[str, str], str | None]:
 
     Secrets stay encrypted in the file and are left out: the doctor never needs them.
     """
-    path = STACKS_DIR / f"Pulumi.{stack}.yaml"
+    path = presets.path(stack)
     if not path.is_file():
-        return {}, f"no {path.relative_to(STACKS_DIR.parent)}: checking the defaults `pulumi up` would use"
-    document = yaml.safe_load(path.read_text()) or {}
-    values = {}
-    for key, value in (document.get("config") or {}).items():
-        if isinstance(value, dict) and "secure" in value:
-            continue
-        values[key] = value if isinstance(value, str) else json.dumps(value)
-    return values, None
+        return {}, f"no {path.relative_to(path.parent.parent)}: checking the defaults `pulumi up` would use"
+    return presets.engine_values(presets.read(stack)), None
 
 
 def cloud_of(args: argparse.Namespace) -> str:
@@ -74,30 +63,21 @@ def _first_gcp_zone(region: str, gpu: str | None, machine_type: str | None) -> s
 
 
 def resolve_target(values: dict[str, str], stack: str | None,
-                   lookup_aws_type: Callable[[str, str], catalog.InstanceFacts | None] | None,
-                   report_target: Target) -> Check:
-    """Run the stack's `config.load()` on these values; fill in the target, or explain why not."""
-    from pulumi.runtime import config as runtime_config
-    from pulumi.runtime import settings as runtime_settings
-
-    def load() -> config.Settings:
-        # The engine would set these before running __main__.py. A copied context keeps them
-        # from leaking into anything else running in this process.
-        runtime_settings.configure(runtime_settings.Settings(project=config.PROJECT, stack=stack or "doctor"))
-        runtime_config.set_all_config(values, secret_keys=[])
-        return config.load(lookup_aws_type=lookup_aws_type)
-
+                   describe_machine: config.MachineLookup | None, report_target: Target) -> Check:
+    """Validate these values as `pulumi up` would; fill in the target, or explain why not."""
     try:
-        settings = contextvars.copy_context().run(load)
+        # Encrypted values are left out of `values`, so a token found here sits in plain text: reported.
+        settings = config.validate(values, stack=stack or "doctor", describe_machine=describe_machine)
     except config.ConfigError as err:
         # Explicit flags are no stack file: keep the problems, not the header naming one.
         body = str(err) if stack else "the flags name an invalid target:\n" + str(err).split("\n", 1)[-1]
-        return Check("config", FAIL, body, "apply the fix under each problem above, then run the doctor again")
+        return Check(name="config", status=FAIL, value=body,
+                     fix="apply the fix under each problem above, then run the doctor again")
     except RemoteError as err:
-        return Check("config", FAIL, f"could not describe the instance type: {err.why}", err.fix)
+        return Check(name="config", status=FAIL, value=f"could not describe the instance type: {err.why}", fix=err.fix)
     report_target.machine = settings.machine
     report_target.spot = settings.spot
     report_target.region = settings.region
     report_target.zone = settings.zone
     report_target.project = settings.gcp_project
-    return Check("config", OK, settings.machine.describe())
+    return Check(name="config", status=OK, value=settings.machine.describe())

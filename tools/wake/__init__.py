@@ -1,24 +1,26 @@
 """Start a stopped endpoint (idle auto-stop, or by hand) and wait until it answers `/ready`.
 
-    make wake STACK=aws-g5        (scripts/deploy.sh wake aws-g5 -> python -m stacks.wake --stack aws-g5)
+    make wake STACK=aws-g5        (scripts/deploy.sh wake aws-g5 -> python -m tools.wake --stack aws-g5)
 
-It reads the stack's outputs (instance, zone, endpoint, token) and config (cloud, GCP project) with the
-Pulumi CLI, asks the cloud to start the instance (boto3 `start_instances`, google-cloud-compute
-`instances.start`; a running instance is left as it is), then polls `<endpoint>/ready` with the token.
+It reads the stack's outputs (instance, zone, endpoint, token) and config (cloud, GCP project) through
+the Automation API, as the CI automation does (tools/workspace.py), asks the cloud to start the instance
+(boto3 `start_instances`, google-cloud-compute `instances.start`; a running instance is left as it is),
+then polls `<endpoint>/ready` with the token.
 The disk kept the image and the model, so this takes minutes, not the first boot's download.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
+from pulumi import automation as auto
+
+from tools import workspace
 
 DEFAULT_TIMEOUT_S = 20 * 60
 POLL_S = 5.0
@@ -39,29 +41,29 @@ class Target:
     gcp_project: str | None = None
 
 
-def _pulumi_json(args: list[str], stack: str) -> dict:
+def read_target(stack_name: str, select: Callable[[str], auto.Stack | None] = workspace.select) -> Target:
+    """What to start and where to look, from the stack's outputs and config."""
     try:
-        result = subprocess.run(["pulumi", *args, "--json", "--stack", stack], capture_output=True, text=True,
-                                check=False, timeout=120)
+        stack = select(stack_name)
+        if stack is None:
+            raise WakeError(f"no stack named {stack_name!r} in this backend: deploy it first "
+                            f"(make up STACK={stack_name})")
+        outputs = {name: output.value for name, output in stack.outputs().items()}
+        config = {key: value.value for key, value in stack.get_all_config().items()}
     except FileNotFoundError:
         raise WakeError("the Pulumi CLI is not on PATH: run `make wake` (it sets up the CLI and the state backend)") \
             from None
-    if result.returncode != 0:
-        raise WakeError(f"`pulumi {' '.join(args)}` failed for stack {stack}: {result.stderr.strip()}")
-    return json.loads(result.stdout or "{}")
-
-
-def read_target(stack: str, run: Callable[[list[str], str], dict] = _pulumi_json) -> Target:
-    """What to start and where to look, from the stack's outputs and config."""
-    outputs = run(["stack", "output", "--show-secrets"], stack)
-    config = run(["config"], stack)
+    except auto.CommandError as err:
+        # e.g. a locked or unreadable backend, a wrong passphrase: the CLI's own words.
+        raise WakeError(f"cannot read stack {stack_name}: {workspace.error_lines(err, 1)[0]}") from err
     missing = [k for k in ("instanceId", "endpoint", "apiToken", "region", "availabilityZone") if not outputs.get(k)]
     if missing:
-        raise WakeError(f"stack {stack} has no {', '.join(missing)} output: deploy it first (make up STACK={stack})")
-    cloud = (config.get("sdxl-endpoint:cloud") or {}).get("value") or "aws"
-    project = (config.get("gcp:project") or {}).get("value")
+        raise WakeError(f"stack {stack_name} has no {', '.join(missing)} output: deploy it first "
+                        f"(make up STACK={stack_name})")
+    cloud = config.get("sdxl-endpoint:cloud") or "aws"
+    project = config.get("gcp:project")
     if cloud == "gcp" and not project:
-        raise WakeError(f"stack {stack} has no gcp:project in its config")
+        raise WakeError(f"stack {stack_name} has no gcp:project in its config")
     return Target(cloud=cloud, instance=outputs["instanceId"], region=outputs["region"],
                   zone=outputs["availabilityZone"], endpoint=outputs["endpoint"].rstrip("/"),
                   token=outputs["apiToken"], gcp_project=project)
@@ -151,7 +153,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wake: {err}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
