@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stacks import bundle
-from stacks.bootstrap import CADDY_IMAGE, MODEL_CACHE_DIR, SERVER_PORT
+from stacks.bootstrap import CADDY_IMAGE, DATA_DIR, MODEL_CACHE_DIR, SERVER_PORT
 from tests.image.conftest import IMAGE, ROOT
 
 DOCKERFILE = IMAGE / "Dockerfile"
@@ -77,8 +77,8 @@ def test_model_cache_and_compile_cache_on_the_models_volume() -> None:
     assert "HF_HOME=/models" in env
     assert "SDXL_COMPILE_CACHE_DIR=/models/torch-compile" in env
     assert instructions("VOLUME") == ['["/models"]']
-    # The host side mounts its persistent-disk folder at the same path.
-    assert MODEL_CACHE_DIR.startswith("/opt/")
+    # The host side mounts its data-disk folder there.
+    assert MODEL_CACHE_DIR.startswith(f"{DATA_DIR}/")
     assert f"SDXL_PORT={SERVER_PORT}" in env
 
 
