@@ -139,6 +139,12 @@ class Endpoint(pulumi.ComponentResource):
         # Exactly these parameters and this bundle; ECR pulls from the configured image's repository only.
         statements = [
             {"sid": "ReadItsTokens", "actions": ["ssm:GetParameter"], "resources": parameter_arns},
+            # AmazonSSMManagedInstanceCore (Session Manager) allows ssm:GetParameter(s) on every parameter.
+            # (The typed form, so that not_resources reaches the provider under its wire name notResources.)
+            aws.iam.GetPolicyDocumentStatementArgs(
+                sid="NoOtherParameters", effect="Deny", not_resources=parameter_arns,
+                actions=["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath",
+                         "ssm:GetParameterHistory"]),
             {"sid": "DecryptThemThroughSsm", "actions": ["kms:Decrypt"], "resources": [key.arn],
              "conditions": [{"test": "StringEquals", "variable": "kms:ViaService",
                              "values": [f"ssm.{settings.region}.amazonaws.com"]}]},

@@ -194,10 +194,13 @@ def test_shell_is_ssm_session_manager_and_the_role_reads_only_its_tokens_and_bun
     assert '"ec2.amazonaws.com"' in run.one("aws:iam/role:Role").inputs["assumeRolePolicy"]
     assert run.one(INSTANCE).inputs["iamInstanceProfile"]
     statements = {s["sid"]: s for s in role_policy(run)}
-    assert set(statements) == {"ReadItsTokens", "DecryptThemThroughSsm", "ReadItsSourceBundle"}
+    assert set(statements) == {"ReadItsTokens", "NoOtherParameters", "DecryptThemThroughSsm", "ReadItsSourceBundle"}
+    own = [f"arn:aws:ssm:us-east-1:{FAKE_ACCOUNT}:parameter/sdxl-endpoint/aws-g5/api-token"]
     assert statements["ReadItsTokens"]["actions"] == ["ssm:GetParameter"]
-    assert statements["ReadItsTokens"]["resources"] == [
-        f"arn:aws:ssm:us-east-1:{FAKE_ACCOUNT}:parameter/sdxl-endpoint/aws-g5/api-token"]
+    assert statements["ReadItsTokens"]["resources"] == own
+    # The Session Manager policy allows ssm:GetParameter(s) on every parameter: denied but for its own.
+    deny = statements["NoOtherParameters"]
+    assert deny["effect"] == "Deny" and deny["notResources"] == own and "ssm:GetParameters" in deny["actions"]
     decrypt = statements["DecryptThemThroughSsm"]
     assert decrypt["actions"] == ["kms:Decrypt"] and decrypt["resources"] == [KEY_ARN]
     assert decrypt["conditions"] == [{"test": "StringEquals", "variable": "kms:ViaService",
@@ -205,7 +208,8 @@ def test_shell_is_ssm_session_manager_and_the_role_reads_only_its_tokens_and_bun
     key = run.one(OBJECT).inputs["key"]
     assert statements["ReadItsSourceBundle"] == {"sid": "ReadItsSourceBundle", "actions": ["s3:GetObject"],
                                                  "resources": [f"{run.state(BUCKET)['arn']}/{key}"]}
-    assert not [s for s in statements.values() if "*" in s["resources"] or any("*" in a for a in s["actions"])]
+    assert not [s for s in statements.values()
+                if "*" in s.get("resources", []) or any("*" in a for a in s["actions"])]
 
 
 def test_imdsv2_is_required_with_a_hop_for_the_container():
@@ -344,7 +348,7 @@ def test_a_configured_image_is_pulled_and_needs_no_bucket():
     run = run_program({"image": "ghcr.io/me/sdxl-endpoint-server:1.0.0"})
     assert not run.of_type(BUCKET) and not run.of_type(OBJECT)
     assert "sdxl-boot pull-server ghcr.io/me/sdxl-endpoint-server:1.0.0 aws" in aws_document(run)
-    assert {s["sid"] for s in role_policy(run)} == {"ReadItsTokens", "DecryptThemThroughSsm"}
+    assert {s["sid"] for s in role_policy(run)} == {"ReadItsTokens", "NoOtherParameters", "DecryptThemThroughSsm"}
 
 
 def test_an_ecr_image_of_the_account_is_pulled_with_rights_on_that_repository_only():
