@@ -20,6 +20,7 @@ import moto
 import pulumi
 import pytest
 from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.rpc import is_rpc_secret
 
 from stacks import catalog
 from tools import presets
@@ -191,6 +192,20 @@ class ProgramRun:
 
     def is_secret(self, output: pulumi.Output) -> bool:
         return self.resolved[id(output)][1]
+
+
+def plain_strings(value):
+    """Every scalar in resource inputs that is not inside a secret."""
+    if is_rpc_secret(value):
+        return
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from plain_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from plain_strings(item)
+    else:
+        yield str(value)
 
 
 def engine_config(config: dict[str, Any] | None, preset: str | None) -> dict[str, str]:

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import yaml
-from pulumi.runtime.rpc import is_rpc_secret
 
 from stacks import aws, bootstrap, bundle, catalog, config, contract
 from stacks.bootstrap import USER_DATA_LIMIT_BYTES
@@ -18,6 +17,7 @@ from tests.stacks.conftest import (
     FAKE_VOLUME,
     ROOT,
     ec2_offerings,
+    plain_strings,
     run_program,
 )
 
@@ -47,20 +47,6 @@ def aws_document(run) -> str:
 
 def role_policy(run) -> list[dict]:
     return json.loads(run.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])["Statement"]
-
-
-def plain_strings(value):
-    """Every scalar in resource inputs that is not inside a secret."""
-    if is_rpc_secret(value):
-        return
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from plain_strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from plain_strings(item)
-    else:
-        yield str(value)
 
 
 def assert_nowhere_plain(run, token: str) -> None:

@@ -10,7 +10,7 @@ import yaml
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from stacks import bootstrap, bundle, catalog, config, contract, gcp
-from tests.stacks.conftest import FAKE_GCP_ADDRESS, FAKE_GCP_PROJECT, ROOT, run_program
+from tests.stacks.conftest import FAKE_GCP_ADDRESS, FAKE_GCP_PROJECT, ROOT, plain_strings, run_program
 
 GCP_PRESETS = sorted(p.name.split(".")[1] for p in (ROOT / "stacks").glob("Pulumi.gcp-*.yaml"))
 PROJECT = {"gcp:project": "my-project-123"}
@@ -37,20 +37,6 @@ def metadata(run) -> dict[str, str]:
     """The instance metadata: plain, since it names where the tokens live and carries none."""
     raw = run.one(INSTANCE).inputs["metadata"]
     return unwrap_rpc_secret(raw) if is_rpc_secret(raw) else raw
-
-
-def plain_strings(value):
-    """Every scalar in resource inputs that is not inside a secret."""
-    if is_rpc_secret(value):
-        return
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from plain_strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from plain_strings(item)
-    else:
-        yield str(value)
 
 
 def opens_port(rule: dict, port: int) -> bool:
