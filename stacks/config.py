@@ -19,20 +19,23 @@ from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from stacks import catalog
 
 PROJECT = "sdxl-endpoint"
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
-# What the VM targets pull while `image` is unset (until they build this checkout's server themselves).
-DEFAULT_IMAGE = "ghcr.io/sdxl-endpoint/sdxl-endpoint-server:latest"
-DEFAULT_DISK_GB = 100
-# The DLAMI root takes ~40 GB; SDXL's fp16 weights, the container image and the compile
-# cache need ~20 GB more.
+# The root disk holds only the OS now: 0 (the default) leaves it at the GPU image's own size (the AMI's
+# snapshot, the DLVM image's disk), which is never too small to boot; a size below that fails at launch.
+DEFAULT_DISK_GB = 0
 MIN_DISK_GB = 60
 MAX_DISK_GB = 16384
+# The data disk that survives instance replacement: SDXL's fp16 weights (~7 GB), Docker's data root (the
+# server image with torch's CUDA 13 wheels, ~9 GB, its build cache as much again, and a second copy while
+# a changed bundle builds), the torch.compile cache and Caddy's certificates.
+DEFAULT_DATA_DISK_GB = 100
+MIN_DATA_DISK_GB = 50
 DEFAULT_IDLE_STOP_MINUTES = 30
 MAX_REPLICAS = 64  # a sanity bound: each replica is a GPU billing by the hour
 DEFAULT_AWS_REGION = "us-east-1"
@@ -66,9 +69,9 @@ class Settings:
     cloud: str
     machine: catalog.Offer  # the resolved instance type (AWS) or machine type (GCP)
     spot: bool
-    disk_gb: int
+    disk_gb: int | None  # the root disk; None: the image's own size
     model: str
-    image: str | None  # a pullable image; None when unset
+    image: str | None  # a pullable image; None: the VM targets build this checkout's server
     api_token: Any | None  # a secret pulumi.Output[str] once load() has read it; None means "generate one"
     hf_token: Any | None  # a secret pulumi.Output[str], or None
     cors_origins: tuple[str, ...]
@@ -82,6 +85,7 @@ class Settings:
     gcp_project: str | None = None
     min_replicas: int = 1
     max_replicas: int = 1
+    data_disk_gb: int = DEFAULT_DATA_DISK_GB
 
     @property
     def fleet(self) -> bool:
@@ -165,6 +169,12 @@ def _list_text(value: object) -> object:
     return [parsed] if isinstance(parsed, str) else parsed
 
 
+def _root_disk_size(value: int) -> int:
+    if value != DEFAULT_DISK_GB and not MIN_DISK_GB <= value <= MAX_DISK_GB:
+        raise ValueError("out of range")
+    return value
+
+
 Flag = Annotated[bool, BeforeValidator(_bool_text), Field(strict=True)]
 TextList = Annotated[list[str], BeforeValidator(_list_text)]
 
@@ -181,7 +191,8 @@ class RawConfig(BaseModel):
     machineType: str | None = None  # noqa: N815
     spot: Flag = False
     ssh: Flag = False
-    diskGb: int = Field(DEFAULT_DISK_GB, ge=MIN_DISK_GB, le=MAX_DISK_GB)  # noqa: N815
+    diskGb: Annotated[int, AfterValidator(_root_disk_size)] = DEFAULT_DISK_GB  # noqa: N815
+    dataDiskGb: int = Field(DEFAULT_DATA_DISK_GB, ge=MIN_DATA_DISK_GB, le=MAX_DISK_GB)  # noqa: N815
     idleStopMinutes: int = Field(DEFAULT_IDLE_STOP_MINUTES, ge=0)  # noqa: N815
     model: str = Field(DEFAULT_MODEL, pattern=_HUB_ID_RE.pattern)
     image: str | None = Field(None, pattern=_IMAGE_RE.pattern)
@@ -202,8 +213,11 @@ KNOWN_KEYS = tuple(RawConfig.model_fields)
 _TYPE_HELP: dict[str, tuple[str, str]] = {
     "spot": ("must be true or false", _set("spot", "false")),
     "ssh": ("must be true or false", _set("ssh", "false")),
-    "diskGb": (f"must be a whole number of GB from {MIN_DISK_GB} to {MAX_DISK_GB}: the GPU image, SDXL's "
-               "weights and the compile cache need the room", _set("diskGb", str(DEFAULT_DISK_GB))),
+    "diskGb": (f"must be a whole number of GB from {MIN_DISK_GB} to {MAX_DISK_GB}, or 0 for the GPU image's own "
+               "root size (the model and caches live on the data disk, dataDiskGb)", "pulumi config rm diskGb"),
+    "dataDiskGb": (f"must be a whole number of GB from {MIN_DATA_DISK_GB} to {MAX_DISK_GB}: SDXL's weights, the "
+                   "server image with its build cache and the compile cache need the room",
+                   _set("dataDiskGb", str(DEFAULT_DATA_DISK_GB))),
     "idleStopMinutes": ("must be a whole number of minutes, 0 or more (0 never stops the instance)",
                         _set("idleStopMinutes", str(DEFAULT_IDLE_STOP_MINUTES))),
     "model": ("must be a Hugging Face Hub id, organisation/name", _set("model", DEFAULT_MODEL)),
@@ -274,12 +288,13 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
     assert machine is not None  # guaranteed by raise_if_any
     return Settings(
         project=project, stack=stack, cloud=cloud, machine=machine, spot=raw.spot,
-        disk_gb=raw.diskGb, model=raw.model, image=raw.image, api_token=None, hf_token=None,
+        disk_gb=raw.diskGb or None, model=raw.model, image=raw.image, api_token=None, hf_token=None,
         cors_origins=tuple(origins), domain=domain,
         # A bare address is a valid /32 (or /128); providers want the prefix written out.
         allowed_cidrs=tuple(str(ipaddress.ip_network(c)) for c in cidrs),
         idle_stop_minutes=raw.idleStopMinutes, ssh=raw.ssh, ttl=raw.ttl, region=region, zone=zone,
         gcp_project=gcp_project, min_replicas=raw.minReplicas, max_replicas=raw.maxReplicas,
+        data_disk_gb=raw.dataDiskGb,
     )
 
 

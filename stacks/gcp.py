@@ -1,9 +1,10 @@
 """The GCP GPU endpoint: one ComponentResource that owns every GCP resource it creates.
 
 Same contract as the AWS component (stacks/aws.py): same config, same outputs, same bootstrap.
-`pulumi destroy` removes all of it: the instance and its disk, the static IP, the VPC network,
-its firewall rules and the service account with its two role bindings. Nothing depends on the
-project's `default` network, whose stock rules open SSH to the internet.
+`pulumi destroy` removes all of it: the instance, its boot and data disks, the static IP, the VPC
+network, its firewall rules, the token secrets, the source bucket with its contents, and the service
+account with its grants. Nothing depends on the project's `default` network, whose stock rules open
+SSH to the internet.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import UTC
 import pulumi
 import pulumi_gcp as gcp
 
-from stacks import bootstrap, catalog, contract
+from stacks import bootstrap, bundle, catalog, contract
 from stacks.config import PROJECT, MachineLookup, Settings, parse_rfc3339
 
 # No preview-time look-up: the catalog lists every GCP shape this project supports.
@@ -26,13 +27,14 @@ SUBNET_CIDR = "10.80.1.0/24"
 # Google's documented source range for IAP TCP forwarding: the only way SSH ever reaches the VM.
 IAP_TCP_FORWARDING_CIDR = "35.235.240.0/20"
 
-# Least privilege twice over: the service account holds only these roles, and the VM's
-# access scopes cap its tokens to the same two APIs.
+# The service account's project-wide roles: writing logs and metrics, nothing else. Everything else it may
+# do is granted on one resource each: read this stack's token secrets, this one source bundle object, and
+# (for an `image` in this project's Artifact Registry) pull from that repository.
 SERVICE_ACCOUNT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
-SERVICE_ACCOUNT_SCOPES = (
-    "https://www.googleapis.com/auth/logging.write",
-    "https://www.googleapis.com/auth/monitoring.write",
-)
+# Secret Manager accepts only the cloud-platform scope, so IAM (above), not the scope, is the limit.
+SERVICE_ACCOUNT_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+_ARTIFACT_REGISTRY_IMAGE = re.compile(
+    r"^(?P<location>[a-z0-9-]+)-docker\.pkg\.dev/(?P<project>[^/]+)/(?P<repository>[^/]+)/")
 
 # GCP resource names: lowercase letter first, then [-a-z0-9], no trailing hyphen, <= 63 chars.
 NAME_MAX = 63
@@ -88,6 +90,12 @@ def scheduling_for(spot: bool) -> dict:
     return {"on_host_maintenance": "TERMINATE", "automatic_restart": True, "provisioning_model": "STANDARD"}
 
 
+def artifact_registry_repository(image: str) -> tuple[str, str, str] | None:
+    """(location, project, repository) of an Artifact Registry image, or None for another registry."""
+    match = _ARTIFACT_REGISTRY_IMAGE.match(image)
+    return (match["location"], match["project"], match["repository"]) if match else None
+
+
 def shell_command(settings: Settings, instance: str) -> str:
     where = f"--zone {settings.zone} --project {settings.gcp_project}"
     if settings.ssh:
@@ -108,7 +116,7 @@ class Endpoint(pulumi.ComponentResource):
         zone = settings.zone
         labels = labels_for(settings)
         names = {part: resource_name(settings.stack, part)
-                 for part in ("net", "subnet", "http", "https", "iap-ssh", "ip", "vm")}
+                 for part in ("net", "subnet", "http", "https", "iap-ssh", "ip", "vm", "data")}
         # The firewall rules target this tag, so they reach this VM only.
         network_tag = names["vm"]
 
@@ -147,7 +155,7 @@ class Endpoint(pulumi.ComponentResource):
         account = gcp.serviceaccount.Account(
             f"{name}-sa", account_id=resource_name(settings.stack, "sa", SERVICE_ACCOUNT_ID_MAX),
             display_name=f"SDXL endpoint {settings.stack}"[:100],  # the API caps it at 100
-            description="SDXL endpoint VM: writes logs and metrics, nothing else", opts=child,
+            description="SDXL endpoint VM: logs and metrics, its own tokens and source bundle", opts=child,
         )
         grants = [
             gcp.projects.IAMMember(
@@ -163,10 +171,34 @@ class Endpoint(pulumi.ComponentResource):
             network_tier="PREMIUM", labels=labels, opts=child,
         )
 
+        token = contract.api_token(settings, parent=self)
+        secrets, readable = self._tokens(name, settings, token, labels, account, child)
+        built = bundle.build() if settings.image is None else None
+        bucket = self._source_bucket(name, settings, labels, account, child, built) if built else None
+        registry = artifact_registry_repository(settings.image) if settings.image else None
+        if registry and registry[1] == settings.gcp_project:
+            # Pull rights on that repository only. One in another project grants them there (README).
+            location, project, repository = registry
+            grants.append(gcp.artifactregistry.RepositoryIamMember(
+                f"{name}-image-reader", project=project, location=location, repository=repository,
+                role="roles/artifactregistry.reader", member=account.member, opts=child,
+            ))
+
+        # The data disk: outlives every VM (a changed bootstrap replaces the VM, never this), so a
+        # replacement finds the model, images, build cache, compile cache and certificates again.
+        # Encrypted at rest by Google-managed keys, like every persistent disk.
+        data = gcp.compute.Disk(
+            f"{name}-data", name=names["data"], zone=zone, size=settings.data_disk_gb, type="pd-balanced",
+            labels=labels, opts=child,
+        )
+
         image = gcp.compute.get_image(family=catalog.GCP_DLVM_IMAGE_FAMILY, project=catalog.GCP_DLVM_IMAGE_PROJECT,
                                       opts=pulumi.InvokeOptions(parent=self, provider=provider))
-        token = contract.api_token(settings, parent=self)
-        user_data = bootstrap.render_secret_user_data(settings, token, public_ip=address.address)
+        user_data = bootstrap.render_user_data(
+            settings, cloud="gcp", location=settings.gcp_project,
+            data_devices=[f"/dev/disk/by-id/google-{bootstrap.DATA_DEVICE_NAME}"], secrets=secrets,
+            public_ip=address.address, built=built, bucket=bucket.name if bucket else None,
+        )
 
         instance = gcp.compute.Instance(
             f"{name}-vm",
@@ -179,11 +211,14 @@ class Endpoint(pulumi.ComponentResource):
             scheduling=scheduling_for(settings.spot),
             boot_disk={
                 "auto_delete": True,
-                # Encrypted at rest by Google-managed keys, like every persistent disk.
+                # The OS only: unset, the image's own size. Encrypted at rest by Google-managed keys.
                 "initialize_params": {
-                    "image": image.self_link, "size": settings.disk_gb, "type": "pd-balanced", "labels": labels,
+                    "image": image.self_link, "type": "pd-balanced", "labels": labels,
+                    **({"size": settings.disk_gb} if settings.disk_gb else {}),
                 },
             },
+            attached_disks=[
+                {"source": data.self_link, "device_name": bootstrap.DATA_DEVICE_NAME, "mode": "READ_WRITE"}],
             network_interfaces=[{
                 "subnetwork": subnet.id,
                 "access_configs": [{"nat_ip": address.address, "network_tier": "PREMIUM"}],
@@ -193,7 +228,7 @@ class Endpoint(pulumi.ComponentResource):
             metadata={
                 # A no-op when the image already has the driver; installs it on first boot otherwise.
                 "install-nvidia-driver": "True",
-                "user-data": user_data,  # secret: it carries the API token
+                "user-data": user_data,  # names where the tokens live, never the tokens
                 # SSH (only ever through IAP) authorises through IAM, never through metadata keys.
                 "enable-oslogin": "TRUE",
                 "block-project-ssh-keys": "TRUE",
@@ -208,11 +243,11 @@ class Endpoint(pulumi.ComponentResource):
             # Config changes (machine type, GPU) stop and restart the VM rather than fail.
             allow_stopping_for_update=True,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
-                depends_on=grants,
-                # A new image in the family must not silently replace the VM and its model cache.
+                depends_on=[*grants, *readable],
+                # A new image in the family must not silently replace the VM.
                 ignore_changes=["bootDisk.initializeParams.image"],
-                # cloud-init applies the bootstrap once per instance, so a changed one (image, model,
-                # corsOrigins, domain ...) takes effect only on a new VM; the static IP stays.
+                # cloud-init applies the bootstrap once per instance, so a changed one (source bundle, model,
+                # corsOrigins, domain ...) takes effect only on a new VM; the data disk and static IP stay.
                 replace_on_changes=["metadata"],
             )),
         )
@@ -223,3 +258,53 @@ class Endpoint(pulumi.ComponentResource):
             zone=zone, shell=instance.name.apply(lambda vm: shell_command(settings, vm)),
         )
         self.register_outputs(self.outputs)
+
+    def _tokens(self, name: str, settings: Settings, token: pulumi.Output[str], labels: dict[str, str],
+                account: gcp.serviceaccount.Account, child: pulumi.ResourceOptions,
+                ) -> tuple[dict[str, str], list[pulumi.Resource]]:
+        """The tokens as Secret Manager secrets that only the VM's service account may read: their names for
+        the bootstrap, and what the VM waits for."""
+        values = {"SDXL_API_TOKEN": ("api-token", token)}
+        if settings.hf_token is not None:
+            values["HF_TOKEN"] = ("hf-token", pulumi.Output.secret(settings.hf_token))
+        names, readable = {}, []
+        for variable, (suffix, value) in values.items():
+            secret_id = resource_name(settings.stack, suffix)
+            secret = gcp.secretmanager.Secret(f"{name}-{suffix}", secret_id=secret_id, replication={"auto": {}},
+                                              labels=labels, opts=child)
+            # A new version before the old one goes, so the VM always finds a `latest` to read.
+            version = gcp.secretmanager.SecretVersion(
+                f"{name}-{suffix}-value", secret=secret.id, secret_data=value,
+                opts=pulumi.ResourceOptions(parent=self, provider=child.provider),
+            )
+            reader = gcp.secretmanager.SecretIamMember(
+                f"{name}-{suffix}-reader", secret_id=secret.id, role="roles/secretmanager.secretAccessor",
+                member=account.member, opts=child,
+            )
+            names[variable] = secret_id
+            readable += [version, reader]
+        return names, readable
+
+    def _source_bucket(self, name: str, settings: Settings, labels: dict[str, str],
+                       account: gcp.serviceaccount.Account, child: pulumi.ResourceOptions,
+                       built: bundle.Bundle) -> gcp.storage.Bucket:
+        """A private bucket (uniform access, public access prevention) holding this checkout's source
+        bundle, readable by the VM's service account for that one object; destroy empties and removes it."""
+        bucket = gcp.storage.Bucket(
+            f"{name}-source",
+            # Bucket names are global: the project id (unique) and the stack make this one ours.
+            name=resource_name(f"{settings.gcp_project}-{settings.stack}", "source"),
+            location=settings.region, uniform_bucket_level_access=True, public_access_prevention="enforced",
+            force_destroy=True, labels=labels, opts=child,
+        )
+        gcp.storage.BucketObject(f"{name}-source-bundle", bucket=bucket.name, name=built.key,
+                                 source=pulumi.FileAsset(str(built.path)), content_type="application/x-tar",
+                                 opts=child)
+        gcp.storage.BucketIAMMember(
+            f"{name}-source-reader", bucket=bucket.name, role="roles/storage.objectViewer", member=account.member,
+            condition={"title": "this-source-bundle-only", "description": "The VM reads its own source bundle",
+                       "expression": pulumi.Output.concat('resource.name == "projects/_/buckets/', bucket.name,
+                                                          f'/objects/{built.key}"')},
+            opts=child,
+        )
+        return bucket

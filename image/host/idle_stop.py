@@ -6,10 +6,15 @@ guest shutdown leaves the VM TERMINATED), so GPU billing ends while the disk, IP
 
 What counts as activity is the server's own `sdxl_last_request_timestamp_seconds` gauge, which only
 generation requests move (polls of /health, /ready and /metrics, ours included, never do), plus any image
-queued or in flight. The clock starts only once /ready has answered 200: a first boot that is still
-pulling the image or downloading the model is not stopped, unless it is still not ready after
-BOOT_GRACE_MINUTES, far beyond any healthy boot: then the GPU check failed or the server cannot start,
-and a broken instance should not bill until someone notices (the status file says why).
+queued or in flight, and only while the server is ready: the gauge starts at the process's start time and
+/metrics answers while the model loads, so a server that restarts (or crash-loops) would otherwise look busy
+forever. The clock starts only once /ready has answered 200: a first boot that is still building the image
+or downloading the model is not stopped, unless it is still not ready after BOOT_GRACE_MINUTES, far beyond
+any healthy boot. A boot step that failed for good (no GPU, a driver too old for the image's CUDA, a data
+disk that never came, an image that cannot be built) writes FAILED_FILE: then the machine powers off after
+FAILED_GRACE_MINUTES, time enough to read the console, instead of billing for the whole boot grace.
+
+The watcher runs from boot, independent of every other unit (stdlib only: both GPU images ship python3).
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import urllib.request
 from dataclasses import dataclass
 
 SERVER = "http://127.0.0.1:8000"
-ENV_FILE = "/etc/sdxl-endpoint/server.env"
+ENV_FILE = "/run/sdxl-endpoint/server.env"
+FAILED_FILE = "/run/sdxl-endpoint/failed"  # written by sdxl-boot when a step cannot succeed this boot
 POLL_SECONDS = 60
-BOOT_GRACE_MINUTES = 180  # a healthy first boot (pull, 6.9 GB download, warm-up) takes 6-15 minutes
+BOOT_GRACE_MINUTES = 180  # a healthy first boot (build, 6.9 GB download, warm-up) takes 10-30 minutes
+FAILED_GRACE_MINUTES = 10  # long enough to read the console after a failed boot step
 
 _SAMPLE = re.compile(r"^(sdxl_[a-z_]+)(?:\{[^}]*\})?\s+(\S+)", re.MULTILINE)
 
@@ -36,38 +43,53 @@ class Observation:
     ready: bool  # /ready answered 200
     last_request: float | None = None  # the server's gauge (unix time), None if /metrics was unreadable
     busy: bool = False  # images queued or being generated right now
+    failed: str | None = None  # why a boot step failed for good, if one did
 
 
 class IdleTracker:
     """Decides, one observation at a time, whether the instance has been idle long enough to stop."""
 
-    def __init__(self, idle_seconds: float, boot_grace_seconds: float = BOOT_GRACE_MINUTES * 60) -> None:
+    def __init__(self, idle_seconds: float, boot_grace_seconds: float = BOOT_GRACE_MINUTES * 60,
+                 failed_grace_seconds: float = FAILED_GRACE_MINUTES * 60) -> None:
         self.idle_seconds = idle_seconds
         self.boot_grace_seconds = boot_grace_seconds
+        self.failed_grace_seconds = failed_grace_seconds
         self.first_seen: float | None = None  # when the watcher started watching
         self.last_activity: float | None = None  # None until the server has been ready once
-        self._gauge: float | None = None  # the last value of the server's last-request gauge
+        self.failed_since: float | None = None  # when a failed boot step was first seen
+        self._gauge: float | None = None  # the last-request gauge as last read while ready
+        self._was_ready = False  # the previous observation was ready too
 
     def observe(self, now: float, seen: Observation) -> bool:
         """Record one observation taken at `now`; True means: power off now."""
+        if self.idle_seconds <= 0:
+            return False
         if self.first_seen is None:
             self.first_seen = now
+        self.failed_since = (self.failed_since or now) if seen.failed and not seen.ready else None
+        if self.failed_since is not None and now - self.failed_since >= self.failed_grace_seconds:
+            return True
+        if not seen.ready:
+            # Booting, restarting or crashed: nothing it shows counts. Before the first ready only a boot
+            # that never gets there is stopped; after it, a dead server on an idle instance counts down.
+            self._was_ready = False
+            if self.last_activity is None:
+                return now - self.first_seen >= self.boot_grace_seconds
+            return now - self.last_activity >= self.idle_seconds
         if self.last_activity is None:
-            if not seen.ready:
-                # Still booting, pulling or downloading; only a boot that never gets there is stopped.
-                return self.idle_seconds > 0 and now - self.first_seen >= self.boot_grace_seconds
             self.last_activity = now
         if seen.busy:
             self.last_activity = now
-        elif seen.last_request is not None and seen.last_request != self._gauge:
-            # A new value means a request arrived (or the server restarted, which resets the gauge to
-            # its start time: that only delays a stop). Only changes count, and never later than now,
-            # so a host clock step cannot keep the instance "busy" for as long as the step.
+        if seen.last_request is not None:
+            if self._was_ready and self._gauge is not None and seen.last_request != self._gauge:
+                # A request arrived while ready. Never later than now, so a host clock step cannot keep the
+                # instance "busy" for as long as the step.
+                self.last_activity = max(self.last_activity, min(seen.last_request, now))
+            # The first reading of each ready spell is only a baseline: a restart resets the gauge to the
+            # process's start time, which is no request.
             self._gauge = seen.last_request
-            self.last_activity = max(self.last_activity, min(seen.last_request, now))
-        # A server that stops answering after being ready still counts down: a crashed server on an
-        # idle instance should not keep a GPU billed.
-        return self.idle_seconds > 0 and now - self.last_activity >= self.idle_seconds
+        self._was_ready = True
+        return now - self.last_activity >= self.idle_seconds
 
     def idle_for(self, now: float) -> float:
         return 0.0 if self.last_activity is None else now - self.last_activity
@@ -80,6 +102,14 @@ def parse_metrics(text: str) -> tuple[float | None, bool]:
         values[name] = values.get(name, 0.0) + float(value)
     busy = values.get("sdxl_queue_depth", 0.0) > 0 or values.get("sdxl_in_flight_images", 0.0) > 0
     return values.get("sdxl_last_request_timestamp_seconds"), busy
+
+
+def read_failure(failed_file: str) -> str | None:
+    try:
+        with open(failed_file, encoding="utf-8") as f:
+            return f.read().strip() or "a boot step failed"
+    except FileNotFoundError:
+        return None
 
 
 def read_token(env_file: str) -> str | None:
@@ -109,13 +139,13 @@ def _get(url: str, token: str | None) -> tuple[int, str]:
         return 0, ""  # not listening yet (container starting) or restarting
 
 
-def observe_server(server: str, token: str | None) -> Observation:
+def observe_server(server: str, token: str | None, failed: str | None = None) -> Observation:
     ready = _get(f"{server}/ready", token)[0] == 200
     status, text = _get(f"{server}/metrics", token)
     if status != 200:
-        return Observation(ready=ready)
+        return Observation(ready=ready, failed=failed)
     last_request, busy = parse_metrics(text)
-    return Observation(ready=ready, last_request=last_request, busy=busy)
+    return Observation(ready=ready, last_request=last_request, busy=busy, failed=failed)
 
 
 def console(message: str) -> None:
@@ -135,7 +165,10 @@ def run(tracker: IdleTracker, observe, clock, sleep, power_off, poll_seconds: fl
         now = clock()
         seen = observe()
         if tracker.observe(now, seen):
-            if tracker.last_activity is None:
+            if tracker.failed_since is not None:
+                console(f"a boot step failed ({seen.failed}); powering off so it stops billing "
+                        "(see /var/lib/sdxl-endpoint/status; fix it, then `make up` or `make wake`)")
+            elif tracker.last_activity is None:
                 console(f"the server was never ready in {tracker.boot_grace_seconds / 60:.0f} min: powering off "
                         "so a broken boot stops billing (see /var/lib/sdxl-endpoint/status; `make wake` retries)")
             else:
@@ -154,14 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, required=True, help="idle minutes before power-off; 0 never")
     parser.add_argument("--server", default=SERVER)
     parser.add_argument("--env-file", default=ENV_FILE)
+    parser.add_argument("--failed-file", default=FAILED_FILE)
     args = parser.parse_args(argv)
     if args.minutes <= 0:
         print("idle auto-stop disabled (0 minutes)")
         return 0
-    token = read_token(args.env_file)
     run(
         IdleTracker(args.minutes * 60),
-        observe=lambda: observe_server(args.server, token),
+        # The token is read at each poll: the server's start writes it, and a rotation changes it.
+        observe=lambda: observe_server(args.server, read_token(args.env_file), read_failure(args.failed_file)),
         clock=time.time,  # wall clock: the server's gauge is wall-clock time too
         sleep=time.sleep,
         power_off=lambda: subprocess.run(["systemctl", "poweroff"], check=True),

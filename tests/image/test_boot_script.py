@@ -1,107 +1,533 @@
-"""image/host/sdxl-boot.sh, run for real by bash with stand-ins for nvidia-smi and docker on PATH,
-and a loopback HTTP server standing in for the container's /ready."""
+"""The boot, run for real: image/host/sdxl-boot.sh and the rendered units' commands, by bash, with stand-ins
+for docker, nvidia-smi, blkid, mkfs, mount, apt-get and systemctl on PATH, the real sdxl_cloud.py talking to
+a loopback stand-in for the clouds, and a loopback server standing in for the container's /ready. Every
+stand-in writes to one call log, so the order of what the boot did shows."""
 
 from __future__ import annotations
 
-import os
+import hashlib
+import io
+import json
+import re
 import subprocess
+import sys
+import tarfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
+from stacks import bootstrap
+from stacks.bootstrap import BootstrapValues, SourceBundle, render_cloud_init
+from tests.image import fake_cloud
 from tests.image.conftest import IMAGE
+from tests.image.fake_cloud import FakeCloud
 
 SCRIPT = IMAGE / "host" / "sdxl-boot.sh"
 MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
-TOKEN = "boot-test-token"
+TOKEN = "boot-test-token-0123456789"
+HF_TOKEN = "hf_boot_test_hub_token"
+BUCKET = "sdxl-source-20260801abcdef"
+
+# The stand-in docker: images, tags, runtimes and its data root in a JSON state file; `run` checks the env
+# file it is given holds the token (and says so without printing it).
+FAKE_DOCKER = r'''
+import json, os, sys
+path = os.environ["FAKE_STATE"]
+state = json.load(open(path))
+args = sys.argv[1:]
+def log(line):
+    open(os.environ["FAKE_LOG"], "a").write(line + "\n")
+def save():
+    json.dump(state, open(path, "w"))
+if args[:1] == ["--config"]:
+    args = args[2:]
+log("docker " + " ".join(args))
+command = args[0]
+if command == "image" and args[1] == "inspect":
+    sys.exit(0 if args[2] in state["images"] else 1)
+if command == "image" and args[1] == "ls":
+    print("\n".join(i for i in state["images"] if i.startswith(args[2] + ":")))
+elif command == "tag":
+    state["images"].append(args[2])
+elif command == "rmi":
+    state["images"] = [i for i in state["images"] if i not in args[1:]]
+elif command == "pull":
+    if state.get("registry_down"):
+        sys.exit(1)
+    state["images"].append(args[-1])
+elif command == "build":
+    context = args[-1]
+    assert os.path.exists(os.path.join(context, "image", "Dockerfile")), "no Dockerfile in the build context"
+    if state.get("build_fails"):
+        sys.exit(1)
+    state["images"].append(args[args.index("-t") + 1])
+elif command == "login":
+    password = sys.stdin.read()
+    assert password and password not in " ".join(sys.argv), "the password reached the command line"
+    log("docker login got a password on stdin")
+elif command == "info":
+    fmt = args[args.index("--format") + 1]
+    if state.get("stopped"):
+        sys.exit(1)
+    print(json.dumps({r: {} for r in state["runtimes"]}) if "Runtimes" in fmt else state["root"])
+elif command == "run":
+    env = open(args[args.index("--env-file") + 1]).read()
+    log("docker run: env file holds SDXL_API_TOKEN" if "SDXL_API_TOKEN=" in env else "docker run: NO TOKEN")
+save()
+'''
+
+
+@dataclass
+class Host:
+    root: Path
+    bin: Path
+    log: Path
+    cloud: FakeCloud
+    state_file: Path
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def calls(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def docker(self) -> dict:
+        return json.loads(self.state_file.read_text())
+
+    def set_docker(self, **changes) -> None:
+        self.state_file.write_text(json.dumps({**self.docker(), **changes}))
+
+    def phases(self) -> list[str]:
+        log = self.state / "boot-phases.log"
+        return [line.split(" phase=", 1)[1] for line in log.read_text().splitlines()] if log.exists() else []
+
+    def status(self) -> str:
+        return (self.state / "status").read_text()
+
+    def failed(self) -> str | None:
+        marker = self.run / "failed"
+        return marker.read_text() if marker.exists() else None
+
+    def fake(self, name: str, body: str, python: bool = False) -> None:
+        path = self.bin / name
+        if python:
+            path.write_text(f"#!{sys.executable}\n{body}\n")
+        else:
+            path.write_text(f'#!/usr/bin/env bash\necho "{name} $*" >> "$FAKE_LOG"\n{body}\n')
+        path.chmod(0o755)
+
+    def environment(self, **extra: str) -> dict[str, str]:
+        return {
+            "PATH": f"{self.bin}:/usr/bin:/bin", "FAKE_LOG": str(self.log), "FAKE_STATE": str(self.state_file),
+            "SDXL_STATE_DIR": str(self.state), "SDXL_RUN_DIR": str(self.run), "SDXL_DATA_DIR": str(self.data),
+            "SDXL_ENV_FILE": str(self.run / "server.env"), "SDXL_CONSOLE": str(self.root / "console"),
+            "SDXL_DOCKER_DAEMON_JSON": str(self.root / "daemon.json"), "SDXL_SYSROOT": str(self.root / "sys"),
+            "SDXL_CLOUD_HELPER": str(IMAGE / "host" / "sdxl_cloud.py"), "SDXL_FAKE_CLOUD_URL": self.cloud.url,
+            "SDXL_POLL_SECONDS": "0.05", "SDXL_NET_WAIT_SECONDS": "0", "SDXL_SERVER": "http://127.0.0.1:9",
+            **extra,
+        }
+
+    def boot(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(SCRIPT), *args], env=self.environment(**env), capture_output=True,
+                              text=True, timeout=60)
+
+    def console(self) -> str:
+        path = self.root / "console"
+        return path.read_text() if path.exists() else ""
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> dict[str, Path]:
-    paths = {name: tmp_path / name for name in ("state", "cache", "bin")}
-    paths["bin"].mkdir()
-    paths["console"] = tmp_path / "console"
-    paths["env"] = tmp_path / "server.env"
-    paths["env"].write_text(f"SDXL_MODEL={MODEL}\nSDXL_API_TOKEN={TOKEN}\nHF_TOKEN=hf_x\n")
-    return paths
+def host(tmp_path: Path) -> Iterator[Host]:
+    paths = tmp_path / "bin"
+    paths.mkdir()
+    (paths / "python3").symlink_to(sys.executable)
+    log = tmp_path / "calls"
+    cloud = FakeCloud(log)
+    state = tmp_path / "docker.json"
+    state.write_text(json.dumps({"images": [], "runtimes": ["runc", "nvidia"], "root": str(tmp_path / "data/docker")}))
+    machine = Host(root=tmp_path, bin=paths, log=log, cloud=cloud, state_file=state)
+    machine.fake("docker", FAKE_DOCKER, python=True)
+    # sha256sum logs, then does the real work: the log shows that the bundle was checked, and when.
+    machine.fake("sha256sum", '/usr/bin/sha256sum "$@"')
+    machine.fake("systemctl", "")
+    yield machine
+    cloud.close()
 
 
-def fake(host: dict[str, Path], name: str, body: str) -> None:
-    path = host["bin"] / name
-    path.write_text(f"#!/usr/bin/env bash\n{body}\n")
-    path.chmod(0o755)
+# --- the data disk -------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def disk(host: Host) -> Path:
+    """A stand-in block device, found under the by-id name the bootstrap gives, and the tools around it."""
+    device = host.root / "dev" / "nvme1n1"
+    device.parent.mkdir()
+    device.write_text("")
+    (host.root / "by-id").mkdir()
+    (host.root / "by-id" / "nvme-Amazon_Elastic_Block_Store_vol0123").symlink_to(device)
+    signatures = host.root / "signatures.json"  # what blkid finds on the device
+    signatures.write_text("{}")
+    host.fake("blkid", rf'''
+import json, sys
+found = json.load(open("{signatures}"))
+value = found.get(sys.argv[sys.argv.index("-s") + 1])
+open("{host.log}", "a").write("blkid " + " ".join(sys.argv[1:]) + "\n")
+print(value) if value else sys.exit(2)''', python=True)
+    host.fake("mkfs.ext4", f'''echo '{{"TYPE": "ext4", "UUID": "5a1e-data"}}' > {signatures}''')
+    for tool in ("mount", "resize2fs", "chown"):
+        host.fake(tool, "")
+    host.fake("mountpoint", "exit 1")
+    return signatures
 
 
-def boot(host: dict[str, Path], *args: str, server: str = "http://127.0.0.1:9", **env: str):
-    environment = {
-        "PATH": f"{host['bin']}:/usr/bin:/bin",
-        "SDXL_STATE_DIR": str(host["state"]), "SDXL_CACHE_DIR": str(host["cache"]),
-        "SDXL_ENV_FILE": str(host["env"]), "SDXL_CONSOLE": str(host["console"]), "SDXL_SERVER": server,
-        **env,
-    }
-    return subprocess.run(["bash", str(SCRIPT), *args], env=environment, capture_output=True, text=True, timeout=30)
+def data_disk(host: Host, **env: str) -> subprocess.CompletedProcess:
+    return host.boot("data-disk", str(host.root / "by-id/nvme-Amazon_Elastic_Block_Store_vol0123"), "/dev/xvdf",
+                     **env)
 
 
-def phases(host: dict[str, Path]) -> list[str]:
-    log = host["state"] / "boot-phases.log"
-    return [line.split(" phase=", 1)[1] for line in log.read_text().splitlines()] if log.exists() else []
-
-
-def test_gpu_check_records_the_driver_phase(host) -> None:
-    fake(host, "nvidia-smi", 'echo "NVIDIA A10G, 23028 MiB"')
-    result = boot(host, "gpu-check")
+def test_a_blank_data_disk_is_formatted_then_mounted_by_uuid(host: Host, disk: Path) -> None:
+    result = data_disk(host)
     assert result.returncode == 0, result.stderr
-    assert phases(host) == ['driver-ok gpu="NVIDIA A10G, 23028 MiB"']
-    assert (host["state"] / "status").read_text() == "driver ok\n"
-    line = (host["state"] / "boot-phases.log").read_text()
+    calls = [c for c in host.calls() if not c.startswith(("blkid", "mountpoint"))]
+    device = host.root / "dev" / "nvme1n1"
+    assert calls[0] == f"mkfs.ext4 -q -L sdxl-data -m 0 {device}"
+    assert calls[1] == f"mount -o noatime UUID=5a1e-data {host.data}"
+    assert f"resize2fs {device}" in calls and f"chown 10001:10001 {host.data}/models" in calls
+    assert all((host.data / d).is_dir() for d in ("models", "docker", "caddy", "bundles"))
+    assert host.phases() == [f"data-disk-ready device={device} (formatted)"]
+
+
+def test_a_data_disk_with_a_filesystem_is_never_formatted(host: Host, disk: Path) -> None:
+    disk.write_text(json.dumps({"TYPE": "ext4", "UUID": "0ld-d15k"}))  # a replaced instance's disk
+    assert data_disk(host).returncode == 0
+    assert not [c for c in host.calls() if c.startswith("mkfs")]
+    assert f"mount -o noatime UUID=0ld-d15k {host.data}" in host.calls()
+    assert host.phases()[0].endswith("(reused)")
+
+
+def test_a_partitioned_disk_without_a_filesystem_is_refused_not_formatted(host: Host, disk: Path) -> None:
+    disk.write_text(json.dumps({"PTTYPE": "gpt"}))
+    result = data_disk(host)
+    assert result.returncode == 1
+    assert not [c for c in host.calls() if c.startswith(("mkfs", "mount "))]
+    assert "partition table but no filesystem" in host.failed() and host.status().startswith("FAILED:")
+
+
+def test_a_data_disk_that_never_appears_fails_the_boot(host: Host) -> None:
+    result = host.boot("data-disk", str(host.root / "by-id/absent"), SDXL_DISK_WAIT_SECONDS="0")
+    assert result.returncode == 1
+    assert "did not appear in 0 s" in host.failed() and "FAILED" in host.console()
+
+
+# --- Docker and the NVIDIA container toolkit -------------------------------------------------------------------
+
+@pytest.fixture
+def apt(host: Host) -> Path:
+    """apt-get, curl and gpg stand-ins; installing nvidia-container-toolkit brings its nvidia-ctk."""
+    (host.root / "sys/etc/apt/sources.list.d").mkdir(parents=True)
+    (host.root / "sys/usr/share/keyrings").mkdir(parents=True)
+    (host.root / "sys/etc/os-release").write_text("NAME=Ubuntu\nVERSION_CODENAME=noble\n")
+    later = Host(**{**host.__dict__, "bin": host.root / "later"})  # what the package brings
+    later.bin.mkdir()
+    later.fake("nvidia-ctk", f"""import json, sys
+open("{host.log}", "a").write("nvidia-ctk " + " ".join(sys.argv[1:]) + "\\n")
+state = json.load(open("{host.state_file}"))
+state["runtimes"].append("nvidia")
+json.dump(state, open("{host.state_file}", "w"))""", python=True)
+    host.fake("apt-get", f'case "$*" in *nvidia-container-toolkit*) mv {later.bin}/nvidia-ctk {host.bin}/;; esac')
+    host.fake("curl", 'case "$*" in *.list*) echo "deb https://nvidia.github.io/libnvidia-container/stable/deb/'
+                      '\\$(ARCH) /";; *) for a; do [ "$p" = -o ] && echo key > "$a"; p=$a; done;; esac')
+    host.fake("gpg", 'for a; do [ "$p" = -o ] && echo dearmored > "$a"; p=$a; done')
+    host.fake("dpkg", "echo amd64")
+    return host.root / "sys"
+
+
+def test_a_missing_toolkit_is_installed_from_nvidias_repository_and_docker_restarted(host: Host, apt: Path) -> None:
+    host.set_docker(runtimes=["runc"], root="/var/lib/docker")
+    (host.root / "daemon.json").write_text(json.dumps({"log-driver": "journald"}))
+    result = host.boot("docker-setup")
+    assert result.returncode == 0, result.stderr + result.stdout
+    calls = host.calls()
+    install = calls.index("apt-get install -y -qq --no-install-recommends nvidia-container-toolkit")
+    assert calls.index("nvidia-ctk runtime configure --runtime=docker") > install
+    assert calls.index("systemctl restart docker") > install
+    listing = (apt / "etc/apt/sources.list.d/nvidia-container-toolkit.list").read_text()
+    assert listing.startswith("deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] https://")
+    assert (apt / "usr/share/keyrings/nvidia-container-toolkit-keyring.gpg").read_text() == "dearmored\n"
+    daemon = json.loads((host.root / "daemon.json").read_text())
+    assert daemon == {"log-driver": "journald", "data-root": f"{host.data}/docker",
+                      "features": {"containerd-snapshotter": False}}  # kept what was there
+    assert host.phases() == ["toolkit-installed packages=nvidia-container-toolkit"]
+
+
+def test_missing_docker_is_installed_from_dockers_repository(host: Host, apt: Path) -> None:
+    (host.bin / "docker").rename(host.root / "docker-later")
+    host.fake("apt-get", f'case "$*" in *docker-ce*) mv {host.root}/docker-later {host.bin}/docker;; esac')
+    host.fake("nvidia-ctk", "")
+    result = host.boot("docker-setup")
+    assert result.returncode == 0, result.stderr
+    assert ("apt-get install -y -qq --no-install-recommends docker-ce docker-ce-cli containerd.io "
+            "docker-buildx-plugin") in host.calls()
+    assert (apt / "etc/apt/sources.list.d/docker.list").read_text() == (
+        "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/ubuntu noble "
+        "stable\n")
+    assert host.phases() == ["toolkit-installed packages=docker-ce"]
+
+
+def test_a_ready_docker_is_left_alone(host: Host) -> None:
+    host.fake("nvidia-ctk", "")
+    assert host.boot("docker-setup").returncode == 0
+    assert not [c for c in host.calls() if c.startswith(("apt-get", "systemctl", "nvidia-ctk"))]
+    assert host.phases() == []
+
+
+def test_a_toolkit_that_cannot_be_installed_fails_the_boot(host: Host, apt: Path) -> None:
+    host.fake("apt-get", "exit 100")
+    result = host.boot("docker-setup")
+    assert result.returncode == 1 and "could not install the NVIDIA container toolkit" in host.failed()
+
+
+# --- the GPU and its driver ------------------------------------------------------------------------------------
+
+def nvidia_smi(host: Host, cuda: str) -> None:
+    host.fake("nvidia-smi", f'''if [ "$1" = --query-gpu=name,memory.total ]; then echo "NVIDIA A10G, 23028 MiB"
+else echo "| NVIDIA-SMI 580.95.05    Driver Version: 580.95.05    CUDA Version: {cuda}     |"; fi''')
+
+
+def test_gpu_check_records_the_driver_phase(host: Host) -> None:
+    nvidia_smi(host, "13.0")
+    result = host.boot("gpu-check", "13.0")
+    assert result.returncode == 0, result.stderr
+    assert host.phases() == ['driver-ok gpu="NVIDIA A10G, 23028 MiB" cuda=13.0']
+    assert host.status() == "driver ok\n"
+    line = (host.state / "boot-phases.log").read_text()
     assert " boot=" in line and " uptime=" in line  # seconds since power-on: comparable across boots
-    assert "phase driver-ok" in host["console"].read_text()
+    assert "phase driver-ok" in host.console()
+    nvidia_smi(host, "13.2")  # a newer minor than the image's runs it too
+    assert host.boot("gpu-check", "13.0").returncode == 0
 
 
-@pytest.mark.parametrize("nvidia_smi", [
+def test_a_driver_too_old_for_the_images_cuda_fails_with_both_versions(host: Host) -> None:
+    nvidia_smi(host, "12.9")
+    result = host.boot("gpu-check", "13.0")
+    assert result.returncode == 1
+    message = "the NVIDIA driver supports CUDA 12.9, but the server image needs CUDA 13.0"
+    assert message in host.failed() and message in host.status() and message in host.console()
+    assert host.phases() == []
+
+
+@pytest.mark.parametrize("nvidia_smi_body", [
     "echo 'NVIDIA-SMI has failed because it couldn'\"'\"'t communicate with the NVIDIA driver.'; exit 9",
     None,  # not installed at all
 ])
-def test_gpu_check_fails_loudly_to_console_and_status_file(host, nvidia_smi) -> None:
-    if nvidia_smi:
-        fake(host, "nvidia-smi", nvidia_smi)
-    result = boot(host, "gpu-check", SDXL_GPU_WAIT_SECONDS="0")
+def test_gpu_check_fails_loudly_to_console_and_status_file(host: Host, nvidia_smi_body: str | None) -> None:
+    if nvidia_smi_body:
+        host.fake("nvidia-smi", nvidia_smi_body)
+    result = host.boot("gpu-check", "13.0", SDXL_GPU_WAIT_SECONDS="0")
     assert result.returncode == 1
-    status = (host["state"] / "status").read_text()
-    assert status.startswith("FAILED: nvidia-smi sees no GPU")
-    console = host["console"].read_text()
-    assert "FAILED" in console and "The server will not start" in console
-    assert ("communicate with the NVIDIA driver" if nvidia_smi else "not found") in console
-    assert phases(host) == []
+    assert host.status().startswith("FAILED: nvidia-smi sees no GPU")
+    assert "FAILED" in host.console() and "The server will not start" in host.console()
+    assert ("communicate with the NVIDIA driver" if nvidia_smi_body else "not found") in host.console()
+    assert host.failed().startswith("nvidia-smi sees no GPU")  # the idle watcher powers off soon after
+    assert host.phases() == []
 
 
-def test_pull_records_the_image_phase(host) -> None:
-    fake(host, "docker", 'echo "docker $*" >> "$(dirname "$0")/calls"')
-    assert boot(host, "pull", "ghcr.io/o/server:1", "image-pulled").returncode == 0
-    assert phases(host) == ["image-pulled image=ghcr.io/o/server:1"]
-    assert (host["bin"] / "calls").read_text() == "docker pull --quiet ghcr.io/o/server:1\n"
+# --- building from the source bundle, then running: through the rendered units ------------------------------
+
+def small_bundle() -> tuple[bytes, str]:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as archive:
+        for name, text in (("image/Dockerfile", "FROM scratch\n"), ("server/app.py", "print('app')\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            archive.addfile(info, io.BytesIO(text.encode()))
+    data = raw.getvalue()
+    return data, hashlib.sha256(data).hexdigest()
 
 
-def test_pull_falls_back_to_the_copy_on_disk_when_the_registry_is_down(host) -> None:
-    fake(host, "docker", '[ "$1" = image ] && exit 0; echo "registry unreachable" >&2; exit 1')
-    assert boot(host, "pull", "ghcr.io/o/server:1", "image-pulled").returncode == 0
-    assert phases(host) == ["image-pulled image=ghcr.io/o/server:1 (local copy)"]
+def values_for(cloud: str, sha: str, **overrides) -> BootstrapValues:
+    aws = cloud == "aws"
+    return replace(BootstrapValues(
+        model=MODEL, cors_origins=("*",), public_ip="203.0.113.10", cloud=cloud,
+        location="us-east-1" if aws else "sdxl-test-project", data_devices=("/dev/xvdf",),
+        secrets=(("SDXL_API_TOKEN", "/sdxl-endpoint/dev/api-token" if aws else "sdxl-dev-api-token"),
+                 ("HF_TOKEN", "/sdxl-endpoint/dev/hf-token" if aws else "sdxl-dev-hf-token")),
+        source=SourceBundle(BUCKET, f"bundles/{sha}.tar", sha),
+    ), **overrides)
 
 
-def test_pull_fails_without_registry_or_local_copy(host) -> None:
-    fake(host, "docker", "exit 1")
-    assert boot(host, "pull", "ghcr.io/o/server:1", "image-pulled").returncode == 1
-    assert (host["state"] / "status").read_text().startswith("FAILED: cannot pull ghcr.io/o/server:1")
+def store_secrets(host: Host, values: BootstrapValues) -> None:
+    for variable, name in values.secrets:
+        value = TOKEN if variable == "SDXL_API_TOKEN" else HF_TOKEN
+        if values.cloud == "aws":
+            host.cloud.parameters[name] = value
+        else:
+            host.cloud.secrets[f"projects/{values.location}/secrets/{name}"] = value
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown to the container's uid needs root, as on the instance")
-def test_prepare_gives_the_cache_to_the_containers_user(host) -> None:
-    assert boot(host, "prepare").returncode == 0
-    assert host["cache"].stat().st_uid == 10001
+def run_unit(host: Host, document: str, name: str) -> None:
+    """Run a rendered unit's ExecStartPre and ExecStart lines, in order, as systemd would (a leading `-`
+    lets a line fail), with the instance's paths mapped onto this test's stand-ins."""
+    files = {f["path"]: f["content"] for f in yaml.safe_load(document)["write_files"]}
+    (host.root / "settings.env").write_text(files[bootstrap.SETTINGS_FILE])
+    paths = {
+        bootstrap.BOOT_SCRIPT: f"bash {SCRIPT}", "/usr/bin/python3": sys.executable, "/usr/bin/docker": "docker",
+        bootstrap.CLOUD_HELPER: str(IMAGE / "host" / "sdxl_cloud.py"),
+        bootstrap.SETTINGS_FILE: str(host.root / "settings.env"),
+        bootstrap.ENV_FILE: str(host.run / "server.env"), bootstrap.MODEL_CACHE_DIR: str(host.data / "models"),
+    }
+    lines = re.sub(r"\\\n\s*", " ", files[f"/etc/systemd/system/{name}.service"]).splitlines()
+    commands = [line.split("=", 1)[1] for line in lines if line.startswith("ExecStartPre=")]
+    commands += [line.split("=", 1)[1] for line in lines if line.startswith("ExecStart=")]
+    for command in commands:
+        may_fail = command.startswith("-")
+        for instance_path, here in sorted(paths.items(), key=lambda p: -len(p[0])):
+            command = command.replace(instance_path, here)
+        result = subprocess.run(["bash", "-c", command.lstrip("-")], env=host.environment(), capture_output=True,
+                                text=True, timeout=60)
+        assert may_fail or result.returncode == 0, f"{name}: {command}\n{result.stdout}{result.stderr}"
 
+
+def index(calls: list[str], prefix: str) -> int:
+    found = [i for i, call in enumerate(calls) if call.startswith(prefix)]
+    assert found, f"nothing starting {prefix!r} in {calls}"
+    return found[0]
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_first_boot_fetches_the_bundle_checks_it_builds_then_runs(host: Host, cloud: str) -> None:
+    data, sha = small_bundle()
+    host.cloud.objects[f"{BUCKET}/bundles/{sha}.tar"] = data
+    values = values_for(cloud, sha)
+    store_secrets(host, values)
+    document = render_cloud_init(values)
+    run_unit(host, document, "sdxl-image")
+    run_unit(host, document, "sdxl-server")
+    calls = host.calls()
+    fetch = index(calls, f"cloud GET {BUCKET}.s3.us-east-1.amazonaws.com/bundles/{sha}.tar" if cloud == "aws"
+                  else f"cloud GET storage.googleapis.com/storage/v1/b/{BUCKET}/o/bundles%2F{sha}.tar")
+    verify = index(calls, "sha256sum ")
+    build = index(calls, f"docker build --quiet -f {host.data}/bundles/build.")
+    tag = index(calls, f"docker tag sdxl-endpoint-server:{sha} sdxl-endpoint-server:current")
+    token = index(calls, "cloud POST ssm.us-east-1.amazonaws.com/ AmazonSSM.GetParameter" if cloud == "aws" else
+                  "cloud GET secretmanager.googleapis.com/v1/projects/sdxl-test-project/secrets/sdxl-dev-api-token")
+    run = index(calls, "docker run --rm --name sdxl-server --gpus all")
+    assert fetch < verify < build < tag < token < run
+    assert calls[run].endswith(" sdxl-endpoint-server:current")
+    assert calls[run + 1] == "docker run: env file holds SDXL_API_TOKEN"
+    assert host.phases() == [f"image-built image=sdxl-endpoint-server:{sha}"]
+    assert (host.run / "server.env").read_text().endswith(f"SDXL_API_TOKEN={TOKEN}\nHF_TOKEN={HF_TOKEN}\n")
+    assert not list((host.data / "bundles").iterdir())  # the bundle and its unpacked copy are gone once built
+    assert TOKEN not in host.log.read_text() + host.console()
+
+
+def test_a_later_boot_reuses_the_image_built_from_the_same_bundle(host: Host) -> None:
+    _, sha = small_bundle()
+    host.set_docker(images=[f"sdxl-endpoint-server:{sha}"])
+    run_unit(host, render_cloud_init(values_for("aws", sha)), "sdxl-image")
+    assert not [c for c in host.calls() if c.startswith(("cloud", "docker build"))]
+    assert host.phases() == [f"image-built image=sdxl-endpoint-server:{sha} (built on an earlier boot)"]
+
+
+def test_a_bundle_whose_hash_does_not_match_is_never_built(host: Host) -> None:
+    data, sha = small_bundle()
+    host.cloud.objects[f"{BUCKET}/bundles/{sha}.tar"] = data + b"tampered"
+    result = host.boot("build", "aws", "us-east-1", BUCKET, f"bundles/{sha}.tar", sha)
+    assert result.returncode == 1
+    assert not [c for c in host.calls() if c.startswith("docker build")]
+    got = hashlib.sha256(data + b"tampered").hexdigest()
+    assert host.failed() == f"the source bundle's sha256 is {got}, not {sha}: refusing to build it\n"
+    assert host.status().startswith("FAILED: the source bundle's sha256")
+    assert not list((host.data / "bundles").glob("*"))  # the download is not kept
+
+
+def test_a_superseded_server_image_is_pruned_after_a_build(host: Host) -> None:
+    data, sha = small_bundle()
+    host.cloud.objects[f"{BUCKET}/bundles/{sha}.tar"] = data
+    host.set_docker(images=["sdxl-endpoint-server:0ld", "sdxl-endpoint-server:current"])
+    assert host.boot("build", "aws", "us-east-1", BUCKET, f"bundles/{sha}.tar", sha).returncode == 0
+    assert "docker rmi sdxl-endpoint-server:0ld" in host.calls()
+    assert "docker image prune --force" in host.calls()  # dangling layers of what was replaced
+    assert set(host.docker()["images"]) == {f"sdxl-endpoint-server:{sha}", "sdxl-endpoint-server:current"}
+
+
+@pytest.mark.parametrize("broken", ["build_fails", "no_bundle"])
+def test_a_failed_build_keeps_the_previous_image_or_fails_the_boot(host: Host, broken: str) -> None:
+    data, sha = small_bundle()
+    if broken == "build_fails":
+        host.cloud.objects[f"{BUCKET}/bundles/{sha}.tar"] = data
+        host.set_docker(build_fails=True)
+    args = ("build", "aws", "us-east-1", BUCKET, f"bundles/{sha}.tar", sha)
+    failed = host.boot(*args)
+    assert failed.returncode == 1 and "no earlier server image is on the data disk" in host.failed()
+    (host.run / "failed").unlink()
+    host.set_docker(images=["sdxl-endpoint-server:current"])
+    kept = host.boot(*args)
+    assert kept.returncode == 0 and host.failed() is None
+    assert host.phases()[-1] == "image-kept image=sdxl-endpoint-server:current"
+
+
+# --- pulling ---------------------------------------------------------------------------------------------------
+
+def test_an_ecr_image_is_pulled_logged_in_as_the_instance(host: Host) -> None:
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/sdxl-endpoint-server:1.0.0"
+    result = host.boot("pull-server", image, "aws")
+    assert result.returncode == 0, result.stderr
+    calls = host.calls()
+    login = index(calls, "docker login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com")
+    token = index(calls, "cloud POST api.ecr.us-east-1.amazonaws.com/")  # piped into the login: either logs first
+    pull = index(calls, f"docker pull --quiet {image}")
+    assert max(token, login) < pull and "docker login got a password on stdin" in calls[login:pull]
+    assert fake_cloud.ECR_PASSWORD not in host.log.read_text().replace("docker login got a password on stdin", "")
+    assert host.phases() == [f"image-pulled image={image}"]
+    assert "sdxl-endpoint-server:current" in host.docker()["images"]
+
+
+def test_a_public_image_is_pulled_without_a_login(host: Host) -> None:
+    assert host.boot("pull-server", "ghcr.io/o/server:1", "gcp").returncode == 0
+    assert not [c for c in host.calls() if "login" in c or c.startswith("cloud")]
+    assert "docker pull --quiet ghcr.io/o/server:1" in host.calls()
+
+
+def test_pull_falls_back_to_the_copy_on_disk_when_the_registry_is_down(host: Host) -> None:
+    host.set_docker(images=["ghcr.io/o/server:1"], registry_down=True)
+    assert host.boot("pull-server", "ghcr.io/o/server:1", "aws").returncode == 0
+    assert host.phases() == ["image-pulled image=ghcr.io/o/server:1 (local copy)"]
+    assert len([c for c in host.calls() if c.startswith("docker pull")]) == 1  # one try: a copy is there
+
+
+def test_pull_fails_without_registry_or_local_copy(host: Host) -> None:
+    host.set_docker(registry_down=True)
+    result = host.boot("pull", "caddy:2.11", SDXL_NET_WAIT_SECONDS="0")
+    assert result.returncode == 1
+    assert host.status().startswith("FAILED: cannot pull caddy:2.11")
+
+
+def test_caddys_pull_keeps_the_copy_on_disk(host: Host) -> None:
+    host.set_docker(images=["caddy:2.11"], registry_down=True)
+    assert host.boot("pull", "caddy:2.11").returncode == 0 and host.failed() is None
+
+
+def test_a_pull_runs_under_a_time_limit(host: Host) -> None:
+    host.fake("timeout", 'echo "timeout $*" >> "$FAKE_LOG"; shift; exec "$@"')
+    assert host.boot("pull", "caddy:2.11", SDXL_PULL_SECONDS="42").returncode == 0
+    assert [c for c in host.calls() if c.startswith("timeout 42 docker")]
+
+
+# --- model downloaded, server ready ----------------------------------------------------------------------------
 
 class ReadyServer:
     """/ready: 503 until `ready` is set, 401 without the right token; counts polls."""
@@ -139,8 +565,9 @@ def ready_server() -> Iterator[ReadyServer]:
     server.httpd.shutdown()
 
 
-def test_watch_ready_records_download_then_ready(host, ready_server: ReadyServer) -> None:
-    model_dir = host["cache"] / "hub" / "models--stabilityai--stable-diffusion-xl-base-1.0"
+def test_watch_ready_records_download_then_ready_reading_the_token_once_written(host: Host,
+                                                                                 ready_server: ReadyServer) -> None:
+    model_dir = host.data / "models" / "hub" / "models--stabilityai--stable-diffusion-xl-base-1.0"
     (model_dir / "snapshots" / "abc123").mkdir(parents=True)
     (model_dir / "snapshots" / "abc123" / "model_index.json").write_text("{}")
     (model_dir / "blobs").mkdir()
@@ -148,33 +575,51 @@ def test_watch_ready_records_download_then_ready(host, ready_server: ReadyServer
     partial.write_text("")
 
     def progress(polls: int) -> None:
+        if polls == 2:  # the server's start writes the env file only now
+            host.run.mkdir(exist_ok=True)
+            (host.run / "server.env").write_text(f"SDXL_MODEL={MODEL}\nSDXL_API_TOKEN={TOKEN}\n")
         if polls == 3:
             partial.rename(model_dir / "blobs" / "0f3e")  # download finished; loading and warm-up follow
         if polls == 6:
             ready_server.ready.set()
 
     ready_server.on_poll = progress
-    result = boot(host, "watch-ready", MODEL, server=ready_server.url, SDXL_POLL_SECONDS="0.05")
+    result = host.boot("watch-ready", MODEL, SDXL_SERVER=ready_server.url)
     assert result.returncode == 0, result.stderr
-    assert phases(host) == [f"model-downloaded model={MODEL}", "server-ready"]
-    assert (host["state"] / "status").read_text() == "ready\n"
-    assert TOKEN not in host["console"].read_text() + result.stdout + result.stderr
+    assert host.phases() == [f"model-downloaded model={MODEL}", "server-ready"]
+    assert host.status() == "ready\n"
+    assert TOKEN not in host.console() + result.stdout + result.stderr
 
 
-def test_watch_ready_on_a_later_boot_finds_the_model_cached(host, ready_server: ReadyServer) -> None:
+def test_watch_ready_for_a_built_in_model_has_nothing_to_download(host: Host, ready_server: ReadyServer) -> None:
+    host.run.mkdir()
+    (host.run / "server.env").write_text(f"SDXL_API_TOKEN={TOKEN}\n")
     ready_server.ready.set()
-    result = boot(host, "watch-ready", MODEL, server=ready_server.url, SDXL_POLL_SECONDS="0.05")
-    assert result.returncode == 0
-    # No cache folder here (the server found it elsewhere): still recorded, in order, once ready.
-    assert phases(host) == [f"model-downloaded model={MODEL}", "server-ready"]
+    assert host.boot("watch-ready", "tiny", SDXL_SERVER=ready_server.url).returncode == 0
+    assert host.phases() == ["server-ready"]
 
 
-def test_watch_ready_for_a_built_in_model_has_nothing_to_download(host, ready_server: ReadyServer) -> None:
-    ready_server.ready.set()
-    assert boot(host, "watch-ready", "tiny", server=ready_server.url, SDXL_POLL_SECONDS="0.05").returncode == 0
-    assert phases(host) == ["server-ready"]
+def test_a_failure_stays_the_status_until_the_next_boot(host: Host) -> None:
+    host.run.mkdir()
+    (host.run / "failed").write_text("the data disk did not appear\n")
+    host.state.mkdir()
+    (host.state / "status").write_text("FAILED: the data disk did not appear\n")
+    host.fake("nvidia-smi", 'echo "NVIDIA A10G, 23028 MiB"; echo "CUDA Version: 13.0"')
+    assert host.boot("gpu-check", "13.0").returncode == 0
+    assert host.status() == "FAILED: the data disk did not appear\n"  # a later step does not hide it
 
 
 def test_usage_error() -> None:
     result = subprocess.run(["bash", str(SCRIPT), "bogus"], capture_output=True, text=True, timeout=10)
     assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_every_command_the_units_run_exists() -> None:
+    documents = [render_cloud_init(values_for("aws", "0" * 64)),
+                 render_cloud_init(values_for("aws", "0" * 64, source=None, image="ghcr.io/o/s:1"))]
+    units = "".join(f["content"] for document in documents for f in yaml.safe_load(document)["write_files"]
+                    if f["path"].endswith(".service"))
+    commands = set(re.findall(rf"{bootstrap.BOOT_SCRIPT} ([a-z-]+)", units))
+    usage = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=10).stderr
+    assert len(commands) == 7 and all(f"{command}|" in usage or f"{command} " in usage for command in commands), (
+        commands, usage)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import subprocess
 import sys
@@ -10,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from stacks.bootstrap import CADDY_IMAGE, MODEL_CACHE_DIR, SERVER_PORT
+from stacks import bundle
+from stacks.bootstrap import CADDY_IMAGE, DATA_DIR, MODEL_CACHE_DIR, SERVER_PORT
 from tests.image.conftest import IMAGE, ROOT
 
 DOCKERFILE = IMAGE / "Dockerfile"
@@ -40,15 +40,13 @@ def test_hadolint_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_installs_exactly_the_servers_pinned_requirements() -> None:
+def test_installs_exactly_the_servers_pinned_requirements_from_pypi() -> None:
     copies = instructions("COPY")
     assert "server/requirements.txt /tmp/requirements.txt" in copies
     runs = " ".join(instructions("RUN"))
-    assert "pip install --no-cache-dir -r /tmp/requirements.txt" in runs
-    # torch's CUDA build comes from PyTorch's index at the pin the requirements file holds (read at
-    # build time, never retyped here).
-    assert "grep -E '^torch==' /tmp/requirements.txt" in runs
-    assert 'pip install --no-cache-dir --index-url "${TORCH_INDEX}" "${torch_pin}"' in runs
+    assert "/opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt" in runs
+    # torch too: PyPI's Linux wheel is the CUDA build; PyTorch's own index would need its CUDA suffix right.
+    assert "--index-url" not in runs and "download.pytorch.org" not in TEXT
     assert "torch" in pins()
 
 
@@ -59,12 +57,13 @@ def test_every_version_literal_in_the_dockerfile_matches_the_pins() -> None:
         assert known.get(name.lower()) == version, f"{name}=={version} is not server/requirements.txt's pin"
 
 
-def test_cuda_12_base_and_a_matching_torch_cuda_build() -> None:
-    base = re.search(r"ARG CUDA_IMAGE=nvidia/cuda:(\d+)\.(\d+)\.\d+-[a-z]+-ubuntu\d+\.\d+", TEXT)
-    index = re.search(r"ARG TORCH_INDEX=https://download\.pytorch\.org/whl/cu(\d+)", TEXT)
-    assert base and index
-    assert base.group(1) == "12"
-    assert index.group(1) == base.group(1) + base.group(2), "torch's CUDA build must match the base image's CUDA"
+def test_the_cuda_base_image_is_pinned_by_digest() -> None:
+    reference = bundle.base_image()
+    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-base-ubuntu\d+\.\d+@sha256:[0-9a-f]{64}", reference), reference
+    # Both stages build on it, through the one ARG.
+    assert [line for line in INSTRUCTIONS if line.startswith("FROM")] == ["FROM ${CUDA_IMAGE} AS build",
+                                                                           "FROM ${CUDA_IMAGE}"]
+    assert bundle.base_image_parts(reference)[0] == bundle.image_cuda_version()
 
 
 def test_runs_as_a_non_root_user() -> None:
@@ -78,8 +77,8 @@ def test_model_cache_and_compile_cache_on_the_models_volume() -> None:
     assert "HF_HOME=/models" in env
     assert "SDXL_COMPILE_CACHE_DIR=/models/torch-compile" in env
     assert instructions("VOLUME") == ['["/models"]']
-    # The host side mounts its persistent-disk folder at the same path.
-    assert MODEL_CACHE_DIR.startswith("/opt/")
+    # The host side mounts its data-disk folder there.
+    assert MODEL_CACHE_DIR.startswith(f"{DATA_DIR}/")
     assert f"SDXL_PORT={SERVER_PORT}" in env
 
 
@@ -103,32 +102,15 @@ def test_oci_labels() -> None:
     assert labels["org.opencontainers.image.version"] == "${VERSION}"  # the workflow passes the tag
 
 
-def _ignored(path: str, patterns: list[str]) -> bool:
-    """Docker's rule: the last pattern that matches the path or one of its parents decides."""
-    parts = path.split("/")
-    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    ignored = False
-    for raw in patterns:
-        negate = raw.startswith("!")
-        pattern = raw[1:].rstrip("/") if negate else raw.rstrip("/")
-        regex = fnmatch.translate(pattern).replace(".*", "[^/]*").replace("[^/]*[^/]*", ".*")
-        if pattern.startswith("**/"):
-            regex = "(.*/)?" + fnmatch.translate(pattern[3:]).replace(".*", "[^/]*")
-        if any(re.fullmatch(regex, c) for c in candidates):
-            ignored = not negate
-    return ignored
-
-
 @pytest.fixture(scope="module")
 def ignore_patterns() -> list[str]:
-    lines = (IMAGE / "Dockerfile.dockerignore").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return bundle.ignore_patterns()
 
 
 def test_build_context_keeps_secrets_and_bulk_out(ignore_patterns: list[str]) -> None:
     for path in (".pulumi-state/passphrase", ".venv/bin/python", "tests/conftest.py", ".git/config",
                  "stacks/config.py", "server/__pycache__/app.cpython-311.pyc"):
-        assert _ignored(path, ignore_patterns), path
+        assert bundle.ignored(path, ignore_patterns), path
 
 
 def test_build_context_has_everything_the_dockerfile_copies(ignore_patterns: list[str]) -> None:
@@ -140,7 +122,7 @@ def test_build_context_has_everything_the_dockerfile_copies(ignore_patterns: lis
         for file in files:
             relative = file.relative_to(ROOT).as_posix()
             if "__pycache__" not in relative:
-                assert not _ignored(relative, ignore_patterns), relative
+                assert not bundle.ignored(relative, ignore_patterns), relative
 
 
 def test_caddy_image_matches_the_caddy_the_tests_validate_with() -> None:

@@ -5,57 +5,26 @@ differs: Caddy's internal CA instead of Let's Encrypt, trusted by this test, on 
 from __future__ import annotations
 
 import ssl
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from stacks.bootstrap import LocalCaddy, render_caddyfile, sslip_host
-from tests.image.conftest import APP_ORIGIN, TOKEN, LiveServer, free_port, stop, wait_for
+from stacks.bootstrap import render_caddyfile, sslip_host
+from tests.image.conftest import APP_ORIGIN, TOKEN, Front, LiveServer, caddy_front
 
 pytestmark = pytest.mark.slow
 
-CADDY = Path(sys.executable).parent / "caddy"
 PUBLIC_IP = "127.0.0.1"  # stands in for the instance's public address
-
-
-@dataclass(frozen=True)
-class Front:
-    https_url: str
-    http_url: str
-    https_port: int
-    tls: ssl.SSLContext
 
 
 @pytest.fixture(scope="module")
 def front(entrypoint_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
-    home = tmp_path_factory.mktemp("caddy")
-    http_port, https_port = free_port(), free_port()
-    caddyfile = home / "Caddyfile"
-    caddyfile.write_text(render_caddyfile(PUBLIC_IP, None, upstream=f"127.0.0.1:{entrypoint_server.port}",
-                                          local=LocalCaddy(http_port=http_port, https_port=https_port)))
-    # Caddy keeps its CA and certificates under XDG_DATA_HOME; a fresh one per run, never the real $HOME.
-    env = {"HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config"),
-           "PATH": "/usr/bin:/bin"}
-    log = home / "caddy.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([str(CADDY), "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT)
-    root = home / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
-    https_url = f"https://{PUBLIC_IP}:{https_port}"
-    try:
-        wait_for(root.exists, timeout=20, what=f"Caddy's local CA (log: {log})", process=process)
-        tls = ssl.create_default_context(cafile=str(root))
-        wait_for(lambda: httpx.get(f"{https_url}/health", verify=tls, timeout=2).status_code == 200,
-                 timeout=20, what=f"HTTPS through Caddy (log: {log})", process=process)
-        yield Front(https_url=https_url, http_url=f"http://{PUBLIC_IP}:{http_port}", https_port=https_port, tls=tls)
-    finally:
-        stop(process)
+    with caddy_front(tmp_path_factory.mktemp("caddy"), partial(render_caddyfile, PUBLIC_IP, None),
+                     entrypoint_server.port, PUBLIC_IP) as running:
+        yield running
 
 
 def test_the_server_answers_over_verified_https(front: Front) -> None:
@@ -63,6 +32,8 @@ def test_the_server_answers_over_verified_https(front: Front) -> None:
         response = client.get(f"{front.https_url}/ready", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200
     assert response.json() == {"status": "ready"}
+    # HTTP/1.1 and HTTP/2 only: no Alt-Svc sending browsers to a UDP port that no firewall opens.
+    assert "alt-svc" not in response.headers
 
 
 def test_an_untrusted_client_is_refused(front: Front) -> None:

@@ -112,6 +112,98 @@ def test_run_loop_powers_off_once_with_a_fake_clock(capsys: pytest.CaptureFixtur
     assert "idle auto-stop after 10 min" in out and "powering off" in out
 
 
+class Replay:
+    """The watcher's loop on a fake clock, against a scripted server: no real sleeps, every poll recorded."""
+
+    def __init__(self, server) -> None:
+        self.now = BOOT
+        self.server = server  # minutes since power-on -> Observation
+        self.powered_off: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        assert self.now - BOOT < 48 * 60 * MINUTE, "no power-off within 48 hours"
+
+    def run(self, tracker: IdleTracker) -> float:
+        idle_stop.run(tracker, observe=lambda: self.server((self.now - BOOT) / MINUTE), clock=lambda: self.now,
+                      sleep=self.sleep, power_off=lambda: self.powered_off.append(self.now))
+        return (self.powered_off[0] - BOOT) / MINUTE
+
+
+def crash_loop(minute: float) -> Observation:
+    """Ready at 12 min after a first boot; from 20 min on it crashes every 10 min, loads for 3 min (with
+    /metrics answering and its gauge reset to the restart), then is ready again. Nobody sends a request."""
+    if minute < 12:
+        return Observation(ready=False, last_request=BOOT + 1 * MINUTE)
+    if minute < 20:
+        return Observation(ready=True, last_request=BOOT + 1 * MINUTE)
+    restart = 20 + (minute - 20) // 10 * 10
+    return Observation(ready=minute - restart >= 3, last_request=BOOT + restart * MINUTE)
+
+
+def test_a_crash_looping_server_powers_off_after_the_idle_time(capsys: pytest.CaptureFixture[str]) -> None:
+    # Each restart resets the gauge to the start time, and /metrics answers while loading: before, every
+    # restart looked like a request, and a replay of 24 hours gave no power-off at all.
+    stopped_at = Replay(crash_loop).run(IdleTracker(30 * MINUTE))
+    assert stopped_at == 12 + 30  # counted from the first ready, as if no restart had happened
+    assert "no generation request for 30 min" in capsys.readouterr().out
+
+
+def test_a_request_while_ready_still_counts_between_crashes() -> None:
+    def server(minute: float) -> Observation:
+        seen = crash_loop(minute)
+        if minute >= 37 and seen.ready:  # a request at 37 min, inside the third ready spell (33-40)
+            return Observation(ready=True, last_request=BOOT + 37 * MINUTE)
+        return seen
+    assert Replay(server).run(IdleTracker(30 * MINUTE)) == 37 + 30
+
+
+def test_a_failed_gpu_check_powers_off_after_a_short_delay_not_the_boot_grace(capsys) -> None:
+    # sdxl-boot's gpu-check wrote /run/sdxl-endpoint/failed a minute in; nothing will ever be ready.
+    def server(minute: float) -> Observation:
+        return Observation(ready=False, failed="nvidia-smi sees no GPU" if minute >= 1 else None)
+
+    stopped_at = Replay(server).run(IdleTracker(30 * MINUTE))
+    assert stopped_at == 1 + idle_stop.FAILED_GRACE_MINUTES < idle_stop.BOOT_GRACE_MINUTES
+    out = capsys.readouterr().out
+    assert "a boot step failed (nvidia-smi sees no GPU)" in out and "powering off" in out
+
+
+def test_a_failure_that_clears_does_not_power_off() -> None:
+    tracker = IdleTracker(30 * MINUTE)
+    assert not tracker.observe(BOOT, Observation(ready=False, failed="cannot pull"))
+    assert not tracker.observe(BOOT + 5 * MINUTE, Observation(ready=False))  # the next boot step got further
+    assert not tracker.observe(BOOT + 12 * MINUTE, Observation(ready=False, failed="cannot pull"))
+    assert tracker.observe(BOOT + 22 * MINUTE, Observation(ready=False, failed="cannot pull"))
+
+
+def test_a_ready_server_is_not_stopped_for_a_stale_failure_marker() -> None:
+    tracker = IdleTracker(30 * MINUTE)
+    for minute in range(0, 25):
+        assert not tracker.observe(BOOT + minute * MINUTE, Observation(ready=True, last_request=BOOT, failed="x"))
+
+
+def test_the_watcher_reads_the_token_and_the_failure_at_every_poll(tmp_path, monkeypatch) -> None:
+    env_file, failed_file = tmp_path / "server.env", tmp_path / "failed"
+    seen: list[tuple[str | None, str | None]] = []
+    monkeypatch.setattr(idle_stop, "observe_server",
+                        lambda server, token, failed: seen.append((token, failed)) or Observation(ready=False))
+    polls = iter(range(2))
+
+    def sleep(seconds: float) -> None:
+        poll = next(polls)
+        if poll == 0:
+            env_file.write_text("SDXL_API_TOKEN=written-at-server-start\n")
+        if poll == 1:
+            failed_file.write_text("the data disk did not appear\n")
+            env_file.write_text("SDXL_API_TOKEN=rotated\n")
+
+    monkeypatch.setattr(idle_stop.time, "sleep", sleep)
+    with pytest.raises(StopIteration):
+        idle_stop.main(["--minutes", "30", "--env-file", str(env_file), "--failed-file", str(failed_file)])
+    assert seen == [(None, None), ("written-at-server-start", None), ("rotated", "the data disk did not appear")]
+
+
 def test_parses_the_real_servers_metrics() -> None:
     metrics = Metrics()
     metrics.last_request.set(BOOT + 42)

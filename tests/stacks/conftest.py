@@ -20,6 +20,7 @@ import moto
 import pulumi
 import pytest
 from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.rpc import is_rpc_secret
 
 from stacks import catalog
 from tools import presets
@@ -31,6 +32,8 @@ FAKE_AMI = "ami-0f1e2d3c4b5a69788"
 FAKE_EIP = "203.0.113.10"
 FAKE_GCP_ADDRESS = "203.0.113.20"
 FAKE_GCP_PROJECT = "sdxl-test-project"
+FAKE_ACCOUNT = "123456789012"
+FAKE_VOLUME = "vol-0123456789abcdef0"
 
 
 @functools.cache
@@ -62,9 +65,26 @@ class CloudMocks(pulumi.runtime.Mocks):
         self.resources.append(args)
         state = dict(args.inputs)
         resource_id = f"{args.name}-id"
+        region = "us-east-1"
         if args.typ.startswith("aws:iam/"):
             state.setdefault("name", f"{args.name}-1a2b3c")  # what the provider's auto-naming yields
-            state.setdefault("arn", f"arn:aws:iam::123456789012:{args.typ.split('/')[1].split(':')[0]}/{state['name']}")
+            kind = args.typ.split("/")[1].split(":")[0]
+            state.setdefault("arn", f"arn:aws:iam::{FAKE_ACCOUNT}:{kind}/{state['name']}")
+        if args.typ == "aws:s3/bucket:Bucket":
+            resource_id = state.setdefault("bucket", f"{args.name}-20260801abcdef")  # the provider's auto-naming
+            state["arn"] = f"arn:aws:s3:::{resource_id}"
+        elif args.typ == "aws:ssm/parameter:Parameter":
+            state["arn"] = f"arn:aws:ssm:{region}:{FAKE_ACCOUNT}:parameter{args.inputs['name']}"
+        elif args.typ == "aws:kms/key:Key":
+            resource_id = "1234abcd-12ab-34cd-56ef-1234567890ab"
+            state["arn"] = f"arn:aws:kms:{region}:{FAKE_ACCOUNT}:key/{resource_id}"
+        elif args.typ == "aws:ebs/volume:Volume":
+            resource_id = FAKE_VOLUME
+        elif args.typ == "gcp:compute/disk:Disk":
+            state["selfLink"] = (f"https://www.googleapis.com/compute/v1/projects/{FAKE_GCP_PROJECT}/zones/"
+                                 f"{args.inputs['zone']}/disks/{args.inputs['name']}")
+        elif args.typ == "gcp:secretmanager/secret:Secret":
+            resource_id = f"projects/{FAKE_GCP_PROJECT}/secrets/{args.inputs['secretId']}"
         if args.typ == "aws:ec2/eip:Eip":
             state.update(publicIp=FAKE_EIP, allocationId="eipalloc-0123456789abcdef0")
         elif args.typ == "aws:ec2/instance:Instance":
@@ -108,10 +128,26 @@ class CloudMocks(pulumi.runtime.Mocks):
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
 
+class RecordingMonitor(MockMonitor):
+    """The mock monitor, also keeping each resource's options (what MockResourceArgs leaves out)."""
+
+    def __init__(self, mocks: CloudMocks) -> None:
+        super().__init__(mocks)
+        self.options: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def RegisterResource(self, request):  # noqa: N802 - the gRPC method's name
+        self.options[(request.type, request.name)] = {
+            "delete_before_replace": request.deleteBeforeReplace, "replace_on_changes": list(request.replaceOnChanges),
+            "ignore_changes": list(request.ignoreChanges), "retain_on_delete": request.retainOnDelete,
+            "protect": request.protect, "dependencies": list(request.dependencies),
+        }
+        return super().RegisterResource(request)
+
+
 @dataclass
 class ProgramRun:
     mocks: CloudMocks
-    monitor: MockMonitor
+    monitor: RecordingMonitor
     namespace: dict[str, Any] = field(default_factory=dict)
     # Every stack output, resolved while the program ran: id(output) -> (value, is secret).
     resolved: dict[int, tuple[Any, bool]] = field(default_factory=dict)
@@ -132,6 +168,16 @@ class ProgramRun:
         assert len(found) == 1, f"expected one {typ}, found {len(found)}"
         return found[0]
 
+    def options(self, typ: str) -> dict[str, Any]:
+        """The resource options the one resource of `typ` was registered with."""
+        return self.monitor.options[(typ, self.one(typ).name)]
+
+    def state(self, typ: str) -> dict[str, Any]:
+        """What the mocks answered for the one resource of `typ`: its inputs plus what the cloud assigns."""
+        name = self.one(typ).name
+        (registration,) = [r for urn, r in self.monitor.resources.items() if urn.endswith(f"{typ}::{name}")]
+        return registration.state
+
     def orphans(self, component_type: str) -> list[str]:
         """URNs of resources registered outside the component: the root stack is their direct parent.
 
@@ -146,6 +192,20 @@ class ProgramRun:
 
     def is_secret(self, output: pulumi.Output) -> bool:
         return self.resolved[id(output)][1]
+
+
+def plain_strings(value):
+    """Every scalar in resource inputs that is not inside a secret."""
+    if is_rpc_secret(value):
+        return
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from plain_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from plain_strings(item)
+    else:
+        yield str(value)
 
 
 def engine_config(config: dict[str, Any] | None, preset: str | None) -> dict[str, str]:
@@ -167,7 +227,7 @@ def run_program(config: dict[str, Any] | None = None, *, stack: str = "test", pr
     runs the program and waits for every output.
     """
     mocks = CloudMocks()
-    monitor = MockMonitor(mocks)
+    monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project="sdxl-endpoint", stack=preset or stack, preview=preview, monitor=monitor)
     run = ProgramRun(mocks, monitor)
     environment = {"PULUMI_CONFIG": json.dumps(engine_config(config, preset)),

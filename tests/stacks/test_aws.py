@@ -1,22 +1,58 @@
 """The AWS component, evaluated through the real `__main__.py` under Pulumi mocks."""
 
+import base64
+import gzip
+import hashlib
+import json
+
 import pytest
 import yaml
 
-from stacks import aws, catalog, config, contract
+from stacks import aws, bootstrap, bundle, catalog, config, contract
 from stacks.bootstrap import USER_DATA_LIMIT_BYTES
-from tests.stacks.conftest import FAKE_AMI, FAKE_EIP, ROOT, ec2_offerings, run_program
+from tests.stacks.conftest import (
+    FAKE_ACCOUNT,
+    FAKE_AMI,
+    FAKE_EIP,
+    FAKE_VOLUME,
+    ROOT,
+    ec2_offerings,
+    plain_strings,
+    run_program,
+)
 
 AWS_PRESETS = sorted(p.name.split(".")[1] for p in (ROOT / "stacks").glob("Pulumi.aws-*.yaml"))
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how the Pulumi wire format marks a secret value
 INSTANCE = "aws:ec2/instance:Instance"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+PARAMETER = "aws:ssm/parameter:Parameter"
+KEY = "aws:kms/key:Key"
+KEY_ARN = f"arn:aws:kms:us-east-1:{FAKE_ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+BUCKET = "aws:s3/bucket:Bucket"
+OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
+VOLUME = "aws:ebs/volume:Volume"
+ATTACHMENT = "aws:ec2/volumeAttachment:VolumeAttachment"
 
 
 def secret_value(value):
     """The plaintext of a secret-marked input, failing if it was not marked secret."""
     assert isinstance(value, dict) and SECRET_SIG in value, "value is not a Pulumi secret"
     return value["value"]
+
+
+def aws_document(run) -> str:
+    """The cloud-init document the instance boots with, as cloud-init unpacks it."""
+    return gzip.decompress(base64.b64decode(run.one(INSTANCE).inputs["userDataBase64"])).decode()
+
+
+def role_policy(run) -> list[dict]:
+    return json.loads(run.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])["Statement"]
+
+
+def assert_nowhere_plain(run, token: str) -> None:
+    for resource in run.mocks.resources:
+        if resource.typ != "random:index/randomPassword:RandomPassword":
+            assert not [s for s in plain_strings(resource.inputs) if token in s], resource.typ
 
 
 def test_the_three_presets_exist():
@@ -137,13 +173,29 @@ def test_security_group_opens_exactly_80_and_443(cidrs):
     assert all(r["fromPort"] != 22 for r in ingress)
 
 
-def test_shell_is_ssm_session_manager_with_least_privilege():
+def test_shell_is_ssm_session_manager_and_the_role_reads_only_its_tokens_and_bundle():
     run = run_program(preset="aws-g5")
     attachment = run.one("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
     assert attachment.inputs["policyArn"] == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
-    assert not run.of_type("aws:iam/rolePolicy:RolePolicy")
     assert '"ec2.amazonaws.com"' in run.one("aws:iam/role:Role").inputs["assumeRolePolicy"]
     assert run.one(INSTANCE).inputs["iamInstanceProfile"]
+    statements = {s["sid"]: s for s in role_policy(run)}
+    assert set(statements) == {"ReadItsTokens", "NoOtherParameters", "DecryptThemThroughSsm", "ReadItsSourceBundle"}
+    own = [f"arn:aws:ssm:us-east-1:{FAKE_ACCOUNT}:parameter/sdxl-endpoint/aws-g5/api-token"]
+    assert statements["ReadItsTokens"]["actions"] == ["ssm:GetParameter"]
+    assert statements["ReadItsTokens"]["resources"] == own
+    # The Session Manager policy allows ssm:GetParameter(s) on every parameter: denied but for its own.
+    deny = statements["NoOtherParameters"]
+    assert deny["effect"] == "Deny" and deny["notResources"] == own and "ssm:GetParameters" in deny["actions"]
+    decrypt = statements["DecryptThemThroughSsm"]
+    assert decrypt["actions"] == ["kms:Decrypt"] and decrypt["resources"] == [KEY_ARN]
+    assert decrypt["conditions"] == [{"test": "StringEquals", "variable": "kms:ViaService",
+                                      "values": ["ssm.us-east-1.amazonaws.com"]}]
+    key = run.one(OBJECT).inputs["key"]
+    assert statements["ReadItsSourceBundle"] == {"sid": "ReadItsSourceBundle", "actions": ["s3:GetObject"],
+                                                 "resources": [f"{run.state(BUCKET)['arn']}/{key}"]}
+    assert not [s for s in statements.values()
+                if "*" in s.get("resources", []) or any("*" in a for a in s["actions"])]
 
 
 def test_imdsv2_is_required_with_a_hop_for_the_container():
@@ -154,11 +206,12 @@ def test_imdsv2_is_required_with_a_hop_for_the_container():
 
 
 @pytest.mark.parametrize("disk", [None, "60", "500"])
-def test_root_volume_is_encrypted_gp3_and_at_least_60_gb(disk):
+def test_root_volume_is_encrypted_gp3_and_the_amis_own_size_unless_set(disk):
     run = run_program({"diskGb": disk} if disk else {})
     root = run.one(INSTANCE).inputs["rootBlockDevice"]
-    assert root["encrypted"] is True and root["volumeType"] == "gp3"
-    assert root["volumeSize"] == int(disk or 100) >= config.MIN_DISK_GB
+    assert root["encrypted"] is True and root["volumeType"] == "gp3" and root["deleteOnTermination"] is True
+    # The OS only: unset leaves the AMI's snapshot size, which can never be too small to launch.
+    assert root.get("volumeSize") == (int(disk) if disk else None)
 
 
 def test_guest_shutdown_stops_and_on_demand_by_default():
@@ -192,27 +245,38 @@ def test_tags_name_stack_project_and_ttl():
     assert "sdxl-endpoint:ttl" not in run_program({}).one(INSTANCE).inputs["tags"]
 
 
-def test_generated_token_is_secret_in_outputs_and_user_data():
+def test_generated_token_is_secret_in_outputs_and_its_parameter_and_nowhere_plain():
     run = run_program(preset="aws-g5")
     token = run.value(run.outputs["apiToken"])
     assert run.is_secret(run.outputs["apiToken"])
     assert len(token) == 48
-    user_data = secret_value(run.one(INSTANCE).inputs["userData"])
-    assert f"SDXL_API_TOKEN={token}" in user_data
+    (parameter,) = [p.inputs for p in run.of_type(PARAMETER)]
+    assert (parameter["name"], parameter["type"]) == ("/sdxl-endpoint/aws-g5/api-token", "SecureString")
+    assert secret_value(parameter["value"]) == token and parameter["keyId"] == KEY_ARN
+    assert token not in aws_document(run) and "/sdxl-endpoint/aws-g5/api-token" in aws_document(run)
     # Only the token is secret; the rest of the outputs stay readable, and none contains it.
     for name, output in run.outputs.items():
         if name != "apiToken":
             assert token not in str(run.value(output)), name
+    assert_nowhere_plain(run, token)
 
 
-def test_configured_token_is_used_and_stays_secret():
-    run = run_program({"apiToken": "configured-token-0123456789", "hfToken": "hf_abcdefghijklmnop"})
+def test_configured_tokens_are_used_and_stay_secret():
+    run = run_program({"apiToken": "configured-token-0123456789", "hfToken": "hf_abcdefghijklmnop"}, stack="dev")
     assert not run.of_type("random:index/randomPassword:RandomPassword")
     assert run.value(run.outputs["apiToken"]) == "configured-token-0123456789"
     assert run.is_secret(run.outputs["apiToken"])
-    user_data = secret_value(run.one(INSTANCE).inputs["userData"])
-    assert "configured-token-0123456789" in user_data and "hf_abcdefghijklmnop" in user_data
-    assert "configured-token" not in run.value(run.outputs["curlExample"])
+    parameters = {p.inputs["name"]: p.inputs for p in run.of_type(PARAMETER)}
+    assert set(parameters) == {"/sdxl-endpoint/dev/api-token", "/sdxl-endpoint/dev/hf-token"}
+    assert secret_value(parameters["/sdxl-endpoint/dev/hf-token"]["value"]) == "hf_abcdefghijklmnop"
+    document = aws_document(run)
+    assert "SDXL_API_TOKEN=/sdxl-endpoint/dev/api-token HF_TOKEN=/sdxl-endpoint/dev/hf-token" in document
+    for token in ("configured-token-0123456789", "hf_abcdefghijklmnop"):
+        assert token not in document and token not in run.value(run.outputs["curlExample"])
+        assert_nowhere_plain(run, token)
+    statements = {s["sid"]: s for s in role_policy(run)}
+    assert sorted(statements["ReadItsTokens"]["resources"]) == [
+        f"arn:aws:ssm:us-east-1:{FAKE_ACCOUNT}:parameter/sdxl-endpoint/dev/{n}" for n in ("api-token", "hf-token")]
 
 
 def test_user_data_is_under_the_16_kb_limit():
@@ -220,8 +284,8 @@ def test_user_data_is_under_the_16_kb_limit():
         "apiToken": "t" * 64, "hfToken": "hf_" + "x" * 40,
         "corsOrigins": [f"https://app{i}.example.com" for i in range(20)],
     })
-    user_data = secret_value(run.one(INSTANCE).inputs["userData"])
-    assert len(user_data.encode()) < USER_DATA_LIMIT_BYTES == 16 * 1024
+    packed = base64.b64decode(run.one(INSTANCE).inputs["userDataBase64"])
+    assert len(packed) < USER_DATA_LIMIT_BYTES == 16 * 1024
 
 
 def test_every_resource_is_a_descendant_of_the_component():
@@ -236,3 +300,89 @@ def test_region_comes_from_config_and_drives_the_provider():
     assert run.value(run.outputs["availabilityZone"]).startswith("us-west-2")
     assert all(r.provider and "providers:aws" in r.provider for r in run.mocks.resources
                if r.typ.startswith("aws:"))
+
+
+# --- the source bundle, its bucket and the data disk --------------------------------------------------------------
+
+def test_the_source_bucket_is_private_encrypted_owner_enforced_and_destroy_empties_it():
+    run = run_program(preset="aws-g5")
+    bucket = run.one(BUCKET)
+    assert bucket.inputs["forceDestroy"] is True  # `pulumi destroy` removes it with its contents
+    block = run.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").inputs
+    assert block == {"bucket": "sdxl-source-20260801abcdef", "blockPublicAcls": True, "blockPublicPolicy": True,
+                     "ignorePublicAcls": True, "restrictPublicBuckets": True}
+    owner = run.one("aws:s3/bucketOwnershipControls:BucketOwnershipControls").inputs
+    assert owner["rule"] == {"objectOwnership": "BucketOwnerEnforced"}  # no ACL can share an object
+    encryption = run.one("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    assert encryption.inputs["rules"] == [{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "AES256"}}]
+    assert not run.of_type("aws:s3/bucketPolicy:BucketPolicy") and not run.of_type("aws:s3/bucketAcl:BucketAcl")
+
+
+def test_the_uploaded_bundle_is_this_checkouts_source_and_the_instance_checks_the_same_hash():
+    run = run_program(preset="aws-g5")
+    uploaded = run.one(OBJECT).inputs
+    path = uploaded["source"].path  # a FileAsset, as the engine gets it
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert digest == bundle.build().sha256  # content-addressed: the same checkout, the same object
+    assert uploaded["key"] == f"bundles/{digest}.tar" and uploaded["bucket"] == "sdxl-source-20260801abcdef"
+    assert f"sdxl-boot build aws us-east-1 sdxl-source-20260801abcdef bundles/{digest}.tar {digest}" in (
+        aws_document(run))
+    assert run.options(OBJECT)["dependencies"]  # uploaded once the bucket's protections exist
+
+
+def test_a_configured_image_is_pulled_and_needs_no_bucket():
+    run = run_program({"image": "ghcr.io/me/sdxl-endpoint-server:1.0.0"})
+    assert not run.of_type(BUCKET) and not run.of_type(OBJECT)
+    assert "sdxl-boot pull-server ghcr.io/me/sdxl-endpoint-server:1.0.0 aws" in aws_document(run)
+    assert {s["sid"] for s in role_policy(run)} == {"ReadItsTokens", "NoOtherParameters", "DecryptThemThroughSsm"}
+
+
+def test_an_ecr_image_of_the_account_is_pulled_with_rights_on_that_repository_only():
+    image = f"{FAKE_ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/team/sdxl-endpoint-server:1.0.0"
+    statements = {s["sid"]: s for s in role_policy(run_program({"image": image}))}
+    assert statements["PullTheImage"]["resources"] == [
+        f"arn:aws:ecr:us-east-1:{FAKE_ACCOUNT}:repository/team/sdxl-endpoint-server"]
+    assert sorted(statements["PullTheImage"]["actions"]) == [
+        "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
+    # The login token has no narrower resource; alone it grants no image.
+    assert statements["EcrLogin"] == {"sid": "EcrLogin", "actions": ["ecr:GetAuthorizationToken"], "resources": ["*"]}
+    assert aws.ecr_repository_arn("ghcr.io/o/server:1") is None
+    assert aws.ecr_repository_arn(f"{FAKE_ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/x@sha256:{'a' * 64}") == (
+        f"arn:aws:ecr:eu-west-1:{FAKE_ACCOUNT}:repository/x")
+
+
+def test_the_token_key_rotates_and_parameters_can_be_replaced():
+    run = run_program(preset="aws-g5")
+    key = run.one(KEY).inputs
+    assert key["enableKeyRotation"] is True and key["deletionWindowInDays"] == 7
+    assert "policy" not in key  # the account's default: IAM decides, and only the instance role is granted
+    assert run.options(PARAMETER)["delete_before_replace"] is True  # a fixed name cannot exist twice
+
+
+@pytest.mark.parametrize("size", [None, "250"])
+def test_the_data_disk_is_its_own_encrypted_volume_in_the_instances_zone(size):
+    run = run_program({"dataDiskGb": size} if size else {})
+    volume = run.one(VOLUME).inputs
+    assert volume["encrypted"] is True and volume["type"] == "gp3"
+    assert volume["size"] == int(size or config.DEFAULT_DATA_DISK_GB)
+    assert volume["availabilityZone"] == run.one("aws:ec2/subnet:Subnet").inputs["availabilityZone"]
+    assert run.options(VOLUME)["retain_on_delete"] is False  # `pulumi destroy` deletes it
+    attachment = run.one(ATTACHMENT).inputs
+    assert attachment == {"deviceName": aws.DATA_DEVICE, "volumeId": FAKE_VOLUME, "instanceId": "i-0123456789abcdef0",
+                          "stopInstanceBeforeDetaching": True}
+    # On replacement the volume moves: detach from the old instance, then attach to the new one.
+    assert run.options(ATTACHMENT)["delete_before_replace"] is True
+    assert f"sdxl-boot data-disk {' '.join(aws.data_devices(FAKE_VOLUME))}" in aws_document(run)
+    assert aws.data_devices(FAKE_VOLUME)[0] == "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0"
+
+
+def test_a_changed_bootstrap_replaces_the_instance_but_not_the_data_disk():
+    before = run_program(preset="aws-g5")
+    after = run_program({"model": "some-org/another-sdxl", "corsOrigins": ["https://app.example.com"]},
+                        preset="aws-g5")
+    assert aws_document(before) != aws_document(after)
+    assert after.one(INSTANCE).inputs["userDataReplaceOnChange"] is True  # the instance is replaced...
+    assert before.one(VOLUME).inputs == after.one(VOLUME).inputs  # ...its data disk sees no change at all
+    assert before.options(VOLUME) == after.options(VOLUME)
+    assert not after.options(VOLUME)["replace_on_changes"] and not after.options(VOLUME)["delete_before_replace"]
+    assert bootstrap.DATA_DIR in aws_document(after)

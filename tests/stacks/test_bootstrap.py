@@ -1,5 +1,6 @@
 """The one cloud-init bootstrap (stacks/bootstrap.py + image/host/): real validators on every variant
-(`cloud-init schema`, shellcheck, `caddy validate`), AWS's 16 KB limit, and its wiring into both stacks."""
+(`cloud-init schema`, shellcheck, `caddy validate`, `systemd-analyze verify`), AWS's 16 KB limit, the
+units' dependencies, and its wiring into both stacks."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,97 +17,129 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
-from stacks import bootstrap
-from stacks.bootstrap import BootstrapValues, LocalCaddy, render_caddyfile, render_cloud_init
-from tests.stacks.conftest import FAKE_EIP, FAKE_GCP_ADDRESS, FAKE_GCP_PROJECT, run_program
+from stacks import bootstrap, bundle
+from stacks.bootstrap import (
+    BootstrapValues,
+    LocalCaddy,
+    ProxyTimeouts,
+    SourceBundle,
+    render_caddyfile,
+    render_cloud_init,
+)
+from tests.stacks.conftest import FAKE_EIP, FAKE_GCP_ADDRESS, FAKE_GCP_PROJECT, FAKE_VOLUME, run_program
 
 BIN = Path(sys.executable).parent
-TOKEN = "A1b2C3d4" * 6  # 48 characters, the generated token's length
-HF_TOKEN = "hf_" + "Q" * 34
-# A realistic worst case for the size limit: ten long origins, a long domain-less setup, a digest-pinned image.
+SHA = "0123456789abcdef" * 4
+SOURCE = SourceBundle("sdxl-source-20260801abcdef", f"bundles/{SHA}.tar", SHA)
+AWS_DEVICES = (f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{FAKE_VOLUME.replace('-', '')}", "/dev/xvdf")
+SECRETS = (("SDXL_API_TOKEN", "/sdxl-endpoint/aws-g5/api-token"), ("HF_TOKEN", "/sdxl-endpoint/aws-g5/hf-token"))
+# A realistic worst case for the size limit: ten long origins, a long model id, a long stack name.
 LONG_ORIGINS = tuple(f"https://preview-{i:02d}.my-image-app.example-company.com" for i in range(10))
-LONG_IMAGE = "ghcr.io/some-organisation/sdxl-endpoint-server@sha256:" + "0" * 64
 
 
 def values(**overrides) -> BootstrapValues:
     base = BootstrapValues(
-        image="ghcr.io/sdxl-endpoint/sdxl-endpoint-server:latest", model="stabilityai/stable-diffusion-xl-base-1.0",
-        api_token=TOKEN, hf_token=HF_TOKEN, cors_origins=("https://app.example.com",), public_ip="203.0.113.10",
+        model="stabilityai/stable-diffusion-xl-base-1.0", cors_origins=("https://app.example.com",),
+        public_ip="203.0.113.10", cloud="aws", location="us-east-1", data_devices=AWS_DEVICES, secrets=SECRETS,
+        source=SOURCE,
     )
     return dataclasses.replace(base, **overrides)
 
 
 VARIANTS = {
-    "ip": values(),
+    "aws-build": values(),
+    "gcp-pull": values(cloud="gcp", location=FAKE_GCP_PROJECT, source=None,
+                       image="us-central1-docker.pkg.dev/sdxl-test-project/images/sdxl-endpoint-server:1.0.0",
+                       data_devices=("/dev/disk/by-id/google-sdxl-data",),
+                       secrets=(("SDXL_API_TOKEN", "sdxl-gcp-t4-api-token"),)),
     "domain": values(domain="sdxl.example.com", public_ip=None),
-    "no-idle-stop-no-hf-token": values(idle_stop_minutes=0, hf_token=None),
-    "worst-case-size": values(cors_origins=LONG_ORIGINS, image=LONG_IMAGE,
-                              model="some-organisation/a-rather-long-fine-tuned-sdxl-model-name-v2"),
+    "no-idle-stop-no-hf-token": values(idle_stop_minutes=0, secrets=SECRETS[:1]),
+    "worst-case-size": values(cors_origins=LONG_ORIGINS, model="some-organisation/a-rather-long-fine-tuned-sdxl-v2",
+                              secrets=tuple((v, f"/sdxl-endpoint/a-rather-long-stack-name-for-ci-pr-12345/{n}")
+                                            for v, n in (("SDXL_API_TOKEN", "api-token"), ("HF_TOKEN", "hf-token")))),
 }
 
 
 def files_of(document: str) -> dict[str, dict]:
-    """write_files by path, with gz+b64 content unpacked the way cloud-init unpacks it."""
     assert document.startswith("#cloud-config\n")
-    parsed = yaml.safe_load(document)
-    files = {}
-    for entry in parsed["write_files"]:
-        content = entry["content"]
-        if entry.get("encoding") == "gz+b64":
-            content = gzip.decompress(base64.b64decode(content)).decode()
-        files[entry["path"]] = {**entry, "content": content}
-    return files
+    return {entry["path"]: entry for entry in yaml.safe_load(document)["write_files"]}
+
+
+def unit(files: dict, name: str) -> str:
+    return files[f"/etc/systemd/system/{name}.service"]["content"]
+
+
+def directives(text: str) -> dict[str, list[str]]:
+    """A unit's directives, each with every value it is given (dependency lists split into names)."""
+    found: dict[str, list[str]] = {}
+    for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            found.setdefault(key.strip(), []).extend(value.split() if key in DEPENDENCIES else [value.strip()])
+    return found
+
+
+DEPENDENCIES = ("Requires", "Wants", "After", "Before", "BindsTo", "PartOf", "Requisite")
 
 
 def run_tool(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=60, **kwargs)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_valid_per_cloud_init_schema(name: str, tmp_path: Path) -> None:
+# --- validators -------------------------------------------------------------------------------------------------
+
+def cloud_init_binary() -> str:
     cloud_init = shutil.which("cloud-init") or "/usr/bin/cloud-init"
     if not Path(cloud_init).exists():
         if os.environ.get("CI"):
             pytest.fail("cloud-init is not installed (.ci/run installs it)")
         pytest.skip("Debian's cloud-init package is not installed here (.ci/run installs it)")
+    return cloud_init
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_valid_per_cloud_init_schema(name: str, tmp_path: Path) -> None:
     path = tmp_path / "user-data"
     path.write_text(render_cloud_init(VARIANTS[name]))
-    result = run_tool([cloud_init, "schema", "--config-file", str(path)])
+    result = run_tool([cloud_init_binary(), "schema", "--config-file", str(path)])
     assert result.returncode == 0 and "Valid" in result.stdout, result.stdout + result.stderr
 
 
 def test_a_broken_document_is_caught_by_the_schema_check(tmp_path: Path) -> None:
-    # Proves the check above can fail: a typo'd key under write_files.
-    cloud_init = shutil.which("cloud-init") or "/usr/bin/cloud-init"
-    if not Path(cloud_init).exists():
-        pytest.skip("cloud-init is not installed")
     document = yaml.safe_load(render_cloud_init(values()))
     document["write_files"][0]["permission"] = document["write_files"][0].pop("permissions")
     path = tmp_path / "user-data"
     path.write_text("#cloud-config\n" + yaml.safe_dump(document))
-    assert run_tool([cloud_init, "schema", "--config-file", str(path)]).returncode != 0
+    assert run_tool([cloud_init_binary(), "schema", "--config-file", str(path)]).returncode != 0
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_within_awss_16_kb_user_data_limit(name: str) -> None:
-    size = len(render_cloud_init(VARIANTS[name]).encode())
-    assert size <= bootstrap.USER_DATA_LIMIT_BYTES == 16 * 1024
+def test_within_awss_16_kb_user_data_limit_once_gzipped(name: str) -> None:
+    document = render_cloud_init(VARIANTS[name])
+    packed = base64.b64decode(bootstrap.aws_user_data(document))
+    assert gzip.decompress(packed).decode() == document  # what cloud-init unpacks
+    assert len(packed) <= bootstrap.USER_DATA_LIMIT_BYTES == 16 * 1024
     # Headroom for growth: a bootstrap near the edge breaks the first time someone adds a line.
-    assert size <= 14 * 1024, f"{size} bytes: close to AWS's 16 KB limit"
+    assert len(packed) <= 15 * 1024, f"{len(packed)} bytes gzipped: close to AWS's 16 KB limit"
+    # The same document gives the same bytes: no spurious replacement from one `pulumi up` to the next.
+    assert bootstrap.aws_user_data(document) == bootstrap.aws_user_data(render_cloud_init(VARIANTS[name]))
+
+
+def test_a_document_over_the_limit_is_refused_at_preview() -> None:
+    noise = base64.b64encode(os.urandom(20_000)).decode()  # does not compress
+    with pytest.raises(ValueError, match=r"gzipped; AWS takes at most 16384"):
+        bootstrap.aws_user_data(render_cloud_init(values()) + f"# {noise}\n")
 
 
 def test_embedded_shell_is_shellcheck_clean(tmp_path: Path) -> None:
     files = files_of(render_cloud_init(values()))
-    scripts = [path for path, f in files.items() if f["content"].startswith("#!/usr/bin/env bash")
-               or f["content"].startswith("#!/bin/sh")]
+    scripts = [path for path, f in files.items() if f["content"].startswith(("#!/usr/bin/env bash", "#!/bin/sh"))]
     assert scripts == [bootstrap.BOOT_SCRIPT]
-    for path in scripts:
-        target = tmp_path / Path(path).name
-        target.write_text(files[path]["content"])
-        result = run_tool([str(BIN / "shellcheck"), "--severity=style", str(target)])
-        assert result.returncode == 0, result.stdout
+    target = tmp_path / "sdxl-boot"
+    target.write_text(files[bootstrap.BOOT_SCRIPT]["content"])
+    result = run_tool([str(BIN / "shellcheck"), "--severity=style", str(target)])
+    assert result.returncode == 0, result.stdout
     # runcmd holds argv lists only: nothing there goes through a shell.
     assert all(isinstance(cmd, list) for cmd in yaml.safe_load(render_cloud_init(values()))["runcmd"])
 
@@ -118,12 +152,189 @@ def test_shellcheck_catches_a_planted_mistake(tmp_path: Path) -> None:
 
 def test_embedded_scripts_are_the_files_in_image_host() -> None:
     files = files_of(render_cloud_init(values()))
-    assert files[bootstrap.BOOT_SCRIPT]["content"] == (bootstrap.HOST_TEMPLATES / "sdxl-boot.sh").read_text()
-    idle = files[bootstrap.IDLE_SCRIPT]["content"]
-    assert idle == (bootstrap.HOST_TEMPLATES / "idle_stop.py").read_text()
-    compile(idle, bootstrap.IDLE_SCRIPT, "exec")
-    assert files[bootstrap.BOOT_SCRIPT]["permissions"] == files[bootstrap.IDLE_SCRIPT]["permissions"] == "0755"
+    for path, template in ((bootstrap.BOOT_SCRIPT, "sdxl-boot.sh"), (bootstrap.IDLE_SCRIPT, "idle_stop.py"),
+                           (bootstrap.CLOUD_HELPER, "sdxl_cloud.py")):
+        assert files[path]["content"] == (bootstrap.HOST_TEMPLATES / template).read_text(), path
+        assert files[path]["permissions"] == "0755"
+        if path.endswith(".py"):
+            compile(files[path]["content"], path, "exec")
 
+
+def systemd_analyze() -> str:
+    found = shutil.which("systemd-analyze")
+    if not found:
+        pytest.skip("systemd-analyze is not installed here")
+    return found
+
+
+def verify_units(units: dict[str, str], tmp_path: Path) -> list[str]:
+    """What `systemd-analyze verify` says about the units, less the binaries this machine lacks."""
+    paths = []
+    for name, text in units.items():
+        (tmp_path / name).write_text(text)
+        paths.append(str(tmp_path / name))
+    result = run_tool([systemd_analyze(), "verify", *paths])
+    return [line for line in (result.stdout + result.stderr).splitlines()
+            if line.strip() and "is not executable" not in line]
+
+
+@pytest.mark.parametrize("name", ["aws-build", "gcp-pull"])
+def test_units_pass_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
+    files = files_of(render_cloud_init(VARIANTS[name]))
+    units = {Path(p).name: f["content"] for p, f in files.items() if p.endswith(".service")}
+    assert verify_units(units, tmp_path) == []
+    # ... which does catch a mistake.
+    assert verify_units({"typo.service": "[Unit]\nRequirez=x\n[Service]\nExecStart=/bin/true\n"}, tmp_path)
+
+
+# --- the units: what runs, and after what ---------------------------------------------------------------------
+
+def test_every_unit_written_is_enabled_and_started_on_first_boot() -> None:
+    for variant in (values(), values(idle_stop_minutes=0)):
+        document = yaml.safe_load(render_cloud_init(variant))
+        written = sorted(Path(f["path"]).name for f in document["write_files"] if f["path"].endswith(".service"))
+        enable, start = document["runcmd"][2], document["runcmd"][3]
+        assert enable[:2] == ["systemctl", "enable"] and sorted(enable[2:]) == written
+        assert start[:3] == ["systemctl", "start", "--no-block"] and sorted(start[3:]) == written
+        assert {Path(p).stem for p in written} <= set(bootstrap.UNITS)
+
+
+def test_ready_survives_a_failed_server_start() -> None:
+    # Requires= (or BindsTo=, PartOf=, Requisite=) on the server would cancel the watch for the whole boot
+    # after one failed start, such as an early pull before AWS attaches the Elastic IP.
+    ready = directives(unit(files_of(render_cloud_init(values())), "sdxl-ready"))
+    for strong in ("Requires", "BindsTo", "PartOf", "Requisite"):
+        assert "sdxl-server.service" not in ready.get(strong, []), strong
+    assert ready["ExecStart"] == ["/usr/local/bin/sdxl-boot watch-ready stabilityai/stable-diffusion-xl-base-1.0"]
+
+
+def test_the_watcher_runs_from_boot_after_nothing() -> None:
+    watcher = directives(unit(files_of(render_cloud_init(values(idle_stop_minutes=45))), "sdxl-idle-stop"))
+    assert not {key for key in watcher if key in DEPENDENCIES}  # a hung pull or build cannot hold it back
+    assert watcher["ExecStart"] == ["/usr/bin/python3 /usr/local/lib/sdxl-endpoint/idle_stop.py --minutes 45"]
+    assert watcher["Restart"] == ["always"] and watcher["WantedBy"] == ["multi-user.target"]
+
+
+def ordered_after(units: dict[str, dict[str, list[str]]], name: str) -> set[str]:
+    """Every unit `name` waits for, directly or not (After=, and the other side's Before=)."""
+    before = {u: set(d.get("Before", [])) for u, d in units.items()}
+    waits, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        direct = set(units.get(current, {}).get("After", [])) | {u for u, b in before.items() if current in b}
+        todo += [u for u in direct - waits]
+        waits |= direct
+    return waits
+
+
+def unit_graph(document: str) -> dict[str, dict[str, list[str]]]:
+    return {Path(p).name: directives(f["content"]) for p, f in files_of(document).items() if p.endswith(".service")}
+
+
+def test_independent_steps_overlap() -> None:
+    for variant in (values(), VARIANTS["gcp-pull"]):
+        graph = unit_graph(render_cloud_init(variant))
+        # The GPU check and the image build or pull wait for neither each other nor the server.
+        assert "sdxl-gpu-check.service" not in ordered_after(graph, "sdxl-image.service")
+        assert "sdxl-image.service" not in ordered_after(graph, "sdxl-gpu-check.service")
+        # Caddy fetches its certificates while the image builds.
+        assert not {"sdxl-server.service", "sdxl-image.service"} & ordered_after(graph, "sdxl-caddy.service")
+        # The server waits for both, and for its data disk.
+        assert {"sdxl-image.service", "sdxl-gpu-check.service", "sdxl-data.service"} <= ordered_after(
+            graph, "sdxl-server.service")
+
+
+def test_the_data_disk_comes_before_docker_and_everything_that_uses_it() -> None:
+    graph = unit_graph(render_cloud_init(values()))
+    assert "docker.service" in graph["sdxl-data.service"]["Before"]  # Docker's data root lives on it
+    for name in ("sdxl-docker.service", "sdxl-image.service", "sdxl-server.service", "sdxl-caddy.service",
+                 "sdxl-ready.service"):
+        assert "sdxl-data.service" in ordered_after(graph, name), name
+    data = graph["sdxl-data.service"]["ExecStart"][0]
+    assert data == f"/usr/local/bin/sdxl-boot data-disk {' '.join(AWS_DEVICES)}"
+
+
+def test_the_server_reads_its_tokens_at_each_start_and_runs_the_image_the_boot_made() -> None:
+    files = files_of(render_cloud_init(values()))
+    server = directives(unit(files, "sdxl-server"))
+    env_file, pre_docker = server["ExecStartPre"]
+    assert env_file == (f"/usr/bin/python3 {bootstrap.CLOUD_HELPER} env-file {bootstrap.SETTINGS_FILE} "
+                        f"{bootstrap.ENV_FILE} aws us-east-1 SDXL_API_TOKEN=/sdxl-endpoint/aws-g5/api-token "
+                        "HF_TOKEN=/sdxl-endpoint/aws-g5/hf-token")
+    assert bootstrap.ENV_FILE.startswith("/run/")  # in memory: the tokens never reach a disk
+    assert pre_docker == "-/usr/bin/docker rm --force sdxl-server"
+    (run,) = server["ExecStart"]
+    assert run.startswith("/usr/bin/docker run --rm --name sdxl-server --gpus all ")
+    assert f"--env-file {bootstrap.ENV_FILE}" in run
+    assert f"--volume {bootstrap.MODEL_CACHE_DIR}:/models" in run and bootstrap.MODEL_CACHE_DIR.startswith(
+        bootstrap.DATA_DIR)
+    assert f"--publish 127.0.0.1:{bootstrap.SERVER_PORT}:{bootstrap.SERVER_PORT}" in run  # Caddy is the way in
+    assert run.endswith(f" {bootstrap.SERVER_IMAGE}")
+    assert server["Restart"] == ["always"]
+    assert set(server["Requires"]) == {"sdxl-image.service", "sdxl-gpu-check.service"}  # no GPU, no server
+
+
+def test_the_image_step_builds_the_bundle_or_pulls_the_image() -> None:
+    build = directives(unit(files_of(render_cloud_init(values())), "sdxl-image"))
+    assert build["ExecStart"] == [f"/usr/local/bin/sdxl-boot build aws us-east-1 {SOURCE.bucket} {SOURCE.key} {SHA}"]
+    pull = directives(unit(files_of(render_cloud_init(VARIANTS["gcp-pull"])), "sdxl-image"))
+    assert pull["ExecStart"] == [f"/usr/local/bin/sdxl-boot pull-server {VARIANTS['gcp-pull'].image} gcp"]
+    gpu = directives(unit(files_of(render_cloud_init(values())), "sdxl-gpu-check"))
+    assert gpu["ExecStart"] == [f"/usr/local/bin/sdxl-boot gpu-check {bundle.image_cuda_version()}"]
+    with pytest.raises(ValueError, match="exactly one"):
+        values(image="ghcr.io/o/server:1")
+    with pytest.raises(ValueError, match="exactly one"):
+        values(source=None)
+
+
+def test_caddy_keeps_its_certificates_on_the_data_disk() -> None:
+    caddy = directives(unit(files_of(render_cloud_init(values())), "sdxl-caddy"))
+    (run,) = caddy["ExecStart"]
+    assert bootstrap.CADDY_IMAGE in run and "--network host" in run and caddy["Restart"] == ["always"]
+    assert f"--volume {bootstrap.CADDY_DATA_DIR}:/data" in run and bootstrap.CADDY_DATA_DIR.startswith(
+        bootstrap.DATA_DIR)
+    assert caddy["ExecStartPre"][0] == f"/usr/local/bin/sdxl-boot pull {bootstrap.CADDY_IMAGE}"
+
+
+def test_no_template_placeholder_is_left() -> None:
+    for variant in VARIANTS.values():
+        files = files_of(render_cloud_init(variant))
+        assert "${" not in "".join(f["content"] for p, f in files.items() if p.endswith(".service")), variant
+
+
+def test_idle_stop_minutes_reach_the_watcher_and_zero_leaves_it_out() -> None:
+    files = files_of(render_cloud_init(values(idle_stop_minutes=45)))
+    assert "idle_stop.py --minutes 45" in unit(files, "sdxl-idle-stop")
+    off = files_of(render_cloud_init(values(idle_stop_minutes=0)))
+    assert "/etc/systemd/system/sdxl-idle-stop.service" not in off and bootstrap.IDLE_SCRIPT not in off
+
+
+def test_systemd_specifiers_in_values_are_escaped() -> None:
+    files = files_of(render_cloud_init(values(model="org/model%n")))
+    assert "watch-ready org/model%%n" in unit(files, "sdxl-ready")
+
+
+# --- settings, and no secret anywhere ------------------------------------------------------------------------
+
+def test_settings_hold_no_token_and_trust_the_proxy() -> None:
+    files = files_of(render_cloud_init(values()))
+    settings = files[bootstrap.SETTINGS_FILE]
+    assert settings["permissions"] == "0644"
+    lines = dict(line.split("=", 1) for line in settings["content"].splitlines())
+    assert not {"SDXL_API_TOKEN", "HF_TOKEN"} & set(lines)
+    assert json.loads(lines["SDXL_CORS_ORIGINS"]) == ["https://app.example.com"]
+    assert lines["HF_HOME"] == "/models" and lines["SDXL_COMPILE_CACHE_DIR"].startswith("/models/")
+    # Client addresses: the only peer is Caddy, through Docker's bridge, on a loopback-only port.
+    assert lines["SDXL_FORWARDED_ALLOW_IPS"] == "*"
+    assert float(lines["SDXL_REQUEST_TIMEOUT"]) == ProxyTimeouts().request
+
+
+def test_a_line_break_cannot_smuggle_a_variable_into_the_settings() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        render_cloud_init(values(model="org/model\nSDXL_HOST=evil"))
+
+
+# --- Caddy -------------------------------------------------------------------------------------------------------
 
 CADDY_VARIANTS = {
     "domain": dict(public_ip="203.0.113.10", domain="sdxl.example.com"),
@@ -144,21 +355,27 @@ def adapted(caddyfile: str, tmp_path: Path) -> dict:
     return json.loads(result.stdout)
 
 
+def proxies(server: dict) -> list[dict]:
+    return [h for route in server["routes"] for sub in route["handle"] for r in sub.get("routes", [])
+            for h in r["handle"] if h.get("handler") == "reverse_proxy"]
+
+
 @pytest.mark.parametrize("name", CADDY_VARIANTS)
-def test_caddyfile_is_valid_per_caddy_validate(name: str, tmp_path: Path) -> None:
+def test_caddyfile_is_valid_and_its_timeouts_outlast_the_servers_deadline(name: str, tmp_path: Path) -> None:
     config = adapted(render_caddyfile(**CADDY_VARIANTS[name]), tmp_path)
     (server,) = config["apps"]["http"]["servers"].values()
-    # Timeouts of at least 300 s, in nanoseconds in Caddy's JSON.
-    assert server["write_timeout"] >= 300e9
-    handlers = json.dumps(server["routes"])
-    proxies = [h for route in server["routes"] for sub in route["handle"] for r in sub.get("routes", [])
-               for h in r["handle"] if h.get("handler") == "reverse_proxy"]
-    assert proxies, handlers
-    for proxy in proxies:
+    t = ProxyTimeouts()
+    # In nanoseconds in Caddy's JSON. Both clocks start with the request: the upload, then the server's whole
+    # deadline, then a margin for the answer, and one more to pass it on (tests/image/test_caddy_deadline.py).
+    assert server["read_timeout"] == t.upload * 1e9
+    assert server["write_timeout"] == t.write * 1e9 > t.answer * 1e9 >= (t.upload + t.request + 30) * 1e9
+    assert proxies(server)
+    for proxy in proxies(server):
         transport = proxy["transport"]
-        assert transport["response_header_timeout"] >= 300e9
-        assert transport["read_timeout"] >= 300e9 and transport["write_timeout"] >= 300e9
+        assert transport["response_header_timeout"] == transport["read_timeout"] == t.answer * 1e9
         assert [u["dial"] for u in proxy["upstreams"]] == [f"127.0.0.1:{bootstrap.SERVER_PORT}"]
+    # HTTP/1.1 and HTTP/2 only: no Alt-Svc pointing browsers at a UDP port no firewall opens.
+    assert server["protocols"] == ["h1", "h2"]
     # Automatic HTTPS with its HTTP->HTTPS redirect left on.
     assert "automatic_https" not in server or not server["automatic_https"].get("disable_redirects")
 
@@ -171,16 +388,17 @@ def test_caddy_validate_rejects_a_broken_caddyfile(tmp_path: Path) -> None:
     assert result.returncode != 0
 
 
-def test_without_a_domain_the_ip_gets_a_shortlived_le_certificate_and_sslip_is_the_fallback(tmp_path: Path) -> None:
+def test_without_a_domain_the_ip_gets_a_shortlived_le_certificate_over_http_01(tmp_path: Path) -> None:
     config = adapted(render_caddyfile("203.0.113.10", None), tmp_path)
     (server,) = config["apps"]["http"]["servers"].values()
     hosts = [host for route in server["routes"] for m in route.get("match", []) for host in m.get("host", [])]
     assert sorted(hosts) == ["203-0-113-10.sslip.io", "203.0.113.10"]
     policies = config["apps"]["tls"]["automation"]["policies"]
     ip_policy = next(p for p in policies if "203.0.113.10" in p.get("subjects", []))
-    assert [(i["module"], i.get("profile")) for i in ip_policy["issuers"]] == [("acme", "shortlived")]
-    # The IP URL carries no SNI; the instance only sees its private address behind the cloud's NAT.
-    assert config["apps"]["http"]["servers"] and "203.0.113.10" in json.dumps(config["apps"]["tls"])
+    (issuer,) = ip_policy["issuers"]
+    assert (issuer["module"], issuer.get("profile")) == ("acme", "shortlived")
+    # TLS-ALPN-01 comes on 443, which allowedCidrs may close to Let's Encrypt; HTTP-01 on 80 stays.
+    assert issuer["challenges"] == {"tls-alpn": {"disabled": True}}
     assert "default_sni" in render_caddyfile("203.0.113.10", None)
 
 
@@ -201,82 +419,16 @@ def test_sslip_host() -> None:
     assert bootstrap.sslip_host("203.0.113.10") == "203-0-113-10.sslip.io"
 
 
-def test_env_file_is_root_only_and_holds_the_tokens_once() -> None:
-    document = render_cloud_init(values())
-    files = files_of(document)
-    env = files[bootstrap.ENV_FILE]
-    assert (env["permissions"], env["owner"]) == ("0600", "root:root")
-    lines = dict(line.split("=", 1) for line in env["content"].splitlines())
-    assert lines["SDXL_API_TOKEN"] == TOKEN and lines["HF_TOKEN"] == HF_TOKEN
-    assert json.loads(lines["SDXL_CORS_ORIGINS"]) == ["https://app.example.com"]
-    assert lines["HF_HOME"] == "/models"
-    assert lines["SDXL_COMPILE_CACHE_DIR"].startswith("/models/")  # the compile cache on the same disk
-    # Nowhere else: not in a unit, a script or the Caddyfile (which are world-readable).
-    assert document.count(TOKEN) == 1 and document.count(HF_TOKEN) == 1
-    assert "HF_TOKEN" not in files_of(render_cloud_init(values(hf_token=None)))[bootstrap.ENV_FILE]["content"]
-
-
-def test_a_line_break_cannot_smuggle_a_variable_into_the_env_file() -> None:
-    with pytest.raises(ValueError, match="line break"):
-        render_cloud_init(values(api_token="abc\nSDXL_HOST=evil"))
-
-
-def unit(files: dict, name: str) -> str:
-    return files[f"/etc/systemd/system/{name}.service"]["content"]
-
-
-def test_server_runs_under_systemd_on_the_gpu_with_the_cache_on_the_persistent_disk() -> None:
-    files = files_of(render_cloud_init(values()))
-    server = unit(files, "sdxl-server")
-    assert "--gpus all" in server
-    assert "Restart=always" in server
-    assert f"--env-file {bootstrap.ENV_FILE}" in server
-    assert f"--volume {bootstrap.MODEL_CACHE_DIR}:/models" in server
-    assert f"--publish 127.0.0.1:{bootstrap.SERVER_PORT}:{bootstrap.SERVER_PORT}" in server  # Caddy is the way in
-    assert "Requires=docker.service sdxl-gpu-check.service" in server  # no GPU, no server
-    assert "ExecStartPre=/usr/local/bin/sdxl-boot pull ghcr.io/sdxl-endpoint/sdxl-endpoint-server:latest image-pulled" \
-        in server
-    assert "ExecStart=/usr/local/bin/sdxl-boot gpu-check" in unit(files, "sdxl-gpu-check")
-    assert "watch-ready stabilityai/stable-diffusion-xl-base-1.0" in unit(files, "sdxl-ready")
-    caddy = unit(files, "sdxl-caddy")
-    assert bootstrap.CADDY_IMAGE in caddy and "--network host" in caddy and "Restart=always" in caddy
-    assert f"--volume {bootstrap.CADDY_DATA_DIR}:/data" in caddy  # certificates survive stop/start
-    assert "${" not in "".join(f["content"] for f in files.values() if f["path"].endswith(".service"))
-
-
-def test_every_unit_written_is_enabled_and_started_on_first_boot() -> None:
-    for variant in (values(), values(idle_stop_minutes=0)):
-        document = yaml.safe_load(render_cloud_init(variant))
-        written = sorted(Path(f["path"]).name for f in document["write_files"] if f["path"].endswith(".service"))
-        enable, start = document["runcmd"][2], document["runcmd"][3]
-        assert enable[:2] == ["systemctl", "enable"] and sorted(enable[2:]) == written
-        assert start[:3] == ["systemctl", "start", "--no-block"] and sorted(start[3:]) == written
-
-
-def test_idle_stop_minutes_reach_the_watcher_and_zero_leaves_it_out() -> None:
-    files = files_of(render_cloud_init(values(idle_stop_minutes=45)))
-    assert "idle_stop.py --minutes 45" in unit(files, "sdxl-idle-stop")
-    off = files_of(render_cloud_init(values(idle_stop_minutes=0)))
-    assert "/etc/systemd/system/sdxl-idle-stop.service" not in off and bootstrap.IDLE_SCRIPT not in off
-
-
-def test_systemd_specifiers_in_values_are_escaped() -> None:
-    files = files_of(render_cloud_init(values(model="org/model%n")))
-    assert "watch-ready org/model%%n" in unit(files, "sdxl-ready")
-
-
 # --- wiring into the stacks, through the real program under mocks ---------------------------------------------
 
-def aws_user_data(run) -> str:
-    raw = run.one("aws:ec2/instance:Instance").inputs["userData"]
-    assert is_rpc_secret(raw), "user data is not a Pulumi secret"
-    return unwrap_rpc_secret(raw)
+def aws_document(run) -> str:
+    return gzip.decompress(base64.b64decode(run.one("aws:ec2/instance:Instance").inputs["userDataBase64"])).decode()
 
 
 def test_aws_endpoint_is_https_on_the_elastic_ip_and_the_bootstrap_knows_it() -> None:
     run = run_program(preset="aws-g5")
     assert run.value(run.outputs["endpoint"]) == f"https://{FAKE_EIP}"
-    files = files_of(aws_user_data(run))
+    files = files_of(aws_document(run))
     caddyfile = files[bootstrap.CADDYFILE]["content"]
     assert f"https://{FAKE_EIP} {{" in caddyfile and f"default_sni {FAKE_EIP}" in caddyfile
     assert "idle_stop.py --minutes 30" in unit(files, "sdxl-idle-stop")  # the config default
@@ -286,7 +438,7 @@ def test_aws_endpoint_with_a_domain() -> None:
     run = run_program({"domain": "sdxl.example.com", "idleStopMinutes": "0"}, preset="aws-g5")
     assert run.value(run.outputs["endpoint"]) == "https://sdxl.example.com"
     assert run.value(run.outputs["curlExample"]).startswith("curl -sS --fail-with-body https://sdxl.example.com/ ")
-    files = files_of(aws_user_data(run))
+    files = files_of(aws_document(run))
     assert "https://sdxl.example.com {" in files[bootstrap.CADDYFILE]["content"]
     assert bootstrap.IDLE_SCRIPT not in files
 
@@ -294,7 +446,5 @@ def test_aws_endpoint_with_a_domain() -> None:
 def test_gcp_endpoint_is_https_on_its_static_address() -> None:
     run = run_program({"gcp:project": FAKE_GCP_PROJECT}, preset="gcp-t4")
     assert run.value(run.outputs["endpoint"]) == f"https://{FAKE_GCP_ADDRESS}"
-    raw = run.one("gcp:compute/instance:Instance").inputs["metadata"]
-    assert is_rpc_secret(raw)
-    files = files_of(unwrap_rpc_secret(raw)["user-data"])
+    files = files_of(run.one("gcp:compute/instance:Instance").inputs["metadata"]["user-data"])
     assert f"https://{FAKE_GCP_ADDRESS} {{" in files[bootstrap.CADDYFILE]["content"]

@@ -31,7 +31,8 @@ def test_pulumi_yaml_declares_every_key_with_type_default_and_description():
 
 def test_pulumi_yaml_defaults_match_the_config_module():
     declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
-    assert declared["diskGb"]["default"] == config.DEFAULT_DISK_GB
+    assert declared["diskGb"]["default"] == config.DEFAULT_DISK_GB == 0  # 0: the GPU image's own root size
+    assert declared["dataDiskGb"]["default"] == config.DEFAULT_DATA_DISK_GB
     assert declared["idleStopMinutes"]["default"] == config.DEFAULT_IDLE_STOP_MINUTES
     assert declared["model"]["default"] == config.DEFAULT_MODEL
     assert declared["image"]["default"] == ""  # unset: each target decides (stacks/config.py)
@@ -47,7 +48,7 @@ def test_defaults():
     settings = run_program({}).namespace["settings"]
     assert settings.cloud == "aws"
     assert settings.machine.name == "g5.xlarge"
-    assert settings.disk_gb == 100 and settings.idle_stop_minutes == 30
+    assert settings.disk_gb is None and settings.data_disk_gb == 100 and settings.idle_stop_minutes == 30
     assert settings.cors_origins == ("*",) and settings.allowed_cidrs == ("0.0.0.0/0",)
     assert settings.api_token is None and settings.hf_token is None
     assert settings.region == "us-east-1" and not settings.spot and not settings.ssh
@@ -70,7 +71,7 @@ def test_all_bad_keys_are_reported_at_once():
         r"diskGB: unknown key.*\n.*fix: pulumi config mv diskGB diskGb",
         r"cloud = 'azure': not supported. Allowed: aws, gcp\n.*fix: pulumi config set cloud aws",
         r"gpu = 'a10': unknown GPU. Allowed: t4, a10g, l4, l40s, a100, h100\n.*fix: pulumi config set gpu a10g",
-        r"diskGb = '20': must be a whole number of GB from 60.*\n.*fix: pulumi config set diskGb 100",
+        r"diskGb = '20': must be a whole number of GB from 60.*or 0.*\n.*fix: pulumi config rm diskGb",
         r"idleStopMinutes = '-5': .*0 or more.*\n.*fix: pulumi config set idleStopMinutes 30",
         r"corsOrigins = 'https://app.example.com/': .*no trailing slash\n.*fix: use https://app.example.com",
         r"corsOrigins = 'https://app.example.com/path': .*no path.*\n.*fix: use https://app.example.com",
@@ -85,6 +86,8 @@ def test_all_bad_keys_are_reported_at_once():
     ({"spot": "yes"}, r"spot = 'yes': must be true or false"),
     ({"diskGb": "lots"}, r"diskGb = 'lots'"),
     ({"diskGb": "20000"}, r"diskGb = '20000'"),
+    ({"dataDiskGb": "20"}, r"dataDiskGb = '20': must be a whole number of GB from 50.*\n.*fix: pulumi config set "
+                           r"dataDiskGb 100"),
     ({"allowedCidrs": "[]"}, r"allowedCidrs = '\[\]': must be a non-empty list"),
     ({"corsOrigins": ["app.example.com"]}, r"fix: use https://app.example.com"),
     ({"domain": "https://sdxl.example.com/"}, r"fix: pulumi config set domain sdxl.example.com"),
@@ -123,12 +126,13 @@ def test_valid_values_are_accepted():
     settings = run_program({
         "corsOrigins": ["https://app.example.com", "http://localhost:5173"],
         "allowedCidrs": ["203.0.113.0/24", "2001:db8::/32", "198.51.100.7"], "domain": "sdxl.example.com",
-        "ttl": "2030-01-31T18:00:00Z", "idleStopMinutes": "0", "diskGb": "60", "spot": "true",
+        "ttl": "2030-01-31T18:00:00Z", "idleStopMinutes": "0", "diskGb": "60", "spot": "true", "dataDiskGb": "250",
     }).namespace["settings"]
     assert settings.cors_origins == ("https://app.example.com", "http://localhost:5173")
     assert settings.allowed_cidrs == ("203.0.113.0/24", "2001:db8::/32", "198.51.100.7/32")
     assert settings.tags["sdxl-endpoint:ttl"] == "2030-01-31T18:00:00Z"
     assert settings.idle_stop_minutes == 0 and settings.disk_gb == 60 and settings.spot
+    assert settings.data_disk_gb == 250
 
 
 def test_comma_separated_lists_are_accepted_from_the_cli():

@@ -1,5 +1,6 @@
 """The GCP component, evaluated through the real `__main__.py` under Pulumi mocks."""
 
+import hashlib
 import ipaddress
 import re
 from datetime import UTC, datetime
@@ -8,14 +9,18 @@ import pytest
 import yaml
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
-from stacks import catalog, config, contract, gcp
-from tests.stacks.conftest import FAKE_GCP_ADDRESS, ROOT, run_program
+from stacks import bootstrap, bundle, catalog, config, contract, gcp
+from tests.stacks.conftest import FAKE_GCP_ADDRESS, FAKE_GCP_PROJECT, ROOT, plain_strings, run_program
 
 GCP_PRESETS = sorted(p.name.split(".")[1] for p in (ROOT / "stacks").glob("Pulumi.gcp-*.yaml"))
 PROJECT = {"gcp:project": "my-project-123"}
 COMPONENT = "sdxl-endpoint:gcp:GpuEndpoint"
 INSTANCE = "gcp:compute/instance:Instance"
 FIREWALL = "gcp:compute/firewall:Firewall"
+BUCKET = "gcp:storage/bucket:Bucket"
+OBJECT = "gcp:storage/bucketObject:BucketObject"
+BUCKET_MEMBER = "gcp:storage/bucketIAMMember:BucketIAMMember"
+DISK = "gcp:compute/disk:Disk"
 IAP = "35.235.240.0/20"
 GCP_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LABEL_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
@@ -29,24 +34,9 @@ def gcp_run(settings=None, **kwargs):
 
 
 def metadata(run) -> dict[str, str]:
-    """The instance metadata, failing unless it is marked secret (it carries the token)."""
+    """The instance metadata: plain, since it names where the tokens live and carries none."""
     raw = run.one(INSTANCE).inputs["metadata"]
-    assert is_rpc_secret(raw), "instance metadata is not a Pulumi secret"
-    return unwrap_rpc_secret(raw)
-
-
-def plain_strings(value):
-    """Every scalar in resource inputs that is not inside a secret."""
-    if is_rpc_secret(value):
-        return
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from plain_strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from plain_strings(item)
-    else:
-        yield str(value)
+    return unwrap_rpc_secret(raw) if is_rpc_secret(raw) else raw
 
 
 def opens_port(rule: dict, port: int) -> bool:
@@ -226,29 +216,46 @@ def test_static_ip_is_reserved_before_the_instance_and_attached():
     assert access == [{"natIp": FAKE_GCP_ADDRESS, "networkTier": "PREMIUM"}]
 
 
-def test_service_account_holds_only_log_and_metric_writer():
+def test_service_account_reads_only_its_tokens_and_its_bundle():
     run = gcp_run(stack="dev")
     account = run.one("gcp:serviceaccount/account:Account").inputs
     member = f"serviceAccount:{account['accountId']}@sdxl-test-project.iam.gserviceaccount.com"
     grants = [r.inputs for r in run.of_type("gcp:projects/iAMMember:IAMMember")]
     assert sorted(g["role"] for g in grants) == ["roles/logging.logWriter", "roles/monitoring.metricWriter"]
     assert all(g["member"] == member and g["project"] == "my-project-123" for g in grants)
+    # Everything else on one resource each: its token secret...
+    (reader,) = [r.inputs for r in run.of_type("gcp:secretmanager/secretIamMember:SecretIamMember")]
+    assert reader == {"secretId": f"projects/{FAKE_GCP_PROJECT}/secrets/sdxl-dev-api-token",
+                      "role": "roles/secretmanager.secretAccessor", "member": member}
+    # ...and its one source bundle object, by an IAM condition on the object's name.
+    (bucket_reader,) = [r.inputs for r in run.of_type(BUCKET_MEMBER)]
+    bucket, key = run.one(BUCKET).inputs["name"], run.one(OBJECT).inputs["name"]
+    assert (bucket_reader["bucket"], bucket_reader["role"], bucket_reader["member"]) == (
+        bucket, "roles/storage.objectViewer", member)
+    assert bucket_reader["condition"]["expression"] == f'resource.name == "projects/_/buckets/{bucket}/objects/{key}"'
     assert not [r for r in run.mocks.resources if "IAMBinding" in r.typ or "IAMPolicy" in r.typ]
     service_account = run.one(INSTANCE).inputs["serviceAccount"]
     assert service_account["email"] == member.split(":", 1)[1]
-    assert "https://www.googleapis.com/auth/cloud-platform" not in service_account["scopes"]
+    # Secret Manager takes only the cloud-platform scope; IAM above is the limit.
+    assert service_account["scopes"] == ["https://www.googleapis.com/auth/cloud-platform"]
 
 
 @pytest.mark.parametrize("disk", [None, "60", "500"])
-def test_boot_disk_is_a_dlvm_image_on_pd_balanced(disk):
+def test_boot_disk_is_a_dlvm_image_on_pd_balanced_at_its_own_size_unless_set(disk):
     run = gcp_run({"diskGb": disk} if disk else {})
     params = run.one(INSTANCE).inputs["bootDisk"]["initializeParams"]
-    assert params["type"] == "pd-balanced" and params["size"] == int(disk or 100)
+    assert params["type"] == "pd-balanced" and params.get("size") == (int(disk) if disk else None)
     (lookup,) = [c.args for c in run.mocks.calls if c.token == "gcp:compute/getImage:getImage"]
     assert lookup == {"family": catalog.GCP_DLVM_IMAGE_FAMILY, "project": "deeplearning-platform-release"}
-    assert re.fullmatch(r"common-cu12\d*-ubuntu-\d{4}-nvidia-\d+", catalog.GCP_DLVM_IMAGE_FAMILY)  # CUDA 12 + driver
     assert params["image"].endswith(f"/projects/deeplearning-platform-release/global/images/"
                                     f"{catalog.GCP_DLVM_IMAGE_FAMILY}-v20260801")
+
+
+def test_the_dlvm_familys_driver_runs_the_images_cuda():
+    # The family names its driver branch; the image's CUDA major needs at least the catalog's minimum.
+    driver = int(re.fullmatch(r"common-cu\d+-ubuntu-\d{4}-nvidia-(\d+)", catalog.GCP_DLVM_IMAGE_FAMILY).group(1))
+    cuda_major = int(bundle.image_cuda_version().split(".")[0])
+    assert driver >= catalog.MIN_DRIVER_FOR_CUDA[cuda_major]
 
 
 def test_driver_metadata_and_shielded_vm():
@@ -274,11 +281,15 @@ def test_labels_carry_stack_project_and_a_valid_ttl():
 @pytest.mark.parametrize("stack", ["dev", "Feature_Branch.v2", "pr-1234-" + "very-long-branch-name-" * 4])
 def test_resource_names_are_valid_gcp_names(stack):
     run = gcp_run({"ssh": "true"}, stack=stack)
-    names = [r.inputs["name"] for r in run.mocks.resources if r.typ.startswith("gcp:") and "name" in r.inputs]
-    assert len(names) == 7 and len(set(names)) == 7
+    names = [r.inputs["name"] for r in run.mocks.resources if r.typ.startswith(("gcp:compute/", "gcp:storage/bucket:"))
+             and "name" in r.inputs]
+    assert len(names) == 9 and len(set(names)) == 9
     assert all(GCP_NAME_RE.match(n) and len(n) <= 63 for n in names), names
+    assert not [n for n in names if "google" in n or n.startswith("goog")]  # refused in bucket names
     account_id = run.one("gcp:serviceaccount/account:Account").inputs["accountId"]
     assert GCP_NAME_RE.match(account_id) and 6 <= len(account_id) <= 30
+    secret_id = run.one("gcp:secretmanager/secret:Secret").inputs["secretId"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,255}", secret_id)
 
 
 def test_stacks_differing_only_in_case_or_punctuation_get_different_names():
@@ -287,11 +298,16 @@ def test_stacks_differing_only_in_case_or_punctuation_get_different_names():
     assert gcp.resource_name("dev", "vm") == "sdxl-dev-vm"
 
 
-def test_generated_token_is_secret_in_outputs_metadata_and_nowhere_plain():
-    run = gcp_run({"ssh": "true", "spot": "true"})
+def test_generated_token_is_secret_in_outputs_and_its_secret_and_nowhere_plain():
+    run = gcp_run({"ssh": "true", "spot": "true"}, stack="dev")
     token = run.value(run.outputs["apiToken"])
     assert run.is_secret(run.outputs["apiToken"]) and len(token) == 48
-    assert f"SDXL_API_TOKEN={token}" in metadata(run)["user-data"]
+    (secret,) = [r.inputs for r in run.of_type("gcp:secretmanager/secret:Secret")]
+    assert secret["secretId"] == "sdxl-dev-api-token" and secret["replication"] == {"auto": {}}
+    (version,) = [r.inputs for r in run.of_type("gcp:secretmanager/secretVersion:SecretVersion")]
+    assert is_rpc_secret(version["secretData"]) and unwrap_rpc_secret(version["secretData"]) == token
+    user_data = metadata(run)["user-data"]
+    assert token not in user_data and "gcp my-project-123 SDXL_API_TOKEN=sdxl-dev-api-token" in user_data
     for name, output in run.outputs.items():
         if name != "apiToken":
             assert token not in str(run.value(output)), name
@@ -301,12 +317,15 @@ def test_generated_token_is_secret_in_outputs_metadata_and_nowhere_plain():
 
 
 def test_configured_tokens_stay_secret():
-    run = gcp_run({"apiToken": "configured-token-0123456789", "hfToken": "hf_abcdefghijklmnop"})
+    run = gcp_run({"apiToken": "configured-token-0123456789", "hfToken": "hf_abcdefghijklmnop"}, stack="dev")
     assert not run.of_type("random:index/randomPassword:RandomPassword")
     assert run.value(run.outputs["apiToken"]) == "configured-token-0123456789"
     assert run.is_secret(run.outputs["apiToken"])
+    versions = [unwrap_rpc_secret(r.inputs["secretData"])
+                for r in run.of_type("gcp:secretmanager/secretVersion:SecretVersion")]
+    assert sorted(versions) == ["configured-token-0123456789", "hf_abcdefghijklmnop"]
     user_data = metadata(run)["user-data"]
-    assert "configured-token-0123456789" in user_data and "hf_abcdefghijklmnop" in user_data
+    assert "SDXL_API_TOKEN=sdxl-dev-api-token HF_TOKEN=sdxl-dev-hf-token" in user_data
     for resource in run.mocks.resources:
         plain = " ".join(plain_strings(resource.inputs))
         assert "configured-token" not in plain and "hf_abcdefghijklmnop" not in plain, resource.typ
@@ -334,3 +353,58 @@ def test_outputs_are_the_same_names_as_aws():
     gcp_outputs = tuple(gcp_run().outputs)
     aws_outputs = tuple(run_program({}).outputs)
     assert gcp_outputs == aws_outputs == contract.OUTPUT_NAMES
+
+
+
+# --- the source bundle, its bucket and the data disk --------------------------------------------------------------
+
+def test_the_source_bucket_is_private_and_destroy_empties_it():
+    bucket = gcp_run(stack="dev").one(BUCKET).inputs
+    assert bucket["uniformBucketLevelAccess"] is True  # IAM only, no object ACLs
+    assert bucket["publicAccessPrevention"] == "enforced"
+    assert bucket["forceDestroy"] is True and bucket["location"] == "us-central1"
+    # Bucket names are global: the project id makes it this project's.
+    assert bucket["name"] == gcp.resource_name("my-project-123-dev", "source")
+
+
+def test_the_uploaded_bundle_is_this_checkouts_source_and_the_vm_checks_the_same_hash():
+    run = gcp_run()
+    uploaded = run.one(OBJECT).inputs
+    digest = hashlib.sha256(open(uploaded["source"].path, "rb").read()).hexdigest()
+    assert digest == bundle.build().sha256 and uploaded["name"] == f"bundles/{digest}.tar"
+    assert f"sdxl-boot build gcp my-project-123 {uploaded['bucket']} bundles/{digest}.tar {digest}" in (
+        metadata(run)["user-data"])
+
+
+def test_an_artifact_registry_image_of_the_project_is_pulled_with_rights_on_that_repository_only():
+    image = "us-central1-docker.pkg.dev/my-project-123/images/sdxl-endpoint-server:1.0.0"
+    run = gcp_run({"image": image})
+    assert not run.of_type(BUCKET) and f"sdxl-boot pull-server {image} gcp" in metadata(run)["user-data"]
+    (grant,) = [r.inputs for r in run.of_type("gcp:artifactregistry/repositoryIamMember:RepositoryIamMember")]
+    assert (grant["project"], grant["location"], grant["repository"], grant["role"]) == (
+        "my-project-123", "us-central1", "images", "roles/artifactregistry.reader")
+    # Another project's registry grants its own reader; a public registry needs none.
+    for other in ("us-central1-docker.pkg.dev/someone-else/images/x:1", "ghcr.io/me/x:1"):
+        assert not gcp_run({"image": other}).of_type("gcp:artifactregistry/repositoryIamMember:RepositoryIamMember")
+
+
+@pytest.mark.parametrize("size", [None, "250"])
+def test_the_data_disk_is_its_own_disk_attached_under_a_stable_device_name(size):
+    run = gcp_run({"dataDiskGb": size} if size else {}, stack="dev")
+    disk = run.one(DISK).inputs
+    assert (disk["name"], disk["zone"], disk["type"]) == ("sdxl-dev-data", "us-central1-a", "pd-balanced")
+    assert disk["size"] == int(size or config.DEFAULT_DATA_DISK_GB)
+    assert run.options(DISK)["retain_on_delete"] is False  # `pulumi destroy` deletes it
+    attached = run.one(INSTANCE).inputs["attachedDisks"]
+    assert attached == [{"source": run.state(DISK)["selfLink"], "deviceName": bootstrap.DATA_DEVICE_NAME,
+                         "mode": "READ_WRITE"}]
+    assert "sdxl-boot data-disk /dev/disk/by-id/google-sdxl-data" in metadata(run)["user-data"]
+
+
+def test_a_changed_bootstrap_replaces_the_vm_but_not_the_data_disk():
+    before = gcp_run(stack="dev")
+    after = gcp_run({"model": "some-org/another-sdxl", "corsOrigins": ["https://app.example.com"]}, stack="dev")
+    assert metadata(before)["user-data"] != metadata(after)["user-data"]
+    assert after.options(INSTANCE)["replace_on_changes"] == ["metadata"]  # the VM is replaced...
+    assert before.one(DISK).inputs == after.one(DISK).inputs  # ...its data disk sees no change at all
+    assert not after.options(DISK)["replace_on_changes"]
