@@ -268,8 +268,8 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
                       if key.startswith(f"{PROJECT}:")}, problems)
 
     cloud, gpu = _check_cloud_and_gpu(raw, problems)
-    region = _aws_region(cleaned) if cloud == "aws" else None
-    machine = _resolve_machine(raw, problems, cloud, gpu, describe_machine, region)
+    _check_machine_keys(raw, problems, cloud)
+    place = PLACEMENTS[cloud](raw, cleaned, gpu, problems, describe_machine)
     origins = _check_origins(raw.corsOrigins, problems)
     cidrs = _check_cidrs(raw.allowedCidrs, problems, cloud)
     domain = _check_domain(raw.domain, problems)
@@ -277,7 +277,6 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
     if raw.minReplicas > raw.maxReplicas:
         problems.add("minReplicas", raw.minReplicas, f"is above maxReplicas ({raw.maxReplicas})",
                      f"{_set('maxReplicas', str(raw.minReplicas))}, or {_set('minReplicas', str(raw.maxReplicas))}")
-    region, zone, gcp_project = _location(cleaned, problems, cloud, machine)
     for key in SECRET_KEYS:
         if f"{PROJECT}:{key}" in cleaned and f"{PROJECT}:{key}" not in secret_keys:
             # Set without --secret: the value sits in plain text in the stack file (and maybe in git).
@@ -285,15 +284,15 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
                          f"pulumi config set --secret {key} <value>  (then rotate it: it may be in git history)")
     problems.raise_if_any(stack)
 
-    assert machine is not None  # guaranteed by raise_if_any
+    assert place.machine is not None  # guaranteed by raise_if_any
     return Settings(
-        project=project, stack=stack, cloud=cloud, machine=machine, spot=raw.spot,
+        project=project, stack=stack, cloud=cloud, machine=place.machine, spot=raw.spot,
         disk_gb=raw.diskGb or None, model=raw.model, image=raw.image, api_token=None, hf_token=None,
         cors_origins=tuple(origins), domain=domain,
         # A bare address is a valid /32 (or /128); providers want the prefix written out.
         allowed_cidrs=tuple(str(ipaddress.ip_network(c)) for c in cidrs),
-        idle_stop_minutes=raw.idleStopMinutes, ssh=raw.ssh, ttl=raw.ttl, region=region, zone=zone,
-        gcp_project=gcp_project, min_replicas=raw.minReplicas, max_replicas=raw.maxReplicas,
+        idle_stop_minutes=raw.idleStopMinutes, ssh=raw.ssh, ttl=raw.ttl, region=place.region, zone=place.zone,
+        gcp_project=place.gcp_project, min_replicas=raw.minReplicas, max_replicas=raw.maxReplicas,
         data_disk_gb=raw.dataDiskGb,
     )
 
@@ -320,24 +319,46 @@ def _check_cloud_and_gpu(raw: RawConfig, problems: Problems) -> tuple[str, str |
     return cloud, gpu
 
 
-def _resolve_machine(raw: RawConfig, problems: Problems, cloud: str, gpu: str | None,
-                     describe_machine: MachineLookup | None, region: str | None) -> catalog.Offer | None:
-    own_key = catalog.MACHINE_KEY[cloud]
+def _check_machine_keys(raw: RawConfig, problems: Problems, cloud: str) -> None:
+    """A machine key of another cloud (instanceType on GCP, machineType on AWS) is a mistake, not ignored."""
+    own_key = catalog.MACHINE_KEY.get(cloud)
     for other_cloud, other_key in catalog.MACHINE_KEY.items():
         other = getattr(raw, other_key)
         if other_key != own_key and other is not None:
-            problems.add(other_key, other, f"applies to {other_cloud.upper()}, but cloud is {cloud}",
-                         f"pulumi config mv {other_key} {own_key}")
-    explicit = getattr(raw, own_key)
+            fix = f"pulumi config mv {other_key} {own_key}" if own_key else f"pulumi config rm {other_key}"
+            problems.add(other_key, other, f"applies to {other_cloud.upper()}, but cloud is {cloud}", fix)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a target runs and on what: each cloud's placement rules resolve one."""
+
+    machine: catalog.Offer | None  # None only when a problem was reported
+    region: str
+    zone: str | None = None
+    gcp_project: str | None = None
+
+
+def _machine(cloud: str, explicit: str | None, gpu: str | None, problems: Problems,
+             resolve: Callable[[str], catalog.Offer | None]) -> catalog.Offer | None:
+    """The explicit machine type through `resolve`, else the smallest one with the GPU; a refusal is reported."""
     try:
         if explicit is None:
             return catalog.smallest_offer(cloud, gpu or catalog.DEFAULT_GPU[cloud])
-        if cloud == "gcp":
-            return catalog.resolve_gcp(explicit, gpu)
-        return _resolve_aws_type(explicit, problems, gpu, describe_machine, region)
+        return resolve(explicit)
     except catalog.UnfitMachineError as err:
         problems.add_refusal(err.refusal)
         return None
+
+
+def _place_aws(raw: RawConfig, values: Mapping[str, object], gpu: str | None, problems: Problems,
+               describe_machine: MachineLookup | None) -> Placement:
+    region = str(values.get("aws:region") or DEFAULT_AWS_REGION)
+    if not _AWS_REGION_RE.match(region):
+        problems.add("aws:region", region, "not an AWS region name", _set("aws:region", DEFAULT_AWS_REGION))
+    machine = _machine("aws", raw.instanceType, gpu, problems,
+                       lambda name: _resolve_aws_type(name, problems, gpu, describe_machine, region))
+    return Placement(machine, region)
 
 
 def _resolve_aws_type(name: str, problems: Problems, gpu: str | None, describe_machine: MachineLookup | None,
@@ -441,18 +462,9 @@ def _check_ttl(ttl: str | None, problems: Problems) -> None:
                      _set("ttl", "2030-01-31T18:00:00Z"))
 
 
-def _aws_region(values: Mapping[str, object]) -> str:
-    return str(values.get("aws:region") or DEFAULT_AWS_REGION)
-
-
-def _location(values: Mapping[str, object], problems: Problems, cloud: str,
-              machine: catalog.Offer | None) -> tuple[str, str | None, str | None]:
-    if cloud == "aws":
-        region = _aws_region(values)
-        if not _AWS_REGION_RE.match(region):
-            problems.add("aws:region", region, "not an AWS region name", _set("aws:region", DEFAULT_AWS_REGION))
-        return region, None, None
-
+def _place_gcp(raw: RawConfig, values: Mapping[str, object], gpu: str | None, problems: Problems,
+               describe_machine: MachineLookup | None) -> Placement:
+    machine = _machine("gcp", raw.machineType, gpu, problems, lambda name: catalog.resolve_gcp(name, gpu))
     project = values.get("gcp:project")
     if not project:
         problems.add("gcp:project", None, "required when cloud is gcp", _set("gcp:project", "<your-project-id>"))
@@ -470,7 +482,14 @@ def _location(values: Mapping[str, object], problems: Problems, cloud: str,
             problems.add("gcp:zone", zone, f"does not offer the {machine.gpu.model}. Zones that do: "
                          f"{', '.join(in_region or zones[:6])}",
                          _set("gcp:zone", (in_region or zones)[0]))
-    return region, zone, str(project) if project else None
+    return Placement(machine, region, zone, str(project) if project else None)
+
+
+# Each cloud's placement rules, by `cloud` (the same keys as CLOUDS and __main__.TARGETS).
+PLACEMENTS: dict[str, Callable[..., Placement]] = {
+    "aws": _place_aws,
+    "gcp": _place_gcp,
+}
 
 
 # --- the thin loader: the engine's config -> validate ---------------------------------------------

@@ -92,6 +92,7 @@ def targets_table() -> dict[str, str]:
 
 def test_every_cloud_has_a_target_and_every_target_a_cloud():
     assert set(targets_table()) == set(config.CLOUDS)
+    assert set(config.PLACEMENTS) == set(config.CLOUDS)  # and its placement rules
 
 
 @pytest.mark.parametrize("cloud", config.CLOUDS)
