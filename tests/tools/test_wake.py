@@ -272,22 +272,3 @@ esac
     assert not [c for c in commands if "--create" in c or c.startswith(("stack init", "up", "destroy"))]
     assert "stack output --json --show-secrets --stack aws-g5" in commands  # read through the Automation API
     assert any(c.startswith("config") and "--stack aws-g5" in c for c in commands)
-
-
-def test_everything_wake_imports_is_in_the_deploy_requirements() -> None:
-    """`make wake` runs in the venv deploy.sh builds from requirements.txt alone (not the dev extras)."""
-    import ast
-    from importlib.metadata import packages_distributions
-
-    root = Path(__file__).resolve().parents[2]
-    tree = ast.parse((root / "tools" / "wake" / "__init__.py").read_text())
-    modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-               for alias in node.names}
-    modules |= {node.module.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
-    pinned = {line.split("==")[0].split("[")[0].lower() for line in (root / "requirements.txt").read_text().splitlines()
-              if "==" in line}
-    distributions = packages_distributions()
-    for module in sorted(modules - set(sys.stdlib_module_names) - {"stacks", "tools"}):
-        names = {d.lower() for d in distributions.get(module, [])}
-        assert names & pinned, f"tools/wake imports {module} ({names}), which requirements.txt does not pin"
