@@ -623,3 +623,17 @@ def test_every_command_the_units_run_exists() -> None:
     usage = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=10).stderr
     assert len(commands) == 7 and all(f"{command}|" in usage or f"{command} " in usage for command in commands), (
         commands, usage)
+
+
+def test_the_units_find_what_the_bootstrap_writes_without_overrides() -> None:
+    # The units run sdxl-boot with no environment: its defaults must be the paths the bootstrap writes, or the
+    # instance silently watches a file nobody writes (the tests above set every path explicitly).
+    from image.host import idle_stop
+
+    defaults = dict(re.findall(r"^\w+=\$\{(SDXL_\w+):-([^}]*)\}", SCRIPT.read_text(), re.MULTILINE))
+    assert defaults["SDXL_ENV_FILE"] == bootstrap.ENV_FILE == idle_stop.ENV_FILE
+    assert defaults["SDXL_DATA_DIR"] == bootstrap.DATA_DIR
+    assert defaults["SDXL_CACHE_DIR"].replace("$DATA", defaults["SDXL_DATA_DIR"]) == bootstrap.MODEL_CACHE_DIR
+    assert defaults["SDXL_CLOUD_HELPER"] == bootstrap.CLOUD_HELPER
+    assert defaults["SDXL_SERVER"] == idle_stop.SERVER == f"http://127.0.0.1:{bootstrap.SERVER_PORT}"
+    assert f"{defaults['SDXL_RUN_DIR']}/failed" == idle_stop.FAILED_FILE
