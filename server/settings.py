@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+# Built in-process with random weights by server/synthetic.py (its BUILDERS table has the same names).
+SYNTHETIC_MODELS = ("tiny", "random-sdxl")
 
 
 class Settings(BaseSettings):
@@ -91,9 +93,10 @@ class Settings(BaseSettings):
     # --- test hook -----------------------------------------------------------------------------
     fault_marker: str | None = Field(
         None,
-        description="Testing only. A prompt containing '<marker>:fail' or '<marker>:oom' raises inside the "
-        "real pipeline call (after its first step); '<marker>:nan' turns its latents to NaN; "
-        "'<marker>:stall' slows each step by 0.2 s.",
+        description="Testing only, and only with --model tiny or random-sdxl (any other model refuses to "
+        "start). A prompt containing '<marker>:fail' or '<marker>:oom' raises inside the synthetic pipeline's "
+        "call (after its first step); '<marker>:nan' turns that prompt's latents to NaN; '<marker>:stall' "
+        "slows each step by 0.2 s.",
     )
 
     @field_validator("cors_origins", mode="before")
@@ -114,12 +117,15 @@ class Settings(BaseSettings):
         return value if value and value.get_secret_value() else None
 
     @model_validator(mode="after")
-    def _check_sizes(self) -> Settings:
+    def _check_consistency(self) -> Settings:
         for name in ("min_size", "max_size"):
             if getattr(self, name) % 8:
                 raise ValueError(f"{name} must be a multiple of 8")
         if self.min_size > self.max_size:
             raise ValueError("min_size must not exceed max_size")
+        if self.fault_marker and self.model not in SYNTHETIC_MODELS:
+            raise ValueError(f"--fault-marker is a test hook that only the synthetic models "
+                             f"({', '.join(SYNTHETIC_MODELS)}) honour; refusing it for --model {self.model}")
         return self
 
     @property

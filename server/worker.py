@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 _EXPECTED_LOAD_SECONDS = {"tiny": 5.0, "random-sdxl": 60.0}
 _EXPECTED_HUB_LOAD_SECONDS = 120.0
 _EXPECTED_COMPILE_SECONDS = 180.0
-_STALL_SECONDS = 0.2
 
 
 class _Aborted(Exception):
@@ -316,29 +315,16 @@ class GenerationWorker:
         cuda = self.pipelines.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        outputs = _call(self.pipelines, batch, self._step_hook(batch))
+        outputs = _call(self.pipelines, batch, self._abort_hook(batch))
         if cuda:
             peak = torch.cuda.max_memory_allocated()
             self.peak_memory[len(batch)] = max(peak, self.peak_memory.get(len(batch), 0))
         return outputs
 
-    def _step_hook(self, batch: list[Job]) -> Callable[..., dict[str, Any]]:
-        marker = self.settings.fault_marker
-
+    def _abort_hook(self, batch: list[Job]) -> Callable[..., dict[str, Any]]:
         def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
             if all(job.cancelled for job in batch):
                 raise _Aborted
-            if marker:
-                prompts = " ".join(job.prompt for job in batch)
-                if f"{marker}:oom" in prompts:
-                    raise torch.OutOfMemoryError("injected CUDA out of memory (test hook)")
-                if f"{marker}:fail" in prompts:
-                    raise RuntimeError("injected pipeline failure (test hook)")
-                if f"{marker}:stall" in prompts:
-                    time.sleep(_STALL_SECONDS)
-                for index, job in enumerate(batch):
-                    if f"{marker}:nan" in job.prompt:  # what an fp16 overflow does to one image
-                        callback_kwargs["latents"][index] = float("nan")
             return callback_kwargs
 
         return on_step_end

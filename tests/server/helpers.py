@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 FAST = {"num_inference_steps": 2}
 
 
-def settings_for(tiny_dir: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {"model": str(tiny_dir), "warmup": False, "fault_marker": FAULT}
+def settings_for(**overrides: object) -> Settings:
+    values: dict[str, object] = {"model": "tiny", "warmup": False, "fault_marker": FAULT}
     values.update(overrides)
     return Settings(**values)
 

@@ -24,8 +24,8 @@ def test_help_lists_every_setting_as_a_flag():
         assert f"--{name.replace('_', '-')}" in result.stdout, name
 
 
-def test_sigterm_finishes_in_flight_work_then_exits(tiny_dir, tmp_path):
-    server = LiveServer(["--model", str(tiny_dir), "--fault-marker", FAULT, "--shutdown-grace", "20",
+def test_sigterm_finishes_in_flight_work_then_exits(tmp_path):
+    server = LiveServer(["--model", "tiny", "--fault-marker", FAULT, "--shutdown-grace", "20",
                          "--max-batch", "1"], tmp_path / "server.log")
     try:
         server.wait_ready()

@@ -1,17 +1,20 @@
 """The GPU worker: micro-batching, equivalence, failure isolation, queue limits, timeouts, drain,
-disconnects. Slowness and failures come from the settings' fault hook, inside real pipeline calls."""
+disconnects. Slowness and failures come from the synthetic `tiny` model's test-only fault marker, inside
+real pipeline calls (see server/synthetic.py); the worker has no fault code of its own."""
 
 from __future__ import annotations
 
+import base64
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from PIL import Image
 
 from server.schemas import GenerationOptions
 from server.validation import text_job
-from tests.server.helpers import FAST, FAULT, assert_batch_equivalent, auth
+from tests.server.helpers import FAST, FAULT, assert_batch_equivalent, auth, png_bytes, sample_image
 from tests.server.test_routes_ops import metric
 
 STALL = f"{FAULT}:stall"  # 0.2 s per step, inside the real pipeline call
@@ -199,3 +202,22 @@ def test_the_event_loop_stays_responsive_while_the_gpu_works(client):
         assert time.monotonic() - started < 0.5
         assert not blocker.done()
         assert blocker.result().status_code == 200
+
+
+def test_faults_in_every_task_reach_clients_of_a_live_server_as_their_errors(live_server):
+    """`python -m server --model tiny --fault-marker`: the synthetic pipelines inject, the server classifies."""
+    image = base64.b64encode(png_bytes(sample_image())).decode()
+    mask = base64.b64encode(png_bytes(Image.new("L", (256, 256), 255))).decode()
+    edit = {"prompt": None, "strength": 1.0, "num_inference_steps": 2}
+    cases = [
+        ({"inputs": f"{FAULT}:fail", "parameters": FAST}, 500, "injected pipeline failure"),
+        ({"inputs": image, "parameters": {**edit, "prompt": f"{FAULT}:oom"}}, 503, "Out of GPU memory"),
+        ({"inputs": image, "parameters": {**edit, "prompt": f"{FAULT}:nan", "mask": mask}}, 500, "NaN"),
+        ({"inputs": image, "parameters": {**edit, "prompt": f"{FAULT}:fail", "mask": mask}}, 500, "injected"),
+    ]
+    with httpx.Client(base_url=live_server.url, headers=auth(), timeout=30) as http:
+        for body, status, needle in cases:
+            response = http.post("/", json=body)
+            assert response.status_code == status, (body["parameters"], response.text)
+            assert needle in response.json()["error"]
+        assert http.post("/", json={"inputs": image, "parameters": {**edit, "prompt": "fine"}}).status_code == 200
