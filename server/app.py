@@ -13,11 +13,12 @@ from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
 
 from server import errors
+from server.errors import OPENAI_PREFIX
 from server.loader import Pipelines, load_pipelines
 from server.metrics import Metrics
 from server.middleware import PUBLIC_PATHS, BearerAuth, BodyLimit, ErrorShield, RequestMetrics
 from server.routes import hf, openai, ops
-from server.schemas import HFRequest, ImagesEditFields
+from server.schemas import HFError, HFRequest, ImagesEditFields, ImagesGenerateRequest, OpenAIError
 from server.settings import Settings
 from server.worker import GenerationWorker
 
@@ -40,6 +41,7 @@ def create_app(settings: Settings, loader: Callable[[], Pipelines] | None = None
     """`loader` defaults to loading `settings.model`; `on_fatal` runs when that fails (the CLI exits)."""
     metrics = Metrics()
     worker = GenerationWorker(settings, metrics)
+    metrics.ready.set_function(lambda: float(worker.ready and not worker.draining))
     load = loader or (lambda: load_pipelines(settings))
 
     @asynccontextmanager
@@ -90,14 +92,22 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {})
-    for model in (HFRequest, ImagesEditFields):
+    for model in (HFRequest, ImagesGenerateRequest, ImagesEditFields, HFError, OpenAIError):
         model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.setdefault("schemas", {}).update(model_schema.pop("$defs", {}))
         components["schemas"][model.__name__] = model_schema
     components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     schema["security"] = [{"bearer": []}]
-    for path in PUBLIC_PATHS:
-        for operation in schema["paths"].get(path, {}).values():
-            operation["security"] = []
+    for path, operations in schema["paths"].items():
+        error = "OpenAIError" if path.startswith(OPENAI_PREFIX) else "HFError"
+        for operation in operations.values():
+            if path in PUBLIC_PATHS:
+                operation["security"] = []
+                continue
+            # BearerAuth answers before any route: every operation but the public ones can say 401.
+            operation.setdefault("responses", {}).setdefault("401", {
+                "description": "Missing or wrong bearer token",
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{error}"}}},
+            })
     app.openapi_schema = schema
     return schema

@@ -16,8 +16,9 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,8 @@ class GenerationWorker:
         self._task: asyncio.Task[None] | None = None
         self._seconds_per_batch = 1.0  # moving average, for Retry-After hints
         self.in_flight = 0
+        self._running: list[Job] = []
+        self._admitted = 0  # requests between admission and answer: what a drain waits for
         self._expected = 1  # jobs likely to be queued soon: see _linger
         # CUDA only: highest memory allocated during a pipeline call, by batch size (shown in /info).
         self.peak_memory: dict[int, int] = {}
@@ -120,7 +123,6 @@ class GenerationWorker:
         self.pipelines = pipelines
         assert self._ready is not None
         self._ready.set()
-        self.metrics.ready.set(1)
         log.info("ready: %s on %s (%.1f s)", self.settings.model, pipelines.device,
                  time.monotonic() - self.loading_since)
 
@@ -129,9 +131,24 @@ class GenerationWorker:
         return self._ready is not None and self._ready.is_set()
 
     def begin_drain(self) -> None:
-        """New work is refused with 503 from now on; queued and running work still finishes."""
+        """New work is refused with 503 from now on; admitted, queued and running work still finishes.
+
+        Only sets a flag, so that a signal handler may call it (sdxl_ready reads it when scraped).
+        """
         self.draining = True
-        self.metrics.ready.set(0)
+
+    @property
+    def idle(self) -> bool:
+        """No admitted request is waiting for an answer: a drain may end."""
+        return self._admitted == 0 and not self._queue and not self._running
+
+    def abandon(self) -> None:
+        """The drain's grace is over: answer every queued and running job 503 now, stop the running call."""
+        for job in [*self._queue, *self._running]:
+            job.cancelled = True
+            self._fail(job, self.draining_error())
+        self._queue.clear()
+        self._update_gauges()
 
     async def stop(self) -> None:
         self.begin_drain()
@@ -173,10 +190,19 @@ class GenerationWorker:
             raise self.loading_error()
         return self.pipelines
 
+    @asynccontextmanager
+    async def admit(self, wait: bool = False) -> AsyncIterator[Pipelines]:
+        """Hold one request's place from admission to its answer. Refused (503) while draining or loading;
+        once admitted, a drain waits for it."""
+        pipelines = await self.require_ready(wait)
+        self._admitted += 1
+        try:
+            yield pipelines
+        finally:
+            self._admitted -= 1
+
     async def generate(self, jobs: list[Job]) -> list[Result]:
         """Queue `jobs` together and wait for all of them; raises ApiError on refusal or failure."""
-        if self.draining:
-            raise self.draining_error()
         if len(self._queue) + len(jobs) > self.settings.max_queue:
             waves = (len(self._queue) + len(jobs)) / self.settings.max_batch
             raise ApiError(429, f"Queue is full ({self.settings.max_queue} images waiting); retry later",
@@ -273,6 +299,7 @@ class GenerationWorker:
     async def _run(self, batch: list[Job]) -> None:
         loop = asyncio.get_running_loop()
         self.in_flight = len(batch)
+        self._running = batch
         self.metrics.in_flight.set(len(batch))
         started = time.perf_counter()
         for job in batch:
@@ -294,6 +321,7 @@ class GenerationWorker:
             return
         finally:
             self.in_flight = 0
+            self._running = []
             self.metrics.in_flight.set(0)
         elapsed = time.perf_counter() - started
         self._seconds_per_batch = 0.8 * self._seconds_per_batch + 0.2 * elapsed

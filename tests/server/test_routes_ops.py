@@ -101,3 +101,20 @@ def test_openapi_documents_every_route_and_the_bearer_scheme(client):
     edit = paths["/v1/images/edits"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert {"image", "mask"} <= set(edit["properties"])
     assert "ImagesEditFields" in schema["components"]["schemas"]
+
+
+def test_openapi_declares_path_parameters_and_every_401(client):
+    schema = client.get("/openapi.json").json()
+    [model_id] = schema["paths"]["/models/{model_id}"]["post"]["parameters"]
+    assert (model_id["name"], model_id["in"], model_id["required"]) == ("model_id", "path", True)
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            if path == "/health":
+                assert "401" not in operation["responses"]
+                continue
+            ref = operation["responses"]["401"]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("OpenAIError" if path.startswith("/v1/") else "HFError"), (method, path)
+    generate = schema["paths"]["/v1/images/generations"]["post"]
+    assert generate["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("ImagesGenerateRequest")
+    properties = schema["components"]["schemas"]["ImagesGenerateRequest"]["properties"]
+    assert {"n", "quality", "output_format", "output_compression", "background", "stream"} <= set(properties)
