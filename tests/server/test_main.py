@@ -24,31 +24,66 @@ def test_help_lists_every_setting_as_a_flag():
         assert f"--{name.replace('_', '-')}" in result.stdout, name
 
 
-def test_sigterm_finishes_in_flight_work_then_exits(tmp_path):
-    server = LiveServer(["--model", "tiny", "--fault-marker", FAULT, "--shutdown-grace", "20",
-                         "--max-batch", "1"], tmp_path / "server.log")
+def wait_for_metrics(http: httpx.Client, server: LiveServer, **expected: float) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        text = http.get("/metrics").text
+        if all(metric(text, name) == value for name, value in expected.items()):
+            return
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.02)
+
+
+def test_sigterm_drains_answering_503_to_new_work_while_in_flight_work_finishes(tmp_path):
+    server = LiveServer(["--model", "tiny", "--fault-marker", FAULT, "--shutdown-grace", "20", "--max-batch", "1"],
+                        tmp_path / "server.log")
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=60) as http, ThreadPoolExecutor(2) as pool:
-            slow = {"inputs": f"{FAULT}:stall", "parameters": {"num_inference_steps": 6}}
-            running = pool.submit(http.post, "/", json=slow)
+            slow = {"inputs": f"{FAULT}:stall", "parameters": {"num_inference_steps": 10}}  # ~2 s
+            running = pool.submit(httpx.post, f"{server.url}/", json=slow, timeout=60)
             queued = pool.submit(httpx.post, f"{server.url}/", json={"inputs": "queued",
                                                                     "parameters": {"num_inference_steps": 2}},
                                  timeout=60)
-            deadline = time.monotonic() + 30
-            while True:  # one running, one waiting in the queue
-                text = http.get("/metrics").text
-                if metric(text, "sdxl_in_flight_images") == 1 and metric(text, "sdxl_queue_depth") == 1:
-                    break
-                assert time.monotonic() < deadline, server.log()
-                time.sleep(0.02)
+            wait_for_metrics(http, server, sdxl_in_flight_images=1, sdxl_queue_depth=1)
             server.proc.send_signal(signal.SIGTERM)
+            # Still listening: readiness and new work are answered, not refused.
+            ready = http.get("/ready")
+            assert ready.status_code == 503 and "shutting down" in ready.json()["error"]
+            late = http.post("/", json={"inputs": "late"}, headers={"Origin": "https://app.example"})
+            assert late.status_code == 503, late.text
+            assert late.headers["access-control-allow-origin"] == "*"
+            assert int(late.headers["retry-after"]) >= 1 and "shutting down" in late.json()["error"]
+            late_openai = http.post("/v1/images/generations", json={"prompt": "late"})
+            assert late_openai.status_code == 503 and late_openai.json()["error"]["code"] == "draining"
+            assert metric(http.get("/metrics").text, "sdxl_ready") == 0
+            assert not running.done()  # all of that happened during the drain
             assert running.result().status_code == 200
             assert queued.result().status_code == 200
-        # Gone: the listening socket closed at SIGTERM, the process after the drain.
-        assert server.proc.wait(30) in (0, -signal.SIGTERM)
+        # Then gone, on its own, with status 0.
+        assert server.proc.wait(30) == 0, server.log()
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{server.url}/health", timeout=2)
+        assert "drained" in server.log()
+    finally:
+        server.stop()
+
+
+def test_work_left_when_the_grace_ends_is_answered_503_and_the_server_exits(tmp_path):
+    server = LiveServer(["--model", "tiny", "--fault-marker", FAULT, "--shutdown-grace", "1"],
+                        tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=60) as http, ThreadPoolExecutor(1) as pool:
+            endless = {"inputs": f"{FAULT}:stall", "parameters": {"num_inference_steps": 100}}  # ~20 s
+            running = pool.submit(httpx.post, f"{server.url}/", json=endless, timeout=60)
+            wait_for_metrics(http, server, sdxl_in_flight_images=1)
+            started = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            answer = running.result()
+            assert answer.status_code == 503 and "shutting down" in answer.json()["error"]
+            assert time.monotonic() - started < 5
+        assert server.proc.wait(15) == 0, server.log()
     finally:
         server.stop()
 
