@@ -16,8 +16,8 @@ from server import errors
 from server.errors import OPENAI_PREFIX
 from server.loader import Pipelines, load_pipelines
 from server.metrics import Metrics
-from server.middleware import PUBLIC_PATHS, BearerAuth, BodyLimit, ErrorShield, RequestMetrics
-from server.routes import hf, openai, ops
+from server.middleware import BearerAuth, BodyLimit, ErrorShield, RequestMetrics
+from server.routes import hf, openai, ops, playground
 from server.schemas import HFError, HFRequest, ImagesEditFields, ImagesGenerateRequest, OpenAIError
 from server.settings import Settings
 from server.worker import GenerationWorker
@@ -25,6 +25,9 @@ from server.worker import GenerationWorker
 log = logging.getLogger(__name__)
 
 EXPOSED_HEADERS = ["x-seed", "x-compute-time", "Retry-After", "Server-Timing"]
+# No token needed: probes' /health, and the playground page and files (they hold no data; the page asks
+# for the token).
+PUBLIC_PATHS = frozenset({"/health"}) | playground.PATHS
 
 DESCRIPTION = """Stable Diffusion XL behind two familiar APIs.
 
@@ -63,13 +66,13 @@ def create_app(settings: Settings, loader: Callable[[], Pipelines] | None = None
     app.state.metrics = metrics
     app.state.worker = worker
     errors.install_handlers(app)
-    routers = (hf.router, openai.router, ops.router)
+    routers = (hf.router, openai.router, ops.router, playground.router)
     for router in routers:
         app.include_router(router)
 
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
-    app.add_middleware(BearerAuth, token=settings.api_token, metrics=metrics)
+    app.add_middleware(BearerAuth, token=settings.api_token, metrics=metrics, public_paths=PUBLIC_PATHS)
     app.add_middleware(RequestMetrics, metrics=metrics,
                        routes=[route for router in routers for route in router.routes])
     app.add_middleware(ErrorShield, metrics=metrics)

@@ -23,8 +23,6 @@ from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/health"})
-
 
 class ErrorShield:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -92,18 +90,19 @@ class RequestMetrics:
 
 
 class BearerAuth:
-    """Every route but /health needs `Authorization: Bearer <token>` when a token is configured.
+    """Every route but the public ones needs `Authorization: Bearer <token>` when a token is configured.
 
     Checked before the body is read, so unauthenticated clients cannot make the server parse anything.
     """
 
-    def __init__(self, app: ASGIApp, token: SecretStr | None, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, token: SecretStr | None, metrics: Metrics, public_paths: frozenset[str]) -> None:
         self.app = app
         self.token = token.get_secret_value().encode() if token else None
         self.metrics = metrics
+        self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] == "http" and self.token is not None and scope["path"] not in PUBLIC_PATHS
+        if (scope["type"] == "http" and self.token is not None and scope["path"] not in self.public_paths
                 and scope["method"] != "OPTIONS" and not self._authorized(scope)):
             err = ApiError(401, "Missing or invalid bearer token (Authorization: Bearer <token>)",
                            kind="unauthorized")
