@@ -45,6 +45,7 @@ def create_app(settings: Settings, loader: Callable[[], Pipelines] | None = None
     metrics = Metrics()
     worker = GenerationWorker(settings, metrics)
     metrics.ready.set_function(lambda: float(worker.ready and not worker.draining))
+    metrics.estimated_wait.set_function(worker.estimated_wait)
     load = loader or (lambda: load_pipelines(settings))
 
     @asynccontextmanager

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         "sequential client never waits)."
     )
     request_timeout: float = Field(300.0, gt=0, description="Seconds from arrival to answer before 504.")
+    max_wait_seconds: float | None = Field(
+        None, gt=0, description="Wait budget. When a new request's estimated time to its answer (the batch "
+        "running, the batches queued ahead and its own, from recent seconds per batch) exceeds this, answer "
+        "429 at once with an honest Retry-After instead of letting a front time out. Set it a little under "
+        "the front's limit (CloudFront 60 s, RunPod's proxy 100 s). Unset: no budget.")
     max_body_mb: float = Field(20.0, gt=0, description="Largest request body accepted, in MiB.")
     max_input_pixels: int = Field(4096 * 4096, ge=1, description="Largest input image/mask, in pixels.")
     min_size: int = Field(256, ge=8, description="Smallest output width/height (multiple of 8).")

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -37,6 +37,28 @@ log = logging.getLogger(__name__)
 _EXPECTED_LOAD_SECONDS = {"tiny": 5.0, "random-sdxl": 60.0}
 _EXPECTED_HUB_LOAD_SECONDS = 120.0
 _EXPECTED_COMPILE_SECONDS = 180.0
+
+
+def batch_waves(keys: list[Hashable], max_batch: int) -> int:
+    """Pipeline calls needed for queued jobs with these batch keys, grouped as the consumer takes them: the
+    first job's key, with every later job of the same key, up to max_batch."""
+    waves = 0
+    while keys:
+        first, taken, rest = keys[0], 0, []
+        for key in keys:
+            if key == first and taken < max_batch:
+                taken += 1
+            else:
+                rest.append(key)
+        keys, waves = rest, waves + 1
+    return waves
+
+
+def estimate_wait(waves_ahead: int, own_waves: int, seconds_per_batch: float, running_for: float | None) -> float:
+    """Seconds until a new request is answered: what is left of the running call (if any), the calls queued
+    ahead, and its own."""
+    left = 0.0 if running_for is None else max(0.0, seconds_per_batch - running_for)
+    return left + (waves_ahead + own_waves) * seconds_per_batch
 
 
 class _Aborted(Exception):
@@ -93,7 +115,11 @@ class GenerationWorker:
         self._wakeup: asyncio.Event | None = None
         self._ready: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._seconds_per_batch = 1.0  # moving average, for Retry-After hints
+        # Moving average of pipeline-call seconds, for the wait estimate and Retry-After; a guess until
+        # the warm-up or the first call measures it.
+        self._seconds_per_batch = 1.0
+        self._measured = False
+        self._running_since = 0.0
         self.in_flight = 0
         self._running: list[Job] = []
         self._admitted = 0  # requests between admission and answer: what a drain waits for
@@ -201,13 +227,36 @@ class GenerationWorker:
         finally:
             self._admitted -= 1
 
+    def estimated_wait(self, images: int = 1) -> float:
+        """Seconds until a new request for `images` compatible images would be answered (see estimate_wait)."""
+        max_batch = self.settings.max_batch
+        ahead = batch_waves([job.batch_key() for job in self._queue if not job.cancelled], max_batch)
+        running_for = time.perf_counter() - self._running_since if self._running else None
+        return estimate_wait(ahead, math.ceil(images / max_batch), self._seconds_per_batch, running_for)
+
+    def _refuse_if_over(self, images: int) -> None:
+        """429 at once when the queue is full, or when the wait budget would be exceeded. Never applies to
+        work already queued. With nothing running or queued a request is always admitted: the budget is
+        about waiting for others."""
+        settings = self.settings
+        if len(self._queue) + images > settings.max_queue:
+            retry = estimate_wait(batch_waves([job.batch_key() for job in self._queue], settings.max_batch), 0,
+                                  self._seconds_per_batch, None)
+            raise ApiError(429, f"Queue is full ({settings.max_queue} images waiting); retry later",
+                           kind="queue_full", headers={"Retry-After": str(max(1, math.ceil(retry)))})
+        budget = settings.max_wait_seconds
+        if budget is None or not (self._queue or self._running):
+            return
+        wait = self.estimated_wait(images)
+        if wait > budget:
+            retry = max(1, math.ceil(wait - budget))  # by then the backlog ahead has shrunk by that much
+            raise ApiError(429, f"The server is busy: this request would be answered in about {wait:.0f} s, "
+                           f"over its {budget:g} s wait budget; retry in {retry} s", kind="wait_budget",
+                           headers={"Retry-After": str(retry)})
+
     async def generate(self, jobs: list[Job]) -> list[Result]:
         """Queue `jobs` together and wait for all of them; raises ApiError on refusal or failure."""
-        if len(self._queue) + len(jobs) > self.settings.max_queue:
-            waves = (len(self._queue) + len(jobs)) / self.settings.max_batch
-            raise ApiError(429, f"Queue is full ({self.settings.max_queue} images waiting); retry later",
-                           kind="queue_full",
-                           headers={"Retry-After": str(max(1, math.ceil(waves * self._seconds_per_batch)))})
+        self._refuse_if_over(len(jobs))
         self.metrics.last_request.set(time.time())
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
@@ -300,6 +349,7 @@ class GenerationWorker:
         loop = asyncio.get_running_loop()
         self.in_flight = len(batch)
         self._running = batch
+        self._running_since = time.perf_counter()
         self.metrics.in_flight.set(len(batch))
         started = time.perf_counter()
         for job in batch:
@@ -324,7 +374,7 @@ class GenerationWorker:
             self._running = []
             self.metrics.in_flight.set(0)
         elapsed = time.perf_counter() - started
-        self._seconds_per_batch = 0.8 * self._seconds_per_batch + 0.2 * elapsed
+        self._observe_batch_seconds(elapsed)
         kind = batch[0].kind
         self.metrics.generation.labels(kind=kind).observe(elapsed)
         self.metrics.batch_size.observe(len(batch))
@@ -335,6 +385,12 @@ class GenerationWorker:
             self.metrics.images.labels(kind=kind).inc()
             if job.future is not None and not job.future.done():
                 job.future.set_result(Result(output, job.seed, elapsed, started - job.enqueued_at, len(batch)))
+
+    def _observe_batch_seconds(self, seconds: float) -> None:
+        if self._measured:
+            self._seconds_per_batch = 0.8 * self._seconds_per_batch + 0.2 * seconds
+        else:
+            self._seconds_per_batch, self._measured = seconds, True
 
     # --- on the GPU thread ---------------------------------------------------------------------
 
@@ -371,13 +427,18 @@ class GenerationWorker:
         if self.settings.compile:
             runs += [[Job("text2img", "warm up", **common) for _ in range(n)]
                      for n in range(2, self.settings.max_batch + 1)]
+        seconds = []
         for batch in runs:
             started = time.perf_counter()
             outputs = _call(pipelines, batch, None)
             failed = [out for out in outputs if isinstance(out, ApiError)]
             if failed:
                 raise RuntimeError(f"warm-up {batch[0].kind} failed: {failed[0].message}")
-            log.info("warm-up %s x%d: %.2f s", batch[0].kind, len(batch), time.perf_counter() - started)
+            seconds.append(time.perf_counter() - started)
+            log.info("warm-up %s x%d: %.2f s", batch[0].kind, len(batch), seconds[-1])
+        # A first guess for the wait estimate, until real calls measure it: the fastest 2-step call, scaled
+        # to the default steps (the first calls also pay one-off costs).
+        self._seconds_per_batch = min(seconds) / 2 * self.settings.default_steps
 
     # --- helpers -------------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ _RESPONSES = {
         401: "Missing or wrong bearer token",
         413: "Body or image too large",
         422: "A parameter out of range",
-        429: "Queue full (see Retry-After)",
+        429: "Queue full, or over the wait budget (see Retry-After)",
         503: "Loading (with estimated_time) or shutting down (see Retry-After)",
         504: "Timed out",
     }.items()},

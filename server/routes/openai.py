@@ -30,7 +30,7 @@ _RESPONSES = {
         400: "Invalid request (type invalid_request_error)",
         401: "Missing or wrong bearer token",
         413: "Body or image too large",
-        429: "Queue full (see Retry-After)",
+        429: "Queue full, or over the wait budget (see Retry-After)",
         503: "Loading or shutting down (see Retry-After)",
         504: "Timed out",
     }.items()},

@@ -93,6 +93,7 @@ async def info(request: Request) -> dict[str, Any]:
             "max_input_pixels": settings.max_input_pixels,
             "max_prompt_chars": settings.max_prompt_chars,
             "request_timeout": settings.request_timeout,
+            "max_wait_seconds": settings.max_wait_seconds,
             "guidance_scale": [0, 30],
             "strength": "(0, 1]",
         },

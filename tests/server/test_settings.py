@@ -32,6 +32,7 @@ SAMPLES = {
     "max_batch": ("2", 2),
     "batch_wait_ms": ("3.5", 3.5),
     "request_timeout": ("12", 12.0),
+    "max_wait_seconds": ("50", 50.0),
     "max_body_mb": ("5", 5.0),
     "max_input_pixels": ("1000000", 1_000_000),
     "min_size": ("512", 512),

@@ -14,6 +14,7 @@ from PIL import Image
 
 from server.schemas import GenerationOptions
 from server.validation import text_job
+from server.worker import batch_waves, estimate_wait
 from tests.server.helpers import FAST, FAULT, assert_batch_equivalent, auth, png_bytes, sample_image
 from tests.server.test_routes_ops import metric
 
@@ -221,3 +222,61 @@ def test_faults_in_every_task_reach_clients_of_a_live_server_as_their_errors(liv
             assert response.status_code == status, (body["parameters"], response.text)
             assert needle in response.json()["error"]
         assert http.post("/", json={"inputs": image, "parameters": {**edit, "prompt": "fine"}}).status_code == 200
+
+
+# --- wait budget --------------------------------------------------------------------------------------
+
+def test_batch_waves_group_as_the_consumer_does():
+    assert batch_waves([], 4) == 0
+    assert batch_waves(["a"] * 9, 4) == 3
+    assert batch_waves(["a", "b", "a", "b", "a"], 2) == 3  # a a | b b | a
+    assert batch_waves(["solo1", "solo2", "a"], 8) == 3
+
+
+def test_estimate_wait_counts_the_running_call_the_queue_and_its_own():
+    assert estimate_wait(0, 1, 2.0, None) == 2.0  # idle: its own call
+    assert estimate_wait(0, 1, 2.0, 0.5) == 3.5  # 1.5 s left of the running call
+    assert estimate_wait(3, 2, 2.0, 5.0) == 10.0  # an overrunning call counts as ending now
+
+
+def test_burst_over_the_wait_budget_is_refused_at_once_and_admitted_work_completes(make_client):
+    budget = 3.0
+    # Warm-up, as in production: one-off first-call costs stay out of the first measured call.
+    client = make_client(max_wait_seconds=budget, max_batch=1, warmup=True)
+    stall = {"inputs": f"{FAULT}:stall", "parameters": {"num_inference_steps": 4}}  # >= 0.8 s per call
+    assert client.post("/", json=stall).status_code == 200  # measures the seconds per call
+    assert metric(client.get("/metrics").text, "sdxl_estimated_wait_seconds") >= 0.8  # idle: its own call
+
+    def send(index: int):
+        started = time.monotonic()
+        response = client.post("/", json=stall, headers={"Origin": "https://app.example"})
+        return response, time.monotonic() - started
+
+    with ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(send, i) for i in range(10)]
+        wait_until(lambda: client.app.state.worker.in_flight == 1)
+        busy = metric(client.get("/metrics").text, "sdxl_estimated_wait_seconds")
+        answers = [future.result() for future in futures]
+    refused = [(r, t) for r, t in answers if r.status_code == 429]
+    admitted = [(r, t) for r, t in answers if r.status_code != 429]
+    assert busy > budget / 2, busy
+    assert 1 <= len(admitted) <= 5 and len(refused) >= 5, [r.status_code for r, _ in answers]
+    for response, seconds in refused:
+        assert seconds < budget / 2  # at once, long before the budget (or a front's timeout) runs out
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert 1 <= int(response.headers["retry-after"]) <= budget
+        assert "wait budget" in response.json()["error"]
+    for response, seconds in admitted:
+        assert response.status_code == 200  # admitted work is never dropped for the budget
+        # ...and the estimate that admitted it was about right (slack for a CPU shared with other jobs).
+        assert seconds < 3 * budget
+    text = client.get("/metrics").text
+    assert metric(text, "sdxl_errors_total", kind="wait_budget") == len(refused)
+    assert metric(text, "sdxl_estimated_wait_seconds") < busy  # idle again: only its own call
+
+
+def test_without_a_budget_the_same_burst_is_all_admitted(make_client):
+    client = make_client(max_batch=1)
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda _: post(client, f"{FAULT}:stall").status_code, range(4)))
+    assert statuses == [200] * 4
