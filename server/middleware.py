@@ -52,7 +52,7 @@ class ErrorShield:
 
 
 class RequestMetrics:
-    """Count and time every request by route template, so label values stay bounded.
+    """Count and time every request by route template, so label values stay bounded; note its arrival.
 
     Matched here rather than read from the router, because 401s and 413s never reach the router.
     """
@@ -73,6 +73,8 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        # Arrival, for the request's one deadline (model wait, queue and generation all count from here).
+        scope.setdefault("state", {})["arrived"] = time.monotonic()
         status = 500
 
         async def status_send(message: Message) -> None:

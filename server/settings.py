@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         default_factory=lambda: ["*"],
         description="Browser origins allowed, comma-separated or a JSON list; '*' allows any (no credentials).",
     )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1,::1", description="Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-"
+        "separated IPs or networks, or '*'): the client address in logs is then the forwarded one. Default, as "
+        "uvicorn's: loopback, for the TLS front on the same host.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # --- hardware ------------------------------------------------------------------------------

@@ -39,6 +39,10 @@ _EXPECTED_HUB_LOAD_SECONDS = 120.0
 _EXPECTED_COMPILE_SECONDS = 180.0
 
 
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
 def batch_waves(keys: list[Hashable], max_batch: int) -> int:
     """Pipeline calls needed for queued jobs with these batch keys, grouped as the consumer takes them: the
     first job's key, with every later job of the same key, up to max_batch."""
@@ -202,14 +206,19 @@ class GenerationWorker:
         return unavailable(f"Model {self.settings.model} is currently loading", "loading", remaining,
                            estimated_time=round(remaining, 1))
 
-    async def require_ready(self, wait: bool = False) -> Pipelines:
-        """The loaded pipelines, or a 503; with `wait` (HF's wait_for_model) block until loaded."""
+    def deadline(self) -> float:
+        """The default deadline (time.monotonic()) for work arriving now."""
+        return time.monotonic() + self.settings.request_timeout
+
+    async def require_ready(self, wait: bool = False, deadline: float | None = None) -> Pipelines:
+        """The loaded pipelines, or a 503; with `wait` (HF's wait_for_model) block until loaded, at most
+        until `deadline`."""
         if self.draining:
             raise self.draining_error()
         if not self.ready and wait and not self.load_error:
             assert self._ready is not None
             try:
-                await asyncio.wait_for(self._ready.wait(), self.settings.request_timeout)
+                await asyncio.wait_for(self._ready.wait(), _left(self.deadline() if deadline is None else deadline))
             except TimeoutError:
                 raise self.loading_error() from None
         if not self.ready or self.pipelines is None:
@@ -217,10 +226,10 @@ class GenerationWorker:
         return self.pipelines
 
     @asynccontextmanager
-    async def admit(self, wait: bool = False) -> AsyncIterator[Pipelines]:
+    async def admit(self, wait: bool = False, deadline: float | None = None) -> AsyncIterator[Pipelines]:
         """Hold one request's place from admission to its answer. Refused (503) while draining or loading;
-        once admitted, a drain waits for it."""
-        pipelines = await self.require_ready(wait)
+        once admitted, a drain waits for it. A model wait counts against the request's `deadline`."""
+        pipelines = await self.require_ready(wait, deadline)
         self._admitted += 1
         try:
             yield pipelines
@@ -254,8 +263,10 @@ class GenerationWorker:
                            f"over its {budget:g} s wait budget; retry in {retry} s", kind="wait_budget",
                            headers={"Retry-After": str(retry)})
 
-    async def generate(self, jobs: list[Job]) -> list[Result]:
-        """Queue `jobs` together and wait for all of them; raises ApiError on refusal or failure."""
+    async def generate(self, jobs: list[Job], deadline: float | None = None) -> list[Result]:
+        """Queue `jobs` together and wait for all of them until `deadline` (time.monotonic(); default:
+        --request-timeout from now), then 504; raises ApiError on refusal or failure."""
+        deadline = self.deadline() if deadline is None else deadline
         self._refuse_if_over(len(jobs))
         self.metrics.last_request.set(time.time())
         loop = asyncio.get_running_loop()
@@ -269,10 +280,10 @@ class GenerationWorker:
         self._wakeup.set()
         futures = [job.future for job in jobs if job.future is not None]
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*futures), self.settings.request_timeout))
+            return list(await asyncio.wait_for(asyncio.gather(*futures), _left(deadline)))
         except TimeoutError:
-            raise ApiError(504, f"Generation did not finish within {self.settings.request_timeout:g} s",
-                           kind="timeout") from None
+            raise ApiError(504, f"Generation did not finish within {self.settings.request_timeout:g} s of the "
+                           "request's arrival", kind="timeout") from None
         finally:
             # On timeout or a sibling's failure, the rest of this request's work is no longer wanted.
             for job in jobs:

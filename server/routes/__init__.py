@@ -24,6 +24,12 @@ def settings_of(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def deadline_of(request: Request) -> float:
+    """--request-timeout from the request's arrival (noted by RequestMetrics), in time.monotonic()."""
+    arrived = getattr(request.state, "arrived", None)
+    return (time.monotonic() if arrived is None else arrived) + settings_of(request).request_timeout
+
+
 def validate(model: type[BaseModel], data: Any, status: int) -> Any:
     try:
         return model.model_validate(data)

@@ -14,7 +14,15 @@ from starlette.concurrency import run_in_threadpool
 from server import imaging
 from server.errors import bad_input
 from server.loader import Pipelines
-from server.routes import IMAGE_HEADERS_DOC, encode_timed, image_headers, settings_of, validate, worker_of
+from server.routes import (
+    IMAGE_HEADERS_DOC,
+    deadline_of,
+    encode_timed,
+    image_headers,
+    settings_of,
+    validate,
+    worker_of,
+)
 from server.schemas import HFError, HFParameters, HFRequest
 from server.settings import Settings
 from server.validation import edit_job, parse_json, text_job
@@ -110,10 +118,11 @@ async def infer(request: Request) -> Response:
     payload = _payload(request, body)
     wait = request.headers.get("x-wait-for-model", "").lower() in _TRUE or bool(
         payload and payload.options and payload.options.get("wait_for_model"))
-    async with worker.admit(wait) as pipes:
+    deadline = deadline_of(request)
+    async with worker.admit(wait, deadline) as pipes:
         job = await _build_job(settings, pipes, payload, body)
         job.is_disconnected = request.is_disconnected
-        [result] = await worker.generate([job])
+        [result] = await worker.generate([job], deadline)
         media = imaging.negotiate(request.headers.get("accept"))
         content, encode_seconds = await encode_timed(result.image, media)
     return Response(content, media_type=media, headers=image_headers([result], encode_seconds))

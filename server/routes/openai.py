@@ -16,7 +16,15 @@ from starlette.datastructures import UploadFile
 from server import imaging
 from server.errors import bad_input
 from server.loader import Pipelines
-from server.routes import IMAGE_HEADERS_DOC, encode_timed, image_headers, settings_of, validate, worker_of
+from server.routes import (
+    IMAGE_HEADERS_DOC,
+    deadline_of,
+    encode_timed,
+    image_headers,
+    settings_of,
+    validate,
+    worker_of,
+)
 from server.schemas import ImageData, ImagesEditFields, ImagesGenerateRequest, ImagesResponse, OpenAIError
 from server.settings import Settings
 from server.validation import OpenAIPlan, edit_job, openai_plan, parse_json, text_job
@@ -79,7 +87,7 @@ async def generations(request: Request) -> Response:
     plan = openai_plan(settings, body)
     async with worker.admit() as pipes:
         first = text_job(settings, pipes, body, body.prompt, plan.size, plan.steps)
-        results = await worker.generate(_siblings(first, plan.n, request))
+        results = await worker.generate(_siblings(first, plan.n, request), deadline_of(request))
         return await _respond(results, plan, body.response_format)
 
 
@@ -149,5 +157,5 @@ async def edits(request: Request) -> Response:
         await form.close()
     async with worker.admit() as pipes:
         first = await run_in_threadpool(_decode_edit, settings, pipes, fields, image_bytes, mask_bytes, plan)
-        results = await worker.generate(_siblings(first, plan.n, request))
+        results = await worker.generate(_siblings(first, plan.n, request), deadline_of(request))
         return await _respond(results, plan, fields.response_format)

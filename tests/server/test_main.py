@@ -96,3 +96,29 @@ def test_a_model_that_cannot_load_exits_non_zero(tmp_path):
         assert "failed to load" in server.log()
     finally:
         server.stop()
+
+
+def test_forwarded_client_address_is_used_only_from_allowed_proxies(tmp_path):
+    """One server trusting 127.0.0.2 only: the same header from 127.0.0.2 and from 127.0.0.1 (both loopback)."""
+    server = LiveServer(["--model", "tiny", "--no-warmup", "--forwarded-allow-ips", "127.0.0.2"],
+                        tmp_path / "server.log")
+    try:
+        deadline = time.monotonic() + 60
+        for source, forwarded in (("127.0.0.2", "203.0.113.7"), ("127.0.0.1", "198.51.100.9")):
+            transport = httpx.HTTPTransport(local_address=source)
+            with httpx.Client(base_url=server.url, transport=transport, timeout=5) as http:
+                while True:
+                    try:
+                        response = http.get("/health", headers={"X-Forwarded-For": forwarded})
+                        break
+                    except httpx.TransportError:
+                        assert time.monotonic() < deadline, server.log()
+                        time.sleep(0.1)
+                assert response.status_code == 200
+        server.stop()
+        access = [line for line in server.log().splitlines() if '"GET /health HTTP/1.1" 200' in line]
+        assert len(access) == 2, server.log()
+        assert "203.0.113.7" in access[0]  # from the trusted proxy: the forwarded client
+        assert "127.0.0.1" in access[1] and "198.51.100.9" not in access[1]  # from anyone else: ignored
+    finally:
+        server.stop()
