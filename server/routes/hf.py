@@ -14,15 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from server import imaging
 from server.errors import bad_input
 from server.loader import Pipelines
-from server.routes import (
-    IMAGE_HEADERS_DOC,
-    deadline_of,
-    encode_timed,
-    image_headers,
-    settings_of,
-    validate,
-    worker_of,
-)
+from server.routes import IMAGE_HEADERS_DOC, deadline_of, encode_timed, image_headers, settings_of, validate, worker_of
 from server.schemas import HFError, HFParameters, HFRequest
 from server.settings import Settings
 from server.validation import edit_job, parse_json, text_job

@@ -16,15 +16,7 @@ from starlette.datastructures import UploadFile
 from server import imaging
 from server.errors import bad_input
 from server.loader import Pipelines
-from server.routes import (
-    IMAGE_HEADERS_DOC,
-    deadline_of,
-    encode_timed,
-    image_headers,
-    settings_of,
-    validate,
-    worker_of,
-)
+from server.routes import IMAGE_HEADERS_DOC, deadline_of, encode_timed, image_headers, settings_of, validate, worker_of
 from server.schemas import ImageData, ImagesEditFields, ImagesGenerateRequest, ImagesResponse, OpenAIError
 from server.settings import Settings
 from server.validation import OpenAIPlan, edit_job, openai_plan, parse_json, text_job

@@ -16,17 +16,10 @@ from PIL import Image
 from server.schemas import GenerationOptions
 from server.validation import text_job
 from server.worker import batch_waves, estimate_wait
-from tests.server.helpers import FAST, FAULT, assert_batch_equivalent, auth, png_bytes, sample_image
+from tests.server.helpers import FAST, FAULT, assert_batch_equivalent, auth, png_bytes, sample_image, wait_until
 from tests.server.test_routes_ops import metric
 
 STALL = f"{FAULT}:stall"  # 0.2 s per step, inside the real pipeline call
-
-
-def wait_until(predicate, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.01)
 
 
 def post(client, prompt: str, **parameters):
