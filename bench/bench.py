@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -83,11 +84,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-arg", action="append", default=None, dest="server_args",
                         help="extra flag for `python -m server` (repeatable), e.g. --server-arg=--compile")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--chart", type=Path, help="SVG chart of the results (default: bench/chart-<preset>.svg)")
     parser.add_argument("--server-log", type=Path, help="keep the server's log here (default: discarded)")
     args = parser.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.chart is None:
+        args.chart = Path(__file__).parent / f"chart-{args.preset}.svg"
     return args
 
 
@@ -314,10 +318,121 @@ def report(args: argparse.Namespace, r: Results) -> None:
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
 
 
+# --- chart ----------------------------------------------------------------------------------------
+
+_W, _H, _PANEL = 900, 390, 340  # figure size; each panel's plot width
+_TOP, _BOTTOM = 60, 300  # plot area, y
+_STOCK, _SERVER, _CEILING = "#7a7a7a", "#1f6fb2", "#c0392b"
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _text(x: float, y: float, text: str, size: int = 12, anchor: str = "middle", **attrs: str) -> str:
+    extra = "".join(f' {key.replace("_", "-")}="{value}"' for key, value in attrs.items())
+    return f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}"{extra}>{_esc(text)}</text>'
+
+
+def _nice_top(value: float) -> float:
+    """A round axis maximum at or above `value` (1, 2 or 5 times a power of ten)."""
+    if value <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(value))
+    return next(step * power for step in (1, 2, 4, 8, 10) if step * power >= value)
+
+
+def _axis(x0: float, top: float, unit: str) -> list[str]:
+    parts = [f'<line x1="{x0}" y1="{_TOP}" x2="{x0}" y2="{_BOTTOM}" stroke="#333"/>',
+             f'<line x1="{x0}" y1="{_BOTTOM}" x2="{x0 + _PANEL}" y2="{_BOTTOM}" stroke="#333"/>']
+    for i in range(5):
+        value = top * i / 4
+        y = _BOTTOM - (_BOTTOM - _TOP) * i / 4
+        parts.append(f'<line x1="{x0 - 4}" y1="{y:.1f}" x2="{x0 + _PANEL}" y2="{y:.1f}" stroke="#ddd"/>')
+        parts.append(_text(x0 - 7, y + 4, f"{value:g}", 11, "end"))
+    parts.append(_text(x0 - 40, (_TOP + _BOTTOM) / 2, unit, 12, transform=f"rotate(-90 {x0 - 40} "
+                                                                           f"{(_TOP + _BOTTOM) / 2})"))
+    return parts
+
+
+def chart_svg(args: argparse.Namespace, r: Results) -> str:
+    """Two panels, drawn from the measured numbers only: (left) median latency of one image, stock diffusers
+    against the same request through HTTP (split into the server's pipeline call and the rest); (right)
+    images per second against the number of concurrent clients, with stock sequential and one stock
+    batched call as reference lines."""
+    stock = statistics.median(r.stock_seconds)
+    http = statistics.median(r.http_seconds)
+    compute = statistics.median(r.http_compute_seconds)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" '
+             f'font-family="sans-serif">', f'<rect width="{_W}" height="{_H}" fill="white"/>',
+             _text(_W / 2, 22, f"{args.model}, {args.size}x{args.size}, {args.steps} steps - "
+                   f"{r.environment.get('gpu') or 'CPU, ' + str(r.environment.get('cpu_count')) + ' cores'}", 14,
+                   font_weight="bold")]
+    # Left: latency.
+    x0 = 70
+    top = _nice_top(max(stock, http) * 1.15)
+    parts += _axis(x0, top, "seconds per image (median)")
+    parts.append(_text(x0 + _PANEL / 2, 45, "Latency, one request at a time", 13))
+
+    def y_of(value: float) -> float:
+        return _BOTTOM - (_BOTTOM - _TOP) * value / top
+
+    bar = 90
+    for i, (label, total, inner) in enumerate(((f"stock diffusers ({r.config.get('stock_dtype', '?')})", stock,
+                                                None), ("through HTTP", http, compute))):
+        x = x0 + 50 + i * 170
+        parts.append(f'<rect x="{x}" y="{y_of(total):.1f}" width="{bar}" height="{_BOTTOM - y_of(total):.1f}" '
+                     f'fill="{_STOCK if inner is None else _SERVER}" opacity="{1 if inner is None else 0.45}"/>')
+        if inner is not None:  # the server's own pipeline call, inside the HTTP total
+            parts.append(f'<rect x="{x}" y="{y_of(inner):.1f}" width="{bar}" height="{_BOTTOM - y_of(inner):.1f}" '
+                         f'fill="{_SERVER}"/>')
+            parts.append(_text(x + bar / 2, y_of(inner) + 16, f"compute {inner:.3f} s", 10, fill="white"))
+        parts.append(_text(x + bar / 2, y_of(total) - 6, f"{total:.3f} s", 12))
+        parts.append(_text(x + bar / 2, _BOTTOM + 18, label, 11))
+    parts.append(_text(x0 + _PANEL / 2, _BOTTOM + 40, f"HTTP / stock = {http / stock:.2f}x", 12))
+    # Right: throughput.
+    x0 = 70 + _PANEL + 100
+    clients = sorted(r.throughput)
+    stock_rate = 1 / stock
+    top = _nice_top(max([*r.throughput.values(), stock_rate, r.stock_batch_throughput]) * 1.15)
+    parts += _axis(x0, top, "images per second")
+    parts.append(_text(x0 + _PANEL / 2, 45, "Throughput against concurrent clients", 13))
+    span = max(clients[-1] - clients[0], 1)
+
+    def x_of(count: int) -> float:
+        return x0 + 30 + (_PANEL - 60) * (count - clients[0]) / span
+
+    def y_rate(value: float) -> float:
+        return _BOTTOM - (_BOTTOM - _TOP) * value / top
+
+    legend_y = _BOTTOM + 62
+    for i, (value, color, label) in enumerate((
+            (stock_rate, _STOCK, f"stock diffusers, sequential: {stock_rate:.2f} img/s"),
+            (r.stock_batch_throughput, _CEILING,
+             f"stock diffusers, one batch of {clients[-1]}: {r.stock_batch_throughput:.2f} img/s (ceiling)"))):
+        parts.append(f'<line x1="{x0}" y1="{y_rate(value):.1f}" x2="{x0 + _PANEL}" y2="{y_rate(value):.1f}" '
+                     f'stroke="{color}" stroke-dasharray="6 4"/>')
+        y = legend_y + 16 * i
+        parts.append(f'<line x1="{x0 - 60}" y1="{y - 4}" x2="{x0 - 35}" y2="{y - 4}" stroke="{color}" '
+                     f'stroke-dasharray="6 4"/>')
+        parts.append(_text(x0 - 28, y, label, 11, "start", fill=color))
+    points = " ".join(f"{x_of(c):.1f},{y_rate(r.throughput[c]):.1f}" for c in clients)
+    parts.append(f'<polyline points="{points}" fill="none" stroke="{_SERVER}" stroke-width="2"/>')
+    for count in clients:
+        x, y = x_of(count), y_rate(r.throughput[count])
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{_SERVER}"/>')
+        parts.append(_text(x, y - 9, f"{r.throughput[count]:.2f}", 11, fill=_SERVER))
+        parts.append(_text(x, _BOTTOM + 18, str(count), 11))
+    parts.append(_text(x0 + _PANEL / 2, _BOTTOM + 36, "concurrent clients; blue: through the server", 12))
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    results = Results(environment=environment(), config={k: v for k, v in vars(args).items() if k != "json"})
+    results = Results(environment=environment(),
+                      config={k: v for k, v in vars(args).items() if k not in ("json", "chart")})
     print(f"a. stock diffusers: {args.repeats} calls ...", flush=True)
     time_stock(args, results)
     release_gpu()
@@ -344,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     report(args, results)
     if args.json:
         args.json.write_text(json.dumps(asdict(results), indent=2, default=str))
+    args.chart.write_text(chart_svg(args, results))
+    print(f"chart: {args.chart}")
     return 0 if all(results.checks.values()) else 1
 
 

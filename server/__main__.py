@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from types import FrameType
 
 from server.settings import Settings, parse_cli
+
+# After the drain, how long uvicorn waits for the answers already decided to be written.
+_FLUSH_SECONDS = 5
 
 
 def serve(settings: Settings) -> int:
@@ -15,13 +19,39 @@ def serve(settings: Settings) -> int:
 
     from server.app import create_app
 
+    log = logging.getLogger("server")
+
     class DrainingServer(uvicorn.Server):
-        """On SIGTERM/SIGINT, refuse new work with 503 at once; uvicorn then waits for in-flight
-        requests (up to --shutdown-grace) before the worker stops."""
+        """SIGTERM/SIGINT start a drain instead of closing the listening socket at once.
+
+        During the drain the server keeps accepting: new work gets 503 + Retry-After (with CORS, from the
+        app) rather than "connection refused", which a proxy turns into a 502 without CORS; /ready is 503
+        at once. Admitted, queued and running work finishes. When none is left, or --shutdown-grace has
+        passed (what is left is then answered 503), uvicorn shuts down. A second signal stops at once.
+        """
+
+        drain_deadline: float | None = None
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            app.state.worker.begin_drain()
+            if self.drain_deadline is None and not self.should_exit:
+                # A signal handler: only flags here (the worker's begin_drain takes no lock).
+                self.drain_deadline = time.monotonic() + settings.shutdown_grace
+                app.state.worker.begin_drain()
+                return
             super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            worker = app.state.worker
+            if self.drain_deadline is not None and not self.should_exit:
+                if worker.idle:
+                    log.info("drained: every admitted request has its answer")
+                    self.should_exit = True
+                elif time.monotonic() >= self.drain_deadline:
+                    log.warning("shutdown grace (%g s) over: answering the remaining work 503",
+                                settings.shutdown_grace)
+                    worker.abandon()
+                    self.should_exit = True
+            return await super().on_tick(counter)
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -39,8 +69,9 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)),
+        timeout_graceful_shutdown=_FLUSH_SECONDS,
         proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         server_header=False,
     )
     server = DrainingServer(config)

@@ -13,17 +13,21 @@ from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
 
 from server import errors
+from server.errors import OPENAI_PREFIX
 from server.loader import Pipelines, load_pipelines
 from server.metrics import Metrics
-from server.middleware import PUBLIC_PATHS, BearerAuth, BodyLimit, ErrorShield, RequestMetrics
-from server.routes import hf, openai, ops
-from server.schemas import HFRequest, ImagesEditFields
+from server.middleware import BearerAuth, BodyLimit, ErrorShield, RequestMetrics
+from server.routes import hf, openai, ops, playground
+from server.schemas import HFError, HFRequest, ImagesEditFields, ImagesGenerateRequest, OpenAIError
 from server.settings import Settings
 from server.worker import GenerationWorker
 
 log = logging.getLogger(__name__)
 
 EXPOSED_HEADERS = ["x-seed", "x-compute-time", "Retry-After", "Server-Timing"]
+# No token needed: probes' /health, and the playground page and files (they hold no data; the page asks
+# for the token).
+PUBLIC_PATHS = frozenset({"/health"}) | playground.PATHS
 
 DESCRIPTION = """Stable Diffusion XL behind two familiar APIs.
 
@@ -40,6 +44,8 @@ def create_app(settings: Settings, loader: Callable[[], Pipelines] | None = None
     """`loader` defaults to loading `settings.model`; `on_fatal` runs when that fails (the CLI exits)."""
     metrics = Metrics()
     worker = GenerationWorker(settings, metrics)
+    metrics.ready.set_function(lambda: float(worker.ready and not worker.draining))
+    metrics.estimated_wait.set_function(worker.estimated_wait)
     load = loader or (lambda: load_pipelines(settings))
 
     @asynccontextmanager
@@ -61,13 +67,13 @@ def create_app(settings: Settings, loader: Callable[[], Pipelines] | None = None
     app.state.metrics = metrics
     app.state.worker = worker
     errors.install_handlers(app)
-    routers = (hf.router, openai.router, ops.router)
+    routers = (hf.router, openai.router, ops.router, playground.router)
     for router in routers:
         app.include_router(router)
 
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
-    app.add_middleware(BearerAuth, token=settings.api_token, metrics=metrics)
+    app.add_middleware(BearerAuth, token=settings.api_token, metrics=metrics, public_paths=PUBLIC_PATHS)
     app.add_middleware(RequestMetrics, metrics=metrics,
                        routes=[route for router in routers for route in router.routes])
     app.add_middleware(ErrorShield, metrics=metrics)
@@ -90,14 +96,22 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {})
-    for model in (HFRequest, ImagesEditFields):
+    for model in (HFRequest, ImagesGenerateRequest, ImagesEditFields, HFError, OpenAIError):
         model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.setdefault("schemas", {}).update(model_schema.pop("$defs", {}))
         components["schemas"][model.__name__] = model_schema
     components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     schema["security"] = [{"bearer": []}]
-    for path in PUBLIC_PATHS:
-        for operation in schema["paths"].get(path, {}).values():
-            operation["security"] = []
+    for path, operations in schema["paths"].items():
+        error = "OpenAIError" if path.startswith(OPENAI_PREFIX) else "HFError"
+        for operation in operations.values():
+            if path in PUBLIC_PATHS:
+                operation["security"] = []
+                continue
+            # BearerAuth answers before any route: every operation but the public ones can say 401.
+            operation.setdefault("responses", {}).setdefault("401", {
+                "description": "Missing or wrong bearer token",
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{error}"}}},
+            })
     app.openapi_schema = schema
     return schema

@@ -82,6 +82,9 @@ def error_response(path: str, err: ApiError, metrics: Any | None = None) -> JSON
 def from_pydantic(errors: Sequence[Any], status: int) -> ApiError:
     """A pydantic/FastAPI validation error list as one readable ApiError about its first problem."""
     first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":  # FastAPI's: its loc holds a character position, not a field
+        position = first.get("loc", ("body", "?"))[-1]
+        return bad_input(f"the body is not valid JSON (at character {position})", None, 400)
     loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     param = ".".join(loc) or None
     message = first.get("msg", "invalid request")

@@ -115,13 +115,18 @@ def _from_pretrained(settings: Settings, dtype: torch.dtype) -> DiffusionPipelin
         return AutoPipelineForText2Image.from_pretrained(target, **kwargs)
 
 
-def _build_base(settings: Settings, device: torch.device, dtype: torch.dtype) -> DiffusionPipeline:
+def _build(settings: Settings, device: torch.device, dtype: torch.dtype
+           ) -> tuple[DiffusionPipeline, DiffusionPipeline, DiffusionPipeline]:
+    """Text-to-image, image-to-image and inpainting pipelines sharing one set of weights."""
     if settings.model in synthetic.BUILDERS:
-        return synthetic.BUILDERS[settings.model](device, dtype)
-    pipe = _from_pretrained(settings, dtype)
+        # Only these honour --fault-marker (settings refuse it for any other model).
+        return synthetic.build(settings.model, device, dtype, settings.fault_marker)
+    base = _from_pretrained(settings, dtype)
     if settings.vae:
-        pipe.vae = AutoencoderKL.from_pretrained(settings.vae, dtype=dtype, cache_dir=settings.cache_dir)
-    return pipe.to(device)
+        base.vae = AutoencoderKL.from_pretrained(settings.vae, dtype=dtype, cache_dir=settings.cache_dir)
+    base = base.to(device)
+    # from_pipe reuses the very same modules: the edit pipelines cost no extra memory.
+    return base, AutoPipelineForImage2Image.from_pipe(base), AutoPipelineForInpainting.from_pipe(base)
 
 
 def _usable_schedulers(pipe: DiffusionPipeline) -> dict[str, Any]:
@@ -186,17 +191,13 @@ def load_pipelines(settings: Settings) -> Pipelines:
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     log.info("loading %s on %s as %s", settings.model, device, str(dtype).removeprefix("torch."))
-    base = _build_base(settings, device, dtype)
-    base.set_progress_bar_config(disable=True)
+    base, img2img, inpaint = _build(settings, device, dtype)
+    for pipe in (base, img2img, inpaint):
+        pipe.set_progress_bar_config(disable=True)
     if dtype != torch.float16 and getattr(base.vae.config, "force_upcast", False):
         # Only fp16 overflows in SDXL's VAE. Left on, img2img/inpaint would cast the whole VAE to fp32
-        # and back on every request, in bf16 too.
+        # and back on every request, in bf16 too. (The VAE is shared: this covers all three.)
         base.vae.register_to_config(force_upcast=False)
-    # from_pipe reuses the very same modules: the edit pipelines cost no extra memory.
-    img2img = AutoPipelineForImage2Image.from_pipe(base)
-    inpaint = AutoPipelineForInpainting.from_pipe(base)
-    for pipe in (img2img, inpaint):
-        pipe.set_progress_bar_config(disable=True)
     schedulers = _usable_schedulers(base)
     optimizations = _optimize([base, img2img, inpaint], settings, device)
     return Pipelines(

@@ -32,6 +32,10 @@ class Metrics:
         self.batch_size = Histogram("sdxl_batch_size", "Images per pipeline call.",
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16), registry=r)
         self.ready = Gauge("sdxl_ready", "1 once the model is loaded and warmed up.", registry=r)
+        self.estimated_wait = Gauge("sdxl_estimated_wait_seconds",
+                                    "Estimated seconds until a new one-image request would be answered: the call "
+                                    "running, the calls queued ahead and its own, from recent call durations.",
+                                    registry=r)
         # For the idle auto-stop watcher: starts at boot so a server nobody calls still counts as idle.
         self.last_request = Gauge("sdxl_last_request_timestamp_seconds",
                                   "Unix time of the last generation request (boot time if none).", registry=r)

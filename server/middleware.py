@@ -23,8 +23,6 @@ from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/health"})
-
 
 class ErrorShield:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -54,7 +52,7 @@ class ErrorShield:
 
 
 class RequestMetrics:
-    """Count and time every request by route template, so label values stay bounded.
+    """Count and time every request by route template, so label values stay bounded; note its arrival.
 
     Matched here rather than read from the router, because 401s and 413s never reach the router.
     """
@@ -75,6 +73,8 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        # Arrival, for the request's one deadline (model wait, queue and generation all count from here).
+        scope.setdefault("state", {})["arrived"] = time.monotonic()
         status = 500
 
         async def status_send(message: Message) -> None:
@@ -92,18 +92,19 @@ class RequestMetrics:
 
 
 class BearerAuth:
-    """Every route but /health needs `Authorization: Bearer <token>` when a token is configured.
+    """Every route but the public ones needs `Authorization: Bearer <token>` when a token is configured.
 
     Checked before the body is read, so unauthenticated clients cannot make the server parse anything.
     """
 
-    def __init__(self, app: ASGIApp, token: SecretStr | None, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, token: SecretStr | None, metrics: Metrics, public_paths: frozenset[str]) -> None:
         self.app = app
         self.token = token.get_secret_value().encode() if token else None
         self.metrics = metrics
+        self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] == "http" and self.token is not None and scope["path"] not in PUBLIC_PATHS
+        if (scope["type"] == "http" and self.token is not None and scope["path"] not in self.public_paths
                 and scope["method"] != "OPTIONS" and not self._authorized(scope)):
             err = ApiError(401, "Missing or invalid bearer token (Authorization: Bearer <token>)",
                            kind="unauthorized")

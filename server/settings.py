@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+# Built in-process with random weights by server/synthetic.py (its BUILDERS table has the same names).
+SYNTHETIC_MODELS = ("tiny", "random-sdxl")
 
 
 class Settings(BaseSettings):
@@ -52,6 +54,10 @@ class Settings(BaseSettings):
         default_factory=lambda: ["*"],
         description="Browser origins allowed, comma-separated or a JSON list; '*' allows any (no credentials).",
     )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1,::1", description="Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-"
+        "separated IPs or networks, or '*'): the client address in logs is then the forwarded one. Default, as "
+        "uvicorn's: loopback, for the TLS front on the same host.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # --- hardware ------------------------------------------------------------------------------
@@ -77,6 +83,11 @@ class Settings(BaseSettings):
         "sequential client never waits)."
     )
     request_timeout: float = Field(300.0, gt=0, description="Seconds from arrival to answer before 504.")
+    max_wait_seconds: float | None = Field(
+        None, gt=0, description="Wait budget. When a new request's estimated time to its answer (the batch "
+        "running, the batches queued ahead and its own, from recent seconds per batch) exceeds this, answer "
+        "429 at once with an honest Retry-After instead of letting a front time out. Set it a little under "
+        "the front's limit (CloudFront 60 s, RunPod's proxy 100 s). Unset: no budget.")
     max_body_mb: float = Field(20.0, gt=0, description="Largest request body accepted, in MiB.")
     max_input_pixels: int = Field(4096 * 4096, ge=1, description="Largest input image/mask, in pixels.")
     min_size: int = Field(256, ge=8, description="Smallest output width/height (multiple of 8).")
@@ -91,9 +102,10 @@ class Settings(BaseSettings):
     # --- test hook -----------------------------------------------------------------------------
     fault_marker: str | None = Field(
         None,
-        description="Testing only. A prompt containing '<marker>:fail' or '<marker>:oom' raises inside the "
-        "real pipeline call (after its first step); '<marker>:nan' turns its latents to NaN; "
-        "'<marker>:stall' slows each step by 0.2 s.",
+        description="Testing only, and only with --model tiny or random-sdxl (any other model refuses to "
+        "start). A prompt containing '<marker>:fail' or '<marker>:oom' raises inside the synthetic pipeline's "
+        "call (after its first step); '<marker>:nan' turns that prompt's latents to NaN; '<marker>:stall' "
+        "slows each step by 0.2 s.",
     )
 
     @field_validator("cors_origins", mode="before")
@@ -114,12 +126,15 @@ class Settings(BaseSettings):
         return value if value and value.get_secret_value() else None
 
     @model_validator(mode="after")
-    def _check_sizes(self) -> Settings:
+    def _check_consistency(self) -> Settings:
         for name in ("min_size", "max_size"):
             if getattr(self, name) % 8:
                 raise ValueError(f"{name} must be a multiple of 8")
         if self.min_size > self.max_size:
             raise ValueError("min_size must not exceed max_size")
+        if self.fault_marker and self.model not in SYNTHETIC_MODELS:
+            raise ValueError(f"--fault-marker is a test hook that only the synthetic models "
+                             f"({', '.join(SYNTHETIC_MODELS)}) honour; refusing it for --model {self.model}")
         return self
 
     @property

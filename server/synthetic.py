@@ -5,6 +5,10 @@
   deterministic: the weights come from a fixed seed.
 - `random-sdxl`: the real SDXL base architecture (2.6 B-parameter UNet, both CLIP encoders, the VAE)
   with random weights, so that GPU benchmarks measure the true cost without fetching 7 GB.
+
+Only these models honour `--fault-marker` (tests only): `build` then returns pipelines whose own call
+makes a prompt containing `<marker>:fail`, `:oom`, `:nan` or `:stall` misbehave inside the real pipeline
+call, so that tests reach the server's failure paths without any test code in the server itself.
 """
 
 from __future__ import annotations
@@ -13,11 +17,21 @@ import contextlib
 import json
 import string
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 WEIGHTS_SEED = 0
@@ -180,3 +194,77 @@ def _assemble(unet, vae, text_encoder, text_encoder_2, tokenizer) -> StableDiffu
         unet=unet,
         scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
     )
+
+
+# --- fault injection (tests only) --------------------------------------------------------------------
+
+FAULTS = ("fail", "oom", "nan", "stall")
+STALL_SECONDS = 0.2  # per denoising step
+
+
+class _InjectsFaults:
+    """Mixin for a diffusers pipeline: prompts carrying `<fault_marker>:<fault>` misbehave inside the call.
+
+    - `fail` raises RuntimeError and `oom` raises torch.OutOfMemoryError, after the first denoising step;
+    - `nan` turns that prompt's latents (only its own images) to NaN, as an fp16 overflow would;
+    - `stall` sleeps STALL_SECONDS after each step, for timeouts, queueing and drain tests.
+    A fault on one prompt of a batch fails the whole call, as a real crash would (except `nan`).
+    """
+
+    fault_marker: str = ""
+
+    def __call__(self, *args: Any, prompt: str | list[str] | None = None,
+                 callback_on_step_end: Callable[..., dict[str, Any]] | None = None, **kwargs: Any) -> Any:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+        per_prompt = kwargs.get("num_images_per_prompt") or 1
+        found = {fault for fault in FAULTS for text in prompts if f"{self.fault_marker}:{fault}" in text}
+        poisoned = [row for index, text in enumerate(prompts) if f"{self.fault_marker}:nan" in text
+                    for row in range(index * per_prompt, (index + 1) * per_prompt)]
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if callback_on_step_end is not None:  # the caller's own callback (e.g. the worker's abort) first
+                tensors = callback_on_step_end(pipe, step, timestep, tensors)
+            if "oom" in found:
+                raise torch.OutOfMemoryError("injected CUDA out of memory (--fault-marker)")
+            if "fail" in found:
+                raise RuntimeError("injected pipeline failure (--fault-marker)")
+            if "stall" in found:
+                time.sleep(STALL_SECONDS)
+            for row in poisoned:
+                tensors["latents"][row] = float("nan")
+            return tensors
+
+        return super().__call__(*args, prompt=prompt, callback_on_step_end=on_step_end,  # type: ignore[misc]
+                                **kwargs)
+
+
+class FaultInjectingSDXLPipeline(_InjectsFaults, StableDiffusionXLPipeline):
+    pass
+
+
+class FaultInjectingSDXLImg2ImgPipeline(_InjectsFaults, StableDiffusionXLImg2ImgPipeline):
+    pass
+
+
+class FaultInjectingSDXLInpaintPipeline(_InjectsFaults, StableDiffusionXLInpaintPipeline):
+    pass
+
+
+_PLAIN = (StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline)
+_FAULTY = (FaultInjectingSDXLPipeline, FaultInjectingSDXLImg2ImgPipeline, FaultInjectingSDXLInpaintPipeline)
+
+
+def build(name: str, device: torch.device | str, dtype: torch.dtype, fault_marker: str | None = None
+          ) -> tuple[DiffusionPipeline, DiffusionPipeline, DiffusionPipeline]:
+    """Text-to-image, image-to-image and inpainting pipelines over one set of random weights.
+
+    `from_pipe` hands the same modules to each, so the edit pipelines cost no memory. With a
+    `fault_marker`, all three inject faults (see `_InjectsFaults`).
+    """
+    base = BUILDERS[name](device, dtype)
+    classes = _FAULTY if fault_marker else _PLAIN
+    pipes = tuple(base if cls is type(base) else cls.from_pipe(base) for cls in classes)
+    for pipe in pipes:
+        if isinstance(pipe, _InjectsFaults):
+            pipe.fault_marker = fault_marker or ""
+    return pipes  # type: ignore[return-value]

@@ -16,8 +16,9 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,32 @@ log = logging.getLogger(__name__)
 _EXPECTED_LOAD_SECONDS = {"tiny": 5.0, "random-sdxl": 60.0}
 _EXPECTED_HUB_LOAD_SECONDS = 120.0
 _EXPECTED_COMPILE_SECONDS = 180.0
-_STALL_SECONDS = 0.2
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def batch_waves(keys: list[Hashable], max_batch: int) -> int:
+    """Pipeline calls needed for queued jobs with these batch keys, grouped as the consumer takes them: the
+    first job's key, with every later job of the same key, up to max_batch."""
+    waves = 0
+    while keys:
+        first, taken, rest = keys[0], 0, []
+        for key in keys:
+            if key == first and taken < max_batch:
+                taken += 1
+            else:
+                rest.append(key)
+        keys, waves = rest, waves + 1
+    return waves
+
+
+def estimate_wait(waves_ahead: int, own_waves: int, seconds_per_batch: float, running_for: float | None) -> float:
+    """Seconds until a new request is answered: what is left of the running call (if any), the calls queued
+    ahead, and its own."""
+    left = 0.0 if running_for is None else max(0.0, seconds_per_batch - running_for)
+    return left + (waves_ahead + own_waves) * seconds_per_batch
 
 
 class _Aborted(Exception):
@@ -93,8 +119,14 @@ class GenerationWorker:
         self._wakeup: asyncio.Event | None = None
         self._ready: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._seconds_per_batch = 1.0  # moving average, for Retry-After hints
+        # Moving average of pipeline-call seconds, for the wait estimate and Retry-After; a guess until
+        # the warm-up or the first call measures it.
+        self._seconds_per_batch = 1.0
+        self._measured = False
+        self._running_since = 0.0
         self.in_flight = 0
+        self._running: list[Job] = []
+        self._admitted = 0  # requests between admission and answer: what a drain waits for
         self._expected = 1  # jobs likely to be queued soon: see _linger
         # CUDA only: highest memory allocated during a pipeline call, by batch size (shown in /info).
         self.peak_memory: dict[int, int] = {}
@@ -121,7 +153,6 @@ class GenerationWorker:
         self.pipelines = pipelines
         assert self._ready is not None
         self._ready.set()
-        self.metrics.ready.set(1)
         log.info("ready: %s on %s (%.1f s)", self.settings.model, pipelines.device,
                  time.monotonic() - self.loading_since)
 
@@ -130,9 +161,24 @@ class GenerationWorker:
         return self._ready is not None and self._ready.is_set()
 
     def begin_drain(self) -> None:
-        """New work is refused with 503 from now on; queued and running work still finishes."""
+        """New work is refused with 503 from now on; admitted, queued and running work still finishes.
+
+        Only sets a flag, so that a signal handler may call it (sdxl_ready reads it when scraped).
+        """
         self.draining = True
-        self.metrics.ready.set(0)
+
+    @property
+    def idle(self) -> bool:
+        """No admitted request is waiting for an answer: a drain may end."""
+        return self._admitted == 0 and not self._queue and not self._running
+
+    def abandon(self) -> None:
+        """The drain's grace is over: answer every queued and running job 503 now, stop the running call."""
+        for job in [*self._queue, *self._running]:
+            job.cancelled = True
+            self._fail(job, self.draining_error())
+        self._queue.clear()
+        self._update_gauges()
 
     async def stop(self) -> None:
         self.begin_drain()
@@ -160,29 +206,68 @@ class GenerationWorker:
         return unavailable(f"Model {self.settings.model} is currently loading", "loading", remaining,
                            estimated_time=round(remaining, 1))
 
-    async def require_ready(self, wait: bool = False) -> Pipelines:
-        """The loaded pipelines, or a 503; with `wait` (HF's wait_for_model) block until loaded."""
+    def deadline(self) -> float:
+        """The default deadline (time.monotonic()) for work arriving now."""
+        return time.monotonic() + self.settings.request_timeout
+
+    async def require_ready(self, wait: bool = False, deadline: float | None = None) -> Pipelines:
+        """The loaded pipelines, or a 503; with `wait` (HF's wait_for_model) block until loaded, at most
+        until `deadline`."""
         if self.draining:
             raise self.draining_error()
         if not self.ready and wait and not self.load_error:
             assert self._ready is not None
             try:
-                await asyncio.wait_for(self._ready.wait(), self.settings.request_timeout)
+                await asyncio.wait_for(self._ready.wait(), _left(self.deadline() if deadline is None else deadline))
             except TimeoutError:
                 raise self.loading_error() from None
         if not self.ready or self.pipelines is None:
             raise self.loading_error()
         return self.pipelines
 
-    async def generate(self, jobs: list[Job]) -> list[Result]:
-        """Queue `jobs` together and wait for all of them; raises ApiError on refusal or failure."""
-        if self.draining:
-            raise self.draining_error()
-        if len(self._queue) + len(jobs) > self.settings.max_queue:
-            waves = (len(self._queue) + len(jobs)) / self.settings.max_batch
-            raise ApiError(429, f"Queue is full ({self.settings.max_queue} images waiting); retry later",
-                           kind="queue_full",
-                           headers={"Retry-After": str(max(1, math.ceil(waves * self._seconds_per_batch)))})
+    @asynccontextmanager
+    async def admit(self, wait: bool = False, deadline: float | None = None) -> AsyncIterator[Pipelines]:
+        """Hold one request's place from admission to its answer. Refused (503) while draining or loading;
+        once admitted, a drain waits for it. A model wait counts against the request's `deadline`."""
+        pipelines = await self.require_ready(wait, deadline)
+        self._admitted += 1
+        try:
+            yield pipelines
+        finally:
+            self._admitted -= 1
+
+    def estimated_wait(self, images: int = 1) -> float:
+        """Seconds until a new request for `images` compatible images would be answered (see estimate_wait)."""
+        max_batch = self.settings.max_batch
+        ahead = batch_waves([job.batch_key() for job in self._queue if not job.cancelled], max_batch)
+        running_for = time.perf_counter() - self._running_since if self._running else None
+        return estimate_wait(ahead, math.ceil(images / max_batch), self._seconds_per_batch, running_for)
+
+    def _refuse_if_over(self, images: int) -> None:
+        """429 at once when the queue is full, or when the wait budget would be exceeded. Never applies to
+        work already queued. With nothing running or queued a request is always admitted: the budget is
+        about waiting for others."""
+        settings = self.settings
+        if len(self._queue) + images > settings.max_queue:
+            retry = estimate_wait(batch_waves([job.batch_key() for job in self._queue], settings.max_batch), 0,
+                                  self._seconds_per_batch, None)
+            raise ApiError(429, f"Queue is full ({settings.max_queue} images waiting); retry later",
+                           kind="queue_full", headers={"Retry-After": str(max(1, math.ceil(retry)))})
+        budget = settings.max_wait_seconds
+        if budget is None or not (self._queue or self._running):
+            return
+        wait = self.estimated_wait(images)
+        if wait > budget:
+            retry = max(1, math.ceil(wait - budget))  # by then the backlog ahead has shrunk by that much
+            raise ApiError(429, f"The server is busy: this request would be answered in about {wait:.0f} s, "
+                           f"over its {budget:g} s wait budget; retry in {retry} s", kind="wait_budget",
+                           headers={"Retry-After": str(retry)})
+
+    async def generate(self, jobs: list[Job], deadline: float | None = None) -> list[Result]:
+        """Queue `jobs` together and wait for all of them until `deadline` (time.monotonic(); default:
+        --request-timeout from now), then 504; raises ApiError on refusal or failure."""
+        deadline = self.deadline() if deadline is None else deadline
+        self._refuse_if_over(len(jobs))
         self.metrics.last_request.set(time.time())
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
@@ -195,10 +280,10 @@ class GenerationWorker:
         self._wakeup.set()
         futures = [job.future for job in jobs if job.future is not None]
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*futures), self.settings.request_timeout))
+            return list(await asyncio.wait_for(asyncio.gather(*futures), _left(deadline)))
         except TimeoutError:
-            raise ApiError(504, f"Generation did not finish within {self.settings.request_timeout:g} s",
-                           kind="timeout") from None
+            raise ApiError(504, f"Generation did not finish within {self.settings.request_timeout:g} s of the "
+                           "request's arrival", kind="timeout") from None
         finally:
             # On timeout or a sibling's failure, the rest of this request's work is no longer wanted.
             for job in jobs:
@@ -274,6 +359,8 @@ class GenerationWorker:
     async def _run(self, batch: list[Job]) -> None:
         loop = asyncio.get_running_loop()
         self.in_flight = len(batch)
+        self._running = batch
+        self._running_since = time.perf_counter()
         self.metrics.in_flight.set(len(batch))
         started = time.perf_counter()
         for job in batch:
@@ -295,9 +382,10 @@ class GenerationWorker:
             return
         finally:
             self.in_flight = 0
+            self._running = []
             self.metrics.in_flight.set(0)
         elapsed = time.perf_counter() - started
-        self._seconds_per_batch = 0.8 * self._seconds_per_batch + 0.2 * elapsed
+        self._observe_batch_seconds(elapsed)
         kind = batch[0].kind
         self.metrics.generation.labels(kind=kind).observe(elapsed)
         self.metrics.batch_size.observe(len(batch))
@@ -309,6 +397,12 @@ class GenerationWorker:
             if job.future is not None and not job.future.done():
                 job.future.set_result(Result(output, job.seed, elapsed, started - job.enqueued_at, len(batch)))
 
+    def _observe_batch_seconds(self, seconds: float) -> None:
+        if self._measured:
+            self._seconds_per_batch = 0.8 * self._seconds_per_batch + 0.2 * seconds
+        else:
+            self._seconds_per_batch, self._measured = seconds, True
+
     # --- on the GPU thread ---------------------------------------------------------------------
 
     def _call_pipeline(self, batch: list[Job]) -> list[Image.Image | ApiError]:
@@ -316,29 +410,16 @@ class GenerationWorker:
         cuda = self.pipelines.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        outputs = _call(self.pipelines, batch, self._step_hook(batch))
+        outputs = _call(self.pipelines, batch, self._abort_hook(batch))
         if cuda:
             peak = torch.cuda.max_memory_allocated()
             self.peak_memory[len(batch)] = max(peak, self.peak_memory.get(len(batch), 0))
         return outputs
 
-    def _step_hook(self, batch: list[Job]) -> Callable[..., dict[str, Any]]:
-        marker = self.settings.fault_marker
-
+    def _abort_hook(self, batch: list[Job]) -> Callable[..., dict[str, Any]]:
         def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
             if all(job.cancelled for job in batch):
                 raise _Aborted
-            if marker:
-                prompts = " ".join(job.prompt for job in batch)
-                if f"{marker}:oom" in prompts:
-                    raise torch.OutOfMemoryError("injected CUDA out of memory (test hook)")
-                if f"{marker}:fail" in prompts:
-                    raise RuntimeError("injected pipeline failure (test hook)")
-                if f"{marker}:stall" in prompts:
-                    time.sleep(_STALL_SECONDS)
-                for index, job in enumerate(batch):
-                    if f"{marker}:nan" in job.prompt:  # what an fp16 overflow does to one image
-                        callback_kwargs["latents"][index] = float("nan")
             return callback_kwargs
 
         return on_step_end
@@ -357,13 +438,18 @@ class GenerationWorker:
         if self.settings.compile:
             runs += [[Job("text2img", "warm up", **common) for _ in range(n)]
                      for n in range(2, self.settings.max_batch + 1)]
+        seconds = []
         for batch in runs:
             started = time.perf_counter()
             outputs = _call(pipelines, batch, None)
             failed = [out for out in outputs if isinstance(out, ApiError)]
             if failed:
                 raise RuntimeError(f"warm-up {batch[0].kind} failed: {failed[0].message}")
-            log.info("warm-up %s x%d: %.2f s", batch[0].kind, len(batch), time.perf_counter() - started)
+            seconds.append(time.perf_counter() - started)
+            log.info("warm-up %s x%d: %.2f s", batch[0].kind, len(batch), seconds[-1])
+        # A first guess for the wait estimate, until real calls measure it: the fastest 2-step call, scaled
+        # to the default steps (the first calls also pay one-off costs).
+        self._seconds_per_batch = min(seconds) / 2 * self.settings.default_steps
 
     # --- helpers -------------------------------------------------------------------------------
 

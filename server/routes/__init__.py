@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -12,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from server import imaging
-from server.errors import bad_input, from_pydantic
+from server.errors import from_pydantic
 from server.settings import Settings
 from server.worker import GenerationWorker, Result
 
@@ -25,11 +24,10 @@ def settings_of(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def parse_json(body: bytes, hint: str) -> Any:
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise bad_input(f"the body is not valid JSON; expected {hint}", None, 400) from None
+def deadline_of(request: Request) -> float:
+    """--request-timeout from the request's arrival (noted by RequestMetrics), in time.monotonic()."""
+    arrived = getattr(request.state, "arrived", None)
+    return (time.monotonic() if arrived is None else arrived) + settings_of(request).request_timeout
 
 
 def validate(model: type[BaseModel], data: Any, status: int) -> Any:
@@ -39,10 +37,10 @@ def validate(model: type[BaseModel], data: Any, status: int) -> Any:
         raise from_pydantic(exc.errors(), status) from None
 
 
-async def encode_timed(image: Image.Image, media_type: str) -> tuple[bytes, float]:
+async def encode_timed(image: Image.Image, media_type: str, quality: int | None = None) -> tuple[bytes, float]:
     """Encode on a worker thread (a 1024x1024 PNG takes tens of ms), returning the bytes and seconds."""
     started = time.perf_counter()
-    data = await run_in_threadpool(imaging.encode, image, media_type)
+    data = await run_in_threadpool(imaging.encode, image, media_type, quality)
     return data, time.perf_counter() - started
 
 

@@ -14,18 +14,10 @@ from starlette.concurrency import run_in_threadpool
 from server import imaging
 from server.errors import bad_input
 from server.loader import Pipelines
-from server.routes import (
-    IMAGE_HEADERS_DOC,
-    encode_timed,
-    image_headers,
-    parse_json,
-    settings_of,
-    validate,
-    worker_of,
-)
+from server.routes import IMAGE_HEADERS_DOC, deadline_of, encode_timed, image_headers, settings_of, validate, worker_of
 from server.schemas import HFError, HFParameters, HFRequest
 from server.settings import Settings
-from server.validation import edit_job, text_job
+from server.validation import edit_job, parse_json, text_job
 from server.worker import Job
 
 router = APIRouter(tags=["Hugging Face Inference"])
@@ -54,25 +46,22 @@ _RESPONSES = {
         401: "Missing or wrong bearer token",
         413: "Body or image too large",
         422: "A parameter out of range",
-        429: "Queue full (see Retry-After)",
+        429: "Queue full, or over the wait budget (see Retry-After)",
         503: "Loading (with estimated_time) or shutting down (see Retry-After)",
         504: "Timed out",
     }.items()},
 }
 
 
-async def _build_job(request: Request) -> Job:
-    settings = settings_of(request)
-    body = await request.body()
+def _payload(request: Request, body: bytes) -> HFRequest | None:
+    """The JSON request, or None when the body is a raw image (image-to-image with defaults)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    raw_image = (media.startswith("image/") or media == "application/octet-stream"
-                 or imaging.looks_like_image_bytes(body))
-    payload = None
-    if not raw_image:
-        payload = validate(HFRequest, parse_json(body, '{"inputs": ..., "parameters": {...}}'), 422)
-    wait = request.headers.get("x-wait-for-model", "").lower() in _TRUE or bool(
-        payload and payload.options and payload.options.get("wait_for_model"))
-    pipes = await worker_of(request).require_ready(wait)
+    if media.startswith("image/") or media == "application/octet-stream" or imaging.looks_like_image_bytes(body):
+        return None
+    return validate(HFRequest, parse_json(body, '{"inputs": ..., "parameters": {...}}'), 422)
+
+
+async def _build_job(settings: Settings, pipes: Pipelines, payload: HFRequest | None, body: bytes) -> Job:
     # Base64 and image decoding of up to --max-body-mb is CPU work: keep it off the event loop. A prompt
     # alone is not worth the thread hop; an image always is, since a few KB of PNG can inflate to
     # millions of pixels.
@@ -91,7 +80,8 @@ def _job_from_payload(settings: Settings, pipes: Pipelines, payload: HFRequest, 
     """`image_bytes`: `payload.inputs` decoded from base64, or None when it is a prompt."""
     params = payload.parameters
     target = params.target_size
-    size = (params.width or (target.width if target else None), params.height or (target.height if target else None))
+    size = (params.width if params.width is not None else target.width if target else None,
+            params.height if params.height is not None else target.height if target else None)
     if image_bytes is None:
         if params.mask is not None or params.prompt is not None:
             raise bad_input("inputs must be a base64 image (or data: URL) for image-to-image and inpainting",
@@ -115,11 +105,18 @@ def _edit_job(settings: Settings, pipes: Pipelines, params: HFParameters, image_
 
 
 async def infer(request: Request) -> Response:
-    job = await _build_job(request)
-    job.is_disconnected = request.is_disconnected
-    [result] = await worker_of(request).generate([job])
-    media = imaging.negotiate(request.headers.get("accept"))
-    content, encode_seconds = await encode_timed(result.image, media)
+    settings, worker = settings_of(request), worker_of(request)
+    body = await request.body()
+    payload = _payload(request, body)
+    wait = request.headers.get("x-wait-for-model", "").lower() in _TRUE or bool(
+        payload and payload.options and payload.options.get("wait_for_model"))
+    deadline = deadline_of(request)
+    async with worker.admit(wait, deadline) as pipes:
+        job = await _build_job(settings, pipes, payload, body)
+        job.is_disconnected = request.is_disconnected
+        [result] = await worker.generate([job], deadline)
+        media = imaging.negotiate(request.headers.get("accept"))
+        content, encode_seconds = await encode_timed(result.image, media)
     return Response(content, media_type=media, headers=image_headers([result], encode_seconds))
 
 
@@ -127,6 +124,9 @@ _DESCRIPTION = (__doc__ or "").split("\n", 1)[1].strip()
 router.add_api_route("/", infer, methods=["POST"], summary="Text-to-image, image-to-image or inpainting",
                      description=_DESCRIPTION, openapi_extra=_OPENAPI, responses=_RESPONSES,
                      response_class=Response)
+_MODEL_ID = {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"},
+             "description": "Any model id, slashes included (e.g. stabilityai/stable-diffusion-xl-base-1.0)."}
 router.add_api_route("/models/{model_id:path}", infer, methods=["POST"], summary="Same, HF-API style path",
                      description="`model_id` is accepted and ignored: the server serves one model (see /info).",
-                     openapi_extra=_OPENAPI, responses=_RESPONSES, response_class=Response)
+                     openapi_extra={**_OPENAPI, "parameters": [_MODEL_ID]}, responses=_RESPONSES,
+                     response_class=Response)

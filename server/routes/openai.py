@@ -16,10 +16,10 @@ from starlette.datastructures import UploadFile
 from server import imaging
 from server.errors import bad_input
 from server.loader import Pipelines
-from server.routes import IMAGE_HEADERS_DOC, encode_timed, image_headers, settings_of, validate, worker_of
+from server.routes import IMAGE_HEADERS_DOC, deadline_of, encode_timed, image_headers, settings_of, validate, worker_of
 from server.schemas import ImageData, ImagesEditFields, ImagesGenerateRequest, ImagesResponse, OpenAIError
 from server.settings import Settings
-from server.validation import check_n, edit_job, parse_openai_size, text_job
+from server.validation import OpenAIPlan, edit_job, openai_plan, parse_json, text_job
 from server.worker import Job, Result
 
 router = APIRouter(prefix="/v1/images", tags=["OpenAI Images"])
@@ -30,12 +30,11 @@ _RESPONSES = {
         400: "Invalid request (type invalid_request_error)",
         401: "Missing or wrong bearer token",
         413: "Body or image too large",
-        429: "Queue full (see Retry-After)",
+        429: "Queue full, or over the wait budget (see Retry-After)",
         503: "Loading or shutting down (see Retry-After)",
         504: "Timed out",
     }.items()},
 }
-_MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 def _siblings(first: Job, n: int, request: Request) -> list[Job]:
@@ -46,32 +45,42 @@ def _siblings(first: Job, n: int, request: Request) -> list[Job]:
     return jobs
 
 
-async def _respond(results: list[Result], response_format: str | None, output_format: str | None) -> Response:
-    media = _MEDIA[output_format or "png"]
-    encoded = [await encode_timed(result.image, media) for result in results]
+async def _respond(results: list[Result], plan: OpenAIPlan, response_format: str | None) -> Response:
+    encoded = [await encode_timed(result.image, plan.media_type, plan.compression) for result in results]
     items = []
     for result, (data, _) in zip(results, encoded, strict=True):
         b64 = imaging.to_b64(data)
         if response_format == "url":
             # Nothing is stored server-side, so the "URL" is the image itself.
-            items.append(ImageData(url=f"data:{media};base64,{b64}", seed=result.seed))
+            items.append(ImageData(url=f"data:{plan.media_type};base64,{b64}", seed=result.seed))
         else:
             items.append(ImageData(b64_json=b64, seed=result.seed))
-    body = ImagesResponse(created=int(time.time()), data=items)
+    width, height = results[0].image.size
+    body = ImagesResponse(created=int(time.time()), data=items, output_format=plan.output_format,
+                          size=f"{width}x{height}", quality=plan.quality)
     return Response(body.model_dump_json(exclude_none=True), media_type="application/json",
                     headers=image_headers(results, sum(seconds for _, seconds in encoded)))
 
 
-@router.post("/generations", response_model=ImagesResponse, responses=_RESPONSES,
+_GENERATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImagesGenerateRequest"}}},
+    },
+}
+
+
+@router.post("/generations", response_model=ImagesResponse, responses=_RESPONSES, openapi_extra=_GENERATE_BODY,
              summary="Create images from a prompt")
-async def generations(body: ImagesGenerateRequest, request: Request) -> Response:
-    settings = settings_of(request)
-    pipes = await worker_of(request).require_ready()
-    check_n(body.n, settings)
-    size = parse_openai_size(body.size) or (None, None)
-    first = text_job(settings, pipes, body, body.prompt, size)
-    results = await worker_of(request).generate(_siblings(first, body.n, request))
-    return await _respond(results, body.response_format, body.output_format)
+async def generations(request: Request) -> Response:
+    settings, worker = settings_of(request), worker_of(request)
+    body: ImagesGenerateRequest = validate(
+        ImagesGenerateRequest, parse_json(await request.body(), '{"prompt": ..., "n": ..., "size": ...}'), 400)
+    plan = openai_plan(settings, body)
+    async with worker.admit() as pipes:
+        first = text_job(settings, pipes, body, body.prompt, plan.size, plan.steps)
+        results = await worker.generate(_siblings(first, plan.n, request), deadline_of(request))
+        return await _respond(results, plan, body.response_format)
 
 
 _EDIT_FORM = {
@@ -105,7 +114,7 @@ def _one_file(form, names: tuple[str, ...], required: bool) -> UploadFile | None
 
 
 def _decode_edit(settings: Settings, pipes: Pipelines, fields: ImagesEditFields, image_bytes: bytes,
-                 mask_bytes: bytes | None, size: tuple[int | None, int | None]) -> Job:
+                 mask_bytes: bytes | None, plan: OpenAIPlan) -> Job:
     image = imaging.decode_image(image_bytes, "image", settings.max_input_pixels, "keep")
     mask = None
     if mask_bytes is not None:
@@ -118,27 +127,27 @@ def _decode_edit(settings: Settings, pipes: Pipelines, fields: ImagesEditFields,
         derived = imaging.mask_from_transparency(image)
         if derived.getbbox() is not None:  # some pixel is fully transparent
             mask = derived
-    return edit_job(settings, pipes, fields, fields.prompt, image.convert("RGB"), mask, fields.strength, size)
+    return edit_job(settings, pipes, fields, fields.prompt, image.convert("RGB"), mask, fields.strength, plan.size,
+                    plan.steps)
 
 
 @router.post("/edits", response_model=ImagesResponse, responses=_RESPONSES, openapi_extra=_EDIT_FORM,
              summary="Edit an image: inpainting with a mask, image-to-image without")
 async def edits(request: Request) -> Response:
-    settings = settings_of(request)
+    settings, worker = settings_of(request), worker_of(request)
     form = await request.form(max_files=4, max_fields=64, max_part_size=settings.max_body_bytes)
     try:
         image_file = _one_file(form, ("image", "image[]"), required=True)
         mask_file = _one_file(form, ("mask",), required=False)
         scalars = {key: value for key, value in form.multi_items() if isinstance(value, str)}
         fields: ImagesEditFields = validate(ImagesEditFields, scalars, 400)
-        pipes = await worker_of(request).require_ready()
-        check_n(fields.n, settings)
-        size = parse_openai_size(fields.size) or (None, None)
+        plan = openai_plan(settings, fields)
         assert image_file is not None
         image_bytes = await image_file.read()
         mask_bytes = await mask_file.read() if mask_file else None
     finally:
         await form.close()
-    first = await run_in_threadpool(_decode_edit, settings, pipes, fields, image_bytes, mask_bytes, size)
-    results = await worker_of(request).generate(_siblings(first, fields.n, request))
-    return await _respond(results, fields.response_format, fields.output_format)
+    async with worker.admit() as pipes:
+        first = await run_in_threadpool(_decode_edit, settings, pipes, fields, image_bytes, mask_bytes, plan)
+        results = await worker.generate(_siblings(first, plan.n, request), deadline_of(request))
+        return await _respond(results, plan, fields.response_format)

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 from server.errors import ApiError, error_response
 from server.metrics import CONTENT_TYPE
 from server.routes import settings_of, worker_of
+from server.validation import QUALITY_STEPS, quality_steps
 
 router = APIRouter(tags=["Operations"])
 
@@ -92,9 +93,12 @@ async def info(request: Request) -> dict[str, Any]:
             "max_input_pixels": settings.max_input_pixels,
             "max_prompt_chars": settings.max_prompt_chars,
             "request_timeout": settings.request_timeout,
+            "max_wait_seconds": settings.max_wait_seconds,
             "guidance_scale": [0, 30],
             "strength": "(0, 1]",
         },
-        "defaults": {"num_inference_steps": settings.default_steps, "guidance_scale": settings.default_guidance},
+        "defaults": {"num_inference_steps": settings.default_steps, "guidance_scale": settings.default_guidance,
+                     # OpenAI `quality` -> steps, when the request gives no num_inference_steps.
+                     "quality_steps": {label: quality_steps(label, settings) for label in QUALITY_STEPS}},
         "versions": _versions(),
     }

@@ -1,9 +1,11 @@
-"""Shared fixtures: one tiny SDXL pipeline per session, saved to disk and loaded back through the real
-`from_pretrained` path; in-process apps around it; one live uvicorn server for the real clients."""
+"""Shared fixtures: one `tiny` SDXL (with the test-only fault marker) per session; in-process apps around
+it; one live `python -m server --model tiny` for the real clients. `tiny_dir` holds the same weights saved
+to disk, for the `from_pretrained` path."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +17,9 @@ from server.app import create_app
 from server.loader import Pipelines, load_pipelines
 from server.settings import Settings
 from tests.server.helpers import FAULT, TOKEN, LiveServer, settings_for, wait_ready
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,19 +51,19 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 
 
-def pipelines(tiny_dir: Path) -> Pipelines:
-    return load_pipelines(Settings(model=str(tiny_dir)))
+def pipelines() -> Pipelines:
+    return load_pipelines(Settings(model="tiny", fault_marker=FAULT))
 
 
 @pytest.fixture
 
 
-def make_client(tiny_dir: Path, pipelines: Pipelines) -> Iterator[Callable[..., TestClient]]:
+def make_client(pipelines: Pipelines) -> Iterator[Callable[..., TestClient]]:
     """In-process apps with any settings, all sharing the session's loaded pipelines."""
     opened: list[TestClient] = []
 
     def make(loader: Callable[[], Pipelines] | None = None, ready: bool = True, **overrides: object) -> TestClient:
-        app = create_app(settings_for(tiny_dir, **overrides), loader=loader or (lambda: pipelines))
+        app = create_app(settings_for(**overrides), loader=loader or (lambda: pipelines))
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()
         opened.append(client)
@@ -82,9 +87,9 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
 @pytest.fixture(scope="session")
 
 
-def live_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = LiveServer(
-        ["--model", str(tiny_dir), "--api-token", TOKEN, "--fault-marker", FAULT, "--log-level", "warning",
+        ["--model", "tiny", "--api-token", TOKEN, "--fault-marker", FAULT, "--log-level", "warning",
          "--default-steps", "2"],
         tmp_path_factory.mktemp("live") / "server.log",
     )
@@ -93,3 +98,28 @@ def live_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+
+
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    """A real headless Chromium (one per test module)."""
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        if os.environ.get("CI"):
+            pytest.fail("CI must install chromium and chromium-driver (apt-get install chromium chromium-driver)")
+        pytest.skip("chromium not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", f"--user-data-dir={tmp_path_factory.mktemp('chrome-profile')}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console: CSP violations, errors
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(60)
+    yield driver
+    driver.quit()

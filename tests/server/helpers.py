@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,8 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 FAST = {"num_inference_steps": 2}
 
 
-def settings_for(tiny_dir: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {"model": str(tiny_dir), "warmup": False, "fault_marker": FAULT}
+def settings_for(**overrides: object) -> Settings:
+    values: dict[str, object] = {"model": "tiny", "warmup": False, "fault_marker": FAULT}
     values.update(overrides)
     return Settings(**values)
 
@@ -40,6 +42,13 @@ def wait_ready(client: TestClient | httpx.Client, headers: dict[str, str] | None
             pass
         time.sleep(0.05)
     raise TimeoutError("server never became ready")
+
+
+def wait_until(predicate, timeout: float = 20, why: object = "condition never became true") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, why() if callable(why) else why
+        time.sleep(0.01)
 
 
 def free_port() -> int:
@@ -81,6 +90,17 @@ class LiveServer:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def serving(args: list[str], log_path: Path) -> Iterator[LiveServer]:
+    """A LiveServer, ready, stopped on the way out."""
+    server = LiveServer(args, log_path)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
 
 
 def auth(token: str = TOKEN) -> dict[str, str]:

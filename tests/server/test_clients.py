@@ -88,3 +88,26 @@ def test_openai_client_errors_map_to_its_exceptions(live_server, oai):
     with pytest.raises(openai.BadRequestError) as info:
         oai.images.generate(prompt="x", size="100x100")
     assert info.value.body["param"] == "width"
+
+
+def test_openai_n_none_and_jpeg_output(oai):
+    result = oai.images.generate(prompt="a red bicycle", n=None, output_format="jpeg", output_compression=60,
+                                 size="320x256", extra_body={"num_inference_steps": 2})
+    assert len(result.data) == 1
+    assert (result.output_format, result.size) == ("jpeg", "320x256")
+    data = base64.b64decode(result.data[0].b64_json)
+    assert data.startswith(b"\xff\xd8\xff") and Image.open(io.BytesIO(data)).size == (320, 256)
+
+
+def test_openai_quality_is_echoed(oai):
+    result = oai.images.generate(prompt="x", quality="low")
+    assert result.quality == "low" and len(result.data) == 1
+
+
+@pytest.mark.parametrize(("kwargs", "param"), [({"stream": True}, "stream"), ({"stream": True, "partial_images": 2},
+                                                                               "stream"),
+                                               ({"background": "transparent"}, "background")])
+def test_openai_client_gets_a_bad_request_for_what_is_not_supported(oai, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.images.generate(prompt="x", extra_body={"num_inference_steps": 2}, **kwargs)
+    assert info.value.body["param"] == param

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 
+import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
+from PIL import Image
 
 from server import synthetic
 from server.loader import load_pipelines, resolve_device, resolve_dtype
-from server.settings import Settings
+from server.settings import Settings, parse_cli
+from tests.server.helpers import FAULT
 
 COMPILE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE",
                "TORCHINDUCTOR_AUTOGRAD_CACHE")
@@ -30,21 +35,32 @@ def test_tiny_pipeline_is_deterministic_and_leaves_global_rng_alone():
     assert same_weights(first.unet, synthetic.tiny_sdxl().unet)
 
 
-def test_loading_a_saved_pipeline_directory_round_trips_the_weights(pipelines):
-    # `pipelines` was loaded with --model <dir> through from_pretrained (see conftest).
+@pytest.fixture(scope="module")
+def from_directory(tiny_dir):
+    """--model <dir>: the from_pretrained path, as for a downloaded Hub model."""
+    return load_pipelines(Settings(model=str(tiny_dir)))
+
+
+def test_loading_a_saved_pipeline_directory_round_trips_the_weights(from_directory):
     built = synthetic.tiny_sdxl()
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        assert same_weights(getattr(pipelines.text2img, name), getattr(built, name)), name
-    assert pipelines.text2img.tokenizer("a cat").input_ids == built.tokenizer("a cat").input_ids
+        assert same_weights(getattr(from_directory.text2img, name), getattr(built, name)), name
+    assert from_directory.text2img.tokenizer("a cat").input_ids == built.tokenizer("a cat").input_ids
 
 
-def test_edit_pipelines_share_every_module_with_text_to_image(pipelines):
-    base = pipelines.text2img
-    for pipe in (pipelines.img2img, pipelines.inpaint):
+@pytest.mark.parametrize("which", ["from_directory", "pipelines"])
+def test_edit_pipelines_share_every_module_with_text_to_image(request, which):
+    pipes = request.getfixturevalue(which)  # Hub-style (AutoPipeline.from_pipe) and synthetic (build)
+    base = pipes.text2img
+    for pipe in (pipes.img2img, pipes.inpaint):
         for name in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
             assert getattr(pipe, name) is getattr(base, name), name
-    assert type(pipelines.img2img).__name__ == "StableDiffusionXLImg2ImgPipeline"
-    assert type(pipelines.inpaint).__name__ == "StableDiffusionXLInpaintPipeline"
+    assert isinstance(pipes.text2img, StableDiffusionXLPipeline)
+    assert isinstance(pipes.img2img, StableDiffusionXLImg2ImgPipeline)
+    assert isinstance(pipes.inpaint, StableDiffusionXLInpaintPipeline)
+    if which == "from_directory":  # stock classes: nothing of the test hook in a real model's pipelines
+        assert [type(p).__name__ for p in (base, pipes.img2img, pipes.inpaint)] == [
+            "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"]
 
 
 def test_variant_weights_in_a_directory_are_found(tmp_path):
@@ -108,3 +124,57 @@ def test_random_sdxl_has_the_real_architecture():
     assert round(count(pipe.vae) / 1e6, 1) == 83.7
     assert pipe.unet.dtype == torch.float16
     assert pipe.default_sample_size * pipe.vae_scale_factor == 1024
+
+
+# --- the test-only fault marker lives in the synthetic pipelines -----------------------------------
+
+def run(pipes, kind: str, prompts: list[str]) -> np.ndarray:
+    kwargs = {"prompt": prompts, "num_inference_steps": 2, "output_type": "np",
+              "generator": [torch.Generator().manual_seed(i) for i in range(len(prompts))]}
+    if kind != "text2img":
+        kwargs.update(image=Image.new("RGB", (256, 256), (90, 120, 200)), strength=1.0)
+    if kind == "inpaint":
+        kwargs["mask_image"] = Image.new("L", (256, 256), 255)
+    return pipes.for_kind(kind)(**kwargs).images
+
+
+@pytest.mark.parametrize("kind", ["text2img", "img2img", "inpaint"])
+@pytest.mark.parametrize(("fault", "error"), [("fail", RuntimeError), ("oom", torch.OutOfMemoryError)])
+def test_fault_marker_raises_inside_every_task(pipelines, kind, fault, error):
+    with pytest.raises(error, match="injected"):
+        run(pipelines, kind, ["a cat", f"a {FAULT}:{fault} dog"])
+
+
+@pytest.mark.parametrize("kind", ["text2img", "inpaint"])
+def test_fault_marker_nan_poisons_only_its_own_image(pipelines, kind):
+    images = run(pipelines, kind, ["a cat", f"{FAULT}:nan", "a dog"])
+    assert [bool(np.isnan(image).any()) for image in images] == [False, True, False]
+
+
+def test_fault_marker_stall_slows_each_step(pipelines):
+    started = time.perf_counter()
+    run(pipelines, "img2img", [f"{FAULT}:stall"])
+    assert time.perf_counter() - started >= 2 * synthetic.STALL_SECONDS
+
+
+def test_without_a_marker_the_synthetic_pipelines_are_stock_and_prompts_are_just_text():
+    pipes = load_pipelines(Settings(model="tiny"))
+    assert [type(p) for p in (pipes.text2img, pipes.img2img, pipes.inpaint)] == [
+        StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline]
+    assert np.isfinite(run(pipes, "text2img", [f"{FAULT}:nan {FAULT}:fail"])).all()
+
+
+@pytest.mark.parametrize("model", ["stabilityai/stable-diffusion-xl-base-1.0", "/models/sdxl"])
+def test_a_real_model_refuses_the_fault_marker_at_startup(model, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_cli(["--model", model, "--fault-marker", "X"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--fault-marker is a test hook" in err and "tiny, random-sdxl" in err and model in err
+    assert parse_cli(["--model", "random-sdxl", "--fault-marker", "X"]).fault_marker == "X"
+
+
+def test_synthetic_model_names_agree():
+    from server.settings import SYNTHETIC_MODELS
+
+    assert set(synthetic.BUILDERS) == set(SYNTHETIC_MODELS)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from server.settings import Settings
-from tests.server.helpers import FAULT, REPO, LiveServer
+from tests.server.helpers import FAULT, REPO, LiveServer, serving, wait_until
 from tests.server.test_routes_ops import metric
 
 
@@ -24,33 +24,60 @@ def test_help_lists_every_setting_as_a_flag():
         assert f"--{name.replace('_', '-')}" in result.stdout, name
 
 
-def test_sigterm_finishes_in_flight_work_then_exits(tiny_dir, tmp_path):
-    server = LiveServer(["--model", str(tiny_dir), "--fault-marker", FAULT, "--shutdown-grace", "20",
-                         "--max-batch", "1"], tmp_path / "server.log")
-    try:
-        server.wait_ready()
-        with httpx.Client(base_url=server.url, timeout=60) as http, ThreadPoolExecutor(2) as pool:
-            slow = {"inputs": f"{FAULT}:stall", "parameters": {"num_inference_steps": 6}}
-            running = pool.submit(http.post, "/", json=slow)
-            queued = pool.submit(httpx.post, f"{server.url}/", json={"inputs": "queued",
-                                                                    "parameters": {"num_inference_steps": 2}},
-                                 timeout=60)
-            deadline = time.monotonic() + 30
-            while True:  # one running, one waiting in the queue
-                text = http.get("/metrics").text
-                if metric(text, "sdxl_in_flight_images") == 1 and metric(text, "sdxl_queue_depth") == 1:
-                    break
-                assert time.monotonic() < deadline, server.log()
-                time.sleep(0.02)
-            server.proc.send_signal(signal.SIGTERM)
-            assert running.result().status_code == 200
-            assert queued.result().status_code == 200
-        # Gone: the listening socket closed at SIGTERM, the process after the drain.
-        assert server.proc.wait(30) in (0, -signal.SIGTERM)
+def wait_for_metrics(http: httpx.Client, server: LiveServer, **expected: float) -> None:
+    def reached() -> bool:
+        text = http.get("/metrics").text
+        return all(metric(text, name) == value for name, value in expected.items())
+
+    wait_until(reached, 30, server.log)
+
+
+def stall(pool: ThreadPoolExecutor, server: LiveServer, steps: int):
+    """A request that takes about 0.2 s per step, in the background."""
+    body = {"inputs": f"{FAULT}:stall", "parameters": {"num_inference_steps": steps}}
+    return pool.submit(httpx.post, f"{server.url}/", json=body, timeout=60)
+
+
+def test_sigterm_drains_answering_503_to_new_work_while_in_flight_work_finishes(tmp_path):
+    args = ["--model", "tiny", "--fault-marker", FAULT, "--shutdown-grace", "20", "--max-batch", "1"]
+    with serving(args, tmp_path / "server.log") as server, ThreadPoolExecutor(2) as pool, \
+            httpx.Client(base_url=server.url, timeout=60) as http:
+        running = stall(pool, server, 10)  # ~2 s
+        queued = pool.submit(http.post, "/", json={"inputs": "queued", "parameters": {"num_inference_steps": 2}})
+        wait_for_metrics(http, server, sdxl_in_flight_images=1, sdxl_queue_depth=1)
+        server.proc.send_signal(signal.SIGTERM)
+        # Still listening: readiness and new work are answered, not refused.
+        ready = http.get("/ready")
+        assert ready.status_code == 503 and "shutting down" in ready.json()["error"]
+        late = http.post("/", json={"inputs": "late"}, headers={"Origin": "https://app.example"})
+        assert late.status_code == 503, late.text
+        assert late.headers["access-control-allow-origin"] == "*"
+        assert int(late.headers["retry-after"]) >= 1 and "shutting down" in late.json()["error"]
+        late_openai = http.post("/v1/images/generations", json={"prompt": "late"})
+        assert late_openai.status_code == 503 and late_openai.json()["error"]["code"] == "draining"
+        assert metric(http.get("/metrics").text, "sdxl_ready") == 0
+        assert not running.done()  # all of that happened during the drain
+        assert running.result().status_code == 200
+        assert queued.result().status_code == 200
+        # Then gone, on its own, with status 0.
+        assert server.proc.wait(30) == 0, server.log()
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{server.url}/health", timeout=2)
-    finally:
-        server.stop()
+        assert "drained" in server.log()
+
+
+def test_work_left_when_the_grace_ends_is_answered_503_and_the_server_exits(tmp_path):
+    args = ["--model", "tiny", "--fault-marker", FAULT, "--shutdown-grace", "1"]
+    with serving(args, tmp_path / "server.log") as server, ThreadPoolExecutor(1) as pool, \
+            httpx.Client(base_url=server.url, timeout=60) as http:
+        running = stall(pool, server, 100)  # ~20 s
+        wait_for_metrics(http, server, sdxl_in_flight_images=1)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        answer = running.result()
+        assert answer.status_code == 503 and "shutting down" in answer.json()["error"]
+        assert time.monotonic() - started < 5
+        assert server.proc.wait(15) == 0, server.log()
 
 
 def test_a_model_that_cannot_load_exits_non_zero(tmp_path):
@@ -59,5 +86,31 @@ def test_a_model_that_cannot_load_exits_non_zero(tmp_path):
     try:
         assert server.proc.wait(120) == 1, server.log()
         assert "failed to load" in server.log()
+    finally:
+        server.stop()
+
+
+def test_forwarded_client_address_is_used_only_from_allowed_proxies(tmp_path):
+    """One server trusting 127.0.0.2 only: the same header from 127.0.0.2 and from 127.0.0.1 (both loopback)."""
+    server = LiveServer(["--model", "tiny", "--no-warmup", "--forwarded-allow-ips", "127.0.0.2"],
+                        tmp_path / "server.log")
+    try:
+        def answers() -> bool:
+            try:
+                return httpx.get(f"{server.url}/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, 60, server.log)
+        for source, forwarded in (("127.0.0.2", "203.0.113.7"), ("127.0.0.1", "198.51.100.9")):
+            transport = httpx.HTTPTransport(local_address=source)
+            with httpx.Client(base_url=server.url, transport=transport, timeout=5) as http:
+                assert http.get("/health", headers={"X-Forwarded-For": forwarded}).status_code == 200
+        server.stop()
+        access = [line for line in server.log().splitlines() if '"GET /health HTTP/1.1" 200' in line]
+        assert len(access) >= 3, server.log()  # the wait above, then the two under test
+        access = access[-2:]
+        assert "203.0.113.7" in access[0]  # from the trusted proxy: the forwarded client
+        assert "127.0.0.1" in access[1] and "198.51.100.9" not in access[1]  # from anyone else: ignored
     finally:
         server.stop()

@@ -192,3 +192,70 @@ def test_edit_as_json_explains_multipart(client):
 
 def test_edit_bad_strength_is_400(client):
     assert_openai_error(edit(client, png_bytes(sample_image()), strength=1.5), 400, "strength")
+
+
+# --- conformance with the OpenAI Images API's fields ----------------------------------------------
+
+def test_n_null_means_one_image(client):
+    body = generate(client, n=None).json()
+    assert len(body["data"]) == 1
+
+
+def test_response_echoes_format_size_and_quality(client):
+    body = generate(client, size="320x256", output_format="webp", quality="low", num_inference_steps=None).json()
+    assert set(body) >= {"created", "data", "output_format", "size", "quality", "background"}
+    assert (body["output_format"], body["size"], body["quality"], body["background"]) == ("webp", "320x256", "low",
+                                                                                         "opaque")
+    assert decode_item(body["data"][0]).startswith(b"RIFF")
+    assert "quality" not in generate(client, quality="low", num_inference_steps=2).json()  # steps were explicit
+
+
+@pytest.mark.parametrize(("quality", "label", "steps"), [("low", "low", 1), ("auto", "high", 2), (None, "high", 2),
+                                                         ("hd", "high", 2), ("standard", "medium", 2),
+                                                         ("max", "max", 4)])
+def test_quality_sets_the_steps_when_none_are_given(make_client, quality, label, steps):
+    client = make_client(default_steps=2)
+    body = {"prompt": "a lighthouse", "seed": 4, **({"quality": quality} if quality else {})}
+    answer = client.post("/v1/images/generations", json=body).json()
+    assert answer["quality"] == label
+    explicit = generate(client, seed=4, num_inference_steps=steps).json()
+    assert answer["data"][0]["b64_json"] == explicit["data"][0]["b64_json"]
+    assert client.get("/info").json()["defaults"]["quality_steps"][label] == steps
+
+
+@pytest.mark.parametrize("output_format", ["jpeg", "webp"])
+def test_output_compression_is_the_lossy_quality(client, output_format):
+    sizes = [len(decode_item(generate(client, seed=1, output_format=output_format,
+                                      output_compression=level).json()["data"][0])) for level in (5, 95)]
+    assert sizes[0] < sizes[1]
+    png = generate(client, seed=1, output_compression=5).json()
+    assert decode_item(png["data"][0]) == decode_item(generate(client, seed=1).json()["data"][0])  # lossless
+
+
+@pytest.mark.parametrize("background", ["auto", "opaque"])
+def test_opaque_backgrounds_are_fine(client, background):
+    assert generate(client, background=background).status_code == 200
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"stream": True}, "stream"),
+    ({"partial_images": 2}, "stream"),
+    ({"stream": True, "partial_images": 1}, "stream"),
+    ({"background": "transparent"}, "background"),
+    ({"output_format": "gif"}, "output_format"),
+    ({"output_compression": 101}, "output_compression"),
+    ({"quality": "ultra"}, "quality"),
+])
+def test_unsupported_openai_options_are_400_naming_them(client, body, param):
+    error = assert_openai_error(generate(client, **body), 400, param)
+    if param == "stream":
+        assert "not supported" in error["message"]
+
+
+def test_edits_take_the_same_options(client):
+    response = edit(client, png_bytes(sample_image()), output_format="jpeg", output_compression=50, n=1)
+    body = response.json()
+    assert (body["output_format"], body["size"]) == ("jpeg", "256x256")
+    assert decode_item(body["data"][0]).startswith(b"\xff\xd8\xff")
+    assert_openai_error(edit(client, png_bytes(sample_image()), background="transparent"), 400, "background")
+    assert_openai_error(edit(client, png_bytes(sample_image()), stream="true"), 400, "stream")

@@ -20,6 +20,7 @@ SAMPLES = {
     "port": ("9000", 9000),
     "cors_origins": ("https://a.example,https://b.example", ["https://a.example", "https://b.example"]),
     "log_level": ("debug", "debug"),
+    "forwarded_allow_ips": ("10.0.0.0/8,192.0.2.1", "10.0.0.0/8,192.0.2.1"),
     "device": ("cpu", "cpu"),
     "dtype": ("bfloat16", "bfloat16"),
     "compile": ("true", True),
@@ -32,6 +33,7 @@ SAMPLES = {
     "max_batch": ("2", 2),
     "batch_wait_ms": ("3.5", 3.5),
     "request_timeout": ("12", 12.0),
+    "max_wait_seconds": ("50", 50.0),
     "max_body_mb": ("5", 5.0),
     "max_input_pixels": ("1000000", 1_000_000),
     "min_size": ("512", 512),
@@ -50,9 +52,15 @@ def test_samples_cover_every_setting():
     assert set(SAMPLES) | {"api_token"} == set(Settings.model_fields)
 
 
+# Settings that are only valid beside another one.
+REQUIRES = {"fault_marker": {"SDXL_MODEL": "tiny"}}
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_every_setting_is_an_env_var_and_a_flag(name, monkeypatch):
     text, expected = SAMPLES[name]
+    for variable, value in REQUIRES.get(name, {}).items():
+        monkeypatch.setenv(variable, value)
     monkeypatch.setenv(f"SDXL_{name.upper()}", text)
     assert getattr(Settings(), name) == expected
     monkeypatch.delenv(f"SDXL_{name.upper()}")

@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import random
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from PIL import Image
 
 from server.errors import ApiError
 from server.settings import Settings
 from server.validation import fit_size, parse_openai_size
-from tests.server.helpers import png_bytes, sample_image
+from tests.server.helpers import auth, png_bytes, sample_image
 from tests.server.test_routes_ops import metric
 
 IMAGE = base64.b64encode(png_bytes(sample_image())).decode()
@@ -125,3 +127,66 @@ def test_parse_openai_size():
     assert parse_openai_size(None) is None and parse_openai_size("auto") is None
     assert parse_openai_size("1024x768") == (1024, 768)
     assert parse_openai_size(" 512X512 ") == (512, 512)
+
+
+# --- inputs that used to reach a parser or the tokenizer and come back as 500 ------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+HUGE_INT = b"9" * 5000
+WIRE_CASES = [
+    # (path, raw body, status, words the message must contain, OpenAI param)
+    ("/", b'{"inputs":"a \\ud800 fox"}', 422, "surrogate", None),
+    ("/", b'{"inputs":"a fox","parameters":{"negative_prompt":"\\udfff"}}', 422, "surrogate", None),
+    ("/", b'{"inputs":"a fox","parameters":{"negative_prompt":["\\udfff"]}}', 422, "surrogate", None),
+    ("/", b'{"inputs":"a fox","parameters":' + DEEP + b"}", 400, "nested too deeply", None),
+    ("/", b'{"inputs":"a fox","parameters":{"width":' + HUGE_INT + b"}}", 400, "cannot be read", None),
+    ("/", b'{"inputs":"a fox","parameters":{"width":0}}', 422, "width must be a multiple of 8", None),
+    ("/", b'{"inputs":"a fox","parameters":{"height":0}}', 422, "height must be", None),
+    ("/", b'{"inputs": "a fox", "parameters": }', 400, "character 34", None),
+    ("/v1/images/generations", b'{"prompt":"a fox","negative_prompt":"\\udfff"}', 400, "surrogate",
+     "negative_prompt"),
+    ("/v1/images/generations", b'{"prompt":"\\ud800","n":2}', 400, "surrogate", "prompt"),
+    ("/v1/images/generations", b'{"prompt":"a fox","size":"0x0"}', 400, "within", "width"),
+    ("/v1/images/generations", b'{"prompt":' + DEEP + b"}", 400, "nested too deeply", None),
+    ("/v1/images/generations", b'{"prompt":"a fox","n":' + HUGE_INT + b"}", 400, "cannot be read", None),
+    ("/v1/images/generations", b'{"prompt": "a fox", "n": }', 400, "character 25", None),
+]
+
+
+@pytest.mark.parametrize(("path", "raw", "status", "needle", "param"), WIRE_CASES,
+                         ids=[f"{path}-{i}" for i, (path, *_) in enumerate(WIRE_CASES)])
+def test_raw_bodies_that_used_to_500_are_4xx_json_with_cors(live_server, path, raw, status, needle, param):
+    response = httpx.post(f"{live_server.url}{path}", content=raw, timeout=30, headers={
+        **auth(), "Content-Type": "application/json", "Origin": "https://app.example"})
+    assert response.status_code == status, response.text[:300]
+    assert response.headers["access-control-allow-origin"] == "*"
+    error = response.json()["error"]
+    if path.startswith("/v1/"):
+        assert error["param"] == param and error["type"] == "invalid_request_error"
+        error = error["message"]
+    assert needle in error
+
+
+def test_a_bad_prompt_never_costs_its_batch_mates(client):
+    """The surrogate is refused at parsing: nothing of it reaches the worker or the tokenizer."""
+    with ThreadPoolExecutor(4) as pool:
+        good = [pool.submit(client.post, "/", json={"inputs": f"a cat {i}", "parameters": {"num_inference_steps": 2}})
+                for i in range(2)]
+        bad = client.post("/", content=b'{"inputs":"a \\ud800 fox","parameters":{"num_inference_steps":2}}',
+                          headers={"Content-Type": "application/json"})
+        assert bad.status_code == 422
+        assert [f.result().status_code for f in good] == [200, 200]
+    text = client.get("/metrics").text
+    assert metric(text, "sdxl_errors_total", kind="pipeline") == 0
+    assert metric(text, "sdxl_images_generated_total", kind="text2img") == 2
+
+
+def test_negative_prompt_as_a_one_entry_list(client):
+    listed = client.post("/", json={"inputs": "a cat", "parameters": {"negative_prompt": ["fog"], "seed": 3,
+                                                                      "num_inference_steps": 2}})
+    plain = client.post("/", json={"inputs": "a cat", "parameters": {"negative_prompt": "fog", "seed": 3,
+                                                                     "num_inference_steps": 2}})
+    assert listed.status_code == 200 and listed.content == plain.content
+    two = client.post("/", json={"inputs": "a cat", "parameters": {"negative_prompt": ["fog", "rain"]}})
+    assert two.status_code == 422
+    assert "exactly one entry" in two.json()["error"] and "negative_prompt" in two.json()["error"]

@@ -1,27 +1,25 @@
 """The GPU worker: micro-batching, equivalence, failure isolation, queue limits, timeouts, drain,
-disconnects. Slowness and failures come from the settings' fault hook, inside real pipeline calls."""
+disconnects. Slowness and failures come from the synthetic `tiny` model's test-only fault marker, inside
+real pipeline calls (see server/synthetic.py); the worker has no fault code of its own."""
 
 from __future__ import annotations
 
+import base64
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from PIL import Image
 
 from server.schemas import GenerationOptions
 from server.validation import text_job
-from tests.server.helpers import FAST, FAULT, assert_batch_equivalent, auth
+from server.worker import batch_waves, estimate_wait
+from tests.server.helpers import FAST, FAULT, assert_batch_equivalent, auth, png_bytes, sample_image, wait_until
 from tests.server.test_routes_ops import metric
 
 STALL = f"{FAULT}:stall"  # 0.2 s per step, inside the real pipeline call
-
-
-def wait_until(predicate, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.01)
 
 
 def post(client, prompt: str, **parameters):
@@ -199,3 +197,93 @@ def test_the_event_loop_stays_responsive_while_the_gpu_works(client):
         assert time.monotonic() - started < 0.5
         assert not blocker.done()
         assert blocker.result().status_code == 200
+
+
+def test_faults_in_every_task_reach_clients_of_a_live_server_as_their_errors(live_server):
+    """`python -m server --model tiny --fault-marker`: the synthetic pipelines inject, the server classifies."""
+    image = base64.b64encode(png_bytes(sample_image())).decode()
+    mask = base64.b64encode(png_bytes(Image.new("L", (256, 256), 255))).decode()
+    edit = {"prompt": None, "strength": 1.0, "num_inference_steps": 2}
+    cases = [
+        ({"inputs": f"{FAULT}:fail", "parameters": FAST}, 500, "injected pipeline failure"),
+        ({"inputs": image, "parameters": {**edit, "prompt": f"{FAULT}:oom"}}, 503, "Out of GPU memory"),
+        ({"inputs": image, "parameters": {**edit, "prompt": f"{FAULT}:nan", "mask": mask}}, 500, "NaN"),
+        ({"inputs": image, "parameters": {**edit, "prompt": f"{FAULT}:fail", "mask": mask}}, 500, "injected"),
+    ]
+    with httpx.Client(base_url=live_server.url, headers=auth(), timeout=30) as http:
+        for body, status, needle in cases:
+            response = http.post("/", json=body)
+            assert response.status_code == status, (body["parameters"], response.text)
+            assert needle in response.json()["error"]
+        assert http.post("/", json={"inputs": image, "parameters": {**edit, "prompt": "fine"}}).status_code == 200
+
+
+# --- wait budget --------------------------------------------------------------------------------------
+
+def test_batch_waves_group_as_the_consumer_does():
+    assert batch_waves([], 4) == 0
+    assert batch_waves(["a"] * 9, 4) == 3
+    assert batch_waves(["a", "b", "a", "b", "a"], 2) == 3  # a a | b b | a
+    assert batch_waves(["solo1", "solo2", "a"], 8) == 3
+
+
+def test_estimate_wait_counts_the_running_call_the_queue_and_its_own():
+    assert estimate_wait(0, 1, 2.0, None) == 2.0  # idle: its own call
+    assert estimate_wait(0, 1, 2.0, 0.5) == 3.5  # 1.5 s left of the running call
+    assert estimate_wait(3, 2, 2.0, 5.0) == 10.0  # an overrunning call counts as ending now
+
+
+def test_burst_over_the_wait_budget_is_refused_at_once_and_admitted_work_completes(make_client):
+    budget = 3.0
+    # Warm-up, as in production: one-off first-call costs stay out of the first measured call.
+    client = make_client(max_wait_seconds=budget, max_batch=1, warmup=True)
+    stall = {"inputs": f"{FAULT}:stall", "parameters": {"num_inference_steps": 4}}  # >= 0.8 s per call
+    assert client.post("/", json=stall).status_code == 200  # measures the seconds per call
+    assert metric(client.get("/metrics").text, "sdxl_estimated_wait_seconds") >= 0.8  # idle: its own call
+
+    def send(index: int):
+        started = time.monotonic()
+        response = client.post("/", json=stall, headers={"Origin": "https://app.example"})
+        return response, time.monotonic() - started
+
+    with ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(send, i) for i in range(10)]
+        wait_until(lambda: client.app.state.worker.in_flight == 1)
+        busy = metric(client.get("/metrics").text, "sdxl_estimated_wait_seconds")
+        answers = [future.result() for future in futures]
+    refused = [(r, t) for r, t in answers if r.status_code == 429]
+    admitted = [(r, t) for r, t in answers if r.status_code != 429]
+    assert busy > budget / 2, busy
+    assert 1 <= len(admitted) <= 5 and len(refused) >= 5, [r.status_code for r, _ in answers]
+    for response, seconds in refused:
+        assert seconds < budget  # at once: before the budget (or a front's timeout) runs out
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert 1 <= int(response.headers["retry-after"]) <= budget
+        assert "wait budget" in response.json()["error"]
+    for response, _ in admitted:
+        assert response.status_code == 200  # admitted work is never dropped for the budget
+    text = client.get("/metrics").text
+    assert metric(text, "sdxl_errors_total", kind="wait_budget") == len(refused)
+    assert metric(text, "sdxl_estimated_wait_seconds") < busy  # idle again: only its own call
+
+
+def test_without_a_budget_the_same_burst_is_all_admitted(make_client):
+    client = make_client(max_batch=1)
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda _: post(client, f"{FAULT}:stall").status_code, range(4)))
+    assert statuses == [200] * 4
+
+
+def test_one_deadline_from_arrival_covers_model_wait_queue_and_generation(make_client, pipelines):
+    """Waiting for the model (wait_for_model) and generating share one --request-timeout from arrival:
+    the 504 comes at the timeout, not at the model wait plus another full timeout."""
+    gate = threading.Event()
+    client = make_client(loader=lambda: gate.wait(30) and pipelines, ready=False, request_timeout=2.0)
+    threading.Timer(1.5, gate.set).start()
+    started = time.monotonic()
+    response = client.post("/", json={"inputs": STALL, "parameters": {"num_inference_steps": 25},  # ~5 s
+                                      "options": {"wait_for_model": True}})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504, response.text
+    assert "of the request's arrival" in response.json()["error"]
+    assert 1.9 < elapsed < 2.0 + 0.9, elapsed  # was 1.5 + 2.0 = 3.5 s
