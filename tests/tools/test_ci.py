@@ -209,7 +209,7 @@ def test_up_sets_the_expiry_and_returns_only_public_outputs(backend):
     assert stack.config[ci.TTL_KEY].value == "2026-03-14T23:09:26Z"
     assert not stack.config[ci.TTL_KEY].secret
     # the engine recorded the expiry with the update: that is what the reaper reads back
-    assert stack.history[0].config[ci.TTL_KEY].value == "2026-03-14T23:09:26Z"
+    assert stack.updates[0].config[ci.TTL_KEY].value == "2026-03-14T23:09:26Z"
     assert result == {"endpoint": "https://203-0-113-10.sslip.io", "gpu": "NVIDIA T4",
                       "hourlyCostUsd": "0.526", "expiresAt": "2026-03-14T23:09:26Z"}
 
@@ -364,3 +364,45 @@ def test_api_token_comes_from_the_environment_as_a_secret(backend, monkeypatch, 
     assert value.value == TOKEN and value.secret
     captured = capsys.readouterr()
     assert TOKEN not in captured.out + captured.err
+
+
+# --- the reaper against what a real DIY backend records (issue 12) -------------------------------
+
+
+def test_a_failed_destroy_on_a_fresh_checkout_keeps_the_recorded_ttl(backend):
+    stack = deployed(backend, "pr-8", NOW - timedelta(days=1), "2026-03-14T14:00:00Z")  # expired an hour ago
+    backend.fresh_checkout()  # the reaper's runner has no stacks/Pulumi.pr-8.yaml
+    stack.fail_destroy = True
+    assert ci.main(["reap"], now=lambda: NOW) == 1
+    assert stack.updates[0].result == "failed" and ci.TTL_KEY not in stack.updates[0].config
+    stack.fail_destroy = False
+    assert [e.stack for e in ci.expired(now=lambda: NOW)] == ["pr-8"], "the failed destroy must not reset the TTL"
+
+
+def test_the_newest_valid_ttl_anywhere_in_the_history_counts(backend):
+    stack = deployed(backend, "pr-13", NOW - timedelta(days=2), "2026-03-13T12:00:00Z")
+    backend.fresh_checkout()
+    backend.now = NOW - timedelta(days=1)
+    stack._record("refresh", backend.now)  # a later, successful operation run without the stack file
+    backend.now = NOW
+    (found,) = ci.expired(now=lambda: NOW)
+    assert (found.stack, ci.rfc3339(found.expires_at)) == ("pr-13", "2026-03-13T12:00:00Z")
+
+
+def test_a_killed_first_up_with_resources_and_no_history_is_expired_now(backend):
+    backend.add("pr-9").resources = 7  # the checkpoint was written, the history never was
+    assert [e.stack for e in ci.expired(now=lambda: NOW)] == ["pr-9"]
+
+
+def test_a_stack_whose_last_operation_failed_is_expired_now(backend):
+    stack = deployed(backend, "pr-14", NOW - timedelta(hours=2), "2026-03-20T00:00:00Z")
+    stack._record("update", NOW - timedelta(hours=1), result="failed")  # its TTL is days away
+    assert [e.stack for e in ci.expired(now=lambda: NOW)] == ["pr-14"]
+
+
+def test_a_stuck_lock_is_cleared_and_the_stack_destroyed(backend):
+    stack = deployed(backend, "pr-11", NOW - timedelta(days=2), "2026-03-13T00:00:00Z")
+    stack.locks.append(NOW - timedelta(hours=3))  # a cancelled job left its lock; DIY locks never expire
+    assert ci.main(["reap"], now=lambda: NOW) == 0
+    assert "pr-11" not in backend.stacks
+    assert ("cancel", "pr-11") in backend.calls
