@@ -21,8 +21,10 @@ AWS_STACK_TAG, AWS_TTL_TAG = f"{PROJECT}:stack", f"{PROJECT}:ttl"
 GCP_STACK_LABEL, GCP_TTL_LABEL = f"{PROJECT}-stack", f"{PROJECT}-ttl"
 # Instances that still bill (running) or hold disks (stopped); terminated ones are gone within the hour.
 AWS_LIVE_STATES = ["pending", "running", "stopping", "stopped"]
-# Compute Engine's endpoint; tests point it at a loopback stand-in.
+# Compute Engine's endpoint and credentials (None: Google's, and Application Default Credentials); tests
+# point them at a loopback stand-in.
 GCP_API_ENDPOINT: str | None = None
+GCP_CREDENTIALS = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def _gcp_client():
     from google.cloud import compute_v1
 
     options = {"api_endpoint": GCP_API_ENDPOINT} if GCP_API_ENDPOINT else None
-    return compute_v1.InstancesClient(client_options=options)
+    return compute_v1.InstancesClient(credentials=GCP_CREDENTIALS, transport="rest", client_options=options)
 
 
 def gcp_orphans(project: str, known: set[str], now: datetime, client=None) -> list[Orphan]:
@@ -100,7 +102,7 @@ def gcp_orphans(project: str, known: set[str], now: datetime, client=None) -> li
 
     client = client or _gcp_client()
     found = []
-    request = compute_v1.AggregatedListInstancesRequest(project=project, return_partial_success=True)
+    request = compute_v1.AggregatedListInstancesRequest(project=project)
     for scope, listed in client.aggregated_list(request=request):
         zone = scope.removeprefix("zones/")
         for instance in listed.instances:
