@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from fnmatch import fnmatchcase
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from stacks import gcp
+from tests.ci import gcloud_args
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = ROOT / "ci" / "bootstrap"
@@ -24,15 +26,42 @@ REPO = "octo-org/sdxl-endpoint"
 ACCOUNT = "123456789012"
 SHELLCHECK = Path(sys.executable).parent / "shellcheck"
 
-# A stand-in CLI: records its argv (and stdin for `cp -`), answers the look-ups the scripts make.
+# A stand-in CLI: records its argv (and stdin for `cp -`), answers the look-ups the scripts make, and
+# refuses what the real one refuses: gcloud's `--condition` parsed as gcloud does (tests/ci/gcloud_args.py),
+# the AWS CLI's JSON parameters parsed as JSON.
 FAKE_CLI = f"""#!{sys.executable}
 import json, os, sys
+sys.path.insert(0, {str(ROOT)!r})
+from tests.ci.gcloud_args import ArgumentTypeError, parse_condition
 args = sys.argv[1:]
-record = {{"cli": os.path.basename(sys.argv[0]), "args": args}}
-if args[:2] == ["s3", "cp"] and args[2] == "-":
+cli = os.path.basename(sys.argv[0])
+record = {{"cli": cli, "args": args}}
+if "cp" in args and "-" in args:
     record["stdin"] = sys.stdin.read()
 with open(os.environ["CALLS"], "a") as f:
     f.write(json.dumps(record) + "\\n")
+def value(flag):
+    for index, arg in enumerate(args):
+        if arg == flag:
+            return args[index + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+if cli == "gcloud" and value("--condition") is not None:
+    try:
+        parse_condition(value("--condition"))
+    except ArgumentTypeError as err:
+        command = ".".join(a for a in args[:3] if not a.startswith("-"))
+        print(f"ERROR: (gcloud.{{command}}) argument --condition: {{err}}", file=sys.stderr)
+        sys.exit(2)
+for flag in ("--policy", "--policy-document", "--assume-role-policy-document",
+             "--server-side-encryption-configuration"):
+    if cli == "aws" and value(flag) is not None:
+        try:
+            json.loads(value(flag))
+        except ValueError as err:
+            print(f"Error parsing parameter '{{flag}}': Invalid JSON: {{err}}", file=sys.stderr)
+            sys.exit(255)
 existing = os.environ.get("EXISTING", "").split(",")
 verb = " ".join(a for a in args if not a.startswith("-"))
 if verb.startswith("sts get-caller-identity"):
@@ -240,3 +269,50 @@ def test_gcp_bucket_is_private_and_versioned(gcloud):
     (create,) = find(calls, "create", "gs://sdxl-state")
     assert "--uniform-bucket-level-access" in create["args"] and "--public-access-prevention" in create["args"]
     assert find(calls, "update", "gs://sdxl-state", "--versioning")
+
+
+CONDITIONS = [
+    "None",
+    "title=t,expression=a == b",
+    "^;^title=t;expression=api.getAttribute('x', []).hasOnly(['a', 'b'])",
+    "title=t,expression=api.getAttribute('x', []).hasOnly(['a', 'b'])",
+    "^:^title=t:description=a, b:expression=x",
+    "titl=t",
+    "^^title=t",
+]
+
+
+def parsed_by_installed_gcloud(values: list[str]) -> list[dict] | None:
+    """Each value through the installed Google Cloud SDK's own --condition ArgDict, in a separate process
+    (its vendored libraries must not mix with this suite's); None without an SDK."""
+    gcloud = shutil.which("gcloud")
+    lib = Path(gcloud).resolve().parents[1] / "lib" if gcloud else None
+    if not lib or not (lib / "googlecloudsdk").is_dir():
+        return None
+    program = """
+import json, sys
+from googlecloudsdk.command_lib.iam import iam_util
+results = []
+for value in json.load(sys.stdin):
+    try:
+        results.append({"parsed": dict(iam_util._ConditionArgDict()(value))})
+    except Exception as err:
+        results.append({"error": str(err)})
+print(json.dumps(results))
+"""
+    result = subprocess.run([sys.executable, "-c", program], input=json.dumps(values), capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": f"{lib}:{lib / 'third_party'}"})
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def test_the_stand_in_parses_condition_exactly_as_the_installed_gcloud():
+    expected = parsed_by_installed_gcloud(CONDITIONS)
+    if expected is None:
+        pytest.skip("no importable Google Cloud SDK on this machine")
+    for value, gcloud in zip(CONDITIONS, expected, strict=True):
+        if "error" in gcloud:
+            with pytest.raises(gcloud_args.ArgumentTypeError) as ours:
+                gcloud_args.parse_condition(value)
+            assert gcloud["error"].startswith(str(ours.value)), value
+        else:
+            assert gcloud_args.parse_condition(value) == gcloud["parsed"], value

@@ -271,3 +271,82 @@ def test_test_workflow_runs_the_ci_entry_point_on_push_and_pr():
     assert entry.rstrip().endswith("make test") and "make test" in (ROOT / "README.md").read_text()
     # .ci/run installs its packages with apt-get as root: a Debian image like the one it targets.
     assert "bookworm" in job["container"]["image"]
+
+
+# --- what the steps do when run (issue 12) -------------------------------------------------------
+
+
+def run_step(script: str, env: dict[str, str], tmp_path: Path,
+             path_dirs: list[Path] = ()) -> subprocess.CompletedProcess:
+    """A step's script as GitHub runs it (`bash -e -o pipefail`), expressions already passed through env."""
+    target = tmp_path / "step.sh"
+    target.write_text(script)
+    output = tmp_path / "github_output"
+    output.touch()
+    full_env = {**os.environ, **env, "GITHUB_OUTPUT": str(output), "GITHUB_ENV": str(tmp_path / "github_env"),
+                "PATH": ":".join([*map(str, path_dirs), os.environ["PATH"]])}
+    return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", target], capture_output=True,
+                          text=True, env=full_env, cwd=ROOT, timeout=120)
+
+
+def setup_checks() -> list[dict]:
+    action = load(GITHUB / "actions" / "pulumi-setup" / "action.yml")
+    return [s for s in action["runs"]["steps"] if "run" in s and s.get("name", "").startswith("Check")]
+
+
+def test_setup_refuses_an_empty_passphrase_naming_the_secret(tmp_path):
+    """GitHub passes an unset secret as "", and Pulumi would encrypt the stack's secrets with it."""
+    for empty in ("", "   "):
+        env = {"BACKEND_URL": "s3://sdxl-state?region=us-east-1", "STATE_PREFIX": "review",
+               "PASSPHRASE_SECRET": "PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE": empty}
+        results = [run_step(step["run"], env, tmp_path) for step in setup_checks()]
+        assert any(r.returncode != 0 for r in results), "an empty passphrase must stop the job"
+        assert any("PULUMI_CONFIG_PASSPHRASE" in r.stdout + r.stderr and "empty" in r.stdout + r.stderr
+                   for r in results)
+
+
+def fake_pulumi(tmp_path: Path, stack_ls: str, select: str) -> Path:
+    """A stand-in `pulumi` CLI: its version (the Automation API checks it), `stack ls` and `stack select`."""
+    from importlib.metadata import version
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "pulumi").write_text(f"""#!/bin/sh
+[ "$1" != --non-interactive ] || shift
+case "$1 $2" in
+  version*) echo v{version("pulumi")} ;;
+  "stack ls") {stack_ls} ;;
+  "stack select") {select} ;;
+  *) echo "unexpected: $*" >&2; exit 3 ;;
+esac
+""")
+    (bin_dir / "pulumi").chmod(0o755)
+    return bin_dir
+
+
+DENIED = ('echo "error: failed to load checkpoint: blob (key \\".pulumi/meta.yaml\\") (code=PermissionDenied): '
+          'AccessDenied: Access Denied" >&2; exit 255')
+
+
+def test_preview_fails_loudly_when_the_backend_denies_it(tmp_path):
+    document = load(GITHUB / "workflows" / "preview.yml")
+    (job,) = document["jobs"].values()
+    (step,) = [s for s in steps(job) if s.get("id") == "deployed"]
+    bin_dir = fake_pulumi(tmp_path, stack_ls=DENIED, select=DENIED)
+    result = run_step(step["run"], {**{k: "aws-g5" for k in step.get("env", {})}, "PULUMI_SKIP_UPDATE_CHECK": "1",
+                                    "HOME": str(tmp_path)}, tmp_path, [bin_dir])
+    assert result.returncode != 0, "access denied must fail the job, not read as 'not deployed yet'"
+    assert "found=false" not in (tmp_path / "github_output").read_text()
+    assert "AccessDenied" in result.stdout + result.stderr
+
+
+def test_preview_calls_only_no_such_stack_not_deployed_yet(tmp_path):
+    document = load(GITHUB / "workflows" / "preview.yml")
+    (job,) = document["jobs"].values()
+    (step,) = [s for s in steps(job) if s.get("id") == "deployed"]
+    missing = "echo \"error: no stack named 'aws-g5' found\" >&2; exit 255"
+    bin_dir = fake_pulumi(tmp_path, stack_ls="echo '[]'", select=missing)
+    result = run_step(step["run"], {**{k: "aws-g5" for k in step.get("env", {})}, "PULUMI_SKIP_UPDATE_CHECK": "1",
+                                    "HOME": str(tmp_path)}, tmp_path, [bin_dir])
+    assert result.returncode == 0, result.stderr
+    assert "found=false" in (tmp_path / "github_output").read_text()
