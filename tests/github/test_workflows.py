@@ -233,7 +233,8 @@ def test_review_env_reads_only_outputs_that_ci_writes():
         "up": set(ci.PUBLIC_OUTPUTS) | {"expiresAt", "stack", "preset"},
         "destroy": {"destroyed"},
     }
-    read = re.findall(r"steps\.(\w+)\.outputs\.(\w+)", text)
+    read = [(step, key) for step, key in re.findall(r"steps\.(\w+)\.outputs\.(\w+)", text)
+            if step != "pulumi"]  # the setup action's own output (backend-url)
     assert read
     for step, key in read:
         assert key in written[step], f"steps.{step}.outputs.{key} is never written by tools.ci"
@@ -350,3 +351,86 @@ def test_preview_calls_only_no_such_stack_not_deployed_yet(tmp_path):
                                     "HOME": str(tmp_path)}, tmp_path, [bin_dir])
     assert result.returncode == 0, result.stderr
     assert "found=false" in (tmp_path / "github_output").read_text()
+
+
+def setup_uses() -> list[tuple[str, str, dict, dict]]:
+    """(workflow, job name, job, the pulumi-setup step) for every job that sets up Pulumi."""
+    found = []
+    for path in WORKFLOWS:
+        for name, job in jobs(path).items():
+            for step in steps(job):
+                if step.get("uses") == LOCAL_OIDC_ACTION:
+                    found.append((path.name, name, job, step))
+    return found
+
+
+def test_each_environment_has_its_own_state_folder_and_passphrase():
+    expected = {"production": "production", "review": "review", "preview": "preview"}
+    uses = setup_uses()
+    assert {w for w, *_ in uses} == {"deploy.yml", "preview.yml", "review-env.yml", "reaper.yml"}
+    for workflow, name, job, step in uses:
+        environment = job["environment"]
+        assert step["with"]["state-prefix"] == expected[environment], f"{workflow}:{name}"
+        # The passphrase comes from the job's environment; the backend URL from the setup action, never a
+        # variable that could point a PR job at production's folder.
+        assert job["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
+        assert "PULUMI_BACKEND_URL" not in job.get("env", {}), f"{workflow}:{name}"
+        for other in steps(job):
+            url = other.get("env", {}).get("PULUMI_BACKEND_URL") or other.get("with", {}).get("cloud-url")
+            if url:
+                assert url == "${{ steps.pulumi.outputs.backend-url }}", f"{workflow}:{name}: {url}"
+    # Only main's deploy uses production's folder: no pull-request workflow names that environment.
+    for path in WORKFLOWS:
+        if "pull_request" in triggers(load(path)):
+            assert all(job.get("environment") != "production" for job in jobs(path).values()), path.name
+
+
+@pytest.mark.parametrize("url, prefix, expected", [
+    ("s3://sdxl-state?region=us-east-1", "review", "s3://sdxl-state/review?region=us-east-1"),
+    ("s3://sdxl-state/", "production", "s3://sdxl-state/production"),
+    ("gs://sdxl-state", "preview", "gs://sdxl-state/preview"),
+])
+def test_setup_gives_each_environment_its_folder_of_the_bucket(url, prefix, expected, tmp_path):
+    (step,) = [s for s in setup_checks() if s.get("id") == "backend"]
+    result = run_step(step["run"], {"BACKEND_URL": url, "STATE_PREFIX": prefix}, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "github_output").read_text() == f"url={expected}\n"
+
+
+@pytest.mark.parametrize("url, prefix", [
+    ("s3://sdxl-state/production?region=us-east-1", "review"),  # a path would nest or escape the folder
+    ("https://api.pulumi.com", "review"), ("s3://sdxl-state", "staging"),
+])
+def test_setup_refuses_a_backend_that_is_not_a_bare_bucket(url, prefix, tmp_path):
+    (step,) = [s for s in setup_checks() if s.get("id") == "backend"]
+    result = run_step(step["run"], {"BACKEND_URL": url, "STATE_PREFIX": prefix}, tmp_path)
+    assert result.returncode != 0 and "::error::" in result.stdout
+    assert (tmp_path / "github_output").read_text() == ""
+
+
+def test_the_reaper_and_review_env_share_one_concurrency_group_per_pr():
+    (review,) = jobs(GITHUB / "workflows" / "review-env.yml").values()
+    reap = jobs(GITHUB / "workflows" / "reaper.yml")["reap"]
+    pr_group = review["concurrency"]["group"].replace("${{ github.event.pull_request.number }}", "42")
+    assert pr_group == reap["concurrency"]["group"].replace("${{ matrix.pr }}", "42") == "review-env-42"
+    assert reap["concurrency"]["cancel-in-progress"] is False
+    assert reap["strategy"]["matrix"]["include"] == "${{ fromJSON(needs.find.outputs.stacks) }}"
+
+
+def test_a_lock_older_than_every_job_that_can_hold_it_is_stale():
+    from tools.ci import reaper
+
+    limits = [review["timeout-minutes"] for review in jobs(GITHUB / "workflows" / "review-env.yml").values()]
+    limits += [job["timeout-minutes"] for job in jobs(GITHUB / "workflows" / "reaper.yml").values()]
+    assert reaper.STALE_LOCK.total_seconds() >= max(limits) * 60
+    action = (GITHUB / "actions" / "pulumi-setup" / "action.yml").read_text()
+    assert reaper.STALE_LOCK.total_seconds() >= int(re.search(r"role-duration-seconds: (\d+)", action)[1])
+
+
+def test_review_stacks_build_the_prs_own_source():
+    """With `image` unset the VM targets build this checkout's server: CI never sets one for pr-<n>."""
+    text = (GITHUB / "workflows" / "review-env.yml").read_text()
+    assert "image" not in " ".join(a for _, args in ci_invocations() for a in args)
+    assert "sdxl-endpoint:image" not in text
+    with pytest.raises(ci.CiError, match="PR's own source"):
+        ci.parse_overrides(["sdxl-endpoint:image=ghcr.io/o/sdxl-endpoint-server:latest"])

@@ -43,6 +43,7 @@ from tools import presets, workspace
 
 TTL_KEY = f"{PROJECT}:ttl"
 SPOT_KEY = f"{PROJECT}:spot"
+IMAGE_KEY = f"{PROJECT}:image"
 LABEL = "deploy-preview"
 PRESET_LABEL_PREFIX = "preset:"
 DEFAULT_PRESET = "aws-g4dn"  # the cheapest GPU that serves SDXL (T4, ~$0.53/h)
@@ -216,6 +217,10 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, auto.ConfigValue]:
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        if key == IMAGE_KEY:
+            # With `image` unset, a VM stack builds this checkout's server: the PR's own source.
+            raise CiError(f"--config {key}: PR stacks build the PR's own source; a pulled image would hide the "
+                          "PR's server changes.\n  fix: drop it")
         if not sep or not _CONFIG_KEY_RE.match(key) or key == TTL_KEY or not value or "\n" in value:
             raise CiError(f"--config {pair!r}: expected namespace:key=value on one line, e.g. gcp:project=my-project "
                           f"({TTL_KEY} is set by `up --ttl`)")
@@ -344,7 +349,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("sweep", help="instances with an expired ttl that no stack knows")
     p.add_argument("--terminate", action="store_true", help="terminate them (default: only report)")
-    p.add_argument("--aws-region", action="append", default=[], help="AWS regions to search (repeatable)")
+    p.add_argument("--aws-region", action="append", default=[],
+                   help="AWS regions to search (repeatable; default: the presets' regions)")
+    p.add_argument("--skip-aws", action="store_true", help="search no AWS region (no AWS role configured)")
     p.add_argument("--gcp-project", action="append", default=[], help="GCP projects to search (repeatable)")
     return parser
 
@@ -384,7 +391,8 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
         else:
             from tools.ci import sweep
 
-            found = sweep.sweep(aws_regions=args.aws_region or sweep.preset_regions(),
+            regions = [] if args.skip_aws else (args.aws_region or sweep.preset_regions())
+            found = sweep.sweep(aws_regions=regions,
                                 gcp_projects=args.gcp_project, terminate=args.terminate, now=now)
             result = found.outputs()
     except CiError as err:
