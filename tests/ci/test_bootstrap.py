@@ -244,24 +244,68 @@ def test_gcp_each_account_is_impersonable_from_one_context(gcloud):
                         for e in ("preview", "review", "production")}
 
 
+def conditioned(call: dict) -> dict:
+    """The --condition of a recorded call, as gcloud parses it."""
+    return gcloud_args.parse_condition(option(call, "--condition"))
+
+
+def sa(name: str) -> str:
+    return f"serviceAccount:{name}@sdxl-demo-1.iam.gserviceaccount.com"
+
+
 def test_gcp_grants_are_least_privilege(gcloud):
     result, calls = gcloud
-    grants = [(option(c, "--member"), option(c, "--role"), option(c, "--condition"))
+    grants = [(option(c, "--member"), option(c, "--role"), conditioned(c))
               for c in calls if c["args"][:2] == ["projects", "add-iam-policy-binding"]]
-    preview = "serviceAccount:gha-sdxl-preview@sdxl-demo-1.iam.gserviceaccount.com"
-    assert [(r, c) for m, r, c in grants if m == preview] == [("roles/compute.viewer", "None")]
+    preview, review, deploy = sa("gha-sdxl-preview"), sa("gha-sdxl-review"), sa("gha-sdxl-deploy")
+    assert [(r, c) for m, r, c in grants if m == preview] == [("roles/compute.viewer", {"None": None})]
     assert not any(r in ("roles/owner", "roles/editor") for _, r, _ in grants)
     # Granting project roles is allowed only for the roles the program gives its VM.
     iam_admin = [c for _, r, c in grants if r == "roles/resourcemanager.projectIamAdmin"]
     assert len(iam_admin) == 2
     for condition in iam_admin:
-        assert "modifiedGrantsByRole" in condition
-        assert condition.split(".hasOnly(", 1)[1] == f"[{', '.join(repr(r) for r in gcp.SERVICE_ACCOUNT_ROLES)}])"
-    bucket = [(option(c, "--member"), option(c, "--role")) for c in calls if c["args"][:2] == ["storage", "buckets"]
-              and "add-iam-policy-binding" in c["args"]]
-    assert (preview, "roles/storage.objectViewer") in bucket
+        assert "modifiedGrantsByRole" in condition["expression"]
+        assert condition["expression"].split(".hasOnly(", 1)[1] == \
+            f"[{', '.join(repr(r) for r in gcp.SERVICE_ACCOUNT_ROLES)}])"
+    # No project-wide serviceAccountUser: only on the VM accounts the stacks create (sdxl-<stack>-sa).
+    acting = {m: c["expression"] for m, r, c in grants if r == "roles/iam.serviceAccountUser"}
+    assert set(acting) == {review, deploy}
+    assert acting[review].endswith("resource.name.extract('/serviceAccounts/{email}').startsWith('sdxl-pr-')")
+    assert acting[deploy].endswith(".startsWith('sdxl-')")
+    vm_account = gcp.resource_name("pr-42", "sa", gcp.SERVICE_ACCOUNT_ID_MAX)
+    assert vm_account.startswith("sdxl-pr-") and not "gha-sdxl-deploy".startswith("sdxl-")
+    for member, role, condition in grants:
+        if role in ("roles/iam.serviceAccountUser", "roles/iam.serviceAccountDeleter", "roles/secretmanager.admin",
+                    "roles/storage.admin"):
+            assert condition.get("expression"), (member, role)
+    secrets = {m: c["expression"] for m, r, c in grants if r == "roles/secretmanager.admin"}
+    assert secrets[review].endswith("startsWith('projects/987654321/secrets/sdxl-pr-')")
+    assert gcp.resource_name("pr-42", "api-token").startswith("sdxl-pr-")
+    sources = {m: c["expression"] for m, r, c in grants if r == "roles/storage.admin"}
+    assert sources[review].endswith("startsWith('projects/_/buckets/sdxl-sdxl-demo-1-pr-')")
+    assert gcp.resource_name("sdxl-demo-1-pr-42", "source").startswith("sdxl-sdxl-demo-1-pr-")
     assert "GCP_WORKLOAD_IDENTITY_PROVIDER  projects/987654321/locations/global/workloadIdentityPools/" \
            "github-actions/providers/github" in result.stdout
+
+
+def test_gcp_each_account_reads_and_writes_only_its_state_folder(gcloud):
+    _, calls = gcloud
+    bindings = {option(c, "--member"): (option(c, "--role"), conditioned(c)) for c in calls
+                if c["args"][:2] == ["storage", "buckets"] and "add-iam-policy-binding" in c["args"]}
+    for account, folder in (("gha-sdxl-preview", "preview"), ("gha-sdxl-review", "review"),
+                            ("gha-sdxl-deploy", "production")):
+        role, condition = bindings[sa(account)]
+        assert role == "roles/storage.objectAdmin"
+        assert condition["expression"] == ("resource.type == 'storage.googleapis.com/Bucket' || "
+                                           f"resource.name.startsWith('projects/_/buckets/sdxl-state/objects/{folder}/')")
+    copies = [c for c in calls if c["args"][:2] == ["storage", "cp"]]
+    assert sorted(c["args"][3] for c in copies) == [f"gs://sdxl-state/{f}/.pulumi/meta.yaml"
+                                                    for f in ("preview", "production", "review")]
+
+
+def test_gcp_state_bucket_may_not_look_like_a_source_bucket(tmp_path):
+    result, calls = run("gcp-wif.sh", REPO, "sdxl-demo-1", "sdxl-sdxl-demo-1-state", tmp_path=tmp_path)
+    assert result.returncode == 2 and calls == []
 
 
 def test_gcp_bucket_is_private_and_versioned(gcloud):
