@@ -434,3 +434,25 @@ def test_review_stacks_build_the_prs_own_source():
     assert "sdxl-endpoint:image" not in text
     with pytest.raises(ci.CiError, match="PR's own source"):
         ci.parse_overrides(["sdxl-endpoint:image=ghcr.io/o/sdxl-endpoint-server:latest"])
+
+
+def test_the_test_workflow_installs_cpu_torch_and_caches_pip():
+    (job,) = jobs(GITHUB / "workflows" / "test.yml").values()
+    assert job["env"]["PIP_EXTRA_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    (cache,) = [s for s in steps(job) if s.get("uses", "").startswith("actions/cache@")]
+    assert cache["with"]["path"] == job["env"]["PIP_CACHE_DIR"]
+    assert "requirements" in cache["with"]["key"]
+    assert steps(job).index(cache) < next(i for i, s in enumerate(steps(job)) if s.get("run", "").strip() == ".ci/run")
+    server = (ROOT / "server" / "requirements.txt").read_text()
+    assert re.search(r"^torch==2\.13\.0$", server, re.M), "the CPU index must carry this pin as 2.13.0+cpu"
+
+
+def test_the_image_workflow_frees_disk_and_the_final_image_holds_one_venv():
+    (job,) = jobs(GITHUB / "workflows" / "image.yml").values()
+    names = [s.get("name", s.get("uses", "")) for s in steps(job)]
+    free = names.index("Free runner disk for the CUDA layers")
+    assert free < names.index("Build and push")
+    dockerfile = (ROOT / "image" / "Dockerfile").read_text()
+    final = dockerfile.rsplit("\nFROM ", 1)[1]  # the last stage is the image that is pushed
+    assert final.count("/opt/venv") >= 1 and len(re.findall(r"^COPY --from=\w+ /opt/venv /opt/venv$", final, re.M)) == 1
+    assert "pip install" not in final, "the final stage copies the venv; it installs nothing of its own"
