@@ -1,31 +1,43 @@
 #!/usr/bin/env bash
 # One-time AWS setup for the CI workflows (README: "CI environments"). Creates, or updates in
 # place when run again:
-#   - the Pulumi state bucket: private, versioned, encrypted, TLS only;
+#   - the Pulumi state bucket: private, versioned, encrypted, TLS only, with one folder per GitHub
+#     environment (production/, review/, preview/), each initialised (.pulumi/meta.yaml) and
+#     readable and writable by that environment's role alone;
 #   - GitHub's OIDC identity provider, so workflows get short-lived credentials and no key is stored;
 #   - three roles, each assumable only by this repository in one context (the token's `sub`):
-#       gha-sdxl-endpoint-preview  the `preview` environment (preview.yml): read-only
-#       gha-sdxl-endpoint-review   the `review` environment (review-env.yml, reaper.yml): deploys,
-#                                  but writes only the state of pr-<n> stacks
+#       gha-sdxl-endpoint-preview  the `preview` environment (preview.yml): read-only in EC2
+#       gha-sdxl-endpoint-review   the `review` environment (review-env.yml, reaper.yml): deploys, but
+#                                  every mutating call needs the tag sdxl-endpoint:stack=pr-* (on what
+#                                  it changes, or in the request that creates it), or a pr-* name
 #       gha-sdxl-endpoint-deploy   the `production` environment (deploy.yml)
 #
-#   ci/bootstrap/aws-oidc.sh OWNER/REPO BUCKET [REGION]
+#   ci/bootstrap/aws-oidc.sh OWNER/REPO BUCKET [BUCKET_REGION] [DEPLOY_REGION]
+#
+# BUCKET_REGION is where the state bucket lives (default us-east-1); DEPLOY_REGION, where the stacks
+# deploy (default: the presets' aws:region, stacks/Pulumi.*.yaml).
 #
 # Needs the AWS CLI v2 and an administrator's credentials, once. It prints the repository
 # variables to set. For hard isolation between PR endpoints and production, run it in a
 # separate AWS account for the review role.
 set -euo pipefail
 
-usage="usage: $0 OWNER/REPO BUCKET [REGION]"
+usage="usage: $0 OWNER/REPO BUCKET [BUCKET_REGION] [DEPLOY_REGION]"
 repo=${1:?$usage}
 bucket=${2:?$usage}
 region=${3:-us-east-1}
+# The presets' region (every preset pins one), unless given.
+presets_region=$(sed -n 's/^ *aws:region: *\([a-z0-9-]*\).*/\1/p' "$(dirname "$0")"/../../stacks/Pulumi.*.yaml 2>/dev/null \
+  | sort -u | head -n 1)
+deploy_region=${4:-${presets_region:-us-east-1}}
 project=sdxl-endpoint   # Pulumi project name (Pulumi.yaml)
 prefix=gha-sdxl-endpoint  # never matches the sdxl-* names the program gives its own IAM resources
 
 [[ $repo =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]] || { echo "OWNER/REPO expected, got '$repo'" >&2; exit 2; }
 [[ $bucket =~ ^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$ ]] || { echo "not an S3 bucket name: '$bucket'" >&2; exit 2; }
-[[ $region =~ ^[a-z]{2}(-gov)?-[a-z]+-[0-9]$ ]] || { echo "not an AWS region: '$region'" >&2; exit 2; }
+for r in "$region" "$deploy_region"; do
+  [[ $r =~ ^[a-z]{2}(-gov)?-[a-z]+-[0-9]$ ]] || { echo "not an AWS region: '$r'" >&2; exit 2; }
+done
 command -v aws >/dev/null || { echo "the AWS CLI v2 is required" >&2; exit 1; }
 
 account=$(aws sts get-caller-identity --query Account --output text)
@@ -53,10 +65,12 @@ aws s3api put-bucket-policy --bucket "$bucket" --policy "$(cat <<JSON
  "Condition":{"Bool":{"aws:SecureTransport":"false"}}}]}
 JSON
 )"
-# The backend's layout marker, written here so that the review role never needs to write it.
-if ! aws s3api head-object --bucket "$bucket" --key .pulumi/meta.yaml >/dev/null 2>&1; then
-  printf 'version: 1\n' | aws s3 cp - "s3://$bucket/.pulumi/meta.yaml" >/dev/null
-fi
+# Each folder's layout marker: Pulumi's DIY backend writes it on first use, which a read-only role cannot.
+for folder in production review preview; do
+  if ! aws s3api head-object --bucket "$bucket" --key "$folder/.pulumi/meta.yaml" >/dev/null 2>&1; then
+    printf 'version: 1\n' | aws s3 cp - "s3://$bucket/$folder/.pulumi/meta.yaml" >/dev/null
+  fi
+done
 
 echo "==> OIDC provider $oidc_host"
 if ! aws iam get-open-id-connect-provider --open-id-connect-provider-arn "$provider_arn" >/dev/null 2>&1; then
@@ -74,57 +88,123 @@ trust_policy() {
 JSON
 }
 
-# What `pulumi preview` reads: the state, and the look-ups the program makes.
+# state FOLDER: read and write that environment's folder of the state bucket, list only inside it.
+state() {
+  cat <<JSON
+{"Sid":"StateList","Effect":"Allow","Action":"s3:ListBucket","Resource":"arn:aws:s3:::$bucket",
+ "Condition":{"StringLike":{"s3:prefix":["$1/*"]}}},
+{"Sid":"StateObjects","Effect":"Allow","Action":["s3:GetObject","s3:PutObject","s3:DeleteObject"],
+ "Resource":"arn:aws:s3:::$bucket/$1/*"}
+JSON
+}
+
+# What `pulumi preview` reads: the look-ups the program makes.
 read_statements=$(cat <<JSON
-{"Sid":"StateRead","Effect":"Allow","Action":["s3:ListBucket","s3:GetBucketLocation","s3:GetObject"],
- "Resource":["arn:aws:s3:::$bucket","arn:aws:s3:::$bucket/*"]},
-{"Sid":"StateLocks","Effect":"Allow","Action":["s3:PutObject","s3:DeleteObject"],
- "Resource":"arn:aws:s3:::$bucket/.pulumi/locks/*"},
 {"Sid":"LookUps","Effect":"Allow","Action":["ec2:Describe*","iam:GetRole","iam:GetInstanceProfile",
- "iam:ListAttachedRolePolicies","iam:ListRolePolicies","iam:ListInstanceProfilesForRole",
- "servicequotas:GetServiceQuota"],"Resource":"*"},
+ "iam:GetRolePolicy","iam:ListAttachedRolePolicies","iam:ListRolePolicies","iam:ListInstanceProfilesForRole",
+ "servicequotas:GetServiceQuota","ssm:DescribeParameters","kms:ListAliases"],"Resource":"*"},
 {"Sid":"DeepLearningAmi","Effect":"Allow","Action":["ssm:GetParameter","ssm:GetParameters"],
  "Resource":"arn:aws:ssm:*::parameter/aws/service/*"}
 JSON
 )
 
-# What `pulumi up` and `destroy` change: the stack's network, its GPU instance in this region,
-# and the instance's own role, which may hold only the SSM Session Manager policy.
-deploy_statements=$(cat <<JSON
-{"Sid":"Ec2InRegion","Effect":"Allow","Action":["ec2:CreateVpc","ec2:DeleteVpc","ec2:ModifyVpcAttribute",
- "ec2:CreateInternetGateway","ec2:DeleteInternetGateway","ec2:AttachInternetGateway",
- "ec2:DetachInternetGateway","ec2:CreateSubnet","ec2:DeleteSubnet","ec2:ModifySubnetAttribute",
- "ec2:CreateRouteTable","ec2:DeleteRouteTable","ec2:CreateRoute","ec2:DeleteRoute","ec2:ReplaceRoute",
- "ec2:AssociateRouteTable","ec2:DisassociateRouteTable","ec2:CreateSecurityGroup",
- "ec2:DeleteSecurityGroup","ec2:AuthorizeSecurityGroupIngress","ec2:AuthorizeSecurityGroupEgress",
- "ec2:RevokeSecurityGroupIngress","ec2:RevokeSecurityGroupEgress",
+# ec2 TAG_CONDITION_VALUE: what `pulumi up` and `destroy` of the stacks whose sdxl-endpoint:stack tag
+# matches the value do in EC2, in the deploy region. Creating needs the tag in the request; changing or
+# deleting needs it on the resource. Parts EC2 creates untagged with an instance (its network interface,
+# root volume) and the security group rules have no tag of their own: they are allowed only next to a
+# tagged instance or group in the same call.
+ec2() {
+  local stack=$1 in_region="\"aws:RequestedRegion\":\"$deploy_region\""
+  local requested="\"StringEquals\":{$in_region},\"StringLike\":{\"aws:RequestTag/sdxl-endpoint:stack\":\"$stack\"}"
+  local tagged="\"StringEquals\":{$in_region},\"StringLike\":{\"aws:ResourceTag/sdxl-endpoint:stack\":\"$stack\"}"
+  local arn="arn:aws:ec2:$deploy_region:$account"
+  cat <<JSON
+{"Sid":"Ec2CreateTagged","Effect":"Allow","Action":["ec2:CreateVpc","ec2:CreateInternetGateway",
+ "ec2:CreateSubnet","ec2:CreateRouteTable","ec2:CreateSecurityGroup","ec2:AllocateAddress","ec2:CreateVolume",
+ "ec2:RunInstances"],"Resource":["$arn:vpc/*","$arn:internet-gateway/*","$arn:subnet/*","$arn:route-table/*",
+ "$arn:security-group/*","$arn:elastic-ip/*","$arn:volume/*","$arn:instance/*"],"Condition":{$requested}},
+{"Sid":"Ec2CreateInTagged","Effect":"Allow","Action":["ec2:CreateSubnet","ec2:CreateRouteTable",
+ "ec2:CreateSecurityGroup","ec2:RunInstances"],"Resource":["$arn:vpc/*","$arn:subnet/*","$arn:security-group/*"],
+ "Condition":{$tagged}},
+{"Sid":"Ec2LaunchParts","Effect":"Allow","Action":"ec2:RunInstances","Resource":["arn:aws:ec2:$deploy_region::image/*",
+ "$arn:network-interface/*","$arn:volume/*"],"Condition":{"StringEquals":{$in_region}}},
+{"Sid":"Ec2TagOnCreate","Effect":"Allow","Action":"ec2:CreateTags","Resource":"$arn:*/*",
+ "Condition":{"StringEquals":{$in_region,"ec2:CreateAction":["CreateVpc","CreateInternetGateway","CreateSubnet",
+ "CreateRouteTable","CreateSecurityGroup","AllocateAddress","CreateVolume","RunInstances"]}}},
+{"Sid":"Ec2ChangeTagged","Effect":"Allow","Action":["ec2:DeleteVpc","ec2:ModifyVpcAttribute",
+ "ec2:AttachInternetGateway","ec2:DetachInternetGateway","ec2:DeleteInternetGateway","ec2:DeleteSubnet",
+ "ec2:ModifySubnetAttribute","ec2:CreateRoute","ec2:DeleteRoute","ec2:ReplaceRoute","ec2:DeleteRouteTable",
+ "ec2:AssociateRouteTable","ec2:DisassociateRouteTable","ec2:ReplaceRouteTableAssociation","ec2:DeleteSecurityGroup",
+ "ec2:AuthorizeSecurityGroupIngress","ec2:AuthorizeSecurityGroupEgress","ec2:RevokeSecurityGroupIngress",
+ "ec2:RevokeSecurityGroupEgress","ec2:UpdateSecurityGroupRuleDescriptionsIngress",
+ "ec2:UpdateSecurityGroupRuleDescriptionsEgress","ec2:ModifySecurityGroupRules","ec2:ReleaseAddress",
+ "ec2:AssociateAddress","ec2:DisassociateAddress","ec2:TerminateInstances","ec2:StartInstances",
+ "ec2:StopInstances","ec2:ModifyInstanceAttribute","ec2:ModifyInstanceMetadataOptions","ec2:AttachVolume",
+ "ec2:DetachVolume","ec2:DeleteVolume","ec2:ModifyVolume","ec2:CreateTags","ec2:DeleteTags"],"Resource":"$arn:*/*",
+ "Condition":{$tagged}},
+{"Sid":"Ec2UntaggedParts","Effect":"Allow","Action":["ec2:AuthorizeSecurityGroupIngress",
+ "ec2:AuthorizeSecurityGroupEgress","ec2:RevokeSecurityGroupIngress","ec2:RevokeSecurityGroupEgress",
  "ec2:UpdateSecurityGroupRuleDescriptionsIngress","ec2:UpdateSecurityGroupRuleDescriptionsEgress",
- "ec2:AllocateAddress","ec2:ReleaseAddress","ec2:AssociateAddress","ec2:DisassociateAddress",
- "ec2:RunInstances","ec2:TerminateInstances","ec2:StartInstances","ec2:StopInstances",
- "ec2:ModifyInstanceAttribute","ec2:ModifyInstanceMetadataOptions","ec2:CreateTags","ec2:DeleteTags"],
- "Resource":"*","Condition":{"StringEquals":{"aws:RequestedRegion":"$region"}}},
-{"Sid":"InstanceRole","Effect":"Allow","Action":["iam:CreateRole","iam:DeleteRole","iam:TagRole",
- "iam:UntagRole","iam:UpdateRole","iam:UpdateRoleDescription","iam:UpdateAssumeRolePolicy",
- "iam:CreateInstanceProfile","iam:DeleteInstanceProfile","iam:TagInstanceProfile",
- "iam:UntagInstanceProfile","iam:AddRoleToInstanceProfile","iam:RemoveRoleFromInstanceProfile"],
- "Resource":["arn:aws:iam::$account:role/sdxl-role-*","arn:aws:iam::$account:instance-profile/sdxl-profile-*"]},
+ "ec2:ModifySecurityGroupRules"],"Resource":"$arn:security-group-rule/*","Condition":{"StringEquals":{$in_region}}},
+{"Sid":"Ec2DisassociateFromInterface","Effect":"Allow","Action":"ec2:DisassociateAddress",
+ "Resource":"$arn:network-interface/*","Condition":{"StringEquals":{$in_region}}},
+{"Sid":"Ec2TagRootVolume","Effect":"Allow","Action":"ec2:CreateTags","Resource":"$arn:volume/*",
+ "Condition":{"StringEquals":{$in_region},"StringLike":{"aws:RequestTag/sdxl-endpoint:stack":"$stack"},
+ "Null":{"aws:ResourceTag/sdxl-endpoint:stack":"true"}}}
+JSON
+}
+
+# stack_resources STACK_GLOB TAG_CONDITION_VALUE: the stack's IAM role (tagged), its token parameters
+# (/sdxl-endpoint/<stack>/...) and their KMS key (tagged), and its source bucket with the bundle.
+stack_resources() {
+  local names=$1 stack=$2
+  local tagged="\"StringLike\":{\"aws:ResourceTag/sdxl-endpoint:stack\":\"$stack\"}"
+  local requested="\"StringLike\":{\"aws:RequestTag/sdxl-endpoint:stack\":\"$stack\"}"
+  cat <<JSON
+{"Sid":"InstanceRoleCreate","Effect":"Allow","Action":["iam:CreateRole","iam:CreateInstanceProfile","iam:TagRole",
+ "iam:TagInstanceProfile"],"Resource":["arn:aws:iam::$account:role/sdxl-role-*",
+ "arn:aws:iam::$account:instance-profile/sdxl-profile-*"],"Condition":{$requested}},
+{"Sid":"InstanceRoleChange","Effect":"Allow","Action":["iam:DeleteRole","iam:TagRole","iam:UntagRole",
+ "iam:UpdateRole","iam:UpdateRoleDescription","iam:UpdateAssumeRolePolicy","iam:PutRolePolicy",
+ "iam:DeleteRolePolicy","iam:DeleteInstanceProfile","iam:TagInstanceProfile","iam:UntagInstanceProfile",
+ "iam:AddRoleToInstanceProfile","iam:RemoveRoleFromInstanceProfile"],
+ "Resource":["arn:aws:iam::$account:role/sdxl-role-*","arn:aws:iam::$account:instance-profile/sdxl-profile-*"],
+ "Condition":{$tagged}},
 {"Sid":"OnlySsmPolicy","Effect":"Allow","Action":["iam:AttachRolePolicy","iam:DetachRolePolicy"],
  "Resource":"arn:aws:iam::$account:role/sdxl-role-*",
- "Condition":{"ArnEquals":{"iam:PolicyARN":"arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}}},
+ "Condition":{"ArnEquals":{"iam:PolicyARN":"arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"},$tagged}},
 {"Sid":"PassOnlyToEc2","Effect":"Allow","Action":"iam:PassRole","Resource":"arn:aws:iam::$account:role/sdxl-role-*",
- "Condition":{"StringEquals":{"iam:PassedToService":"ec2.amazonaws.com"}}},
+ "Condition":{"StringEquals":{"iam:PassedToService":"ec2.amazonaws.com"},$tagged}},
+{"Sid":"TokenParameters","Effect":"Allow","Action":["ssm:PutParameter","ssm:DeleteParameter","ssm:GetParameter",
+ "ssm:GetParameters","ssm:AddTagsToResource","ssm:RemoveTagsFromResource","ssm:ListTagsForResource"],
+ "Resource":"arn:aws:ssm:$deploy_region:$account:parameter/sdxl-endpoint/$names/*"},
+{"Sid":"TokenKeyCreate","Effect":"Allow","Action":["kms:CreateKey","kms:TagResource"],"Resource":"*",
+ "Condition":{$requested}},
+{"Sid":"TokenKey","Effect":"Allow","Action":["kms:DescribeKey","kms:GetKeyPolicy","kms:GetKeyRotationStatus",
+ "kms:EnableKeyRotation","kms:ListResourceTags","kms:TagResource","kms:UntagResource","kms:ScheduleKeyDeletion",
+ "kms:Encrypt","kms:Decrypt","kms:GenerateDataKey"],"Resource":"arn:aws:kms:$deploy_region:$account:key/*",
+ "Condition":{$tagged}},
+{"Sid":"SourceBucket","Effect":"Allow","Action":["s3:CreateBucket","s3:DeleteBucket","s3:ListBucket",
+ "s3:ListBucketVersions","s3:GetBucket*","s3:PutBucketTagging","s3:PutBucketPublicAccessBlock",
+ "s3:PutBucketOwnershipControls","s3:PutEncryptionConfiguration","s3:GetEncryptionConfiguration",
+ "s3:GetLifecycleConfiguration","s3:GetReplicationConfiguration","s3:GetAccelerateConfiguration"],
+ "Resource":"arn:aws:s3:::sdxl-source-*"},
+{"Sid":"SourceBundleWrite","Effect":"Allow","Action":["s3:PutObject","s3:PutObjectTagging"],
+ "Resource":"arn:aws:s3:::sdxl-source-*/*","Condition":{"StringLike":{"s3:RequestObjectTag/sdxl-endpoint:stack":"$stack"}}},
+{"Sid":"SourceBundle","Effect":"Allow","Action":["s3:GetObject","s3:GetObjectTagging","s3:DeleteObject",
+ "s3:DeleteObjectVersion"],"Resource":"arn:aws:s3:::sdxl-source-*/*",
+ "Condition":{"StringLike":{"s3:ExistingObjectTag/sdxl-endpoint:stack":"$stack"}}},
 {"Sid":"SpotServiceRole","Effect":"Allow","Action":"iam:CreateServiceLinkedRole","Resource":"*",
  "Condition":{"StringEquals":{"iam:AWSServiceName":"spot.amazonaws.com"}}}
 JSON
-)
-
-# state_write RESOURCE...: checkpoints, history and backups of the given stack paths.
-state_write() {
-  local resources
-  resources=$(for r in "$@"; do printf '"arn:aws:s3:::%s/%s",' "$bucket" "$r"; done | sed 's/,$//')
-  printf '{"Sid":"StateWrite","Effect":"Allow","Action":["s3:PutObject","s3:DeleteObject"],"Resource":[%s]}' \
-    "$resources"
 }
+
+# Production alone may use spot: its requests carry no stack tag, so no condition could scope them.
+spot_statements=$(cat <<JSON
+{"Sid":"Spot","Effect":"Allow","Action":["ec2:CancelSpotInstanceRequests"],"Resource":"*",
+ "Condition":{"StringEquals":{"aws:RequestedRegion":"$deploy_region"}}}
+JSON
+)
 
 # put_role NAME POLICY_STATEMENTS SUB...
 put_role() {
@@ -143,19 +223,20 @@ put_role() {
 }
 
 echo "==> roles"
-preview_arn=$(put_role "$prefix-preview" "$read_statements" environment:preview)
+preview_arn=$(put_role "$prefix-preview" "$read_statements,$(state preview)" environment:preview)
 review_arn=$(put_role "$prefix-review" \
-  "$read_statements,$deploy_statements,$(state_write ".pulumi/*$project/pr-*")" environment:review)
-deploy_arn=$(put_role "$prefix-deploy" "$read_statements,$deploy_statements,$(state_write ".pulumi/*")" \
-  environment:production)
+  "$read_statements,$(state review),$(ec2 'pr-*'),$(stack_resources 'pr-*' 'pr-*')" environment:review)
+deploy_arn=$(put_role "$prefix-deploy" \
+  "$read_statements,$(state production),$(ec2 '*'),$(stack_resources '*' '*'),$spot_statements" environment:production)
 
 cat <<EOF
 
 Done. Set these repository variables (Settings > Secrets and variables > Actions > Variables):
-  PULUMI_BACKEND_URL    s3://$bucket?region=$region
-  AWS_REGION            $region
+  PULUMI_BACKEND_URL    s3://$bucket?region=$region   (the bucket only: each environment uses its folder)
+  AWS_REGION            $deploy_region
   AWS_PREVIEW_ROLE_ARN  $preview_arn
   AWS_REVIEW_ROLE_ARN   $review_arn
   AWS_DEPLOY_ROLE_ARN   $deploy_arn
-and the repository secret PULUMI_CONFIG_PASSPHRASE (e.g. openssl rand -base64 32; keep a copy).
+and, in each environment (production, review, preview), its own secret PULUMI_CONFIG_PASSPHRASE
+(openssl rand -base64 32 each; keep copies). Never a repository secret: pull requests can read those.
 EOF

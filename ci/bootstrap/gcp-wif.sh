@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One-time GCP setup for the CI workflows (README: "CI environments"). Creates, or updates in
 # place when run again:
-#   - the Pulumi state bucket: uniform access, no public access, versioned;
+#   - the Pulumi state bucket: uniform access, no public access, versioned, with one folder per GitHub
+#     environment (production/, review/, preview/), each initialised (.pulumi/meta.yaml) and writable
+#     by that environment's account alone;
 #   - a workload identity pool with a GitHub OIDC provider that accepts only this repository's
 #     tokens, so workflows get short-lived credentials and no service-account key exists;
 #   - three service accounts, each impersonable only from one context (the token's `sub`):
-#       gha-sdxl-preview  the `preview` environment (preview.yml): read-only
-#       gha-sdxl-review   the `review` environment (review-env.yml, reaper.yml): deploys
+#       gha-sdxl-preview  the `preview` environment (preview.yml): reads the project, its own state folder
+#       gha-sdxl-review   the `review` environment (review-env.yml, reaper.yml): deploys pr-<n> stacks;
+#                         may act as, and delete, only the VM service accounts those stacks create
 #       gha-sdxl-deploy   the `production` environment (deploy.yml)
 #
 #   ci/bootstrap/gcp-wif.sh OWNER/REPO PROJECT_ID BUCKET [LOCATION]
@@ -27,6 +30,9 @@ provider=github
 [[ $repo =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]] || { echo "OWNER/REPO expected, got '$repo'" >&2; exit 2; }
 [[ $project =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || { echo "not a GCP project id: '$project'" >&2; exit 2; }
 [[ $bucket =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] || { echo "not a GCS bucket name: '$bucket'" >&2; exit 2; }
+# The stacks name their source buckets sdxl-<project>-<stack>-source, which the deploy and review accounts
+# administer: the state bucket must never match that.
+[[ $bucket != sdxl-"$project"-* ]] || { echo "state bucket '$bucket' would look like a stack's source bucket" >&2; exit 2; }
 command -v gcloud >/dev/null || { echo "the gcloud CLI is required" >&2; exit 1; }
 
 number=$(gcloud projects describe "$project" --format='value(projectNumber)')
@@ -35,7 +41,7 @@ pool_id="projects/$number/locations/global/workloadIdentityPools/$pool"
 echo "==> APIs"
 gcloud services enable --project "$project" compute.googleapis.com iam.googleapis.com \
   iamcredentials.googleapis.com sts.googleapis.com storage.googleapis.com \
-  cloudresourcemanager.googleapis.com
+  cloudresourcemanager.googleapis.com secretmanager.googleapis.com
 
 echo "==> state bucket gs://$bucket ($location)"
 if ! gcloud storage buckets describe "gs://$bucket" --project "$project" >/dev/null 2>&1; then
@@ -45,6 +51,15 @@ fi
 # Versioning keeps every checkpoint: a bad update or a deleted stack can be recovered.
 gcloud storage buckets update "gs://$bucket" --versioning --uniform-bucket-level-access \
   --public-access-prevention >/dev/null
+# Each folder's layout marker (Pulumi's DIY backend writes it on first use, which a read-only account cannot).
+meta=$(mktemp)
+trap 'rm -f "$meta"' EXIT
+printf 'version: 1\n' >"$meta"
+for folder in production review preview; do
+  if ! gcloud storage objects describe "gs://$bucket/$folder/.pulumi/meta.yaml" >/dev/null 2>&1; then
+    gcloud storage cp "$meta" "gs://$bucket/$folder/.pulumi/meta.yaml" >/dev/null
+  fi
+done
 
 echo "==> workload identity pool $pool"
 if ! gcloud iam workload-identity-pools describe "$pool" --project "$project" --location global >/dev/null 2>&1; then
@@ -76,10 +91,25 @@ service_account() {
   echo "$email"
 }
 
+# condition TITLE EXPRESSION: the --condition value, with `;` as the delimiter (`gcloud topic escaping`):
+# gcloud splits the value on commas, and CEL expressions contain them.
+condition() {
+  [[ $1$2 != *";"* ]] || { echo "a condition may not contain ';': $1" >&2; exit 1; }
+  printf '^;^title=%s;expression=%s' "$1" "$2"
+}
+
 # grant EMAIL ROLE [CONDITION]: a project role, optionally limited by an IAM condition.
 grant() {
   gcloud projects add-iam-policy-binding "$project" --member "serviceAccount:$1" --role "$2" \
     --condition "${3:-None}" >/dev/null
+}
+
+# state_access EMAIL FOLDER: read and write that folder of the state bucket, and list the bucket.
+state_access() {
+  gcloud storage buckets add-iam-policy-binding "gs://$bucket" --member "serviceAccount:$1" \
+    --role roles/storage.objectAdmin --condition "$(condition "state-$2-only" \
+"resource.type == 'storage.googleapis.com/Bucket' || resource.name.startsWith('projects/_/buckets/$bucket/objects/$2/')")" \
+    >/dev/null
 }
 
 echo "==> service accounts"
@@ -87,32 +117,50 @@ preview=$(service_account gha-sdxl-preview environment:preview)
 review=$(service_account gha-sdxl-review environment:review)
 deploy=$(service_account gha-sdxl-deploy environment:production)
 
-gcloud storage buckets add-iam-policy-binding "gs://$bucket" --member "serviceAccount:$preview" \
-  --role roles/storage.objectViewer >/dev/null
+state_access "$preview" preview
 grant "$preview" roles/compute.viewer
-for account in "$review" "$deploy"; do
-  gcloud storage buckets add-iam-policy-binding "gs://$bucket" --member "serviceAccount:$account" \
-    --role roles/storage.objectUser >/dev/null
-  # The stack's network, firewall, address and VM, and the VM's own service account.
+state_access "$review" review
+state_access "$deploy" production
+
+# grant_stack_roles EMAIL STACK_PREFIX: what `pulumi up` and `destroy` of a stack named STACK_PREFIX* need.
+grant_stack_roles() {
+  local account=$1 stacks=$2
+  # The stack's network, firewall, address, disks and VM.
   for role in roles/compute.instanceAdmin.v1 roles/compute.networkAdmin roles/compute.securityAdmin \
-      roles/iam.serviceAccountCreator roles/iam.serviceAccountDeleter roles/iam.serviceAccountViewer \
-      roles/iam.serviceAccountUser; do
+      roles/iam.serviceAccountCreator roles/iam.serviceAccountViewer; do
     grant "$account" "$role"
   done
+  # Its VM service account (sdxl-<stack>-sa): attach it to the VM, delete it. Never any other account,
+  # so no stack can start a VM as a CI account.
+  local accounts="resource.type == 'iam.googleapis.com/ServiceAccount' && \
+resource.name.extract('/serviceAccounts/{email}').startsWith('sdxl-$stacks')"
+  grant "$account" roles/iam.serviceAccountUser "$(condition "sdxl-$stacks-vm-accounts" "$accounts")"
+  grant "$account" roles/iam.serviceAccountDeleter "$(condition "sdxl-$stacks-vm-accounts" "$accounts")"
+  # Its token secrets (sdxl-<stack>-api-token, -hf-token) and their reader grant; creating is project-level.
+  grant "$account" roles/secretmanager.admin "$(condition "sdxl-$stacks-secrets" \
+"resource.type == 'cloudresourcemanager.googleapis.com/Project' || \
+resource.name.startsWith('projects/$number/secrets/sdxl-$stacks')")"
+  # Its source bucket (sdxl-<project>-<stack>-source), the bundle in it and the VM's conditional read grant.
+  grant "$account" roles/storage.admin "$(condition "sdxl-$stacks-source-buckets" \
+"resource.type == 'cloudresourcemanager.googleapis.com/Project' || \
+resource.name.startsWith('projects/_/buckets/sdxl-$project-$stacks')")"
   # The VM's account may be granted log and metric writing, and nothing else.
-  grant "$account" roles/resourcemanager.projectIamAdmin "title=sdxl-vm-roles-only,expression=\
-api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly(\
-['roles/logging.logWriter', 'roles/monitoring.metricWriter'])"
-done
+  grant "$account" roles/resourcemanager.projectIamAdmin "$(condition sdxl-vm-roles-only \
+"api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly(\
+['roles/logging.logWriter', 'roles/monitoring.metricWriter'])")"
+}
+grant_stack_roles "$review" pr-
+grant_stack_roles "$deploy" ""
 
 cat <<EOF
 
 Done. Set these repository variables (Settings > Secrets and variables > Actions > Variables):
-  PULUMI_BACKEND_URL              gs://$bucket   (unless the state lives in S3)
+  PULUMI_BACKEND_URL              gs://$bucket   (the bucket only: each environment uses its folder)
   GCP_PROJECT                     $project
   GCP_WORKLOAD_IDENTITY_PROVIDER  $pool_id/providers/$provider
   GCP_PREVIEW_SERVICE_ACCOUNT     $preview
   GCP_REVIEW_SERVICE_ACCOUNT      $review
   GCP_DEPLOY_SERVICE_ACCOUNT      $deploy
-and the repository secret PULUMI_CONFIG_PASSPHRASE (e.g. openssl rand -base64 32; keep a copy).
+and, in each environment (production, review, preview), its own secret PULUMI_CONFIG_PASSPHRASE
+(openssl rand -base64 32 each; keep copies). Never a repository secret: pull requests can read those.
 EOF

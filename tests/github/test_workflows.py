@@ -233,7 +233,8 @@ def test_review_env_reads_only_outputs_that_ci_writes():
         "up": set(ci.PUBLIC_OUTPUTS) | {"expiresAt", "stack", "preset"},
         "destroy": {"destroyed"},
     }
-    read = re.findall(r"steps\.(\w+)\.outputs\.(\w+)", text)
+    read = [(step, key) for step, key in re.findall(r"steps\.(\w+)\.outputs\.(\w+)", text)
+            if step != "pulumi"]  # the setup action's own output (backend-url)
     assert read
     for step, key in read:
         assert key in written[step], f"steps.{step}.outputs.{key} is never written by tools.ci"
@@ -271,3 +272,187 @@ def test_test_workflow_runs_the_ci_entry_point_on_push_and_pr():
     assert entry.rstrip().endswith("make test") and "make test" in (ROOT / "README.md").read_text()
     # .ci/run installs its packages with apt-get as root: a Debian image like the one it targets.
     assert "bookworm" in job["container"]["image"]
+
+
+# --- what the steps do when run (issue 12) -------------------------------------------------------
+
+
+def run_step(script: str, env: dict[str, str], tmp_path: Path,
+             path_dirs: list[Path] = ()) -> subprocess.CompletedProcess:
+    """A step's script as GitHub runs it (`bash -e -o pipefail`), expressions already passed through env."""
+    target = tmp_path / "step.sh"
+    target.write_text(script)
+    output = tmp_path / "github_output"
+    output.touch()
+    full_env = {**os.environ, **env, "GITHUB_OUTPUT": str(output), "GITHUB_ENV": str(tmp_path / "github_env"),
+                "PATH": ":".join([*map(str, path_dirs), os.environ["PATH"]])}
+    return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", target], capture_output=True,
+                          text=True, env=full_env, cwd=ROOT, timeout=120)
+
+
+def setup_checks() -> list[dict]:
+    action = load(GITHUB / "actions" / "pulumi-setup" / "action.yml")
+    return [s for s in action["runs"]["steps"] if "run" in s and s.get("name", "").startswith("Check")]
+
+
+def test_setup_refuses_an_empty_passphrase_naming_the_secret(tmp_path):
+    """GitHub passes an unset secret as "", and Pulumi would encrypt the stack's secrets with it."""
+    for empty in ("", "   "):
+        env = {"BACKEND_URL": "s3://sdxl-state?region=us-east-1", "STATE_PREFIX": "review",
+               "PASSPHRASE_SECRET": "PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE": empty}
+        results = [run_step(step["run"], env, tmp_path) for step in setup_checks()]
+        assert any(r.returncode != 0 for r in results), "an empty passphrase must stop the job"
+        assert any("PULUMI_CONFIG_PASSPHRASE" in r.stdout + r.stderr and "empty" in r.stdout + r.stderr
+                   for r in results)
+
+
+def fake_pulumi(tmp_path: Path, stack_ls: str, select: str) -> Path:
+    """A stand-in `pulumi` CLI: its version (the Automation API checks it), `stack ls` and `stack select`."""
+    from importlib.metadata import version
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "pulumi").write_text(f"""#!/bin/sh
+[ "$1" != --non-interactive ] || shift
+case "$1 $2" in
+  version*) echo v{version("pulumi")} ;;
+  "stack ls") {stack_ls} ;;
+  "stack select") {select} ;;
+  *) echo "unexpected: $*" >&2; exit 3 ;;
+esac
+""")
+    (bin_dir / "pulumi").chmod(0o755)
+    return bin_dir
+
+
+DENIED = ('echo "error: failed to load checkpoint: blob (key \\".pulumi/meta.yaml\\") (code=PermissionDenied): '
+          'AccessDenied: Access Denied" >&2; exit 255')
+
+
+def test_preview_fails_loudly_when_the_backend_denies_it(tmp_path):
+    document = load(GITHUB / "workflows" / "preview.yml")
+    (job,) = document["jobs"].values()
+    (step,) = [s for s in steps(job) if s.get("id") == "deployed"]
+    bin_dir = fake_pulumi(tmp_path, stack_ls=DENIED, select=DENIED)
+    result = run_step(step["run"], {**{k: "aws-g5" for k in step.get("env", {})}, "PULUMI_SKIP_UPDATE_CHECK": "1",
+                                    "HOME": str(tmp_path)}, tmp_path, [bin_dir])
+    assert result.returncode != 0, "access denied must fail the job, not read as 'not deployed yet'"
+    assert "found=false" not in (tmp_path / "github_output").read_text()
+    assert "AccessDenied" in result.stdout + result.stderr
+
+
+def test_preview_calls_only_no_such_stack_not_deployed_yet(tmp_path):
+    document = load(GITHUB / "workflows" / "preview.yml")
+    (job,) = document["jobs"].values()
+    (step,) = [s for s in steps(job) if s.get("id") == "deployed"]
+    missing = "echo \"error: no stack named 'aws-g5' found\" >&2; exit 255"
+    bin_dir = fake_pulumi(tmp_path, stack_ls="echo '[]'", select=missing)
+    result = run_step(step["run"], {**{k: "aws-g5" for k in step.get("env", {})}, "PULUMI_SKIP_UPDATE_CHECK": "1",
+                                    "HOME": str(tmp_path)}, tmp_path, [bin_dir])
+    assert result.returncode == 0, result.stderr
+    assert "found=false" in (tmp_path / "github_output").read_text()
+
+
+def setup_uses() -> list[tuple[str, str, dict, dict]]:
+    """(workflow, job name, job, the pulumi-setup step) for every job that sets up Pulumi."""
+    found = []
+    for path in WORKFLOWS:
+        for name, job in jobs(path).items():
+            for step in steps(job):
+                if step.get("uses") == LOCAL_OIDC_ACTION:
+                    found.append((path.name, name, job, step))
+    return found
+
+
+def test_each_environment_has_its_own_state_folder_and_passphrase():
+    expected = {"production": "production", "review": "review", "preview": "preview"}
+    uses = setup_uses()
+    assert {w for w, *_ in uses} == {"deploy.yml", "preview.yml", "review-env.yml", "reaper.yml"}
+    for workflow, name, job, step in uses:
+        environment = job["environment"]
+        assert step["with"]["state-prefix"] == expected[environment], f"{workflow}:{name}"
+        # The passphrase comes from the job's environment; the backend URL from the setup action, never a
+        # variable that could point a PR job at production's folder.
+        assert job["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
+        assert "PULUMI_BACKEND_URL" not in job.get("env", {}), f"{workflow}:{name}"
+        for other in steps(job):
+            url = other.get("env", {}).get("PULUMI_BACKEND_URL") or other.get("with", {}).get("cloud-url")
+            if url:
+                assert url == "${{ steps.pulumi.outputs.backend-url }}", f"{workflow}:{name}: {url}"
+    # Only main's deploy uses production's folder: no pull-request workflow names that environment.
+    for path in WORKFLOWS:
+        if "pull_request" in triggers(load(path)):
+            assert all(job.get("environment") != "production" for job in jobs(path).values()), path.name
+
+
+@pytest.mark.parametrize("url, prefix, expected", [
+    ("s3://sdxl-state?region=us-east-1", "review", "s3://sdxl-state/review?region=us-east-1"),
+    ("s3://sdxl-state/", "production", "s3://sdxl-state/production"),
+    ("gs://sdxl-state", "preview", "gs://sdxl-state/preview"),
+])
+def test_setup_gives_each_environment_its_folder_of_the_bucket(url, prefix, expected, tmp_path):
+    (step,) = [s for s in setup_checks() if s.get("id") == "backend"]
+    result = run_step(step["run"], {"BACKEND_URL": url, "STATE_PREFIX": prefix}, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "github_output").read_text() == f"url={expected}\n"
+
+
+@pytest.mark.parametrize("url, prefix", [
+    ("s3://sdxl-state/production?region=us-east-1", "review"),  # a path would nest or escape the folder
+    ("https://api.pulumi.com", "review"), ("s3://sdxl-state", "staging"),
+])
+def test_setup_refuses_a_backend_that_is_not_a_bare_bucket(url, prefix, tmp_path):
+    (step,) = [s for s in setup_checks() if s.get("id") == "backend"]
+    result = run_step(step["run"], {"BACKEND_URL": url, "STATE_PREFIX": prefix}, tmp_path)
+    assert result.returncode != 0 and "::error::" in result.stdout
+    assert (tmp_path / "github_output").read_text() == ""
+
+
+def test_the_reaper_and_review_env_share_one_concurrency_group_per_pr():
+    (review,) = jobs(GITHUB / "workflows" / "review-env.yml").values()
+    reap = jobs(GITHUB / "workflows" / "reaper.yml")["reap"]
+    pr_group = review["concurrency"]["group"].replace("${{ github.event.pull_request.number }}", "42")
+    assert pr_group == reap["concurrency"]["group"].replace("${{ matrix.pr }}", "42") == "review-env-42"
+    assert reap["concurrency"]["cancel-in-progress"] is False
+    assert reap["strategy"]["matrix"]["include"] == "${{ fromJSON(needs.find.outputs.stacks) }}"
+
+
+def test_a_lock_older_than_every_job_that_can_hold_it_is_stale():
+    from tools.ci import reaper
+
+    limits = [review["timeout-minutes"] for review in jobs(GITHUB / "workflows" / "review-env.yml").values()]
+    limits += [job["timeout-minutes"] for job in jobs(GITHUB / "workflows" / "reaper.yml").values()]
+    assert reaper.STALE_LOCK.total_seconds() >= max(limits) * 60
+    action = (GITHUB / "actions" / "pulumi-setup" / "action.yml").read_text()
+    assert reaper.STALE_LOCK.total_seconds() >= int(re.search(r"role-duration-seconds: (\d+)", action)[1])
+
+
+def test_review_stacks_build_the_prs_own_source():
+    """With `image` unset the VM targets build this checkout's server: CI never sets one for pr-<n>."""
+    text = (GITHUB / "workflows" / "review-env.yml").read_text()
+    assert "image" not in " ".join(a for _, args in ci_invocations() for a in args)
+    assert "sdxl-endpoint:image" not in text
+    with pytest.raises(ci.CiError, match="PR's own source"):
+        ci.parse_overrides(["sdxl-endpoint:image=ghcr.io/o/sdxl-endpoint-server:latest"])
+
+
+def test_the_test_workflow_installs_cpu_torch_and_caches_pip():
+    (job,) = jobs(GITHUB / "workflows" / "test.yml").values()
+    assert job["env"]["PIP_EXTRA_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    (cache,) = [s for s in steps(job) if s.get("uses", "").startswith("actions/cache@")]
+    assert cache["with"]["path"] == job["env"]["PIP_CACHE_DIR"]
+    assert "requirements" in cache["with"]["key"]
+    assert steps(job).index(cache) < next(i for i, s in enumerate(steps(job)) if s.get("run", "").strip() == ".ci/run")
+    server = (ROOT / "server" / "requirements.txt").read_text()
+    assert re.search(r"^torch==2\.13\.0$", server, re.M), "the CPU index must carry this pin as 2.13.0+cpu"
+
+
+def test_the_image_workflow_frees_disk_and_the_final_image_holds_one_venv():
+    (job,) = jobs(GITHUB / "workflows" / "image.yml").values()
+    names = [s.get("name", s.get("uses", "")) for s in steps(job)]
+    free = names.index("Free runner disk for the CUDA layers")
+    assert free < names.index("Build and push")
+    dockerfile = (ROOT / "image" / "Dockerfile").read_text()
+    final = dockerfile.rsplit("\nFROM ", 1)[1]  # the last stage is the image that is pushed
+    assert final.count("/opt/venv") >= 1 and len(re.findall(r"^COPY --from=\w+ /opt/venv /opt/venv$", final, re.M)) == 1
+    assert "pip install" not in final, "the final stage copies the venv; it installs nothing of its own"

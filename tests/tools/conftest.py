@@ -2,8 +2,15 @@
 
 The fakes stand in for the Pulumi CLI (not installed here) at the module functions tools/workspace.py
 calls: `create_or_select_stack`, `select_stack` and `LocalWorkspace`. They keep what the real
-self-managed backend keeps: stacks, their config and outputs, and an update history that records the
-config each update ran with (what `pulumi stack history --json` returns).
+self-managed (DIY) backend keeps, as its source does (pkg/backend/diy):
+  - stacks with their outputs and resource count (`pulumi stack ls --json`: resourceCount is the number
+    of resources in the last checkpoint, which a killed `up` has already written);
+  - an update history that records, for failed operations too, the result and the config the run used
+    (backend.go: addToHistory after every non-dry-run, with `update.GetTarget().Config`);
+  - lock files that never expire: an operation finding another lock fails with the CLI's own message
+    (lock.go checkForLock), which the SDK raises as ConcurrentUpdateError; `pulumi cancel` deletes them all.
+The config itself lives in the checkout's stack file (stacks/Pulumi.<stack>.yaml), not in the backend:
+`fresh_checkout()` drops it, as a new CI runner has none.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from datetime import UTC, datetime
 
 import pytest
 from pulumi import automation as auto
+from pulumi.automation.errors import create_command_error
 
 from tools import presets
 
@@ -31,10 +39,11 @@ class FakeStack:
         self.workspace = backend.workspace
         self.config: dict[str, auto.ConfigValue] = {}
         self.path_config: dict[str, auto.ConfigValue] = {}
-        self.history: list[auto.UpdateSummary] = []
+        self.updates: list[auto.UpdateSummary] = []  # newest first, as `pulumi stack history` lists them
         self.resources = 0
         self.fail_destroy = False
         self.last_outputs: dict[str, auto.OutputValue] = {}
+        self.locks: list[datetime] = []  # when each lock file under .pulumi/locks/ was written
 
     # config, as `pulumi config` keeps it in the stack's config file
     def get_all_config(self) -> dict[str, auto.ConfigValue]:
@@ -52,18 +61,31 @@ class FakeStack:
     def set_config(self, key: str, value: auto.ConfigValue, *, path: bool = False) -> None:
         self.config[key] = value
 
-    # operations: each records the config it ran with, as the engine does
-    def _record(self, kind: str, when: datetime) -> None:
+    # operations: each records its result and the config it ran with, as the engine does
+    def _record(self, kind: str, when: datetime, result: str = "succeeded") -> None:
         naive = when.astimezone(UTC).replace(tzinfo=None)
         config = {k: {"value": v.value, "secret": v.secret} for k, v in self.config.items()}
-        self.history.insert(0, auto.UpdateSummary(kind=kind, start_time=naive, end_time=naive, message="",
-                                                  environment={}, config=config, result="succeeded"))
+        self.updates.insert(0, auto.UpdateSummary(kind=kind, start_time=naive, end_time=naive, message="",
+                                                  environment={}, config=config, result=result))
+
+    def _check_locks(self) -> None:
+        """The DIY backend refuses any operation while another lock file exists (lock.go checkForLock)."""
+        if not self.locks:
+            return
+        lines = [f"error: the stack is currently locked by {len(self.locks)} lock(s). Either wait for the other "
+                 "process(es) to end or delete the lock file with `pulumi cancel`."]
+        for number, when in enumerate(self.locks):
+            lines.append(f"  s3://sdxl-state/review/.pulumi/locks/organization/sdxl-endpoint/{self.name}/"
+                         f"0c8a4e2{number}-1f3b-4d5e-9a7b-2c6d8e0f1a3b.json: created by runner@fv-az512-{number} "
+                         f"(pid {2200 + number}) at {when.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        raise create_command_error(auto.CommandResult("", "\n".join(lines), 255))
 
     def outputs(self) -> dict[str, auto.OutputValue]:
         return dict(self.last_outputs)
 
     def up(self, on_output=None, color=None) -> FakeUpResult:
         self.backend.calls.append(("up", self.name))
+        self._check_locks()
         on_output("Updating (pr stack): apiToken: [secret]")
         self.resources = 12
         self._record("update", self.backend.clock())
@@ -77,16 +99,31 @@ class FakeStack:
         }
         return FakeUpResult(self.last_outputs)
 
-    def destroy(self, on_output=None, color=None) -> None:
-        self.backend.calls.append(("destroy", self.name))
+    def destroy(self, on_output=None, color=None, refresh=None) -> None:
+        self.backend.calls.append(("destroy", self.name, bool(refresh)))
+        self._check_locks()
         if self.fail_destroy:
-            raise auto.CommandError(auto.CommandResult("", "error: the stack is currently locked", 255))
+            # A failed destroy is recorded too, with the config of the checkout that ran it.
+            self._record("destroy", self.backend.clock(), result="failed")
+            raise create_command_error(auto.CommandResult(
+                "", "error: deleting EC2 Instance (i-0abc): operation error EC2: TerminateInstances, "
+                    "https response error StatusCode: 503, RequestID: 7f1c, api error Unavailable", 255))
         self.resources = 0
         self._record("destroy", self.backend.clock())
 
-    def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:
+    def cancel(self) -> None:
+        """`pulumi cancel` on a DIY backend deletes every lock file of the stack (CancelCurrentUpdate)."""
+        self.backend.calls.append(("cancel", self.name))
+        self.locks.clear()
+
+    def history(self, page_size: int | None = None, page: int | None = None,
+                show_secrets: bool = True) -> list[auto.UpdateSummary]:
         assert not show_secrets, "the reaper has no reason to decrypt secrets"
-        return self.history[0] if self.history else None
+        return list(self.updates[:page_size] if page_size else self.updates)
+
+    def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:
+        last = self.history(page_size=1, show_secrets=show_secrets)
+        return last[0] if last else None
 
 
 class FakeWorkspace:
@@ -120,6 +157,12 @@ class FakeBackend:
     def add(self, name: str) -> FakeStack:
         self.stacks[name] = FakeStack(name, self)
         return self.stacks[name]
+
+    def fresh_checkout(self) -> None:
+        """A new CI runner: the backend keeps state and history, the stack files are gone."""
+        for stack in self.stacks.values():
+            stack.config = {}
+            stack.path_config = {}
 
     # the patched module functions
     def create_or_select_stack(self, name, work_dir=None, opts=None):

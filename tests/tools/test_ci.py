@@ -9,8 +9,10 @@ import pytest
 import yaml
 from pulumi import automation as auto
 
+from stacks.config import parse_rfc3339
 from tests.tools.conftest import NOW, TOKEN, FakeBackend, FakeStack
 from tools import ci, presets
+from tools.ci import reaper
 
 
 def deployed(backend: FakeBackend, name: str, at: datetime, ttl: str | None) -> FakeStack:
@@ -132,9 +134,9 @@ def test_ttl_outside_the_bounds_or_malformed_is_refused(text):
 def test_rfc3339_round_trip_in_utc():
     plus_two = timezone(timedelta(hours=2))
     assert ci.rfc3339(datetime(2026, 3, 14, 17, 9, 26, 999, tzinfo=plus_two)) == "2026-03-14T15:09:26Z"
-    assert ci.parse_rfc3339("2026-03-14T15:09:26Z") == datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
-    assert ci.parse_rfc3339("2026-03-14T15:09:26") is None, "a time without a zone is ambiguous"
-    assert ci.parse_rfc3339("tomorrow") is None
+    assert parse_rfc3339("2026-03-14T15:09:26Z") == datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
+    assert parse_rfc3339("2026-03-14T15:09:26") is None, "a time without a zone is ambiguous"
+    assert parse_rfc3339("tomorrow") is None
 
 
 # --- plan -------------------------------------------------------------------------------------
@@ -209,7 +211,7 @@ def test_up_sets_the_expiry_and_returns_only_public_outputs(backend):
     assert stack.config[ci.TTL_KEY].value == "2026-03-14T23:09:26Z"
     assert not stack.config[ci.TTL_KEY].secret
     # the engine recorded the expiry with the update: that is what the reaper reads back
-    assert stack.history[0].config[ci.TTL_KEY].value == "2026-03-14T23:09:26Z"
+    assert stack.updates[0].config[ci.TTL_KEY].value == "2026-03-14T23:09:26Z"
     assert result == {"endpoint": "https://203-0-113-10.sslip.io", "gpu": "NVIDIA T4",
                       "hourlyCostUsd": "0.526", "expiresAt": "2026-03-14T23:09:26Z"}
 
@@ -250,7 +252,7 @@ def test_cli_bad_ttl_exits_2_with_one_message(backend, capsys):
 def test_destroy_destroys_then_removes(backend):
     deployed(backend, "pr-42", NOW, "2026-03-15T00:00:00Z")
     assert ci.destroy("pr-42") is True
-    assert backend.calls[-2:] == [("destroy", "pr-42"), ("remove_stack", "pr-42")]
+    assert backend.calls[-2:] == [("destroy", "pr-42", True), ("remove_stack", "pr-42")], "destroy --refresh"
     assert "pr-42" not in backend.stacks
 
 
@@ -269,7 +271,7 @@ def test_destroy_refuses_a_preset_or_production_stack(backend):
 def test_a_failed_destroy_keeps_the_stack_and_fails_the_cli(backend, capsys):
     deployed(backend, "pr-8", NOW, None).fail_destroy = True
     assert ci.main(["destroy", "--stack", "pr-8"]) == 1
-    assert "the stack is currently locked" in capsys.readouterr().err
+    assert "TerminateInstances, https response error StatusCode: 503" in capsys.readouterr().err
     assert ("remove_stack", "pr-8") not in backend.calls and "pr-8" in backend.stacks
 
 
@@ -280,11 +282,10 @@ def test_a_failed_destroy_keeps_the_stack_and_fails_the_cli(backend, capsys):
 def fleet(backend) -> FakeBackend:
     deployed(backend, "pr-1", NOW - timedelta(days=1), "2026-03-14T15:09:25Z")  # expired a second ago
     deployed(backend, "pr-2", NOW - timedelta(days=1), "2026-03-14T15:09:27Z")  # a second to go
-    deployed(backend, "pr-3", NOW - timedelta(days=7, hours=1), None)  # no ttl, older than MAX_TTL
-    deployed(backend, "pr-4", NOW - timedelta(days=6), None)  # no ttl, recent enough
+    deployed(backend, "pr-3", NOW - timedelta(days=7, hours=1), None)  # resources and no ttl: expired now
     backend.add("pr-5")  # created, never deployed: nothing bills
     deployed(backend, "pr-6", NOW - timedelta(days=3), "2026-03-12T00:00:00Z")
-    backend.busy.add("pr-6")  # an up or destroy is running on it right now
+    backend.stacks["pr-6"].locks.append(NOW - timedelta(minutes=10))  # an up or destroy is running on it now
     deployed(backend, "aws-g5", NOW - timedelta(days=30), "2026-01-01T00:00:00Z")  # never a PR stack
     deployed(backend, "pr-10", NOW - timedelta(days=2), "2026-03-13T00:00:00+01:00")
     backend.listed_names["pr-10"] = "organization/sdxl-endpoint/pr-10"
@@ -292,24 +293,36 @@ def fleet(backend) -> FakeBackend:
 
 
 def test_expired_lists_only_pr_stacks_past_their_expiry_oldest_first(fleet):
-    found = ci.expired(now=lambda: NOW)
+    found = reaper.expired(now=lambda: NOW)
     assert [(e.stack, ci.rfc3339(e.expires_at), e.source) for e in found] == [
+        ("pr-6", "2026-03-12T00:00:00Z", "ttl"),
         ("pr-10", "2026-03-12T23:00:00Z", "ttl"),
-        ("pr-3", "2026-03-14T14:09:26Z", "no ttl recorded; last update + 7d"),
         ("pr-1", "2026-03-14T15:09:25Z", "ttl"),
+        ("pr-3", "2026-03-14T15:09:26Z", "12 resources and no ttl recorded"),
     ]
 
 
 def test_expiry_moves_with_the_clock(fleet):
     later = NOW + timedelta(seconds=2)
-    assert {e.stack for e in ci.expired(now=lambda: later)} == {"pr-1", "pr-2", "pr-3", "pr-10"}
-    earlier = datetime(2026, 3, 12, 22, 59, tzinfo=UTC)
-    assert ci.expired(now=lambda: earlier) == []
+    assert {e.stack for e in reaper.expired(now=lambda: later)} == {"pr-1", "pr-2", "pr-3", "pr-6", "pr-10"}
+    earlier = datetime(2026, 3, 11, 22, 59, tzinfo=UTC)
+    assert {e.stack for e in reaper.expired(now=lambda: earlier)} == {"pr-3"}, "no ttl and resources: at once"
 
 
 def test_expired_cli_prints_one_name_per_line(fleet, capsys):
     assert ci.main(["expired"], now=lambda: NOW) == 0
-    assert sorted(capsys.readouterr().out.split()) == ["pr-1", "pr-10", "pr-3"]
+    assert sorted(capsys.readouterr().out.split()) == ["pr-1", "pr-10", "pr-3", "pr-6"]
+
+
+def test_expired_json_is_the_reaper_matrix_and_says_what_it_left(fleet, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "github_output"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    assert ci.main(["expired", "--json", "--max", "3"], now=lambda: NOW) == 0
+    matrix = [{"stack": "pr-6", "pr": "6"}, {"stack": "pr-10", "pr": "10"}, {"stack": "pr-1", "pr": "1"}]
+    assert json.loads(capsys.readouterr().out) == matrix
+    written = output.read_text()
+    assert f"stacks={json.dumps(matrix, separators=(',', ':'))}\n" in written
+    assert "count=3\n" in written and "left=pr-3\n" in written
 
 
 def test_reap_destroys_expired_stacks_and_keeps_going_after_a_failure(fleet, tmp_path, monkeypatch, capsys):
@@ -317,21 +330,23 @@ def test_reap_destroys_expired_stacks_and_keeps_going_after_a_failure(fleet, tmp
     output = tmp_path / "github_output"
     monkeypatch.setenv("GITHUB_OUTPUT", str(output))
     assert ci.main(["reap"], now=lambda: NOW) == 1
-    assert set(fleet.stacks) == {"pr-2", "pr-3", "pr-4", "pr-5", "pr-6", "aws-g5"}
-    reaped = fleet.calls[fleet.calls.index(("destroy", "pr-10")):]
-    assert [c for c in reaped if c[0] in ("destroy", "remove_stack")] == [
-        ("destroy", "pr-10"), ("remove_stack", "pr-10"), ("destroy", "pr-3"),
-        ("destroy", "pr-1"), ("remove_stack", "pr-1")]
+    assert set(fleet.stacks) == {"pr-2", "pr-3", "pr-5", "pr-6", "aws-g5"}
+    reaped = [c for c in fleet.calls if c[0] in ("destroy", "remove_stack", "cancel")]
+    assert reaped == [
+        ("destroy", "pr-6", True),  # locked ten minutes ago by a job that may be alive: left alone
+        ("destroy", "pr-10", True), ("remove_stack", "pr-10"),
+        ("destroy", "pr-1", True), ("remove_stack", "pr-1"),
+        ("destroy", "pr-3", True)]
     result = json.loads(capsys.readouterr().out)
-    assert sorted(result["destroyed"].split()) == ["pr-1", "pr-10"] and result["failed"] == "pr-3"
-    assert "failed=pr-3\n" in output.read_text()
+    assert result == {"destroyed": "pr-10 pr-1", "failed": "pr-3", "busy": "pr-6", "left": ""}
+    assert "failed=pr-3\n" in output.read_text() and "busy=pr-6\n" in output.read_text()
 
 
 def test_a_reaped_stack_can_come_back_on_the_next_push(backend):
     ci.create("pr-12", "aws-g4dn")
     ci.up("pr-12", timedelta(hours=1), now=lambda: NOW)
-    assert [e.stack for e in ci.expired(now=lambda: NOW + timedelta(minutes=61))] == ["pr-12"]
-    ci.reap(now=lambda: NOW + timedelta(minutes=61))
+    assert [e.stack for e in reaper.expired(now=lambda: NOW + timedelta(minutes=61))] == ["pr-12"]
+    reaper.reap(now=lambda: NOW + timedelta(minutes=61))
     assert "pr-12" not in backend.stacks
     ci.create("pr-12", "aws-g4dn")
     assert ci.up("pr-12", timedelta(hours=1), now=lambda: NOW + timedelta(hours=2))["expiresAt"] == \
@@ -364,3 +379,116 @@ def test_api_token_comes_from_the_environment_as_a_secret(backend, monkeypatch, 
     assert value.value == TOKEN and value.secret
     captured = capsys.readouterr()
     assert TOKEN not in captured.out + captured.err
+
+
+# --- the reaper against what a real DIY backend records (issue 12) -------------------------------
+
+
+def test_a_failed_destroy_on_a_fresh_checkout_keeps_the_recorded_ttl(backend):
+    stack = deployed(backend, "pr-8", NOW - timedelta(days=1), "2026-03-14T14:00:00Z")  # expired an hour ago
+    backend.fresh_checkout()  # the reaper's runner has no stacks/Pulumi.pr-8.yaml
+    stack.fail_destroy = True
+    assert ci.main(["reap"], now=lambda: NOW) == 1
+    assert stack.updates[0].result == "failed" and ci.TTL_KEY not in stack.updates[0].config
+    stack.fail_destroy = False
+    assert [e.stack for e in reaper.expired(now=lambda: NOW)] == ["pr-8"], "the failed destroy must not reset the TTL"
+
+
+def test_the_newest_valid_ttl_anywhere_in_the_history_counts(backend):
+    stack = deployed(backend, "pr-13", NOW - timedelta(days=2), "2026-03-13T12:00:00Z")
+    backend.fresh_checkout()
+    backend.now = NOW - timedelta(days=1)
+    stack._record("refresh", backend.now)  # a later, successful operation run without the stack file
+    backend.now = NOW
+    (found,) = reaper.expired(now=lambda: NOW)
+    assert (found.stack, ci.rfc3339(found.expires_at)) == ("pr-13", "2026-03-13T12:00:00Z")
+
+
+def test_a_killed_first_up_with_resources_and_no_history_is_expired_now(backend):
+    backend.add("pr-9").resources = 7  # the checkpoint was written, the history never was
+    assert [e.stack for e in reaper.expired(now=lambda: NOW)] == ["pr-9"]
+
+
+def test_a_stack_whose_last_operation_failed_is_expired_now(backend):
+    stack = deployed(backend, "pr-14", NOW - timedelta(hours=2), "2026-03-20T00:00:00Z")
+    stack._record("update", NOW - timedelta(hours=1), result="failed")  # its TTL is days away
+    assert [e.stack for e in reaper.expired(now=lambda: NOW)] == ["pr-14"]
+
+
+def test_a_stuck_lock_is_cleared_and_the_stack_destroyed(backend):
+    stack = deployed(backend, "pr-11", NOW - timedelta(days=2), "2026-03-13T00:00:00Z")
+    stack.locks.append(NOW - timedelta(hours=3))  # a cancelled job left its lock; DIY locks never expire
+    assert ci.main(["reap"], now=lambda: NOW) == 0
+    assert "pr-11" not in backend.stacks
+    assert ("cancel", "pr-11") in backend.calls
+
+
+def test_a_recent_lock_is_left_for_the_next_run(backend, capsys):
+    stack = deployed(backend, "pr-15", NOW - timedelta(days=2), "2026-03-13T00:00:00Z")
+    stack.locks.append(NOW - reaper.STALE_LOCK + timedelta(minutes=1))  # its job may still be running
+    assert ci.main(["reap"], now=lambda: NOW) == 0
+    assert "pr-15" in backend.stacks and ("cancel", "pr-15") not in backend.calls
+    assert "locked since 2026-03-14T14:10:26Z by a job that may still be running" in capsys.readouterr().err
+
+
+def test_up_clears_a_stale_lock_too(backend):
+    ci.create("pr-16", "aws-g4dn")
+    backend.stacks["pr-16"].locks.append(NOW - timedelta(hours=5))  # a cancelled review-env run
+    assert ci.up("pr-16", timedelta(hours=1), now=lambda: NOW)["expiresAt"] == "2026-03-14T16:09:26Z"
+    assert ("cancel", "pr-16") in backend.calls
+
+
+def test_the_reaper_stops_at_its_budget_and_says_what_it_left(fleet):
+    ticks = iter([0, 60, 41 * 60])  # seconds spent before each destroy: the third is past 40 minutes
+    reaped = reaper.reap(lambda: NOW, budget=timedelta(minutes=40), elapsed=lambda: next(ticks))
+    assert reaped.destroyed == ["pr-10"] and reaped.busy == ["pr-6"]
+    assert reaped.left == ["pr-1", "pr-3"]
+
+
+def test_the_expiry_is_read_again_right_before_each_destroy(backend):
+    stack = deployed(backend, "pr-17", NOW - timedelta(days=1), "2026-03-14T14:00:00Z")
+    candidates = [e.stack for e in reaper.expired(now=lambda: NOW)]
+    assert candidates == ["pr-17"]
+    stack.config[ci.TTL_KEY] = auto.ConfigValue("2026-03-15T14:00:00Z")  # a push renewed it meanwhile
+    stack.up(on_output=lambda _line: None)
+    reaped = reaper.reap(lambda: NOW, stacks=candidates)
+    assert reaped.destroyed == [] and "pr-17" in backend.stacks
+    assert not [c for c in backend.calls if c[0] == "destroy"]
+
+
+def test_reap_of_named_stacks_refuses_a_production_stack(backend, capsys):
+    deployed(backend, "aws-g5", NOW - timedelta(days=9), "2026-01-01T00:00:00Z")
+    assert ci.main(["reap", "--stack", "aws-g5"], now=lambda: NOW) == 2
+    assert "aws-g5" in backend.stacks and "pr-<pull request number>" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("budget", ["0m", "7h", "soon", "40"])
+def test_a_bad_budget_is_refused(budget):
+    with pytest.raises(ci.CiError, match="fix: --budget 40m"):
+        reaper.parse_budget(budget)
+
+
+def test_a_spot_preset_is_refused_for_a_pr_stack(backend, tmp_path, monkeypatch):
+    (tmp_path / "Pulumi.aws-spot.yaml").write_text(yaml.safe_dump({"config": {
+        "sdxl-endpoint:cloud": "aws", "sdxl-endpoint:spot": True}}))
+    monkeypatch.setattr(presets, "STACKS_DIR", tmp_path)
+    with pytest.raises(ci.CiError, match="PR endpoints run on demand"):
+        ci.create("pr-18", "aws-spot")
+    assert backend.calls == []
+    ci.create("pr-18", "aws-spot", ci.parse_overrides(["sdxl-endpoint:spot=false"]))
+
+
+def test_exists_tells_no_such_stack_from_a_broken_backend(backend, monkeypatch, capsys):
+    backend.add("aws-g5")
+    assert ci.main(["exists", "--stack", "aws-g5"]) == 0
+    assert ci.main(["exists", "--stack", "aws-g6"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [{"found": "true"},
+                                                                                 {"found": "false"}]
+
+    def denied(name, work_dir=None, opts=None):
+        raise auto.CommandError(auto.CommandResult("", "error: failed to load checkpoint: blob (key "
+                                                   "\".pulumi/meta.yaml\") (code=PermissionDenied): AccessDenied", 255))
+
+    monkeypatch.setattr(auto, "select_stack", denied)
+    assert ci.main(["exists", "--stack", "aws-g5"]) == 1
+    assert "AccessDenied" in capsys.readouterr().err

@@ -6,8 +6,10 @@ The workflows in .github/workflows call it as a small CLI:
     python -m tools.ci create  --stack pr-42 --preset aws-g4dn
     python -m tools.ci up      --stack pr-42 --ttl 24h
     python -m tools.ci destroy --stack pr-42
-    python -m tools.ci expired            (names of pr-<n> stacks past their TTL)
-    python -m tools.ci reap               (destroy and remove each of them)
+    python -m tools.ci exists  --stack aws-g5   (found=true/false; any other backend error fails)
+    python -m tools.ci expired [--json]         (pr-<n> stacks past their expiry)
+    python -m tools.ci reap [--stack pr-42] [--budget 40m]   (destroy and remove them: tools/ci/reaper.py)
+    python -m tools.ci sweep [--terminate]      (instances with an expired ttl no stack knows: sweep.py)
 
 Only stacks named `pr-<n>` can be brought up with a TTL, destroyed or reaped here: the presets
 and production stacks are deployed by deploy.yml and are out of this module's reach.
@@ -15,7 +17,7 @@ and production stacks are deployed by deploy.yml and are out of this module's re
 The expiry is the stack config `sdxl-endpoint:ttl` (RFC 3339, UTC), which stacks/config.py
 validates and the cloud components copy into a tag on every resource. CI runners start from a
 fresh checkout without the PR stack's config file, so the reaper reads the expiry back from the
-last update recorded in the state bucket (`pulumi stack history` keeps each update's config).
+history recorded in the state bucket (`pulumi stack history` keeps each operation's config).
 
 Nothing here prints a secret: the engine masks secret outputs, and only the outputs named in
 PUBLIC_OUTPUTS, never a secret one, reach stdout or $GITHUB_OUTPUT.
@@ -36,10 +38,12 @@ from typing import Any
 
 from pulumi import automation as auto
 
-from stacks.config import PROJECT, parse_rfc3339
+from stacks.config import PROJECT
 from tools import presets, workspace
 
 TTL_KEY = f"{PROJECT}:ttl"
+SPOT_KEY = f"{PROJECT}:spot"
+IMAGE_KEY = f"{PROJECT}:image"
 LABEL = "deploy-preview"
 PRESET_LABEL_PREFIX = "preset:"
 DEFAULT_PRESET = "aws-g4dn"  # the cheapest GPU that serves SDXL (T4, ~$0.53/h)
@@ -148,10 +152,15 @@ def _scalar(value: Any) -> str:
     return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
 
 
+def parse_duration(text: str) -> timedelta | None:
+    """`30m`, `8h` or `2d`; None when it is none of these."""
+    match = _DURATION_RE.match(text or "")
+    return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])}) if match else None
+
+
 def parse_ttl(text: str) -> timedelta:
     """`30m`, `8h` or `2d`, between MIN_TTL and MAX_TTL."""
-    match = _DURATION_RE.match(text or "")
-    ttl = timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])}) if match else None
+    ttl = parse_duration(text)
     if ttl is None or not MIN_TTL <= ttl <= MAX_TTL:
         raise CiError(
             f"ttl {text!r}: must be a whole number of minutes, hours or days (30m, 8h, 2d) from "
@@ -208,6 +217,10 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, auto.ConfigValue]:
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        if key == IMAGE_KEY:
+            # With `image` unset, a VM stack builds this checkout's server: the PR's own source.
+            raise CiError(f"--config {key}: PR stacks build the PR's own source; a pulled image would hide the "
+                          "PR's server changes.\n  fix: drop it")
         if not sep or not _CONFIG_KEY_RE.match(key) or key == TTL_KEY or not value or "\n" in value:
             raise CiError(f"--config {pair!r}: expected namespace:key=value on one line, e.g. gcp:project=my-project "
                           f"({TTL_KEY} is set by `up --ttl`)")
@@ -224,6 +237,11 @@ def create(name: str, preset: str, overrides: Mapping[str, auto.ConfigValue] | N
     check_ephemeral(name)
     plain, nested = preset_config(preset)
     plain.update(overrides or {})
+    if str(plain.get(SPOT_KEY, auto.ConfigValue("false")).value).strip().lower() in ("true", "1", "yes"):
+        # Spot requests carry no stack tag, so the review role (ci/bootstrap/aws-oidc.sh) may not cancel them.
+        raise CiError(f"preset {preset!r} sets {SPOT_KEY}: true, and PR endpoints run on demand: the review role "
+                      "cannot cancel spot requests, which carry no stack tag.\n  fix: a preset without spot, "
+                      f"or --config {SPOT_KEY}=false")
     if api_token:
         plain[f"{PROJECT}:apiToken"] = auto.ConfigValue(value=api_token, secret=True)
     stack = workspace.create_or_select(name)
@@ -253,84 +271,27 @@ def up(name: str, ttl: timedelta, now: Clock = _utcnow) -> dict[str, str]:
     stack = workspace.select(name)
     if stack is None:
         raise CiError(f"stack {name!r} does not exist.\n  fix: python -m tools.ci create --stack {name}")
+    from tools.ci import reaper
+
     expires = rfc3339(now() + ttl)
     stack.set_config(TTL_KEY, auto.ConfigValue(value=expires))
     _log(f"stack {name}: pulumi up, expires {expires}")
-    result = stack.up(on_output=_log, color="never")
-    return {**public_outputs(result.outputs), "expiresAt": expires}
+    results = []
+    reaper.run_clearing_stale_locks(stack, lambda: results.append(stack.up(on_output=_log, color="never")), now)
+    return {**public_outputs(results[-1].outputs), "expiresAt": expires}
 
 
-def destroy(name: str) -> bool:
-    """`pulumi destroy`, then remove the stack; False when there was no such stack."""
-    check_ephemeral(name)
-    stack = workspace.select(name)
-    if stack is None:
-        _log(f"stack {name}: does not exist, nothing to destroy")
-        return False
-    _log(f"stack {name}: pulumi destroy")
-    stack.destroy(on_output=_log, color="never")
-    # Never --force: removal must fail if anything is still there, so nothing is orphaned.
-    stack.workspace.remove_stack(name)
-    _log(f"stack {name}: removed")
-    return True
+def destroy(name: str, now: Clock = _utcnow) -> bool:
+    """`pulumi destroy --refresh` (clearing stale locks), then remove the stack; False when there was none."""
+    from tools.ci import reaper
+
+    return reaper.destroy_stack(name, now)
 
 
-@dataclass(frozen=True)
-class Expiry:
-    stack: str
-    expires_at: datetime
-    source: str  # where the expiry came from
-
-
-def recorded_expiry(stack: auto.Stack) -> Expiry | None:
-    """The expiry of the stack's last update, or None when it was never deployed.
-
-    Without a recorded ttl (a stack created by hand, or by an older CI), the stack expires
-    MAX_TTL after its last update: no PR stack lives forever.
-    """
-    last = stack.info(show_secrets=False)
-    if last is None:
-        return None
-    ttl = last.config.get(TTL_KEY)
-    expires = parse_rfc3339(str(ttl.value)) if ttl is not None else None
-    if expires is not None:
-        return Expiry(stack.name, expires, "ttl")
-    updated = (last.end_time or last.start_time).replace(tzinfo=UTC)
-    return Expiry(stack.name, updated + MAX_TTL, f"no ttl recorded; last update + {_human(MAX_TTL)}")
-
-
-def expired(now: Clock = _utcnow) -> list[Expiry]:
-    """Every pr-<n> stack of this project whose expiry has passed, oldest first."""
-    moment = now()
-    found = []
-    for summary in workspace.local().list_stacks():
-        name = summary.name.rsplit("/", 1)[-1]  # DIY backends may list organization/project/name
-        if not _EPHEMERAL_RE.match(name):
-            continue
-        if summary.update_in_progress:
-            _log(f"stack {name}: an update is running; left for the next run")
-            continue
-        stack = workspace.select(name)
-        expiry = recorded_expiry(stack) if stack is not None else None
-        if expiry is None:
-            _log(f"stack {name}: never deployed, nothing bills")
-        elif expiry.expires_at <= moment:
-            found.append(expiry)
-    return sorted(found, key=lambda e: e.expires_at)
-
-
-def reap(now: Clock = _utcnow) -> tuple[list[str], list[str]]:
-    """Destroy every expired stack; returns (destroyed, failed). One failure doesn't stop the rest."""
-    destroyed, failed = [], []
-    for expiry in expired(now):
-        _log(f"stack {expiry.stack}: expired {rfc3339(expiry.expires_at)} ({expiry.source})")
-        try:
-            destroy(expiry.stack)
-            destroyed.append(expiry.stack)
-        except auto.CommandError as err:
-            _log(f"stack {expiry.stack}: destroy failed:{_tail(err)}")
-            failed.append(expiry.stack)
-    return destroyed, failed
+def exists(name: str) -> bool:
+    """Whether the backend has the stack. Only "no such stack" is False: access denied, a missing bucket or a
+    wrong passphrase raise, so a workflow never mistakes a broken backend for one not deployed yet."""
+    return workspace.select(name) is not None
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -375,8 +336,23 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("destroy", help="pulumi destroy, then remove the stack")
     p.add_argument("--stack", required=True)
 
-    commands.add_parser("expired", help="list pr-<n> stacks past their expiry")
-    commands.add_parser("reap", help="destroy and remove every pr-<n> stack past its expiry")
+    p = commands.add_parser("exists", help="whether the backend has a stack (found=true/false); errors fail")
+    p.add_argument("--stack", required=True)
+
+    p = commands.add_parser("expired", help="list pr-<n> stacks past their expiry")
+    p.add_argument("--json", action="store_true", help="one JSON list of {stack, pr}, also as the output `stacks`")
+    p.add_argument("--max", type=int, default=50, help="at most this many (the rest: output `left`)")
+
+    p = commands.add_parser("reap", help="destroy and remove pr-<n> stacks past their expiry")
+    p.add_argument("--stack", action="append", help="only this stack, if still expired (repeatable)")
+    p.add_argument("--budget", default="40m", help="start no destroy after this long (default 40m)")
+
+    p = commands.add_parser("sweep", help="instances with an expired ttl that no stack knows")
+    p.add_argument("--terminate", action="store_true", help="terminate them (default: only report)")
+    p.add_argument("--aws-region", action="append", default=[],
+                   help="AWS regions to search (repeatable; default: the presets' regions)")
+    p.add_argument("--skip-aws", action="store_true", help="search no AWS region (no AWS role configured)")
+    p.add_argument("--gcp-project", action="append", default=[], help="GCP projects to search (repeatable)")
     return parser
 
 
@@ -401,17 +377,24 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
         elif args.command == "up":
             result = up(args.stack, parse_ttl(args.ttl), now)
         elif args.command == "destroy":
-            result = {"destroyed": "true" if destroy(args.stack) else "false"}
+            result = {"destroyed": "true" if destroy(args.stack, now) else "false"}
+        elif args.command == "exists":
+            result = {"found": "true" if exists(args.stack) else "false"}
         elif args.command == "expired":
-            found = expired(now)
-            for expiry in found:
-                print(expiry.stack)
-                _log(f"{expiry.stack}: expired {rfc3339(expiry.expires_at)} ({expiry.source})")
-            return 0
+            return _print_expired(args.json, args.max, now)
+        elif args.command == "reap":
+            from tools.ci import reaper
+
+            reaped = reaper.reap(now, stacks=args.stack, budget=reaper.parse_budget(args.budget))
+            result = reaped.outputs()
+            status = 1 if reaped.failed else 0  # the outputs still name what was destroyed
         else:
-            destroyed, failed = reap(now)
-            result = {"destroyed": " ".join(destroyed), "failed": " ".join(failed)}
-            status = 1 if failed else 0  # the outputs still name what was destroyed
+            from tools.ci import sweep
+
+            regions = [] if args.skip_aws else (args.aws_region or sweep.preset_regions())
+            found = sweep.sweep(aws_regions=regions,
+                                gcp_projects=args.gcp_project, terminate=args.terminate, now=now)
+            result = found.outputs()
     except CiError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -422,3 +405,22 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
     print(json.dumps(result))
     write_github_output(result)
     return status
+
+
+def _print_expired(as_json: bool, limit: int, now: Clock) -> int:
+    from tools.ci import reaper
+
+    found = reaper.expired(now)
+    for expiry in found:
+        _log(f"{expiry.stack}: expired {rfc3339(expiry.expires_at)} ({expiry.source})")
+    chosen, left = found[:max(limit, 0)], found[max(limit, 0):]
+    if left:
+        _log(f"left for the next run (more than --max {limit}): {' '.join(e.stack for e in left)}")
+    if not as_json:
+        print("\n".join(e.stack for e in chosen))
+        return 0
+    stacks = json.dumps([{"stack": e.stack, "pr": e.stack.removeprefix("pr-")} for e in chosen],
+                        separators=(",", ":"))
+    print(stacks)
+    write_github_output({"stacks": stacks, "count": str(len(chosen)), "left": " ".join(e.stack for e in left)})
+    return 0
