@@ -101,6 +101,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+# How long a fresh fleet instance takes to its first /ready (README, "What happens on first boot": 12 to 25 minutes
+# when it builds the image from the bundle, less when it pulls `image`; estimates): the autoscaler leaves a new
+# instance's load out of its sums that long. Health judgments wait FIRST_BOOT_GRACE_S, beyond any healthy first
+# boot (sdxl-boot allows a build 45 minutes), and within Google's autohealing limit (catalog).
+FIRST_BOOT_BUILD_S = 25 * 60
+FIRST_BOOT_PULL_S = 12 * 60
+FIRST_BOOT_GRACE_S = 3600
+
+
+def first_boot_seconds(settings: Settings) -> int:
+    """The estimated first boot of a fleet instance: a build from the bundle, or a pull of `image`."""
+    return FIRST_BOOT_PULL_S if settings.image else FIRST_BOOT_BUILD_S
+
+
 @dataclass(frozen=True)
 class FleetFront:
     """A fleet instance behind the cloud's load balancer, and that front's time limit.
