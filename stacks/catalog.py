@@ -627,3 +627,5 @@ GCP_AUTOHEALING_MAX_DELAY_S = 3600
 # us-east-1 (CloudFront has none); Google's global forwarding rules, the first five together.
 FLEET_FRONT_USD_PER_HOUR = {"aws": 0.0225, "gcp": 0.025}
 FLEET_FRONT_PRICES_SOURCE = "AWS Elastic Load Balancing pricing (ALB-hour); Google Cloud Load Balancing pricing"
+# A fleet VM's ephemeral external address counts against this regional Compute Engine quota.
+GCP_IN_USE_ADDRESSES_QUOTA = "IN_USE_ADDRESSES"

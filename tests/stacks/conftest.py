@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import moto
-from moto.ec2.models.availability_zones_and_regions import RegionsAndZonesBackend
 import pulumi
 import pytest
+from moto.ec2.models.availability_zones_and_regions import RegionsAndZonesBackend
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.rpc import is_rpc_secret
 
@@ -105,7 +105,9 @@ class CloudMocks(pulumi.runtime.Mocks):
             state["email"] = f"{args.inputs['accountId']}@{FAKE_GCP_PROJECT}.iam.gserviceaccount.com"
             state["member"] = f"serviceAccount:{state['email']}"
         elif args.typ == "random:index/randomPassword:RandomPassword":
-            state["result"] = "generated-token-" + "x" * (int(args.inputs["length"]) - 16)
+            # Each password its own value (the API token's as before), as the provider's random bytes would be.
+            stem = "generated-token-" if args.name == "api-token" else f"generated-{args.name}-"
+            state["result"] = (stem + "x" * int(args.inputs["length"]))[: int(args.inputs["length"])]
         return [resource_id, state]
 
     def call(self, args: pulumi.runtime.MockCallArgs):
