@@ -235,10 +235,13 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
         opts=child,
     )
 
+    # The ALB-hour and the ALB's public address in each of its AZs; each instance's own address.
+    front_usd = catalog.FLEET_FRONT_USD_PER_HOUR["aws"] + len(subnets) * catalog.AWS_PUBLIC_IPV4_USD_PER_HOUR
     return contract.fleet_outputs(
         settings, endpoint=endpoint, public_ip=None, api_token=identity.api_token, fleet=group.name, zones=zones,
         shell=group.name.apply(lambda group_name: shell_command(settings.region, group_name)),
-        front_usd_per_hour=catalog.FLEET_FRONT_USD_PER_HOUR["aws"], target_requests_per_hour=per_hour,
+        front_usd_per_hour=front_usd,
+        replica_extra_usd_per_hour=catalog.AWS_PUBLIC_IPV4_USD_PER_HOUR, target_requests_per_hour=per_hour,
         dns_records=dns_records,
     )
 

@@ -626,6 +626,9 @@ GCP_AUTOHEALING_MAX_DELAY_S = 3600
 # The front's fixed hourly price, beside the GPUs (per-request and per-GB charges come on top): an ALB-hour in
 # us-east-1 (CloudFront has none); Google's global forwarding rules, the first five together.
 FLEET_FRONT_USD_PER_HOUR = {"aws": 0.0225, "gcp": 0.025}
-FLEET_FRONT_PRICES_SOURCE = "AWS Elastic Load Balancing pricing (ALB-hour); Google Cloud Load Balancing pricing"
+# AWS bills every public IPv4 address by the hour since 2024-02: each instance's, and the ALB's in each AZ.
+AWS_PUBLIC_IPV4_USD_PER_HOUR = 0.005
+FLEET_FRONT_PRICES_SOURCE = ("AWS Elastic Load Balancing pricing (ALB-hour), Amazon VPC pricing (public IPv4); "
+                             "Google Cloud Load Balancing pricing (forwarding rules)")
 # A fleet VM's ephemeral external address counts against this regional Compute Engine quota.
 GCP_IN_USE_ADDRESSES_QUOTA = "IN_USE_ADDRESSES"

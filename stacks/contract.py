@@ -106,15 +106,17 @@ def output_names(settings: Settings) -> tuple[str, ...]:
     return OUTPUT_NAMES + (FLEET_OUTPUT_NAMES if settings.fleet else ())
 
 
-def fleet_hourly_cost(settings: Settings, replicas: int, front_usd_per_hour: float) -> float | None:
-    """The fleet's price per hour with `replicas` GPUs running, on demand (spot runs below it)."""
+def fleet_hourly_cost(settings: Settings, replicas: int, front_usd_per_hour: float,
+                      replica_extra_usd_per_hour: float = 0.0) -> float | None:
+    """The fleet's price per hour with `replicas` GPUs running, on demand (spot runs below it): each replica's
+    machine (and what else bills per replica, such as its public address), plus the front."""
     price = settings.machine.usd_per_hour
-    return None if price is None else round(replicas * price + front_usd_per_hour, 4)
+    return None if price is None else round(replicas * (price + replica_extra_usd_per_hour) + front_usd_per_hour, 4)
 
 
 def fleet_outputs(settings: Settings, *, endpoint: pulumi.Input[str], public_ip: pulumi.Input[str | None],
                   api_token: pulumi.Output[str], fleet: pulumi.Input[str], zones: list[str], shell: pulumi.Input[str],
-                  front_usd_per_hour: float, target_requests_per_hour: int,
+                  front_usd_per_hour: float, target_requests_per_hour: int, replica_extra_usd_per_hour: float = 0.0,
                   dns_records: pulumi.Input[list[dict[str, str]]]) -> dict[str, pulumi.Output]:
     """The output contract for a fleet (output_names): the single instance's names, then FLEET_OUTPUT_NAMES."""
     machine = settings.machine
@@ -126,7 +128,8 @@ def fleet_outputs(settings: Settings, *, endpoint: pulumi.Input[str], public_ip:
         "instanceType": machine.name,
         "gpu": machine.gpu.model,
         "gpuMemoryGb": machine.gpu.memory_gb,
-        "hourlyCostUsd": fleet_hourly_cost(settings, settings.min_replicas, front_usd_per_hour),
+        "hourlyCostUsd": fleet_hourly_cost(settings, settings.min_replicas, front_usd_per_hour,
+                                           replica_extra_usd_per_hour),
         "region": settings.region,
         "availabilityZone": ",".join(zones),
         "curlExample": curl_example(endpoint),
@@ -134,7 +137,8 @@ def fleet_outputs(settings: Settings, *, endpoint: pulumi.Input[str], public_ip:
         "fleet": fleet,
         "minReplicas": settings.min_replicas,
         "maxReplicas": settings.max_replicas,
-        "hourlyCostUsdAtMax": fleet_hourly_cost(settings, settings.max_replicas, front_usd_per_hour),
+        "hourlyCostUsdAtMax": fleet_hourly_cost(settings, settings.max_replicas, front_usd_per_hour,
+                                                replica_extra_usd_per_hour),
         "targetRequestsPerHour": target_requests_per_hour,
         "dnsRecords": dns_records,
     }

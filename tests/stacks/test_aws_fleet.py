@@ -351,9 +351,11 @@ def test_outputs_keep_the_contract_and_add_the_fleets():
     assert tuple(run.outputs) == contract.OUTPUT_NAMES + contract.FLEET_OUTPUT_NAMES
     outputs = {k: run.value(v) for k, v in run.outputs.items()}
     offer = catalog.AWS_OFFERS["g5.xlarge"]
-    front = catalog.FLEET_FRONT_USD_PER_HOUR["aws"]
-    assert outputs["hourlyCostUsd"] == pytest.approx(2 * offer.usd_per_hour + front)
-    assert outputs["hourlyCostUsdAtMax"] == pytest.approx(4 * offer.usd_per_hour + front)
+    # The ALB-hour and its address in each of its AZs, and each instance's address (public IPv4 bills by the hour).
+    address = catalog.AWS_PUBLIC_IPV4_USD_PER_HOUR
+    front = catalog.FLEET_FRONT_USD_PER_HOUR["aws"] + len(run.of_type(SUBNET)) * address
+    assert outputs["hourlyCostUsd"] == pytest.approx(2 * (offer.usd_per_hour + address) + front)
+    assert outputs["hourlyCostUsdAtMax"] == pytest.approx(4 * (offer.usd_per_hour + address) + front)
     assert (outputs["minReplicas"], outputs["maxReplicas"]) == (2, 4)
     assert outputs["fleet"] == outputs["instanceId"] == run.one(GROUP).inputs["name"] == "sdxl-endpoint-test"
     assert outputs["publicIp"] is None and outputs["gpu"] == "A10G" and outputs["instanceType"] == "g5.xlarge"
