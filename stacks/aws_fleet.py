@@ -78,8 +78,8 @@ def alb_zones(zones: list[str], region: str, invoke: pulumi.InvokeOptions) -> li
 def root_disk_gb(settings: Settings, ami: str, region: str, invoke: pulumi.InvokeOptions) -> tuple[str, int]:
     """(the AMI's root device, the fleet's root disk size). A fleet instance keeps the model, the images and the
     caches on its own disk: `diskGb` when set, else the AMI's own root size plus `dataDiskGb` of room."""
-    image = aws.ec2.get_ami(owners=["amazon"], most_recent=True, region=region, opts=invoke,
-                            filters=[{"name": "image-id", "values": [ami]}])
+    # By its id alone: the one image the SSM parameter names, whichever account publishes it.
+    image = aws.ec2.get_ami(filters=[{"name": "image-id", "values": [ami]}], region=region, opts=invoke)
     root = next(m for m in image.block_device_mappings if m.device_name == image.root_device_name)
     return image.root_device_name, settings.disk_gb or int(root.ebs["volume_size"]) + settings.data_disk_gb
 

@@ -1,7 +1,6 @@
 """The GCP fleet (maxReplicas above 1), evaluated through the real `__main__.py` under Pulumi mocks."""
 
 import ipaddress
-import re
 
 import pytest
 import yaml
@@ -9,8 +8,8 @@ from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from stacks import bootstrap, catalog, config, contract, gcp_fleet
 from tests.stacks.conftest import FAKE_DLVM_DISK_GB, FAKE_GCP_ADDRESS, ROOT, plain_strings, run_program
+from tests.stacks.test_gcp import FIREWALL, GCP_NAME_RE, PROJECT
 
-PROJECT = {"gcp:project": "my-project-123"}
 FLEET = {"cloud": "gcp", **PROJECT, "machineType": "g2-standard-4", "maxReplicas": "4"}
 COMPONENT = "sdxl-endpoint:gcp:GpuEndpoint"
 GROUP = "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager"
@@ -18,14 +17,12 @@ TEMPLATE = "gcp:compute/instanceTemplate:InstanceTemplate"
 AUTOSCALER = "gcp:compute/regionAutoscaler:RegionAutoscaler"
 BACKEND = "gcp:compute/backendService:BackendService"
 HEALTH = "gcp:compute/healthCheck:HealthCheck"
-FIREWALL = "gcp:compute/firewall:Firewall"
 RULE = "gcp:compute/globalForwardingRule:GlobalForwardingRule"
 CERTIFICATE = "gcp:compute/managedSslCertificate:ManagedSslCertificate"
-GCP_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-TIMEOUTS = bootstrap.ProxyTimeouts()
 
 
 def fleet_run(settings=None, **kwargs):
+    """The real program on an L4 fleet of up to 4 VMs, with these settings on top."""
     return run_program({**FLEET, **(settings or {})}, **kwargs)
 
 
@@ -143,7 +140,7 @@ def test_the_load_balancer_waits_longer_than_the_server_and_the_wait_budget_stay
     env = settings_env(run)
     request, budget = float(env["SDXL_REQUEST_TIMEOUT"]), float(env["SDXL_MAX_WAIT_SECONDS"])
     assert backend["loadBalancingScheme"] == "EXTERNAL_MANAGED" and backend["protocol"] == "HTTP"
-    assert backend["timeoutSec"] > request == TIMEOUTS.request
+    assert backend["timeoutSec"] > request == bootstrap.ProxyTimeouts().request
     assert backend["connectionDrainingTimeoutSec"] > request  # a VM that leaves finishes its requests
     assert 0 < budget < backend["timeoutSec"] and budget < request
     assert backend["portName"] == "http" and run.one(GROUP).inputs["namedPorts"] == [
