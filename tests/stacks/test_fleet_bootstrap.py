@@ -131,3 +131,19 @@ def test_the_wait_budget_stays_below_the_fronts_limit_and_the_servers_deadline(f
     assert budget < front.time_limit and budget < float(settings["SDXL_REQUEST_TIMEOUT"])
     assert settings["SDXL_FORWARDED_ALLOW_IPS"] == "*"  # the firewall admits the load balancer alone
     assert "SDXL_MAX_WAIT_SECONDS" not in settings_of(render_cloud_init(VARIANTS["aws-build"]))  # single: none
+
+
+def test_the_server_reads_the_fleets_settings_as_they_are_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings file goes to the container through `docker --env-file`: the server's own settings class reads
+    each variable as the fleet writes it, the wait budget included."""
+    from server.settings import Settings as ServerSettings
+
+    settings = settings_of(render_cloud_init(FLEET_VARIANTS["aws-build-cloudfront"]))
+    if "max_wait_seconds" not in ServerSettings.model_fields:
+        pytest.skip("this server has no wait budget yet (--max-wait-seconds, issue 14's server part)")
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    parsed = ServerSettings()
+    assert parsed.max_wait_seconds == 50 < CLOUDFRONT.time_limit
+    assert parsed.request_timeout == ProxyTimeouts().request > parsed.max_wait_seconds
+    assert parsed.port == bootstrap.SERVER_PORT and parsed.cors_origins == list(VARIANTS["aws-build"].cors_origins)
