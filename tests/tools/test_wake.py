@@ -291,20 +291,3 @@ def test_everything_wake_imports_is_in_the_deploy_requirements() -> None:
     for module in sorted(modules - set(sys.stdlib_module_names) - {"stacks", "tools"}):
         names = {d.lower() for d in distributions.get(module, [])}
         assert names & pinned, f"tools/wake imports {module} ({names}), which requirements.txt does not pin"
-
-
-@pytest.mark.parametrize("outputs, stack_config", [
-    ({"fleet": "sdxl-endpoint-aws-g5-fleet", "maxReplicas": 4, "instanceId": "sdxl-endpoint-aws-g5-fleet"}, {}),
-    ({"instanceId": "i-0123456789abcdef0"}, {"sdxl-endpoint:maxReplicas": "3"}),  # outputs of an older deploy
-])
-def test_a_fleet_is_refused_with_what_it_does_instead(backend, capsys, monkeypatch, outputs, stack_config) -> None:
-    deployed(backend, "aws-g5-fleet", {"endpoint": "https://d111111abcdef8.cloudfront.net", "apiToken": TOKEN,
-                                       "region": "us-east-1", "availabilityZone": "us-east-1a,us-east-1b", **outputs},
-             {"sdxl-endpoint:cloud": "aws", **stack_config})
-    started = []
-    monkeypatch.setattr(wake, "start_aws", lambda target, ec2=None: started.append(target))
-    assert wake.main(["--stack", "aws-g5-fleet"]) == 1
-    err = capsys.readouterr().err
-    assert "stack aws-g5-fleet is a fleet" in err and "wake does not apply" in err
-    assert "minReplicas" in err and "https://d111111abcdef8.cloudfront.net" in err
-    assert TOKEN not in err and started == []
