@@ -3,7 +3,8 @@ with maxReplicas above 1, a fleet (the fleet's own resources are in stacks/aws_f
 
 `pulumi destroy` removes all of it: the instance and its data disk, the Elastic IP, the network, the IAM
 role, the token parameters (their KMS key is scheduled for deletion, after AWS's 7-day minimum) and the
-source bucket with its contents. Nothing depends on a default VPC existing.
+source bucket with its contents (for a fleet: the group and its instances, the load balancer, CloudFront or
+the certificate too). Nothing depends on a default VPC existing.
 """
 
 from __future__ import annotations

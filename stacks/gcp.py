@@ -1,4 +1,6 @@
-"""The GCP GPU endpoint: one ComponentResource that owns every GCP resource it creates.
+"""The GCP GPU endpoint: one ComponentResource that owns every GCP resource it creates, for one VM or, with
+maxReplicas above 1, a fleet (the fleet's own resources are in stacks/gcp_fleet.py; a fleet's destroy also
+removes its group, template, load balancer, certificate and address).
 
 Same contract as the AWS component (stacks/aws.py): same config, same outputs, same bootstrap.
 `pulumi destroy` removes all of it: the instance, its boot and data disks, the static IP, the VPC
