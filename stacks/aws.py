@@ -1,8 +1,10 @@
-"""The AWS GPU endpoint: one ComponentResource that owns every AWS resource it creates.
+"""The AWS GPU endpoint: one ComponentResource that owns every AWS resource it creates, for one instance or,
+with maxReplicas above 1, a fleet (the fleet's own resources are in stacks/aws_fleet.py).
 
 `pulumi destroy` removes all of it: the instance and its data disk, the Elastic IP, the network, the IAM
 role, the token parameters (their KMS key is scheduled for deletion, after AWS's 7-day minimum) and the
-source bucket with its contents. Nothing depends on a default VPC existing.
+source bucket with its contents (for a fleet: the group and its instances, the load balancer, CloudFront or
+the certificate too). Nothing depends on a default VPC existing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import re
 import pulumi
 import pulumi_aws as aws
 
-from stacks import bootstrap, bundle, catalog, contract
+from stacks import aws_fleet, bootstrap, bundle, catalog, contract
+from stacks.aws_fleet import INSTANCE_METADATA, InstanceIdentity, Network
 from stacks.config import ConfigError, Settings
 
 VPC_CIDR = "10.80.0.0/16"
@@ -61,6 +64,11 @@ def describe_machine(instance_type: str, region: str) -> catalog.InstanceFacts |
 
 def availability_zone_for(instance_type: str, region: str) -> str:
     """The first AZ (by name) that offers the type; GPU types are missing from many AZs."""
+    return zones_for(instance_type, region)[0]
+
+
+def zones_for(instance_type: str, region: str) -> list[str]:
+    """Every AZ of the region that offers the type, by name; a type offered nowhere there is refused."""
     zones = offered_zones(instance_type, region)
     if not zones:
         raise ConfigError(
@@ -68,38 +76,51 @@ def availability_zone_for(instance_type: str, region: str) -> str:
             f"      fix: pick another region (pulumi config set aws:region us-east-1) or run "
             f"`python -m tools.doctor --cloud aws --instance-type {instance_type} --suggest`"
         )
-    return zones[0]
+    return zones
 
 
 class Endpoint(pulumi.ComponentResource):
-    """A GPU instance serving SDXL behind an Elastic IP, in its own VPC."""
+    """A GPU instance serving SDXL behind an Elastic IP, in its own VPC; with maxReplicas above 1, a fleet of them
+    behind an Application Load Balancer (stacks/aws_fleet.py)."""
 
     outputs: dict[str, pulumi.Output]
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sdxl-endpoint:aws:GpuEndpoint", name, None, opts)
-        machine = settings.machine
         tags = {**settings.tags, "Name": f"{settings.project}-{settings.stack}"}
 
         provider = aws.Provider("aws", region=settings.region, opts=pulumi.ResourceOptions(parent=self))
         child = pulumi.ResourceOptions(parent=self, provider=provider)
-        zone = availability_zone_for(machine.name, settings.region)
+        zones = zones_for(settings.machine.name, settings.region)
 
         vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=VPC_CIDR, enable_dns_hostnames=True,
                           enable_dns_support=True, tags=tags, opts=child)
         gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=tags, opts=child)
-        subnet = aws.ec2.Subnet(f"{name}-subnet", vpc_id=vpc.id, cidr_block=SUBNET_CIDR,
-                                availability_zone=zone, tags=tags, opts=child)
         routes = aws.ec2.RouteTable(
             f"{name}-routes", vpc_id=vpc.id,
             routes=[{"cidr_block": "0.0.0.0/0", "gateway_id": gateway.id}], tags=tags, opts=child,
         )
+        network = Network(vpc, routes)
+        identity = self._identity(name, settings, tags, provider, child)
+        if settings.fleet:
+            self.outputs = aws_fleet.build(self, name, settings, tags=tags, child=child, network=network,
+                                           identity=identity, zones=zones)
+        else:
+            self.outputs = self._single_instance(name, settings, tags, child, network, identity, zones[0])
+        self.register_outputs(self.outputs)
+
+    def _single_instance(self, name: str, settings: Settings, tags: dict[str, str], child: pulumi.ResourceOptions,
+                         network: Network, identity: InstanceIdentity, zone: str) -> dict[str, pulumi.Output]:
+        """One instance with its data disk and Elastic IP; Caddy on it is the HTTPS front."""
+        machine = settings.machine
+        subnet = aws.ec2.Subnet(f"{name}-subnet", vpc_id=network.vpc.id, cidr_block=SUBNET_CIDR,
+                                availability_zone=zone, tags=tags, opts=child)
         aws.ec2.RouteTableAssociation(f"{name}-routes-assoc", subnet_id=subnet.id,
-                                      route_table_id=routes.id, opts=child)
+                                      route_table_id=network.routes.id, opts=child)
 
         # HTTP(S) only: operators get a shell through SSM Session Manager, never SSH.
         firewall = aws.ec2.SecurityGroup(
-            f"{name}-sg", vpc_id=vpc.id, description="SDXL endpoint: HTTP and HTTPS only",
+            f"{name}-sg", vpc_id=network.vpc.id, description="SDXL endpoint: HTTP and HTTPS only",
             ingress=[
                 {"protocol": "tcp", "from_port": port, "to_port": port,
                  "cidr_blocks": [c for c in sources if ":" not in c],
@@ -113,12 +134,79 @@ class Endpoint(pulumi.ComponentResource):
             tags=tags, opts=child,
         )
 
+        # Allocated before the instance so the bootstrap can know its own public address.
+        address = aws.ec2.Eip(f"{name}-eip", domain="vpc", tags=tags, opts=child)
+
+        # The data disk: outlives every instance (a changed bootstrap replaces the instance, never this), so
+        # a replacement finds the model, images, build cache, compile cache and certificates again.
+        data = aws.ebs.Volume(
+            f"{name}-data", availability_zone=zone, size=settings.data_disk_gb, type="gp3", encrypted=True,
+            tags={**tags, "Name": f"{settings.project}-{settings.stack}-data"}, opts=child,
+        )
+
+        document = bootstrap.render_user_data(
+            settings, cloud="aws", location=settings.region, data_devices=data.id.apply(data_devices),
+            secrets=identity.secrets, public_ip=address.public_ip, built=identity.built, bucket=identity.bucket,
+        )
+
+        # The root disk holds the OS only: unset, it is the AMI's own size.
+        root_size = {"volume_size": settings.disk_gb} if settings.disk_gb else {}
+        instance = aws.ec2.Instance(
+            f"{name}-instance",
+            ami=identity.ami,
+            instance_type=machine.name,
+            subnet_id=subnet.id,
+            vpc_security_group_ids=[firewall.id],
+            iam_instance_profile=identity.profile.name,
+            metadata_options=INSTANCE_METADATA,
+            root_block_device={
+                "volume_type": "gp3", "encrypted": True, "delete_on_termination": True, "tags": tags, **root_size,
+            },
+            # A guest `poweroff` (the idle watcher) stops the instance and its GPU billing,
+            # keeping the disks and the model cache.
+            instance_initiated_shutdown_behavior="stop",
+            instance_market_options={
+                "market_type": "spot",
+                "spot_options": {"instance_interruption_behavior": "stop", "spot_instance_type": "persistent"},
+            } if settings.spot else None,
+            # Gzipped: cloud-init unpacks it, and AWS takes 16 KB at most.
+            user_data_base64=document.apply(bootstrap.aws_user_data),
+            # cloud-init applies the bootstrap once per instance, so a changed one (source bundle, model,
+            # corsOrigins, domain ...) takes effect only on a new instance; the data disk and Elastic IP stay.
+            user_data_replace_on_change=True,
+            tags=tags,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                depends_on=[identity.access],
+                # A new DLAMI release must not silently replace the instance.
+                ignore_changes=["ami"],
+            )),
+        )
+        aws.ec2.VolumeAttachment(
+            f"{name}-data-attach", device_name=DATA_DEVICE, volume_id=data.id, instance_id=instance.id,
+            # On replacement the volume moves: it is detached (from a stopped instance, cleanly) before the
+            # new instance attaches it; a volume has one attachment at a time.
+            stop_instance_before_detaching=True,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
+        )
+        aws.ec2.EipAssociation(f"{name}-eip-assoc", allocation_id=address.allocation_id,
+                               instance_id=instance.id, opts=child)
+
+        return contract.stack_outputs(
+            settings, public_ip=address.public_ip, api_token=identity.api_token, instance_id=instance.id,
+            zone=zone,
+            shell=pulumi.Output.concat("aws ssm start-session --region ", settings.region, " --target ", instance.id),
+        )
+
+    def _identity(self, name: str, settings: Settings, tags: dict[str, str], provider: aws.Provider,
+                  child: pulumi.ResourceOptions) -> InstanceIdentity:
+        """The role every instance runs as, with exactly the access it needs; its tokens; its source bundle."""
+        invoke = pulumi.InvokeOptions(parent=self, provider=provider)
         role = aws.iam.Role(
             f"{name}-role",
             assume_role_policy=aws.iam.get_policy_document_output(statements=[{
                 "actions": ["sts:AssumeRole"],
                 "principals": [{"type": "Service", "identifiers": ["ec2.amazonaws.com"]}],
-            }], opts=pulumi.InvokeOptions(parent=self, provider=provider)).json,
+            }], opts=invoke).json,
             description="SDXL endpoint instance: SSM Session Manager, its own tokens and source bundle",
             tags=tags, opts=child,
         )
@@ -127,9 +215,6 @@ class Endpoint(pulumi.ComponentResource):
             policy_arn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore", opts=child,
         )
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
-
-        # Allocated before the instance so the bootstrap can know its own public address.
-        address = aws.ec2.Eip(f"{name}-eip", domain="vpc", tags=tags, opts=child)
 
         token = contract.api_token(settings, parent=self)
         secrets, parameter_arns, key = self._tokens(name, settings, token, tags, child)
@@ -161,76 +246,12 @@ class Endpoint(pulumi.ComponentResource):
             ]
         access = aws.iam.RolePolicy(
             f"{name}-access", role=role.id,
-            policy=aws.iam.get_policy_document_output(
-                statements=statements, opts=pulumi.InvokeOptions(parent=self, provider=provider)).json,
+            policy=aws.iam.get_policy_document_output(statements=statements, opts=invoke).json,
             opts=child,
         )
-
-        # The data disk: outlives every instance (a changed bootstrap replaces the instance, never this), so
-        # a replacement finds the model, images, build cache, compile cache and certificates again.
-        data = aws.ebs.Volume(
-            f"{name}-data", availability_zone=zone, size=settings.data_disk_gb, type="gp3", encrypted=True,
-            tags={**tags, "Name": f"{settings.project}-{settings.stack}-data"}, opts=child,
-        )
-
-        ami = aws.ssm.get_parameter(name=catalog.AWS_DLAMI_SSM_PARAMETER, region=settings.region,
-                                    opts=pulumi.InvokeOptions(parent=self, provider=provider))
-        document = bootstrap.render_user_data(
-            settings, cloud="aws", location=settings.region, data_devices=data.id.apply(data_devices),
-            secrets=secrets, public_ip=address.public_ip, built=built, bucket=bucket.bucket if bucket else None,
-        )
-
-        # The root disk holds the OS only: unset, it is the AMI's own size.
-        root_size = {"volume_size": settings.disk_gb} if settings.disk_gb else {}
-        instance = aws.ec2.Instance(
-            f"{name}-instance",
-            ami=ami.insecure_value,
-            instance_type=machine.name,
-            subnet_id=subnet.id,
-            vpc_security_group_ids=[firewall.id],
-            iam_instance_profile=profile.name,
-            metadata_options={
-                "http_endpoint": "enabled",
-                "http_tokens": "required",  # IMDSv2 only
-                "http_put_response_hop_limit": 2,  # one extra hop for the container
-            },
-            root_block_device={
-                "volume_type": "gp3", "encrypted": True, "delete_on_termination": True, "tags": tags, **root_size,
-            },
-            # A guest `poweroff` (the idle watcher) stops the instance and its GPU billing,
-            # keeping the disks and the model cache.
-            instance_initiated_shutdown_behavior="stop",
-            instance_market_options={
-                "market_type": "spot",
-                "spot_options": {"instance_interruption_behavior": "stop", "spot_instance_type": "persistent"},
-            } if settings.spot else None,
-            # Gzipped: cloud-init unpacks it, and AWS takes 16 KB at most.
-            user_data_base64=document.apply(bootstrap.aws_user_data),
-            # cloud-init applies the bootstrap once per instance, so a changed one (source bundle, model,
-            # corsOrigins, domain ...) takes effect only on a new instance; the data disk and Elastic IP stay.
-            user_data_replace_on_change=True,
-            tags=tags,
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
-                depends_on=[access],
-                # A new DLAMI release must not silently replace the instance.
-                ignore_changes=["ami"],
-            )),
-        )
-        aws.ec2.VolumeAttachment(
-            f"{name}-data-attach", device_name=DATA_DEVICE, volume_id=data.id, instance_id=instance.id,
-            # On replacement the volume moves: it is detached (from a stopped instance, cleanly) before the
-            # new instance attaches it; a volume has one attachment at a time.
-            stop_instance_before_detaching=True,
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
-        )
-        aws.ec2.EipAssociation(f"{name}-eip-assoc", allocation_id=address.allocation_id,
-                               instance_id=instance.id, opts=child)
-
-        self.outputs = contract.stack_outputs(
-            settings, public_ip=address.public_ip, api_token=token, instance_id=instance.id, zone=zone,
-            shell=pulumi.Output.concat("aws ssm start-session --region ", settings.region, " --target ", instance.id),
-        )
-        self.register_outputs(self.outputs)
+        ami = aws.ssm.get_parameter(name=catalog.AWS_DLAMI_SSM_PARAMETER, region=settings.region, opts=invoke)
+        return InstanceIdentity(profile=profile, access=access, secrets=secrets, built=built,
+                                bucket=bucket.bucket if bucket else None, ami=ami.insecure_value, api_token=token)
 
     def _tokens(self, name: str, settings: Settings, token: pulumi.Output[str], tags: dict[str, str],
                 child: pulumi.ResourceOptions) -> tuple[dict[str, str], list[pulumi.Output[str]], aws.kms.Key]:

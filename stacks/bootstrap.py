@@ -15,6 +15,14 @@ On every boot, systemd units (templates in image/host/) run, each as soon as wha
 
 Boot phases are timestamped in /var/lib/sdxl-endpoint/boot-phases.log. The document carries no secret, only
 where the tokens live, so it stays readable in the plan and on the instance.
+
+A fleet instance (FleetFront: many of them behind the cloud's load balancer) boots the same steps with three
+differences. Its instances are cattle, replaced rather than repaired, so `sdxl-data` is a directory on its own
+disk (sized for the model and images by the stack) instead of a disk that outlives it, and a fresh instance
+builds the image from the same bundle (or pulls `image`). The load balancer is the front, so there is no Caddy,
+the server's port is published on the instance's address for the load balancer alone (the firewall admits
+nothing else), and `sdxl-health` answers its health checks. The fleet shrinks to its minimum instead of powering
+off, so there is no idle watcher; the server gets a wait budget below the front's time limit instead.
 """
 
 from __future__ import annotations
@@ -57,7 +65,10 @@ SERVER_IMAGE = f"{bundle.IMAGE_NAME}:current"  # what sdxl-server runs; sdxl-boo
 # is needed for ACME profiles; Debian/Ubuntu's package (2.6) is too old.
 CADDY_IMAGE = "caddy:2.11"
 UNITS = ("sdxl-data", "sdxl-docker", "sdxl-gpu-check", "sdxl-image", "sdxl-server", "sdxl-ready", "sdxl-caddy",
-         "sdxl-idle-stop")
+         "sdxl-idle-stop", "sdxl-health")
+HEALTH_PORT = 8001  # fleets: the load balancer's health check, image/host/sdxl_health.py
+HEALTH_SCRIPT = f"{HOST_LIB}/sdxl_health.py"
+CONTAINER_UID = 10001  # the server image's non-root user (image/Dockerfile; sdxl-boot.sh chowns the cache to it)
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,37 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+# How long a fresh fleet instance takes to its first /ready (README, "What happens on first boot": 12 to 25 minutes
+# when it builds the image from the bundle, less when it pulls `image`; estimates): the autoscaler leaves a new
+# instance's load out of its sums that long. Health judgments wait FIRST_BOOT_GRACE_S, beyond any healthy first
+# boot (sdxl-boot allows a build 45 minutes), and within Google's autohealing limit (catalog).
+FIRST_BOOT_BUILD_S = 25 * 60
+FIRST_BOOT_PULL_S = 12 * 60
+FIRST_BOOT_GRACE_S = 3600
+
+
+def first_boot_seconds(settings: Settings) -> int:
+    """The estimated first boot of a fleet instance: a build from the bundle, or a pull of `image`."""
+    return FIRST_BOOT_PULL_S if settings.image else FIRST_BOOT_BUILD_S
+
+
+@dataclass(frozen=True)
+class FleetFront:
+    """A fleet instance behind the cloud's load balancer, and that front's time limit.
+
+    `time_limit` is how long the front waits for an answer: 60 s behind CloudFront; behind an ALB or Google's
+    load balancer alone, the stack sets their timeouts above the server's own deadline. The server's wait budget
+    (SDXL_MAX_WAIT_SECONDS) stays `margin` under the tighter of the two, so a request the server cannot answer in
+    time gets its 429 with Retry-After and CORS headers at once, instead of the front's own gateway error.
+    """
+
+    time_limit: float
+    margin: float = 10.0
+
+    def max_wait_seconds(self, timeouts: ProxyTimeouts) -> float:
+        return min(self.time_limit, timeouts.request) - self.margin
+
+
 @dataclass(frozen=True)
 class SourceBundle:
     """Where an instance fetches this checkout's server source (stacks/bundle.py) to build the image."""
@@ -114,6 +156,7 @@ class BootstrapValues:
     idle_stop_minutes: int = 30
     cuda: str = field(default_factory=bundle.image_cuda_version)  # what the GPU check demands of the driver
     timeouts: ProxyTimeouts = field(default_factory=ProxyTimeouts)
+    fleet: FleetFront | None = None  # a fleet instance behind the cloud's load balancer
 
     def __post_init__(self) -> None:
         if (self.source is None) == (self.image is None):
@@ -193,6 +236,9 @@ def server_settings(values: BootstrapValues) -> dict[str, str]:
         "HF_HOME": "/models",
         "SDXL_COMPILE_CACHE_DIR": "/models/torch-compile",  # same disk: a restart reuses compilations
     }
+    if values.fleet is not None:
+        # A request the front would cut is refused at once with 429 + Retry-After (FleetFront).
+        settings["SDXL_MAX_WAIT_SECONDS"] = f"{values.fleet.max_wait_seconds(values.timeouts):g}"
     for key, value in settings.items():
         # docker --env-file takes each line literally: a newline would smuggle in another variable.
         if "\n" in value or "\r" in value:
@@ -227,11 +273,21 @@ def _image_step(values: BootstrapValues) -> tuple[str, str]:
     return f"pulled from {values.image}", f"pull-server {values.image} {values.cloud}"
 
 
+# Where the server's port is published, and why: the single instance's Caddy reaches it on loopback; a fleet's
+# load balancer reaches it on the instance's address, which the cloud firewall opens to the load balancer only.
+_CADDY_EXPOSURE = {"exposure": "Published on loopback only: Caddy is the one way in from outside.",
+                   "publish": "127.0.0.1"}
+_FLEET_EXPOSURE = {"exposure": "Published on the instance's address: the firewall admits the load balancer only.",
+                   "publish": "0.0.0.0"}  # noqa: S104 - the firewall, not the bind address, is the limit
+
+
 def render_cloud_init(values: BootstrapValues) -> str:
     what, step = _image_step(values)
     secrets = " ".join([values.cloud, values.location, *(f"{var}={name}" for var, name in values.secrets)])
+    fleet = values.fleet is not None
     units = {
-        "sdxl-data": _unit("sdxl-data", devices=" ".join(values.data_devices)),
+        "sdxl-data": _unit("sdxl-fleet-data", data_dir=DATA_DIR, cache_dir=MODEL_CACHE_DIR, uid=str(CONTAINER_UID))
+        if fleet else _unit("sdxl-data", devices=" ".join(values.data_devices)),
         "sdxl-docker": _unit("sdxl-docker"),
         "sdxl-gpu-check": _unit("sdxl-gpu-check", cuda=values.cuda),
         "sdxl-image": _unit("sdxl-image", what=what, step=step),
@@ -239,19 +295,26 @@ def render_cloud_init(values: BootstrapValues) -> str:
             "sdxl-server", store="SSM Parameter Store" if values.cloud == "aws" else "Secret Manager",
             helper=CLOUD_HELPER, settings_file=SETTINGS_FILE, env_file=ENV_FILE, secrets=secrets,
             cache_dir=MODEL_CACHE_DIR, port=str(SERVER_PORT), image=SERVER_IMAGE,
+            **(_FLEET_EXPOSURE if fleet else _CADDY_EXPOSURE),
         ),
         "sdxl-ready": _unit("sdxl-ready", model=values.model),
-        "sdxl-caddy": _unit("sdxl-caddy", caddy_image=CADDY_IMAGE, caddyfile=CADDYFILE, caddy_data=CADDY_DATA_DIR),
     }
     files = [
         {"path": SETTINGS_FILE, "permissions": "0644",
          "content": _Literal("".join(f"{k}={v}\n" for k, v in server_settings(values).items()))},
-        {"path": CADDYFILE, "permissions": "0644",
-         "content": _Literal(render_caddyfile(values.public_ip, values.domain, timeouts=values.timeouts))},
-        _host_file(BOOT_SCRIPT, "sdxl-boot.sh"),
-        _host_file(CLOUD_HELPER, "sdxl_cloud.py"),
     ]
-    if values.idle_stop_minutes > 0:
+    if fleet:
+        units["sdxl-health"] = _unit("sdxl-health", script=HEALTH_SCRIPT, port=str(HEALTH_PORT),
+                                     server_port=str(SERVER_PORT), env_file=ENV_FILE)
+    else:
+        units["sdxl-caddy"] = _unit("sdxl-caddy", caddy_image=CADDY_IMAGE, caddyfile=CADDYFILE,
+                                    caddy_data=CADDY_DATA_DIR)
+        files.append({"path": CADDYFILE, "permissions": "0644",
+                      "content": _Literal(render_caddyfile(values.public_ip, values.domain, timeouts=values.timeouts))})
+    files += [_host_file(BOOT_SCRIPT, "sdxl-boot.sh"), _host_file(CLOUD_HELPER, "sdxl_cloud.py")]
+    if fleet:
+        files.append(_host_file(HEALTH_SCRIPT, "sdxl_health.py"))
+    elif values.idle_stop_minutes > 0:
         units["sdxl-idle-stop"] = _unit("sdxl-idle-stop", minutes=str(values.idle_stop_minutes))
         files.append(_host_file(IDLE_SCRIPT, "idle_stop.py"))
     files += [{"path": f"/etc/systemd/system/{name}.service", "permissions": "0644", "content": _Literal(text)}
@@ -284,13 +347,14 @@ def aws_user_data(document: str) -> str:
 
 
 def render_user_data(settings: Settings, *, cloud: str, location: str, data_devices: pulumi.Input[list[str]],
-                     secrets: dict[str, str], public_ip: pulumi.Input[str], built: bundle.Bundle | None = None,
-                     bucket: pulumi.Input[str] | None = None) -> pulumi.Output[str]:
+                     secrets: dict[str, str], public_ip: pulumi.Input[str | None], built: bundle.Bundle | None = None,
+                     bucket: pulumi.Input[str] | None = None, fleet: FleetFront | None = None) -> pulumi.Output[str]:
     """The cloud-init document for a target's instance, once the addresses and names it needs are known.
 
     `built` and `bucket`: the source bundle and the bucket it was uploaded to, when `image` is unset.
     `public_ip` is the static address allocated before the instance: Caddy needs it to ask for the IP
-    certificate when no `domain` is configured.
+    certificate when no `domain` is configured. A fleet instance (`fleet`) has neither Caddy nor a data disk:
+    it takes no address and no devices.
     """
 
     def render(args: list) -> str:
@@ -299,7 +363,7 @@ def render_user_data(settings: Settings, *, cloud: str, location: str, data_devi
             model=settings.model, cors_origins=settings.cors_origins, public_ip=ip, cloud=cloud,
             location=location, data_devices=tuple(devices), secrets=tuple(secrets.items()),
             source=SourceBundle(bucket_name, built.key, built.sha256) if built else None, image=settings.image,
-            domain=settings.domain, idle_stop_minutes=settings.idle_stop_minutes,
+            domain=settings.domain, idle_stop_minutes=settings.idle_stop_minutes, fleet=fleet,
         ))
 
     return pulumi.Output.all(data_devices, bucket, public_ip).apply(render)

@@ -525,3 +525,110 @@ def resolve_gcp(machine_type: str, gpu_key: str | None) -> Offer:
         raise refusal("gcp", machine_type, "it has no GPU; "
                       f"SDXL needs one NVIDIA GPU with at least {SDXL_MIN_GPU_MEMORY_GB} GB", vcpus)
     raise refusal("gcp", machine_type, "it is not a GPU shape this project supports", vcpus)
+
+
+# --- fleets: many GPUs behind the cloud's load balancer -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Seconds one GPU takes for one SDXL base image at 1024x1024, 30 steps, batch 1, in eager bf16/fp16 with
+    PyTorch's SDPA attention: how the server runs without --compile."""
+
+    seconds_per_image: float
+    measured: bool  # False: an estimate until bench/ measures this GPU
+    basis: str  # where the number comes from
+
+    @property
+    def images_per_hour(self) -> float:
+        return 3600 / self.seconds_per_image
+
+
+# The anchors (ARCHITECTURE.md "Facts worth knowing"): measured 2.27 s per image on one H200 (fp16 eager);
+# published 3.31 s on an A100 (bf16 + SDPA, diffusers' "fast diffusion" write-up); published about 26.5 s on a
+# T4 for 25 steps, so 31.8 s for 30. The GPUs without an anchor of their own are derived from the T4's time,
+# scaled by dense FP16 tensor throughput (NVIDIA's datasheets, without sparsity: T4 65, A10 125, L4 121, L40S
+# 362 TFLOPS; the A10G is AWS's variant of the A10, with its 24 GB and 600 GB/s, and its figure stands in).
+# That rule is deliberately pessimistic: applied to the A100 (312 TFLOPS) it gives 6.6 s against the published
+# 3.31 s, about twice too slow, because the T4 anchor is a 70 W card that throttles. A fleet sized from these
+# numbers therefore scales out early rather than late; `targetRequestsPerHour` overrides them once measured.
+_T4_SECONDS_PER_IMAGE = round(26.5 * 30 / 25, 1)
+DENSE_FP16_TENSOR_TFLOPS = {"t4": 65, "a10g": 125, "l4": 121, "l40s": 362, "a100": 312}
+
+
+def _scaled_from_t4(gpu_key: str) -> Throughput:
+    seconds = round(_T4_SECONDS_PER_IMAGE * DENSE_FP16_TENSOR_TFLOPS["t4"] / DENSE_FP16_TENSOR_TFLOPS[gpu_key], 1)
+    return Throughput(seconds, False, f"estimate: the T4's {_T4_SECONDS_PER_IMAGE} s x 65 / "
+                                      f"{DENSE_FP16_TENSOR_TFLOPS[gpu_key]} TFLOPS (dense FP16 tensor)")
+
+
+GPU_THROUGHPUT: dict[str, Throughput] = {
+    "t4": Throughput(_T4_SECONDS_PER_IMAGE, False, "published: about 26.5 s for 25 steps, scaled to 30"),
+    "a10g": _scaled_from_t4("a10g"),
+    "l4": _scaled_from_t4("l4"),
+    "l40s": _scaled_from_t4("l40s"),
+    "a100": Throughput(3.31, False, "published: diffusers' fast-diffusion write-up, bf16 + SDPA, 30 steps"),
+    "a100-80gb": Throughput(3.31, False, "published for the A100 40 GB; the same chip"),
+    "h100": Throughput(2.5, False, "measured 2.27 s on an H200 (the same Hopper compute, more bandwidth), +10%"),
+}
+# Scale out when the replicas run at this share of their estimated throughput: the headroom absorbs the minutes
+# a new GPU takes to boot.
+FLEET_TARGET_UTILISATION = 0.8
+# A spot fleet may mix in other types of the same size, whose GPU is at most this much slower than the one
+# configured (estimated seconds per image): the load balancer routes by least outstanding requests, which
+# absorbs a small difference, not a GPU that is twice as slow. Nor one whose on-demand price is more than
+# SPOT_MIX_MAX_PRICE times the configured type's, so the fleet's price stays near what was chosen.
+SPOT_MIX_MAX_SLOWDOWN = 1.25
+SPOT_MIX_MAX_PRICE = 2.0
+
+
+def throughput(gpu: Gpu) -> Throughput:
+    """The GPU's estimated throughput; an uncatalogued GPU (a type EC2 described) is taken as slow as a T4."""
+    return GPU_THROUGHPUT.get(gpu.key, GPU_THROUGHPUT["t4"])
+
+
+def target_requests_per_hour(offers: tuple[Offer, ...]) -> int:
+    """Generation requests per hour one replica takes before the fleet scales out, from the slowest GPU in the
+    fleet's types, at FLEET_TARGET_UTILISATION."""
+    slowest = max((throughput(o.gpu) for o in offers), key=lambda t: t.seconds_per_image)
+    return max(1, math.floor(slowest.images_per_hour * FLEET_TARGET_UTILISATION))
+
+
+def aws_spot_mix(primary: Offer) -> tuple[Offer, ...]:
+    """The types a spot fleet may launch: the configured one first, then the catalog's single-GPU types of the
+    same size (vCPUs, so each counts the same against the quota) with a GPU no more than SPOT_MIX_MAX_SLOWDOWN
+    slower and a price no more than SPOT_MIX_MAX_PRICE higher, cheapest first. Every one comes from AWS_OFFERS,
+    where only NVIDIA GPUs of 16 GB or more exist; an uncatalogued type (no price) mixes with nothing."""
+    if primary.usd_per_hour is None:
+        return (primary,)
+    limit = throughput(primary.gpu).seconds_per_image * SPOT_MIX_MAX_SLOWDOWN
+    others = [o for o in AWS_OFFERS.values()
+              if o.name != primary.name and o.gpu_count == 1 and o.vcpus == primary.vcpus
+              and o.gpu.memory_gb >= SDXL_MIN_GPU_MEMORY_GB and throughput(o.gpu).seconds_per_image <= limit
+              and o.usd_per_hour <= primary.usd_per_hour * SPOT_MIX_MAX_PRICE]
+    return (primary, *sorted(others, key=lambda o: (o.usd_per_hour, o.name)))
+
+
+# Fronts and their time limits, in seconds.
+CLOUDFRONT_ORIGIN_READ_TIMEOUT_MAX_S = 60  # the most CloudFront waits for an origin without a quota increase
+ALB_IDLE_TIMEOUT_MAX_S = 4000
+# CloudFront's managed policies (AWS "Use managed cache policies" / "... origin request policies"): no caching,
+# and every viewer header (Authorization, Origin, the preflight's Access-Control-Request-*) but Host passed on.
+CLOUDFRONT_CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+CLOUDFRONT_ALL_VIEWER_EXCEPT_HOST_HEADER = "b689b0a8-53d0-40ab-baf2-68738e2966ac"
+# The AWS-managed prefix list of CloudFront's origin-facing servers (IPv4).
+CLOUDFRONT_ORIGIN_FACING_PREFIX_LIST = "com.amazonaws.global.cloudfront.origin-facing"
+# Where Google's load balancer proxies and health checks connect from (Google's health-check documentation).
+GOOGLE_FRONT_END_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
+# Google's autohealing waits at most this long (initialDelaySec: 0 to 3600) before judging a new VM.
+GCP_AUTOHEALING_MAX_DELAY_S = 3600
+
+# The front's fixed hourly price, beside the GPUs (per-request and per-GB charges come on top): an ALB-hour in
+# us-east-1 (CloudFront has none); Google's global forwarding rules, the first five together.
+FLEET_FRONT_USD_PER_HOUR = {"aws": 0.0225, "gcp": 0.025}
+# AWS bills every public IPv4 address by the hour since 2024-02: each instance's, and the ALB's in each AZ.
+AWS_PUBLIC_IPV4_USD_PER_HOUR = 0.005
+FLEET_FRONT_PRICES_SOURCE = ("AWS Elastic Load Balancing pricing (ALB-hour), Amazon VPC pricing (public IPv4); "
+                             "Google Cloud Load Balancing pricing (forwarding rules)")
+# A fleet VM's ephemeral external address counts against this regional Compute Engine quota.
+GCP_IN_USE_ADDRESSES_QUOTA = "IN_USE_ADDRESSES"

@@ -38,6 +38,7 @@ DEFAULT_DATA_DISK_GB = 100
 MIN_DATA_DISK_GB = 50
 DEFAULT_IDLE_STOP_MINUTES = 30
 MAX_REPLICAS = 64  # a sanity bound: each replica is a GPU billing by the hour
+MAX_TARGET_REQUESTS_PER_HOUR = 100_000  # far above any single GPU's SDXL throughput
 DEFAULT_AWS_REGION = "us-east-1"
 DEFAULT_GCP_REGION = "us-central1"
 DEFAULT_GCP_ZONE = "us-central1-a"
@@ -86,6 +87,7 @@ class Settings:
     min_replicas: int = 1
     max_replicas: int = 1
     data_disk_gb: int = DEFAULT_DATA_DISK_GB
+    target_requests_per_hour: int | None = None  # fleets: per replica; None: from the catalog's GPU estimate
 
     @property
     def fleet(self) -> bool:
@@ -204,6 +206,7 @@ class RawConfig(BaseModel):
     ttl: str | None = None
     minReplicas: int = Field(1, ge=0, le=MAX_REPLICAS)  # noqa: N815
     maxReplicas: int = Field(1, ge=1, le=MAX_REPLICAS)  # noqa: N815
+    targetRequestsPerHour: int = Field(0, ge=0, le=MAX_TARGET_REQUESTS_PER_HOUR)  # noqa: N815
 
 
 # Every project key, as declared in Pulumi.yaml; anything else under `sdxl-endpoint:` is a typo.
@@ -226,6 +229,9 @@ _TYPE_HELP: dict[str, tuple[str, str]] = {
     "maxReplicas": (f"must be a whole number from 1 to {MAX_REPLICAS}", _set("maxReplicas", "1")),
     "corsOrigins": ("must be a list of origins", "pulumi config set --path 'corsOrigins[0]' https://app.example.com"),
     "allowedCidrs": ("must be a non-empty list of CIDRs", "pulumi config set --path 'allowedCidrs[0]' 0.0.0.0/0"),
+    "targetRequestsPerHour": (f"must be a whole number of requests per replica and hour, 0 to "
+                              f"{MAX_TARGET_REQUESTS_PER_HOUR} (0: from the GPU's estimated throughput)",
+                              "pulumi config rm targetRequestsPerHour"),
 }
 
 
@@ -282,6 +288,7 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
             # Set without --secret: the value sits in plain text in the stack file (and maybe in git).
             problems.add(key, None, "is stored in plain text in the stack's config file",
                          f"pulumi config set --secret {key} <value>  (then rotate it: it may be in git history)")
+    _check_fleet(raw, problems, cloud, domain, cidrs)
     problems.raise_if_any(stack)
 
     assert place.machine is not None  # guaranteed by raise_if_any
@@ -293,7 +300,7 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
         allowed_cidrs=tuple(str(ipaddress.ip_network(c)) for c in cidrs),
         idle_stop_minutes=raw.idleStopMinutes, ssh=raw.ssh, ttl=raw.ttl, region=place.region, zone=place.zone,
         gcp_project=place.gcp_project, min_replicas=raw.minReplicas, max_replicas=raw.maxReplicas,
-        data_disk_gb=raw.dataDiskGb,
+        data_disk_gb=raw.dataDiskGb, target_requests_per_hour=raw.targetRequestsPerHour or None,
     )
 
 
@@ -483,6 +490,29 @@ def _place_gcp(raw: RawConfig, values: Mapping[str, object], gpu: str | None, pr
                          f"{', '.join(in_region or zones[:6])}",
                          _set("gcp:zone", (in_region or zones)[0]))
     return Placement(machine, region, zone, str(project) if project else None)
+
+
+def _check_fleet(raw: RawConfig, problems: Problems, cloud: str, domain: str | None, cidrs: list[str]) -> None:
+    """Fleet mode (maxReplicas 2 or more) and the keys that only make sense with or without it."""
+    if raw.maxReplicas < 2:
+        if raw.targetRequestsPerHour:
+            problems.add("targetRequestsPerHour", raw.targetRequestsPerHour,
+                         "applies to fleets only (maxReplicas 2 or more)",
+                         "pulumi config rm targetRequestsPerHour, or pulumi config set maxReplicas 2")
+        return
+    # The CLI passes Pulumi.yaml's default (30) as if it were set, so only another value counts as asking.
+    if raw.idleStopMinutes != DEFAULT_IDLE_STOP_MINUTES:
+        problems.add("idleStopMinutes", raw.idleStopMinutes, "does not apply to a fleet, which shrinks to "
+                     "minReplicas when idle instead of powering off", "pulumi config rm idleStopMinutes")
+    if raw.minReplicas < 1:
+        problems.add("minReplicas", raw.minReplicas, "a fleet keeps at least one replica: the load balancer's "
+                     "request rate per replica drives its scaling, and with no replica nothing is measured, so "
+                     "it would never scale out again", _set("minReplicas", "1"))
+    if cloud == "aws" and domain is None and list(cidrs) != ["0.0.0.0/0"]:
+        problems.add("allowedCidrs", cidrs, "an AWS fleet without a domain is reached through CloudFront, so its "
+                     "load balancer sees CloudFront's addresses, never your clients'",
+                     f"{_set('domain', 'sdxl.example.com')} (the load balancer then filters allowedCidrs "
+                     "itself), or pulumi config rm allowedCidrs")
 
 
 # Each cloud's placement rules, by `cloud` (the same keys as CLOUDS and __main__.TARGETS).

@@ -87,3 +87,59 @@ def stack_outputs(settings: Settings, *, public_ip: pulumi.Input[str], api_token
         "shell": shell,
     }
     return {name: pulumi.Output.from_input(outputs[name]) for name in OUTPUT_NAMES}
+
+
+# --- fleets --------------------------------------------------------------------------------------------------
+
+# A fleet (maxReplicas 2 or more) exports OUTPUT_NAMES with the same meaning, then these. In OUTPUT_NAMES a
+# fleet's `endpoint` is its one URL, `instanceId` the group's name (instances come and go), `availabilityZone`
+# every zone it spans, comma-separated, `publicIp` the load balancer's static address where it has one (GCP;
+# None on AWS, where CloudFront or the ALB's DNS name is the address), and `hourlyCostUsd` what it costs at
+# minReplicas: the GPUs at rest plus the front's hourly price, a number as for one instance. `hourlyCostUsdAtMax`
+# is the same at maxReplicas; per-request and per-GB charges come on top of both.
+FLEET_OUTPUT_NAMES = ("fleet", "minReplicas", "maxReplicas", "hourlyCostUsdAtMax", "targetRequestsPerHour",
+                      "dnsRecords")
+
+
+def output_names(settings: Settings) -> tuple[str, ...]:
+    """The names a stack of these settings exports: one contract for both modes."""
+    return OUTPUT_NAMES + (FLEET_OUTPUT_NAMES if settings.fleet else ())
+
+
+def fleet_hourly_cost(settings: Settings, replicas: int, front_usd_per_hour: float,
+                      replica_extra_usd_per_hour: float = 0.0) -> float | None:
+    """The fleet's price per hour with `replicas` GPUs running, on demand (spot runs below it): each replica's
+    machine (and what else bills per replica, such as its public address), plus the front."""
+    price = settings.machine.usd_per_hour
+    return None if price is None else round(replicas * (price + replica_extra_usd_per_hour) + front_usd_per_hour, 4)
+
+
+def fleet_outputs(settings: Settings, *, endpoint: pulumi.Input[str], public_ip: pulumi.Input[str | None],
+                  api_token: pulumi.Output[str], fleet: pulumi.Input[str], zones: list[str], shell: pulumi.Input[str],
+                  front_usd_per_hour: float, target_requests_per_hour: int, replica_extra_usd_per_hour: float = 0.0,
+                  dns_records: pulumi.Input[list[dict[str, str]]]) -> dict[str, pulumi.Output]:
+    """The output contract for a fleet (output_names): the single instance's names, then FLEET_OUTPUT_NAMES."""
+    machine = settings.machine
+    outputs = {
+        "endpoint": endpoint,
+        "publicIp": public_ip,
+        "apiToken": api_token,
+        "instanceId": fleet,
+        "instanceType": machine.name,
+        "gpu": machine.gpu.model,
+        "gpuMemoryGb": machine.gpu.memory_gb,
+        "hourlyCostUsd": fleet_hourly_cost(settings, settings.min_replicas, front_usd_per_hour,
+                                           replica_extra_usd_per_hour),
+        "region": settings.region,
+        "availabilityZone": ",".join(zones),
+        "curlExample": curl_example(endpoint),
+        "shell": shell,
+        "fleet": fleet,
+        "minReplicas": settings.min_replicas,
+        "maxReplicas": settings.max_replicas,
+        "hourlyCostUsdAtMax": fleet_hourly_cost(settings, settings.max_replicas, front_usd_per_hour,
+                                                replica_extra_usd_per_hour),
+        "targetRequestsPerHour": target_requests_per_hour,
+        "dnsRecords": dns_records,
+    }
+    return {name: pulumi.Output.from_input(outputs[name]) for name in output_names(settings)}

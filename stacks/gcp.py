@@ -1,4 +1,6 @@
-"""The GCP GPU endpoint: one ComponentResource that owns every GCP resource it creates.
+"""The GCP GPU endpoint: one ComponentResource that owns every GCP resource it creates, for one VM or, with
+maxReplicas above 1, a fleet (the fleet's own resources are in stacks/gcp_fleet.py; a fleet's destroy also
+removes its group, template, load balancer, certificate and address).
 
 Same contract as the AWS component (stacks/aws.py): same config, same outputs, same bootstrap.
 `pulumi destroy` removes all of it: the instance, its boot and data disks, the static IP, the VPC
@@ -17,8 +19,9 @@ from datetime import UTC
 import pulumi
 import pulumi_gcp as gcp
 
-from stacks import bootstrap, bundle, catalog, contract
+from stacks import bootstrap, bundle, catalog, contract, gcp_fleet
 from stacks.config import PROJECT, MachineLookup, Settings, parse_rfc3339
+from stacks.gcp_fleet import VmSpec
 
 # No preview-time look-up: the catalog lists every GCP shape this project supports.
 describe_machine: MachineLookup | None = None
@@ -96,6 +99,17 @@ def artifact_registry_repository(image: str) -> tuple[str, str, str] | None:
     return (match["location"], match["project"], match["repository"]) if match else None
 
 
+def iap_ssh_firewall(name: str, rule: str, network: gcp.compute.Network, network_tag: str,
+                     child: pulumi.ResourceOptions) -> gcp.compute.Firewall:
+    """With `ssh: true`: port 22 from IAP's TCP forwarding range only, to the stack's VMs only."""
+    return gcp.compute.Firewall(
+        f"{name}-iap-ssh", name=rule, network=network.id, direction="INGRESS",
+        description="SDXL endpoint: SSH through IAP TCP forwarding only",
+        allows=[{"protocol": "tcp", "ports": ["22"]}],
+        source_ranges=[IAP_TCP_FORWARDING_CIDR], target_tags=[network_tag], opts=child,
+    )
+
+
 def shell_command(settings: Settings, instance: str) -> str:
     where = f"--zone {settings.zone} --project {settings.gcp_project}"
     if settings.ssh:
@@ -106,25 +120,31 @@ def shell_command(settings: Settings, instance: str) -> str:
 
 
 class Endpoint(pulumi.ComponentResource):
-    """A GPU VM serving SDXL behind a static external IP, in its own VPC network."""
+    """A GPU VM serving SDXL behind a static external IP, in its own VPC network; with maxReplicas above 1, a
+    regional managed instance group of them behind Google's global load balancer (stacks/gcp_fleet.py)."""
 
     outputs: dict[str, pulumi.Output]
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sdxl-endpoint:gcp:GpuEndpoint", name, None, opts)
-        machine = settings.machine
-        zone = settings.zone
         labels = labels_for(settings)
-        names = {part: resource_name(settings.stack, part)
-                 for part in ("net", "subnet", "http", "https", "iap-ssh", "ip", "vm", "data")}
-        # The firewall rules target this tag, so they reach this VM only.
-        network_tag = names["vm"]
 
-        provider = gcp.Provider("gcp", project=settings.gcp_project, region=settings.region, zone=zone,
+        provider = gcp.Provider("gcp", project=settings.gcp_project, region=settings.region, zone=settings.zone,
                                 opts=pulumi.ResourceOptions(parent=self))
         # Fixed names cannot coexist with their replacement: delete first, then create.
         child = pulumi.ResourceOptions(parent=self, provider=provider, delete_before_replace=True)
+        spec = self._vm_spec(name, settings, labels, provider, child)
+        if settings.fleet:
+            self.outputs = gcp_fleet.build(self, name, settings, child=child, spec=spec)
+        else:
+            self.outputs = self._single_instance(name, settings, child, spec)
+        self.register_outputs(self.outputs)
 
+    def _vm_spec(self, name: str, settings: Settings, labels: dict[str, str], provider: gcp.Provider,
+                 child: pulumi.ResourceOptions) -> VmSpec:
+        """What both modes' VMs share: the network, the service account and its grants, the tokens, the source
+        bundle, the image, and the parts of the VM's definition that do not depend on the mode."""
+        names = {part: resource_name(settings.stack, part) for part in ("net", "subnet")}
         network = gcp.compute.Network(
             f"{name}-net", name=names["net"], auto_create_subnetworks=False,
             description="SDXL endpoint: its own network, with no default firewall rules", opts=child,
@@ -133,24 +153,10 @@ class Endpoint(pulumi.ComponentResource):
             f"{name}-subnet", name=names["subnet"], network=network.id, region=settings.region,
             ip_cidr_range=SUBNET_CIDR, private_ip_google_access=True, opts=child,
         )
-        for port, sources in contract.ingress_sources(settings).items():
-            part = "https" if port == contract.HTTPS_PORT else "http"
-            gcp.compute.Firewall(
-                f"{name}-{part}", name=names[part], network=network.id, direction="INGRESS",
-                description="SDXL endpoint: the API, from allowedCidrs" if part == "https"
-                else "SDXL endpoint: redirect to HTTPS and ACME HTTP-01 only",
-                allows=[{"protocol": "tcp", "ports": [str(port)]}],
-                # The subnet is IPv4-only (config.py refuses an IPv6-only allowedCidrs on GCP).
-                source_ranges=[c for c in sources if ipaddress.ip_network(c).version == 4],
-                target_tags=[network_tag], opts=child,
-            )
+        # The firewall rules target this tag, so they reach the stack's VMs only.
+        network_tag = resource_name(settings.stack, "vm")
         if settings.ssh:
-            gcp.compute.Firewall(
-                f"{name}-iap-ssh", name=names["iap-ssh"], network=network.id, direction="INGRESS",
-                description="SDXL endpoint: SSH through IAP TCP forwarding only",
-                allows=[{"protocol": "tcp", "ports": ["22"]}],
-                source_ranges=[IAP_TCP_FORWARDING_CIDR], target_tags=[network_tag], opts=child,
-            )
+            iap_ssh_firewall(name, resource_name(settings.stack, "iap-ssh"), network, network_tag, child)
 
         account = gcp.serviceaccount.Account(
             f"{name}-sa", account_id=resource_name(settings.stack, "sa", SERVICE_ACCOUNT_ID_MAX),
@@ -165,12 +171,6 @@ class Endpoint(pulumi.ComponentResource):
             for role in SERVICE_ACCOUNT_ROLES
         ]
 
-        # Reserved before the instance so the bootstrap can know its own public address.
-        address = gcp.compute.Address(
-            f"{name}-ip", name=names["ip"], region=settings.region, address_type="EXTERNAL",
-            network_tier="PREMIUM", labels=labels, opts=child,
-        )
-
         token = contract.api_token(settings, parent=self)
         secrets, readable = self._tokens(name, settings, token, labels, account, child)
         built = bundle.build() if settings.image is None else None
@@ -184,6 +184,63 @@ class Endpoint(pulumi.ComponentResource):
                 role="roles/artifactregistry.reader", member=account.member, opts=child,
             ))
 
+        image = gcp.compute.get_image(family=catalog.GCP_DLVM_IMAGE_FAMILY, project=catalog.GCP_DLVM_IMAGE_PROJECT,
+                                      opts=pulumi.InvokeOptions(parent=self, provider=provider))
+        machine = settings.machine
+        return VmSpec(
+            network=network, subnet=subnet, ready=[*grants, *readable], secrets=secrets, built=built,
+            bucket=bucket.name if bucket else None, api_token=token, labels=labels,
+            image=image.self_link, image_disk_gb=image.disk_size_gb,
+            names=lambda part, limit=NAME_MAX: resource_name(settings.stack, part, limit), network_tag=network_tag,
+            machine={
+                "machine_type": machine.name,
+                # T4 attaches to N1 as a guest accelerator; G2 (L4), A2 and A3 have theirs built in
+                # and refuse an extra one (the catalog enforces both at config time).
+                "guest_accelerators": [{"type": machine.accelerator, "count": 1}] if machine.accelerator else None,
+                "service_account": {"email": account.email, "scopes": list(SERVICE_ACCOUNT_SCOPES)},
+                # The DLVM image is UEFI-compatible: vTPM and integrity monitoring on. Secure Boot
+                # stays off because it refuses NVIDIA kernel modules that are not signed with a key
+                # the VM trusts, which leaves the GPU without a driver.
+                "shielded_instance_config": {
+                    "enable_secure_boot": False, "enable_vtpm": True, "enable_integrity_monitoring": True,
+                },
+                "labels": labels,
+            },
+            metadata={
+                # A no-op when the image already has the driver; installs it on first boot otherwise.
+                "install-nvidia-driver": "True",
+                # SSH (only ever through IAP) authorises through IAM, never through metadata keys.
+                "enable-oslogin": "TRUE",
+                "block-project-ssh-keys": "TRUE",
+            },
+            scheduling=scheduling_for(settings.spot),
+        )
+
+    def _single_instance(self, name: str, settings: Settings, child: pulumi.ResourceOptions,
+                         spec: VmSpec) -> dict[str, pulumi.Output]:
+        """One VM with its data disk and static IP; Caddy on it is the HTTPS front."""
+        zone = settings.zone
+        labels = spec.labels
+        names = {part: resource_name(settings.stack, part) for part in ("http", "https", "ip", "vm", "data")}
+        network_tag = spec.network_tag
+        for port, sources in contract.ingress_sources(settings).items():
+            part = "https" if port == contract.HTTPS_PORT else "http"
+            gcp.compute.Firewall(
+                f"{name}-{part}", name=names[part], network=spec.network.id, direction="INGRESS",
+                description="SDXL endpoint: the API, from allowedCidrs" if part == "https"
+                else "SDXL endpoint: redirect to HTTPS and ACME HTTP-01 only",
+                allows=[{"protocol": "tcp", "ports": [str(port)]}],
+                # The subnet is IPv4-only (config.py refuses an IPv6-only allowedCidrs on GCP).
+                source_ranges=[c for c in sources if ipaddress.ip_network(c).version == 4],
+                target_tags=[network_tag], opts=child,
+            )
+
+        # Reserved before the instance so the bootstrap can know its own public address.
+        address = gcp.compute.Address(
+            f"{name}-ip", name=names["ip"], region=settings.region, address_type="EXTERNAL",
+            network_tier="PREMIUM", labels=labels, opts=child,
+        )
+
         # The data disk: outlives every VM (a changed bootstrap replaces the VM, never this), so a
         # replacement finds the model, images, build cache, compile cache and certificates again.
         # Encrypted at rest by Google-managed keys, like every persistent disk.
@@ -192,58 +249,46 @@ class Endpoint(pulumi.ComponentResource):
             labels=labels, opts=child,
         )
 
-        image = gcp.compute.get_image(family=catalog.GCP_DLVM_IMAGE_FAMILY, project=catalog.GCP_DLVM_IMAGE_PROJECT,
-                                      opts=pulumi.InvokeOptions(parent=self, provider=provider))
         user_data = bootstrap.render_user_data(
             settings, cloud="gcp", location=settings.gcp_project,
-            data_devices=[f"/dev/disk/by-id/google-{bootstrap.DATA_DEVICE_NAME}"], secrets=secrets,
-            public_ip=address.address, built=built, bucket=bucket.name if bucket else None,
+            data_devices=[f"/dev/disk/by-id/google-{bootstrap.DATA_DEVICE_NAME}"], secrets=spec.secrets,
+            public_ip=address.address, built=spec.built, bucket=spec.bucket,
         )
-
+        machine = spec.machine
         instance = gcp.compute.Instance(
             f"{name}-vm",
             name=names["vm"],
             zone=zone,
-            machine_type=machine.name,
-            # T4 attaches to N1 as a guest accelerator; G2 (L4), A2 and A3 have theirs built in
-            # and refuse an extra one (the catalog enforces both at config time).
-            guest_accelerators=[{"type": machine.accelerator, "count": 1}] if machine.accelerator else None,
-            scheduling=scheduling_for(settings.spot),
+            machine_type=machine["machine_type"],
+            guest_accelerators=machine["guest_accelerators"],
+            scheduling=spec.scheduling,
             boot_disk={
                 "auto_delete": True,
                 # The OS only: unset, the image's own size. Encrypted at rest by Google-managed keys.
                 "initialize_params": {
-                    "image": image.self_link, "type": "pd-balanced", "labels": labels,
+                    "image": spec.image, "type": "pd-balanced", "labels": labels,
                     **({"size": settings.disk_gb} if settings.disk_gb else {}),
                 },
             },
             attached_disks=[
                 {"source": data.self_link, "device_name": bootstrap.DATA_DEVICE_NAME, "mode": "READ_WRITE"}],
             network_interfaces=[{
-                "subnetwork": subnet.id,
+                "subnetwork": spec.subnet.id,
                 "access_configs": [{"nat_ip": address.address, "network_tier": "PREMIUM"}],
             }],
             tags=[network_tag],
-            service_account={"email": account.email, "scopes": list(SERVICE_ACCOUNT_SCOPES)},
+            service_account=machine["service_account"],
             metadata={
-                # A no-op when the image already has the driver; installs it on first boot otherwise.
-                "install-nvidia-driver": "True",
+                "install-nvidia-driver": spec.metadata["install-nvidia-driver"],
                 "user-data": user_data,  # names where the tokens live, never the tokens
-                # SSH (only ever through IAP) authorises through IAM, never through metadata keys.
-                "enable-oslogin": "TRUE",
-                "block-project-ssh-keys": "TRUE",
+                **{k: v for k, v in spec.metadata.items() if k != "install-nvidia-driver"},
             },
-            # The DLVM image is UEFI-compatible: vTPM and integrity monitoring on. Secure Boot
-            # stays off because it refuses NVIDIA kernel modules that are not signed with a key
-            # the VM trusts, which leaves the GPU without a driver.
-            shielded_instance_config={
-                "enable_secure_boot": False, "enable_vtpm": True, "enable_integrity_monitoring": True,
-            },
+            shielded_instance_config=machine["shielded_instance_config"],
             labels=labels,
             # Config changes (machine type, GPU) stop and restart the VM rather than fail.
             allow_stopping_for_update=True,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
-                depends_on=[*grants, *readable],
+                depends_on=spec.ready,
                 # A new image in the family must not silently replace the VM.
                 ignore_changes=["bootDisk.initializeParams.image"],
                 # cloud-init applies the bootstrap once per instance, so a changed one (source bundle, model,
@@ -252,12 +297,11 @@ class Endpoint(pulumi.ComponentResource):
             )),
         )
 
-        self.outputs = contract.stack_outputs(
-            settings, public_ip=address.address, api_token=token,
+        return contract.stack_outputs(
+            settings, public_ip=address.address, api_token=spec.api_token,
             instance_id=instance.name,  # the instance name: what every gcloud command takes
             zone=zone, shell=instance.name.apply(lambda vm: shell_command(settings, vm)),
         )
-        self.register_outputs(self.outputs)
 
     def _tokens(self, name: str, settings: Settings, token: pulumi.Output[str], labels: dict[str, str],
                 account: gcp.serviceaccount.Account, child: pulumi.ResourceOptions,

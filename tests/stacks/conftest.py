@@ -19,6 +19,7 @@ from typing import Any
 import moto
 import pulumi
 import pytest
+from moto.ec2.models.availability_zones_and_regions import RegionsAndZonesBackend
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.rpc import is_rpc_secret
 
@@ -34,6 +35,14 @@ FAKE_GCP_ADDRESS = "203.0.113.20"
 FAKE_GCP_PROJECT = "sdxl-test-project"
 FAKE_ACCOUNT = "123456789012"
 FAKE_VOLUME = "vol-0123456789abcdef0"
+# CloudFront's origin-facing prefix list as us-east-1 names it (its id differs by region).
+CLOUDFRONT_PREFIX_LIST_ID = "pl-3b927c52"
+# The DLAMI's root device, as moto's copy of EC2's AMI records gives Ubuntu DLAMIs, and a stand-in snapshot size.
+DLAMI_ROOT_DEVICE = "/dev/sda1"
+DLAMI_ROOT_GB = 75
+FAKE_DLVM_DISK_GB = 50
+FAKE_ALB_DNS = "sdxl-alb-1234567890.us-east-1.elb.amazonaws.com"
+FAKE_CLOUDFRONT_DOMAIN = "d111111abcdef8.cloudfront.net"
 
 
 @functools.cache
@@ -85,6 +94,7 @@ class CloudMocks(pulumi.runtime.Mocks):
                                  f"{args.inputs['zone']}/disks/{args.inputs['name']}")
         elif args.typ == "gcp:secretmanager/secret:Secret":
             resource_id = f"projects/{FAKE_GCP_PROJECT}/secrets/{args.inputs['secretId']}"
+        resource_id, state = fleet_state(args, resource_id, state, region)
         if args.typ == "aws:ec2/eip:Eip":
             state.update(publicIp=FAKE_EIP, allocationId="eipalloc-0123456789abcdef0")
         elif args.typ == "aws:ec2/instance:Instance":
@@ -95,7 +105,9 @@ class CloudMocks(pulumi.runtime.Mocks):
             state["email"] = f"{args.inputs['accountId']}@{FAKE_GCP_PROJECT}.iam.gserviceaccount.com"
             state["member"] = f"serviceAccount:{state['email']}"
         elif args.typ == "random:index/randomPassword:RandomPassword":
-            state["result"] = "generated-token-" + "x" * (int(args.inputs["length"]) - 16)
+            # Each password its own value (the API token's as before), as the provider's random bytes would be.
+            stem = "generated-token-" if args.name == "api-token" else f"generated-{args.name}-"
+            state["result"] = (stem + "x" * int(args.inputs["length"]))[: int(args.inputs["length"])]
         return [resource_id, state]
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -117,6 +129,22 @@ class CloudMocks(pulumi.runtime.Mocks):
         if args.token == "aws:iam/getPolicyDocument:getPolicyDocument":
             statements = args.args.get("statements", [])
             return {"json": json.dumps({"Version": "2012-10-17", "Statement": statements}), "id": "policy"}
+        if args.token == "aws:ec2/getManagedPrefixList:getManagedPrefixList":
+            if args.args.get("name") != "com.amazonaws.global.cloudfront.origin-facing":
+                raise Exception(f"no managed prefix list named {args.args.get('name')!r}")
+            return {"id": CLOUDFRONT_PREFIX_LIST_ID, "name": args.args["name"], "addressFamily": "IPv4",
+                    "ownerId": "AWS", "maxEntries": 55}
+        if args.token == "aws:ec2/getAmi:getAmi":
+            (image,) = [v for f in args.args["filters"] if f["name"] == "image-id" for v in f["values"]]
+            return {"id": image, "imageId": image, "rootDeviceName": DLAMI_ROOT_DEVICE, "architecture": "x86_64",
+                    "blockDeviceMappings": [{"deviceName": DLAMI_ROOT_DEVICE, "noDevice": "", "virtualName": "",
+                                             "ebs": {"volume_size": str(DLAMI_ROOT_GB), "volume_type": "gp3",
+                                                     "encrypted": "false", "delete_on_termination": "true"}}]}
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            region = args.args.get("region") or "us-east-1"
+            names = [z.name for z in RegionsAndZonesBackend.zones[region]]
+            return {"names": names, "zoneIds": [z.zone_id for z in RegionsAndZonesBackend.zones[region]],
+                    "id": region, "state": "available"}
         if args.token == "gcp:compute/getImage:getImage":
             # A family look-up answers with that family's newest image; only the DLVM project has any.
             project, family = args.args.get("project"), args.args.get("family")
@@ -124,8 +152,41 @@ class CloudMocks(pulumi.runtime.Mocks):
                 raise Exception(f"googleapi: Error 404: image family {family!r} not found in {project!r}")
             name = f"{family}-v20260801"
             link = f"https://www.googleapis.com/compute/v1/projects/{project}/global/images/{name}"
-            return {"selfLink": link, "name": name, "family": family, "project": project, "id": link}
+            return {"selfLink": link, "name": name, "family": family, "project": project, "id": link,
+                    "diskSizeGb": FAKE_DLVM_DISK_GB}
         raise NotImplementedError(f"no mock for invoke {args.token}")
+
+
+def fleet_state(args: pulumi.runtime.MockResourceArgs, resource_id: str, state: dict, region: str) -> tuple[str, dict]:
+    """What the clouds assign to the fleets' resources (ARNs, DNS names, instance groups), as the providers name it."""
+    arn = f"arn:aws:elasticloadbalancing:{region}:{FAKE_ACCOUNT}"
+    if args.typ == "aws:lb/loadBalancer:LoadBalancer":
+        suffix = f"app/{args.name}/50dc6c495c0c9188"
+        state.update(arn=f"{arn}:loadbalancer/{suffix}", arnSuffix=suffix, dnsName=FAKE_ALB_DNS)
+    elif args.typ == "aws:lb/targetGroup:TargetGroup":
+        suffix = f"targetgroup/{args.name}/73e2d6bc24d8a067"
+        state.update(arn=f"{arn}:{suffix}", arnSuffix=suffix)
+    elif args.typ in ("aws:lb/listener:Listener", "aws:lb/listenerRule:ListenerRule"):
+        state["arn"] = f"{arn}:listener/app/sdxl-alb/50dc6c495c0c9188/{args.name}"
+    elif args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
+        resource_id = "lt-0123456789abcdef0"
+        state.update(latestVersion=1, arn=f"arn:aws:ec2:{region}:{FAKE_ACCOUNT}:launch-template/{resource_id}")
+    elif args.typ == "aws:cloudfront/distribution:Distribution":
+        state.update(domainName=FAKE_CLOUDFRONT_DOMAIN, arn=f"arn:aws:cloudfront::{FAKE_ACCOUNT}:distribution/E1")
+    elif args.typ == "aws:acm/certificate:Certificate":
+        state.update(arn=f"arn:aws:acm:{region}:{FAKE_ACCOUNT}:certificate/{args.name}", domainValidationOptions=[{
+            "domainName": args.inputs["domainName"], "resourceRecordType": "CNAME",
+            "resourceRecordName": f"_3f1e2d.{args.inputs['domainName']}.",
+            "resourceRecordValue": "_9a8b7c.xlfgrmvvlj.acm-validations.aws."}])
+    elif args.typ == "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager":
+        state["instanceGroup"] = (f"https://www.googleapis.com/compute/v1/projects/{FAKE_GCP_PROJECT}/regions/"
+                                  f"{args.inputs['region']}/instanceGroups/{args.inputs['name']}")
+    elif args.typ == "gcp:compute/globalAddress:GlobalAddress":
+        state["address"] = FAKE_GCP_ADDRESS
+    elif args.typ == "gcp:compute/instanceTemplate:InstanceTemplate":
+        state["selfLinkUnique"] = (f"https://www.googleapis.com/compute/v1/projects/{FAKE_GCP_PROJECT}/global/"
+                                   f"instanceTemplates/{args.name}?uniqueId=1234567890")
+    return resource_id, state
 
 
 class RecordingMonitor(MockMonitor):

@@ -12,7 +12,8 @@ from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 from stacks import bootstrap, bundle, catalog, config, contract, gcp
 from tests.stacks.conftest import FAKE_GCP_ADDRESS, FAKE_GCP_PROJECT, ROOT, plain_strings, run_program
 
-GCP_PRESETS = sorted(p.name.split(".")[1] for p in (ROOT / "stacks").glob("Pulumi.gcp-*.yaml"))
+GCP_PRESETS = sorted(p.name.split(".")[1] for p in (ROOT / "stacks").glob("Pulumi.gcp-*.yaml")
+                     if not p.name.endswith("-fleet.yaml"))  # fleets: test_gcp_fleet.py
 PROJECT = {"gcp:project": "my-project-123"}
 COMPONENT = "sdxl-endpoint:gcp:GpuEndpoint"
 INSTANCE = "gcp:compute/instance:Instance"

@@ -748,3 +748,46 @@ def test_text_output_has_one_line_per_check_and_a_fix_under_each_fail():
     assert lines[2] == "  FAIL  quota        0 vCPUs"
     assert lines[3].strip().startswith("fix: aws service-quotas request-service-quota-increase")
     assert lines[-1].startswith("1 FAIL, 0 warn, 1 ok.") and "SKIP_DOCTOR=1" in lines[-1]
+
+
+# --- fleets: quota for maxReplicas instances, not one ------------------------------------------------------------
+
+
+def test_an_aws_fleet_needs_quota_for_max_replicas_instances(aws):
+    stub_quota(aws, "us-east-1", "L-DB2E81BA", 8)  # enough for one g5.xlarge, or two, not four
+    stub_ami(aws, "us-east-1")
+    report = run(["--stack", "aws-g5-fleet"], aws=aws)
+    quota = names(report)["quota"]
+    assert report.target.replicas == 4 and "a fleet of up to 4" in report.target.describe()
+    assert quota.status == doctor.FAIL
+    assert "maxReplicas 4 x g5.xlarge (4 vCPUs each) needs 16" in quota.value
+    assert quota.fix == ("aws service-quotas request-service-quota-increase --service-code ec2 "
+                         "--quota-code L-DB2E81BA --desired-value 16 --region us-east-1")
+
+
+def test_an_aws_spot_fleet_counts_against_the_spot_quota(aws):
+    stub_quota(aws, "us-east-1", "L-3819A6DF", 16)
+    stub_ami(aws, "us-east-1")
+    report = run(["--cloud", "aws", "--gpu", "a10g", "--region", "us-east-1", "--spot", "--max-replicas", "4"],
+                 aws=aws)
+    quota = names(report)["quota"]
+    assert quota.status == doctor.OK and "All G and VT Spot Instance Requests" in quota.value
+    assert "needs 16" in quota.value
+
+
+def test_a_gcp_fleet_needs_gpus_and_addresses_for_max_replicas_vms(compute):
+    compute.region_quotas["us-central1"].update(NVIDIA_L4_GPUS=(4, 1), IN_USE_ADDRESSES=(8, 6))
+    compute.project_quotas["GPUS_ALL_REGIONS"] = (8, 1)
+    report = run(gcp("--machine-type", "g2-standard-4", "--zone", "us-central1-a", "--max-replicas", "4"))
+    regional = [c for c in report.checks if c.name == "regional-quota"]
+    gpus, addresses = regional
+    assert gpus.status == doctor.FAIL and gpus.value == "NVIDIA_L4_GPUS in us-central1: limit 4, in use 1, 4 needed"
+    assert "--quota-id=NVIDIA-L4-GPUS-per-project-region --preferred-value=5" in gpus.fix
+    assert addresses.status == doctor.FAIL and "IN_USE_ADDRESSES in us-central1: limit 8, in use 6, 4 needed" in (
+        addresses.value)
+    assert "--quota-id=IN-USE-ADDRESSES-per-project-region --preferred-value=10" in addresses.fix
+    assert names(report)["global-quota"].status == doctor.OK
+    # One VM: no address check, as before.
+    single = [c for c in run(gcp("--machine-type", "g2-standard-4", "--zone", "us-central1-a")).checks
+              if c.name == "regional-quota"]
+    assert len(single) == 1

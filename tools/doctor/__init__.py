@@ -107,6 +107,7 @@ class Target:
     zone: str | None = None  # GCP
     project: str | None = None  # GCP
     aws_profile: str | None = None  # a stack's `aws:profile`, as the Pulumi AWS provider uses it
+    replicas: int = 1  # the most instances it may run: maxReplicas, above 1 for a fleet
 
     def describe(self) -> str:
         what = self.machine.describe() if self.machine else "(machine not resolved)"
@@ -115,7 +116,8 @@ class Target:
             where += f", project {self.project}"
         capacity = "spot" if self.spot else "on demand"
         prefix = f"stack {self.stack}: " if self.stack else ""
-        return f"{prefix}{self.cloud.upper()} {what} in {where}, {capacity}"
+        fleet = f", a fleet of up to {self.replicas}" if self.replicas > 1 else ""
+        return f"{prefix}{self.cloud.upper()} {what} in {where}, {capacity}{fleet}"
 
     def document(self) -> TargetDocument:
         machine = self.machine

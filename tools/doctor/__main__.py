@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--zone", help="GCP zone")
     parser.add_argument("--project", help="GCP project id (default: the application-default credentials' project)")
     parser.add_argument("--spot", action="store_true", help="check spot capacity: spot quota and spot prices")
+    parser.add_argument("--max-replicas", type=int, metavar="N",
+                        help="check a fleet of up to N instances: quota for all of them (a stack's maxReplicas)")
     parser.add_argument("--json", action="store_true", help="print one JSON document (schema: JSON_SCHEMA)")
     parser.add_argument("--suggest", action="store_true",
                         help="list the regions (AWS) or zones (GCP) offering the GPU, by price, with quota")
@@ -66,6 +68,8 @@ def diagnose(args: argparse.Namespace, aws: aws_cloud.AwsApi | None = None,
             notes.append(Check(name="config", status=WARN, value=missing))
         if args.spot:
             values[f"{config.PROJECT}:spot"] = "true"
+        if args.max_replicas:
+            values[f"{config.PROJECT}:maxReplicas"] = str(args.max_replicas)
     else:
         values = flag_values(args, gcp.adc_project)
     # Needed before config.load(): on AWS, load() describes unlisted types through the SDK set up below.

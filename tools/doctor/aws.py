@@ -281,7 +281,7 @@ def check(target: Target, api: AwsApi, report: Report, with_suggest: bool) -> No
 
     if offered:
         runner.run("gpu", gpu)
-    runner.run("quota", lambda: _check_quota(api, report, name, vcpus, region, target.spot))
+    runner.run("quota", lambda: _check_quota(api, report, name, vcpus, region, target.spot, target.replicas))
 
     def image() -> None:
         parameter = catalog.AWS_DLAMI_SSM_PARAMETER
@@ -301,8 +301,13 @@ def check(target: Target, api: AwsApi, report: Report, with_suggest: bool) -> No
         report.suggestions = suggest(target, api, vcpus)
 
 
-def _check_quota(api: AwsApi, report: Report, name: str, vcpus: int, region: str, spot: bool) -> None:
+def _check_quota(api: AwsApi, report: Report, name: str, vcpus: int, region: str, spot: bool,
+                 replicas: int = 1) -> None:
+    """The vCPU quota the type counts against, for one instance or, for a fleet, `replicas` of them (maxReplicas:
+    a spot fleet's other types are the same size, catalog.aws_spot_mix)."""
     quota_class, quota = catalog.aws_quota_class(name), catalog.aws_quota(name, spot)
+    what = name if replicas == 1 else f"maxReplicas {replicas} x {name} ({vcpus} vCPUs each)"
+    vcpus *= replicas
     if quota_class is None or quota is None:
         report.add("quota", WARN, f"{name} counts against no GPU quota the doctor knows; not checked")
         return
@@ -317,10 +322,10 @@ def _check_quota(api: AwsApi, report: Report, name: str, vcpus: int, region: str
     fix_if_refused = f"if launching fails with VcpuLimitExceeded: {fix}"
     label = f"{title} ({code}) in {region}"
     if limit is None:
-        report.add("quota", WARN, f"{label}: {source}; {name} needs {vcpus} vCPUs", fix_if_refused)
+        report.add("quota", WARN, f"{label}: {source}; {what} needs {vcpus} vCPUs", fix_if_refused)
         return
     measured = (f"{label}: {limit:g} vCPUs ({source}), {used} in use{used_note}, "
-                f"{name} needs {vcpus}")
+                f"{what} needs {vcpus}")
     if limit < needed:
         report.add("quota", FAIL, measured, fix)
     elif source != "applied":

@@ -167,6 +167,21 @@ class GcpApi:
 # --- the checks --------------------------------------------------------------------------------
 
 
+def _check_addresses(report: Report, project: str, region: str, quotas, replicas: int) -> None:
+    """A fleet's VMs each hold an ephemeral external address (their way out, without Cloud NAT), which counts
+    against the region's IN_USE_ADDRESSES."""
+    quota = _find_quota(quotas, catalog.GCP_IN_USE_ADDRESSES_QUOTA)
+    if quota is None:
+        return
+    measured = (f"{catalog.GCP_IN_USE_ADDRESSES_QUOTA} in {region}: limit {quota.limit:g}, in use {quota.usage:g}, "
+                f"{replicas} needed (one per VM of the fleet)")
+    if quota.limit - quota.usage < replicas:
+        report.add("regional-quota", FAIL, measured,
+                   quota_fix(project, catalog.GCP_IN_USE_ADDRESSES_QUOTA, int(quota.usage) + replicas, region))
+    else:
+        report.add("regional-quota", OK, measured)
+
+
 def check(target: Target, api: GcpApi, report: Report, with_suggest: bool) -> None:
     """The checks in order: credentials, compute-api, accelerator, machine-type, regional-quota,
     global-quota, image. Then, with --suggest, the zones that offer the GPU."""
@@ -232,7 +247,8 @@ def check(target: Target, api: GcpApi, report: Report, with_suggest: bool) -> No
     runner.run("machine-type", machine_check,
             lambda: (f"{zone} has no machine type {machine.name}", zones_fix(accelerator)))
 
-    needed = machine.gpu_count
+    # A fleet needs a GPU, and an external address for its downloads, for each of its maxReplicas VMs.
+    needed = machine.gpu_count * target.replicas
 
     def regional_quota() -> None:
         quotas = api.call("RegionsClient", "get", project=project, region=region).quotas
@@ -248,6 +264,8 @@ def check(target: Target, api: GcpApi, report: Report, with_suggest: bool) -> No
                        quota_fix(project, used_metric, int(quota.usage) + needed, region))
         else:
             report.add("regional-quota", OK, measured)
+        if target.replicas > 1:
+            _check_addresses(report, project, region, quotas, target.replicas)
 
     runner.run("regional-quota", regional_quota, lambda: (f"region {region} not found", zones_fix(accelerator)))
 

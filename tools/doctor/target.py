@@ -34,6 +34,8 @@ def flag_values(args: argparse.Namespace, adc_project: Callable[[], str | None])
     """An explicit target as the config keys a stack would set."""
     cloud = cloud_of(args)
     values = {f"{config.PROJECT}:cloud": cloud, f"{config.PROJECT}:spot": json.dumps(bool(args.spot))}
+    if args.max_replicas:
+        values[f"{config.PROJECT}:maxReplicas"] = str(args.max_replicas)
     for key, value in (("gpu", args.gpu), ("instanceType", args.instance_type), ("machineType", args.machine_type)):
         if value:
             values[f"{config.PROJECT}:{key}"] = value
@@ -80,4 +82,5 @@ def resolve_target(values: dict[str, str], stack: str | None,
     report_target.region = settings.region
     report_target.zone = settings.zone
     report_target.project = settings.gcp_project
+    report_target.replicas = settings.max_replicas  # a fleet needs quota for all of them
     return Check(name="config", status=OK, value=settings.machine.describe())

@@ -1,4 +1,5 @@
-"""Start a stopped endpoint (idle auto-stop, or by hand) and wait until it answers `/ready`.
+"""Start a stopped endpoint (idle auto-stop, or by hand) and wait until it answers `/ready`. Single instances
+only: a fleet never stops, and wake says so.
 
     make wake STACK=aws-g5        (scripts/deploy.sh wake aws-g5 -> python -m tools.wake --stack aws-g5)
 
@@ -56,6 +57,7 @@ def read_target(stack_name: str, select: Callable[[str], auto.Stack | None] = wo
     except auto.CommandError as err:
         # e.g. a locked or unreadable backend, a wrong passphrase: the CLI's own words.
         raise WakeError(f"cannot read stack {stack_name}: {workspace.error_lines(err, 1)[0]}") from err
+    refuse_fleet(stack_name, outputs, config)
     missing = [k for k in ("instanceId", "endpoint", "apiToken", "region", "availabilityZone") if not outputs.get(k)]
     if missing:
         raise WakeError(f"stack {stack_name} has no {', '.join(missing)} output: deploy it first "
@@ -67,6 +69,16 @@ def read_target(stack_name: str, select: Callable[[str], auto.Stack | None] = wo
     return Target(cloud=cloud, instance=outputs["instanceId"], region=outputs["region"],
                   zone=outputs["availabilityZone"], endpoint=outputs["endpoint"].rstrip("/"),
                   token=outputs["apiToken"], gcp_project=project)
+
+
+def refuse_fleet(stack_name: str, outputs: dict, config: dict) -> None:
+    """A fleet (maxReplicas above 1) never powers off: it shrinks to minReplicas, which are always running."""
+    replicas = outputs.get("maxReplicas") or config.get("sdxl-endpoint:maxReplicas") or 1
+    if outputs.get("fleet") or int(replicas) > 1:
+        endpoint = outputs.get("endpoint") or "its endpoint"
+        raise WakeError(f"stack {stack_name} is a fleet (maxReplicas {replicas}): wake does not apply. A fleet never "
+                        f"powers off; it keeps minReplicas instances running and scales out on load by itself, so "
+                        f"{endpoint} answers as it is. To keep more running, raise minReplicas and `make up`.")
 
 
 def start_aws(target: Target, ec2=None) -> None:

@@ -1,0 +1,339 @@
+"""The AWS fleet: GPU instances in an Auto Scaling group behind an Application Load Balancer, with CloudFront in
+front when no `domain` is configured.
+
+A private helper of stacks/aws.py, imported by it alone. aws.py builds what both modes share (the VPC and its
+internet route, the instance role and its access, the token parameters, the source bucket, the AMI) and hands it
+over as `Network` and `InstanceIdentity`; everything below belongs to the fleet only (a subnet in every AZ that
+offers the type, two security groups, the load balancer and its listeners, CloudFront or an ACM certificate, the
+launch template, the group and its scaling policy) and would double aws.py without meaning anything to the single
+instance. This module imports no target, so there is no cycle.
+
+How a request travels: client --HTTPS--> CloudFront (its own certificate) --HTTP, secret header--> ALB, which
+admits only CloudFront's origin-facing addresses and answers 403 without the header --> an instance's server
+port, which admits only the ALB's security group. With `domain`, the ALB itself serves HTTPS with an ACM
+certificate and admits `allowedCidrs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from stacks import bootstrap, bundle, catalog, contract
+from stacks.config import Settings
+
+# IMDSv2 only, with one extra hop for the container. Both modes' instances.
+INSTANCE_METADATA = {"http_endpoint": "enabled", "http_tokens": "required", "http_put_response_hop_limit": 2}
+# The header CloudFront adds to every origin request, holding a random secret the ALB demands.
+ORIGIN_HEADER = "X-Origin-Verify"
+# One /24 per AZ from 10.80.16.0 up, clear of the single instance's 10.80.1.0/24 in the same VPC range.
+FIRST_SUBNET = 16
+ALB_SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"  # AWS's recommended policy: TLS 1.3, and 1.2 for older clients
+HTTP_PORT, HTTPS_PORT = contract.HTTP_PORT, contract.HTTPS_PORT
+ALL_METHODS = ["GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"]
+
+
+@dataclass(frozen=True)
+class InstanceIdentity:
+    """What every instance of the stack runs as and boots from, in both modes (built by stacks/aws.py): its IAM
+    instance profile and policy, where its tokens live, the source bundle it builds (or none, for `image`), the
+    GPU AMI and the API token."""
+
+    profile: aws.iam.InstanceProfile
+    access: aws.iam.RolePolicy  # instances start only once it is in place
+    secrets: dict[str, str]  # variable -> SSM parameter name
+    built: bundle.Bundle | None
+    bucket: pulumi.Output[str] | None  # the source bucket's name
+    ami: str
+    api_token: pulumi.Output[str]  # secret
+
+
+@dataclass(frozen=True)
+class Network:
+    """The stack's own VPC with its route to the internet gateway; each mode adds its own subnets."""
+
+    vpc: aws.ec2.Vpc
+    routes: aws.ec2.RouteTable
+
+
+def front_time_limit(settings: Settings, timeouts: bootstrap.ProxyTimeouts) -> float:
+    """How long the front waits for an answer: CloudFront's 60 s, or, with `domain`, the ALB's idle timeout."""
+    return timeouts.answer if settings.domain else catalog.CLOUDFRONT_ORIGIN_READ_TIMEOUT_MAX_S
+
+
+def alb_zones(zones: list[str], region: str, invoke: pulumi.InvokeOptions) -> list[str]:
+    """An ALB needs subnets in at least two AZs: the AZs that offer the type, plus the region's next one when
+    only one does (instances still launch only where the type is offered)."""
+    if len(zones) >= 2:
+        return zones
+    available = aws.get_availability_zones(
+        state="available", filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+        region=region, opts=invoke).names
+    return sorted({*zones, *[z for z in sorted(available) if z not in zones][: 2 - len(zones)]})
+
+
+def root_disk_gb(settings: Settings, ami: str, region: str, invoke: pulumi.InvokeOptions) -> tuple[str, int]:
+    """(the AMI's root device, the fleet's root disk size). A fleet instance keeps the model, the images and the
+    caches on its own disk: `diskGb` when set, else the AMI's own root size plus `dataDiskGb` of room."""
+    # By its id alone: the one image the SSM parameter names, whichever account publishes it.
+    image = aws.ec2.get_ami(filters=[{"name": "image-id", "values": [ami]}], region=region, opts=invoke)
+    root = next(m for m in image.block_device_mappings if m.device_name == image.root_device_name)
+    return image.root_device_name, settings.disk_gb or int(root.ebs["volume_size"]) + settings.data_disk_gb
+
+
+def build(component: pulumi.ComponentResource, name: str, settings: Settings, *, tags: dict[str, str],
+          child: pulumi.ResourceOptions, network: Network, identity: InstanceIdentity,
+          zones: list[str]) -> dict[str, pulumi.Output]:
+    """Every fleet resource, parented under `component`; returns the stack outputs (contract.fleet_outputs)."""
+    invoke = pulumi.InvokeOptions(parent=component, provider=child.provider)
+    timeouts = bootstrap.ProxyTimeouts()
+    vpc = network.vpc
+
+    # Public subnets with a public address per instance, and no NAT gateway: outbound (PyPI, Docker Hub, the
+    # Hub, S3) goes straight through the internet gateway, which bills nothing by the hour, where a NAT gateway
+    # bills every hour plus every GB of the image build and model download. Inbound is closed by the security
+    # group below: only the load balancer reaches an instance, whatever its address.
+    subnets = {}
+    for index, zone in enumerate(alb_zones(zones, settings.region, invoke)):
+        subnet = aws.ec2.Subnet(
+            f"{name}-subnet-{zone}", vpc_id=vpc.id, cidr_block=f"10.80.{FIRST_SUBNET + index}.0/24",
+            availability_zone=zone, map_public_ip_on_launch=True, tags=tags, opts=child)
+        aws.ec2.RouteTableAssociation(f"{name}-routes-{zone}", subnet_id=subnet.id,
+                                      route_table_id=network.routes.id, opts=child)
+        subnets[zone] = subnet
+
+    if settings.domain:
+        # The ALB is the front: the API and the redirect, to allowedCidrs only.
+        ingress = [{"protocol": "tcp", "from_port": port, "to_port": port,
+                    "cidr_blocks": [c for c in settings.allowed_cidrs if ":" not in c],
+                    "ipv6_cidr_blocks": [c for c in settings.allowed_cidrs if ":" in c],
+                    "description": "HTTPS API, from allowedCidrs" if port == HTTPS_PORT else "redirect to HTTPS"}
+                   for port in (HTTP_PORT, HTTPS_PORT)]
+    else:
+        # CloudFront is the front: one rule for its origin-facing servers (a prefix list counts as many rules as
+        # its entries against the group's quota, so it is used once, on the one port CloudFront calls).
+        origin_facing = aws.ec2.get_managed_prefix_list(name=catalog.CLOUDFRONT_ORIGIN_FACING_PREFIX_LIST,
+                                                        region=settings.region, opts=invoke)
+        ingress = [{"protocol": "tcp", "from_port": HTTP_PORT, "to_port": HTTP_PORT,
+                    "prefix_list_ids": [origin_facing.id], "description": "CloudFront's origin-facing servers only"}]
+    alb_firewall = aws.ec2.SecurityGroup(
+        f"{name}-alb-sg", vpc_id=vpc.id, description="SDXL fleet load balancer: from its front only",
+        ingress=ingress,
+        egress=[{"protocol": "tcp", "from_port": bootstrap.SERVER_PORT, "to_port": bootstrap.HEALTH_PORT,
+                 "cidr_blocks": [vpc.cidr_block], "description": "the instances' server and health ports"}],
+        tags=tags, opts=child,
+    )
+    # Instances: the server and health ports from the load balancer's group only; nothing else, no SSH (SSM).
+    instance_firewall = aws.ec2.SecurityGroup(
+        f"{name}-instance-sg", vpc_id=vpc.id, description="SDXL fleet instances: from the load balancer only",
+        ingress=[{"protocol": "tcp", "from_port": port, "to_port": port, "security_groups": [alb_firewall.id],
+                  "description": what}
+                 for port, what in ((bootstrap.SERVER_PORT, "the API, from the load balancer only"),
+                                    (bootstrap.HEALTH_PORT, "health checks, from the load balancer only"))],
+        egress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"],
+                 "ipv6_cidr_blocks": ["::/0"], "description": "image build, model download, SSM"}],
+        tags=tags, opts=child,
+    )
+
+    targets = aws.lb.TargetGroup(
+        f"{name}-targets", port=bootstrap.SERVER_PORT, protocol="HTTP", vpc_id=vpc.id, target_type="instance",
+        # An instance leaving (scale-in, refresh, spot rebalance) gets no new request, and its in-flight ones
+        # as long as the server's own deadline allows; ELB ends the wait early once none is left.
+        deregistration_delay=int(timeouts.answer),
+        # A GPU serves a few requests at a time: the least busy one gets the next.
+        load_balancing_algorithm_type="least_outstanding_requests",
+        health_check={"path": "/ready", "port": str(bootstrap.HEALTH_PORT), "protocol": "HTTP", "matcher": "200",
+                      "interval": 15, "timeout": 5, "healthy_threshold": 2, "unhealthy_threshold": 3},
+        tags=tags, opts=child,
+    )
+    balancer = aws.lb.LoadBalancer(
+        f"{name}-alb", load_balancer_type="application", internal=False,
+        security_groups=[alb_firewall.id], subnets=[s.id for s in subnets.values()],
+        # Longer than the server's one deadline plus the upload (bootstrap.ProxyTimeouts), so the ALB never cuts
+        # an answer the server still sends; behind CloudFront, CloudFront's 60 s come first (the wait budget).
+        idle_timeout=int(timeouts.answer), drop_invalid_header_fields=True, tags=tags, opts=child,
+    )
+    forward = {"type": "forward", "target_group_arn": targets.arn}
+    if settings.domain:
+        endpoint, dns_records = _https_listener(name, settings, balancer, forward, tags, child)
+    else:
+        endpoint = _cloudfront(name, settings, balancer, forward, tags, child, component)
+        dns_records = []
+
+    root_device, root_gb = root_disk_gb(settings, identity.ami, settings.region, invoke)
+    mix = catalog.aws_spot_mix(settings.machine) if settings.spot else (settings.machine,)
+    front = bootstrap.FleetFront(time_limit=front_time_limit(settings, timeouts))
+    document = bootstrap.render_user_data(
+        settings, cloud="aws", location=settings.region, data_devices=[], secrets=identity.secrets,
+        public_ip=None, built=identity.built, bucket=identity.bucket, fleet=front,
+    )
+    template = aws.ec2.LaunchTemplate(
+        f"{name}-template",
+        description=f"SDXL fleet {settings.stack}: the same bootstrap and hardening as the single instance",
+        image_id=identity.ami,
+        instance_type=settings.machine.name,
+        iam_instance_profile={"arn": identity.profile.arn},
+        metadata_options=INSTANCE_METADATA,
+        network_interfaces=[{"device_index": 0, "associate_public_ip_address": True, "delete_on_termination": True,
+                             "security_groups": [instance_firewall.id]}],
+        block_device_mappings=[{"device_name": root_device, "ebs": {
+            "volume_size": root_gb, "volume_type": "gp3", "encrypted": True, "delete_on_termination": True}}],
+        # Cattle: a guest power-off ends the instance, and the group replaces it.
+        instance_initiated_shutdown_behavior="terminate",
+        user_data=document.apply(bootstrap.aws_user_data),  # gzipped, base64: AWS takes 16 KB at most
+        tag_specifications=[{"resource_type": kind, "tags": tags} for kind in ("instance", "volume")],
+        update_default_version=True,
+        tags=tags,
+        # A new DLAMI release must not silently roll out over the whole fleet.
+        opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(ignore_changes=["imageId"])),
+    )
+    version = {"launch_template_id": template.id, "version": template.latest_version.apply(str)}
+    capacity = {"launch_template": {"id": template.id, "version": template.latest_version.apply(str)}}
+    if settings.spot:
+        # Spot across several types that fit (catalog.aws_spot_mix), the pools least likely to be interrupted at
+        # a low price, and a replacement launched as soon as AWS signals a rebalance.
+        capacity = {"mixed_instances_policy": {
+            "launch_template": {"launch_template_specification": version,
+                                "overrides": [{"instance_type": o.name} for o in mix]},
+            "instances_distribution": {"on_demand_base_capacity": 0, "on_demand_percentage_above_base_capacity": 0,
+                                       "spot_allocation_strategy": "price-capacity-optimized"}}}
+    warmup = bootstrap.first_boot_seconds(settings)
+    group = aws.autoscaling.Group(
+        f"{name}-fleet",
+        name=f"{settings.project}-{settings.stack}",
+        min_size=settings.min_replicas, max_size=settings.max_replicas,
+        vpc_zone_identifiers=[subnets[z].id for z in zones],  # every AZ that offers the type, no other
+        target_group_arns=[targets.arn],
+        # Replaced when the ALB finds it unhealthy, once a first boot has had its time.
+        health_check_type="ELB", health_check_grace_period=bootstrap.FIRST_BOOT_GRACE_S,
+        default_instance_warmup=warmup,
+        capacity_rebalance=settings.spot,
+        # A changed launch template rolls out: new instances first, an old one leaves only once a new one is
+        # healthy, so serving capacity never drops (100% healthy at least, up to 200% while it rolls).
+        instance_refresh={"strategy": "Rolling", "preferences": {
+            "min_healthy_percentage": 100, "max_healthy_percentage": 200, "instance_warmup": str(warmup),
+            "skip_matching": True}},
+        instance_maintenance_policy={"min_healthy_percentage": 100, "max_healthy_percentage": 200},
+        # `pulumi up` does not wait for a first boot (12 to 25 minutes); /ready says when the fleet serves.
+        wait_for_capacity_timeout="0",
+        tags=[{"key": k, "value": v, "propagate_at_launch": False} for k, v in tags.items()],
+        opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[identity.access])),
+        **capacity,
+    )
+    per_hour = settings.target_requests_per_hour or catalog.target_requests_per_hour(mix)
+    aws.autoscaling.Policy(
+        f"{name}-scaling", autoscaling_group_name=group.name, policy_type="TargetTrackingScaling",
+        target_tracking_configuration={
+            "predefined_metric_specification": {
+                "predefined_metric_type": "ALBRequestCountPerTarget",
+                "resource_label": pulumi.Output.concat(balancer.arn_suffix, "/", targets.arn_suffix)},
+            # The metric counts requests per target per minute.
+            "target_value": round(per_hour / 60, 3)},
+        opts=child,
+    )
+
+    # The ALB-hour and the ALB's public address in each of its AZs; each instance's own address.
+    front_usd = catalog.FLEET_FRONT_USD_PER_HOUR["aws"] + len(subnets) * catalog.AWS_PUBLIC_IPV4_USD_PER_HOUR
+    return contract.fleet_outputs(
+        settings, endpoint=endpoint, public_ip=None, api_token=identity.api_token, fleet=group.name, zones=zones,
+        shell=group.name.apply(lambda group_name: shell_command(settings.region, group_name)),
+        front_usd_per_hour=front_usd,
+        replica_extra_usd_per_hour=catalog.AWS_PUBLIC_IPV4_USD_PER_HOUR, target_requests_per_hour=per_hour,
+        dns_records=dns_records,
+    )
+
+
+def shell_command(region: str, group: str) -> str:
+    """A shell on one of the fleet's instances, through SSM Session Manager (no SSH port is ever open)."""
+    first = (f"aws autoscaling describe-auto-scaling-groups --region {region} --auto-scaling-group-names {group} "
+             "--query 'AutoScalingGroups[0].Instances[0].InstanceId' --output text")
+    return f"aws ssm start-session --region {region} --target $({first})"
+
+
+def _cloudfront(name: str, settings: Settings, balancer: aws.lb.LoadBalancer, forward: dict, tags: dict[str, str],
+                child: pulumi.ResourceOptions, component: pulumi.ComponentResource) -> pulumi.Output[str]:
+    """CloudFront in front of the ALB: https://<id>.cloudfront.net with CloudFront's certificate, no caching,
+    every method and viewer header passed on. The ALB forwards only requests that carry the secret header."""
+    generated = random.RandomPassword(
+        f"{name}-origin-secret", length=48, special=False,  # letters and digits: no ALB wildcard (* ?) in it
+        opts=pulumi.ResourceOptions(parent=component))
+    secret = pulumi.Output.secret(generated.result)  # mocked runs don't apply the provider's secret marking
+    listener = aws.lb.Listener(
+        f"{name}-http", load_balancer_arn=balancer.arn, port=HTTP_PORT, protocol="HTTP",
+        default_actions=[{"type": "fixed-response", "fixed_response": {
+            "status_code": "403", "content_type": "text/plain", "message_body": "Forbidden: use the endpoint URL"}}],
+        tags=tags, opts=child,
+    )
+    aws.lb.ListenerRule(
+        f"{name}-from-cloudfront", listener_arn=listener.arn, priority=1, actions=[forward],
+        conditions=[{"http_header": {"http_header_name": ORIGIN_HEADER, "values": [secret]}}],
+        tags=tags, opts=child,
+    )
+    distribution = aws.cloudfront.Distribution(
+        f"{name}-cdn",
+        comment=f"SDXL fleet {settings.stack}",
+        enabled=True, is_ipv6_enabled=True, http_version="http2and3", price_class="PriceClass_All",
+        origins=[{
+            "origin_id": "alb", "domain_name": balancer.dns_name,
+            "custom_origin_config": {
+                "http_port": HTTP_PORT, "https_port": HTTPS_PORT,
+                # The ALB has no certificate of its own without a domain (ACM issues none for elb.amazonaws.com).
+                "origin_protocol_policy": "http-only", "origin_ssl_protocols": ["TLSv1.2"],
+                # The most CloudFront waits without a quota increase; the server's wait budget stays below it.
+                "origin_read_timeout": catalog.CLOUDFRONT_ORIGIN_READ_TIMEOUT_MAX_S,
+            },
+            "custom_headers": [{"name": ORIGIN_HEADER, "value": secret}],
+        }],
+        default_cache_behavior={
+            "target_origin_id": "alb", "viewer_protocol_policy": "redirect-to-https",
+            "allowed_methods": ALL_METHODS, "cached_methods": ["GET", "HEAD"], "compress": False,
+            "cache_policy_id": catalog.CLOUDFRONT_CACHING_DISABLED,
+            "origin_request_policy_id": catalog.CLOUDFRONT_ALL_VIEWER_EXCEPT_HOST_HEADER,
+        },
+        restrictions={"geo_restriction": {"restriction_type": "none"}},
+        viewer_certificate={"cloudfront_default_certificate": True},
+        tags=tags, opts=child,
+    )
+    return pulumi.Output.concat("https://", distribution.domain_name)
+
+
+def _https_listener(name: str, settings: Settings, balancer: aws.lb.LoadBalancer, forward: dict,
+                    tags: dict[str, str], child: pulumi.ResourceOptions,
+                    ) -> tuple[str, pulumi.Output[list[dict[str, str]]]]:
+    """With `domain`: an ACM certificate validated through DNS, HTTPS on the ALB, HTTP redirected to it. The
+    records to create (validation, and the domain itself) are logged while `pulumi up` waits, and exported."""
+    certificate = aws.acm.Certificate(f"{name}-certificate", domain_name=settings.domain, validation_method="DNS",
+                                      tags=tags, opts=child)
+    records = pulumi.Output.all(certificate.domain_validation_options, balancer.dns_name).apply(
+        lambda args: dns_records(settings.domain, args[0], args[1]))
+    records.apply(lambda found: [pulumi.log.info(
+        f"create DNS record {r['name']} {r['type']} {r['value']} ({r['why']})", resource=certificate)
+        for r in found])
+    # Waits (up to 75 minutes) until ACM sees the validation record: the HTTPS listener needs an issued certificate.
+    validated = aws.acm.CertificateValidation(f"{name}-certificate-validation",
+                                              certificate_arn=certificate.arn, opts=child)
+    aws.lb.Listener(
+        f"{name}-https", load_balancer_arn=balancer.arn, port=HTTPS_PORT, protocol="HTTPS",
+        ssl_policy=ALB_SSL_POLICY, certificate_arn=validated.certificate_arn, default_actions=[forward],
+        tags=tags, opts=child,
+    )
+    aws.lb.Listener(
+        f"{name}-http", load_balancer_arn=balancer.arn, port=HTTP_PORT, protocol="HTTP",
+        default_actions=[{"type": "redirect", "redirect": {
+            "protocol": "HTTPS", "port": str(HTTPS_PORT), "status_code": "HTTP_301"}}],
+        tags=tags, opts=child,
+    )
+    return f"https://{settings.domain}", records
+
+
+def dns_records(domain: str, validation: list, balancer_dns: str) -> list[dict[str, str]]:
+    """What the domain's DNS must hold: ACM's validation record(s), then the domain pointing at the ALB."""
+    found = [{"name": option["resource_record_name"], "type": option["resource_record_type"],
+              "value": option["resource_record_value"], "why": "ACM certificate validation"}
+             for option in validation or []]
+    found.append({"name": domain, "type": "CNAME", "value": balancer_dns,
+                  "why": "the endpoint (at a zone apex, a Route 53 alias record instead)"})
+    return found

@@ -1,0 +1,424 @@
+"""The AWS fleet (maxReplicas above 1), evaluated through the real `__main__.py` under Pulumi mocks, with moto's
+copy of EC2's per-AZ offerings and instance-type records."""
+
+import base64
+import gzip
+import json
+
+import pytest
+import yaml
+from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
+
+from stacks import aws_fleet, bootstrap, catalog, config, contract
+from tests.stacks.conftest import (
+    CLOUDFRONT_PREFIX_LIST_ID,
+    DLAMI_ROOT_DEVICE,
+    DLAMI_ROOT_GB,
+    FAKE_ALB_DNS,
+    FAKE_AMI,
+    FAKE_CLOUDFRONT_DOMAIN,
+    ROOT,
+    ec2_instance_types,
+    ec2_offerings,
+    plain_strings,
+    run_program,
+)
+
+FLEET = {"maxReplicas": "4"}
+COMPONENT = "sdxl-endpoint:aws:GpuEndpoint"
+GROUP = "aws:autoscaling/group:Group"
+TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+TARGETS = "aws:lb/targetGroup:TargetGroup"
+BALANCER = "aws:lb/loadBalancer:LoadBalancer"
+LISTENER = "aws:lb/listener:Listener"
+RULE = "aws:lb/listenerRule:ListenerRule"
+DISTRIBUTION = "aws:cloudfront/distribution:Distribution"
+SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+SUBNET = "aws:ec2/subnet:Subnet"
+TIMEOUTS = bootstrap.ProxyTimeouts()
+
+
+def fleet_run(settings=None, **kwargs):
+    return run_program({**FLEET, **(settings or {})}, **kwargs)
+
+
+def offering_zones(instance_type: str, region: str = "us-east-1") -> list[str]:
+    return sorted(o["Location"] for o in ec2_offerings(region) if o["InstanceType"] == instance_type)
+
+
+def document(run) -> str:
+    """The cloud-init document every instance of the fleet boots with, as cloud-init unpacks it."""
+    return gzip.decompress(base64.b64decode(run.one(TEMPLATE).inputs["userData"])).decode()
+
+
+def settings_env(run) -> dict[str, str]:
+    files = {f["path"]: f for f in yaml.safe_load(document(run))["write_files"]}
+    return dict(line.split("=", 1) for line in files[bootstrap.SETTINGS_FILE]["content"].splitlines())
+
+
+def group_named(run, name_part: str) -> dict:
+    (found,) = [r.inputs for r in run.of_type(SECURITY_GROUP) if name_part in r.name]
+    return found
+
+
+def secret(value):
+    assert is_rpc_secret(value), "not a Pulumi secret"
+    return unwrap_rpc_secret(value)
+
+
+# --- the group: where it runs, on what ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("instance_type, region", [("g5.xlarge", "us-east-1"), ("g6e.xlarge", "us-east-1"),
+                                                   ("g4dn.xlarge", "eu-west-1"), ("g6.xlarge", "us-west-2")])
+def test_the_group_spans_exactly_the_azs_that_offer_the_type(instance_type, region):
+    run = fleet_run({"instanceType": instance_type, "aws:region": region})
+    zones = offering_zones(instance_type, region)
+    assert len(zones) >= 2
+    subnets = {r.name: r.inputs for r in run.of_type(SUBNET)}
+    assert sorted(s["availabilityZone"] for s in subnets.values()) == zones
+    assert run.one(GROUP).inputs["vpcZoneIdentifiers"] == [f"sdxl-subnet-{z}-id" for z in zones]
+    assert run.value(run.outputs["availabilityZone"]) == ",".join(zones)
+    # Public subnets (outbound without a NAT gateway), one /24 each, none overlapping.
+    assert all(s["mapPublicIpOnLaunch"] is True for s in subnets.values())
+    assert len({s["cidrBlock"] for s in subnets.values()}) == len(zones)
+    assert not run.of_type("aws:ec2/natGateway:NatGateway") and not run.of_type("aws:ec2/eip:Eip")
+
+
+def test_a_type_in_one_az_gets_a_second_subnet_for_the_alb_but_instances_stay_where_it_is_offered():
+    zones = offering_zones("p5.4xlarge", "ap-northeast-1")
+    assert len(zones) == 1  # moto's real offerings: the case an ALB cannot serve from one AZ
+    run = fleet_run({"instanceType": "p5.4xlarge", "aws:region": "ap-northeast-1"})
+    subnets = sorted(r.inputs["availabilityZone"] for r in run.of_type(SUBNET))
+    assert len(subnets) == 2 and zones[0] in subnets
+    assert run.one(GROUP).inputs["vpcZoneIdentifiers"] == [f"sdxl-subnet-{zones[0]}-id"]
+    assert len(run.one(BALANCER).inputs["subnets"]) == 2
+
+
+def test_a_type_offered_nowhere_in_the_region_is_refused():
+    with pytest.raises(config.ConfigError, match="not offered in any availability zone of us-west-1"):
+        fleet_run({"instanceType": "g6e.xlarge", "aws:region": "us-west-1"})
+
+
+def test_on_demand_fleet_launches_the_configured_type_with_the_same_hardening():
+    run = fleet_run(preset="aws-g5")
+    template = run.one(TEMPLATE).inputs
+    assert template["instanceType"] == "g5.xlarge" and template["imageId"] == FAKE_AMI
+    assert template["metadataOptions"] == {"httpEndpoint": "enabled", "httpTokens": "required",
+                                           "httpPutResponseHopLimit": 2}  # IMDSv2 only
+    (root,) = template["blockDeviceMappings"]
+    assert root["deviceName"] == DLAMI_ROOT_DEVICE
+    assert root["ebs"] == {"volumeSize": DLAMI_ROOT_GB + config.DEFAULT_DATA_DISK_GB, "volumeType": "gp3",
+                           "encrypted": True, "deleteOnTermination": True}
+    assert template["iamInstanceProfile"] == {"arn": run.state("aws:iam/instanceProfile:InstanceProfile")["arn"]}
+    assert template["instanceInitiatedShutdownBehavior"] == "terminate"
+    assert run.options(TEMPLATE)["ignore_changes"] == ["imageId"]  # a new DLAMI does not roll out by itself
+    group = run.one(GROUP).inputs
+    assert group["launchTemplate"] == {"id": "lt-0123456789abcdef0", "version": "1"}
+    assert "mixedInstancesPolicy" not in group and group["capacityRebalance"] is False
+    assert (group["minSize"], group["maxSize"]) == (1, 4) and "desiredCapacity" not in group
+
+
+@pytest.mark.parametrize("size", [None, "60", "300"])
+def test_the_root_disk_holds_the_data_the_single_instance_keeps_on_its_data_disk(size):
+    run = fleet_run({"diskGb": size} if size else {"dataDiskGb": "150"})
+    (root,) = run.one(TEMPLATE).inputs["blockDeviceMappings"]
+    assert root["ebs"]["volumeSize"] == (int(size) if size else DLAMI_ROOT_GB + 150)
+    assert not run.of_type("aws:ebs/volume:Volume") and not run.of_type("aws:ec2/volumeAttachment:VolumeAttachment")
+
+
+@pytest.mark.parametrize("instance_type", sorted(o.name for o in catalog.AWS_OFFERS.values() if o.gpu_count == 1))
+def test_no_cpu_only_or_small_gpu_type_appears_in_any_mixed_instances_list(instance_type):
+    mix = catalog.aws_spot_mix(catalog.AWS_OFFERS[instance_type])
+    assert mix[0].name == instance_type
+    for offer in mix:
+        # Judged from EC2's own record of the type, as moto keeps it, not from the catalog's word.
+        facts = catalog.instance_facts(ec2_instance_types()[offer.name])
+        assert catalog.why_unfit(facts) is None, offer.name
+        assert all(g.manufacturer == "NVIDIA" and g.memory_mib >= 16 * 1024 * 0.93 for g in facts.gpus), offer.name
+        assert facts.vcpus == mix[0].vcpus  # one quota class and size: the doctor's count holds
+
+
+def test_spot_fleet_mixes_catalog_types_that_fit_with_capacity_rebalancing():
+    run = fleet_run({"spot": "true"}, preset="aws-g5")
+    group = run.one(GROUP).inputs
+    assert group["capacityRebalance"] is True and "launchTemplate" not in group
+    policy = group["mixedInstancesPolicy"]
+    overrides = [o["instanceType"] for o in policy["launchTemplate"]["overrides"]]
+    assert overrides == [o.name for o in catalog.aws_spot_mix(catalog.AWS_OFFERS["g5.xlarge"])]
+    assert overrides[0] == "g5.xlarge" and "g6.xlarge" in overrides and len(overrides) >= 2
+    for name in overrides:
+        facts = catalog.instance_facts(ec2_instance_types()[name])
+        assert catalog.why_unfit(facts) is None and facts.gpus[0].memory_mib >= 16 * 1024 * 0.93
+    assert policy["launchTemplate"]["launchTemplateSpecification"] == {
+        "launchTemplateId": "lt-0123456789abcdef0", "version": "1"}
+    assert policy["instancesDistribution"] == {
+        "onDemandBaseCapacity": 0, "onDemandPercentageAboveBaseCapacity": 0,
+        "spotAllocationStrategy": "price-capacity-optimized"}
+    assert "instanceMarketOptions" not in run.one(TEMPLATE).inputs  # the group asks for spot, per type
+
+
+# --- health, timeouts, rollout, scaling ---------------------------------------------------------------------------
+
+def test_health_checks_hit_ready_and_the_group_replaces_what_fails_them():
+    run = fleet_run()
+    health = run.one(TARGETS).inputs["healthCheck"]
+    assert health["path"] == "/ready" and health["matcher"] == "200" and health["protocol"] == "HTTP"
+    assert health["port"] == str(bootstrap.HEALTH_PORT)  # the shim that asks /ready with the server's token
+    group = run.one(GROUP).inputs
+    assert group["healthCheckType"] == "ELB" and group["targetGroupArns"] == [run.state(TARGETS)["arn"]]
+    # A first boot (a build, a 7 GB download) is not judged before it can have finished.
+    assert group["healthCheckGracePeriod"] == bootstrap.FIRST_BOOT_GRACE_S >= bootstrap.FIRST_BOOT_BUILD_S
+    assert "sdxl-health.service" in document(run) and "--port 8001" in document(run)
+
+
+@pytest.mark.parametrize("settings", [{}, {"domain": "sdxl.example.com"}])
+def test_timeouts_exceed_the_servers_and_its_wait_budget_stays_below_the_fronts_limit(settings):
+    run = fleet_run(settings)
+    request = float(settings_env(run)["SDXL_REQUEST_TIMEOUT"])
+    budget = float(settings_env(run)["SDXL_MAX_WAIT_SECONDS"])
+    assert request == TIMEOUTS.request
+    balancer = run.one(BALANCER).inputs
+    assert catalog.ALB_IDLE_TIMEOUT_MAX_S >= balancer["idleTimeout"] > request
+    assert run.one(TARGETS).inputs["deregistrationDelay"] > request  # in-flight requests finish on the way out
+    if settings:
+        front = balancer["idleTimeout"]
+        assert not run.of_type(DISTRIBUTION)
+    else:
+        front = secret(run.one(DISTRIBUTION).inputs["origins"])[0]["customOriginConfig"]["originReadTimeout"]
+        assert front == catalog.CLOUDFRONT_ORIGIN_READ_TIMEOUT_MAX_S == 60  # no quota increase needed
+    assert 0 < budget < front and budget < request
+
+
+def test_a_changed_template_rolls_out_through_instance_refresh_without_dropping_capacity():
+    run = fleet_run()
+    refresh = run.one(GROUP).inputs["instanceRefresh"]
+    assert refresh["strategy"] == "Rolling"
+    assert refresh["preferences"]["minHealthyPercentage"] == 100  # never fewer healthy instances than wanted
+    assert refresh["preferences"]["maxHealthyPercentage"] == 200  # launch before terminate
+    assert run.one(GROUP).inputs["instanceMaintenancePolicy"] == {"minHealthyPercentage": 100,
+                                                                   "maxHealthyPercentage": 200}
+    # The group follows the template's latest version, so a new one is what the refresh rolls out.
+    assert run.one(TEMPLATE).inputs["updateDefaultVersion"] is True
+    assert run.one(GROUP).inputs["waitForCapacityTimeout"] == "0"  # `pulumi up` does not wait for first boots
+
+
+@pytest.mark.parametrize("settings, per_hour", [
+    ({}, catalog.target_requests_per_hour((catalog.AWS_OFFERS["g5.xlarge"],))),
+    ({"targetRequestsPerHour": "600"}, 600),
+])
+def test_scaling_tracks_alb_requests_per_target_from_the_gpus_estimated_throughput(settings, per_hour):
+    run = fleet_run(settings)
+    policy = run.one("aws:autoscaling/policy:Policy").inputs
+    assert policy["policyType"] == "TargetTrackingScaling" and policy["autoscalingGroupName"] == "sdxl-endpoint-test"
+    tracking = policy["targetTrackingConfiguration"]
+    label = f"{run.state(BALANCER)['arnSuffix']}/{run.state(TARGETS)['arnSuffix']}"
+    assert tracking["predefinedMetricSpecification"] == {"predefinedMetricType": "ALBRequestCountPerTarget",
+                                                          "resourceLabel": label}
+    assert tracking["targetValue"] == pytest.approx(per_hour / 60, abs=1e-3)  # the metric is per minute
+    assert run.value(run.outputs["targetRequestsPerHour"]) == per_hour
+    estimate = catalog.GPU_THROUGHPUT["a10g"]
+    assert per_hour < estimate.images_per_hour or settings  # the default leaves headroom below the estimate
+    assert run.one(TARGETS).inputs["loadBalancingAlgorithmType"] == "least_outstanding_requests"
+
+
+# --- who can reach what -------------------------------------------------------------------------------------------
+
+def test_instances_accept_traffic_only_from_the_load_balancers_security_group():
+    run = fleet_run()
+    instances = group_named(run, "instance-sg")
+    alb_group_id = "sdxl-alb-sg-id"
+    assert sorted((r["fromPort"], r["toPort"]) for r in instances["ingress"]) == [
+        (bootstrap.SERVER_PORT, bootstrap.SERVER_PORT), (bootstrap.HEALTH_PORT, bootstrap.HEALTH_PORT)]
+    for rule in instances["ingress"]:
+        assert rule["securityGroups"] == [alb_group_id] and rule["protocol"] == "tcp"
+        assert not rule.get("cidrBlocks") and not rule.get("ipv6CidrBlocks") and not rule.get("prefixListIds")
+    (interface,) = run.one(TEMPLATE).inputs["networkInterfaces"]
+    assert interface["securityGroups"] == ["sdxl-instance-sg-id"]
+    assert "vpcSecurityGroupIds" not in run.one(TEMPLATE).inputs
+    # No separate rule resources that could open anything else, and no SSH anywhere.
+    assert not [r for r in run.mocks.resources if "Ingress" in r.typ or "securityGroupRule" in r.typ]
+    assert all(r["fromPort"] != 22 for g in run.of_type(SECURITY_GROUP) for r in g.inputs["ingress"])
+
+
+def test_the_alb_is_reached_only_through_cloudfront_prefix_list_and_secret_header():
+    run = fleet_run()
+    # The prefix list is looked up by AWS's name for it, and is the ALB's only source.
+    (lookup,) = [c.args for c in run.mocks.calls if c.token.endswith("getManagedPrefixList")]
+    assert lookup["name"] == catalog.CLOUDFRONT_ORIGIN_FACING_PREFIX_LIST
+    assert lookup["name"] == "com.amazonaws.global.cloudfront.origin-facing"
+    (rule,) = group_named(run, "alb-sg")["ingress"]
+    assert rule["prefixListIds"] == [CLOUDFRONT_PREFIX_LIST_ID] and (rule["fromPort"], rule["toPort"]) == (80, 80)
+    assert not rule.get("cidrBlocks") and not rule.get("ipv6CidrBlocks") and not rule.get("securityGroups")
+    # Without the header: 403. With it: the fleet.
+    (listener,) = run.of_type(LISTENER)
+    assert listener.inputs["port"] == 80 and listener.inputs["defaultActions"] == [{"type": "fixed-response",
+        "fixedResponse": {"statusCode": "403", "contentType": "text/plain",
+                          "messageBody": "Forbidden: use the endpoint URL"}}]
+    forward = run.one(RULE).inputs
+    assert forward["actions"] == [{"type": "forward", "targetGroupArn": run.state(TARGETS)["arn"]}]
+    # Both carry the secret, so the engine keeps each whole list encrypted in the state.
+    (condition,) = secret(forward["conditions"])
+    header = condition["httpHeader"]
+    (origin,) = secret(run.one(DISTRIBUTION).inputs["origins"])
+    (custom,) = origin["customHeaders"]
+    (expected,) = header["values"]
+    sent = custom["value"]
+    assert header["httpHeaderName"] == custom["name"] == aws_fleet.ORIGIN_HEADER
+    assert sent == expected and len(sent) == 48 and sent.replace("-", "").isalnum()
+    assert sent != run.value(run.outputs["apiToken"])
+    generated = [r.inputs for r in run.of_type("random:index/randomPassword:RandomPassword")
+                 if r.name == "sdxl-origin-secret"]
+    assert generated == [{"length": 48, "special": False}]  # letters and digits only: no ALB wildcard (* ?) in it
+    # The secret stays a secret everywhere it appears.
+    for resource in run.mocks.resources:
+        if resource.typ != "random:index/randomPassword:RandomPassword":
+            assert not [s for s in plain_strings(resource.inputs) if sent in s], resource.typ
+    for name, output in run.outputs.items():
+        assert sent not in str(run.value(output)), name
+
+
+def test_cloudfront_passes_every_method_and_header_and_caches_nothing():
+    run = fleet_run()
+    cdn = run.one(DISTRIBUTION).inputs
+    cdn = {**cdn, "origins": secret(cdn["origins"])}
+    behavior = cdn["defaultCacheBehavior"]
+    assert behavior["cachePolicyId"] == "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"  # CachingDisabled
+    assert behavior["originRequestPolicyId"] == "b689b0a8-53d0-40ab-baf2-68738e2966ac"  # AllViewerExceptHostHeader
+    assert sorted(behavior["allowedMethods"]) == sorted(["GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"])
+    assert behavior["viewerProtocolPolicy"] == "redirect-to-https" and "forwardedValues" not in behavior
+    (origin,) = cdn["origins"]
+    assert origin["domainName"] == FAKE_ALB_DNS and origin["originId"] == behavior["targetOriginId"]
+    assert origin["customOriginConfig"]["originProtocolPolicy"] == "http-only"
+    assert cdn["viewerCertificate"] == {"cloudfrontDefaultCertificate": True}
+    assert run.value(run.outputs["endpoint"]) == f"https://{FAKE_CLOUDFRONT_DOMAIN}"
+    assert run.value(run.outputs["dnsRecords"]) == []
+
+
+def test_with_a_domain_the_alb_serves_https_with_an_acm_certificate_and_no_cloudfront():
+    run = fleet_run({"domain": "sdxl.example.com", "allowedCidrs": ["203.0.113.0/24", "2001:db8::/32"]})
+    assert not run.of_type(DISTRIBUTION) and not run.of_type(RULE)
+    assert not [c for c in run.mocks.calls if c.token.endswith("getManagedPrefixList")]
+    certificate = run.one("aws:acm/certificate:Certificate").inputs
+    assert (certificate["domainName"], certificate["validationMethod"]) == ("sdxl.example.com", "DNS")
+    validation = run.one("aws:acm/certificateValidation:CertificateValidation").inputs
+    listeners = {r.inputs["port"]: r.inputs for r in run.of_type(LISTENER)}
+    assert listeners[443]["protocol"] == "HTTPS" and listeners[443]["certificateArn"] == validation["certificateArn"]
+    assert listeners[443]["sslPolicy"] == aws_fleet.ALB_SSL_POLICY
+    assert listeners[443]["defaultActions"] == [{"type": "forward", "targetGroupArn": run.state(TARGETS)["arn"]}]
+    assert listeners[80]["defaultActions"][0]["redirect"] == {"protocol": "HTTPS", "port": "443",
+                                                              "statusCode": "HTTP_301"}
+    ingress = {r["fromPort"]: r for r in group_named(run, "alb-sg")["ingress"]}
+    assert sorted(ingress) == [80, 443]
+    assert ingress[443]["cidrBlocks"] == ["203.0.113.0/24"] and ingress[443]["ipv6CidrBlocks"] == ["2001:db8::/32"]
+    assert run.value(run.outputs["endpoint"]) == "https://sdxl.example.com"
+    records = run.value(run.outputs["dnsRecords"])
+    assert [r["type"] for r in records] == ["CNAME", "CNAME"]
+    assert records[0]["name"].startswith("_") and records[0]["value"].endswith(".acm-validations.aws.")
+    assert records[1] == {"name": "sdxl.example.com", "type": "CNAME", "value": FAKE_ALB_DNS,
+                          "why": "the endpoint (at a zone apex, a Route 53 alias record instead)"}
+
+
+# --- the bootstrap every instance boots with ----------------------------------------------------------------------
+
+def test_the_instances_boot_the_fleet_variant_within_the_16_kb_limit():
+    run = fleet_run({"apiToken": "t" * 64, "hfToken": "hf_" + "x" * 40,
+                     "corsOrigins": [f"https://app{i}.example.com" for i in range(20)]})
+    packed = base64.b64decode(run.one(TEMPLATE).inputs["userData"])
+    assert len(packed) < bootstrap.USER_DATA_LIMIT_BYTES
+    text = document(run)
+    files = {f["path"] for f in yaml.safe_load(text)["write_files"]}
+    assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT not in files
+    assert bootstrap.HEALTH_SCRIPT in files and "ExecStart=/usr/local/bin/sdxl-boot data-disk" not in text
+    assert "t" * 64 not in text and "hf_" + "x" * 40 not in text  # names of parameters, never tokens
+    assert "SDXL_API_TOKEN=/sdxl-endpoint/test/api-token HF_TOKEN=/sdxl-endpoint/test/hf-token" in text
+
+
+def test_the_fleet_reads_the_same_bundle_from_the_same_private_bucket_as_the_role_allows():
+    run = fleet_run()
+    key = run.one("aws:s3/bucketObjectv2:BucketObjectv2").inputs["key"]
+    bucket = run.state("aws:s3/bucket:Bucket")["bucket"]
+    assert f"sdxl-boot build aws us-east-1 {bucket} {key}" in document(run)
+    statements = {s["sid"]: s for s in json.loads(run.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])[
+        "Statement"]}
+    assert statements["ReadItsSourceBundle"]["resources"] == [f"arn:aws:s3:::{bucket}/{key}"]
+    assert run.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").inputs["restrictPublicBuckets"] is True
+
+
+# --- outputs, ownership, config -----------------------------------------------------------------------------------
+
+def test_outputs_keep_the_contract_and_add_the_fleets():
+    run = fleet_run({"minReplicas": "2"})
+    assert tuple(run.outputs) == contract.OUTPUT_NAMES + contract.FLEET_OUTPUT_NAMES
+    outputs = {k: run.value(v) for k, v in run.outputs.items()}
+    offer = catalog.AWS_OFFERS["g5.xlarge"]
+    # The ALB-hour and its address in each of its AZs, and each instance's address (public IPv4 bills by the hour).
+    address = catalog.AWS_PUBLIC_IPV4_USD_PER_HOUR
+    front = catalog.FLEET_FRONT_USD_PER_HOUR["aws"] + len(run.of_type(SUBNET)) * address
+    assert outputs["hourlyCostUsd"] == pytest.approx(2 * (offer.usd_per_hour + address) + front)
+    assert outputs["hourlyCostUsdAtMax"] == pytest.approx(4 * (offer.usd_per_hour + address) + front)
+    assert (outputs["minReplicas"], outputs["maxReplicas"]) == (2, 4)
+    assert outputs["fleet"] == outputs["instanceId"] == run.one(GROUP).inputs["name"] == "sdxl-endpoint-test"
+    assert outputs["publicIp"] is None and outputs["gpu"] == "A10G" and outputs["instanceType"] == "g5.xlarge"
+    assert outputs["endpoint"] in outputs["curlExample"]
+    assert outputs["shell"].startswith("aws ssm start-session --region us-east-1 --target $(aws autoscaling "
+                                       "describe-auto-scaling-groups --region us-east-1 --auto-scaling-group-names "
+                                       "sdxl-endpoint-test ")
+    assert run.is_secret(run.outputs["apiToken"]) and len(outputs["apiToken"]) == 48
+
+
+def test_every_resource_is_a_descendant_of_the_component():
+    for settings in ({"spot": "true"}, {"domain": "sdxl.example.com"}):
+        run = fleet_run(settings)
+        assert len(run.monitor.get_registered_resources()) >= 30
+        assert run.orphans(COMPONENT) == []
+        assert all(r.provider and "providers:aws" in r.provider for r in run.mocks.resources
+                   if r.typ.startswith("aws:"))
+
+
+def test_tags_mark_every_taggable_resource_and_what_instances_launch():
+    run = fleet_run({"ttl": "2030-01-31T18:00:00Z"}, stack="pr-7")
+    for typ in (GROUP, TEMPLATE, TARGETS, BALANCER, DISTRIBUTION, SECURITY_GROUP, SUBNET):
+        for resource in run.of_type(typ):
+            tags = resource.inputs["tags"]
+            tags = {t["key"]: t["value"] for t in tags} if isinstance(tags, list) else tags
+            assert tags["sdxl-endpoint:stack"] == "pr-7" and tags["sdxl-endpoint:ttl"] == "2030-01-31T18:00:00Z", typ
+    launched = {s["resourceType"]: s["tags"] for s in run.one(TEMPLATE).inputs["tagSpecifications"]}
+    assert set(launched) == {"instance", "volume"} and launched["instance"]["sdxl-endpoint:stack"] == "pr-7"
+
+
+def test_the_preset_is_a_fleet_of_g5_with_its_prices_in_its_comment():
+    text = (ROOT / "stacks" / "Pulumi.aws-g5-fleet.yaml").read_text()
+    preset = yaml.safe_load(text)["config"]
+    assert preset["sdxl-endpoint:instanceType"] == "g5.xlarge"
+    assert (preset["sdxl-endpoint:minReplicas"], preset["sdxl-endpoint:maxReplicas"]) == (1, 4)
+    run = run_program(preset="aws-g5-fleet")
+    outputs = {k: run.value(v) for k, v in run.outputs.items()}
+    assert f"~${outputs['hourlyCostUsd']:.2f}/h at rest" in text
+    assert f"~${outputs['hourlyCostUsdAtMax']:.2f}/h at 4" in text
+
+
+@pytest.mark.parametrize("settings, pattern", [
+    ({"idleStopMinutes": "45"}, r"idleStopMinutes = 45: does not apply to a fleet.*\n.*fix: pulumi config rm "
+                                r"idleStopMinutes"),
+    ({"idleStopMinutes": "0"}, r"idleStopMinutes = 0: does not apply to a fleet"),
+    ({"minReplicas": "0"}, r"minReplicas = 0: a fleet keeps at least one replica.*\n.*fix: pulumi config set "
+                           r"minReplicas 1"),
+    ({"allowedCidrs": ["203.0.113.0/24"]}, r"allowedCidrs = \['203.0.113.0/24'\]: an AWS fleet without a domain is "
+                                           r"reached through CloudFront.*\n.*fix: pulumi config set domain"),
+    ({"targetRequestsPerHour": "-1"}, r"targetRequestsPerHour = '-1': must be a whole number"),
+])
+def test_fleet_config_mistakes_are_refused_with_a_fix(settings, pattern):
+    with pytest.raises(config.ConfigError) as refused:
+        fleet_run(settings, preview=True)
+    import re
+
+    assert re.search(pattern, str(refused.value)), str(refused.value)
+
+
+def test_the_default_idle_stop_does_not_count_as_asking_for_one_and_single_stacks_refuse_fleet_keys():
+    # The CLI passes Pulumi.yaml's default (30) as if it were set.
+    assert fleet_run({"idleStopMinutes": "30"}).namespace["settings"].fleet
+    with pytest.raises(config.ConfigError, match=r"targetRequestsPerHour = 100: applies to fleets only"):
+        run_program({"targetRequestsPerHour": "100"}, preview=True)
+    # A fixed size above 1 is a fleet too.
+    assert fleet_run({"minReplicas": "3", "maxReplicas": "3"}).one(GROUP).inputs["minSize"] == 3

@@ -1,0 +1,149 @@
+"""The fleet variant of the one cloud-init bootstrap (stacks/bootstrap.py FleetFront): the same real validators as
+the single instance's (`cloud-init schema`, `systemd-analyze verify`, shellcheck), AWS's 16 KB limit, and what
+differs: no Caddy, no idle stop, no data disk, the health shim, the port for the load balancer, the wait budget."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stacks import bootstrap
+from stacks.bootstrap import FleetFront, ProxyTimeouts, render_cloud_init
+from tests.stacks.test_bootstrap import (
+    BIN,
+    LONG_ORIGINS,
+    VARIANTS,
+    cloud_init_binary,
+    directives,
+    files_of,
+    ordered_after,
+    run_tool,
+    unit,
+    unit_graph,
+    verify_units,
+)
+
+CLOUDFRONT = FleetFront(time_limit=60)
+BEHIND_LB = FleetFront(time_limit=ProxyTimeouts().answer)
+FLEET_VARIANTS = {
+    "aws-build-cloudfront": dataclasses.replace(VARIANTS["aws-build"], fleet=CLOUDFRONT, data_devices=(),
+                                                public_ip=None),
+    "gcp-pull-lb": dataclasses.replace(VARIANTS["gcp-pull"], fleet=BEHIND_LB, data_devices=(), public_ip=None),
+    "worst-case-size": dataclasses.replace(VARIANTS["worst-case-size"], fleet=CLOUDFRONT, data_devices=(),
+                                           public_ip=None, cors_origins=LONG_ORIGINS),
+}
+
+
+def settings_of(document: str) -> dict[str, str]:
+    content = files_of(document)[bootstrap.SETTINGS_FILE]["content"]
+    return dict(line.split("=", 1) for line in content.splitlines())
+
+
+@pytest.mark.parametrize("name", FLEET_VARIANTS)
+def test_valid_per_cloud_init_schema_and_within_awss_16_kb_once_gzipped(name: str, tmp_path: Path) -> None:
+    document = render_cloud_init(FLEET_VARIANTS[name])
+    packed = base64.b64decode(bootstrap.aws_user_data(document))
+    assert len(packed) <= 15 * 1024 < bootstrap.USER_DATA_LIMIT_BYTES  # with headroom, as the single instance's
+    (tmp_path / "user-data").write_text(document)
+    checked = run_tool([cloud_init_binary(), "schema", "--config-file", str(tmp_path / "user-data")])
+    assert checked.returncode == 0 and "Valid" in checked.stdout, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("name", ["aws-build-cloudfront", "gcp-pull-lb"])
+def test_units_pass_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
+    files = files_of(render_cloud_init(FLEET_VARIANTS[name]))
+    units = {Path(p).name: f["content"] for p, f in files.items() if p.endswith(".service")}
+    assert verify_units(units, tmp_path) == []
+
+
+def test_no_caddy_no_idle_stop_no_data_disk_and_every_unit_enabled() -> None:
+    document = render_cloud_init(FLEET_VARIANTS["aws-build-cloudfront"])
+    files = files_of(document)
+    written = sorted(Path(p).stem for p in files if p.endswith(".service"))
+    assert written == ["sdxl-data", "sdxl-docker", "sdxl-gpu-check", "sdxl-health", "sdxl-image", "sdxl-ready",
+                       "sdxl-server"]
+    assert set(written) <= set(bootstrap.UNITS)
+    assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT not in files
+    runcmd = yaml.safe_load(document)["runcmd"]
+    assert sorted(runcmd[2][2:]) == sorted(runcmd[3][3:]) == [f"{n}.service" for n in written]
+    # The idle watcher is left out even if the setting is still the default: a fleet shrinks instead.
+    assert FLEET_VARIANTS["aws-build-cloudfront"].idle_stop_minutes == 30
+
+
+def test_the_data_directory_is_on_the_instances_own_disk_with_the_single_instances_layout() -> None:
+    graph = unit_graph(render_cloud_init(FLEET_VARIANTS["aws-build-cloudfront"]))
+    data = graph["sdxl-data.service"]
+    assert "docker.service" in data["Before"]  # Docker's data root lives in it
+    assert data["ExecStart"] == [
+        f"/usr/bin/install -d -m 0755 {bootstrap.DATA_DIR} {bootstrap.DATA_DIR}/docker {bootstrap.DATA_DIR}/bundles",
+        f"/usr/bin/install -d -m 0755 -o 10001 -g 10001 {bootstrap.MODEL_CACHE_DIR}",
+        "/usr/local/bin/sdxl-boot phase data-disk-ready device=root-disk",
+    ]
+    # The same user the image runs as and the boot script gives the cache to.
+    script = (bootstrap.HOST_TEMPLATES / "sdxl-boot.sh").read_text()
+    assert re.search(rf"^CONTAINER_UID={bootstrap.CONTAINER_UID}\b", script, re.MULTILINE)
+    assert f"USER {bootstrap.CONTAINER_UID}:{bootstrap.CONTAINER_UID}" in (
+        bootstrap.HOST_TEMPLATES.parent / "Dockerfile").read_text()
+    for name in ("sdxl-docker.service", "sdxl-image.service", "sdxl-server.service", "sdxl-ready.service"):
+        assert "sdxl-data.service" in ordered_after(graph, name), name
+    assert {"sdxl-image.service", "sdxl-gpu-check.service"} <= ordered_after(graph, "sdxl-server.service")
+
+
+def test_the_server_port_is_published_for_the_load_balancer_and_the_health_shim_serves_ready() -> None:
+    files = files_of(render_cloud_init(FLEET_VARIANTS["gcp-pull-lb"]))
+    (run,) = directives(unit(files, "sdxl-server"))["ExecStart"]
+    assert f"--publish 0.0.0.0:{bootstrap.SERVER_PORT}:{bootstrap.SERVER_PORT}" in run
+    assert "the firewall admits the load balancer only" in unit(files, "sdxl-server")
+    health = directives(unit(files, "sdxl-health"))
+    assert health["ExecStart"] == [f"/usr/bin/python3 {bootstrap.HEALTH_SCRIPT} --port {bootstrap.HEALTH_PORT} "
+                                   f"--server http://127.0.0.1:{bootstrap.SERVER_PORT} --env-file {bootstrap.ENV_FILE}"]
+    assert health["Restart"] == ["always"] and health["ProtectSystem"] == ["strict"]
+    assert not {k for k in health if k in ("After", "Requires", "Wants")}  # from boot: 503 until the server is up
+    assert files[bootstrap.HEALTH_SCRIPT]["content"] == (bootstrap.HOST_TEMPLATES / "sdxl_health.py").read_text()
+    assert files[bootstrap.HEALTH_SCRIPT]["permissions"] == "0755"
+
+
+def test_embedded_shell_is_the_same_shellcheck_clean_boot_script(tmp_path: Path) -> None:
+    files = files_of(render_cloud_init(FLEET_VARIANTS["aws-build-cloudfront"]))
+    script = files[bootstrap.BOOT_SCRIPT]["content"]
+    assert script == (bootstrap.HOST_TEMPLATES / "sdxl-boot.sh").read_text()
+    target = tmp_path / "sdxl-boot"
+    target.write_text(script)
+    assert run_tool([str(BIN / "shellcheck"), "--severity=style", str(target)]).returncode == 0
+    # Every sdxl-boot command the fleet's units run is one the script knows.
+    units = "".join(f["content"] for p, f in files.items() if p.endswith(".service"))
+    usage = run_tool(["bash", str(target)]).stderr
+    commands = set(re.findall(rf"{bootstrap.BOOT_SCRIPT} ([a-z-]+)", units))
+    assert commands and all(f"{c}|" in usage or f"{c} " in usage for c in commands), commands
+
+
+@pytest.mark.parametrize("front, budget", [(CLOUDFRONT, 50.0), (BEHIND_LB, ProxyTimeouts().request - 10)])
+def test_the_wait_budget_stays_below_the_fronts_limit_and_the_servers_deadline(front: FleetFront,
+                                                                               budget: float) -> None:
+    variant = dataclasses.replace(FLEET_VARIANTS["aws-build-cloudfront"], fleet=front)
+    settings = settings_of(render_cloud_init(variant))
+    assert float(settings["SDXL_MAX_WAIT_SECONDS"]) == budget
+    assert budget < front.time_limit and budget < float(settings["SDXL_REQUEST_TIMEOUT"])
+    assert settings["SDXL_FORWARDED_ALLOW_IPS"] == "*"  # the firewall admits the load balancer alone
+    assert "SDXL_MAX_WAIT_SECONDS" not in settings_of(render_cloud_init(VARIANTS["aws-build"]))  # single: none
+
+
+def test_the_server_reads_the_fleets_settings_as_they_are_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings file goes to the container through `docker --env-file`: the server's own settings class reads
+    each variable as the fleet writes it, the wait budget included."""
+    from server.settings import Settings as ServerSettings
+
+    settings = settings_of(render_cloud_init(FLEET_VARIANTS["aws-build-cloudfront"]))
+    if "max_wait_seconds" not in ServerSettings.model_fields:
+        pytest.skip("this server has no wait budget yet (--max-wait-seconds, issue 14's server part)")
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    parsed = ServerSettings()
+    assert parsed.max_wait_seconds == 50 < CLOUDFRONT.time_limit
+    assert parsed.request_timeout == ProxyTimeouts().request > parsed.max_wait_seconds
+    assert parsed.port == bootstrap.SERVER_PORT and parsed.cors_origins == list(VARIANTS["aws-build"].cors_origins)
