@@ -34,6 +34,12 @@ FAKE_GCP_ADDRESS = "203.0.113.20"
 FAKE_GCP_PROJECT = "sdxl-test-project"
 FAKE_ACCOUNT = "123456789012"
 FAKE_VOLUME = "vol-0123456789abcdef0"
+# The hosted targets' dynamic resources (pulumi-python:dynamic/<module>:<name>) and what their providers return.
+HF_ENDPOINT_TYPE = "pulumi-python:dynamic/huggingface:InferenceEndpoint"
+RUNPOD_POD_TYPE = "pulumi-python:dynamic/runpod:Pod"
+FAKE_HF_USER = "sdxl-tester"
+FAKE_POD_ID = "x1y2z3pod4567"
+FAKE_POD_COST = 0.43
 
 
 @functools.cache
@@ -94,6 +100,16 @@ class CloudMocks(pulumi.runtime.Mocks):
         elif args.typ == "gcp:serviceaccount/account:Account":
             state["email"] = f"{args.inputs['accountId']}@{FAKE_GCP_PROJECT}.iam.gserviceaccount.com"
             state["member"] = f"serviceAccount:{state['email']}"
+        elif args.typ == HF_ENDPOINT_TYPE:
+            # What create records: the endpoint's name as its id, its URL and state, the namespace it resolved.
+            resource_id = args.inputs["name"]
+            state.update(url=f"https://{resource_id}.{args.inputs['region']}.{args.inputs['vendor']}"
+                             ".endpoints.huggingface.cloud", status="running",
+                         namespace=args.inputs.get("namespace") or FAKE_HF_USER)
+        elif args.typ == RUNPOD_POD_TYPE:
+            resource_id = FAKE_POD_ID
+            state.update(podId=FAKE_POD_ID, url=f"https://{FAKE_POD_ID}-8000.proxy.runpod.net",
+                         costPerHr=FAKE_POD_COST, desiredStatus="RUNNING")
         elif args.typ == "random:index/randomPassword:RandomPassword":
             state["result"] = "generated-token-" + "x" * (int(args.inputs["length"]) - 16)
         return [resource_id, state]
