@@ -2,7 +2,7 @@
 
 `pulumi-runpod` was last released in 2024, so `PodProvider` is a dynamic provider (`pulumi.dynamic.
 ResourceProvider`) over RunPod's official Python SDK (`runpod`), which speaks RunPod's GraphQL API
-(`$RUNPOD_API_BASE_URL/graphql`, https://api.runpod.io by default): `create_pod`, `get_pod` and `terminate_pod`.
+(`$RUNPOD_API_BASE_URL/graphql`, https://api.runpod.io by default): `create_pod`, `get_pods` and `terminate_pod`.
 The API key is the operator's RUNPOD_API_KEY, read when the provider runs and never stored in the state; the
 server's tokens stay Pulumi secrets in the state.
 
@@ -65,6 +65,12 @@ def _graphql_text(value: str) -> str:
     return json.dumps(str(value))[1:-1]
 
 
+def find_pod(sdk: Any, pod_id: str) -> dict[str, Any] | None:
+    """The account's pod with this id, or None: get_pods lists them all, so a terminated pod is plainly absent
+    (what get_pod answers for one is not documented)."""
+    return next((pod for pod in sdk.get_pods() or [] if pod.get("id") == pod_id), None)
+
+
 def proxy_url(pod_id: str, port: int = hosted.SERVER_PORT) -> str:
     return PROXY_URL.format(pod_id=pod_id, port=port)
 
@@ -74,7 +80,7 @@ def _explain(err: Exception, doing: str) -> RunPodError:
 
 
 def live_properties(pod: dict[str, Any], env_names: set[str]) -> dict[str, Any]:
-    """The pod as get_pod describes it, in this resource's property names. Of its variables (`KEY=value` strings),
+    """The pod as get_pods describes it, in this resource's property names. Of its variables (`KEY=value` strings),
     only the server settings it was given are read back: the secrets stay as the state holds them."""
     env = dict(item.split("=", 1) for item in pod.get("env") or [] if "=" in item)
     return {
@@ -104,7 +110,7 @@ class PodProvider(dynamic.ResourceProvider):
             raise _explain(err, f"creating a {props['cloudType']} pod with one {props['gpuTypeId']}") from err
         pod_id = pod["id"]
         try:
-            live = sdk.get_pod(pod_id) or {}
+            live = find_pod(sdk, pod_id) or {}
         except Exception as err:  # noqa: BLE001 - a pod we cannot describe is one we cannot manage: remove it
             self._terminate(sdk, pod_id)
             raise _explain(err, f"reading pod {pod_id} after creating it (it was terminated again)") from err
@@ -115,7 +121,7 @@ class PodProvider(dynamic.ResourceProvider):
     def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
         sdk = _sdk()
         try:
-            pod = sdk.get_pod(id_)
+            pod = find_pod(sdk, id_)
         except Exception as err:  # noqa: BLE001
             raise _explain(err, f"reading pod {id_}") from err
         if not pod:
@@ -133,7 +139,7 @@ class PodProvider(dynamic.ResourceProvider):
     @staticmethod
     def _terminate(sdk: Any, pod_id: str) -> None:
         try:
-            if sdk.get_pod(pod_id):
+            if find_pod(sdk, pod_id):  # already terminated is what delete wants
                 sdk.terminate_pod(pod_id)
         except Exception as err:  # noqa: BLE001
             raise _explain(err, f"terminating pod {pod_id}") from err

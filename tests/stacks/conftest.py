@@ -156,6 +156,7 @@ class RecordingMonitor(MockMonitor):
             "delete_before_replace": request.deleteBeforeReplace, "replace_on_changes": list(request.replaceOnChanges),
             "ignore_changes": list(request.ignoreChanges), "retain_on_delete": request.retainOnDelete,
             "protect": request.protect, "dependencies": list(request.dependencies),
+            "additional_secret_outputs": list(request.additionalSecretOutputs),
         }
         return super().RegisterResource(request)
 
