@@ -20,7 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 KEY = "rp_operator_key_for_tests"
-NO_STOCK = "There are no longer any instances available with the requested specifications. Please refresh and try again."
+NO_STOCK = ("There are no longer any instances available with the requested specifications. "
+            "Please refresh and try again.")
 NO_GPU_ON_HOST = "There are not enough free GPUs on the host machine to start this pod."
 
 GPU_TYPES = [  # id, displayName, memoryInGb, securePrice, communityPrice, secure stock
