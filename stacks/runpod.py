@@ -50,7 +50,7 @@ class RunPodError(Exception):
     """What went wrong, in words the operator can act on."""
 
 
-def _sdk() -> Any:
+def client() -> Any:
     """The SDK, with the operator's key (its module-level api_key is what every call sends)."""
     import runpod
 
@@ -95,7 +95,7 @@ class PodProvider(dynamic.ResourceProvider):
     """Create, read, diff and delete one RunPod Pod through the `runpod` SDK (every change replaces it)."""
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
-        sdk = _sdk()
+        sdk = client()
         variables = {**props["env"], **props["secrets"]}
         try:
             pod = sdk.create_pod(
@@ -119,7 +119,7 @@ class PodProvider(dynamic.ResourceProvider):
                                              "desiredStatus": live.get("desiredStatus")})
 
     def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
-        sdk = _sdk()
+        sdk = client()
         try:
             pod = find_pod(sdk, id_)
         except Exception as err:  # noqa: BLE001
@@ -134,7 +134,7 @@ class PodProvider(dynamic.ResourceProvider):
         return dynamic.DiffResult(changes=bool(replaces), replaces=replaces, delete_before_replace=True)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        self._terminate(_sdk(), id_)
+        self._terminate(client(), id_)
 
     @staticmethod
     def _terminate(sdk: Any, pod_id: str) -> None:
