@@ -253,3 +253,11 @@ def test_the_dynamic_resource_keeps_its_secrets_secret_in_the_state():
     assert run.options(HF_ENDPOINT_TYPE)["additional_secret_outputs"] == ["secrets"]
     assert is_rpc_secret(run.one(HF_ENDPOINT_TYPE).inputs["secrets"])
     assert run.state(HF_ENDPOINT_TYPE)["namespace"] == FAKE_HF_USER
+
+
+def test_the_readme_presets_row_carries_the_catalogs_price_and_date():
+    (row,) = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `hf-a10g` |")]
+    offer = catalog.HF_OFFERS[catalog.hf_hardware_id("aws", "us-east-1", "nvidia-a10g")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[2:5] == [offer.name, f"NVIDIA {offer.gpu.model}", f"{offer.gpu.memory_gb} GB"]
+    assert cells[5].startswith(f"{offer.usd_per_hour:.2f} ") and catalog.HF_PRICES_AS_OF in cells[5]

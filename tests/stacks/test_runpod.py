@@ -183,3 +183,11 @@ def test_a_pod_is_one_gpu_and_hosted_keys_stay_with_their_cloud():
 def test_idle_minutes_reach_the_pod_for_its_watcher():
     env = runpod_run({"idleStopMinutes": "12"}).one(RUNPOD_POD_TYPE).inputs["env"]
     assert env["SDXL_IDLE_STOP_MINUTES"] == "12"
+
+
+def test_the_readme_presets_row_says_where_the_price_comes_from():
+    (row,) = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `runpod-l4` |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    offer = catalog.RUNPOD_OFFERS["NVIDIA L4"]
+    assert cells[2:5] == [offer.name, f"NVIDIA {offer.gpu.model}", f"{offer.gpu.memory_gb} GB"]
+    assert offer.usd_per_hour is None and "--suggest" in cells[5] and "hourlyCostUsd" in cells[5]
