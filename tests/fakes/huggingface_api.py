@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.fakes import reply_json
+
 TOKEN = "hf_operator_token_for_tests"
 USER = "sdxl-tester"
 STAMP = "2026-08-01T12:00:00.000Z"
@@ -135,13 +137,7 @@ def serving(fake: FakeHuggingFace) -> Iterator[FakeHuggingFace]:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length)) if length else None
             auth = self.headers.get("Authorization", "")
-            status, answer = fake.answer(method, self.path.split("?")[0], body, auth.removeprefix("Bearer ") or None)
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            reply_json(self, *fake.answer(method, self.path.split("?")[0], body, auth.removeprefix("Bearer ") or None))
 
         def do_GET(self) -> None:  # noqa: N802
             self._handle("GET")

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.fakes import reply_json
+
 KEY = "rp_operator_key_for_tests"
 NO_STOCK = ("There are no longer any instances available with the requested specifications. "
             "Please refresh and try again.")
@@ -197,14 +199,8 @@ def serving(fake: FakeRunPod, monkeypatch) -> Iterator[FakeRunPod]:
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
             key = self.headers.get("Authorization", "").removeprefix("Bearer ") or None
-            status, answer = (fake.answer(body["query"], key) if self.path == "/graphql"
-                              else (404, {"errors": [{"message": "not found"}]}))
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            reply_json(self, *(fake.answer(body["query"], key) if self.path == "/graphql"
+                               else (404, {"errors": [{"message": "not found"}]})))
 
         def log_message(self, *args) -> None:
             pass

@@ -7,11 +7,14 @@ per-AZ offerings come from moto's copy of EC2's catalog, not from hand-written f
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import gzip
 import json
 import os
 import runpy
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +212,19 @@ class ProgramRun:
 
     def is_secret(self, output: pulumi.Output) -> bool:
         return self.resolved[id(output)][1]
+
+
+def load_provider_in_project(provider: pulumi.dynamic.ResourceProvider) -> tuple[bytes, list[str]]:
+    """A dynamic provider as Pulumi stores it (serialize_provider: dill, base64), and what a fresh Python started in
+    the project's directory, as the engine starts its dynamic provider host, loads from it: module, class."""
+    from pulumi.dynamic.dynamic import serialize_provider
+
+    serialized = serialize_provider(provider)
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import base64, sys, dill; p = dill.loads(base64.b64decode(sys.stdin.read())); "
+         "print(type(p).__module__, type(p).__name__)"],
+        input=serialized, capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
+    return base64.b64decode(serialized), loaded.stdout.split()
 
 
 def plain_strings(value):

@@ -4,18 +4,21 @@ Endpoints API (tests/fakes/huggingface_api.py), and the component through the re
 from __future__ import annotations
 
 import ast
-import base64
-import subprocess
-import sys
 
 import pytest
-from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime.rpc import is_rpc_secret
 
 from stacks import catalog, config, contract, hosted
 from stacks import huggingface as hf
 from tests.fakes import huggingface_api as fake_api
-from tests.stacks.conftest import FAKE_HF_USER, HF_ENDPOINT_TYPE, ROOT, plain_strings, run_program
+from tests.stacks.conftest import (
+    FAKE_HF_USER,
+    HF_ENDPOINT_TYPE,
+    ROOT,
+    load_provider_in_project,
+    plain_strings,
+    run_program,
+)
 
 IMAGE = "ghcr.io/example/sdxl-endpoint-server:1.2.3"
 TOKEN = "server-bearer-token-" + "q" * 28
@@ -146,13 +149,9 @@ def test_the_provider_carries_no_key_and_loads_where_the_engine_runs_it(monkeypa
     """Pulumi stores the provider pickled (dill) in the state and runs it in its own process, started in the
     project's directory: it must load there by reference, and hold no API key."""
     monkeypatch.setenv("HF_TOKEN", fake_api.TOKEN)
-    serialized = serialize_provider(hf.EndpointProvider())
-    assert fake_api.TOKEN.encode() not in base64.b64decode(serialized)
-    loaded = subprocess.run(
-        [sys.executable, "-c", "import base64, sys, dill; p = dill.loads(base64.b64decode(sys.stdin.read())); "
-         "print(type(p).__module__, type(p).__name__, p.create_timeout_s)"],
-        input=serialized, capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
-    assert loaded.stdout.split() == ["stacks.huggingface", "EndpointProvider", str(hf.CREATE_TIMEOUT_S)]
+    stored, loaded = load_provider_in_project(hf.EndpointProvider())
+    assert fake_api.TOKEN.encode() not in stored
+    assert loaded == ["stacks.huggingface", "EndpointProvider"]
 
 
 # --- the program under mocks ------------------------------------------------------------------------------

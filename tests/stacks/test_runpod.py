@@ -3,18 +3,21 @@ API (tests/fakes/runpod_api.py), and the component through the real `__main__.py
 
 from __future__ import annotations
 
-import base64
-import subprocess
-import sys
-
 import pytest
-from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime.rpc import is_rpc_secret
 
 from stacks import catalog, config, contract, hosted
 from stacks import runpod as rp
 from tests.fakes import runpod_api as fake_api
-from tests.stacks.conftest import FAKE_POD_COST, FAKE_POD_ID, ROOT, RUNPOD_POD_TYPE, plain_strings, run_program
+from tests.stacks.conftest import (
+    FAKE_POD_COST,
+    FAKE_POD_ID,
+    ROOT,
+    RUNPOD_POD_TYPE,
+    load_provider_in_project,
+    plain_strings,
+    run_program,
+)
 
 IMAGE = "ghcr.io/example/sdxl-endpoint-server:1.2.3"
 # A configured token may hold any character; the SDK writes values into its GraphQL text unescaped.
@@ -107,13 +110,9 @@ def test_delete_terminates_and_a_pod_already_gone_is_fine(api):
 
 def test_the_provider_carries_no_key_and_loads_where_the_engine_runs_it(monkeypatch):
     monkeypatch.setenv("RUNPOD_API_KEY", fake_api.KEY)
-    serialized = serialize_provider(rp.PodProvider())
-    assert fake_api.KEY.encode() not in base64.b64decode(serialized)
-    loaded = subprocess.run(
-        [sys.executable, "-c", "import base64, sys, dill; p = dill.loads(base64.b64decode(sys.stdin.read())); "
-         "print(type(p).__module__, type(p).__name__)"],
-        input=serialized, capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
-    assert loaded.stdout.split() == ["stacks.runpod", "PodProvider"]
+    stored, loaded = load_provider_in_project(rp.PodProvider())
+    assert fake_api.KEY.encode() not in stored
+    assert loaded == ["stacks.runpod", "PodProvider"]
 
 
 # --- the program under mocks ------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spot", action="store_true", help="check spot capacity: spot quota and spot prices")
     parser.add_argument("--json", action="store_true", help="print one JSON document (schema: JSON_SCHEMA)")
     parser.add_argument("--suggest", action="store_true",
-                        help="list the regions (AWS) or zones (GCP) offering the GPU, by price, with quota")
+                        help="list the regions (AWS) or zones (GCP) offering the GPU, by price, with quota; hosted: "
+                        "the fitting hardware available now, with live prices")
     args = parser.parse_args(argv)
     explicit = [f"--{n.replace('_', '-')}" for n in ("cloud", "gpu", "instance_type", "machine_type", "region",
                                                      "zone", "project") if getattr(args, n)]
