@@ -75,6 +75,12 @@ def serve(settings: Settings) -> int:
         server_header=False,
     )
     server = DrainingServer(config)
+    if settings.metrics_port is not None:
+        # prometheus_client's own HTTP server, in a daemon thread: the same registry the app's /metrics reads.
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.host, registry=app.state.metrics.registry)
+        log.info("metrics without the token on %s:%d/metrics", settings.host, settings.metrics_port)
     server.run()
     return 1 if failed else 0
 

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["*"],
         description="Browser origins allowed, comma-separated or a JSON list; '*' allows any (no credentials).",
     )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Also serve /metrics, without the token, on this port (same interface): "
+        "for an in-cluster Prometheus, which scrapes pods directly and cannot send the API token. Keep the port "
+        "off the public front (a Kubernetes Service exposes only --port). Unset: /metrics only on --port, behind "
+        "the token.")
     forwarded_allow_ips: str = Field(
         "127.0.0.1,::1", description="Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-"
         "separated IPs or networks, or '*'): the client address in logs is then the forwarded one. Default, as "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from server.settings import Settings
-from tests.server.helpers import FAULT, REPO, LiveServer, serving, wait_until
+from tests.server.helpers import FAULT, REPO, LiveServer, free_port, serving, wait_until
 from tests.server.test_routes_ops import metric
 
 
@@ -112,5 +113,25 @@ def test_forwarded_client_address_is_used_only_from_allowed_proxies(tmp_path):
         access = access[-2:]
         assert "203.0.113.7" in access[0]  # from the trusted proxy: the forwarded client
         assert "127.0.0.1" in access[1] and "198.51.100.9" not in access[1]  # from anyone else: ignored
+    finally:
+        server.stop()
+
+
+def test_metrics_port_serves_the_apps_metrics_without_the_token_while_the_api_port_keeps_asking(tmp_path):
+    """The listener an in-cluster Prometheus scrapes (Kubernetes target): no token there, the API port unchanged."""
+    port = free_port()
+    server = LiveServer(["--model", "tiny", "--no-warmup", "--api-token", "s3cret", "--metrics-port", str(port)],
+                        tmp_path / "server.log")
+    headers = {"Authorization": "Bearer s3cret"}
+    try:
+        server.wait_ready(headers)
+        assert httpx.post(f"{server.url}/", json={"inputs": "a cat", "parameters": {"num_inference_steps": 2}},
+                          headers=headers, timeout=60).status_code == 200
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert scraped.status_code == 200
+        # The same registry as the app's: the image just generated is counted there.
+        assert sum(float(v) for v in re.findall(r"^sdxl_images_generated_total\{.*\} (\S+)$", scraped.text, re.M)) == 1
+        assert metric(scraped.text, "sdxl_ready") == 1
+        assert httpx.get(f"{server.url}/metrics", timeout=5).status_code == 401
     finally:
         server.stop()
