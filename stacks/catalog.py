@@ -456,6 +456,8 @@ MACHINE_KEY = {"aws": "instanceType", "gcp": "machineType"}  # the config key na
 def offers_on(cloud: str) -> dict[str, Offer]:
     if cloud in HOSTED_OFFERS:  # the hosted GPU providers, at the end of this file
         return HOSTED_OFFERS[cloud]
+    if cloud == "kubernetes":  # a GPU class per catalog GPU: the cluster's nodes are the user's
+        return K8S_OFFERS
     return AWS_OFFERS if cloud == "aws" else GCP_OFFERS
 
 
@@ -794,3 +796,225 @@ def resolve_runpod(gpu_type: str, gpu_key: str | None) -> HostedOffer:
     if not _matches_gpu(offer, gpu_key):
         raise hosted_refusal("runpod", gpu_type, f"it is a {offer.gpu.model} but gpu is set to '{gpu_key}'")
     return offer
+
+
+# --- Kubernetes (cloud: kubernetes) ----------------------------------------------------------------
+# The stack deploys into a cluster that already has NVIDIA GPU nodes. A node names its GPU through labels that
+# differ by who set them; each key and value format below is from that platform's own documentation or source:
+# - NVIDIA GPU Feature Discovery (the GPU Operator runs it; CoreWeave CKS runs the Operator itself): product is
+#   the driver's name with spaces as dashes, case kept (k8s-device-plugin internal/lm/resource.go `sanitise`),
+#   `-SHARED` appended under time-slicing; memory in MiB as the driver reports it (docs/gpu-feature-discovery:
+#   "Memory of the GPU in mebibytes (MiB)", example Tesla-T4 15360); compute capability major/minor.
+# - GKE: the Compute Engine accelerator type (cloud.google.com/compute/docs/gpus: nvidia-tesla-t4, nvidia-l4 ...).
+# - Karpenter and EKS Auto Mode: EC2's GPU name lower-kebab-cased, memory per GPU in MiB (karpenter-provider-aws
+#   pkg/providers/instancetype/types.go; EKS user guide, create-node-pool: instance-gpu-name t4, -memory 16384).
+# - CoreWeave: `gpu.nvidia.com/class` (its "Advanced Label Selectors" page; the values here are the ones CoreWeave's
+#   examples show) and, on CKS, each node pool's `node.kubernetes.io/instance-type` (e.g. gd-8xh100ib-i128).
+K8S_GPU_RESOURCE = "nvidia.com/gpu"  # the NVIDIA device plugin's resource; GPUs go in limits only
+K8S_LABEL_GFD_PRODUCT = "nvidia.com/gpu.product"
+K8S_LABEL_GFD_MEMORY = "nvidia.com/gpu.memory"
+K8S_LABEL_GFD_COMPUTE_MAJOR = "nvidia.com/gpu.compute.major"
+K8S_LABEL_GFD_COMPUTE_MINOR = "nvidia.com/gpu.compute.minor"
+K8S_LABEL_GKE = "cloud.google.com/gke-accelerator"
+K8S_LABEL_EKS_AUTO = "eks.amazonaws.com/instance-gpu-name"
+K8S_LABEL_EKS_AUTO_MEMORY = "eks.amazonaws.com/instance-gpu-memory"
+K8S_LABEL_KARPENTER = "karpenter.k8s.aws/instance-gpu-name"
+K8S_LABEL_KARPENTER_MEMORY = "karpenter.k8s.aws/instance-gpu-memory"
+K8S_LABEL_COREWEAVE = "gpu.nvidia.com/class"
+K8S_LABEL_INSTANCE_TYPE = "node.kubernetes.io/instance-type"
+# The labels that say which GPU a node has, with the platform that sets each (for messages).
+K8S_GPU_LABELS = {
+    K8S_LABEL_GFD_PRODUCT: "NVIDIA GPU Feature Discovery",
+    K8S_LABEL_GKE: "GKE",
+    K8S_LABEL_EKS_AUTO: "EKS Auto Mode",
+    K8S_LABEL_KARPENTER: "Karpenter",
+    K8S_LABEL_COREWEAVE: "CoreWeave",
+}
+# GFD's and EC2's memory is what the driver can use, below the marketing size (T4: 15360 MiB under GFD, 16384 in
+# EC2's record; A10G 23028; L4 23034): "16 GB" is anything above this. Karpenter's fractional-GPU types
+# (g6f: an L4 share of 2861 MiB) carry the full GPU's name, so placement always checks memory where it is labelled.
+K8S_MIN_GPU_MEMORY_MIB = 15000
+# CUDA 13 builds no code for GPUs older than Turing (compute capability 7.5): PyTorch's cu130 wheels, which the
+# server image installs, support Turing, Ampere, Hopper and Blackwell (pytorch/pytorch#172352, support matrix).
+MIN_COMPUTE_CAPABILITY = (7, 5)
+# Taints GPU node pools carry: GKE adds nvidia.com/gpu=present:NoSchedule, EKS and CoreWeave pools use the same key
+# by convention with various values; `Exists` tolerates every value.
+K8S_GPU_TOLERATION_KEY = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class NodeGpu:
+    """A GPU as a node label names it."""
+
+    model: str
+    memory_mib: int  # per GPU, the marketing size
+    compute: tuple[int, int]  # CUDA compute capability
+    manufacturer: str = "NVIDIA"
+    gpu_key: str | None = None  # the catalog's GPUS key when it runs SDXL
+    arm_host: bool = False  # Karpenter's t4g: a T4 on a Graviton (Arm) host
+
+    def facts(self) -> InstanceFacts:
+        return InstanceFacts(self.model, 0, architectures=("arm64",) if self.arm_host else ("x86_64",),
+                             gpus=(GpuFacts(self.manufacturer, self.model, 1, self.memory_mib),))
+
+
+def _ng(model: str, gib: int, compute: tuple[int, int], gpu_key: str | None = None, **kw: object) -> NodeGpu:
+    return NodeGpu(model, gib * 1024, compute, gpu_key=gpu_key, **kw)  # type: ignore[arg-type]
+
+
+_T4, _A10G, _L4 = _ng("T4", 16, (7, 5), "t4"), _ng("A10G", 24, (8, 6), "a10g"), _ng("L4", 24, (8, 9), "l4")
+_L40S, _H100 = _ng("L40S", 48, (8, 9), "l40s"), _ng("H100", 80, (9, 0), "h100")
+_A100, _A100_80 = _ng("A100", 40, (8, 0), "a100"), _ng("A100", 80, (8, 0), "a100-80gb")
+_V100, _P100 = _ng("V100", 16, (7, 0)), _ng("P100", 16, (6, 0))
+_P4, _K80 = _ng("P4", 8, (6, 1)), _ng("K80", 12, (3, 7))
+# Which GPU each label value names. Karpenter and EKS Auto Mode write `a100` for the 40 and 80 GB parts alike: the
+# memory label tells them apart, so the name alone stands for the smaller one here.
+K8S_LABEL_VALUES: dict[str, dict[str, NodeGpu]] = {
+    K8S_LABEL_GKE: {
+        "nvidia-tesla-t4": _T4, "nvidia-l4": _L4, "nvidia-tesla-a100": _A100, "nvidia-a100-80gb": _A100_80,
+        "nvidia-h100-80gb": _H100, "nvidia-h100-mega-80gb": _H100,
+        "nvidia-tesla-v100": _V100, "nvidia-tesla-p100": _P100, "nvidia-tesla-p4": _P4, "nvidia-tesla-k80": _K80,
+    },
+    **{label: {
+        "t4": _T4, "a10g": _A10G, "l4": _L4, "l40s": _L40S, "a100": _A100, "h100": _H100, "v100": _V100,
+        "t4g": _ng("T4G", 16, (7, 5), arm_host=True),
+        "radeon-pro-v520": _ng("Radeon Pro V520", 8, (0, 0), manufacturer="AMD"),
+    } for label in (K8S_LABEL_EKS_AUTO, K8S_LABEL_KARPENTER)},
+    K8S_LABEL_GFD_PRODUCT: {
+        "Tesla-T4": _T4, "NVIDIA-A10G": _A10G, "NVIDIA-A10": _ng("A10", 24, (8, 6), "a10g"), "NVIDIA-L4": _L4,
+        "NVIDIA-L40S": _L40S, "NVIDIA-A100-SXM4-40GB": _A100, "NVIDIA-A100-PCIE-40GB": _A100,
+        "NVIDIA-A100-SXM4-80GB": _A100_80, "NVIDIA-A100-80GB-PCIe": _A100_80, "NVIDIA-H100-80GB-HBM3": _H100,
+        "Tesla-V100-SXM2-16GB": _V100, "Tesla-V100-PCIE-16GB": _V100, "Tesla-P100-PCIE-16GB": _P100,
+        "Tesla-P4": _P4, "Tesla-K80": _K80,
+    },
+    K8S_LABEL_COREWEAVE: {
+        "A40": _ng("A40", 48, (8, 6)), "RTX_A6000": _ng("RTX A6000", 48, (8, 6)),
+        "A100_PCIE_40GB": _A100, "A100_PCIE_80GB": _A100_80, "A100_NVLINK_80GB": _A100_80,
+        "H100_NVLINK_80GB": _H100, "H100_PCIE_80GB": _H100, "Quadro_RTX_4000": _ng("Quadro RTX 4000", 8, (7, 5)),
+    },
+}
+# GPU Feature Discovery's product names are open-ended (every card the driver knows): a value not listed above is
+# judged on the node by its memory and compute labels instead of being refused. The cloud labels are closed sets.
+K8S_OPEN_LABELS = (K8S_LABEL_GFD_PRODUCT, K8S_LABEL_COREWEAVE)
+# CoreWeave CKS node pools' instance types (docs.coreweave.com: NodePool instanceType) -> the GPU each node has.
+K8S_INSTANCE_TYPES: dict[str, NodeGpu] = {"gd-8xh100ib-i128": _H100}
+# The server's CPU and memory requests: sized for the smallest SDXL nodes (g4dn/g5/g6.xlarge and g2-standard-4:
+# 4 vCPU, 16 GiB; GKE's n1-standard-4 + T4 leaves about 12 GiB allocatable) minus their daemon sets. Loading the
+# fp16 pipeline peaks near 9 GiB of host memory; the limit leaves room above the request, not above the node.
+K8S_SERVER_REQUESTS = {"cpu": "3", "memory": "10Gi"}
+K8S_SERVER_LIMITS = {"memory": "14Gi"}
+# Scaling on CPU when there is no KEDA: a generating replica keeps about one core busy (the Python thread that
+# feeds the GPU), a quarter of its 4-core node; an idle one almost none. A weak signal, so the stack says so.
+K8S_CPU_TARGET_UTILISATION = 25
+# KEDA: queued plus running images per replica before scaling out (the server batches up to 4 at once).
+K8S_QUEUE_TARGET_PER_REPLICA = 2
+
+
+def k8s_fitting(gpu: NodeGpu) -> str | None:
+    """Why a node with this GPU cannot run the server image, or None when it can."""
+    reason = why_unfit(gpu.facts())
+    if reason is None and gpu.compute < MIN_COMPUTE_CAPABILITY:
+        major, minor = MIN_COMPUTE_CAPABILITY
+        reason = (f"its NVIDIA {gpu.model} predates Turing (compute capability {gpu.compute[0]}.{gpu.compute[1]}); "
+                  f"the server image's CUDA 13 PyTorch runs on {major}.{minor} (T4) and newer")
+    return reason
+
+
+def k8s_values_for(label: str, gpu_key: str | None) -> tuple[str, ...]:
+    """The values of `label` that name a fitting GPU (that GPU only, when gpu_key is set)."""
+    return tuple(value for value, gpu in K8S_LABEL_VALUES.get(label, {}).items()
+                 if k8s_fitting(gpu) is None and (gpu_key is None or _same_gpu(gpu.gpu_key, gpu_key)))
+
+
+def _same_gpu(have: str | None, want: str) -> bool:
+    # `gpu: a100` admits either A100; `a100-80gb` is how the catalog names the larger one.
+    return have is not None and have.split("-")[0] == want.split("-")[0]
+
+
+@dataclass(frozen=True)
+class K8sGpuClass(Offer):
+    """What the Kubernetes target asks the scheduler for: a GPU named by a node label, or `gpu:` on any platform.
+    The cluster's nodes are the user's, so there is no machine shape or price here."""
+
+    selector: tuple[tuple[str, str], ...] = ()  # the user's nodeSelector, when it named the GPU
+
+    def describe(self) -> str:
+        if self.name == "gpu=any":
+            return (f"any node with an NVIDIA GPU of {SDXL_MIN_GPU_MEMORY_GB} GB or more, compute capability "
+                    f"{MIN_COMPUTE_CAPABILITY[0]}.{MIN_COMPUTE_CAPABILITY[1]} or newer")
+        where = ", ".join(f"{k}={v}" for k, v in self.selector) or f"any node with an {self.gpu.model}"
+        return f"{where} ({self.gpu.model} {self.gpu.memory_gb} GB)"
+
+
+# `gpu` left unset: any NVIDIA GPU that runs the server image; the smallest (a T4) stands in for estimates.
+K8S_ANY_GPU = K8sGpuClass("kubernetes", "gpu=any", GPUS["t4"], 1, 0, 0, None)
+K8S_OFFERS: dict[str, K8sGpuClass] = {
+    key: K8sGpuClass("kubernetes", f"gpu={key}", gpu, 1, 0, 0, None) for key, gpu in GPUS.items()
+}
+
+
+def k8s_alternatives(label: str, wanted_gib: int = SDXL_MIN_GPU_MEMORY_GB, limit: int = 3) -> tuple[K8sGpuClass, ...]:
+    """The fitting values of `label` nearest in memory to what was asked for, smallest first."""
+    fitting = [(value, gpu) for value, gpu in K8S_LABEL_VALUES.get(label, {}).items() if k8s_fitting(gpu) is None]
+    ranked = sorted(fitting, key=lambda item: (abs(math.log2(item[1].memory_mib / 1024 / max(wanted_gib, 1))),
+                                               item[1].memory_mib))[:limit]
+    return tuple(K8sGpuClass("kubernetes", f"{label}={value}", _gpu_of(gpu), 1, 0, 0, None, selector=((label, value),))
+                 for value, gpu in sorted(ranked, key=lambda item: item[1].memory_mib))
+
+
+def _gpu_of(node_gpu: NodeGpu) -> Gpu:
+    return GPUS.get(node_gpu.gpu_key or "", Gpu(node_gpu.model.lower(), node_gpu.model, node_gpu.memory_mib // 1024))
+
+
+def judge_node_selector(selector: Mapping[str, str], gpu_key: str | None) -> K8sGpuClass | None:
+    """Judge a user's nodeSelector: the GPU it names, None when it names none (placement by `gpu` then applies),
+    or UnfitMachineError for a GPU that cannot run SDXL, a value the platform never sets, or another `gpu`."""
+    for label, value in selector.items():
+        named = K8S_LABEL_VALUES.get(label, {}).get(value) or (
+            K8S_INSTANCE_TYPES.get(value) if label == K8S_LABEL_INSTANCE_TYPE else None)
+        if named is None and label in K8S_GPU_LABELS and label not in K8S_OPEN_LABELS:
+            known = ", ".join(K8S_LABEL_VALUES[label])
+            raise UnfitMachineError(Refusal(
+                "nodeSelector", f"{label}={value}", f"{K8S_GPU_LABELS[label]} never sets this value (it sets "
+                f"{known})", k8s_alternatives(label), _selector_fix(label, k8s_alternatives(label))))
+        if named is None:
+            continue
+        alternatives = k8s_alternatives(label if label in K8S_LABEL_VALUES else K8S_LABEL_GFD_PRODUCT,
+                                        named.memory_mib // 1024)
+        reason = k8s_fitting(named)
+        if reason is None and gpu_key is not None and not _same_gpu(named.gpu_key, gpu_key):
+            reason = f"it names an {named.model}, but gpu is set to '{gpu_key}'"
+            wanted = k8s_values_for(label, gpu_key)
+            alternatives = tuple(a for a in k8s_alternatives(label, limit=99) if a.selector[0][1] in wanted)[:3] or (
+                alternatives)
+        if reason is not None:
+            raise UnfitMachineError(Refusal("nodeSelector", f"{label}={value}", reason, alternatives,
+                                            _selector_fix(label, alternatives)))
+        return K8sGpuClass("kubernetes", f"{label}={value}", _gpu_of(named), 1, 0, 0, None,
+                           selector=tuple(sorted(selector.items())))
+    return None
+
+
+def _selector_fix(label: str, alternatives: tuple[K8sGpuClass, ...]) -> str:
+    if not alternatives:
+        return "pulumi config rm nodeSelector (then gpu: picks the GPU on any platform)"
+    value = alternatives[0].selector[0][1]
+    return f"pulumi config set --path 'nodeSelector[\"{label}\"]' {value}"
+
+
+def node_gpu(labels: Mapping[str, str]) -> NodeGpu | None:
+    """The GPU a node's labels describe, or None when they name none: GFD's memory and compute labels where present
+    (exact, whatever the card), else the first platform label the catalog knows."""
+    named = next((K8S_LABEL_VALUES[label][labels[label]] for label in K8S_GPU_LABELS
+                  if labels.get(label) in K8S_LABEL_VALUES.get(label, {})), None)
+    memory = next((labels[key] for key in (K8S_LABEL_GFD_MEMORY, K8S_LABEL_KARPENTER_MEMORY, K8S_LABEL_EKS_AUTO_MEMORY)
+                   if str(labels.get(key, "")).isdigit()), None)
+    major, minor = labels.get(K8S_LABEL_GFD_COMPUTE_MAJOR, ""), labels.get(K8S_LABEL_GFD_COMPUTE_MINOR, "")
+    if memory is None:
+        return named
+    compute = (int(major), int(minor or 0)) if major.isdigit() else (named.compute if named else (0, 0))
+    model = named.model if named else labels.get(K8S_LABEL_GFD_PRODUCT, "unknown NVIDIA GPU")
+    # Labelled memory is the usable part (T4: 15360): count anything above K8S_MIN_GPU_MEMORY_MIB as 16 GB.
+    mib = max(int(memory), SDXL_MIN_GPU_MEMORY_GB * 1024) if int(memory) > K8S_MIN_GPU_MEMORY_MIB else int(memory)
+    return NodeGpu(model, mib, compute, named.manufacturer if named else "NVIDIA",
+                   named.gpu_key if named else None, named.arm_host if named else False)

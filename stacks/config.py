@@ -48,8 +48,9 @@ CLOUDS = (
     "gcp",
     "huggingface",
     "runpod",
+    "kubernetes",
 )
-SECRET_KEYS = ("apiToken", "hfToken")
+SECRET_KEYS = ("apiToken", "hfToken", "imagePullSecret")
 
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -57,6 +58,11 @@ _IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 _AWS_REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 _GCP_ZONE_RE = re.compile(r"^[a-z]+-[a-z]+\d-[a-z]$")
 _HF_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes namespace or object name
+# A label key: an optional DNS-subdomain prefix and a name (kubernetes.io, "Syntax and character set").
+_LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                           r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 # Describes a machine type the catalog does not list, from the cloud's own data: (name, region) -> facts,
 # or None when the region does not sell it. A target module that can look types up provides one.
@@ -94,6 +100,7 @@ class Settings:
     target_requests_per_hour: int | None = None  # fleets: per replica; None: from the catalog's GPU estimate
     hf_namespace: str | None = None  # Hugging Face: the user or organisation billed; None: the token's user
     runpod_cloud_type: str = catalog.RUNPOD_DEFAULT_CLOUD_TYPE  # RunPod: SECURE or COMMUNITY
+    kube: KubeSettings | None = None  # Kubernetes only
 
     @property
     def fleet(self) -> bool:
@@ -113,6 +120,25 @@ class Settings:
     def tags(self) -> dict[str, str]:
         """The ownership marks as AWS tags (and Kubernetes-style keys): `sdxl-endpoint:<mark>`."""
         return {f"{PROJECT}:{mark}": value for mark, value in self.ownership.items()}
+
+
+EXPOSURES = ("ingress", "loadBalancer", "internal")
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """Where in the cluster, and how it is reached (cloud: kubernetes)."""
+
+    context: str | None  # the kubeconfig context; None: the current one
+    namespace: str
+    create_namespace: bool  # the stack owns the namespace (namespace left unset)
+    node_selector: dict[str, str]
+    exposure: str  # one of EXPOSURES
+    ingress_class: str | None
+    cert_issuer: str | None  # a cert-manager ClusterIssuer
+    storage_class: str | None  # None: the cluster's default
+    keda_prometheus_url: str | None  # set: scale on the queue through KEDA; unset: on CPU
+    image_pull_secret: Any | None = None  # a secret pulumi.Output[str] (a .dockerconfigjson) once load() read it
 
 
 # --- problems: collected, then reported once ------------------------------------------------------
@@ -177,6 +203,16 @@ def _list_text(value: object) -> object:
     return [parsed] if isinstance(parsed, str) else parsed
 
 
+def _map_text(value: object) -> object:
+    # A YAML map reaches the program as JSON text.
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
 def _root_disk_size(value: int) -> int:
     if value != DEFAULT_DISK_GB and not MIN_DISK_GB <= value <= MAX_DISK_GB:
         raise ValueError("out of range")
@@ -217,6 +253,15 @@ class RawConfig(BaseModel):
     hfNamespace: str | None = Field(None, pattern=_HF_NAMESPACE_RE.pattern)  # noqa: N815
     runpodGpuType: str | None = None  # noqa: N815
     runpodCloudType: str = catalog.RUNPOD_DEFAULT_CLOUD_TYPE  # noqa: N815
+    kubeContext: str | None = None  # noqa: N815
+    namespace: str | None = Field(None, pattern=_DNS_LABEL_RE.pattern)
+    nodeSelector: Annotated[dict[str, str] | None, BeforeValidator(_map_text)] = None  # noqa: N815
+    exposure: str | None = None
+    ingressClass: str | None = None  # noqa: N815
+    certIssuer: str | None = None  # noqa: N815
+    storageClass: str | None = None  # noqa: N815
+    imagePullSecret: str | None = None  # noqa: N815
+    kedaPrometheusUrl: str | None = Field(None, pattern=r"^https?://[^\s/]+")  # noqa: N815
 
 
 # Every project key, as declared in Pulumi.yaml; anything else under `sdxl-endpoint:` is a typo.
@@ -243,6 +288,12 @@ _TYPE_HELP: dict[str, tuple[str, str]] = {
                               f"{MAX_TARGET_REQUESTS_PER_HOUR} (0: from the GPU's estimated throughput)",
                               "pulumi config rm targetRequestsPerHour"),
     "hfNamespace": ("must be a Hugging Face user or organisation name", "pulumi config rm hfNamespace"),
+    "namespace": ("must be a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)",
+                  "pulumi config rm namespace (the stack then creates sdxl-<stack>)"),
+    "nodeSelector": ("must be a map of node label to value", "pulumi config set --path "
+                     "'nodeSelector[\"cloud.google.com/gke-accelerator\"]' nvidia-l4"),
+    "kedaPrometheusUrl": ("must be the http(s) URL of the Prometheus server KEDA queries",
+                          _set("kedaPrometheusUrl", "http://prometheus-server.monitoring.svc:80")),
 }
 
 
@@ -314,6 +365,7 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
         gcp_project=place.gcp_project, min_replicas=raw.minReplicas, max_replicas=raw.maxReplicas,
         data_disk_gb=raw.dataDiskGb, target_requests_per_hour=raw.targetRequestsPerHour or None,
         hf_namespace=raw.hfNamespace, runpod_cloud_type=raw.runpodCloudType.upper(),
+        kube=kube_settings(raw, stack) if cloud == "kubernetes" else None,
     )
 
 
@@ -329,7 +381,7 @@ def _check_cloud_and_gpu(raw: RawConfig, problems: Problems) -> tuple[str, str |
     offered = sorted({o.gpu.key for o in catalog.offers_on(cloud).values()} & set(catalog.GPU_CHOICES))
     if gpu not in catalog.GPU_CHOICES:
         problems.add("gpu", gpu, f"unknown GPU. Allowed: {', '.join(catalog.GPU_CHOICES)}",
-                     _set("gpu", _closest(gpu, catalog.GPU_CHOICES) or catalog.DEFAULT_GPU[cloud]))
+                     _set("gpu", _closest(gpu, catalog.GPU_CHOICES) or catalog.DEFAULT_GPU.get(cloud, "l4")))
         return cloud, None
     if gpu not in offered:
         problems.add("gpu", gpu, f"not offered on {cloud.upper()}. Allowed there: {', '.join(offered)}",
@@ -530,7 +582,9 @@ def _check_fleet(raw: RawConfig, problems: Problems, cloud: str, domain: str | N
 # --- the hosted GPU providers (Hugging Face Inference Endpoints, RunPod Pods) ----------------------
 
 # Hosted keys, by the cloud they belong to: set under another cloud, they would be silently ignored.
-_HOSTED_KEYS = {"hfHardware": "huggingface", "hfNamespace": "huggingface", "runpodGpuType": "runpod"}
+_HOSTED_KEYS = {"hfHardware": "huggingface", "hfNamespace": "huggingface", "runpodGpuType": "runpod",
+                **dict.fromkeys(("kubeContext", "namespace", "nodeSelector", "exposure", "ingressClass", "certIssuer",
+                                 "storageClass", "imagePullSecret", "kedaPrometheusUrl"), "kubernetes")}
 IMAGE_FIX = ("publish the server image with .github/workflows/image.yml (ghcr.io/<owner>/sdxl-endpoint-server, "
              "made public), or `docker build -f image/Dockerfile -t <registry>/<name>:<tag> .` and push it; then "
              "pulumi config set image <that reference>")
@@ -598,12 +652,106 @@ def _place_runpod(raw: RawConfig, values: Mapping[str, object], gpu: str | None,
     return Placement(machine, RUNPOD_ANY_REGION)
 
 
+def _place_kubernetes(raw: RawConfig, values: Mapping[str, object], gpu: str | None, problems: Problems,
+                      describe_machine: MachineLookup | None) -> Placement:
+    """An existing cluster: a pullable image, a GPU the scheduler can be asked for, and how the endpoint is reached.
+    The cluster's nodes are the user's: machine keys, spot, SSH and the root disk do not apply."""
+    if raw.image is None:
+        problems.add("image", None, "required when cloud is kubernetes: the cluster pulls the server image, nothing "
+                     "builds it there", IMAGE_FIX)
+    for key, why in (("spot", "the node pool decides"), ("ssh", "there is no SSH into a pod (kubectl exec instead)"),
+                     ("diskGb", "the node pool sizes its disks; the model cache is a volume of dataDiskGb")):
+        if getattr(raw, key) not in (None, False, DEFAULT_DISK_GB):
+            problems.add(key, getattr(raw, key), f"does not apply to cloud kubernetes: {why}",
+                         f"pulumi config rm {key}")
+    if raw.idleStopMinutes != DEFAULT_IDLE_STOP_MINUTES:
+        problems.add("idleStopMinutes", raw.idleStopMinutes, "does not apply to cloud kubernetes: the Deployment "
+                     "keeps minReplicas pods; the cluster autoscaler removes idle GPU nodes",
+                     "pulumi config rm idleStopMinutes")
+    if raw.minReplicas < 1:
+        problems.add("minReplicas", raw.minReplicas, "the Kubernetes target keeps at least one pod: the autoscaler "
+                     "measures the running pods, so with none it would never scale out again", _set("minReplicas", "1"))
+    _check_exposure(raw, problems)
+    _check_pull_secret(values.get(f"{PROJECT}:imagePullSecret"), problems)
+    selector = dict(raw.nodeSelector or {})
+    for label, value in selector.items():
+        if not _LABEL_KEY_RE.match(label) or not _LABEL_VALUE_RE.match(str(value)):
+            problems.add("nodeSelector", f"{label}={value}", "not a valid Kubernetes label key and value",
+                         "pulumi config set --path 'nodeSelector[\"cloud.google.com/gke-accelerator\"]' nvidia-l4")
+    machine: catalog.Offer | None = None
+    try:
+        machine = catalog.judge_node_selector(selector, gpu)
+    except catalog.UnfitMachineError as err:
+        problems.add_refusal(err.refusal)
+        machine = catalog.K8S_OFFERS["t4"]  # reported above; keeps the other checks going
+    if machine is None:
+        machine = catalog.K8S_OFFERS[gpu] if gpu else catalog.K8S_ANY_GPU
+    return Placement(machine, raw.kubeContext or "current-context")
+
+
+def _check_pull_secret(value: object, problems: Problems) -> None:
+    """imagePullSecret is a .dockerconfigjson document (`kubectl create secret docker-registry --dry-run=client -o
+    jsonpath='{.data.\\.dockerconfigjson}' | base64 -d` prints one). Its value is never echoed: it holds credentials."""
+    if value is None:
+        return
+    try:
+        document = json.loads(str(value))
+    except json.JSONDecodeError:
+        document = None
+    if not isinstance(document, dict) or not isinstance(document.get("auths"), dict):
+        problems.add("imagePullSecret", None, "must be a .dockerconfigjson document: {\"auths\": {\"<registry>\": "
+                     "{\"auth\": \"<base64 user:token>\"}}}",
+                     "pulumi config set --secret imagePullSecret \"$(cat ~/.docker/config.json)\" (a file holding "
+                     "only that registry's auths), or pulumi config rm imagePullSecret for a public image")
+
+
+def _check_exposure(raw: RawConfig, problems: Problems) -> str:
+    """How the endpoint is reached: an Ingress (a domain, HTTPS through cert-manager), a LoadBalancer Service, or
+    inside the cluster only. Keys that only one of them uses are refused with the others."""
+    exposure = raw.exposure or ("ingress" if raw.domain else "loadBalancer")
+    if exposure not in EXPOSURES:
+        problems.add("exposure", exposure, f"must be one of {', '.join(EXPOSURES)}",
+                     _set("exposure", _closest(exposure, [e.lower() for e in EXPOSURES]) or "loadBalancer"))
+        return "loadBalancer"
+    if exposure == "ingress" and not raw.domain:
+        problems.add("domain", None, "an Ingress needs the host name it serves (and cert-manager its certificate)",
+                     f"{_set('domain', 'sdxl.example.com')}, or {_set('exposure', 'loadBalancer')}")
+    for key in ("ingressClass", "certIssuer"):
+        if getattr(raw, key) is not None and exposure != "ingress":
+            problems.add(key, getattr(raw, key), f"applies to exposure ingress, but exposure is {exposure}",
+                         f"pulumi config rm {key}, or {_set('exposure', 'ingress')}")
+    if exposure != "ingress" and raw.domain and raw.exposure:
+        problems.add("domain", raw.domain, f"is served only by exposure ingress, but exposure is {exposure}",
+                     f"pulumi config rm domain, or {_set('exposure', 'ingress')}")
+    if list(raw.allowedCidrs) != ["0.0.0.0/0"] and exposure != "loadBalancer":
+        problems.add("allowedCidrs", raw.allowedCidrs, f"is enforced by a LoadBalancer Service's source ranges; with "
+                     f"exposure {exposure}, restrict clients in your ingress controller instead",
+                     "pulumi config rm allowedCidrs, or pulumi config set exposure loadBalancer")
+    return exposure
+
+
+def kube_settings(raw: RawConfig, stack: str) -> KubeSettings:
+    """The cluster-side settings of a validated kubernetes config."""
+    return KubeSettings(
+        context=raw.kubeContext, namespace=raw.namespace or _stack_namespace(stack),
+        create_namespace=raw.namespace is None, node_selector=dict(raw.nodeSelector or {}),
+        exposure=raw.exposure or ("ingress" if raw.domain else "loadBalancer"), ingress_class=raw.ingressClass,
+        cert_issuer=raw.certIssuer, storage_class=raw.storageClass, keda_prometheus_url=raw.kedaPrometheusUrl)
+
+
+def _stack_namespace(stack: str) -> str:
+    """`sdxl-<stack>` as a namespace name (lowercase, '-' for anything else, at most 63 characters)."""
+    cleaned = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", stack.lower())).strip("-")
+    return f"sdxl-{cleaned}"[:63].rstrip("-")
+
+
 # Each cloud's placement rules, by `cloud` (the same keys as CLOUDS and __main__.TARGETS).
 PLACEMENTS: dict[str, Callable[..., Placement]] = {
     "aws": _place_aws,
     "gcp": _place_gcp,
     "huggingface": _place_huggingface,
     "runpod": _place_runpod,
+    "kubernetes": _place_kubernetes,
 }
 
 
@@ -633,4 +781,5 @@ def load(describe_machine: MachineLookup | None = None) -> Settings:
         raw = values.get(f"{PROJECT}:{key}")
         return cfg.get_secret(key) if isinstance(raw, str) and raw.strip() else None
 
-    return dataclasses.replace(settings, api_token=secret("apiToken"), hf_token=secret("hfToken"))
+    kube = settings.kube and dataclasses.replace(settings.kube, image_pull_secret=secret("imagePullSecret"))
+    return dataclasses.replace(settings, api_token=secret("apiToken"), hf_token=secret("hfToken"), kube=kube)
