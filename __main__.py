@@ -17,6 +17,7 @@ TARGETS = {
     "gcp": "stacks.gcp",
     "huggingface": "stacks.huggingface",
     "runpod": "stacks.runpod",
+    "kubernetes": "stacks.kubernetes",
 }
 
 # An unknown cloud is reported by config.load() with the others; evaluate it against the default target.

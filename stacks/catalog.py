@@ -815,6 +815,8 @@ K8S_LABEL_GFD_PRODUCT = "nvidia.com/gpu.product"
 K8S_LABEL_GFD_MEMORY = "nvidia.com/gpu.memory"
 K8S_LABEL_GFD_COMPUTE_MAJOR = "nvidia.com/gpu.compute.major"
 K8S_LABEL_GFD_COMPUTE_MINOR = "nvidia.com/gpu.compute.minor"
+K8S_LABEL_GFD_SHARING = "nvidia.com/gpu.sharing-strategy"  # none, time-slicing or mps
+K8S_GFD_SHARED_STRATEGIES = ("time-slicing", "mps")
 K8S_LABEL_GKE = "cloud.google.com/gke-accelerator"
 K8S_LABEL_EKS_AUTO = "eks.amazonaws.com/instance-gpu-name"
 K8S_LABEL_EKS_AUTO_MEMORY = "eks.amazonaws.com/instance-gpu-memory"
@@ -998,8 +1000,8 @@ def judge_node_selector(selector: Mapping[str, str], gpu_key: str | None) -> K8s
 def _selector_fix(label: str, alternatives: tuple[K8sGpuClass, ...]) -> str:
     if not alternatives:
         return "pulumi config rm nodeSelector (then gpu: picks the GPU on any platform)"
-    value = alternatives[0].selector[0][1]
-    return f"pulumi config set --path 'nodeSelector[\"{label}\"]' {value}"
+    label, value = alternatives[0].selector[0]
+    return f"pulumi config set --path 'nodeSelector[0]' {label}={value}"
 
 
 def node_gpu(labels: Mapping[str, str]) -> NodeGpu | None:

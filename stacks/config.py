@@ -203,16 +203,6 @@ def _list_text(value: object) -> object:
     return [parsed] if isinstance(parsed, str) else parsed
 
 
-def _map_text(value: object) -> object:
-    # A YAML map reaches the program as JSON text.
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
 def _root_disk_size(value: int) -> int:
     if value != DEFAULT_DISK_GB and not MIN_DISK_GB <= value <= MAX_DISK_GB:
         raise ValueError("out of range")
@@ -255,7 +245,8 @@ class RawConfig(BaseModel):
     runpodCloudType: str = catalog.RUNPOD_DEFAULT_CLOUD_TYPE  # noqa: N815
     kubeContext: str | None = None  # noqa: N815
     namespace: str | None = Field(None, pattern=_DNS_LABEL_RE.pattern)
-    nodeSelector: Annotated[dict[str, str] | None, BeforeValidator(_map_text)] = None  # noqa: N815
+    # label=value items: Pulumi's project config has no map type, and a list of pairs reads as a selector does.
+    nodeSelector: TextList = Field(default_factory=list)  # noqa: N815
     exposure: str | None = None
     ingressClass: str | None = None  # noqa: N815
     certIssuer: str | None = None  # noqa: N815
@@ -290,8 +281,8 @@ _TYPE_HELP: dict[str, tuple[str, str]] = {
     "hfNamespace": ("must be a Hugging Face user or organisation name", "pulumi config rm hfNamespace"),
     "namespace": ("must be a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)",
                   "pulumi config rm namespace (the stack then creates sdxl-<stack>)"),
-    "nodeSelector": ("must be a map of node label to value", "pulumi config set --path "
-                     "'nodeSelector[\"cloud.google.com/gke-accelerator\"]' nvidia-l4"),
+    "nodeSelector": ("must be a list of node label=value pairs",
+                     "pulumi config set --path 'nodeSelector[0]' cloud.google.com/gke-accelerator=nvidia-l4"),
     "kedaPrometheusUrl": ("must be the http(s) URL of the Prometheus server KEDA queries",
                           _set("kedaPrometheusUrl", "http://prometheus-server.monitoring.svc:80")),
 }
@@ -592,7 +583,7 @@ IMAGE_FIX = ("publish the server image with .github/workflows/image.yml (ghcr.io
 
 def _check_hosted_keys(raw: RawConfig, problems: Problems, cloud: str) -> None:
     for key, owner in _HOSTED_KEYS.items():
-        if getattr(raw, key) is not None and cloud != owner:
+        if getattr(raw, key) not in (None, []) and cloud != owner:
             problems.add(key, getattr(raw, key), f"applies to cloud {owner}, but cloud is {cloud}",
                          f"pulumi config rm {key}")
     if cloud != "runpod" and raw.runpodCloudType.upper() != catalog.RUNPOD_DEFAULT_CLOUD_TYPE:
@@ -673,11 +664,12 @@ def _place_kubernetes(raw: RawConfig, values: Mapping[str, object], gpu: str | N
                      "measures the running pods, so with none it would never scale out again", _set("minReplicas", "1"))
     _check_exposure(raw, problems)
     _check_pull_secret(values.get(f"{PROJECT}:imagePullSecret"), problems)
-    selector = dict(raw.nodeSelector or {})
-    for label, value in selector.items():
-        if not _LABEL_KEY_RE.match(label) or not _LABEL_VALUE_RE.match(str(value)):
-            problems.add("nodeSelector", f"{label}={value}", "not a valid Kubernetes label key and value",
-                         "pulumi config set --path 'nodeSelector[\"cloud.google.com/gke-accelerator\"]' nvidia-l4")
+    selector = node_selector(raw.nodeSelector)
+    for item in raw.nodeSelector:
+        label, _, value = item.partition("=")
+        if not _LABEL_KEY_RE.match(label.strip()) or not _LABEL_VALUE_RE.match(value.strip()) or "=" not in item:
+            problems.add("nodeSelector", item, "not a node label=value pair (a Kubernetes label key, '=', its value)",
+                         "pulumi config set --path 'nodeSelector[0]' cloud.google.com/gke-accelerator=nvidia-l4")
     machine: catalog.Offer | None = None
     try:
         machine = catalog.judge_node_selector(selector, gpu)
@@ -730,11 +722,17 @@ def _check_exposure(raw: RawConfig, problems: Problems) -> str:
     return exposure
 
 
+def node_selector(items: Collection[str]) -> dict[str, str]:
+    """`label=value` items as a nodeSelector map."""
+    pairs = (item.partition("=") for item in items)
+    return {label.strip(): value.strip() for label, sep, value in pairs if sep}
+
+
 def kube_settings(raw: RawConfig, stack: str) -> KubeSettings:
     """The cluster-side settings of a validated kubernetes config."""
     return KubeSettings(
         context=raw.kubeContext, namespace=raw.namespace or _stack_namespace(stack),
-        create_namespace=raw.namespace is None, node_selector=dict(raw.nodeSelector or {}),
+        create_namespace=raw.namespace is None, node_selector=node_selector(raw.nodeSelector),
         exposure=raw.exposure or ("ingress" if raw.domain else "loadBalancer"), ingress_class=raw.ingressClass,
         cert_issuer=raw.certIssuer, storage_class=raw.storageClass, keda_prometheus_url=raw.kedaPrometheusUrl)
 

@@ -52,6 +52,7 @@ RUNPOD_POD_TYPE = "pulumi-python:dynamic/runpod:Pod"
 FAKE_HF_USER = "sdxl-tester"
 FAKE_POD_ID = "x1y2z3pod4567"
 FAKE_POD_COST = 0.43
+FAKE_K8S_LB_IP = "203.0.113.30"  # what a cloud's load balancer controller writes into a LoadBalancer Service's status
 
 
 @functools.cache
@@ -123,6 +124,8 @@ class CloudMocks(pulumi.runtime.Mocks):
             resource_id = FAKE_POD_ID
             state.update(podId=FAKE_POD_ID, url=f"https://{FAKE_POD_ID}-8000.proxy.runpod.net",
                          costPerHr=FAKE_POD_COST, desiredStatus="RUNNING")
+        elif args.typ == "kubernetes:core/v1:Service" and args.inputs["spec"].get("type") == "LoadBalancer":
+            state["status"] = {"loadBalancer": {"ingress": [{"ip": FAKE_K8S_LB_IP}]}}
         elif args.typ == "random:index/randomPassword:RandomPassword":
             # Each password its own value (the API token's as before), as the provider's random bytes would be.
             stem = "generated-token-" if args.name == "api-token" else f"generated-{args.name}-"
@@ -220,7 +223,7 @@ class RecordingMonitor(MockMonitor):
             "delete_before_replace": request.deleteBeforeReplace, "replace_on_changes": list(request.replaceOnChanges),
             "ignore_changes": list(request.ignoreChanges), "retain_on_delete": request.retainOnDelete,
             "protect": request.protect, "dependencies": list(request.dependencies),
-            "additional_secret_outputs": list(request.additionalSecretOutputs),
+            "additional_secret_outputs": list(request.additionalSecretOutputs), "provider": request.provider,
         }
         return super().RegisterResource(request)
 

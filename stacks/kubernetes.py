@@ -1,0 +1,465 @@
+"""Kubernetes: the server image on an existing cluster's NVIDIA GPU nodes, through pulumi-kubernetes.
+
+The stack creates no cluster. An explicit provider under the component talks to the kubeconfig context the stack
+names (`kubeContext`; unset: the current one). In the namespace (`namespace`, or `sdxl-<stack>` created here):
+- a Secret with the API and Hugging Face tokens (and, optionally, the registry credentials to pull the image);
+- a PersistentVolumeClaim for the model cache, so a restarted pod does not download SDXL again;
+- a Deployment of the server: one `nvidia.com/gpu`, placed only on nodes whose GPU can run SDXL (see `placement`),
+  non-root with a read-only root filesystem, probes sized for a first download, a grace period covering its drain;
+- a Service, exposed by an Ingress (HTTPS through cert-manager), a LoadBalancer, or not at all (`exposure`);
+- an autoscaler between minReplicas and maxReplicas: KEDA on the server's queue when `kedaPrometheusUrl` names the
+  Prometheus that scrapes it, else a HorizontalPodAutoscaler on CPU; and a PodDisruptionBudget.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from stacks import catalog, contract, hosted
+from stacks.config import PROJECT, KubeSettings, Settings
+
+# Where in the cluster a user looks does not change the contract: this target has no preview-time machine look-up.
+describe_machine = None
+
+APP = "sdxl-endpoint"  # app.kubernetes.io/name of every object
+SERVICE_PORT = 80  # the Service's port, in front of the container's hosted.SERVER_PORT
+METRICS_PORT = 9464  # the server's token-free /metrics (--metrics-port), for the cluster's Prometheus only
+CACHE_MOUNT = "/models"  # the image's HF_HOME; the compile cache is under it too (image/Dockerfile)
+UID = 10001  # the image's user (image/Dockerfile USER 10001:10001)
+# SIGTERM drains: admitted work finishes within this many seconds, new work is answered 503 meanwhile. The pod's
+# grace period adds uvicorn's flush (server/__main__.py, 5 s) and a margin before Kubernetes sends SIGKILL.
+DRAIN_SECONDS = 120
+GRACE_SECONDS = DRAIN_SECONDS + 5 + 15
+# A first start downloads SDXL (~7 GB) onto the volume and loads it: up to an hour before the startup probe gives up.
+STARTUP_BUDGET_SECONDS = 3600
+PROBE_PERIOD_SECONDS = 10
+# The server answers 504 (with CORS) after its request timeout (server/settings.py, 300 s); the ingress waits a
+# little longer so that answer, not the proxy's own 504 without CORS, reaches the browser.
+REQUEST_TIMEOUT_SECONDS = 300
+INGRESS_TIMEOUT_SECONDS = REQUEST_TIMEOUT_SECONDS + 30
+# ingress-nginx refuses bodies over 1 MiB by default; the server takes 20 MiB (server/settings.py max_body_mb).
+INGRESS_BODY_LIMIT = "21m"
+GKE_INGRESS_CLASS = "gce"  # GKE's own Ingress: its 30 s backend timeout is raised by a BackendConfig
+
+
+def labels(settings: Settings) -> dict[str, str]:
+    """What every object carries: the app, the stack and project marks (Kubernetes-style keys)."""
+    marks = {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": settings.stack,
+             "app.kubernetes.io/managed-by": "pulumi"}
+    # Label values are 63 characters of [A-Za-z0-9-_.]; the ttl's ':' is not allowed, so it goes to annotations.
+    marks.update({key.replace(":", ".io/"): value for key, value in settings.tags.items() if not key.endswith("ttl")})
+    return marks
+
+
+def selector_labels(settings: Settings) -> dict[str, str]:
+    return {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": settings.stack}
+
+
+# --- placement ---------------------------------------------------------------------------------------------------
+
+
+def placement(settings: Settings) -> dict[str, object]:
+    """The pod's nodeSelector, affinity and tolerations.
+
+    The affinity admits only nodes whose GPU runs SDXL, whatever labels the platform uses: its terms are ORed, one
+    per platform (GKE's accelerator, EKS Auto Mode's and Karpenter's GPU name with their memory, GPU Feature
+    Discovery's memory and compute capability). `gpu` narrows each term to that GPU. A user's nodeSelector (judged
+    by config.validate) is kept as written, on top of the affinity, which still refuses unfit nodes.
+    """
+    kube = _kube(settings)
+    gpu_key = settings.machine.gpu.key if settings.machine is not catalog.K8S_ANY_GPU else None
+    terms = gpu_terms(gpu_key)
+    spec: dict[str, object] = {
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}},
+        # GPU node pools are tainted so that other pods stay off them (GKE: nvidia.com/gpu=present:NoSchedule).
+        "tolerations": [{"key": catalog.K8S_GPU_TOLERATION_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    if kube.node_selector:
+        spec["nodeSelector"] = dict(kube.node_selector)
+    return spec
+
+
+def gpu_terms(gpu_key: str | None) -> list[dict[str, object]]:
+    """nodeSelectorTerms (ORed) that admit a node with a fitting GPU (that GPU only, when gpu_key is set)."""
+    enough_memory = str(catalog.K8S_MIN_GPU_MEMORY_MIB)
+    terms: list[dict[str, object]] = []
+    gke = catalog.k8s_values_for(catalog.K8S_LABEL_GKE, gpu_key)
+    if gke:
+        terms.append(_term((catalog.K8S_LABEL_GKE, "In", gke)))
+    for name_label, memory_label in ((catalog.K8S_LABEL_EKS_AUTO, catalog.K8S_LABEL_EKS_AUTO_MEMORY),
+                                     (catalog.K8S_LABEL_KARPENTER, catalog.K8S_LABEL_KARPENTER_MEMORY)):
+        names = catalog.k8s_values_for(name_label, gpu_key)
+        if names:
+            # The memory also keeps fractional GPUs (g6f: a share of an L4, named l4) out.
+            terms.append(_term((name_label, "In", names), (memory_label, "Gt", (_memory_floor(gpu_key),))))
+    # GFD terms keep shared GPUs out: under time-slicing or MPS, `nvidia.com/gpu: 1` is a share of a card that other
+    # pods use too (GFD then sets sharing-strategy and appends -SHARED to the product), and SDXL needs the memory.
+    memory = (catalog.K8S_LABEL_GFD_MEMORY, "Gt", (enough_memory,))
+    whole = (catalog.K8S_LABEL_GFD_SHARING, "NotIn", catalog.K8S_GFD_SHARED_STRATEGIES)
+    products = catalog.k8s_values_for(catalog.K8S_LABEL_GFD_PRODUCT, gpu_key)
+    if gpu_key is not None:
+        terms.append(_term((catalog.K8S_LABEL_GFD_PRODUCT, "In", products), memory, whole))
+    else:
+        # Any card GFD describes with enough memory and a compute capability of 7.5 or more: major 8 and up, or 7.5+.
+        major, minor = catalog.MIN_COMPUTE_CAPABILITY
+        terms.append(_term(memory, whole, (catalog.K8S_LABEL_GFD_COMPUTE_MAJOR, "Gt", (str(major),))))
+        terms.append(_term(memory, whole, (catalog.K8S_LABEL_GFD_COMPUTE_MAJOR, "In", (str(major),)),
+                           (catalog.K8S_LABEL_GFD_COMPUTE_MINOR, "Gt", (str(minor - 1),))))
+    return terms
+
+
+def _memory_floor(gpu_key: str | None) -> str:
+    """The GPU memory label's lower bound: the 16 GB floor, or just under the larger A100 when that is asked for."""
+    if gpu_key == "a100-80gb":
+        return str(catalog.GPUS["a100"].memory_gb * 1024)
+    return str(catalog.K8S_MIN_GPU_MEMORY_MIB)
+
+
+def _term(*requirements: tuple[str, str, tuple[str, ...]]) -> dict[str, object]:
+    return {"matchExpressions": [{"key": key, "operator": op, "values": list(values)}
+                                 for key, op, values in requirements]}
+
+
+# --- the workload ------------------------------------------------------------------------------------------------
+
+
+def server_env(settings: Settings) -> list[dict[str, str]]:
+    """The server's settings; the tokens come from the Secret (envFrom), never from here."""
+    env = hosted.server_env(settings, model=settings.model)
+    env.update({
+        "SDXL_METRICS_PORT": str(METRICS_PORT),
+        "SDXL_SHUTDOWN_GRACE": str(DRAIN_SECONDS),
+        "SDXL_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_SECONDS),
+        # The root filesystem is read-only: libraries that cache under $HOME write to the scratch volume.
+        "XDG_CACHE_HOME": "/tmp/cache",  # noqa: S108 - the pod's own emptyDir, not a shared host /tmp
+        "TRITON_CACHE_DIR": f"{CACHE_MOUNT}/triton",
+    })
+    return [{"name": name, "value": value} for name, value in sorted(env.items())]
+
+
+def probes() -> dict[str, object]:
+    """startup -> readiness and liveness. /health answers as soon as the process serves (while the model downloads);
+    /ready only once it can generate, and 503 while draining, so the Service stops sending it work."""
+    def get(path: str) -> dict[str, object]:
+        return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": PROBE_PERIOD_SECONDS, "timeoutSeconds": 5}
+
+    return {
+        "startupProbe": {**get("/health"), "failureThreshold": STARTUP_BUDGET_SECONDS // PROBE_PERIOD_SECONDS},
+        "readinessProbe": {**get("/ready"), "failureThreshold": 1, "successThreshold": 1},
+        # A generation holds the GPU, not the event loop: /health stays quick, so three misses mean a stuck server.
+        "livenessProbe": {**get("/health"), "periodSeconds": 20, "failureThreshold": 3},
+    }
+
+
+def container(settings: Settings, secret_name: pulumi.Input[str]) -> dict[str, object]:
+    return {
+        "name": "server",
+        "image": settings.image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"name": "http", "containerPort": hosted.SERVER_PORT},
+                  {"name": "metrics", "containerPort": METRICS_PORT}],
+        "env": server_env(settings),
+        "envFrom": [{"secretRef": {"name": secret_name}}],
+        "resources": {
+            "requests": dict(catalog.K8S_SERVER_REQUESTS),
+            "limits": {**catalog.K8S_SERVER_LIMITS, catalog.K8S_GPU_RESOURCE: "1"},
+        },
+        **probes(),
+        "securityContext": {
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "runAsUser": UID, "runAsGroup": UID, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "model-cache", "mountPath": CACHE_MOUNT},
+                         {"name": "scratch", "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir of the pod
+    }
+
+
+def pod_spec(settings: Settings, *, secret_name: pulumi.Input[str], cache_claim: pulumi.Input[str],
+             pull_secret: pulumi.Input[str] | None) -> dict[str, object]:
+    spec: dict[str, object] = {
+        "containers": [container(settings, secret_name)],
+        # fsGroup makes the cache volume writable by the server's group; only on a root mismatch, so a large cache
+        # is not walked at every start.
+        "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}},
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
+        "automountServiceAccountToken": False,  # the server never talks to the Kubernetes API
+        "enableServiceLinks": False,
+        "volumes": [{"name": "model-cache", "persistentVolumeClaim": {"claimName": cache_claim}},
+                    {"name": "scratch", "emptyDir": {"sizeLimit": "2Gi"}}],
+        **placement(settings),
+    }
+    if pull_secret is not None:
+        spec["imagePullSecrets"] = [{"name": pull_secret}]
+    return spec
+
+
+def strategy(settings: Settings) -> dict[str, object]:
+    """One replica: Recreate, since a second pod would need a second GPU and the cache volume may attach to one
+    node only. Several: replace one pod at a time without a surge pod, which would wait for a spare GPU."""
+    if settings.max_replicas == 1:
+        return {"type": "Recreate"}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+
+
+def cache_access_mode(settings: Settings) -> str:
+    """Replicas on several nodes share the cache only through a ReadWriteMany class (Filestore, EFS, CoreWeave's
+    shared storage); one replica needs ReadWriteOnce, which every class offers."""
+    return "ReadWriteMany" if settings.max_replicas > 1 else "ReadWriteOnce"
+
+
+# --- exposure ----------------------------------------------------------------------------------------------------
+
+
+def service_spec(settings: Settings) -> dict[str, object]:
+    kube = _kube(settings)
+    spec: dict[str, object] = {
+        "type": "LoadBalancer" if kube.exposure == "loadBalancer" else "ClusterIP",
+        "selector": selector_labels(settings),
+        # Only the API: the token-free metrics port stays on the pod, for the cluster's Prometheus.
+        "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+    }
+    if kube.exposure == "loadBalancer" and list(settings.allowed_cidrs) != list(contract.ANYWHERE):
+        spec["loadBalancerSourceRanges"] = list(settings.allowed_cidrs)
+    return spec
+
+
+def ingress_annotations(settings: Settings) -> dict[str, str]:
+    kube = _kube(settings)
+    notes = {
+        # ingress-nginx (documented annotations; other controllers ignore them): long generations and image uploads.
+        "nginx.ingress.kubernetes.io/proxy-read-timeout": str(INGRESS_TIMEOUT_SECONDS),
+        "nginx.ingress.kubernetes.io/proxy-send-timeout": str(INGRESS_TIMEOUT_SECONDS),
+        "nginx.ingress.kubernetes.io/proxy-body-size": INGRESS_BODY_LIMIT,
+    }
+    if kube.cert_issuer:
+        # cert-manager's ingress-shim issues the certificate into the tls secret named below.
+        notes["cert-manager.io/cluster-issuer"] = kube.cert_issuer
+    return notes
+
+
+def ingress_spec(settings: Settings, service_name: pulumi.Input[str]) -> dict[str, object]:
+    kube = _kube(settings)
+    spec: dict[str, object] = {
+        "rules": [{"host": settings.domain, "http": {"paths": [{
+            "path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": service_name, "port": {"name": "http"}}}}]}}],
+    }
+    if kube.ingress_class:
+        spec["ingressClassName"] = kube.ingress_class
+    if kube.cert_issuer:
+        spec["tls"] = [{"hosts": [settings.domain], "secretName": f"{APP}-tls"}]
+    return spec
+
+
+def endpoint_url(settings: Settings, service: k8s.core.v1.Service, namespace: pulumi.Input[str]) -> pulumi.Output[str]:
+    """The URL the user will call: the Ingress's host (https when cert-manager issues its certificate), the load
+    balancer's address, or the Service's cluster DNS name."""
+    kube = _kube(settings)
+    if kube.exposure == "ingress":
+        scheme = "https" if kube.cert_issuer else "http"
+        return pulumi.Output.from_input(f"{scheme}://{settings.domain}")
+    if kube.exposure == "internal":
+        return pulumi.Output.concat("http://", service.metadata.name, ".", namespace, ".svc.cluster.local")
+    return service.status.apply(_load_balancer_url)
+
+
+def _load_balancer_url(status: object) -> str:
+    ingress = (getattr(getattr(status, "load_balancer", None), "ingress", None) or []) if status else []
+    for point in ingress:
+        address = getattr(point, "ip", None) or getattr(point, "hostname", None)
+        if address:
+            return f"http://[{address}]" if ":" in address else f"http://{address}"
+    return ""  # not assigned yet (preview): `pulumi up` waits for the address before it finishes
+
+
+# --- scaling -----------------------------------------------------------------------------------------------------
+
+
+def keda_query(namespace: str, deployment: str) -> str:
+    """Images queued and running across the Deployment's pods, as the cluster's Prometheus scraped them."""
+    match = f'namespace="{namespace}",pod=~"{deployment}-.*"'
+    return f"sum(sdxl_queue_depth{{{match}}}) + sum(sdxl_in_flight_images{{{match}}})"
+
+
+def scaled_object_spec(settings: Settings, deployment: str, namespace: str) -> dict[str, object]:
+    kube = _kube(settings)
+    return {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
+        "minReplicaCount": settings.min_replicas,
+        "maxReplicaCount": settings.max_replicas,
+        "pollingInterval": 15,
+        # KEDA creates and owns the HorizontalPodAutoscaler (keda-hpa-<name>); there must be no other one.
+        "triggers": [{"type": "prometheus", "metadata": {
+            "serverAddress": kube.keda_prometheus_url,
+            "query": keda_query(namespace, deployment),
+            # AverageValue: replicas = ceil(queued and running images / this).
+            "threshold": str(catalog.K8S_QUEUE_TARGET_PER_REPLICA),
+        }}],
+    }
+
+
+def hpa_spec(settings: Settings, deployment: str) -> dict[str, object]:
+    return {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
+        "minReplicas": settings.min_replicas,
+        "maxReplicas": settings.max_replicas,
+        "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+            "type": "Utilization", "averageUtilization": catalog.K8S_CPU_TARGET_UTILISATION}}}],
+        # A new GPU pod takes minutes to be useful: scale out at once, in slowly.
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}},
+    }
+
+
+def scaling_note(settings: Settings) -> str:
+    kube = _kube(settings)
+    if settings.max_replicas == settings.min_replicas:
+        return f"fixed at {settings.min_replicas} replica(s) (minReplicas = maxReplicas)"
+    if kube.keda_prometheus_url:
+        return (f"KEDA on the server's queue ({catalog.K8S_QUEUE_TARGET_PER_REPLICA} images per replica), "
+                f"{settings.min_replicas}-{settings.max_replicas} replicas")
+    return (f"HorizontalPodAutoscaler on CPU ({catalog.K8S_CPU_TARGET_UTILISATION}% of the request), "
+            f"{settings.min_replicas}-{settings.max_replicas} replicas: a weak signal for a GPU server. Install KEDA "
+            "and set kedaPrometheusUrl to scale on the queue")
+
+
+def _kube(settings: Settings) -> KubeSettings:
+    assert settings.kube is not None, "config.validate sets kube for cloud kubernetes"
+    return settings.kube
+
+
+# --- the component -----------------------------------------------------------------------------------------------
+
+
+class Endpoint(pulumi.ComponentResource):
+    """The SDXL server as a Deployment in an existing cluster."""
+
+    outputs: dict[str, pulumi.Output]
+
+    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("sdxl-endpoint:kubernetes:Endpoint", name, None, opts)
+        kube = _kube(settings)
+        provider = k8s.Provider(f"{name}-cluster", context=kube.context, opts=pulumi.ResourceOptions(parent=self))
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        namespace = self._namespace(name, settings, child)
+        ns_opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[namespace]) if isinstance(
+            namespace, pulumi.Resource) else None)
+        ns_name = kube.namespace
+        meta: dict[str, object] = {"namespace": ns_name, "labels": labels(settings)}
+        if settings.ttl:
+            meta["annotations"] = {f"{PROJECT}.io/ttl": settings.ttl}
+
+        token = contract.api_token(settings, parent=self)
+        tokens = k8s.core.v1.Secret(f"{name}-tokens", metadata={**meta, "name": f"{APP}-tokens"}, type="Opaque",
+                                    string_data=hosted.server_secrets(settings, token),
+                                    opts=pulumi.ResourceOptions.merge(ns_opts, pulumi.ResourceOptions(
+                                        additional_secret_outputs=["data", "stringData"])))
+        pull_secret = None
+        if kube.image_pull_secret is not None:
+            pull = k8s.core.v1.Secret(
+                f"{name}-pull", metadata={**meta, "name": f"{APP}-pull"}, type="kubernetes.io/dockerconfigjson",
+                string_data={".dockerconfigjson": pulumi.Output.secret(kube.image_pull_secret)},
+                opts=pulumi.ResourceOptions.merge(ns_opts, pulumi.ResourceOptions(
+                    additional_secret_outputs=["data", "stringData"])))
+            pull_secret = pull.metadata.name
+        cache = k8s.core.v1.PersistentVolumeClaim(f"{name}-cache", metadata={
+            **meta, "name": f"{APP}-model-cache",
+            # A claim of a WaitForFirstConsumer class stays Pending until the pod that mounts it is scheduled, and the
+            # pod waits for the claim's name: do not wait for Bound (pulumi-kubernetes#895). The Deployment's own
+            # rollout wait covers the volume.
+            "annotations": {**meta.get("annotations", {}), "pulumi.com/skipAwait": "true"},
+        }, spec={
+            "accessModes": [cache_access_mode(settings)],
+            "resources": {"requests": {"storage": f"{settings.data_disk_gb}Gi"}},
+            **({"storageClassName": kube.storage_class} if kube.storage_class else {}),
+        }, opts=ns_opts)
+
+        autoscaled = settings.max_replicas > settings.min_replicas
+        deployment_name = APP
+        deployment = k8s.apps.v1.Deployment(f"{name}-server", metadata={**meta, "name": deployment_name}, spec={
+            "replicas": settings.min_replicas,
+            "selector": {"matchLabels": selector_labels(settings)},
+            "strategy": strategy(settings),
+            "template": {
+                "metadata": {"labels": labels(settings), "annotations": {
+                    # Annotation-based discovery (the Prometheus Helm chart's default scrape config).
+                    "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
+                    "prometheus.io/path": "/metrics"}},
+                "spec": pod_spec(settings, secret_name=tokens.metadata.name, cache_claim=cache.metadata.name,
+                                 pull_secret=pull_secret),
+            },
+        }, opts=pulumi.ResourceOptions.merge(ns_opts, pulumi.ResourceOptions(
+            # The autoscaler owns the replica count once it runs; the first image download can outlast the
+            # provider's default 10-minute wait for rollout.
+            ignore_changes=["spec.replicas"] if autoscaled else None, custom_timeouts=pulumi.CustomTimeouts(
+                create=f"{STARTUP_BUDGET_SECONDS // 60 + 10}m", update=f"{STARTUP_BUDGET_SECONDS // 60 + 10}m"))))
+
+        service_meta = dict(meta, name=APP)
+        if kube.exposure == "ingress" and kube.ingress_class == GKE_INGRESS_CLASS:
+            backend = k8s.apiextensions.CustomResource(
+                f"{name}-backend", api_version="cloud.google.com/v1", kind="BackendConfig",
+                metadata={**meta, "name": f"{APP}-backend"},
+                spec={"timeoutSec": INGRESS_TIMEOUT_SECONDS,
+                      "healthCheck": {"requestPath": "/ready", "port": hosted.SERVER_PORT, "type": "HTTP"}},
+                opts=ns_opts)
+            service_meta["annotations"] = {"cloud.google.com/backend-config": backend.metadata.name.apply(
+                lambda backend_name: json.dumps({"default": backend_name}))}
+        service = k8s.core.v1.Service(f"{name}-service", metadata=service_meta, spec=service_spec(settings),
+                                      opts=ns_opts)
+        if kube.exposure == "ingress":
+            k8s.networking.v1.Ingress(f"{name}-ingress", metadata={
+                **meta, "name": APP, "annotations": ingress_annotations(settings)},
+                spec=ingress_spec(settings, service.metadata.name), opts=ns_opts)
+
+        k8s.policy.v1.PodDisruptionBudget(f"{name}-pdb", metadata={**meta, "name": APP}, spec={
+            # Node drains (upgrades, scale-in) keep one pod serving; a pod that is not ready may always be evicted,
+            # so a stuck one never blocks a drain.
+            "minAvailable": 1, "selector": {"matchLabels": selector_labels(settings)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow"}, opts=ns_opts)
+        after_deployment = pulumi.ResourceOptions.merge(ns_opts, pulumi.ResourceOptions(depends_on=[deployment]))
+        if autoscaled and kube.keda_prometheus_url:
+            k8s.apiextensions.CustomResource(f"{name}-scaler", api_version="keda.sh/v1alpha1", kind="ScaledObject",
+                                             metadata={**meta, "name": APP},
+                                             spec=scaled_object_spec(settings, deployment_name, ns_name),
+                                             opts=after_deployment)
+        elif autoscaled:
+            k8s.autoscaling.v2.HorizontalPodAutoscaler(f"{name}-hpa", metadata={**meta, "name": APP},
+                                                       spec=hpa_spec(settings, deployment_name), opts=after_deployment)
+        note = scaling_note(settings)
+        (pulumi.log.warn if autoscaled and not kube.keda_prometheus_url else pulumi.log.info)(
+            f"scaling: {note}", resource=self)
+        url = endpoint_url(settings, service, ns_name)
+        if not url_is_https(settings):
+            pulumi.log.warn("the endpoint is plain http: a browser app served over https cannot call it (mixed "
+                            "content). Set domain and certIssuer (exposure ingress) for https.", resource=self)
+        context = f"--context {kube.context} " if kube.context else ""
+        shell = f"kubectl {context}-n {ns_name} logs -f deployment/{deployment_name}"
+        public_ip = service.status.apply(_load_balancer_address) if kube.exposure == "loadBalancer" else ""
+        self.outputs = hosted.hosted_outputs(settings, endpoint=url, api_token=token,
+                                             instance_id=f"{ns_name}/deployment/{deployment_name}", shell=shell)
+        self.outputs["publicIp"] = pulumi.Output.from_input(public_ip)
+        self.register_outputs(self.outputs)
+
+    @staticmethod
+    def _namespace(name: str, settings: Settings, opts: pulumi.ResourceOptions) -> k8s.core.v1.Namespace | None:
+        kube = _kube(settings)
+        if not kube.create_namespace:
+            return None
+        # Pod Security Admission: the namespace accepts only pods that meet the `restricted` standard, as ours does.
+        security = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
+        return k8s.core.v1.Namespace(f"{name}-namespace", metadata={
+            "name": kube.namespace, "labels": {**labels(settings), **security}}, opts=opts)
+
+
+def url_is_https(settings: Settings) -> bool:
+    kube = _kube(settings)
+    return kube.exposure == "ingress" and bool(kube.cert_issuer)
+
+
+def _load_balancer_address(status: object) -> str:
+    url = _load_balancer_url(status)
+    return url.removeprefix("http://").strip("[]")
