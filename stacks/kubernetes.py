@@ -400,14 +400,15 @@ class Endpoint(pulumi.ComponentResource):
 
         service_meta = dict(meta, name=APP)
         if kube.exposure == "ingress" and kube.ingress_class == GKE_INGRESS_CLASS:
+            backend_name = f"{APP}-backend"
             backend = k8s.apiextensions.CustomResource(
                 f"{name}-backend", api_version="cloud.google.com/v1", kind="BackendConfig",
-                metadata={**meta, "name": f"{APP}-backend"},
+                metadata={**meta, "name": backend_name},
                 spec={"timeoutSec": INGRESS_TIMEOUT_SECONDS,
                       "healthCheck": {"requestPath": "/ready", "port": hosted.SERVER_PORT, "type": "HTTP"}},
                 opts=ns_opts)
-            service_meta["annotations"] = {"cloud.google.com/backend-config": backend.metadata.name.apply(
-                lambda backend_name: json.dumps({"default": backend_name}))}
+            service_meta["annotations"] = {"cloud.google.com/backend-config": json.dumps({"default": backend_name})}
+            ns_opts = pulumi.ResourceOptions.merge(ns_opts, pulumi.ResourceOptions(depends_on=[backend]))
         service = k8s.core.v1.Service(f"{name}-service", metadata=service_meta, spec=service_spec(settings),
                                       opts=ns_opts)
         if kube.exposure == "ingress":
