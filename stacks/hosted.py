@@ -1,5 +1,6 @@
-"""What the hosted targets (stacks/huggingface.py, stacks/runpod.py) share: the server's settings as environment
-variables, the names they give their endpoint, the provider API key, and the output contract with neutral values.
+"""What the targets that run the server image as it is share (stacks/huggingface.py, stacks/runpod.py,
+stacks/kubernetes.py): the server's settings as environment variables, the names they give their endpoint, the
+provider API key, and the output contract with neutral values.
 
 Both run this project's server image as it is (image/Dockerfile): it listens on SERVER_PORT, runs as uid 10001 and
 reads its settings from SDXL_* variables (server/settings.py), so the HF and OpenAI APIs, CORS and the bearer token
