@@ -143,7 +143,9 @@ def observe_server(server: str, token: str | None, failed: str | None = None) ->
     ready = _get(f"{server}/ready", token)[0] == 200
     status, text = _get(f"{server}/metrics", token)
     if status != 200:
-        return Observation(ready=ready, failed=failed)
+        # /ready needs no token, /metrics does: a ready server whose activity cannot be read (no token yet, or
+        # not the server's) is not counted as ready, or its requests would go unseen and it would be stopped busy.
+        return Observation(ready=False, failed=failed)
     last_request, busy = parse_metrics(text)
     return Observation(ready=ready, last_request=last_request, busy=busy, failed=failed)
 

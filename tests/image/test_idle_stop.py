@@ -246,5 +246,9 @@ def test_polls_do_not_count_but_a_generation_does(entrypoint_server: LiveServer)
 
 
 def test_without_the_token_it_sees_nothing_and_so_never_starts_counting(entrypoint_server: LiveServer) -> None:
-    # /ready and /metrics need the token: a watcher without it must not mistake 401 for "ready".
+    # /ready answers without the token, /metrics does not: a watcher that cannot see the requests must not count
+    # the server as ready (it would power off a busy instance once the idle time passed).
+    assert httpx.get(f"{entrypoint_server.url}/ready", timeout=10).status_code == 200
+    assert httpx.get(f"{entrypoint_server.url}/metrics", timeout=10).status_code == 401
     assert idle_stop.observe_server(entrypoint_server.url, None) == Observation(ready=False)
+    assert idle_stop.observe_server(entrypoint_server.url, "not-the-token") == Observation(ready=False)
