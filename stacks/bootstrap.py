@@ -11,7 +11,8 @@ On every boot, systemd units (templates in image/host/) run, each as soon as wha
   sdxl-server     the tokens from SSM Parameter Store / Secret Manager, then the server container
   sdxl-caddy      the HTTPS front (its certificates come while the image builds)
   sdxl-ready      records model-downloaded and server-ready
-  sdxl-idle-stop  from boot: powers off when idle, when a boot step failed, or when never ready
+  sdxl-idle-stop  from boot: powers off when idle (unless idleStopMinutes is 0), when a boot step failed, or
+                  when never ready
 
 Boot phases are timestamped in /var/lib/sdxl-endpoint/boot-phases.log. The document carries no secret, only
 where the tokens live, so it stays readable in the plan and on the instance.
@@ -308,8 +309,13 @@ def render_cloud_init(values: BootstrapValues) -> str:
         files.append({"path": CADDYFILE, "permissions": "0644",
                       "content": _Literal(render_caddyfile(values.public_ip, values.domain, timeouts=values.timeouts))})
     files += [_host_file(BOOT_SCRIPT, "sdxl-boot.sh"), _host_file(CLOUD_HELPER, "sdxl_cloud.py")]
-    if not fleet and values.idle_stop_minutes > 0:
-        units["sdxl-idle-stop"] = _unit("sdxl-idle-stop", minutes=str(values.idle_stop_minutes))
+    if not fleet:
+        # On every single instance, 0 minutes included: a failed or never-ready boot must stop billing even when
+        # idleness never should.
+        minutes = values.idle_stop_minutes
+        units["sdxl-idle-stop"] = _unit("sdxl-idle-stop", minutes=str(minutes), when=(
+            f"after {minutes} min without a generation request, or after a failed or never-ready boot" if minutes > 0
+            else "after a failed or never-ready boot (idle auto-stop off)"))
         files.append(_host_file(IDLE_SCRIPT, "idle_stop.py"))
     files += [{"path": f"/etc/systemd/system/{name}.service", "permissions": "0644", "content": _Literal(text)}
               for name, text in units.items()]
