@@ -15,6 +15,8 @@ from stacks import config
 TARGETS = {
     "aws": "stacks.aws",
     "gcp": "stacks.gcp",
+    "huggingface": "stacks.huggingface",
+    "runpod": "stacks.runpod",
 }
 
 # An unknown cloud is reported by config.load() with the others; evaluate it against the default target.

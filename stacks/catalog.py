@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -73,7 +74,7 @@ GPUS: dict[str, Gpu] = {
     )
 }
 GPU_CHOICES = ("t4", "a10g", "l4", "l40s", "a100", "h100")  # what `gpu:` accepts
-DEFAULT_GPU = {"aws": "a10g", "gcp": "t4"}
+DEFAULT_GPU = {"aws": "a10g", "gcp": "t4", "huggingface": "a10g", "runpod": "l4"}
 
 
 @dataclass(frozen=True)
@@ -453,6 +454,8 @@ MACHINE_KEY = {"aws": "instanceType", "gcp": "machineType"}  # the config key na
 
 
 def offers_on(cloud: str) -> dict[str, Offer]:
+    if cloud in HOSTED_OFFERS:  # the hosted GPU providers, at the end of this file
+        return HOSTED_OFFERS[cloud]
     return AWS_OFFERS if cloud == "aws" else GCP_OFFERS
 
 
@@ -632,3 +635,162 @@ FLEET_FRONT_PRICES_SOURCE = ("AWS Elastic Load Balancing pricing (ALB-hour), Ama
                              "Google Cloud Load Balancing pricing (forwarding rules)")
 # A fleet VM's ephemeral external address counts against this regional Compute Engine quota.
 GCP_IN_USE_ADDRESSES_QUOTA = "IN_USE_ADDRESSES"
+# --- hosted GPU providers: Hugging Face Inference Endpoints and RunPod Pods ---------------------------------
+
+# The config key naming a hosted provider's hardware (the VM clouds' keys are MACHINE_KEY above).
+HOSTED_MACHINE_KEY = {"huggingface": "hfHardware", "runpod": "runpodGpuType"}
+
+
+@dataclass(frozen=True)
+class HostedOffer(Offer):
+    """A hosted provider's GPU. They rent a GPU, not a machine shape: the vCPUs and RAM that come with it are
+    theirs to pick (0 here), so `describe` leaves them out."""
+
+    vendor: str = ""  # Hugging Face: the cloud the endpoint runs on (aws, gcp)
+    region: str = ""  # Hugging Face: that cloud's region
+    instance_type: str = ""  # Hugging Face's instanceType (nvidia-a10g); RunPod: the GPU type id (NVIDIA L4)
+    instance_size: str = ""  # Hugging Face's instanceSize: x1 is one GPU
+
+    def describe(self) -> str:
+        price = (f"~${self.usd_per_hour:.2f}/h" if self.usd_per_hour is not None
+                 else "priced live: python -m tools.doctor --suggest")
+        where = f", {self.vendor} {self.region}" if self.vendor else ""
+        return f"{self.name} ({self.gpu.model} {self.gpu.memory_gb} GB{where}, {price})"
+
+
+# Hugging Face Inference Endpoints. create_inference_endpoint takes vendor, region, accelerator, instance_type and
+# instance_size; list_inference_endpoints_hardware() names each combination `<vendor>-<region>-<type>-<size>`
+# (its docstring: 'aws-us-east-1-nvidia-l4-x1'), the value `hfHardware` takes. Instance types and prices:
+# Hugging Face's pricing page (hf-endpoints-documentation, docs/source/support/pricing.md, last changed on
+# HF_PRICES_AS_OF); regions: its FAQ (AWS us-east-1 and eu-west-1, GCP us-east4, Azure eastus). The catalog
+# lists one region per cloud; the doctor checks the live list, with its quotas and prices.
+HF_PRICES_SOURCE = "Hugging Face Inference Endpoints pricing page (GPU instances, one replica)"
+HF_PRICES_AS_OF = "2026-05-19"
+HF_REGIONS = {"aws": "us-east-1", "gcp": "us-east4"}
+HF_GPU_TYPES = {  # instanceType -> the GPU (the pricing page lists AWS's T4 as 14 GB: the usable part of 16)
+    "nvidia-t4": "t4", "nvidia-l4": "l4", "nvidia-a10g": "a10g", "nvidia-l40s": "l40s",
+    "nvidia-a100": "a100-80gb", "nvidia-h100": "h100",
+}
+HF_GPU_PRICES = {  # (vendor, instanceType) -> USD per hour for one x1 replica (one GPU)
+    ("aws", "nvidia-t4"): 0.5, ("aws", "nvidia-l4"): 0.8, ("aws", "nvidia-a10g"): 1.0,
+    ("aws", "nvidia-l40s"): 1.8, ("aws", "nvidia-a100"): 2.5,
+    ("gcp", "nvidia-t4"): 0.5, ("gcp", "nvidia-l4"): 0.7, ("gcp", "nvidia-a100"): 3.6, ("gcp", "nvidia-h100"): 10.0,
+}
+HF_CPU_TYPES = ("intel-icl", "intel-spr", "intel-xeon")  # the pricing page's CPU instances
+HF_OTHER_ACCELERATORS = {"inf2": "AWS Inferentia2", "tpu": "Google TPU v5e"}  # its non-GPU accelerators
+HF_ONE_GPU = "x1"
+_HF_HARDWARE_RE = re.compile(
+    r"^(?P<vendor>aws|gcp|azure)-(?P<region>[a-z0-9-]+?)-(?P<type>nvidia-[a-z0-9]+|intel-[a-z]+|inf2|tpu)"
+    r"-(?P<size>[0-9x]+)$")
+
+
+def hf_hardware_id(vendor: str, region: str, instance_type: str, instance_size: str = HF_ONE_GPU) -> str:
+    return f"{vendor}-{region}-{instance_type}-{instance_size}"
+
+
+def _hf_offer(vendor: str, region: str, instance_type: str, instance_size: str = HF_ONE_GPU) -> HostedOffer:
+    return HostedOffer("huggingface", hf_hardware_id(vendor, region, instance_type, instance_size),
+                       GPUS[HF_GPU_TYPES[instance_type]], 1, 0, 0, HF_GPU_PRICES.get((vendor, instance_type)),
+                       vendor=vendor, region=region, instance_type=instance_type, instance_size=instance_size)
+
+
+HF_OFFERS: dict[str, HostedOffer] = {
+    o.name: o for o in (_hf_offer(vendor, HF_REGIONS[vendor], kind) for vendor, kind in HF_GPU_PRICES)
+}
+
+# RunPod Pods. create_pod's gpu_type_id is RunPod's GPU type id; these and their memory are RunPod's
+# "GPU types" reference (docs.runpod.io/references/gpu-types, table generated RUNPOD_GPU_TYPES_AS_OF): NVIDIA,
+# 16 GB or more, one per pod. RunPod publishes pod prices only in its console and API (they vary with the
+# cloud type and the host), so the catalog has none: the doctor shows the API's live securePrice and
+# communityPrice, and the stack's hourlyCostUsd is the pod's own costPerHr.
+RUNPOD_GPU_TYPES_AS_OF = "2026-02-12"
+RUNPOD_PRICES_SOURCE = "RunPod's API, live (gpuTypes securePrice/communityPrice; the pod's costPerHr)"
+RUNPOD_GPUS: dict[str, Gpu] = {
+    "NVIDIA RTX A4000": Gpu("rtx-a4000", "RTX A4000", 16),
+    "NVIDIA RTX A5000": Gpu("rtx-a5000", "RTX A5000", 24),
+    "NVIDIA L4": GPUS["l4"],
+    "NVIDIA GeForce RTX 4090": Gpu("rtx-4090", "RTX 4090", 24),
+    "NVIDIA A40": Gpu("a40", "A40", 48),
+    "NVIDIA L40S": GPUS["l40s"],
+    "NVIDIA A100 80GB PCIe": GPUS["a100-80gb"],
+    "NVIDIA H100 80GB HBM3": GPUS["h100"],
+}
+# RunPod types that cannot run SDXL, refused by name with the reason (same table).
+RUNPOD_UNFIT: dict[str, GpuFacts] = {
+    "NVIDIA GeForce RTX 3070": GpuFacts("NVIDIA", "RTX 3070", 1, 8 * 1024),
+    "NVIDIA GeForce RTX 3080": GpuFacts("NVIDIA", "RTX 3080", 1, 10 * 1024),
+    "NVIDIA GeForce RTX 3080 Ti": GpuFacts("NVIDIA", "RTX 3080 Ti", 1, 12 * 1024),
+    "NVIDIA GeForce RTX 4070 Ti": GpuFacts("NVIDIA", "RTX 4070 Ti", 1, 12 * 1024),
+    "NVIDIA RTX A2000": GpuFacts("NVIDIA", "RTX A2000", 1, 6 * 1024),
+    "AMD Instinct MI300X OAM": GpuFacts("AMD", "Instinct MI300X", 1, 192 * 1024),
+}
+RUNPOD_CLOUD_TYPES = ("SECURE", "COMMUNITY")  # create_pod's cloud_type: RunPod's data centres, or hosts' own
+RUNPOD_DEFAULT_CLOUD_TYPE = "SECURE"
+RUNPOD_OFFERS: dict[str, HostedOffer] = {
+    gpu_type: HostedOffer("runpod", gpu_type, gpu, 1, 0, 0, None, instance_type=gpu_type)
+    for gpu_type, gpu in RUNPOD_GPUS.items()
+}
+
+HOSTED_OFFERS: dict[str, dict[str, HostedOffer]] = {"huggingface": HF_OFFERS, "runpod": RUNPOD_OFFERS}
+
+
+def hosted_alternatives(cloud: str, vendor: str | None = None, limit: int = 3) -> tuple[HostedOffer, ...]:
+    """The fitting choices to offer instead: the same vendor first, then the cheapest (smallest when unpriced)."""
+    ranked = sorted(HOSTED_OFFERS[cloud].values(), key=lambda o: (
+        o.vendor != vendor, o.usd_per_hour if o.usd_per_hour is not None else math.inf, o.gpu.memory_gb))
+    return tuple(sorted(ranked[:limit], key=lambda o: (o.usd_per_hour or 0, o.gpu.memory_gb)))
+
+
+def hosted_refusal(cloud: str, name: str, reason: str, vendor: str | None = None) -> UnfitMachineError:
+    key = HOSTED_MACHINE_KEY[cloud]
+    nearest = hosted_alternatives(cloud, vendor)
+    return UnfitMachineError(Refusal(key, name, reason, nearest,
+                                     f"pulumi config set {key} {shlex.quote(nearest[0].name)}"))
+
+
+def _floor() -> str:
+    return f"SDXL needs one NVIDIA GPU with at least {SDXL_MIN_GPU_MEMORY_GB} GB of memory"
+
+
+def _matches_gpu(offer: Offer, gpu_key: str | None) -> bool:
+    return gpu_key is None or offer.gpu.key.split("-")[0] == gpu_key
+
+
+def resolve_huggingface(hardware: str, gpu_key: str | None) -> HostedOffer:
+    """Judge a Hugging Face hardware id (`hfHardware`): one NVIDIA GPU of 16 GB or more; CPU instances,
+    Inferentia and TPUs, multi-GPU sizes and GPUs the catalog does not know are refused with fitting choices."""
+    parts = _HF_HARDWARE_RE.match(hardware)
+    if parts is None:
+        raise hosted_refusal("huggingface", hardware, "it is not a Hugging Face hardware id "
+                             "(<vendor>-<region>-<instanceType>-<size>, as list_inference_endpoints_hardware() "
+                             "names them)")
+    vendor, region, kind, size = parts["vendor"], parts["region"], parts["type"], parts["size"]
+    if kind in HF_CPU_TYPES:
+        raise hosted_refusal("huggingface", hardware, f"it is CPU-only; {_floor()}", vendor)
+    if kind in HF_OTHER_ACCELERATORS:
+        raise hosted_refusal("huggingface", hardware, f"its accelerator ({HF_OTHER_ACCELERATORS[kind]}) is not an "
+                             f"NVIDIA GPU and does not run CUDA; {_floor()}", vendor)
+    if kind not in HF_GPU_TYPES:
+        raise hosted_refusal("huggingface", hardware, f"the catalog does not know the GPU of {kind}", vendor)
+    if size != HF_ONE_GPU:
+        raise hosted_refusal("huggingface", hardware, f"size {size} has several GPUs and the server uses one "
+                             f"(size {HF_ONE_GPU})", vendor)
+    offer = HF_OFFERS.get(hardware) or _hf_offer(vendor, region, kind)
+    if not _matches_gpu(offer, gpu_key):
+        raise hosted_refusal("huggingface", hardware, f"it has a {offer.gpu.model} GPU but gpu is set to "
+                             f"'{gpu_key}'", vendor)
+    return offer
+
+
+def resolve_runpod(gpu_type: str, gpu_key: str | None) -> HostedOffer:
+    """Judge a RunPod GPU type id (`runpodGpuType`), as `why_unfit` judges a machine."""
+    if gpu_type in RUNPOD_UNFIT:
+        reason = why_unfit(InstanceFacts(gpu_type, 0, gpus=(RUNPOD_UNFIT[gpu_type],)))
+        raise hosted_refusal("runpod", gpu_type, reason or "it is not in the catalog")
+    offer = RUNPOD_OFFERS.get(gpu_type)
+    if offer is None:
+        raise hosted_refusal("runpod", gpu_type, "it is not one of the catalog's RunPod GPU types (NVIDIA, "
+                             f"{SDXL_MIN_GPU_MEMORY_GB} GB or more: {', '.join(RUNPOD_GPUS)})")
+    if not _matches_gpu(offer, gpu_key):
+        raise hosted_refusal("runpod", gpu_type, f"it is a {offer.gpu.model} but gpu is set to '{gpu_key}'")
+    return offer

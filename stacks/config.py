@@ -42,9 +42,12 @@ MAX_TARGET_REQUESTS_PER_HOUR = 100_000  # far above any single GPU's SDXL throug
 DEFAULT_AWS_REGION = "us-east-1"
 DEFAULT_GCP_REGION = "us-central1"
 DEFAULT_GCP_ZONE = "us-central1-a"
+RUNPOD_ANY_REGION = "any"  # the `region` output of a RunPod stack: RunPod places the pod where the GPU is free
 CLOUDS = (
     "aws",
     "gcp",
+    "huggingface",
+    "runpod",
 )
 SECRET_KEYS = ("apiToken", "hfToken")
 
@@ -53,6 +56,7 @@ _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 _AWS_REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 _GCP_ZONE_RE = re.compile(r"^[a-z]+-[a-z]+\d-[a-z]$")
+_HF_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # Describes a machine type the catalog does not list, from the cloud's own data: (name, region) -> facts,
 # or None when the region does not sell it. A target module that can look types up provides one.
@@ -88,6 +92,8 @@ class Settings:
     max_replicas: int = 1
     data_disk_gb: int = DEFAULT_DATA_DISK_GB
     target_requests_per_hour: int | None = None  # fleets: per replica; None: from the catalog's GPU estimate
+    hf_namespace: str | None = None  # Hugging Face: the user or organisation billed; None: the token's user
+    runpod_cloud_type: str = catalog.RUNPOD_DEFAULT_CLOUD_TYPE  # RunPod: SECURE or COMMUNITY
 
     @property
     def fleet(self) -> bool:
@@ -207,6 +213,10 @@ class RawConfig(BaseModel):
     minReplicas: int = Field(1, ge=0, le=MAX_REPLICAS)  # noqa: N815
     maxReplicas: int = Field(1, ge=1, le=MAX_REPLICAS)  # noqa: N815
     targetRequestsPerHour: int = Field(0, ge=0, le=MAX_TARGET_REQUESTS_PER_HOUR)  # noqa: N815
+    hfHardware: str | None = None  # noqa: N815
+    hfNamespace: str | None = Field(None, pattern=_HF_NAMESPACE_RE.pattern)  # noqa: N815
+    runpodGpuType: str | None = None  # noqa: N815
+    runpodCloudType: str = catalog.RUNPOD_DEFAULT_CLOUD_TYPE  # noqa: N815
 
 
 # Every project key, as declared in Pulumi.yaml; anything else under `sdxl-endpoint:` is a typo.
@@ -232,6 +242,7 @@ _TYPE_HELP: dict[str, tuple[str, str]] = {
     "targetRequestsPerHour": (f"must be a whole number of requests per replica and hour, 0 to "
                               f"{MAX_TARGET_REQUESTS_PER_HOUR} (0: from the GPU's estimated throughput)",
                               "pulumi config rm targetRequestsPerHour"),
+    "hfNamespace": ("must be a Hugging Face user or organisation name", "pulumi config rm hfNamespace"),
 }
 
 
@@ -280,6 +291,7 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
     cidrs = _check_cidrs(raw.allowedCidrs, problems, cloud)
     domain = _check_domain(raw.domain, problems)
     _check_ttl(raw.ttl, problems)
+    _check_hosted_keys(raw, problems, cloud)
     if raw.minReplicas > raw.maxReplicas:
         problems.add("minReplicas", raw.minReplicas, f"is above maxReplicas ({raw.maxReplicas})",
                      f"{_set('maxReplicas', str(raw.minReplicas))}, or {_set('minReplicas', str(raw.maxReplicas))}")
@@ -301,6 +313,7 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
         idle_stop_minutes=raw.idleStopMinutes, ssh=raw.ssh, ttl=raw.ttl, region=place.region, zone=place.zone,
         gcp_project=place.gcp_project, min_replicas=raw.minReplicas, max_replicas=raw.maxReplicas,
         data_disk_gb=raw.dataDiskGb, target_requests_per_hour=raw.targetRequestsPerHour or None,
+        hf_namespace=raw.hfNamespace, runpod_cloud_type=raw.runpodCloudType.upper(),
     )
 
 
@@ -493,11 +506,12 @@ def _place_gcp(raw: RawConfig, values: Mapping[str, object], gpu: str | None, pr
 
 
 def _check_fleet(raw: RawConfig, problems: Problems, cloud: str, domain: str | None, cidrs: list[str]) -> None:
-    """Fleet mode (maxReplicas 2 or more) and the keys that only make sense with or without it."""
-    if raw.maxReplicas < 2:
+    """Fleet mode of the VM clouds (maxReplicas 2 or more) and the keys that only make sense with or without it.
+    Other targets scale with their own engine and check their own keys."""
+    if cloud not in catalog.MACHINE_KEY or raw.maxReplicas < 2:
         if raw.targetRequestsPerHour:
             problems.add("targetRequestsPerHour", raw.targetRequestsPerHour,
-                         "applies to fleets only (maxReplicas 2 or more)",
+                         "applies to AWS and GCP fleets only (maxReplicas 2 or more)",
                          "pulumi config rm targetRequestsPerHour, or pulumi config set maxReplicas 2")
         return
     # The CLI passes Pulumi.yaml's default (30) as if it were set, so only another value counts as asking.
@@ -513,12 +527,83 @@ def _check_fleet(raw: RawConfig, problems: Problems, cloud: str, domain: str | N
                      "load balancer sees CloudFront's addresses, never your clients'",
                      f"{_set('domain', 'sdxl.example.com')} (the load balancer then filters allowedCidrs "
                      "itself), or pulumi config rm allowedCidrs")
+# --- the hosted GPU providers (Hugging Face Inference Endpoints, RunPod Pods) ----------------------
+
+# Hosted keys, by the cloud they belong to: set under another cloud, they would be silently ignored.
+_HOSTED_KEYS = {"hfHardware": "huggingface", "hfNamespace": "huggingface", "runpodGpuType": "runpod"}
+IMAGE_FIX = ("publish the server image with .github/workflows/image.yml (ghcr.io/<owner>/sdxl-endpoint-server, "
+             "made public), or `docker build -f image/Dockerfile -t <registry>/<name>:<tag> .` and push it; then "
+             "pulumi config set image <that reference>")
+
+
+def _check_hosted_keys(raw: RawConfig, problems: Problems, cloud: str) -> None:
+    for key, owner in _HOSTED_KEYS.items():
+        if getattr(raw, key) is not None and cloud != owner:
+            problems.add(key, getattr(raw, key), f"applies to cloud {owner}, but cloud is {cloud}",
+                         f"pulumi config rm {key}")
+    if cloud != "runpod" and raw.runpodCloudType.upper() != catalog.RUNPOD_DEFAULT_CLOUD_TYPE:
+        problems.add("runpodCloudType", raw.runpodCloudType, f"applies to cloud runpod, but cloud is {cloud}",
+                     "pulumi config rm runpodCloudType")
+
+
+def _check_hosted_common(raw: RawConfig, problems: Problems, cloud: str) -> None:
+    """What every hosted target needs (a pullable image) and what it cannot do: the provider owns the front and
+    the machine, so a key that would restrict or shape them is refused rather than silently ignored."""
+    if raw.image is None:
+        problems.add("image", None, f"required when cloud is {cloud}: the provider pulls the server image, "
+                     "nothing builds it there", IMAGE_FIX)
+    if list(raw.allowedCidrs) != ["0.0.0.0/0"]:
+        problems.add("allowedCidrs", raw.allowedCidrs, f"{cloud}'s public front cannot be limited to networks; "
+                     "the bearer token (apiToken) is the gate", "pulumi config rm allowedCidrs")
+    for key, why in (("domain", "the endpoint keeps the provider's own HTTPS name"),
+                     ("spot", "the endpoint runs on demand"), ("ssh", "there is no SSH into the container"),
+                     ("diskGb", "the provider sizes the container's disk")):
+        if getattr(raw, key) not in (None, False, DEFAULT_DISK_GB):
+            problems.add(key, getattr(raw, key), f"does not apply to cloud {cloud}: {why}", f"pulumi config rm {key}")
+
+
+def _place_huggingface(raw: RawConfig, values: Mapping[str, object], gpu: str | None, problems: Problems,
+                       describe_machine: MachineLookup | None) -> Placement:
+    _check_hosted_common(raw, problems, "huggingface")
+    if raw.dataDiskGb != DEFAULT_DATA_DISK_GB:
+        problems.add("dataDiskGb", raw.dataDiskGb, "does not apply to cloud huggingface: the endpoint mounts the "
+                     "model itself", "pulumi config rm dataDiskGb")
+    if raw.idleStopMinutes > 0 and raw.minReplicas > 1:
+        problems.add("minReplicas", raw.minReplicas, f"keeps {raw.minReplicas} replicas running, but "
+                     f"idleStopMinutes ({raw.idleStopMinutes}) scales the endpoint to zero",
+                     f"{_set('minReplicas', '1')}, or {_set('idleStopMinutes', '0')} to keep them")
+    if raw.idleStopMinutes == 0 and raw.minReplicas == 0:
+        problems.add("minReplicas", 0, "scaling to zero needs idleStopMinutes: the minutes without a request "
+                     "before Hugging Face scales the endpoint down", _set("idleStopMinutes", str(
+                         DEFAULT_IDLE_STOP_MINUTES)))
+    machine = _machine("huggingface", raw.hfHardware, gpu, problems,
+                       lambda name: catalog.resolve_huggingface(name, gpu))
+    return Placement(machine, machine.region if isinstance(machine, catalog.HostedOffer) else "")
+
+
+def _place_runpod(raw: RawConfig, values: Mapping[str, object], gpu: str | None, problems: Problems,
+                  describe_machine: MachineLookup | None) -> Placement:
+    _check_hosted_common(raw, problems, "runpod")
+    if raw.maxReplicas != 1 or raw.minReplicas != 1:
+        problems.add("maxReplicas" if raw.maxReplicas != 1 else "minReplicas",
+                     raw.maxReplicas if raw.maxReplicas != 1 else raw.minReplicas,
+                     "a RunPod pod is one GPU (idleStopMinutes stops it when idle)",
+                     "pulumi config rm minReplicas; pulumi config rm maxReplicas")
+    if raw.runpodCloudType.upper() not in catalog.RUNPOD_CLOUD_TYPES:
+        problems.add("runpodCloudType", raw.runpodCloudType, f"must be one of {', '.join(catalog.RUNPOD_CLOUD_TYPES)}"
+                     " (RunPod's own data centres, or community hosts)",
+                     _set("runpodCloudType", catalog.RUNPOD_DEFAULT_CLOUD_TYPE))
+    machine = _machine("runpod", raw.runpodGpuType, gpu, problems, lambda name: catalog.resolve_runpod(name, gpu))
+    # RunPod picks the data centre that has the GPU free; the pod does not choose one.
+    return Placement(machine, RUNPOD_ANY_REGION)
 
 
 # Each cloud's placement rules, by `cloud` (the same keys as CLOUDS and __main__.TARGETS).
 PLACEMENTS: dict[str, Callable[..., Placement]] = {
     "aws": _place_aws,
     "gcp": _place_gcp,
+    "huggingface": _place_huggingface,
+    "runpod": _place_runpod,
 }
 
 

@@ -7,11 +7,14 @@ per-AZ offerings come from moto's copy of EC2's catalog, not from hand-written f
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import gzip
 import json
 import os
 import runpy
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,12 @@ DLAMI_ROOT_GB = 75
 FAKE_DLVM_DISK_GB = 50
 FAKE_ALB_DNS = "sdxl-alb-1234567890.us-east-1.elb.amazonaws.com"
 FAKE_CLOUDFRONT_DOMAIN = "d111111abcdef8.cloudfront.net"
+# The hosted targets' dynamic resources (pulumi-python:dynamic/<module>:<name>) and what their providers return.
+HF_ENDPOINT_TYPE = "pulumi-python:dynamic/huggingface:InferenceEndpoint"
+RUNPOD_POD_TYPE = "pulumi-python:dynamic/runpod:Pod"
+FAKE_HF_USER = "sdxl-tester"
+FAKE_POD_ID = "x1y2z3pod4567"
+FAKE_POD_COST = 0.43
 
 
 @functools.cache
@@ -104,6 +113,16 @@ class CloudMocks(pulumi.runtime.Mocks):
         elif args.typ == "gcp:serviceaccount/account:Account":
             state["email"] = f"{args.inputs['accountId']}@{FAKE_GCP_PROJECT}.iam.gserviceaccount.com"
             state["member"] = f"serviceAccount:{state['email']}"
+        elif args.typ == HF_ENDPOINT_TYPE:
+            # What create records: the endpoint's name as its id, its URL and state, the namespace it resolved.
+            resource_id = args.inputs["name"]
+            state.update(url=f"https://{resource_id}.{args.inputs['region']}.{args.inputs['vendor']}"
+                             ".endpoints.huggingface.cloud", status="running",
+                         namespace=args.inputs.get("namespace") or FAKE_HF_USER)
+        elif args.typ == RUNPOD_POD_TYPE:
+            resource_id = FAKE_POD_ID
+            state.update(podId=FAKE_POD_ID, url=f"https://{FAKE_POD_ID}-8000.proxy.runpod.net",
+                         costPerHr=FAKE_POD_COST, desiredStatus="RUNNING")
         elif args.typ == "random:index/randomPassword:RandomPassword":
             # Each password its own value (the API token's as before), as the provider's random bytes would be.
             stem = "generated-token-" if args.name == "api-token" else f"generated-{args.name}-"
@@ -201,6 +220,7 @@ class RecordingMonitor(MockMonitor):
             "delete_before_replace": request.deleteBeforeReplace, "replace_on_changes": list(request.replaceOnChanges),
             "ignore_changes": list(request.ignoreChanges), "retain_on_delete": request.retainOnDelete,
             "protect": request.protect, "dependencies": list(request.dependencies),
+            "additional_secret_outputs": list(request.additionalSecretOutputs),
         }
         return super().RegisterResource(request)
 
@@ -253,6 +273,19 @@ class ProgramRun:
 
     def is_secret(self, output: pulumi.Output) -> bool:
         return self.resolved[id(output)][1]
+
+
+def load_provider_in_project(provider: pulumi.dynamic.ResourceProvider) -> tuple[bytes, list[str]]:
+    """A dynamic provider as Pulumi stores it (serialize_provider: dill, base64), and what a fresh Python started in
+    the project's directory, as the engine starts its dynamic provider host, loads from it: module, class."""
+    from pulumi.dynamic.dynamic import serialize_provider
+
+    serialized = serialize_provider(provider)
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import base64, sys, dill; p = dill.loads(base64.b64decode(sys.stdin.read())); "
+         "print(type(p).__module__, type(p).__name__)"],
+        input=serialized, capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
+    return base64.b64decode(serialized), loaded.stdout.split()
 
 
 def plain_strings(value):

@@ -423,7 +423,7 @@ def test_fleet_config_mistakes_are_refused_with_a_fix(settings, pattern):
 def test_the_default_idle_stop_does_not_count_as_asking_for_one_and_single_stacks_refuse_fleet_keys():
     # The CLI passes Pulumi.yaml's default (30) as if it were set.
     assert fleet_run({"idleStopMinutes": "30"}).namespace["settings"].fleet
-    with pytest.raises(config.ConfigError, match=r"targetRequestsPerHour = 100: applies to fleets only"):
+    with pytest.raises(config.ConfigError, match=r"targetRequestsPerHour = 100: applies to AWS and GCP fleets only"):
         run_program({"targetRequestsPerHour": "100"}, preview=True)
     # A fixed size above 1 is a fleet too.
     assert fleet_run({"minReplicas": "3", "maxReplicas": "3"}).one(GROUP).inputs["minSize"] == 3

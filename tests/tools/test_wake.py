@@ -272,3 +272,62 @@ esac
     assert not [c for c in commands if "--create" in c or c.startswith(("stack init", "up", "destroy"))]
     assert "stack output --json --show-secrets --stack aws-g5" in commands  # read through the Automation API
     assert any(c.startswith("config") and "--stack aws-g5" in c for c in commands)
+
+
+# --- RunPod: the runpod SDK against the loopback GraphQL fake; Hugging Face: nothing to start ------------------
+
+
+@pytest.fixture
+def runpod_api(monkeypatch):
+    from tests.fakes import runpod_api as fake_api
+
+    with fake_api.serving(fake_api.FakeRunPod(), monkeypatch) as fake:
+        yield fake
+
+
+def stopped_pod(fake) -> str:
+    fake.pods["pod0009xyz"] = {"id": "pod0009xyz", "name": "sdxl-runpod-l4", "imageName": "img", "env": [],
+                               "gpuCount": 1, "containerDiskInGb": 100, "volumeInGb": 0, "ports": "8000/http",
+                               "desiredStatus": "EXITED", "costPerHr": 0.43, "machine": {"gpuDisplayName": "L4"}}
+    return "pod0009xyz"
+
+
+RUNPOD = Target(cloud="runpod", instance="pod0009xyz", region="any", zone="",
+                endpoint="https://pod0009xyz-8000.proxy.runpod.net", token=TOKEN)
+
+
+def test_runpod_resumes_a_stopped_pod_on_its_own_host(runpod_api) -> None:
+    stopped_pod(runpod_api)
+    wake.start_runpod(RUNPOD)
+    assert runpod_api.pods["pod0009xyz"]["desiredStatus"] == "RUNNING"
+    assert runpod_api.calls == ["pods", "podResume"]
+    wake.start_runpod(RUNPOD)  # running already: left as it is
+    assert runpod_api.calls.count("podResume") == 1
+
+
+def test_runpod_host_without_a_free_gpu_says_what_to_do(runpod_api) -> None:
+    from tests.fakes.runpod_api import NO_GPU_ON_HOST
+
+    stopped_pod(runpod_api)
+    runpod_api.host_has_gpu = False
+    with pytest.raises(WakeError, match=f"{NO_GPU_ON_HOST}.*retry later, or replace the pod"):
+        wake.start_runpod(RUNPOD)
+
+
+def test_runpod_pod_terminated_elsewhere(runpod_api) -> None:
+    with pytest.raises(WakeError, match="no longer exists.*`make up` creates a new one"):
+        wake.start_runpod(RUNPOD)
+
+
+def test_reads_a_hosted_target_without_a_zone(backend) -> None:
+    deployed(backend, "runpod-l4", {"endpoint": RUNPOD.endpoint, "apiToken": TOKEN, "instanceId": "pod0009xyz",
+                                    "region": "any", "availabilityZone": ""}, {"sdxl-endpoint:cloud": "runpod"})
+    assert wake.read_target("runpod-l4") == RUNPOD
+
+
+def test_a_hugging_face_endpoint_is_woken_by_the_ready_poll_itself() -> None:
+    started: list[str] = []
+    target = Target(cloud="huggingface", instance="sdxl-hf-a10g", region="us-east-1", zone="",
+                    endpoint="https://sdxl-hf-a10g.us-east-1.aws.endpoints.huggingface.cloud", token=TOKEN)
+    seconds = wake.wake(target, 60, ready=lambda t, timeout_s, say: 42.0, say=started.append)
+    assert seconds == 42.0 and "Starting sdxl-hf-a10g (huggingface, us-east-1)..." in started

@@ -41,7 +41,8 @@ Status = Literal["ok", "warn", "fail"]
 CloudName = Literal[config.CLOUDS]  # the same tuple `cloud:` is validated against
 # Stable identifiers of the checks, in the order a run may add them (the --json schema lists them).
 CheckName = Literal["config", "credentials", "offering", "gpu", "quota", "image", "spot-price", "compute-api",
-                    "accelerator", "machine-type", "regional-quota", "global-quota"]
+                    "accelerator", "machine-type", "regional-quota", "global-quota",
+                    "hardware", "availability", "spend"]
 
 # Seconds. Long enough for a slow link, short enough that a black-holed network fails fast.
 CONNECT_TIMEOUT_S = 5
@@ -108,6 +109,8 @@ class Target:
     project: str | None = None  # GCP
     aws_profile: str | None = None  # a stack's `aws:profile`, as the Pulumi AWS provider uses it
     replicas: int = 1  # the most instances it may run: maxReplicas, above 1 for a fleet
+    namespace: str | None = None  # Hugging Face: hfNamespace (None: the token's user)
+    cloud_type: str | None = None  # RunPod: SECURE or COMMUNITY
 
     def describe(self) -> str:
         what = self.machine.describe() if self.machine else "(machine not resolved)"

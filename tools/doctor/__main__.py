@@ -12,8 +12,10 @@ from stacks import catalog, config
 from tools.doctor import FAIL, WARN, Check, Report, Target
 from tools.doctor import aws as aws_cloud
 from tools.doctor import gcp as gcp_cloud
+from tools.doctor import huggingface as hf_cloud
+from tools.doctor import runpod as runpod_cloud
 from tools.doctor.report import SKIP_HINT, as_json, as_text
-from tools.doctor.target import cloud_of, flag_values, resolve_target, stack_values
+from tools.doctor.target import HOSTED_CLOUDS, cloud_of, flag_values, resolve_target, stack_values
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="check a fleet of up to N instances: quota for all of them (a stack's maxReplicas)")
     parser.add_argument("--json", action="store_true", help="print one JSON document (schema: JSON_SCHEMA)")
     parser.add_argument("--suggest", action="store_true",
-                        help="list the regions (AWS) or zones (GCP) offering the GPU, by price, with quota")
+                        help="list the regions (AWS) or zones (GCP) offering the GPU, by price, with quota; hosted: "
+                        "the fitting hardware available now, with live prices")
     args = parser.parse_args(argv)
     explicit = [f"--{n.replace('_', '-')}" for n in ("cloud", "gpu", "instance_type", "machine_type", "region",
                                                      "zone", "project") if getattr(args, n)]
@@ -52,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def diagnose(args: argparse.Namespace, aws: aws_cloud.AwsApi | None = None,
-             gcp: gcp_cloud.GcpApi | None = None) -> Report:
+             gcp: gcp_cloud.GcpApi | None = None, huggingface: hf_cloud.HuggingFaceApi | None = None,
+             runpod: runpod_cloud.RunPodApi | None = None) -> Report:
     """Run every check for the target the arguments name; never raises for a cloud's failure."""
     gcp = gcp or gcp_cloud.GcpApi()
     notes: list[Check] = []
@@ -79,7 +83,13 @@ def diagnose(args: argparse.Namespace, aws: aws_cloud.AwsApi | None = None,
     target = Target(cloud=cloud, stack=args.stack, aws_profile=values.get("aws:profile"))
     report = Report(target, checks=notes)
 
-    if cloud == "aws":
+    if cloud in HOSTED_CLOUDS:
+        report.checks.append(resolve_target(values, args.stack, None, target))
+        if cloud == "huggingface":
+            hf_cloud.check(target, huggingface or hf_cloud.HuggingFaceApi(), report, args.suggest)
+        else:
+            runpod_cloud.check(target, runpod or runpod_cloud.RunPodApi(), report, args.suggest)
+    elif cloud == "aws":
         try:
             aws = aws or aws_cloud.AwsApi(target.aws_profile)
         except Exception as err:  # noqa: BLE001 - e.g. a profile that isn't in ~/.aws/config

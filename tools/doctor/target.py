@@ -25,6 +25,10 @@ def stack_values(stack: str) -> tuple[dict[str, str], str | None]:
     return presets.engine_values(presets.read(stack)), None
 
 
+HOSTED_CLOUDS = ("huggingface", "runpod")
+IMAGE_NOT_CHECKED = "image.not.checked/by-the-doctor:flags"
+
+
 def cloud_of(args: argparse.Namespace) -> str:
     """The explicit target's cloud: --cloud, else what the other flags imply."""
     return args.cloud or ("gcp" if args.machine_type or args.zone or args.project else "aws")
@@ -42,6 +46,11 @@ def flag_values(args: argparse.Namespace, adc_project: Callable[[], str | None])
     if cloud == "aws":
         if args.region:
             values["aws:region"] = args.region
+        return values
+    if cloud in HOSTED_CLOUDS:
+        # The flags name hardware, not an image: a stand-in keeps validation to the hardware (a stack's own
+        # `image` is checked as `pulumi up` checks it).
+        values[f"{config.PROJECT}:image"] = IMAGE_NOT_CHECKED
         return values
     zone = args.zone
     if args.region and not zone:
@@ -83,4 +92,6 @@ def resolve_target(values: dict[str, str], stack: str | None,
     report_target.zone = settings.zone
     report_target.project = settings.gcp_project
     report_target.replicas = settings.max_replicas  # a fleet needs quota for all of them
+    report_target.namespace = settings.hf_namespace
+    report_target.cloud_type = settings.runpod_cloud_type
     return Check(name="config", status=OK, value=settings.machine.describe())

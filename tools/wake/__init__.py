@@ -5,8 +5,9 @@ only: a fleet never stops, and wake says so.
 
 It reads the stack's outputs (instance, zone, endpoint, token) and config (cloud, GCP project) through
 the Automation API, as the CI automation does (tools/workspace.py), asks the cloud to start the instance
-(boto3 `start_instances`, google-cloud-compute `instances.start`; a running instance is left as it is),
-then polls `<endpoint>/ready` with the token.
+(boto3 `start_instances`, google-cloud-compute `instances.start`, the runpod SDK's `resume_pod`; a running
+one is left as it is; a Hugging Face endpoint scaled to zero needs no start: a request wakes it), then polls
+`<endpoint>/ready` with the token.
 The disk kept the image and the model, so this takes minutes, not the first boot's download.
 """
 
@@ -24,6 +25,7 @@ from pulumi import automation as auto
 from tools import workspace
 
 DEFAULT_TIMEOUT_S = 20 * 60
+HOSTED = ("huggingface", "runpod")  # targets with no zone of their own
 POLL_S = 5.0
 
 
@@ -58,11 +60,13 @@ def read_target(stack_name: str, select: Callable[[str], auto.Stack | None] = wo
         # e.g. a locked or unreadable backend, a wrong passphrase: the CLI's own words.
         raise WakeError(f"cannot read stack {stack_name}: {workspace.error_lines(err, 1)[0]}") from err
     refuse_fleet(stack_name, outputs, config)
-    missing = [k for k in ("instanceId", "endpoint", "apiToken", "region", "availabilityZone") if not outputs.get(k)]
+    cloud = config.get("sdxl-endpoint:cloud") or "aws"
+    # A hosted endpoint has no zone (its contract output is ""): the provider places it.
+    needed = ("instanceId", "endpoint", "apiToken") + (() if cloud in HOSTED else ("region", "availabilityZone"))
+    missing = [k for k in needed if not outputs.get(k)]
     if missing:
         raise WakeError(f"stack {stack_name} has no {', '.join(missing)} output: deploy it first "
                         f"(make up STACK={stack_name})")
-    cloud = config.get("sdxl-endpoint:cloud") or "aws"
     project = config.get("gcp:project")
     if cloud == "gcp" and not project:
         raise WakeError(f"stack {stack_name} has no gcp:project in its config")
@@ -112,6 +116,31 @@ def start_gcp(target: Target, instances=None) -> None:
         raise WakeError(f"GCE could not start {target.instance} in {target.zone}: {reasons or exc}") from exc
 
 
+def start_runpod(target: Target) -> None:
+    """Resume a stopped pod through the runpod SDK (RUNPOD_API_KEY). A stopped pod keeps its host machine, so it
+    comes back on the same GPU type; a running one is left as it is."""
+    from stacks import runpod
+
+    sdk = runpod.client()
+    pod = runpod.find_pod(sdk, target.instance)
+    if pod is None:
+        raise WakeError(f"pod {target.instance} no longer exists (terminated outside Pulumi): `make up` creates "
+                        "a new one")
+    if pod.get("desiredStatus") == "RUNNING":
+        return
+    try:
+        sdk.resume_pod(target.instance, gpu_count=1)
+    except Exception as exc:  # noqa: BLE001 - the SDK raises QueryError with RunPod's own words
+        raise WakeError(f"RunPod could not resume pod {target.instance}: {exc}. A stopped pod waits for a GPU on "
+                        "its own host: retry later, or replace the pod (make up ARGS=--replace=<the pod's URN>), "
+                        "which downloads the model again") from exc
+
+
+def start_huggingface(target: Target) -> None:
+    """Nothing to start: a request wakes an endpoint scaled to zero (Hugging Face answers 503 until a replica
+    runs), and polling /ready is that request."""
+
+
 def wait_ready(target: Target, timeout_s: float, *, client: httpx.Client | None = None,
                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                say: Callable[[str], None] = print) -> float:
@@ -145,8 +174,9 @@ def wait_ready(target: Target, timeout_s: float, *, client: httpx.Client | None 
 
 def wake(target: Target, timeout_s: float = DEFAULT_TIMEOUT_S, *, start=None, ready=wait_ready,
          say: Callable[[str], None] = print) -> float:
-    start = start or {"aws": start_aws, "gcp": start_gcp}[target.cloud]
-    say(f"Starting {target.instance} ({target.cloud}, {target.zone})...")
+    start = start or {"aws": start_aws, "gcp": start_gcp, "runpod": start_runpod,
+                      "huggingface": start_huggingface}[target.cloud]
+    say(f"Starting {target.instance} ({target.cloud}, {target.zone or target.region or 'provider-placed'})...")
     start(target)
     say(f"Running. Waiting for {target.endpoint}/ready (model and image are on the disk already)...")
     seconds = ready(target, timeout_s, say=say)

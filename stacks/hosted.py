@@ -1,0 +1,101 @@
+"""What the hosted targets (stacks/huggingface.py, stacks/runpod.py) share: the server's settings as environment
+variables, the names they give their endpoint, the provider API key, and the output contract with neutral values.
+
+Both run this project's server image as it is (image/Dockerfile): it listens on SERVER_PORT, runs as uid 10001 and
+reads its settings from SDXL_* variables (server/settings.py), so the HF and OpenAI APIs, CORS and the bearer token
+behave as on AWS and GCP. The provider's own HTTPS front replaces Caddy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+
+import pulumi
+
+from stacks import contract
+from stacks.config import Settings
+
+SERVER_PORT = 8000  # the image's SDXL_PORT and EXPOSE
+# The route a provider probes. /ready needs the bearer token (server/app.py: only /health and the playground are
+# public), and a provider's probe carries none, so it would read 401 forever: /health (alive) is what a probe can
+# use. Until the model is loaded the server itself answers 503 with Retry-After.
+PROBE_ROUTE = "/health"
+# Hugging Face names on its Inference Endpoints are short DNS labels; RunPod takes any pod name.
+NAME_MAX = 32
+
+
+class ProviderKeyMissing(RuntimeError):
+    """The provider's API key is not in the environment the deployment runs in."""
+
+
+def provider_key(variable: str, how: str) -> str:
+    """The provider API key, read when the provider runs (never an input, so never in the state)."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        raise ProviderKeyMissing(f"{variable} is not set in the environment `pulumi` runs in: {how}")
+    return value
+
+
+def endpoint_name(stack: str, limit: int = NAME_MAX) -> str:
+    """`sdxl-<stack>` as a lowercase DNS label; a stack name that had to be altered or cut gets a short hash of the
+    original, so two stacks never share an endpoint."""
+    cleaned = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", stack.lower())).strip("-")
+    name = f"sdxl-{cleaned}"
+    if cleaned != stack or len(name) > limit:
+        digest = hashlib.sha256(stack.encode()).hexdigest()[:6]
+        stem = cleaned[:limit - len("sdxl--") - len(digest)].rstrip("-")
+        name = f"sdxl-{stem}-{digest}" if stem else f"sdxl-{digest}"
+    return name
+
+
+def server_env(settings: Settings, *, model: str, max_wait_seconds: float | None = None,
+               cache_dir: str | None = None) -> dict[str, str]:
+    """The server's non-secret settings. The tokens go to the provider's secret store (or its secret input) apart."""
+    env = {
+        "SDXL_MODEL": model,
+        "SDXL_PORT": str(SERVER_PORT),
+        # Comma-separated: the server accepts it, and no value carries a quote.
+        "SDXL_CORS_ORIGINS": ",".join(settings.cors_origins),
+        # Only the provider's proxy reaches the container, so its forwarded client address is the one to log.
+        "SDXL_FORWARDED_ALLOW_IPS": "*",
+    }
+    if max_wait_seconds is not None:
+        env["SDXL_MAX_WAIT_SECONDS"] = f"{max_wait_seconds:g}"
+    if cache_dir is not None:
+        env["HF_HOME"] = f"{cache_dir}/huggingface"
+        env["SDXL_COMPILE_CACHE_DIR"] = f"{cache_dir}/torch-compile"
+    return env
+
+
+def server_secrets(settings: Settings, token: pulumi.Output[str]) -> pulumi.Output[dict[str, str]]:
+    """The tokens the server reads, as one secret Output: SDXL_API_TOKEN, and HF_TOKEN for gated models."""
+    values: dict[str, pulumi.Input[str]] = {"SDXL_API_TOKEN": token}
+    if settings.hf_token is not None:
+        values["HF_TOKEN"] = settings.hf_token
+    return pulumi.Output.secret(pulumi.Output.all(**values))
+
+
+def hosted_outputs(settings: Settings, *, endpoint: pulumi.Input[str], api_token: pulumi.Output[str],
+                   instance_id: pulumi.Input[str], shell: pulumi.Input[str],
+                   hourly_cost: pulumi.Input[float | None] | None = None) -> dict[str, pulumi.Output]:
+    """The output contract (contract.OUTPUT_NAMES). What a hosted endpoint does not have is neutral: no public IP
+    ("": the provider's front has the address), no availability zone (""), and `region` as the placement says."""
+    machine = settings.machine
+    values: Mapping[str, object] = {
+        "endpoint": endpoint,
+        "publicIp": "",
+        "apiToken": api_token,
+        "instanceId": instance_id,
+        "instanceType": machine.name,
+        "gpu": machine.gpu.model,
+        "gpuMemoryGb": machine.gpu.memory_gb,
+        "hourlyCostUsd": machine.usd_per_hour if hourly_cost is None else hourly_cost,
+        "region": settings.region,
+        "availabilityZone": "",
+        "curlExample": contract.curl_example(endpoint),
+        "shell": shell,
+    }
+    return {name: pulumi.Output.from_input(values[name]) for name in contract.OUTPUT_NAMES}

@@ -1,0 +1,195 @@
+"""The RunPod Pod: this project's server image on one rented GPU, behind RunPod's HTTPS proxy.
+
+`pulumi-runpod` was last released in 2024, so `PodProvider` is a dynamic provider (`pulumi.dynamic.
+ResourceProvider`) over RunPod's official Python SDK (`runpod`), which speaks RunPod's GraphQL API
+(`$RUNPOD_API_BASE_URL/graphql`, https://api.runpod.io by default): `create_pod`, `get_pods` and `terminate_pod`.
+The API key is the operator's RUNPOD_API_KEY, read when the provider runs and never stored in the state; the
+server's tokens stay Pulumi secrets in the state.
+
+- The pod runs our image with `ports="8000/http"`: RunPod's proxy serves it as https://<podId>-8000.proxy.runpod.net
+  (HTTPS with no domain). That proxy (Cloudflare) closes a request after 100 s with a 524 that carries no CORS
+  header, so the server's wait budget answers 429 + Retry-After and its deadline 504 before that.
+- No SSH, no public IP: only the proxied HTTP port is open.
+- The model cache: RunPod mounts pod volumes owned by root, and the image runs as uid 10001, whose entrypoint stops
+  on a cache it cannot write. So the cache lives on the pod's container disk (`dataDiskGb` GB), which RunPod wipes
+  when the pod stops: a woken pod downloads the model again (about 7 GB). See README "RunPod" for the image change
+  that would let it use a volume.
+- `pulumi destroy` terminates the pod: GPU and disk billing end.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+import pulumi.dynamic as dynamic
+
+from stacks import contract, hosted
+from stacks.config import MachineLookup, Settings
+
+# No preview-time look-up: the catalog judges the GPU type; the doctor checks it against RunPod's live list.
+describe_machine: MachineLookup | None = None
+
+API_KEY_VARIABLE = "RUNPOD_API_KEY"
+PROXY_URL = "https://{pod_id}-{port}.proxy.runpod.net"  # RunPod's "Expose ports" guide
+PROXY_LIMIT_S = 100  # the same guide: Cloudflare closes a proxied request after 100 s (524)
+# Below the proxy's limit: the wait budget refuses early (429 + Retry-After), the deadline answers 504 with CORS.
+MAX_WAIT_S = 85
+REQUEST_TIMEOUT_S = 95
+CACHE_DIR = "/home/sdxl/.cache"  # on the container disk, writable by the image's user (uid 10001)
+# The host shares its CPUs and RAM with the GPU; loading SDXL wants at least what the smallest VM targets have.
+MIN_VCPUS = 4
+MIN_MEMORY_GB = 16
+# Changing any of these needs a new pod (create_pod is the only way the SDK sets them).
+REPLACE_ON = ("name", "imageName", "gpuTypeId", "cloudType", "containerDiskInGb", "ports", "minVcpuCount",
+              "minMemoryInGb", "env", "secrets")
+
+
+class RunPodError(Exception):
+    """What went wrong, in words the operator can act on."""
+
+
+def client() -> Any:
+    """The SDK, with the operator's key (its module-level api_key is what every call sends)."""
+    import runpod
+
+    runpod.api_key = hosted.provider_key(API_KEY_VARIABLE, "create one at https://www.console.runpod.io/user/"
+                                         "settings (API Keys) and export RUNPOD_API_KEY=<key>")
+    return runpod
+
+
+def _graphql_text(value: str) -> str:
+    """The SDK writes each value between double quotes into its GraphQL text as it is; escape it as a GraphQL
+    string (JSON's escapes are GraphQL's), so a quote or backslash in a token cannot break or change the query."""
+    return json.dumps(str(value))[1:-1]
+
+
+def find_pod(sdk: Any, pod_id: str) -> dict[str, Any] | None:
+    """The account's pod with this id, or None: get_pods lists them all, so a terminated pod is plainly absent
+    (what get_pod answers for one is not documented)."""
+    return next((pod for pod in sdk.get_pods() or [] if pod.get("id") == pod_id), None)
+
+
+def proxy_url(pod_id: str, port: int = hosted.SERVER_PORT) -> str:
+    return PROXY_URL.format(pod_id=pod_id, port=port)
+
+
+def _explain(err: Exception, doing: str) -> RunPodError:
+    return RunPodError(f"{doing}: {type(err).__name__}: {err}")
+
+
+def live_properties(pod: dict[str, Any], env_names: set[str]) -> dict[str, Any]:
+    """The pod as get_pods describes it, in this resource's property names. Of its variables (`KEY=value` strings),
+    only the server settings it was given are read back: the secrets stay as the state holds them."""
+    env = dict(item.split("=", 1) for item in pod.get("env") or [] if "=" in item)
+    return {
+        "name": pod.get("name"), "imageName": pod.get("imageName"), "containerDiskInGb": pod.get("containerDiskInGb"),
+        "ports": pod.get("ports"), "desiredStatus": pod.get("desiredStatus"), "costPerHr": pod.get("costPerHr"),
+        "gpu": (pod.get("machine") or {}).get("gpuDisplayName"),
+        "env": {key: value for key, value in env.items() if key in env_names},
+    }
+
+
+class PodProvider(dynamic.ResourceProvider):
+    """Create, read, diff and delete one RunPod Pod through the `runpod` SDK (every change replaces it)."""
+
+    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
+        sdk = client()
+        variables = {**props["env"], **props["secrets"]}
+        try:
+            pod = sdk.create_pod(
+                name=_graphql_text(props["name"]), image_name=_graphql_text(props["imageName"]),
+                gpu_type_id=_graphql_text(props["gpuTypeId"]), cloud_type=props["cloudType"], gpu_count=1,
+                support_public_ip=False, start_ssh=False, volume_in_gb=0,
+                container_disk_in_gb=int(props["containerDiskInGb"]), min_vcpu_count=int(props["minVcpuCount"]),
+                min_memory_in_gb=int(props["minMemoryInGb"]), ports=props["ports"],
+                env={key: _graphql_text(value) for key, value in variables.items()},
+            )
+        except Exception as err:  # noqa: BLE001 - RunPod refused (no GPU free, no credit): nothing was created
+            raise _explain(err, f"creating a {props['cloudType']} pod with one {props['gpuTypeId']}") from err
+        pod_id = pod["id"]
+        try:
+            live = find_pod(sdk, pod_id) or {}
+        except Exception as err:  # noqa: BLE001 - a pod we cannot describe is one we cannot manage: remove it
+            self._terminate(sdk, pod_id)
+            raise _explain(err, f"reading pod {pod_id} after creating it (it was terminated again)") from err
+        return dynamic.CreateResult(pod_id, {**props, "podId": pod_id, "url": proxy_url(pod_id),
+                                             "costPerHr": live.get("costPerHr"),
+                                             "desiredStatus": live.get("desiredStatus")})
+
+    def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
+        sdk = client()
+        try:
+            pod = find_pod(sdk, id_)
+        except Exception as err:  # noqa: BLE001
+            raise _explain(err, f"reading pod {id_}") from err
+        if not pod:
+            return dynamic.ReadResult("", {})  # terminated outside Pulumi: refresh drops it
+        live = live_properties(pod, set(props.get("env") or {}))
+        return dynamic.ReadResult(id_, {**props, **{k: v for k, v in live.items() if v is not None}})
+
+    def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
+        replaces = [key for key in REPLACE_ON if olds.get(key) != news.get(key)]
+        return dynamic.DiffResult(changes=bool(replaces), replaces=replaces, delete_before_replace=True)
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        self._terminate(client(), id_)
+
+    @staticmethod
+    def _terminate(sdk: Any, pod_id: str) -> None:
+        try:
+            if find_pod(sdk, pod_id):  # already terminated is what delete wants
+                sdk.terminate_pod(pod_id)
+        except Exception as err:  # noqa: BLE001
+            raise _explain(err, f"terminating pod {pod_id}") from err
+
+
+class Pod(dynamic.Resource, module="runpod", name="Pod"):
+    """One RunPod Pod (Pulumi type pulumi-python:dynamic/runpod:Pod)."""
+
+    url: pulumi.Output[str]
+    costPerHr: pulumi.Output[float]  # noqa: N815 - the API's name
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        outputs = {"podId": None, "url": None, "costPerHr": None, "desiredStatus": None}
+        super().__init__(PodProvider(), name, {**props, **outputs}, pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=["secrets"])))
+
+
+def pod_properties(settings: Settings, secrets: pulumi.Output[dict[str, str]]) -> dict[str, Any]:
+    """The pod's inputs, from the validated settings (the GPU type is a catalog.HostedOffer)."""
+    env = hosted.server_env(settings, model=settings.model, max_wait_seconds=MAX_WAIT_S, cache_dir=CACHE_DIR)
+    env["SDXL_REQUEST_TIMEOUT"] = str(REQUEST_TIMEOUT_S)
+    # For an idle watcher inside the image (not there yet: README "RunPod"); RunPod itself sets RUNPOD_POD_ID
+    # and a pod-scoped RUNPOD_API_KEY in every pod.
+    env["SDXL_IDLE_STOP_MINUTES"] = str(settings.idle_stop_minutes)
+    return {
+        "name": hosted.endpoint_name(settings.stack),
+        "imageName": settings.image,
+        "gpuTypeId": settings.machine.instance_type,
+        "cloudType": settings.runpod_cloud_type,
+        "containerDiskInGb": settings.data_disk_gb,
+        "minVcpuCount": MIN_VCPUS,
+        "minMemoryInGb": MIN_MEMORY_GB,
+        "ports": f"{hosted.SERVER_PORT}/http",
+        "env": env,
+        "secrets": secrets,
+    }
+
+
+class Endpoint(pulumi.ComponentResource):
+    """The SDXL server on a RunPod Pod."""
+
+    outputs: dict[str, pulumi.Output]
+
+    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("sdxl-endpoint:runpod:Endpoint", name, None, opts)
+        token = contract.api_token(settings, parent=self)
+        pod = Pod(f"{name}-pod", pod_properties(settings, hosted.server_secrets(settings, token)),
+                  pulumi.ResourceOptions(parent=self))
+        shell = pod.id.apply(lambda pod_id: f"no SSH into the pod: its logs are under Pods, {pod_id}, Logs on "
+                             "https://www.console.runpod.io/pods")
+        self.outputs = hosted.hosted_outputs(settings, endpoint=pod.url, api_token=token, instance_id=pod.id,
+                                             shell=shell, hourly_cost=pod.costPerHr)
+        self.register_outputs(self.outputs)

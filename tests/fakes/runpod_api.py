@@ -1,0 +1,216 @@
+"""A loopback stand-in for RunPod's GraphQL API as the official `runpod` SDK (1.12.0) uses it.
+
+The SDK (runpod/api/graphql.py) POSTs {"query": <text>} to `$RUNPOD_API_BASE_URL/graphql` with
+`Authorization: Bearer <key>`; 401 is a bad key; an answer with "errors" raises QueryError(errors[0].message).
+The query texts are the SDK's (runpod/api/queries, runpod/api/mutations): the fake parses their GraphQL input
+objects, so a value the SDK wrote unescaped that breaks the query fails here too. Answers take the shapes the SDK
+reads: data.podFindAndDeployOnDemand, data.gpuTypes, data.myself.pods, data.podStop, data.podResume,
+data.podTerminate, data.myself; pods carry `env` as "KEY=value" strings (RunPod's GraphQL guide).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.fakes import reply_json
+
+KEY = "rp_operator_key_for_tests"
+NO_STOCK = ("There are no longer any instances available with the requested specifications. "
+            "Please refresh and try again.")
+NO_GPU_ON_HOST = "There are not enough free GPUs on the host machine to start this pod."
+
+GPU_TYPES = [  # id, displayName, memoryInGb, securePrice, communityPrice, secure stock
+    ("NVIDIA RTX A4000", "RTX A4000", 16, 0.25, 0.17, "High"),
+    ("NVIDIA RTX A5000", "RTX A5000", 24, 0.27, 0.16, "None"),
+    ("NVIDIA L4", "L4", 24, 0.43, 0.39, "Medium"),
+    ("NVIDIA GeForce RTX 4090", "RTX 4090", 24, 0.69, 0.34, "Low"),
+    ("NVIDIA A40", "A40", 48, 0.44, 0.35, "High"),
+    ("NVIDIA GeForce RTX 3070", "RTX 3070", 8, 0.13, 0.13, "High"),
+]
+
+
+class _Parser:
+    """GraphQL input values: strings (with GraphQL's escapes), numbers, booleans, null, enums, lists, objects."""
+
+    TOKEN = re.compile(r'\s*(?:(?P<string>"(?:[^"\\]|\\.)*")|(?P<number>-?\d+(?:\.\d+)?)|(?P<name>[A-Za-z_]\w*)'
+                       r"|(?P<punct>[{}\[\]:,()]))")
+
+    def __init__(self, text: str) -> None:
+        self.tokens = []
+        position = 0
+        while position < len(text.rstrip()):
+            match = self.TOKEN.match(text, position)
+            if match is None:
+                raise ValueError(f"GraphQL syntax error at {text[position:position + 30]!r}")
+            self.tokens.append((match.lastgroup, match.group(match.lastgroup)))
+            position = match.end()
+        self.at = 0
+
+    def take(self, kind: str | None = None, text: str | None = None) -> str:
+        token_kind, token = self.tokens[self.at]
+        if (kind and token_kind != kind) or (text and token != text):
+            raise ValueError(f"expected {text or kind}, got {token!r}")
+        self.at += 1
+        return token
+
+    def value(self) -> Any:
+        kind, token = self.tokens[self.at]
+        if token == "{":
+            self.take(text="{")
+            result = {}
+            while self.tokens[self.at][1] != "}":
+                name = self.take("name")
+                self.take(text=":")
+                result[name] = self.value()
+                if self.tokens[self.at][1] == ",":
+                    self.take(text=",")
+            self.take(text="}")
+            return result
+        if token == "[":
+            self.take(text="[")
+            items = []
+            while self.tokens[self.at][1] != "]":
+                items.append(self.value())
+                if self.tokens[self.at][1] == ",":
+                    self.take(text=",")
+            self.take(text="]")
+            return items
+        self.at += 1
+        if kind == "string":
+            return json.loads(token)  # GraphQL's string escapes are JSON's
+        if kind == "number":
+            return float(token) if "." in token else int(token)
+        return {"true": True, "false": False, "null": None}.get(token, token)  # an enum value stays its name
+
+
+def operation_input(query: str, operation: str) -> dict[str, Any]:
+    """The `input: {...}` argument of the named field in the query text, parsed."""
+    start = query.index(f"{operation}(")
+    parser = _Parser(query[start + len(operation):])
+    parser.take(text="(")
+    parser.take(text="input")
+    parser.take(text=":")
+    return parser.value()
+
+
+@dataclass
+class FakeRunPod:
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)  # the operation of each query, in order
+    created: list[dict[str, Any]] = field(default_factory=list)  # each creation's parsed input
+    no_stock: bool = False
+    host_has_gpu: bool = True
+    balance: float = 25.0
+    spend_limit: float = 80.0
+    _next: int = 0
+
+    def answer(self, query: str, key: str | None) -> tuple[int, Any]:
+        if key != KEY:
+            return 401, {"errors": [{"message": "Unauthorized"}]}
+        if "podFindAndDeployOnDemand(" in query:
+            return 200, self._create(operation_input(query, "podFindAndDeployOnDemand"))
+        for operation in ("podStop", "podResume", "podTerminate"):
+            if f"{operation}(" in query:
+                self.calls.append(operation)
+                return 200, getattr(self, f"_{operation}")(operation_input(query, operation))
+        if "gpuTypes(" in query:
+            self.calls.append("gpuType")
+            wanted = operation_input(query, "gpuTypes")["id"]
+            secure_only = "secureCloud: true" in query
+            return 200, {"data": {"gpuTypes": [self._gpu(row, secure_only) for row in GPU_TYPES if row[0] == wanted]}}
+        if "gpuTypes" in query:
+            self.calls.append("gpuTypes")
+            secure_only = "secureCloud: true" in query
+            return 200, {"data": {"gpuTypes": [self._gpu(row, secure_only) for row in GPU_TYPES]}}
+        if "pods" in query and "myself" in query:
+            self.calls.append("pods")
+            return 200, {"data": {"myself": {"pods": [self._view(pod) for pod in self.pods.values()]}}}
+        if "myself" in query:
+            self.calls.append("myself")
+            return 200, {"data": {"myself": {"id": "user_abc123", "pubKey": None, "networkVolumes": [],
+                                             "clientBalance": self.balance, "currentSpendPerHr": 0.0,
+                                             "spendLimit": self.spend_limit}}}
+        return 200, {"errors": [{"message": f"the fake does not know this query: {query[:80]}"}]}
+
+    @staticmethod
+    def _gpu(row: tuple, secure_only: bool) -> dict[str, Any]:
+        gpu_id, display, memory, secure, community, stock = row
+        return {"id": gpu_id, "displayName": display, "manufacturer": "NVIDIA", "memoryInGb": memory,
+                "secureCloud": True, "communityCloud": True, "securePrice": secure, "communityPrice": community,
+                "maxGpuCount": 8, "lowestPrice": {"minimumBidPrice": community / 2,
+                                                  "uninterruptablePrice": secure if secure_only else community,
+                                                  "stockStatus": stock}}
+
+    def _create(self, spec: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("create")
+        self.created.append(spec)
+        if self.no_stock:
+            return {"errors": [{"message": NO_STOCK}]}
+        self._next += 1
+        pod_id = f"pod{self._next:04d}xyz"
+        env = [f"{item['key']}={item['value']}" for item in spec.get("env", [])]
+        price = next(row[3] if spec["cloudType"] == "SECURE" else row[4] for row in GPU_TYPES
+                     if row[0] == spec["gpuTypeId"])
+        self.pods[pod_id] = {"id": pod_id, "name": spec["name"], "imageName": spec["imageName"], "env": env,
+                             "gpuCount": spec["gpuCount"], "containerDiskInGb": spec["containerDiskInGb"],
+                             "volumeInGb": spec.get("volumeInGb", 0), "ports": spec.get("ports"),
+                             "desiredStatus": "RUNNING", "costPerHr": price, "machineId": "m-1",
+                             "machine": {"gpuDisplayName": spec["gpuTypeId"].removeprefix("NVIDIA ")}}
+        return {"data": {"podFindAndDeployOnDemand": {"id": pod_id, "imageName": spec["imageName"], "env": env,
+                                                      "machineId": "m-1", "machine": {"podHostId": f"{pod_id}-1"}}}}
+
+    @staticmethod
+    def _view(pod: dict[str, Any]) -> dict[str, Any]:
+        return {**pod, "runtime": None if pod["desiredStatus"] != "RUNNING" else {"ports": []}}
+
+    def _podStop(self, spec: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        pod = self.pods[spec["podId"]]
+        pod["desiredStatus"] = "EXITED"
+        return {"data": {"podStop": {"id": pod["id"], "desiredStatus": "EXITED"}}}
+
+    def _podResume(self, spec: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        pod = self.pods.get(spec["podId"])
+        if pod is None:
+            return {"errors": [{"message": "Pod not found"}]}
+        if not self.host_has_gpu:
+            return {"errors": [{"message": NO_GPU_ON_HOST}]}
+        pod["desiredStatus"] = "RUNNING"
+        return {"data": {"podResume": {"id": pod["id"], "desiredStatus": "RUNNING", "imageName": pod["imageName"],
+                                       "env": pod["env"], "machineId": "m-1", "machine": {"podHostId": "h"}}}}
+
+    def _podTerminate(self, spec: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        if self.pods.pop(spec["podId"], None) is None:
+            return {"errors": [{"message": "Pod not found"}]}
+        return {"data": {"podTerminate": None}}
+
+
+@contextmanager
+def serving(fake: FakeRunPod, monkeypatch) -> Iterator[FakeRunPod]:
+    """The fake on loopback, and the SDK pointed at it through its own setting (RUNPOD_API_BASE_URL)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            key = self.headers.get("Authorization", "").removeprefix("Bearer ") or None
+            reply_json(self, *(fake.answer(body["query"], key) if self.path == "/graphql"
+                               else (404, {"errors": [{"message": "not found"}]})))
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("RUNPOD_API_KEY", KEY)
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,192 @@
+"""cloud runpod: the dynamic provider through the official `runpod` SDK against a loopback fake of RunPod's GraphQL
+API (tests/fakes/runpod_api.py), and the component through the real `__main__.py` under mocks."""
+
+from __future__ import annotations
+
+import pytest
+from pulumi.runtime.rpc import is_rpc_secret
+
+from stacks import catalog, config, contract, hosted
+from stacks import runpod as rp
+from tests.fakes import runpod_api as fake_api
+from tests.stacks.conftest import (
+    FAKE_POD_COST,
+    FAKE_POD_ID,
+    ROOT,
+    RUNPOD_POD_TYPE,
+    load_provider_in_project,
+    plain_strings,
+    run_program,
+)
+
+IMAGE = "ghcr.io/example/sdxl-endpoint-server:1.2.3"
+# A configured token may hold any character; the SDK writes values into its GraphQL text unescaped.
+TOKEN = 'tok"en\\with-quote' + "z" * 20
+COMPONENT = "sdxl-endpoint:runpod:Endpoint"
+
+
+def runpod_run(settings=None, **kwargs):
+    return run_program({"cloud": "runpod", "image": IMAGE, **(settings or {})}, **kwargs)
+
+
+def properties(**changes) -> dict:
+    settings = config.validate({"sdxl-endpoint:cloud": "runpod", "sdxl-endpoint:image": IMAGE}, stack="runpod-l4")
+    return {**rp.pod_properties(settings, secrets={"SDXL_API_TOKEN": TOKEN}), **changes}
+
+
+@pytest.fixture
+def api(monkeypatch):
+    with fake_api.serving(fake_api.FakeRunPod(), monkeypatch) as fake:
+        yield fake
+
+
+# --- the provider against the fake API --------------------------------------------------------------------
+
+
+def test_create_asks_for_one_gpu_our_image_the_port_and_the_settings(api):
+    created = rp.PodProvider().create(properties())
+    (spec,) = api.created
+    assert api.calls[:2] == ["gpuType", "create"]  # the SDK checks the GPU type exists first
+    assert (spec["gpuTypeId"], spec["cloudType"], spec["gpuCount"]) == ("NVIDIA L4", "SECURE", 1)
+    assert (spec["imageName"], spec["name"], spec["ports"]) == (IMAGE, "sdxl-runpod-l4", "8000/http")
+    assert spec["supportPublicIp"] is False and "startSsh" not in spec  # no SSH, no public IP
+    assert (spec["volumeInGb"], spec["containerDiskInGb"]) == (0, config.DEFAULT_DATA_DISK_GB)
+    assert (spec["minVcpuCount"], spec["minMemoryInGb"]) == (rp.MIN_VCPUS, rp.MIN_MEMORY_GB)
+    env = {item["key"]: item["value"] for item in spec["env"]}
+    assert env["SDXL_API_TOKEN"] == TOKEN  # quotes and backslashes arrive intact, the query intact
+    assert env["SDXL_MAX_WAIT_SECONDS"] == "85" and float(env["SDXL_MAX_WAIT_SECONDS"]) < rp.PROXY_LIMIT_S
+    assert int(env["SDXL_REQUEST_TIMEOUT"]) < rp.PROXY_LIMIT_S
+    assert env["HF_HOME"] == "/home/sdxl/.cache/huggingface" and env["SDXL_MODEL"].startswith("stabilityai/")
+    pod_id = created.id
+    assert created.outs["url"] == f"https://{pod_id}-8000.proxy.runpod.net"
+    assert created.outs["costPerHr"] == 0.43 and created.outs["desiredStatus"] == "RUNNING"
+
+
+def test_no_capacity_is_a_failed_creation_that_leaves_nothing(api):
+    api.no_stock = True
+    with pytest.raises(rp.RunPodError, match="no longer any instances available"):
+        rp.PodProvider().create(properties())
+    assert api.pods == {}
+
+
+def test_a_refused_key_is_explained(api, monkeypatch):
+    monkeypatch.setenv("RUNPOD_API_KEY", "wrong")
+    with pytest.raises(rp.RunPodError, match="AuthenticationError: Unauthorized request"):
+        rp.PodProvider().create(properties())
+    monkeypatch.delenv("RUNPOD_API_KEY")
+    with pytest.raises(hosted.ProviderKeyMissing, match="export RUNPOD_API_KEY="):
+        rp.PodProvider().delete("pod0001xyz", properties())
+
+
+def test_diff_replaces_the_pod_for_any_change_and_none_without(api):
+    olds = rp.PodProvider().create(properties()).outs
+    assert rp.PodProvider().diff("p", olds, properties()).changes is False
+    changed = rp.PodProvider().diff("p", olds, properties(gpuTypeId="NVIDIA A40", imageName=IMAGE + "-2"))
+    assert changed.changes is True and changed.replaces == ["imageName", "gpuTypeId"]
+    assert changed.delete_before_replace is True
+
+
+def test_refresh_sees_drift_and_a_terminated_pod(api):
+    created = rp.PodProvider().create(properties())
+    pod = api.pods[created.id]
+    pod["imageName"] = "someone/else:latest"
+    pod["env"] = [item for item in pod["env"] if not item.startswith("SDXL_CORS_ORIGINS=")] + ["EXTRA=1"]
+    read = rp.PodProvider().read(created.id, created.outs)
+    assert read.id == created.id and read.outs["imageName"] == "someone/else:latest"
+    assert "SDXL_CORS_ORIGINS" not in read.outs["env"] and "EXTRA" not in read.outs["env"]
+    assert read.outs["secrets"] == {"SDXL_API_TOKEN": TOKEN}  # not read back from the pod's variables
+    assert set(rp.PodProvider().diff(created.id, read.outs, properties()).replaces) == {"imageName", "env"}
+    del api.pods[created.id]
+    assert rp.PodProvider().read(created.id, created.outs).id == ""
+
+
+def test_delete_terminates_and_a_pod_already_gone_is_fine(api):
+    created = rp.PodProvider().create(properties())
+    rp.PodProvider().delete(created.id, created.outs)
+    assert api.pods == {} and api.calls.count("podTerminate") == 1
+    rp.PodProvider().delete(created.id, created.outs)  # already terminated: nothing to do, no error
+    assert api.calls.count("podTerminate") == 1
+
+
+def test_the_provider_carries_no_key_and_loads_where_the_engine_runs_it(monkeypatch):
+    monkeypatch.setenv("RUNPOD_API_KEY", fake_api.KEY)
+    stored, loaded = load_provider_in_project(rp.PodProvider())
+    assert fake_api.KEY.encode() not in stored
+    assert loaded == ["stacks.runpod", "PodProvider"]
+
+
+# --- the program under mocks ------------------------------------------------------------------------------
+
+
+def test_the_preset_evaluates_to_the_output_contract():
+    run = run_program({"image": IMAGE}, preset="runpod-l4")
+    outputs = {name: run.value(output) for name, output in run.outputs.items()}
+    assert tuple(outputs) == contract.OUTPUT_NAMES
+    assert outputs["endpoint"] == f"https://{FAKE_POD_ID}-8000.proxy.runpod.net"
+    assert (outputs["instanceType"], outputs["gpu"], outputs["gpuMemoryGb"]) == ("NVIDIA L4", "L4", 24)
+    assert outputs["hourlyCostUsd"] == FAKE_POD_COST  # the pod's own rate: RunPod prices live
+    assert (outputs["region"], outputs["availabilityZone"], outputs["publicIp"]) == ("any", "", "")
+    assert outputs["instanceId"] == FAKE_POD_ID and FAKE_POD_ID in outputs["shell"]
+    assert run.is_secret(run.outputs["apiToken"])
+    assert run.orphans(COMPONENT) == []
+    inputs = run.one(RUNPOD_POD_TYPE).inputs
+    assert (inputs["cloudType"], inputs["gpuTypeId"]) == ("SECURE", "NVIDIA L4")
+
+
+def test_the_tokens_are_secrets_and_appear_nowhere_in_plain_inputs():
+    run = runpod_run({"apiToken": "configured-token-0123456789", "hfToken": "hf_gated_model_token"})
+    pod = run.one(RUNPOD_POD_TYPE).inputs
+    assert is_rpc_secret(pod["secrets"])
+    assert not [s for s in plain_strings(pod) if "configured-token" in s or "hf_gated" in s]
+    assert run.options(RUNPOD_POD_TYPE)["additional_secret_outputs"] == ["secrets"]
+
+
+def test_without_an_image_preview_stops_with_the_fix():
+    with pytest.raises(config.ConfigError, match=r"image: required when cloud is runpod.*\n.*fix: publish"):
+        run_program({}, preset="runpod-l4", preview=True)
+
+
+@pytest.mark.parametrize("gpu_type, why", [
+    ("NVIDIA GeForce RTX 3070", "has 8 GB per GPU, below the 16 GB"),
+    ("AMD Instinct MI300X OAM", "not NVIDIA, so CUDA does not run on it"),
+    ("NVIDIA GeForce GTX 1080", "not one of the catalog's RunPod GPU types"),
+])
+def test_small_and_non_nvidia_gpus_are_refused_with_fitting_ones(gpu_type, why):
+    with pytest.raises(config.ConfigError) as refused:
+        runpod_run({"runpodGpuType": gpu_type}, preview=True)
+    message = str(refused.value)
+    assert f"runpodGpuType '{gpu_type}' cannot run SDXL: " in message and why in message
+    assert "- NVIDIA RTX A4000 (RTX A4000 16 GB, priced live" in message
+    assert "fix: pulumi config set runpodGpuType 'NVIDIA RTX A4000'" in message
+
+
+def test_gpu_and_cloud_type_choices():
+    inputs = runpod_run({"gpu": "l40s", "runpodCloudType": "community"}).one(RUNPOD_POD_TYPE).inputs
+    assert (inputs["gpuTypeId"], inputs["cloudType"]) == ("NVIDIA L40S", "COMMUNITY")
+    for gpu_type in catalog.RUNPOD_GPUS:  # every catalogued type is accepted
+        assert runpod_run({"runpodGpuType": gpu_type}).one(RUNPOD_POD_TYPE).inputs["gpuTypeId"] == gpu_type
+    with pytest.raises(config.ConfigError, match=r"gpu = 't4': not offered on RUNPOD"):
+        runpod_run({"gpu": "t4"}, preview=True)
+    with pytest.raises(config.ConfigError, match=r"runpodCloudType = 'SPOT': must be one of SECURE, COMMUNITY"):
+        runpod_run({"runpodCloudType": "SPOT"}, preview=True)
+
+
+def test_a_pod_is_one_gpu_and_hosted_keys_stay_with_their_cloud():
+    with pytest.raises(config.ConfigError, match=r"maxReplicas = 2: a RunPod pod is one GPU"):
+        runpod_run({"maxReplicas": "2"}, preview=True)
+    with pytest.raises(config.ConfigError, match=r"runpodGpuType = 'NVIDIA L4': applies to cloud runpod, but cloud "
+                       r"is aws\n.*fix: pulumi config rm runpodGpuType"):
+        run_program({"runpodGpuType": "NVIDIA L4"}, preview=True)
+
+
+def test_idle_minutes_reach_the_pod_for_its_watcher():
+    env = runpod_run({"idleStopMinutes": "12"}).one(RUNPOD_POD_TYPE).inputs["env"]
+    assert env["SDXL_IDLE_STOP_MINUTES"] == "12"
+
+
+def test_the_readme_presets_row_says_where_the_price_comes_from():
+    (row,) = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `runpod-l4` |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    offer = catalog.RUNPOD_OFFERS["NVIDIA L4"]
+    assert cells[2:5] == [offer.name, f"NVIDIA {offer.gpu.model}", f"{offer.gpu.memory_gb} GB"]
+    assert offer.usd_per_hour is None and "--suggest" in cells[5] and "hourlyCostUsd" in cells[5]

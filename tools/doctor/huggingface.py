@@ -1,0 +1,112 @@
+"""Hugging Face Inference Endpoints: the checks (`check`) and the hardware available now (`suggest`), through
+huggingface_hub with the operator's HF_TOKEN (or `hf auth login`).
+
+The API exposes the namespace's accelerator quota per hardware (list_inference_endpoints_hardware), not its spend:
+the `quota` check is that; there is no spend check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stacks import catalog
+from tools.doctor import FAIL, OK, WARN, RemoteError, Report, Suggestion, Target, sort_suggestions
+
+QUOTA_FIX = "ask Hugging Face for quota on this hardware: https://endpoints.huggingface.co/contact"
+USABLE = ("available", "low_availability")  # of the statuses InferenceEndpointHardware documents
+PRICE_SOURCE = "Hugging Face API, live (list_inference_endpoints_hardware)"
+
+
+class HuggingFaceApi:
+    """huggingface_hub with the operator's token; every failure becomes a RemoteError that says what to do."""
+
+    def __init__(self) -> None:
+        self._api: Any = None
+
+    def api(self) -> Any:
+        if self._api is None:
+            import os
+
+            import huggingface_hub
+
+            token = os.environ.get("HF_TOKEN", "").strip() or huggingface_hub.get_token()
+            if not token:
+                raise RemoteError("no Hugging Face token", "export HF_TOKEN=<a token with write access to Inference "
+                                  "Endpoints>, or run `hf auth login`", blocking=True)
+            self._api = huggingface_hub.HfApi(token=token)
+        return self._api
+
+    def call(self, method: str, **params: Any) -> Any:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            return getattr(self.api(), method)(**params)
+        except HfHubHTTPError as err:
+            status = err.response.status_code if err.response is not None else None
+            if status == 401:
+                raise RemoteError("Hugging Face rejected the token (HTTP 401)", "export HF_TOKEN=<a valid token> "
+                                  "(HF_TOKEN takes precedence over `hf auth login`)", blocking=True) from err
+            raise RemoteError(f"Hugging Face answered HTTP {status}: {err}") from err
+        except OSError as err:  # httpx's transport errors are OSErrors
+            raise RemoteError(f"cannot reach Hugging Face ({type(err).__name__}: {err})",
+                              "check the network, proxy (HTTPS_PROXY) and firewall", blocking=True) from err
+
+
+def _fits(hw: Any) -> bool:
+    return (hw.accelerator == "gpu" and hw.instance_type in catalog.HF_GPU_TYPES
+            and hw.instance_size == catalog.HF_ONE_GPU)
+
+
+def _free(hw: Any) -> int:
+    return hw.max_accelerators - hw.used_accelerators
+
+
+def check(target: Target, api: HuggingFaceApi, report: Report, with_suggest: bool) -> None:
+    """credentials, hardware (listed), availability (usable now), quota (accelerators free); then --suggest."""
+    try:
+        user = api.call("whoami")
+    except RemoteError as err:
+        report.add_error("credentials", err)
+        return
+    namespace = target.namespace or user["name"]
+    report.add("credentials", OK, f"token of {user['name']}; endpoints go to namespace {namespace}")
+    if target.machine is None:
+        return
+    try:
+        hardware = api.call("list_inference_endpoints_hardware", namespace=namespace)
+    except RemoteError as err:
+        report.add_error("hardware", err)
+        return
+    wanted = target.machine.name
+    found = next((hw for hw in hardware if hw.id == wanted), None)
+    if found is None:
+        same_gpu = [hw.id for hw in hardware if hw.instance_type == target.machine.instance_type and _fits(hw)]
+        report.add("hardware", FAIL, f"Hugging Face lists no {wanted} for {namespace}",
+                   f"pulumi config set hfHardware {same_gpu[0]}" if same_gpu
+                   else "python -m tools.doctor --cloud huggingface --suggest lists what there is")
+    else:
+        report.add("hardware", OK, f"{found.id}: {found.architecture}, {found.gpu_memory_gb} GB, "
+                                   f"${found.price_per_hour:g}/h")
+        if found.status in USABLE:
+            report.add("availability", OK if found.status == "available" else WARN, f"{found.id} is {found.status}")
+        else:
+            report.add("availability", FAIL, f"{found.id} is {found.status}",
+                       "pick hardware that is available now: python -m tools.doctor --stack <stack> --suggest")
+        measured = (f"{namespace}: {found.used_accelerators} of {found.max_accelerators} {found.instance_type} in "
+                    f"use, {found.num_accelerators} needed")
+        if _free(found) >= found.num_accelerators:
+            report.add("quota", OK, measured)
+        else:
+            report.add("quota", FAIL, measured, QUOTA_FIX)
+    if with_suggest:
+        report.suggestions = suggest(hardware)
+
+
+def suggest(hardware: list[Any]) -> list[Suggestion]:
+    """Every fitting hardware id that is usable now, cheapest first, with the namespace's quota."""
+    found = [Suggestion(location=f"{hw.vendor} {hw.region}", zones=[hw.region], machine_type=hw.id,
+                        usd_per_hour=hw.price_per_hour, price_source=PRICE_SOURCE,
+                        quota="available" if _free(hw) >= hw.num_accelerators else "insufficient",
+                        quota_detail=f"{_free(hw)} of {hw.max_accelerators} {hw.instance_type} free")
+             for hw in hardware if _fits(hw) and hw.status in USABLE]
+    return sort_suggestions(found)
