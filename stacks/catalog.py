@@ -794,3 +794,10 @@ def resolve_runpod(gpu_type: str, gpu_key: str | None) -> HostedOffer:
     if not _matches_gpu(offer, gpu_key):
         raise hosted_refusal("runpod", gpu_type, f"it is a {offer.gpu.model} but gpu is set to '{gpu_key}'")
     return offer
+
+
+# --- GCP label format of the CI ttl ---------------------------------------------------------------------------
+# Label values allow only [a-z0-9_-] (and some Unicode letters), <= 63 chars: no ':' or 'T'. The RFC 3339 ttl is
+# stored in UTC in this reversible form, e.g. 2030-01-31T18:00:00Z -> 2030-01-31t18-00-00z: stacks/gcp.py writes
+# it, the CI sweep (tools/ci/sweep.py) parses it back with datetime.strptime(value, GCP_TTL_LABEL_FORMAT).
+GCP_TTL_LABEL_FORMAT = "%Y-%m-%dt%H-%M-%Sz"
