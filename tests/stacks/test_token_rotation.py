@@ -32,8 +32,10 @@ TARGETS = {
 
 
 def registered(run, typ: str) -> tuple[dict, dict]:
-    """The machine's inputs and its resource options, as the engine would receive them."""
-    return run.one(typ).inputs, run.options(typ)
+    """The machine's inputs and its resource options, as the engine would receive them (dependencies are a set to
+    the engine; their order follows which output resolved first)."""
+    options = run.options(typ)
+    return run.one(typ).inputs, {**options, "dependencies": sorted(options["dependencies"])}
 
 
 def token_values(run, typ: str, value_input: str) -> dict[str, str]:
