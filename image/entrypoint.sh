@@ -10,4 +10,12 @@ if ! mkdir -p "$cache" 2>/dev/null || [ ! -w "$cache" ]; then
   exit 78 # EX_CONFIG: restarting will not help until the mount is fixed
 fi
 
+# In a RunPod pod (RunPod sets RUNPOD_POD_ID and a pod-scoped RUNPOD_API_KEY in every pod), a sidecar stops the
+# pod after SDXL_IDLE_STOP_MINUTES without a generation request: image/pod_idle_stop.py. Elsewhere nothing starts.
+if [ -n "${RUNPOD_POD_ID:-}" ] && [ -n "${RUNPOD_API_KEY:-}" ] && [ -n "${SDXL_IDLE_STOP_MINUTES:-}" ]; then
+  python -m image.pod_idle_stop --minutes "$SDXL_IDLE_STOP_MINUTES" &
+fi
+# The server never needs RunPod's key: it does not get it.
+unset RUNPOD_API_KEY
+
 exec python -m server "$@"

@@ -25,16 +25,18 @@ from server.worker import GenerationWorker
 log = logging.getLogger(__name__)
 
 EXPOSED_HEADERS = ["x-seed", "x-compute-time", "Retry-After", "Server-Timing"]
-# No token needed: probes' /health, and the playground page and files (they hold no data; the page asks
-# for the token).
-PUBLIC_PATHS = frozenset({"/health"}) | playground.PATHS
+# No token needed: the probes' /health and /ready (load balancers, Kubernetes probes and hosted health routes
+# cannot send one; they reveal only liveness and readiness), and the playground page and files (they hold no
+# data; the page asks for the token).
+PUBLIC_PATHS = frozenset({"/health", "/ready"}) | playground.PATHS
 
 DESCRIPTION = """Stable Diffusion XL behind two familiar APIs.
 
 - **Hugging Face Inference**: `POST /` (or `/models/{id}`) with `{"inputs", "parameters"}` answers image bytes.
 - **OpenAI Images**: `POST /v1/images/generations` and `POST /v1/images/edits`.
 
-Send `Authorization: Bearer <token>` when the server has a token (every route but `/health`).
+Send `Authorization: Bearer <token>` when the server has a token (every route but `/health`, `/ready` and the
+playground page).
 Errors are `{"error": "..."}` on HF routes and `{"error": {"message", "type", "param", "code"}}` on `/v1`.
 """
 

@@ -122,17 +122,16 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
     alb_firewall = aws.ec2.SecurityGroup(
         f"{name}-alb-sg", vpc_id=vpc.id, description="SDXL fleet load balancer: from its front only",
         ingress=ingress,
-        egress=[{"protocol": "tcp", "from_port": bootstrap.SERVER_PORT, "to_port": bootstrap.HEALTH_PORT,
-                 "cidr_blocks": [vpc.cidr_block], "description": "the instances' server and health ports"}],
+        egress=[{"protocol": "tcp", "from_port": bootstrap.SERVER_PORT, "to_port": bootstrap.SERVER_PORT,
+                 "cidr_blocks": [vpc.cidr_block], "description": "the instances' server: requests and health checks"}],
         tags=tags, opts=child,
     )
-    # Instances: the server and health ports from the load balancer's group only; nothing else, no SSH (SSM).
+    # Instances: the server's port from the load balancer's group only; nothing else, no SSH (SSM).
     instance_firewall = aws.ec2.SecurityGroup(
         f"{name}-instance-sg", vpc_id=vpc.id, description="SDXL fleet instances: from the load balancer only",
-        ingress=[{"protocol": "tcp", "from_port": port, "to_port": port, "security_groups": [alb_firewall.id],
-                  "description": what}
-                 for port, what in ((bootstrap.SERVER_PORT, "the API, from the load balancer only"),
-                                    (bootstrap.HEALTH_PORT, "health checks, from the load balancer only"))],
+        ingress=[{"protocol": "tcp", "from_port": bootstrap.SERVER_PORT, "to_port": bootstrap.SERVER_PORT,
+                  "security_groups": [alb_firewall.id],
+                  "description": "the API and its health checks, from the load balancer only"}],
         egress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"],
                  "ipv6_cidr_blocks": ["::/0"], "description": "image build, model download, SSM"}],
         tags=tags, opts=child,
@@ -145,7 +144,8 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
         deregistration_delay=int(timeouts.answer),
         # A GPU serves a few requests at a time: the least busy one gets the next.
         load_balancing_algorithm_type="least_outstanding_requests",
-        health_check={"path": "/ready", "port": str(bootstrap.HEALTH_PORT), "protocol": "HTTP", "matcher": "200",
+        # The server's own /ready on the port requests go to: it needs no token, which a health check cannot send.
+        health_check={"path": "/ready", "port": str(bootstrap.SERVER_PORT), "protocol": "HTTP", "matcher": "200",
                       "interval": 15, "timeout": 5, "healthy_threshold": 2, "unhealthy_threshold": 3},
         tags=tags, opts=child,
     )

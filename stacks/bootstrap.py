@@ -11,7 +11,8 @@ On every boot, systemd units (templates in image/host/) run, each as soon as wha
   sdxl-server     the tokens from SSM Parameter Store / Secret Manager, then the server container
   sdxl-caddy      the HTTPS front (its certificates come while the image builds)
   sdxl-ready      records model-downloaded and server-ready
-  sdxl-idle-stop  from boot: powers off when idle, when a boot step failed, or when never ready
+  sdxl-idle-stop  from boot: powers off when idle (unless idleStopMinutes is 0), when a boot step failed, or
+                  when never ready
 
 Boot phases are timestamped in /var/lib/sdxl-endpoint/boot-phases.log. The document carries no secret, only
 where the tokens live, so it stays readable in the plan and on the instance.
@@ -21,8 +22,9 @@ differences. Its instances are cattle, replaced rather than repaired, so `sdxl-d
 disk (sized for the model and images by the stack) instead of a disk that outlives it, and a fresh instance
 builds the image from the same bundle (or pulls `image`). The load balancer is the front, so there is no Caddy,
 the server's port is published on the instance's address for the load balancer alone (the firewall admits
-nothing else), and `sdxl-health` answers its health checks. The fleet shrinks to its minimum instead of powering
-off, so there is no idle watcher; the server gets a wait budget below the front's time limit instead.
+nothing else), and its health checks ask the server's own `/ready` on that port (it needs no token). The fleet
+shrinks to its minimum instead of powering off, so there is no idle watcher; the server gets a wait budget below
+the front's time limit instead.
 """
 
 from __future__ import annotations
@@ -65,9 +67,7 @@ SERVER_IMAGE = f"{bundle.IMAGE_NAME}:current"  # what sdxl-server runs; sdxl-boo
 # is needed for ACME profiles; Debian/Ubuntu's package (2.6) is too old.
 CADDY_IMAGE = "caddy:2.11"
 UNITS = ("sdxl-data", "sdxl-docker", "sdxl-gpu-check", "sdxl-image", "sdxl-server", "sdxl-ready", "sdxl-caddy",
-         "sdxl-idle-stop", "sdxl-health")
-HEALTH_PORT = 8001  # fleets: the load balancer's health check, image/host/sdxl_health.py
-HEALTH_SCRIPT = f"{HOST_LIB}/sdxl_health.py"
+         "sdxl-idle-stop")
 CONTAINER_UID = 10001  # the server image's non-root user (image/Dockerfile; sdxl-boot.sh chowns the cache to it)
 
 
@@ -303,19 +303,19 @@ def render_cloud_init(values: BootstrapValues) -> str:
         {"path": SETTINGS_FILE, "permissions": "0644",
          "content": _Literal("".join(f"{k}={v}\n" for k, v in server_settings(values).items()))},
     ]
-    if fleet:
-        units["sdxl-health"] = _unit("sdxl-health", script=HEALTH_SCRIPT, port=str(HEALTH_PORT),
-                                     server_port=str(SERVER_PORT), env_file=ENV_FILE)
-    else:
+    if not fleet:
         units["sdxl-caddy"] = _unit("sdxl-caddy", caddy_image=CADDY_IMAGE, caddyfile=CADDYFILE,
                                     caddy_data=CADDY_DATA_DIR)
         files.append({"path": CADDYFILE, "permissions": "0644",
                       "content": _Literal(render_caddyfile(values.public_ip, values.domain, timeouts=values.timeouts))})
     files += [_host_file(BOOT_SCRIPT, "sdxl-boot.sh"), _host_file(CLOUD_HELPER, "sdxl_cloud.py")]
-    if fleet:
-        files.append(_host_file(HEALTH_SCRIPT, "sdxl_health.py"))
-    elif values.idle_stop_minutes > 0:
-        units["sdxl-idle-stop"] = _unit("sdxl-idle-stop", minutes=str(values.idle_stop_minutes))
+    if not fleet:
+        # On every single instance, 0 minutes included: a failed or never-ready boot must stop billing even when
+        # idleness never should.
+        minutes = values.idle_stop_minutes
+        units["sdxl-idle-stop"] = _unit("sdxl-idle-stop", minutes=str(minutes), when=(
+            f"after {minutes} min without a generation request, or after a failed or never-ready boot" if minutes > 0
+            else "after a failed or never-ready boot (idle auto-stop off)"))
         files.append(_host_file(IDLE_SCRIPT, "idle_stop.py"))
     files += [{"path": f"/etc/systemd/system/{name}.service", "permissions": "0644", "content": _Literal(text)}
               for name, text in units.items()]

@@ -798,6 +798,12 @@ def resolve_runpod(gpu_type: str, gpu_key: str | None) -> HostedOffer:
     return offer
 
 
+# --- GCP label format of the CI ttl ---------------------------------------------------------------------------
+# Label values allow only [a-z0-9_-] (and some Unicode letters), <= 63 chars: no ':' or 'T'. The RFC 3339 ttl is
+# stored in UTC in this reversible form, e.g. 2030-01-31T18:00:00Z -> 2030-01-31t18-00-00z: stacks/gcp.py writes
+# it, the CI sweep (tools/ci/sweep.py) parses it back with datetime.strptime(value, GCP_TTL_LABEL_FORMAT).
+GCP_TTL_LABEL_FORMAT = "%Y-%m-%dt%H-%M-%Sz"
+
 # --- Kubernetes (cloud: kubernetes) ----------------------------------------------------------------
 # The stack deploys into a cluster that already has NVIDIA GPU nodes. A node names its GPU through labels that
 # differ by who set them; each key and value format below is from that platform's own documentation or source:

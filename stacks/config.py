@@ -267,7 +267,7 @@ _TYPE_HELP: dict[str, tuple[str, str]] = {
     "dataDiskGb": (f"must be a whole number of GB from {MIN_DATA_DISK_GB} to {MAX_DISK_GB}: SDXL's weights, the "
                    "server image with its build cache and the compile cache need the room",
                    _set("dataDiskGb", str(DEFAULT_DATA_DISK_GB))),
-    "idleStopMinutes": ("must be a whole number of minutes, 0 or more (0 never stops the instance)",
+    "idleStopMinutes": ("must be a whole number of minutes, 0 or more (0 never stops the instance for idleness)",
                         _set("idleStopMinutes", str(DEFAULT_IDLE_STOP_MINUTES))),
     "model": ("must be a Hugging Face Hub id, organisation/name", _set("model", DEFAULT_MODEL)),
     "image": ("must be a container image reference, e.g. ghcr.io/org/name:tag", "pulumi config rm image"),

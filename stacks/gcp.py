@@ -42,11 +42,7 @@ _ARTIFACT_REGISTRY_IMAGE = re.compile(
 # GCP resource names: lowercase letter first, then [-a-z0-9], no trailing hyphen, <= 63 chars.
 NAME_MAX = 63
 SERVICE_ACCOUNT_ID_MAX = 30  # service account ids: 6 to 30 characters, same alphabet
-# Label values allow only [a-z0-9_-] (and some Unicode letters), <= 63 chars: no ':' or 'T'.
-# The RFC 3339 ttl is stored in UTC in this reversible form, e.g. 2030-01-31T18:00:00Z ->
-# 2030-01-31t18-00-00z; the reaper parses it back with datetime.strptime(value, TTL_LABEL_FORMAT).
-TTL_LABEL_FORMAT = "%Y-%m-%dt%H-%M-%Sz"
-LABEL_VALUE_MAX = 63
+LABEL_VALUE_MAX = 63  # GCP label values: [a-z0-9_-] (and some Unicode letters), <= 63 chars
 
 
 def resource_name(stack: str, suffix: str, limit: int = NAME_MAX) -> str:
@@ -68,9 +64,9 @@ def label_value(value: str) -> str:
 
 
 def ttl_label(ttl: str) -> str:
-    """The RFC 3339 expiry as a label value (see TTL_LABEL_FORMAT); config.py has validated it."""
+    """The RFC 3339 expiry as a label value (see catalog.GCP_TTL_LABEL_FORMAT); config.py has validated it."""
     expiry = parse_rfc3339(ttl).astimezone(UTC)
-    return expiry.strftime(TTL_LABEL_FORMAT)
+    return expiry.strftime(catalog.GCP_TTL_LABEL_FORMAT)
 
 
 def labels_for(settings: Settings) -> dict[str, str]:

@@ -75,24 +75,24 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
     timeouts = bootstrap.ProxyTimeouts()
     warmup = bootstrap.first_boot_seconds(settings)
 
-    # The server and health ports, from Google's front ends and health checkers only: nothing else reaches a VM.
+    # The server's port, from Google's front ends and health checkers only: nothing else reaches a VM.
     gcp.compute.Firewall(
         f"{name}-from-lb", name=spec.names("from-lb"), network=spec.network.id, direction="INGRESS",
-        description="SDXL fleet: the server and its health check, from Google's load balancer only",
-        allows=[{"protocol": "tcp", "ports": [str(bootstrap.SERVER_PORT), str(bootstrap.HEALTH_PORT)]}],
+        description="SDXL fleet: the server and its health checks, from Google's load balancer only",
+        allows=[{"protocol": "tcp", "ports": [str(bootstrap.SERVER_PORT)]}],
         source_ranges=list(catalog.GOOGLE_FRONT_END_RANGES), target_tags=[spec.network_tag], opts=child,
     )
-    # Two checks of the same /ready: the load balancer's, quick to stop sending requests to a VM that is loading
-    # or draining; autohealing's, patient, so a server restart is waited out and only a VM that stays broken
-    # (five minutes) is recreated.
+    # Two checks of the server's own /ready (it needs no token) on its port: the load balancer's, quick to stop
+    # sending requests to a VM that is loading or draining; autohealing's, patient, so a server restart is waited
+    # out and only a VM that stays broken (five minutes) is recreated.
     serving = gcp.compute.HealthCheck(
         f"{name}-health", name=spec.names("health"), check_interval_sec=10, timeout_sec=5, healthy_threshold=2,
-        unhealthy_threshold=3, http_health_check={"port": bootstrap.HEALTH_PORT, "request_path": "/ready"},
+        unhealthy_threshold=3, http_health_check={"port": bootstrap.SERVER_PORT, "request_path": "/ready"},
         opts=child,
     )
     healing = gcp.compute.HealthCheck(
         f"{name}-autoheal", name=spec.names("autoheal"), check_interval_sec=30, timeout_sec=10, healthy_threshold=1,
-        unhealthy_threshold=10, http_health_check={"port": bootstrap.HEALTH_PORT, "request_path": "/ready"},
+        unhealthy_threshold=10, http_health_check={"port": bootstrap.SERVER_PORT, "request_path": "/ready"},
         opts=child,
     )
 

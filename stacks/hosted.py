@@ -20,10 +20,10 @@ from stacks import contract
 from stacks.config import Settings
 
 SERVER_PORT = 8000  # the image's SDXL_PORT and EXPOSE
-# The route a provider probes. /ready needs the bearer token (server/app.py: only /health and the playground are
-# public), and a provider's probe carries none, so it would read 401 forever: /health (alive) is what a probe can
-# use. Until the model is loaded the server itself answers 503 with Retry-After.
-PROBE_ROUTE = "/health"
+# The route a provider probes before it sends traffic (Hugging Face's `healthRoute`; huggingface_hub's
+# InferenceEndpoint.wait GETs it too). /ready answers 200 only once the model is loaded (503 before), where /health
+# only says the process is alive; both are public (server/app.py PUBLIC_PATHS), and a probe carries no token.
+PROBE_ROUTE = "/ready"
 # Hugging Face names on its Inference Endpoints are short DNS labels; RunPod takes any pod name.
 NAME_MAX = 32
 

@@ -161,8 +161,8 @@ def pod_properties(settings: Settings, secrets: pulumi.Output[dict[str, str]]) -
     """The pod's inputs, from the validated settings (the GPU type is a catalog.HostedOffer)."""
     env = hosted.server_env(settings, model=settings.model, max_wait_seconds=MAX_WAIT_S, cache_dir=CACHE_DIR)
     env["SDXL_REQUEST_TIMEOUT"] = str(REQUEST_TIMEOUT_S)
-    # For an idle watcher inside the image (not there yet: README "RunPod"); RunPod itself sets RUNPOD_POD_ID
-    # and a pod-scoped RUNPOD_API_KEY in every pod.
+    # For the image's idle stop (image/pod_idle_stop.py, started by its entrypoint): RunPod itself sets
+    # RUNPOD_POD_ID and a pod-scoped RUNPOD_API_KEY in every pod, with which the pod stops itself.
     env["SDXL_IDLE_STOP_MINUTES"] = str(settings.idle_stop_minutes)
     return {
         "name": hosted.endpoint_name(settings.stack),

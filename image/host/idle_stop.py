@@ -14,7 +14,11 @@ any healthy boot. A boot step that failed for good (no GPU, a driver too old for
 disk that never came, an image that cannot be built) writes FAILED_FILE: then the machine powers off after
 FAILED_GRACE_MINUTES, time enough to read the console, instead of billing for the whole boot grace.
 
-The watcher runs from boot, independent of every other unit (stdlib only: both GPU images ship python3).
+`--minutes 0` turns off the idle power-off alone: a failed boot step and a boot that is never ready still power
+off, so a broken GPU never bills indefinitely, whatever idleStopMinutes says.
+
+The watcher runs from boot on every single-instance VM, independent of every other unit (stdlib only: both GPU
+images ship python3).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ class IdleTracker:
 
     def __init__(self, idle_seconds: float, boot_grace_seconds: float = BOOT_GRACE_MINUTES * 60,
                  failed_grace_seconds: float = FAILED_GRACE_MINUTES * 60) -> None:
-        self.idle_seconds = idle_seconds
+        self.idle_seconds = idle_seconds  # 0: never for idleness (a failed or never-ready boot still stops)
         self.boot_grace_seconds = boot_grace_seconds
         self.failed_grace_seconds = failed_grace_seconds
         self.first_seen: float | None = None  # when the watcher started watching
@@ -62,8 +66,6 @@ class IdleTracker:
 
     def observe(self, now: float, seen: Observation) -> bool:
         """Record one observation taken at `now`; True means: power off now."""
-        if self.idle_seconds <= 0:
-            return False
         if self.first_seen is None:
             self.first_seen = now
         self.failed_since = (self.failed_since or now) if seen.failed and not seen.ready else None
@@ -75,7 +77,7 @@ class IdleTracker:
             self._was_ready = False
             if self.last_activity is None:
                 return now - self.first_seen >= self.boot_grace_seconds
-            return now - self.last_activity >= self.idle_seconds
+            return self._idle_long_enough(now)
         if self.last_activity is None:
             self.last_activity = now
         if seen.busy:
@@ -89,7 +91,14 @@ class IdleTracker:
             # process's start time, which is no request.
             self._gauge = seen.last_request
         self._was_ready = True
-        return now - self.last_activity >= self.idle_seconds
+        return self._idle_long_enough(now)
+
+    @property
+    def stops_when_idle(self) -> bool:
+        return self.idle_seconds > 0
+
+    def _idle_long_enough(self, now: float) -> bool:
+        return self.stops_when_idle and now - self.last_activity >= self.idle_seconds
 
     def idle_for(self, now: float) -> float:
         return 0.0 if self.last_activity is None else now - self.last_activity
@@ -143,7 +152,9 @@ def observe_server(server: str, token: str | None, failed: str | None = None) ->
     ready = _get(f"{server}/ready", token)[0] == 200
     status, text = _get(f"{server}/metrics", token)
     if status != 200:
-        return Observation(ready=ready, failed=failed)
+        # /ready needs no token, /metrics does: a ready server whose activity cannot be read (no token yet, or
+        # not the server's) is not counted as ready, or its requests would go unseen and it would be stopped busy.
+        return Observation(ready=False, failed=failed)
     last_request, busy = parse_metrics(text)
     return Observation(ready=ready, last_request=last_request, busy=busy, failed=failed)
 
@@ -177,23 +188,22 @@ def run(tracker: IdleTracker, observe, clock, sleep, power_off, poll_seconds: fl
             power_off()
             return
         if tracker.last_activity is not None and not announced:
-            console(f"server ready: idle auto-stop after {tracker.idle_seconds / 60:g} min without requests")
+            console(f"server ready: idle auto-stop after {tracker.idle_seconds / 60:g} min without requests"
+                    if tracker.stops_when_idle else "server ready: idle auto-stop is off (0 minutes)")
             announced = True
         sleep(poll_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--minutes", type=float, required=True, help="idle minutes before power-off; 0 never")
+    parser.add_argument("--minutes", type=float, required=True,
+                        help="idle minutes before power-off; 0: never for idleness (a failed boot still powers off)")
     parser.add_argument("--server", default=SERVER)
     parser.add_argument("--env-file", default=ENV_FILE)
     parser.add_argument("--failed-file", default=FAILED_FILE)
     args = parser.parse_args(argv)
-    if args.minutes <= 0:
-        print("idle auto-stop disabled (0 minutes)")
-        return 0
     run(
-        IdleTracker(args.minutes * 60),
+        IdleTracker(max(args.minutes, 0) * 60),
         # The token is read at each poll: the server's start writes it, and a rotation changes it.
         observe=lambda: observe_server(args.server, read_token(args.env_file), read_failure(args.failed_file)),
         clock=time.time,  # wall clock: the server's gauge is wall-clock time too

@@ -250,6 +250,10 @@ build() {
   if timeout "$BUILD_LIMIT" docker build --quiet -f "$dir/image/Dockerfile" -t "$tag" "$dir" >/dev/null; then
     rm -rf "$dir" "$bundle"
     serve "$tag" "image-built image=$tag"
+    # BuildKit keeps every step's output (torch and its CUDA libraries: several GB) on the data disk. Without
+    # --all it removes only cache no image holds; the served image's layers stay, the superseded build's go
+    # (serve removed that image first). After a failed build the cache stays: the next boot resumes from it.
+    docker builder prune --force >/dev/null 2>&1 || true
   else
     rm -rf "$dir"
     keep_previous "docker build failed or ran past ${BUILD_LIMIT} s"

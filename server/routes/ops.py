@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import platform
 from importlib.metadata import PackageNotFoundError, version
@@ -41,13 +42,20 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="200 once the model is loaded and warmed up; 503 before, and while draining",
-            responses={503: {"description": "Loading (with estimated_time) or shutting down"}})
+# /ready is public: why a load failed (an exception's text, often with local paths) stays in the server's log.
+LOAD_FAILED_MESSAGE = "The model failed to load; the server's log says why"
+
+
+@router.get("/ready", summary="200 once the model is loaded and warmed up; 503 before, and while draining "
+                              "(never needs a token)",
+            responses={503: {"description": "Loading (with estimated_time), failed to load, or shutting down"}})
 async def ready(request: Request) -> Response:
     try:
         await worker_of(request).require_ready()
     except ApiError as err:
-        # Not counted in sdxl_errors: the boot and wake scripts poll this until the model is ready.
+        if err.kind == "load_failed":
+            err = dataclasses.replace(err, message=LOAD_FAILED_MESSAGE)
+        # Not counted in sdxl_errors: load balancers and the boot and wake scripts poll this until ready.
         return error_response(request.url.path, err)
     return Response('{"status":"ready"}', media_type="application/json")
 

@@ -9,7 +9,8 @@ Shapes from the SDK's own source (hf_api.py, _inference_endpoints.py):
   `list` reads them;
 - `GET .../provider/{namespace}` -> {"vendors": [{"name", "regions": [{"name", "computes": [...]}]}]}
   (list_inference_endpoints_hardware, InferenceEndpointHardware.from_raw);
-- InferenceEndpoint.wait polls the endpoint until `running` with a URL, then GETs <url>/<healthRoute>.
+- InferenceEndpoint.wait polls the endpoint until `running` with a URL, then GETs <url>/<healthRoute> until it
+  answers 200; <url> is served here as our server answers it (/health alive, /ready once loaded).
 
 The SDK is pointed here through its own settings: constants.ENDPOINT and constants.INFERENCE_ENDPOINTS_ENDPOINT.
 """
@@ -51,11 +52,14 @@ class FakeHuggingFace:
     hardware: list[dict[str, Any]] = field(default_factory=list)
     refuse_create: tuple[int, str] | None = None  # (status, message) for the next creation
     start_as: str = "running"  # the state an endpoint reaches after initializing ("failed": it never runs)
+    # Our server in the endpoint's container: /health answers 200 at once, /ready 503 for this many probes (the
+    # model loading), then 200, as server/routes/ops.py does.
+    loading_probes: int = 0
 
     def answer(self, method: str, path: str, body: Any, token: str | None) -> tuple[int, Any]:
         self.calls.append((method, path, body))
-        if path.startswith("/endpoints/") and path.endswith("/health"):
-            return 200, {"status": "ok"}  # the endpoint's own URL: what wait() probes
+        if path.startswith("/endpoints/"):
+            return self._container(path)  # the endpoint's own URL: what wait() probes
         if token != TOKEN:
             return 401, {"error": "Invalid credentials in Authorization header"}
         if path == "/api/whoami-v2":
@@ -84,6 +88,17 @@ class FakeHuggingFace:
             self.secrets.pop(key, None)
             return 200, {}
         return 405, {"error": method}
+
+    def _container(self, path: str) -> tuple[int, Any]:
+        route = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
+        if route == "/health":
+            return 200, {"status": "ok"}
+        if route == "/ready":
+            if self.loading_probes > 0:
+                self.loading_probes -= 1
+                return 503, {"error": "Model is loading"}
+            return 200, {"status": "ready"}
+        return 401, {"error": "Missing or invalid bearer token (Authorization: Bearer <token>)"}
 
     def _create(self, namespace: str, payload: dict[str, Any]) -> tuple[int, Any]:
         if self.refuse_create is not None:

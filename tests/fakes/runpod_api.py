@@ -6,6 +6,9 @@ The query texts are the SDK's (runpod/api/queries, runpod/api/mutations): the fa
 objects, so a value the SDK wrote unescaped that breaks the query fails here too. Answers take the shapes the SDK
 reads: data.podFindAndDeployOnDemand, data.gpuTypes, data.myself.pods, data.podStop, data.podResume,
 data.podTerminate, data.myself; pods carry `env` as "KEY=value" strings (RunPod's GraphQL guide).
+
+`pod_keys` are the keys RunPod puts in each pod as RUNPOD_API_KEY ("Pod-scoped API key", RunPod's "Pod environment
+variables"): one acts on its own pod only, so here it may stop or resume that pod and nothing else.
 """
 
 from __future__ import annotations
@@ -109,9 +112,12 @@ class FakeRunPod:
     host_has_gpu: bool = True
     balance: float = 25.0
     spend_limit: float = 80.0
+    pod_keys: dict[str, str] = field(default_factory=dict)  # a pod-scoped key -> the pod it belongs to
     _next: int = 0
 
     def answer(self, query: str, key: str | None) -> tuple[int, Any]:
+        if key in self.pod_keys:
+            return self._answer_for_pod(self.pod_keys[key], query)
         if key != KEY:
             return 401, {"errors": [{"message": "Unauthorized"}]}
         if "podFindAndDeployOnDemand(" in query:
@@ -170,8 +176,17 @@ class FakeRunPod:
     def _view(pod: dict[str, Any]) -> dict[str, Any]:
         return {**pod, "runtime": None if pod["desiredStatus"] != "RUNNING" else {"ports": []}}
 
+    def _answer_for_pod(self, own: str, query: str) -> tuple[int, Any]:
+        for operation in ("podStop", "podResume"):
+            if f"{operation}(" in query and operation_input(query, operation).get("podId") == own:
+                self.calls.append(operation)
+                return 200, getattr(self, f"_{operation}")(operation_input(query, operation))
+        return 200, {"errors": [{"message": "This API key is scoped to another pod."}]}
+
     def _podStop(self, spec: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
-        pod = self.pods[spec["podId"]]
+        pod = self.pods.get(spec["podId"])
+        if pod is None:
+            return {"errors": [{"message": "Pod not found"}]}
         pod["desiredStatus"] = "EXITED"
         return {"data": {"podStop": {"id": pod["id"], "desiredStatus": "EXITED"}}}
 

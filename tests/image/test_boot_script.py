@@ -63,9 +63,16 @@ elif command == "pull":
 elif command == "build":
     context = args[-1]
     assert os.path.exists(os.path.join(context, "image", "Dockerfile")), "no Dockerfile in the build context"
+    # BuildKit keeps what each step made (the torch and CUDA layers, pip's cache mount), built or not.
+    state["build_cache"] = state.get("build_cache", []) + [context]
     if state.get("build_fails"):
+        save()
         sys.exit(1)
     state["images"].append(args[args.index("-t") + 1])
+elif command == "builder" and args[1] == "prune":
+    if "--force" not in args:
+        sys.exit("WARNING! This will remove all dangling build cache. Are you sure you want to continue? [y/N]")
+    state["build_cache"] = []
 elif command == "login":
     password = sys.stdin.read()
     assert password and password not in " ".join(sys.argv), "the password reached the command line"
@@ -462,6 +469,39 @@ def test_a_superseded_server_image_is_pruned_after_a_build(host: Host) -> None:
     assert "docker rmi sdxl-endpoint-server:0ld" in host.calls()
     assert "docker image prune --force" in host.calls()  # dangling layers of what was replaced
     assert set(host.docker()["images"]) == {f"sdxl-endpoint-server:{sha}", "sdxl-endpoint-server:current"}
+
+
+def test_the_build_cache_is_pruned_after_a_successful_build_once_the_old_images_are_gone(host: Host) -> None:
+    """BuildKit's cache (several GB) would stay on the data disk forever; pruned only once the new image is served
+    and the superseded one removed, so the cache that backed the old image is no longer shared with any image."""
+    data, sha = small_bundle()
+    host.cloud.objects[f"{BUCKET}/bundles/{sha}.tar"] = data
+    host.set_docker(images=["sdxl-endpoint-server:0ld", "sdxl-endpoint-server:current"], build_cache=["0ld"])
+    assert host.boot("build", "aws", "us-east-1", BUCKET, f"bundles/{sha}.tar", sha).returncode == 0
+    calls = host.calls()
+    prune = index(calls, "docker builder prune")
+    assert calls[prune] == "docker builder prune --force"  # no prompt: nobody is there to answer it
+    assert index(calls, "docker tag ") < index(calls, "docker rmi sdxl-endpoint-server:0ld") < prune
+    assert host.docker()["build_cache"] == []
+    assert f"sdxl-endpoint-server:{sha}" in host.docker()["images"]
+
+
+@pytest.mark.parametrize("how", ["build_fails", "built_on_an_earlier_boot", "pulled"])
+def test_the_build_cache_is_kept_unless_a_build_succeeded(host: Host, how: str) -> None:
+    """A failed (or timed-out) build keeps its cache: the next boot's build resumes from it."""
+    data, sha = small_bundle()
+    host.cloud.objects[f"{BUCKET}/bundles/{sha}.tar"] = data
+    host.set_docker(images=["sdxl-endpoint-server:current"], build_cache=["earlier"])
+    if how == "pulled":
+        assert host.boot("pull-server", "ghcr.io/o/server:1", "gcp").returncode == 0
+    else:
+        if how == "build_fails":
+            host.set_docker(build_fails=True)
+        else:
+            host.set_docker(images=[f"sdxl-endpoint-server:{sha}"])
+        assert host.boot("build", "aws", "us-east-1", BUCKET, f"bundles/{sha}.tar", sha).returncode == 0
+    assert not [c for c in host.calls() if c.startswith("docker builder")]
+    assert host.docker()["build_cache"][0] == "earlier"
 
 
 @pytest.mark.parametrize("broken", ["build_fails", "no_bundle"])

@@ -9,6 +9,8 @@ import pytest
 from image.host import idle_stop
 from image.host.idle_stop import IdleTracker, Observation
 from server.metrics import Metrics
+from stacks import bootstrap
+from stacks.bootstrap import render_cloud_init
 from tests.image.conftest import TOKEN, LiveServer
 
 MINUTE = 60.0
@@ -35,12 +37,6 @@ def test_a_boot_that_never_gets_ready_stops_after_the_grace(capsys: pytest.Captu
                   sleep=sleep, power_off=lambda: powered_off.append(clock["now"]))
     assert powered_off == [BOOT + idle_stop.BOOT_GRACE_MINUTES * MINUTE]
     assert "never ready in 180 min" in capsys.readouterr().out
-
-
-def test_zero_minutes_disables_the_boot_grace_too() -> None:
-    tracker = IdleTracker(0)
-    assert not tracker.observe(BOOT, Observation(ready=False))
-    assert not tracker.observe(BOOT + 10 * idle_stop.BOOT_GRACE_MINUTES * MINUTE, Observation(ready=False))
 
 
 def test_stops_after_the_idle_time_counted_from_ready() -> None:
@@ -86,11 +82,11 @@ def test_a_gauge_from_the_future_cannot_postpone_the_stop_forever() -> None:
     assert tracker.observe(BOOT + 31 * MINUTE, Observation(ready=True, last_request=BOOT + 24 * 60 * MINUTE))
 
 
-def test_zero_minutes_never_stops() -> None:
+def test_zero_minutes_never_stops_a_server_that_was_ready_for_idleness() -> None:
     tracker = IdleTracker(0)
     tracker.observe(BOOT, Observation(ready=True, last_request=BOOT))
     assert not tracker.observe(BOOT + 10_000 * MINUTE, Observation(ready=True, last_request=BOOT))
-    assert idle_stop.main(["--minutes", "0"]) == 0  # returns at once instead of polling
+    assert not tracker.observe(BOOT + 20_000 * MINUTE, Observation(ready=False))  # nor once it died: no idle clock
 
 
 def test_run_loop_powers_off_once_with_a_fake_clock(capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,6 +163,50 @@ def test_a_failed_gpu_check_powers_off_after_a_short_delay_not_the_boot_grace(ca
     assert stopped_at == 1 + idle_stop.FAILED_GRACE_MINUTES < idle_stop.BOOT_GRACE_MINUTES
     out = capsys.readouterr().out
     assert "a boot step failed (nvidia-smi sees no GPU)" in out and "powering off" in out
+
+
+def test_zero_minutes_still_powers_off_after_a_failed_gpu_check(capsys) -> None:
+    # idleStopMinutes 0 turns off the idle power-off only: a GPU that is not there must not bill indefinitely.
+    def server(minute: float) -> Observation:
+        return Observation(ready=False, failed="nvidia-smi sees no GPU" if minute >= 1 else None)
+
+    assert Replay(server).run(IdleTracker(0)) == 1 + idle_stop.FAILED_GRACE_MINUTES
+    assert "a boot step failed (nvidia-smi sees no GPU)" in capsys.readouterr().out
+
+
+def test_zero_minutes_still_stops_a_boot_that_never_gets_ready(capsys) -> None:
+    assert Replay(lambda minute: Observation(ready=False)).run(IdleTracker(0)) == idle_stop.BOOT_GRACE_MINUTES
+    assert "never ready in 180 min" in capsys.readouterr().out
+
+
+def test_zero_minutes_never_powers_off_a_crash_looping_server_once_it_was_ready(capsys) -> None:
+    replay = Replay(crash_loop)
+    with pytest.raises(AssertionError, match="no power-off within 48 hours"):
+        replay.run(IdleTracker(0))
+    assert replay.powered_off == []
+    assert "idle auto-stop is off (0 minutes)" in capsys.readouterr().out
+
+
+def test_the_rendered_zero_minute_unit_runs_the_watcher_that_powers_off_a_failed_boot(tmp_path, monkeypatch) -> None:
+    """The unit idleStopMinutes 0 renders, run as systemd would (its ExecStart arguments), on a fake clock: the
+    watcher does not exit at once, as it did, and powers a failed boot off."""
+    from tests.stacks.test_bootstrap import directives, files_of, unit, values
+
+    (command,) = directives(unit(files_of(render_cloud_init(values(idle_stop_minutes=0))), "sdxl-idle-stop"))[
+        "ExecStart"]
+    python, script, *args = command.split()
+    assert (python, script, args) == ("/usr/bin/python3", bootstrap.IDLE_SCRIPT, ["--minutes", "0"])
+    failed_file = tmp_path / "failed"
+    failed_file.write_text("the NVIDIA driver supports CUDA 12.9, but the server image needs CUDA 13.0\n")
+    clock = {"now": BOOT}
+    powered_off: list[tuple[float, list[str]]] = []
+    monkeypatch.setattr(idle_stop.time, "time", lambda: clock["now"])
+    monkeypatch.setattr(idle_stop.time, "sleep", lambda seconds: clock.update(now=clock["now"] + seconds))
+    monkeypatch.setattr(idle_stop.subprocess, "run", lambda argv, check: powered_off.append((clock["now"], argv)))
+    # Port 9 (discard) on loopback: nothing answers, as before the server container has started.
+    assert idle_stop.main([*args, "--server", "http://127.0.0.1:9", "--env-file", str(tmp_path / "none.env"),
+                           "--failed-file", str(failed_file)]) == 0
+    assert powered_off == [(BOOT + idle_stop.FAILED_GRACE_MINUTES * MINUTE, ["systemctl", "poweroff"])]
 
 
 def test_a_failure_that_clears_does_not_power_off() -> None:
@@ -246,5 +286,9 @@ def test_polls_do_not_count_but_a_generation_does(entrypoint_server: LiveServer)
 
 
 def test_without_the_token_it_sees_nothing_and_so_never_starts_counting(entrypoint_server: LiveServer) -> None:
-    # /ready and /metrics need the token: a watcher without it must not mistake 401 for "ready".
+    # /ready answers without the token, /metrics does not: a watcher that cannot see the requests must not count
+    # the server as ready (it would power off a busy instance once the idle time passed).
+    assert httpx.get(f"{entrypoint_server.url}/ready", timeout=10).status_code == 200
+    assert httpx.get(f"{entrypoint_server.url}/metrics", timeout=10).status_code == 401
     assert idle_stop.observe_server(entrypoint_server.url, None) == Observation(ready=False)
+    assert idle_stop.observe_server(entrypoint_server.url, "not-the-token") == Observation(ready=False)

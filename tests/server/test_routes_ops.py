@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
 
-from tests.server.helpers import FAST, auth
+import httpx
+
+from server.routes.ops import LOAD_FAILED_MESSAGE
+from tests.server.helpers import FAST, TOKEN, LiveServer, auth, wait_until
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -17,12 +21,86 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def test_health_is_public_and_everything_else_needs_the_token(make_client):
+def test_health_and_ready_are_public_and_everything_else_needs_the_token(make_client):
     client = make_client(api_token="s3cret")
     assert client.get("/health").json() == {"status": "ok"}
-    for path in ("/ready", "/metrics", "/info", "/openapi.json", "/docs"):
+    # Load balancers, Kubernetes probes and hosted health routes cannot send the token.
+    assert client.get("/ready").json() == {"status": "ready"}
+    assert client.get("/ready", headers=auth("wrong")).status_code == 200  # a token is not even looked at
+    for path in ("/metrics", "/info", "/openapi.json", "/docs"):
         assert client.get(path).status_code == 401, path
         assert client.get(path, headers=auth("s3cret")).status_code == 200, path
+
+
+def test_a_failed_load_tells_ready_callers_nothing_but_that_it_failed(make_client, caplog):
+    secret_path = "/home/operator/models/sdxl/unet/diffusion_pytorch_model.safetensors"
+
+    def broken() -> None:
+        raise OSError(f"Error no file named {secret_path} found")
+
+    client = make_client(loader=broken, ready=False, api_token="s3cret")
+    wait_until(lambda: client.get("/ready").json()["error"] == LOAD_FAILED_MESSAGE, 30, lambda: client.get("/ready"))
+    answer = client.get("/ready")
+    assert answer.status_code == 503 and answer.json() == {"error": LOAD_FAILED_MESSAGE}
+    assert int(answer.headers["Retry-After"]) >= 1
+    assert secret_path not in answer.text and "OSError" not in answer.text
+    assert client.get("/ready", headers=auth("s3cret")).json() == {"error": LOAD_FAILED_MESSAGE}  # also with it
+    # The reason is in the log, and the API answers it to callers with the token.
+    assert secret_path in caplog.text
+    generate = client.post("/", json={"inputs": "a cat"}, headers=auth("s3cret"))
+    assert generate.status_code == 503 and secret_path in generate.json()["error"]
+    assert client.post("/", json={"inputs": "a cat"}).status_code == 401
+
+
+# Holds a live server's model load until a file appears: imported by Python at start-up (sitecustomize) in that
+# process alone, so the loading phase lasts exactly as long as the test needs it.
+LOAD_GATE = """
+import os, time
+from server import synthetic
+
+_build = synthetic.build
+
+
+def build(*args, **kwargs):
+    while not os.path.exists(os.environ["TEST_LOAD_GATE"]):
+        time.sleep(0.05)
+    return _build(*args, **kwargs)
+
+
+synthetic.build = build
+"""
+
+
+def test_a_live_servers_ready_needs_no_token_while_loading_and_once_ready_but_metrics_do(tmp_path):
+    hook, gate = tmp_path / "hook", tmp_path / "load-may-finish"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(LOAD_GATE)
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    server = LiveServer(["--model", "tiny", "--api-token", TOKEN, "--log-level", "warning"], tmp_path / "server.log",
+                        env={"PYTHONPATH": path, "TEST_LOAD_GATE": str(gate)})
+    try:
+        with httpx.Client(base_url=server.url, timeout=5) as http:
+            def listening() -> bool:
+                try:
+                    return http.get("/health").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_until(listening, 120, server.log)
+            loading = http.get("/ready")
+            assert loading.status_code == 503, loading.text
+            assert set(loading.json()) == {"error", "estimated_time"} and "currently loading" in loading.json()["error"]
+            assert int(loading.headers["Retry-After"]) >= 1
+            for path in ("/metrics", "/info"):
+                assert http.get(path).status_code == 401, path
+            gate.touch()
+            server.wait_ready()  # without a token
+            assert http.get("/ready").json() == {"status": "ready"}
+            assert http.get("/metrics").status_code == 401
+            assert http.get("/metrics", headers=auth()).status_code == 200
+            assert http.get("/info", headers=auth()).json()["ready"] is True
+    finally:
+        server.stop()
 
 
 def test_ready_is_503_until_loaded_and_warmed(make_client, pipelines):
@@ -89,7 +167,9 @@ def test_openapi_documents_every_route_and_the_bearer_scheme(client):
                  "/health", "/ready", "/metrics", "/info"):
         assert path in paths, path
     assert schema["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
-    assert paths["/health"]["get"]["security"] == []
+    assert paths["/health"]["get"]["security"] == [] and paths["/ready"]["get"]["security"] == []
+    assert paths["/metrics"]["get"].get("security") is None  # the document's default: the bearer token
+    assert schema["security"] == [{"bearer": []}]
     hf = paths["/"]["post"]
     assert hf["requestBody"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/HFRequest"
     assert {"image/png", "image/jpeg", "image/webp"} <= set(hf["responses"]["200"]["content"])
@@ -109,7 +189,7 @@ def test_openapi_declares_path_parameters_and_every_401(client):
     assert (model_id["name"], model_id["in"], model_id["required"]) == ("model_id", "path", True)
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
-            if path == "/health":
+            if path in ("/health", "/ready"):
                 assert "401" not in operation["responses"]
                 continue
             ref = operation["responses"]["401"]["content"]["application/json"]["schema"]["$ref"]

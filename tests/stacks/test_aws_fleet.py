@@ -163,12 +163,13 @@ def test_health_checks_hit_ready_and_the_group_replaces_what_fails_them():
     run = fleet_run()
     health = run.one(TARGETS).inputs["healthCheck"]
     assert health["path"] == "/ready" and health["matcher"] == "200" and health["protocol"] == "HTTP"
-    assert health["port"] == str(bootstrap.HEALTH_PORT)  # the shim that asks /ready with the server's token
+    # The server's own /ready (public: a health check cannot send the token), on the port requests go to.
+    assert health["port"] == str(bootstrap.SERVER_PORT) and run.one(TARGETS).inputs["port"] == bootstrap.SERVER_PORT
     group = run.one(GROUP).inputs
     assert group["healthCheckType"] == "ELB" and group["targetGroupArns"] == [run.state(TARGETS)["arn"]]
     # A first boot (a build, a 7 GB download) is not judged before it can have finished.
     assert group["healthCheckGracePeriod"] == bootstrap.FIRST_BOOT_GRACE_S >= bootstrap.FIRST_BOOT_BUILD_S
-    assert "sdxl-health.service" in document(run) and "--port 8001" in document(run)
+    assert "sdxl-health" not in document(run) and "8001" not in document(run)  # no health shim beside it
 
 
 @pytest.mark.parametrize("settings", [{}, {"domain": "sdxl.example.com"}])
@@ -227,8 +228,11 @@ def test_instances_accept_traffic_only_from_the_load_balancers_security_group():
     run = fleet_run()
     instances = group_named(run, "instance-sg")
     alb_group_id = "sdxl-alb-sg-id"
-    assert sorted((r["fromPort"], r["toPort"]) for r in instances["ingress"]) == [
-        (bootstrap.SERVER_PORT, bootstrap.SERVER_PORT), (bootstrap.HEALTH_PORT, bootstrap.HEALTH_PORT)]
+    # One port: the server's, for requests and health checks alike; the load balancer reaches no other.
+    assert [(r["fromPort"], r["toPort"]) for r in instances["ingress"]] == [
+        (bootstrap.SERVER_PORT, bootstrap.SERVER_PORT)]
+    assert [(r["fromPort"], r["toPort"]) for r in group_named(run, "alb-sg")["egress"]] == [
+        (bootstrap.SERVER_PORT, bootstrap.SERVER_PORT)]
     for rule in instances["ingress"]:
         assert rule["securityGroups"] == [alb_group_id] and rule["protocol"] == "tcp"
         assert not rule.get("cidrBlocks") and not rule.get("ipv6CidrBlocks") and not rule.get("prefixListIds")
@@ -328,7 +332,8 @@ def test_the_instances_boot_the_fleet_variant_within_the_16_kb_limit():
     text = document(run)
     files = {f["path"] for f in yaml.safe_load(text)["write_files"]}
     assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT not in files
-    assert bootstrap.HEALTH_SCRIPT in files and "ExecStart=/usr/local/bin/sdxl-boot data-disk" not in text
+    assert "ExecStart=/usr/local/bin/sdxl-boot data-disk" not in text
+    assert [f for f in files if f.startswith(bootstrap.HOST_LIB)] == [bootstrap.CLOUD_HELPER]  # no health shim
     assert "t" * 64 not in text and "hf_" + "x" * 40 not in text  # names of parameters, never tokens
     assert "SDXL_API_TOKEN=/sdxl-endpoint/test/api-token HF_TOKEN=/sdxl-endpoint/test/hf-token" in text
 

@@ -302,11 +302,21 @@ def test_no_template_placeholder_is_left() -> None:
         assert "${" not in "".join(f["content"] for p, f in files.items() if p.endswith(".service")), variant
 
 
-def test_idle_stop_minutes_reach_the_watcher_and_zero_leaves_it_out() -> None:
+def test_idle_stop_minutes_reach_the_watcher_and_zero_still_installs_it_for_failed_boots() -> None:
     files = files_of(render_cloud_init(values(idle_stop_minutes=45)))
     assert "idle_stop.py --minutes 45" in unit(files, "sdxl-idle-stop")
+    assert directives(unit(files, "sdxl-idle-stop"))["Description"] == [
+        "SDXL endpoint: power off after 45 min without a generation request, or after a failed or never-ready boot"]
+    # 0 turns off the idle power-off alone: the watcher still stops a failed GPU check or a boot never ready.
     off = files_of(render_cloud_init(values(idle_stop_minutes=0)))
-    assert "/etc/systemd/system/sdxl-idle-stop.service" not in off and bootstrap.IDLE_SCRIPT not in off
+    watcher = directives(unit(off, "sdxl-idle-stop"))
+    assert watcher["ExecStart"] == [f"/usr/bin/python3 {bootstrap.IDLE_SCRIPT} --minutes 0"]
+    assert watcher["Description"] == [
+        "SDXL endpoint: power off after a failed or never-ready boot (idle auto-stop off)"]
+    assert watcher["Restart"] == ["always"] and not {key for key in watcher if key in DEPENDENCIES}
+    assert off[bootstrap.IDLE_SCRIPT]["content"] == (bootstrap.HOST_TEMPLATES / "idle_stop.py").read_text()
+    runcmd = yaml.safe_load(render_cloud_init(values(idle_stop_minutes=0)))["runcmd"]
+    assert "sdxl-idle-stop.service" in runcmd[2] and "sdxl-idle-stop.service" in runcmd[3]  # enabled, started
 
 
 def test_systemd_specifiers_in_values_are_escaped() -> None:
@@ -440,7 +450,7 @@ def test_aws_endpoint_with_a_domain() -> None:
     assert run.value(run.outputs["curlExample"]).startswith("curl -sS --fail-with-body https://sdxl.example.com/ ")
     files = files_of(aws_document(run))
     assert "https://sdxl.example.com {" in files[bootstrap.CADDYFILE]["content"]
-    assert bootstrap.IDLE_SCRIPT not in files
+    assert "idle_stop.py --minutes 0" in unit(files, "sdxl-idle-stop")  # for a failed boot, never for idleness
 
 
 def test_gcp_endpoint_is_https_on_its_static_address() -> None:

@@ -60,9 +60,10 @@ def test_it_holds_the_build_context_the_dockerfile_and_nothing_else(checkout: Pa
     names = set(members(built.path))
     assert names == set(built.files)
     assert {bundle.DOCKERFILE, bundle.DOCKERIGNORE, "server/requirements.txt", "server/app.py",
-            "image/entrypoint.sh", "image/healthcheck.py"} <= names
+            "image/entrypoint.sh", "image/healthcheck.py", "image/pod_idle_stop.py"} <= names
+    # Of the host's files only the idle logic, which RunPod's in-pod idle stop (image/pod_idle_stop.py) reuses.
     assert not [n for n in names if n.startswith((".pulumi-state", "tests/", ".venv", "stacks/", ".git", "image/host"))
-                or "__pycache__" in n]
+                and n != "image/host/idle_stop.py" or "__pycache__" in n]
     # What the Dockerfile copies is all there, so `docker build` on the unpacked bundle has its context.
     text = (checkout / bundle.DOCKERFILE).read_text()
     for line in text.splitlines():

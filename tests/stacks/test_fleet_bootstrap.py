@@ -1,6 +1,7 @@
 """The fleet variant of the one cloud-init bootstrap (stacks/bootstrap.py FleetFront): the same real validators as
 the single instance's (`cloud-init schema`, `systemd-analyze verify`, shellcheck), AWS's 16 KB limit, and what
-differs: no Caddy, no idle stop, no data disk, the health shim, the port for the load balancer, the wait budget."""
+differs: no Caddy, no idle stop, no data disk, the port for the load balancer (requests and health checks), the wait
+budget."""
 
 from __future__ import annotations
 
@@ -65,8 +66,7 @@ def test_no_caddy_no_idle_stop_no_data_disk_and_every_unit_enabled() -> None:
     document = render_cloud_init(FLEET_VARIANTS["aws-build-cloudfront"])
     files = files_of(document)
     written = sorted(Path(p).stem for p in files if p.endswith(".service"))
-    assert written == ["sdxl-data", "sdxl-docker", "sdxl-gpu-check", "sdxl-health", "sdxl-image", "sdxl-ready",
-                       "sdxl-server"]
+    assert written == ["sdxl-data", "sdxl-docker", "sdxl-gpu-check", "sdxl-image", "sdxl-ready", "sdxl-server"]
     assert set(written) <= set(bootstrap.UNITS)
     assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT not in files
     runcmd = yaml.safe_load(document)["runcmd"]
@@ -94,18 +94,21 @@ def test_the_data_directory_is_on_the_instances_own_disk_with_the_single_instanc
     assert {"sdxl-image.service", "sdxl-gpu-check.service"} <= ordered_after(graph, "sdxl-server.service")
 
 
-def test_the_server_port_is_published_for_the_load_balancer_and_the_health_shim_serves_ready() -> None:
-    files = files_of(render_cloud_init(FLEET_VARIANTS["gcp-pull-lb"]))
+@pytest.mark.parametrize("name", FLEET_VARIANTS)
+def test_the_server_port_alone_is_published_for_the_load_balancer_and_its_health_checks(name: str) -> None:
+    from server.app import PUBLIC_PATHS
+
+    document = render_cloud_init(FLEET_VARIANTS[name])
+    files = files_of(document)
     (run,) = directives(unit(files, "sdxl-server"))["ExecStart"]
     assert f"--publish 0.0.0.0:{bootstrap.SERVER_PORT}:{bootstrap.SERVER_PORT}" in run
+    assert run.count("--publish") == 1
     assert "the firewall admits the load balancer only" in unit(files, "sdxl-server")
-    health = directives(unit(files, "sdxl-health"))
-    assert health["ExecStart"] == [f"/usr/bin/python3 {bootstrap.HEALTH_SCRIPT} --port {bootstrap.HEALTH_PORT} "
-                                   f"--server http://127.0.0.1:{bootstrap.SERVER_PORT} --env-file {bootstrap.ENV_FILE}"]
-    assert health["Restart"] == ["always"] and health["ProtectSystem"] == ["strict"]
-    assert not {k for k in health if k in ("After", "Requires", "Wants")}  # from boot: 503 until the server is up
-    assert files[bootstrap.HEALTH_SCRIPT]["content"] == (bootstrap.HOST_TEMPLATES / "sdxl_health.py").read_text()
-    assert files[bootstrap.HEALTH_SCRIPT]["permissions"] == "0755"
+    # The load balancers' health checks ask the server's own /ready, which needs no token (they cannot send one):
+    # no host service answers them on a port of its own.
+    assert "/ready" in PUBLIC_PATHS
+    assert [p for p in files if p.startswith(bootstrap.HOST_LIB)] == [bootstrap.CLOUD_HELPER]
+    assert "sdxl-health" not in document and "8001" not in document
 
 
 def test_embedded_shell_is_the_same_shellcheck_clean_boot_script(tmp_path: Path) -> None:

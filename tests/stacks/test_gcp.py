@@ -272,7 +272,7 @@ def test_labels_carry_stack_project_and_a_valid_ttl():
     assert labels == {"sdxl-endpoint-stack": "pr-42_feature", "sdxl-endpoint-project": "sdxl-endpoint",
                       "sdxl-endpoint-ttl": "2030-01-31t18-30-00z"}
     assert all(LABEL_RE.match(v) and re.match(r"^[a-z][a-z0-9_-]{0,62}$", k) for k, v in labels.items())
-    expiry = datetime.strptime(labels["sdxl-endpoint-ttl"], gcp.TTL_LABEL_FORMAT).replace(tzinfo=UTC)
+    expiry = datetime.strptime(labels["sdxl-endpoint-ttl"], catalog.GCP_TTL_LABEL_FORMAT).replace(tzinfo=UTC)
     assert expiry == datetime.fromisoformat("2030-01-31T19:30:00+01:00")
     assert run.one("gcp:compute/address:Address").inputs["labels"] == labels
     assert run.one(INSTANCE).inputs["bootDisk"]["initializeParams"]["labels"] == labels

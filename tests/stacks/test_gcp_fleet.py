@@ -93,7 +93,9 @@ def test_autohealing_and_the_load_balancer_check_ready_and_a_first_boot_has_its_
     run = fleet_run()
     checks = health_checks(run)
     assert {c["httpHealthCheck"]["requestPath"] for c in checks.values()} == {"/ready"}
-    assert {c["httpHealthCheck"]["port"] for c in checks.values()} == {bootstrap.HEALTH_PORT}
+    # The server's own /ready (public: a health check cannot send the token), on the port the backend serves.
+    assert {c["httpHealthCheck"]["port"] for c in checks.values()} == {bootstrap.SERVER_PORT}
+    assert run.one(GROUP).inputs["namedPorts"] == [{"name": gcp_fleet.NAMED_PORT, "port": bootstrap.SERVER_PORT}]
     healing = run.one(GROUP).inputs["autoHealingPolicies"]
     assert healing["healthCheck"] == "sdxl-autoheal-id"
     assert bootstrap.FIRST_BOOT_BUILD_S < healing["initialDelaySec"] <= catalog.GCP_AUTOHEALING_MAX_DELAY_S
@@ -176,7 +178,7 @@ def test_with_a_domain_the_certificate_is_for_it_and_its_a_record_is_an_output()
 
 
 @pytest.mark.parametrize("ssh", ["false", "true"])
-def test_vms_are_reached_only_from_googles_front_ends_on_the_server_and_health_ports(ssh):
+def test_vms_are_reached_only_from_googles_front_ends_on_the_servers_port(ssh):
     run = fleet_run({"ssh": ssh})
     rules = [r.inputs for r in run.of_type(FIREWALL)]
     tags = run.one(TEMPLATE).inputs["tags"]
@@ -186,8 +188,7 @@ def test_vms_are_reached_only_from_googles_front_ends_on_the_server_and_health_p
             assert ssh == "true" and rule["sourceRanges"] == ["35.235.240.0/20"]  # IAP's TCP forwarding only
             continue
         assert sorted(rule["sourceRanges"]) == sorted(["35.191.0.0/16", "130.211.0.0/22"])
-        assert rule["allows"] == [{"protocol": "tcp", "ports": [str(bootstrap.SERVER_PORT),
-                                                                str(bootstrap.HEALTH_PORT)]}]
+        assert rule["allows"] == [{"protocol": "tcp", "ports": [str(bootstrap.SERVER_PORT)]}]  # requests, checks
     assert len(rules) == (2 if ssh == "true" else 1)
     # No rule admits the internet, and nothing opens 80/443 on the VMs themselves.
     assert not [r for r in rules if "0.0.0.0/0" in r["sourceRanges"]]
@@ -247,7 +248,9 @@ def test_every_resource_is_a_descendant_of_the_component():
 def test_the_vms_boot_the_fleet_variant():
     text = user_data(fleet_run())
     files = {f["path"] for f in yaml.safe_load(text)["write_files"]}
-    assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT not in files and bootstrap.HEALTH_SCRIPT in files
+    assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT not in files
+    assert [f for f in files if f.startswith(bootstrap.HOST_LIB)] == [bootstrap.CLOUD_HELPER]  # no health shim
+    assert "sdxl-health.service" not in text and "8001" not in text
     assert "ExecStart=/usr/local/bin/sdxl-boot data-disk" not in text
     assert "gcp my-project-123 SDXL_API_TOKEN=sdxl-test-api-token" in text
 

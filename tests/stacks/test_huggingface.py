@@ -59,7 +59,7 @@ def test_create_sends_our_image_settings_secrets_and_scale_to_zero(api):
     assert payload["compute"] == {"accelerator": "gpu", "instanceType": "nvidia-a10g", "instanceSize": "x1",
                                   "scaling": {"minReplica": 0, "maxReplica": 1, "scaleToZeroTimeout": 30}}
     model = payload["model"]
-    assert model["image"] == {"custom": {"url": IMAGE, "port": 8000, "healthRoute": "/health"}}
+    assert model["image"] == {"custom": {"url": IMAGE, "port": 8000, "healthRoute": "/ready"}}
     assert (model["framework"], model["repository"], model["task"]) == (
         "custom", "stabilityai/stable-diffusion-xl-base-1.0", "text-to-image")
     assert model["env"]["SDXL_MODEL"] == "/repository" and model["env"]["SDXL_CORS_ORIGINS"] == "*"
@@ -69,6 +69,16 @@ def test_create_sends_our_image_settings_secrets_and_scale_to_zero(api):
     assert created.outs["url"] == f"{api.base}/endpoints/sdxl-hf-a10g" and created.outs["status"] == "running"
     assert created.outs["namespace"] == fake_api.USER
     assert api.endpoints[key]["status"]["state"] == "running"
+
+
+def test_create_returns_once_the_model_is_loaded_not_when_the_process_is_alive(api):
+    """Hugging Face routes traffic (and the SDK's wait returns) once the health route answers 200: that must be
+    the server's readiness, which stays 503 while the model loads, not its liveness."""
+    api.loading_probes = 3
+    provider().create(properties())
+    probes = [path.rsplit("/", 1)[1] for method, path, _ in api.calls if path.startswith("/endpoints/")]
+    assert probes == ["ready"] * 4  # three 503s while loading, then 200
+    assert api.loading_probes == 0
 
 
 def test_a_refused_creation_leaves_nothing_and_says_why(api):

@@ -14,6 +14,11 @@ from stacks import config
 from tests.stacks.conftest import MAIN, ROOT
 
 PROGRAM = [MAIN, *sorted((ROOT / "stacks").glob("*.py"))]
+TOOLS = sorted((ROOT / "tools").rglob("*.py"))
+# What an operator tool may take from the program: facts, config rules and the output contract. A target module
+# (or anything only targets use) pulls in its cloud SDKs, its resources and their defaults.
+# (`stacks` itself: the package, named by every `from stacks import ...`.)
+SHARED_WITH_TOOLS = {"stacks", "stacks.catalog", "stacks.config", "stacks.contract"}
 
 
 def module_name(path: Path) -> str:
@@ -102,3 +107,47 @@ def test_every_target_module_has_the_same_public_shape(cloud):
     assert list(inspect.signature(module.Endpoint.__init__).parameters) == ["self", "name", "settings", "opts"]
     assert hasattr(module, "describe_machine")  # the preview-time look-up, or None
     assert module.describe_machine is None or callable(module.describe_machine)
+
+
+def target_modules() -> set[str]:
+    """Every __main__.TARGETS module and what it imports of stacks/, at any depth, but the shared modules."""
+    edges, found = graph(), set()
+    waiting = list(targets_table().values())
+    while waiting:
+        module = waiting.pop()
+        if module not in found and module not in SHARED_WITH_TOOLS:
+            found.add(module)
+            waiting += edges.get(module, ())
+    return found
+
+
+def tool_imports_of_the_program(paths: list[Path]) -> dict[str, set[str]]:
+    """Each file's imports of stacks/ modules beyond the shared ones, where it has any."""
+    program = {module_name(p) for p in PROGRAM}
+    found = {}
+    for path in paths:
+        beyond = {i for i in imports_of(path) if i in program} - SHARED_WITH_TOOLS
+        if beyond:
+            found[path.name if not path.is_relative_to(ROOT) else str(path.relative_to(ROOT))] = beyond
+    return found
+
+
+def test_the_target_modules_are_derived_from_the_targets_table():
+    targets = target_modules()
+    assert set(targets_table().values()) <= targets
+    assert {"stacks.aws_fleet", "stacks.gcp_fleet"} <= targets  # reached through stacks.aws and stacks.gcp
+    assert not targets & SHARED_WITH_TOOLS
+
+
+def test_the_tool_check_finds_a_lazy_target_import(tmp_path):
+    # The check below must be able to fail: an import inside a function counts.
+    tool = tmp_path / "sweep.py"
+    tool.write_text("def ttl():\n    from stacks.gcp import TTL_LABEL_FORMAT\n    return TTL_LABEL_FORMAT\n")
+    assert tool_imports_of_the_program([tool]) == {"sweep.py": {"stacks.gcp"}}
+
+
+def test_no_operator_tool_imports_a_target_module():
+    """tools/ may take stacks.catalog, stacks.config and stacks.contract, never a target (nor what only targets
+    use): the doctor, wake and the CI sweep must not load the program's cloud resources, nor break with them."""
+    imported = tool_imports_of_the_program(TOOLS)
+    assert imported == {}, f"tools import {imported}; target modules: {sorted(target_modules())}"

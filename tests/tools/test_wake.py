@@ -314,6 +314,13 @@ def test_runpod_host_without_a_free_gpu_says_what_to_do(runpod_api) -> None:
         wake.start_runpod(RUNPOD)
 
 
+def test_runpod_without_a_key_says_where_to_get_one(runpod_api, monkeypatch) -> None:
+    monkeypatch.delenv("RUNPOD_API_KEY")
+    with pytest.raises(WakeError, match="RUNPOD_API_KEY is not set; create a key at https://www.console.runpod.io"):
+        wake.start_runpod(RUNPOD)
+    assert runpod_api.calls == []
+
+
 def test_runpod_pod_terminated_elsewhere(runpod_api) -> None:
     with pytest.raises(WakeError, match="no longer exists.*`make up` creates a new one"):
         wake.start_runpod(RUNPOD)

@@ -3,7 +3,7 @@
 A stack removed by hand with `pulumi stack rm --force`, or state lost with a deleted bucket prefix, leaves its
 instance billing with nothing to destroy it. Every resource a CI stack creates carries its stack and ttl
 (AWS tags `sdxl-endpoint:stack` / `sdxl-endpoint:ttl`; GCP labels `sdxl-endpoint-stack` / `sdxl-endpoint-ttl`,
-the ttl in stacks/gcp.py's TTL_LABEL_FORMAT). The sweep reports each such instance, and terminates it only
+the ttl in catalog.GCP_TTL_LABEL_FORMAT). The sweep reports each such instance, and terminates it only
 when asked to (reaper.yml: the repository variable REAPER_TERMINATE_ORPHANS). Only `pr-<n>` instances are
 ever considered: production's are out of reach here, and out of the review role's too.
 """
@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from stacks import catalog
 from stacks.config import PROJECT, parse_rfc3339
 from tools.ci import Clock, _log, _utcnow, presets
 
@@ -82,10 +83,8 @@ def aws_orphans(region: str, known: set[str], now: datetime, client=None) -> lis
 
 
 def _gcp_ttl(label: str | None) -> datetime | None:
-    from stacks.gcp import TTL_LABEL_FORMAT
-
     try:
-        return datetime.strptime(label or "", TTL_LABEL_FORMAT).replace(tzinfo=UTC)
+        return datetime.strptime(label or "", catalog.GCP_TTL_LABEL_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
 

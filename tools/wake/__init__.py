@@ -116,24 +116,30 @@ def start_gcp(target: Target, instances=None) -> None:
         raise WakeError(f"GCE could not start {target.instance} in {target.zone}: {reasons or exc}") from exc
 
 
-def start_runpod(target: Target) -> None:
-    """Resume a stopped pod through the runpod SDK (RUNPOD_API_KEY). A stopped pod keeps its host machine, so it
-    comes back on the same GPU type; a running one is left as it is."""
-    from stacks import runpod
+def start_runpod(target: Target, api=None) -> None:
+    """Resume a stopped pod through the runpod SDK (RUNPOD_API_KEY; the doctor's client, so a missing or rejected
+    key reads the same). A stopped pod keeps its host machine, so it comes back on the same GPU type; a running one
+    is left as it is."""
+    from tools.doctor import RemoteError
+    from tools.doctor.runpod import RunPodApi
 
-    sdk = runpod.client()
-    pod = runpod.find_pod(sdk, target.instance)
+    api = api or RunPodApi()
+    try:
+        pods = api.call("get_pods") or []
+    except RemoteError as err:
+        raise WakeError(f"cannot list the RunPod pods: {err.why}" + (f"; {err.fix}" if err.fix else "")) from err
+    pod = next((pod for pod in pods if pod.get("id") == target.instance), None)
     if pod is None:
         raise WakeError(f"pod {target.instance} no longer exists (terminated outside Pulumi): `make up` creates "
                         "a new one")
     if pod.get("desiredStatus") == "RUNNING":
         return
     try:
-        sdk.resume_pod(target.instance, gpu_count=1)
-    except Exception as exc:  # noqa: BLE001 - the SDK raises QueryError with RunPod's own words
-        raise WakeError(f"RunPod could not resume pod {target.instance}: {exc}. A stopped pod waits for a GPU on "
-                        "its own host: retry later, or replace the pod (make up ARGS=--replace=<the pod's URN>), "
-                        "which downloads the model again") from exc
+        api.call("resume_pod", target.instance, 1)  # gpu_count: the pod's one GPU
+    except RemoteError as err:
+        raise WakeError(f"RunPod could not resume pod {target.instance}: {err.why}. A stopped pod waits for a GPU "
+                        "on its own host: retry later, or replace the pod (make up ARGS=--replace=<the pod's URN>), "
+                        "which downloads the model again") from err
 
 
 def start_huggingface(target: Target) -> None:
