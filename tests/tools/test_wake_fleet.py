@@ -1,4 +1,5 @@
-"""`make wake` on a fleet (maxReplicas above 1): there is nothing to wake, and wake says so before touching a cloud."""
+"""`make wake` on a fleet (maxReplicas above 1) or a Kubernetes stack: there is nothing to wake, and wake says so
+before touching a cloud."""
 
 from __future__ import annotations
 
@@ -30,3 +31,13 @@ def test_a_single_instance_with_the_default_replicas_is_still_woken(backend, mon
                                  "region": "us-east-1", "availabilityZone": "us-east-1a"},
              {"sdxl-endpoint:cloud": "aws", "sdxl-endpoint:maxReplicas": "1"})
     assert wake.read_target("aws-g5").instance == "i-0abc"
+
+
+def test_a_kubernetes_stack_is_refused_with_where_to_look(backend, capsys) -> None:
+    shell = "kubectl -n sdxl-k8s-gke-l4 logs -f deployment/sdxl-endpoint"
+    deployed(backend, "k8s-gke-l4", {"endpoint": "https://sdxl.example.com", "apiToken": TOKEN, "shell": shell,
+                                     "instanceId": "sdxl-k8s-gke-l4/deployment/sdxl-endpoint", "region": "ctx",
+                                     "availabilityZone": ""}, {"sdxl-endpoint:cloud": "kubernetes"})
+    assert wake.main(["--stack", "k8s-gke-l4"]) == 1
+    err = capsys.readouterr().err
+    assert "runs on Kubernetes: wake does not apply" in err and shell in err and TOKEN not in err

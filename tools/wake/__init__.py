@@ -59,8 +59,13 @@ def read_target(stack_name: str, select: Callable[[str], auto.Stack | None] = wo
     except auto.CommandError as err:
         # e.g. a locked or unreadable backend, a wrong passphrase: the CLI's own words.
         raise WakeError(f"cannot read stack {stack_name}: {workspace.error_lines(err, 1)[0]}") from err
-    refuse_fleet(stack_name, outputs, config)
     cloud = config.get("sdxl-endpoint:cloud") or "aws"
+    if cloud == "kubernetes":
+        # Checked before the replicas: a Kubernetes stack is never woken, whatever its size.
+        raise WakeError(f"stack {stack_name} runs on Kubernetes: wake does not apply. Its pods never power off; the "
+                        f"Deployment keeps minReplicas running. `{outputs.get('shell') or 'kubectl logs'}` shows the "
+                        "server, and `kubectl rollout status` whether a new pod is still starting.")
+    refuse_fleet(stack_name, outputs, config)
     # A hosted endpoint has no zone (its contract output is ""): the provider places it.
     needed = ("instanceId", "endpoint", "apiToken") + (() if cloud in HOSTED else ("region", "availabilityZone"))
     missing = [k for k in needed if not outputs.get(k)]
