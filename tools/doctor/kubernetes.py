@@ -123,8 +123,13 @@ class GpuNode:
     cordoned: bool
 
     def describe(self) -> str:
-        what = f"{self.gpu.model} {self.gpu.memory_mib // 1024} GB" if self.gpu else "a GPU no label names"
+        what = f"{self.gpu.model} {_gib(self.gpu)}" if self.gpu else "a GPU no label names"
         return f"{self.name}: {self.gpus} x {what}{' (cordoned)' if self.cordoned else ''}"
+
+
+def _gib(gpu: catalog.NodeGpu) -> str:
+    # Labelled memory is what the driver reports (L4: 23034 MiB), so it is shown as measured, not rounded to "24".
+    return f"{gpu.memory_mib / 1024:.1f} GiB"
 
 
 def _quantity(value: Any) -> Decimal:
@@ -152,6 +157,7 @@ def check(target: Target, api: KubernetesApi, report: Report, with_suggest: bool
     try:
         version = api.call("VersionApi", "get_code")
         report.add("cluster", OK, f"context {api.context_name}: {api.server}, Kubernetes {version.git_version}")
+        target.region = api.context_name  # the context in use, where the stack left it to the current one
         nodes = api.call("CoreV1Api", "list_node").items
     except RemoteError as err:
         report.add_error("cluster", err)
@@ -501,6 +507,6 @@ def suggest(gpu_nodes: list[GpuNode], context: str, target: Target) -> list[Sugg
         found.append(Suggestion(location=f"context {context}", zones=[n.name for n in nodes],
                                 machine_type=f"{label}={value}", usd_per_hour=None,
                                 price_source="the cluster's own nodes (no price)", quota="unknown",
-                                quota_detail=f"{gpu.model} {gpu.memory_mib // 1024} GB, {gpus} GPU(s) on "
+                                quota_detail=f"{gpu.model} {_gib(gpu)}, {gpus} GPU(s) on "
                                              f"{len(nodes)} node(s)", command=command))
     return found
