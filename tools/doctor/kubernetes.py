@@ -90,10 +90,10 @@ class KubernetesApi:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
+        endpoint = getattr(client, api)(self.connect())
         where = f"context {self.context_name} ({self.server})"
         try:
-            return getattr(getattr(client, api)(self.connect()), method)(
-                *args, _request_timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S), **params)
+            return getattr(endpoint, method)(*args, _request_timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S), **params)
         except ApiException as err:
             if err.status == 404 and missing_ok:
                 return None
@@ -110,7 +110,8 @@ class KubernetesApi:
                                   blocking=True) from err
             raise RemoteError(f"{where} answered HTTP {err.status} {err.reason} to {method}") from err
         except (urllib3.exceptions.HTTPError, OSError) as err:
-            raise RemoteError(f"cannot reach {where} ({type(err).__name__}: {err})", REACH_FIX,
+            cause = getattr(err, "reason", None) or err  # MaxRetryError wraps the connection's own error
+            raise RemoteError(f"cannot reach {where} ({type(cause).__name__}: {cause})", REACH_FIX,
                               blocking=True) from err
 
 
