@@ -105,8 +105,8 @@ def test_a_cpu_only_cluster_fails_no_node_exposes_the_gpu_resource(cluster):
 
 
 @pytest.mark.parametrize("setup, provisioner", [
-    (lambda c: c.nodes.append(k8s.node("auto-1", {"eks.amazonaws.com/compute-type": "auto"}, instance_type="c6a.large")),
-     "EKS Auto Mode"),
+    (lambda c: c.nodes.append(k8s.node("auto-1", {"eks.amazonaws.com/compute-type": "auto"},
+                                       instance_type="c6a.large")), "EKS Auto Mode"),
     (lambda c: c.crds.add("nodepools.karpenter.sh"), "Karpenter"),
     (lambda c: c.config_maps.add(("kube-system", "cluster-autoscaler-status")), "a cluster autoscaler"),
 ])
