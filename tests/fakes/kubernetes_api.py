@@ -19,17 +19,16 @@ allocatable `nvidia.com/gpu` the NVIDIA device plugin reports.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.fakes import reply_json
+from tests.fakes import loopback_server, reply_json
 
 TOKEN = "k8s-operator-token-for-tests"
 STAMP = "2026-08-01T12:00:00Z"
@@ -231,38 +230,13 @@ class FakeCluster:
 
 @contextmanager
 def serving(fake: FakeCluster) -> Iterator[FakeCluster]:
-    class Handler(BaseHTTPRequestHandler):
-        def _handle(self, method: str) -> None:
-            auth = self.headers.get("Authorization", "")
-            reply_json(self, *fake.answer(method, self.path.split("?")[0], auth.removeprefix("Bearer ") or None))
+    def handle(request: BaseHTTPRequestHandler, method: str) -> None:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ") or None
+        reply_json(request, *fake.answer(method, request.path.split("?")[0], token))
 
-        def do_GET(self) -> None:  # noqa: N802
-            self._handle("GET")
-
-        def do_POST(self) -> None:  # noqa: N802
-            self._handle("POST")
-
-        def do_PATCH(self) -> None:  # noqa: N802
-            self._handle("PATCH")
-
-        def do_PUT(self) -> None:  # noqa: N802
-            self._handle("PUT")
-
-        def do_DELETE(self) -> None:  # noqa: N802
-            self._handle("DELETE")
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.base = f"http://127.0.0.1:{server.server_address[1]}"
-    # A short poll interval: shutdown() waits up to one interval, once per test.
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-    try:
+    with loopback_server(handle) as base:
+        fake.base = base
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def write_kubeconfig(path: Path, server: str, contexts: tuple[str, ...] = ("fake-gke",),

@@ -6,27 +6,17 @@ from __future__ import annotations
 
 import socket
 
-import jsonschema
 import pytest
 
 from stacks import config
 from tests.fakes import kubernetes_api as k8s
 from tests.tools.test_doctor import loopback_only  # noqa: F401 - the autouse guard
+from tests.tools.test_doctor_hosted import checks, run  # run() also validates the --json document's schema
 from tools import presets
 from tools.doctor import FAIL, OK, WARN
 from tools.doctor import __main__ as cli
 from tools.doctor import kubernetes as kube_doctor
 from tools.doctor import report as doctor_report
-
-
-def run(argv: list[str]):
-    report = cli.diagnose(cli.parse_args(argv))
-    jsonschema.validate(doctor_report.as_json(report), doctor_report.JSON_SCHEMA)
-    return report
-
-
-def checks(report) -> dict[str, tuple[str, str, str | None]]:
-    return {c.name: (c.status, c.value, c.fix) for c in report.checks}
 
 
 @pytest.fixture
@@ -231,7 +221,8 @@ def test_ingress_class_named_default_or_missing(cluster, tmp_path, monkeypatch):
     assert found["ingress-class"][0] == FAIL and "no IngressClass 'haproxy'" in found["ingress-class"][1]
     cluster.ingress_classes[1] = k8s.ingress_class("traefik", default=True)
     found = checks(run(["--stack", ingress_stack(tmp_path, monkeypatch)]))
-    assert found["ingress-class"] == (OK, "ingressClass unset: the cluster's default traefik serves the Ingress", None)
+    assert found["ingress-class"] == (OK, "ingressClass unset: the cluster's default traefik serves the Ingress",
+                                      None)
     found = checks(run(["--stack", ingress_stack(tmp_path, monkeypatch, ingressClass="gce")]))
     assert found["ingress-class"][0] == OK and "GKE's built-in" in found["ingress-class"][1]
 
@@ -246,7 +237,8 @@ def test_storage_class_default_named_or_missing(cluster, tmp_path, monkeypatch):
     cluster.nodes = [k8s.gke_l4()]
     cluster.storage_classes = [k8s.storage_class("premium-rwo"), k8s.storage_class("standard")]
     status, value, fix = checks(run(["--cloud", "kubernetes"]))["storage-class"]
-    assert status == FAIL and "would stay Pending" in value and fix == "pulumi config set storageClass premium-rwo"
+    assert (status, value, fix) == (FAIL, "storageClass unset and no StorageClass is the default (the cluster has "
+                                          "premium-rwo, standard)", "pulumi config set storageClass premium-rwo")
     found = checks(run(["--stack", stack(tmp_path, monkeypatch, storageClass="premium-rwo")]))
     assert found["storage-class"] == (OK, "StorageClass premium-rwo exists", None)
     found = checks(run(["--stack", stack(tmp_path, monkeypatch, storageClass="gp3")]))

@@ -330,51 +330,42 @@ def _check_cert_manager(api: KubernetesApi, report: Report, kube: config.KubeSet
                    f"kubectl describe clusterissuer {kube.cert_issuer}")
 
 
-def _check_ingress_class(api: KubernetesApi, report: Report, kube: config.KubeSettings) -> None:
-    classes = api.call("NetworkingV1Api", "list_ingress_class").items
+def _named_or_default(report: Report, check: str, kind: str, key: str, classes: list[Any], wanted: str | None,
+                      default_keys: tuple[str, ...], none_fix: str, unset_why: str) -> str | None:
+    """An IngressClass or StorageClass: the stack's (`key`) exists, or else the cluster marks one as its default.
+    Returns the class that will be used, or None."""
     names = [c.metadata.name for c in classes]
     listed = ", ".join(names) or "none"
-    if kube.ingress_class:
-        if kube.ingress_class in names:
-            report.add("ingress-class", OK, f"IngressClass {kube.ingress_class} exists")
-        elif kube.ingress_class in GKE_INGRESS_CLASSES:
-            report.add("ingress-class", OK, f"{kube.ingress_class}: GKE's built-in Ingress controller")
+    fix = f"pulumi config set {key} {names[0]}" if names else none_fix
+    if wanted:
+        if wanted in names:
+            report.add(check, OK, f"{kind} {wanted} exists")
+        elif kind == "IngressClass" and wanted in GKE_INGRESS_CLASSES:
+            report.add(check, OK, f"{wanted}: GKE's built-in Ingress controller")
         else:
-            report.add("ingress-class", FAIL, f"no IngressClass {kube.ingress_class!r} (the cluster has {listed})",
-                       f"pulumi config set ingressClass {names[0]}" if names else
-                       "install an ingress controller (e.g. ingress-nginx), or pulumi config set exposure loadBalancer")
-        return
-    default = [c.metadata.name for c in classes if _annotated(c.metadata, DEFAULT_INGRESS_CLASS)]
+            report.add(check, FAIL, f"no {kind} {wanted!r} (the cluster has {listed})", fix)
+        return wanted
+    default = [c.metadata.name for c in classes if _annotated(c.metadata, *default_keys)]
     if default:
-        report.add("ingress-class", OK, f"ingressClass unset: the cluster's default {default[0]} serves the Ingress")
-    else:
-        report.add("ingress-class", FAIL, f"ingressClass unset and no IngressClass is the default (the cluster has "
-                                          f"{listed})",
-                   f"pulumi config set ingressClass {names[0]}" if names else
-                   "install an ingress controller (e.g. ingress-nginx), or pulumi config set exposure loadBalancer")
+        report.add(check, OK, f"{key} unset: the cluster's default {default[0]} {unset_why}")
+        return default[0]
+    report.add(check, FAIL, f"{key} unset and no {kind} is the default (the cluster has {listed})", fix)
+    return None
+
+
+def _check_ingress_class(api: KubernetesApi, report: Report, kube: config.KubeSettings) -> None:
+    _named_or_default(report, "ingress-class", "IngressClass", "ingressClass",
+                      api.call("NetworkingV1Api", "list_ingress_class").items, kube.ingress_class,
+                      (DEFAULT_INGRESS_CLASS,), "install an ingress controller (e.g. ingress-nginx), or pulumi config "
+                      "set exposure loadBalancer", "serves the Ingress")
 
 
 def _check_storage(api: KubernetesApi, report: Report, kube: config.KubeSettings) -> str | None:
-    """The model cache's StorageClass: the stack's, or the cluster's default. Returns the class used."""
-    classes = api.call("StorageV1Api", "list_storage_class").items
-    names = [c.metadata.name for c in classes]
-    listed = ", ".join(names) or "none"
-    if kube.storage_class:
-        if kube.storage_class in names:
-            report.add("storage-class", OK, f"StorageClass {kube.storage_class} exists")
-        else:
-            report.add("storage-class", FAIL, f"no StorageClass {kube.storage_class!r} (the cluster has {listed})",
-                       f"pulumi config set storageClass {names[0]}" if names else
-                       "install a CSI driver with a StorageClass")
-        return kube.storage_class
-    default = [c.metadata.name for c in classes if _annotated(c.metadata, *DEFAULT_STORAGE_CLASS)]
-    if default:
-        report.add("storage-class", OK, f"storageClass unset: the model cache uses the default {default[0]}")
-        return default[0]
-    report.add("storage-class", FAIL, f"storageClass unset and no StorageClass is the default (the cluster has "
-                                      f"{listed}): the model cache's claim would stay Pending",
-               f"pulumi config set storageClass {names[0]}" if names else "install a CSI driver with a StorageClass")
-    return None
+    """The model cache's StorageClass: the stack's, or the cluster's default (without one the claim stays Pending).
+    Returns the class used."""
+    return _named_or_default(report, "storage-class", "StorageClass", "storageClass",
+                             api.call("StorageV1Api", "list_storage_class").items, kube.storage_class,
+                             DEFAULT_STORAGE_CLASS, "install a CSI driver with a StorageClass", "holds the model cache")
 
 
 def _check_namespace(api: KubernetesApi, report: Report, target: Target, storage_class: str | None) -> None:
