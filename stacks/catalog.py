@@ -1026,3 +1026,20 @@ def node_gpu(labels: Mapping[str, str]) -> NodeGpu | None:
     mib = max(int(memory), SDXL_MIN_GPU_MEMORY_GB * 1024) if int(memory) > K8S_MIN_GPU_MEMORY_MIB else int(memory)
     return NodeGpu(model, mib, compute, named.manufacturer if named else "NVIDIA",
                    named.gpu_key if named else None, named.arm_host if named else False)
+
+
+# --- Kubernetes: what the doctor reads off a live cluster -----------------------------------------------------
+# The labels a node's GPU is best selected by, most specific first: the platform's own label (what its node
+# autoscaler provisions from), then GPU Feature Discovery's product, then CoreWeave's class and CKS's instance type.
+K8S_SELECTOR_LABELS = (K8S_LABEL_GKE, K8S_LABEL_EKS_AUTO, K8S_LABEL_KARPENTER, K8S_LABEL_GFD_PRODUCT,
+                       K8S_LABEL_COREWEAVE, K8S_LABEL_INSTANCE_TYPE)
+
+
+def k8s_node_gpu(labels: Mapping[str, str]) -> NodeGpu | None:
+    """The GPU a live node's labels describe: `node_gpu`, else its CoreWeave CKS instance type."""
+    return node_gpu(labels) or K8S_INSTANCE_TYPES.get(labels.get(K8S_LABEL_INSTANCE_TYPE, ""))
+
+
+def k8s_node_matches(gpu: NodeGpu, gpu_key: str | None) -> bool:
+    """Whether a node's GPU runs SDXL and is the one `gpu:` asks for (any fitting one when gpu is unset)."""
+    return k8s_fitting(gpu) is None and (gpu_key is None or _same_gpu(gpu.gpu_key, gpu_key))

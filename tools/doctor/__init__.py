@@ -42,7 +42,9 @@ CloudName = Literal[config.CLOUDS]  # the same tuple `cloud:` is validated again
 # Stable identifiers of the checks, in the order a run may add them (the --json schema lists them).
 CheckName = Literal["config", "credentials", "offering", "gpu", "quota", "image", "spot-price", "compute-api",
                     "accelerator", "machine-type", "regional-quota", "global-quota",
-                    "hardware", "availability", "spend"]
+                    "hardware", "availability", "spend",
+                    "cluster", "gpu-nodes", "placement", "keda", "cert-manager", "ingress-class", "storage-class",
+                    "namespace", "limit-range"]
 
 # Seconds. Long enough for a slow link, short enough that a black-holed network fails fast.
 CONNECT_TIMEOUT_S = 5
@@ -70,6 +72,7 @@ class Suggestion(_Model):
     price_source: str
     quota: Literal["available", "insufficient", "unknown"]
     quota_detail: str
+    command: str | None = None  # Kubernetes: the `pulumi config set` that selects this GPU
 
 
 def sort_suggestions(found: Iterable[Suggestion]) -> list[Suggestion]:
@@ -111,9 +114,16 @@ class Target:
     replicas: int = 1  # the most instances it may run: maxReplicas, above 1 for a fleet
     namespace: str | None = None  # Hugging Face: hfNamespace (None: the token's user)
     cloud_type: str | None = None  # RunPod: SECURE or COMMUNITY
+    kube: config.KubeSettings | None = None  # Kubernetes: namespace, nodeSelector, exposure and classes
+    data_disk_gb: int = config.DEFAULT_DATA_DISK_GB  # Kubernetes: the model cache's claim
 
     def describe(self) -> str:
         what = self.machine.describe() if self.machine else "(machine not resolved)"
+        if self.cloud == "kubernetes":
+            namespace = f", namespace {self.kube.namespace}" if self.kube else ""
+            prefix = f"stack {self.stack}: " if self.stack else ""
+            return (f"{prefix}KUBERNETES {what} in context {self.region or 'current-context'}{namespace}, "
+                    f"up to {self.replicas} pod(s)")
         where = self.zone or self.region or "?"
         if self.project:
             where += f", project {self.project}"

@@ -13,6 +13,7 @@ from tools.doctor import FAIL, WARN, Check, Report, Target
 from tools.doctor import aws as aws_cloud
 from tools.doctor import gcp as gcp_cloud
 from tools.doctor import huggingface as hf_cloud
+from tools.doctor import kubernetes as kube_cloud
 from tools.doctor import runpod as runpod_cloud
 from tools.doctor.report import SKIP_HINT, as_json, as_text
 from tools.doctor.target import HOSTED_CLOUDS, cloud_of, flag_values, resolve_target, stack_values
@@ -32,16 +33,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--region", help="AWS or GCP region")
     parser.add_argument("--zone", help="GCP zone")
     parser.add_argument("--project", help="GCP project id (default: the application-default credentials' project)")
+    parser.add_argument("--context", help="Kubernetes: the kubeconfig context (default: the current one)")
+    parser.add_argument("--namespace", help="Kubernetes: the namespace (default: the stack's own, sdxl-doctor)")
     parser.add_argument("--spot", action="store_true", help="check spot capacity: spot quota and spot prices")
     parser.add_argument("--max-replicas", type=int, metavar="N",
                         help="check a fleet of up to N instances: quota for all of them (a stack's maxReplicas)")
     parser.add_argument("--json", action="store_true", help="print one JSON document (schema: JSON_SCHEMA)")
     parser.add_argument("--suggest", action="store_true",
                         help="list the regions (AWS) or zones (GCP) offering the GPU, by price, with quota; hosted: "
-                        "the fitting hardware available now, with live prices")
+                        "the fitting hardware available now, with live prices; Kubernetes: the nodeSelector for each "
+                        "fitting GPU the cluster has")
     args = parser.parse_args(argv)
     explicit = [f"--{n.replace('_', '-')}" for n in ("cloud", "gpu", "instance_type", "machine_type", "region",
-                                                     "zone", "project") if getattr(args, n)]
+                                                     "zone", "project", "context", "namespace") if getattr(args, n)]
     if args.stack and explicit:
         parser.error(f"--stack reads the target from the stack; drop {', '.join(explicit)} "
                      "(or drop --stack to check an explicit target)")
@@ -51,12 +55,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--instance-type is for AWS and --machine-type for GCP")
     if (args.zone or args.project) and cloud_of(args) == "aws":
         parser.error("--zone and --project are GCP settings; AWS takes --region")
+    if (args.context or args.namespace) and cloud_of(args) != "kubernetes":
+        parser.error("--context and --namespace are Kubernetes settings (--cloud kubernetes)")
+    if cloud_of(args) == "kubernetes" and (args.instance_type or args.machine_type or args.region or args.zone
+                                           or args.project or args.spot):
+        parser.error("a Kubernetes target takes --gpu, --context, --namespace and --max-replicas; the cluster's "
+                     "nodes decide the rest")
     return args
 
 
 def diagnose(args: argparse.Namespace, aws: aws_cloud.AwsApi | None = None,
              gcp: gcp_cloud.GcpApi | None = None, huggingface: hf_cloud.HuggingFaceApi | None = None,
-             runpod: runpod_cloud.RunPodApi | None = None) -> Report:
+             runpod: runpod_cloud.RunPodApi | None = None,
+             kubernetes: kube_cloud.KubernetesApi | None = None) -> Report:
     """Run every check for the target the arguments name; never raises for a cloud's failure."""
     gcp = gcp or gcp_cloud.GcpApi()
     notes: list[Check] = []
@@ -83,7 +94,11 @@ def diagnose(args: argparse.Namespace, aws: aws_cloud.AwsApi | None = None,
     target = Target(cloud=cloud, stack=args.stack, aws_profile=values.get("aws:profile"))
     report = Report(target, checks=notes)
 
-    if cloud in HOSTED_CLOUDS:
+    if cloud == "kubernetes":
+        report.checks.append(resolve_target(values, args.stack, None, target))
+        context = values.get(f"{config.PROJECT}:kubeContext") or None
+        kube_cloud.check(target, kubernetes or kube_cloud.KubernetesApi(context), report, args.suggest)
+    elif cloud in HOSTED_CLOUDS:
         report.checks.append(resolve_target(values, args.stack, None, target))
         if cloud == "huggingface":
             hf_cloud.check(target, huggingface or hf_cloud.HuggingFaceApi(), report, args.suggest)

@@ -24,7 +24,8 @@ class ReportDocument(BaseModel):
     ok: bool = Field(description="false when any check failed; the exit status is then 1")
     target: TargetDocument
     checks: list[Check]
-    suggestions: list[Suggestion] = Field(description="with --suggest: where the machine is offered, cheapest first")
+    suggestions: list[Suggestion] = Field(description="with --suggest: where the machine is offered, cheapest first "
+                                          "(Kubernetes: the cluster's fitting GPUs, smallest first)")
 
 
 JSON_SCHEMA: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -47,7 +48,13 @@ def as_text(report: Report) -> str:
         lines.append(f"  {status:<5} {check.name:<{width}}  {value}")
         if check.fix:
             lines.append(f"{indent}fix: {check.fix}")
-    if report.suggestions:
+    if report.suggestions and report.target.cloud == "kubernetes":
+        lines.append("")
+        lines.append("The cluster's GPUs that run SDXL, smallest first; select one with its command:")
+        for s in report.suggestions:
+            lines.append(f"  {s.machine_type:<48} {s.quota_detail}: {', '.join(s.zones)}")
+            lines.append(f"    {s.command}")
+    elif report.suggestions:
         lines.append("")
         lines.append(f"Where {report.suggestions[0].machine_type} is offered, cheapest first:")
         for s in report.suggestions:

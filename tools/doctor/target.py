@@ -31,7 +31,11 @@ IMAGE_NOT_CHECKED = "image.not.checked/by-the-doctor:flags"
 
 def cloud_of(args: argparse.Namespace) -> str:
     """The explicit target's cloud: --cloud, else what the other flags imply."""
-    return args.cloud or ("gcp" if args.machine_type or args.zone or args.project else "aws")
+    if args.cloud:
+        return args.cloud
+    if getattr(args, "context", None) or getattr(args, "namespace", None):
+        return "kubernetes"
+    return "gcp" if args.machine_type or args.zone or args.project else "aws"
 
 
 def flag_values(args: argparse.Namespace, adc_project: Callable[[], str | None]) -> dict[str, str]:
@@ -47,7 +51,11 @@ def flag_values(args: argparse.Namespace, adc_project: Callable[[], str | None])
         if args.region:
             values["aws:region"] = args.region
         return values
-    if cloud in HOSTED_CLOUDS:
+    if cloud == "kubernetes":
+        for key, value in (("kubeContext", args.context), ("namespace", args.namespace)):
+            if value:
+                values[f"{config.PROJECT}:{key}"] = value
+    if cloud in (*HOSTED_CLOUDS, "kubernetes"):
         # The flags name hardware, not an image: a stand-in keeps validation to the hardware (a stack's own
         # `image` is checked as `pulumi up` checks it).
         values[f"{config.PROJECT}:image"] = IMAGE_NOT_CHECKED
@@ -94,4 +102,6 @@ def resolve_target(values: dict[str, str], stack: str | None,
     report_target.replicas = settings.max_replicas  # a fleet needs quota for all of them
     report_target.namespace = settings.hf_namespace
     report_target.cloud_type = settings.runpod_cloud_type
+    report_target.kube = settings.kube
+    report_target.data_disk_gb = settings.data_disk_gb
     return Check(name="config", status=OK, value=settings.machine.describe())
