@@ -69,7 +69,8 @@ def test_all_bad_keys_are_reported_at_once():
     assert "has 9 problems" in message
     expectations = [
         r"diskGB: unknown key.*\n.*fix: pulumi config mv diskGB diskGb",
-        r"cloud = 'azure': not supported. Allowed: aws, gcp, huggingface, runpod, kubernetes\n.*fix: pulumi config set cloud aws",
+        r"cloud = 'azure': not supported. Allowed: aws, gcp, huggingface, runpod, kubernetes\n"
+        r".*fix: pulumi config set cloud aws",
         r"gpu = 'a10': unknown GPU. Allowed: t4, a10g, l4, l40s, a100, h100\n.*fix: pulumi config set gpu a10g",
         r"diskGb = '20': must be a whole number of GB from 60.*or 0.*\n.*fix: pulumi config rm diskGb",
         r"idleStopMinutes = '-5': .*0 or more.*\n.*fix: pulumi config set idleStopMinutes 30",

@@ -318,7 +318,8 @@ def test_a_selector_naming_an_unfit_gpu_fails_preview_with_the_nearest_fitting_c
     message = str(raised.value)
     assert reason in message
     label = selector.split("=")[0]
-    assert "Nearest types that fit" in message and f"fix: pulumi config set --path 'nodeSelector[0]' {label}=" in message
+    assert "Nearest types that fit" in message
+    assert f"fix: pulumi config set --path 'nodeSelector[0]' {label}=" in message
 
 
 def test_every_kubernetes_mistake_is_named_in_one_message():
@@ -412,7 +413,8 @@ def test_with_keda_a_scaled_object_scales_on_the_servers_queue_and_there_is_no_o
     assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 4)
     (trigger,) = spec["triggers"]
     assert trigger["type"] == "prometheus" and trigger["metadata"]["serverAddress"] == url
-    assert "sdxl_queue_depth" in trigger["metadata"]["query"] and 'namespace="sdxl-test"' in trigger["metadata"]["query"]
+    query = trigger["metadata"]["query"]
+    assert "sdxl_queue_depth" in query and 'namespace="sdxl-test"' in query
     assert of_kind(run, "HorizontalPodAutoscaler") == []  # KEDA creates and owns its own
     # Prometheus finds the pods' token-free metrics port from their annotations.
     notes = one_kind(run, "Deployment")["spec"]["template"]["metadata"]["annotations"]

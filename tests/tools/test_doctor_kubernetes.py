@@ -4,6 +4,7 @@ of test_doctor.py applies, and the fake refuses anything but GET."""
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -30,13 +31,14 @@ def cluster(tmp_path, monkeypatch):
 
 
 def stack(tmp_path, monkeypatch, **keys: str) -> str:
-    """A kubernetes stack file with these keys (nodeSelector as a YAML map), as `pulumi config set` writes one."""
+    """A kubernetes stack file with these keys (nodeSelector given as a map, written as its label=value list), as
+    `pulumi config set` writes one."""
     monkeypatch.setattr(presets, "STACKS_DIR", tmp_path)
     lines = ["config:", "  sdxl-endpoint:cloud: kubernetes", "  sdxl-endpoint:image: ghcr.io/o/sdxl:1"]
     for key, value in keys.items():
         if isinstance(value, dict):
             lines.append(f"  sdxl-endpoint:{key}:")
-            lines += [f"    {label}: {v}" for label, v in value.items()]
+            lines += [f"    - {label}={v}" for label, v in value.items()]
         else:
             lines.append(f"  sdxl-endpoint:{key}: {value}")
     (tmp_path / "Pulumi.mine.yaml").write_text("\n".join(lines) + "\n")
@@ -331,7 +333,7 @@ def test_suggest_prints_a_selector_per_fitting_gpu_smallest_first_that_the_stack
         ("nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3", ["g8a1b2c"]),
     ]  # no P4 (cannot run SDXL), no CPU node
     commands = [s.command for s in report.suggestions]
-    assert commands[2] == "pulumi config set --path 'nodeSelector[\"cloud.google.com/gke-accelerator\"]' nvidia-l4"
+    assert commands[2] == "pulumi config set --path 'nodeSelector[0]' cloud.google.com/gke-accelerator=nvidia-l4"
     assert commands[0].startswith("pulumi config rm gpu && ")  # an A10G is not the gpu l4 the stack asks for
     text = doctor_report.as_text(report)
     assert "The cluster's GPUs that run SDXL, smallest first" in text and commands[3] in text
@@ -340,7 +342,8 @@ def test_suggest_prints_a_selector_per_fitting_gpu_smallest_first_that_the_stack
         label, value = s.machine_type.split("=", 1)
         gpu = {} if s.command.startswith("pulumi config rm gpu") else {"sdxl-endpoint:gpu": "l4"}
         settings = config.validate({"sdxl-endpoint:cloud": "kubernetes", "sdxl-endpoint:image": "ghcr.io/o/s:1",
-                                    "sdxl-endpoint:nodeSelector": f'{{"{label}": "{value}"}}', **gpu}, stack="s")
+                                    "sdxl-endpoint:nodeSelector": json.dumps([f"{label}={value}"]), **gpu},
+                                   stack="s")
         assert settings.kube.node_selector == {label: value}
 
 

@@ -492,7 +492,7 @@ def suggest(gpu_nodes: list[GpuNode], context: str, target: Target) -> list[Sugg
     for (label, value), nodes in sorted(groups.items(), key=lambda item: (item[1][0].gpu.memory_mib, item[0])):
         gpu = nodes[0].gpu
         assert gpu is not None
-        command = f"pulumi config set --path 'nodeSelector[\"{label}\"]' {value}"
+        command = f"pulumi config set --path 'nodeSelector[0]' {label}={value}"
         if gpu_key and not catalog.k8s_node_matches(gpu, gpu_key):
             command = f"pulumi config rm gpu && {command}"
         gpus = sum(n.gpus for n in nodes)
