@@ -1012,9 +1012,11 @@ def _selector_fix(label: str, alternatives: tuple[K8sGpuClass, ...]) -> str:
 
 def node_gpu(labels: Mapping[str, str]) -> NodeGpu | None:
     """The GPU a node's labels describe, or None when they name none: GFD's memory and compute labels where present
-    (exact, whatever the card), else the first platform label the catalog knows."""
+    (exact, whatever the card), else the first platform label the catalog knows, else a CoreWeave CKS instance
+    type."""
     named = next((K8S_LABEL_VALUES[label][labels[label]] for label in K8S_GPU_LABELS
-                  if labels.get(label) in K8S_LABEL_VALUES.get(label, {})), None)
+                  if labels.get(label) in K8S_LABEL_VALUES.get(label, {})), None) or K8S_INSTANCE_TYPES.get(
+        labels.get(K8S_LABEL_INSTANCE_TYPE, ""))
     memory = next((labels[key] for key in (K8S_LABEL_GFD_MEMORY, K8S_LABEL_KARPENTER_MEMORY, K8S_LABEL_EKS_AUTO_MEMORY)
                    if str(labels.get(key, "")).isdigit()), None)
     major, minor = labels.get(K8S_LABEL_GFD_COMPUTE_MAJOR, ""), labels.get(K8S_LABEL_GFD_COMPUTE_MINOR, "")
@@ -1033,11 +1035,6 @@ def node_gpu(labels: Mapping[str, str]) -> NodeGpu | None:
 # autoscaler provisions from), then GPU Feature Discovery's product, then CoreWeave's class and CKS's instance type.
 K8S_SELECTOR_LABELS = (K8S_LABEL_GKE, K8S_LABEL_EKS_AUTO, K8S_LABEL_KARPENTER, K8S_LABEL_GFD_PRODUCT,
                        K8S_LABEL_COREWEAVE, K8S_LABEL_INSTANCE_TYPE)
-
-
-def k8s_node_gpu(labels: Mapping[str, str]) -> NodeGpu | None:
-    """The GPU a live node's labels describe: `node_gpu`, else its CoreWeave CKS instance type."""
-    return node_gpu(labels) or K8S_INSTANCE_TYPES.get(labels.get(K8S_LABEL_INSTANCE_TYPE, ""))
 
 
 def k8s_node_matches(gpu: NodeGpu, gpu_key: str | None) -> bool:

@@ -21,6 +21,7 @@ SAMPLES = {
     "cors_origins": ("https://a.example,https://b.example", ["https://a.example", "https://b.example"]),
     "log_level": ("debug", "debug"),
     "forwarded_allow_ips": ("10.0.0.0/8,192.0.2.1", "10.0.0.0/8,192.0.2.1"),
+    "metrics_port": ("9464", 9464),
     "device": ("cpu", "cpu"),
     "dtype": ("bfloat16", "bfloat16"),
     "compile": ("true", True),

@@ -3,7 +3,7 @@ official `kubernetes` client with the kubeconfig context the stack names (kubeCo
 
 Read-only: it gets and lists, nothing else. What it reads, in order:
 - /version (the context answers) and the nodes: which expose allocatable nvidia.com/gpu, and what GPU their labels
-  name (catalog.k8s_node_gpu: GKE, EKS Auto Mode, Karpenter, GPU Feature Discovery, CoreWeave);
+  name (catalog.node_gpu: GKE, EKS Auto Mode, Karpenter, GPU Feature Discovery, CoreWeave);
 - whether one of them runs SDXL and matches the stack's nodeSelector and `gpu`;
 - the optional components: KEDA and cert-manager (their CRDs), the stack's ClusterIssuer, IngressClasses and
   StorageClasses (the defaults by their documented annotations);
@@ -195,7 +195,7 @@ def _gpu_node(node: Any) -> GpuNode | None:
     if gpus <= 0:
         return None
     labels = dict(node.metadata.labels or {})
-    return GpuNode(node.metadata.name, labels, gpus, catalog.k8s_node_gpu(labels),
+    return GpuNode(node.metadata.name, labels, gpus, catalog.node_gpu(labels),
                    bool(node.spec and node.spec.unschedulable))
 
 
