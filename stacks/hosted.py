@@ -2,9 +2,9 @@
 stacks/kubernetes.py): the server's settings as environment variables, the names they give their endpoint, the
 provider API key, and the output contract with neutral values.
 
-Both run this project's server image as it is (image/Dockerfile): it listens on SERVER_PORT, runs as uid 10001 and
-reads its settings from SDXL_* variables (server/settings.py), so the HF and OpenAI APIs, CORS and the bearer token
-behave as on AWS and GCP. The provider's own HTTPS front replaces Caddy.
+They all run this project's server image as it is (image/Dockerfile): it listens on SERVER_PORT, runs as uid 10001
+and reads its settings from SDXL_* variables (server/settings.py), so the HF and OpenAI APIs, CORS and the bearer
+token behave as on AWS and GCP. The provider's own HTTPS front (or the cluster's ingress) replaces Caddy.
 """
 
 from __future__ import annotations
