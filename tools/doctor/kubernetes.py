@@ -303,7 +303,8 @@ def _check_cert_manager(api: KubernetesApi, report: Report, kube: config.KubeSet
     installed = _crd(api, CERT_MANAGER_CRD)
     if kube.cert_issuer is None:
         report.add("cert-manager", OK if not installed else WARN,
-                   "certIssuer unset: the Ingress's HTTPS certificate is your ingress controller's" if not installed
+                   "certIssuer unset: the stack requests no certificate, so the endpoint is http://<domain>"
+                   if not installed
                    else "cert-manager installed, but certIssuer is unset: no certificate is requested",
                    None if not installed else "kubectl get clusterissuers; pulumi config set certIssuer <name>")
         return
