@@ -27,6 +27,9 @@ import urllib.request
 
 from image.host import idle_stop
 
+# A stopped pod keeps its host but not its container disk: a resumed pod downloads the model again.
+POD_WORDING = {"stop": "stopping this pod", "kept": "its GPU stops billing; `make wake` resumes it on the same host, "
+               "and the model downloads again", "where": "see the pod's logs"}
 API_BASE = "https://api.runpod.io"  # the runpod SDK's default for RUNPOD_API_BASE_URL
 USER_AGENT = "sdxl-endpoint-pod-idle-stop"
 
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None, *, clock=time.time, sleep=time.sleep) ->
     while True:
         try:
             idle_stop.run(tracker, observe=lambda: idle_stop.observe_server(server, token), clock=clock,
-                          sleep=sleep, power_off=stop, poll_seconds=args.poll_seconds)
+                          sleep=sleep, power_off=stop, poll_seconds=args.poll_seconds, wording=POD_WORDING)
             return 0
         except StopRefused as err:
             # The tracker still says "stop": the next run asks again after one poll.

@@ -169,22 +169,28 @@ def console(message: str) -> None:
         pass
 
 
-def run(tracker: IdleTracker, observe, clock, sleep, power_off, poll_seconds: float = POLL_SECONDS) -> None:
+# What the log says when the watcher stops its machine: a VM keeps its disk; `where` says where the boot's story is.
+VM_WORDING = {"stop": "powering off", "kept": "the disk, IP and model cache stay; `make wake` starts it again",
+              "where": "see /var/lib/sdxl-endpoint/status"}
+
+
+def run(tracker: IdleTracker, observe, clock, sleep, power_off, poll_seconds: float = POLL_SECONDS,
+        wording: dict[str, str] = VM_WORDING) -> None:
     """The service loop, with every side effect injected (tests pass fakes; no real sleeps)."""
+    stop, kept, where = wording["stop"], wording["kept"], wording["where"]
     announced = False
     while True:
         now = clock()
         seen = observe()
         if tracker.observe(now, seen):
             if tracker.failed_since is not None:
-                console(f"a boot step failed ({seen.failed}); powering off so it stops billing "
-                        "(see /var/lib/sdxl-endpoint/status; fix it, then `make up` or `make wake`)")
+                console(f"a boot step failed ({seen.failed}); {stop} so it stops billing "
+                        f"({where}; fix it, then `make up` or `make wake`)")
             elif tracker.last_activity is None:
-                console(f"the server was never ready in {tracker.boot_grace_seconds / 60:.0f} min: powering off "
-                        "so a broken boot stops billing (see /var/lib/sdxl-endpoint/status; `make wake` retries)")
+                console(f"the server was never ready in {tracker.boot_grace_seconds / 60:.0f} min: {stop} "
+                        f"so a broken boot stops billing ({where}; `make wake` retries)")
             else:
-                console(f"no generation request for {tracker.idle_for(now) / 60:.0f} min: powering off "
-                        "(the disk, IP and model cache stay; `make wake` starts it again)")
+                console(f"no generation request for {tracker.idle_for(now) / 60:.0f} min: {stop} ({kept})")
             power_off()
             return
         if tracker.last_activity is not None and not announced:

@@ -100,6 +100,8 @@ def test_against_the_live_server_an_idle_pod_stops_itself(entrypoint_server: Liv
                              "0.3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"RunPod is stopping pod {POD} (EXITED)" in result.stdout
+    # The pod's own wording: its container disk does not stay, unlike a VM's.
+    assert "stopping this pod (its GPU stops billing" in result.stdout and "powering off" not in result.stdout
     assert runpod.pods[POD]["desiredStatus"] == "EXITED"
 
 
