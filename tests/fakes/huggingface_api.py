@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.fakes import reply_json
+from tests.fakes import loopback_server, reply_json
 
 TOKEN = "hf_operator_token_for_tests"
 USER = "sdxl-tester"
@@ -147,36 +146,15 @@ class FakeHuggingFace:
 
 @contextmanager
 def serving(fake: FakeHuggingFace) -> Iterator[FakeHuggingFace]:
-    class Handler(BaseHTTPRequestHandler):
-        def _handle(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length)) if length else None
-            auth = self.headers.get("Authorization", "")
-            reply_json(self, *fake.answer(method, self.path.split("?")[0], body, auth.removeprefix("Bearer ") or None))
+    def handle(request: BaseHTTPRequestHandler, method: str) -> None:
+        length = int(request.headers.get("Content-Length") or 0)
+        body = json.loads(request.rfile.read(length)) if length else None
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ") or None
+        reply_json(request, *fake.answer(method, request.path.split("?")[0], body, token))
 
-        def do_GET(self) -> None:  # noqa: N802
-            self._handle("GET")
-
-        def do_POST(self) -> None:  # noqa: N802
-            self._handle("POST")
-
-        def do_PUT(self) -> None:  # noqa: N802
-            self._handle("PUT")
-
-        def do_DELETE(self) -> None:  # noqa: N802
-            self._handle("DELETE")
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.base = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with loopback_server(handle) as base:
+        fake.base = base
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @contextmanager

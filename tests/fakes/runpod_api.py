@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.fakes import reply_json
+from tests.fakes import loopback_server, reply_json
 
 KEY = "rp_operator_key_for_tests"
 NO_STOCK = ("There are no longer any instances available with the requested specifications. "
@@ -210,22 +209,15 @@ class FakeRunPod:
 def serving(fake: FakeRunPod, monkeypatch) -> Iterator[FakeRunPod]:
     """The fake on loopback, and the SDK pointed at it through its own setting (RUNPOD_API_BASE_URL)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            key = self.headers.get("Authorization", "").removeprefix("Bearer ") or None
-            reply_json(self, *(fake.answer(body["query"], key) if self.path == "/graphql"
-                               else (404, {"errors": [{"message": "not found"}]})))
+    def handle(request: BaseHTTPRequestHandler, method: str) -> None:
+        if method != "POST" or request.path != "/graphql":
+            reply_json(request, 404, {"errors": [{"message": "not found"}]})
+            return
+        body = json.loads(request.rfile.read(int(request.headers.get("Content-Length") or 0)))
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ") or None
+        reply_json(request, *fake.answer(body["query"], key))
 
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("RUNPOD_API_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setenv("RUNPOD_API_KEY", KEY)
-    try:
+    with loopback_server(handle) as base:
+        monkeypatch.setenv("RUNPOD_API_BASE_URL", base)
+        monkeypatch.setenv("RUNPOD_API_KEY", KEY)
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
