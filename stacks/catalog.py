@@ -945,9 +945,10 @@ class K8sGpuClass(Offer):
     The cluster's nodes are the user's, so there is no machine shape or price here."""
 
     selector: tuple[tuple[str, str], ...] = ()  # the user's nodeSelector, when it named the GPU
+    any_gpu: bool = False  # `gpu` unset: every GPU that runs the image will do
 
     def describe(self) -> str:
-        if self.name == "gpu=any":
+        if self.any_gpu:
             return (f"any node with an NVIDIA GPU of {SDXL_MIN_GPU_MEMORY_GB} GB or more, compute capability "
                     f"{MIN_COMPUTE_CAPABILITY[0]}.{MIN_COMPUTE_CAPABILITY[1]} or newer")
         where = ", ".join(f"{k}={v}" for k, v in self.selector) or f"any node with an {self.gpu.model}"
@@ -955,7 +956,7 @@ class K8sGpuClass(Offer):
 
 
 # `gpu` left unset: any NVIDIA GPU that runs the server image; the smallest (a T4) stands in for estimates.
-K8S_ANY_GPU = K8sGpuClass("kubernetes", "gpu=any", GPUS["t4"], 1, 0, 0, None)
+K8S_ANY_GPU = K8sGpuClass("kubernetes", "gpu=any", GPUS["t4"], 1, 0, 0, None, any_gpu=True)
 K8S_OFFERS: dict[str, K8sGpuClass] = {
     key: K8sGpuClass("kubernetes", f"gpu={key}", gpu, 1, 0, 0, None) for key, gpu in GPUS.items()
 }

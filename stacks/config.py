@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import ipaddress
 import json
 import re
@@ -123,6 +124,7 @@ class Settings:
 
 
 EXPOSURES = ("ingress", "loadBalancer", "internal")
+NAMESPACE_MAX = 63  # a namespace name is a DNS label
 
 
 @dataclass(frozen=True)
@@ -697,14 +699,19 @@ def _check_pull_secret(value: object, problems: Problems) -> None:
                      "only that registry's auths), or pulumi config rm imagePullSecret for a public image")
 
 
-def _check_exposure(raw: RawConfig, problems: Problems) -> str:
+def _exposure(raw: RawConfig) -> str:
+    """`exposure` as set, else an Ingress when there is a domain to serve, else a LoadBalancer Service."""
+    return raw.exposure or ("ingress" if raw.domain else "loadBalancer")
+
+
+def _check_exposure(raw: RawConfig, problems: Problems) -> None:
     """How the endpoint is reached: an Ingress (a domain, HTTPS through cert-manager), a LoadBalancer Service, or
     inside the cluster only. Keys that only one of them uses are refused with the others."""
-    exposure = raw.exposure or ("ingress" if raw.domain else "loadBalancer")
+    exposure = _exposure(raw)
     if exposure not in EXPOSURES:
         problems.add("exposure", exposure, f"must be one of {', '.join(EXPOSURES)}",
                      _set("exposure", _closest(exposure, [e.lower() for e in EXPOSURES]) or "loadBalancer"))
-        return "loadBalancer"
+        return
     if exposure == "ingress" and not raw.domain:
         problems.add("domain", None, "an Ingress needs the host name it serves (and cert-manager its certificate)",
                      f"{_set('domain', 'sdxl.example.com')}, or {_set('exposure', 'loadBalancer')}")
@@ -719,7 +726,6 @@ def _check_exposure(raw: RawConfig, problems: Problems) -> str:
         problems.add("allowedCidrs", raw.allowedCidrs, f"is enforced by a LoadBalancer Service's source ranges; with "
                      f"exposure {exposure}, restrict clients in your ingress controller instead",
                      "pulumi config rm allowedCidrs, or pulumi config set exposure loadBalancer")
-    return exposure
 
 
 def node_selector(items: Collection[str]) -> dict[str, str]:
@@ -731,16 +737,22 @@ def node_selector(items: Collection[str]) -> dict[str, str]:
 def kube_settings(raw: RawConfig, stack: str) -> KubeSettings:
     """The cluster-side settings of a validated kubernetes config."""
     return KubeSettings(
-        context=raw.kubeContext, namespace=raw.namespace or _stack_namespace(stack),
+        context=raw.kubeContext, namespace=raw.namespace or stack_dns_label(stack, NAMESPACE_MAX),
         create_namespace=raw.namespace is None, node_selector=node_selector(raw.nodeSelector),
-        exposure=raw.exposure or ("ingress" if raw.domain else "loadBalancer"), ingress_class=raw.ingressClass,
+        exposure=_exposure(raw), ingress_class=raw.ingressClass,
         cert_issuer=raw.certIssuer, storage_class=raw.storageClass, keda_prometheus_url=raw.kedaPrometheusUrl)
 
 
-def _stack_namespace(stack: str) -> str:
-    """`sdxl-<stack>` as a namespace name (lowercase, '-' for anything else, at most 63 characters)."""
+def stack_dns_label(stack: str, limit: int) -> str:
+    """`sdxl-<stack>` as a lowercase DNS label of at most `limit` characters (an endpoint, a pod, a namespace); a
+    stack name that had to be altered or cut gets a short hash of the original, so two stacks never share one."""
     cleaned = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", stack.lower())).strip("-")
-    return f"sdxl-{cleaned}"[:63].rstrip("-")
+    name = f"sdxl-{cleaned}"
+    if cleaned != stack or len(name) > limit:
+        digest = hashlib.sha256(stack.encode()).hexdigest()[:6]
+        stem = cleaned[:limit - len("sdxl--") - len(digest)].rstrip("-")
+        name = f"sdxl-{stem}-{digest}" if stem else f"sdxl-{digest}"
+    return name
 
 
 # Each cloud's placement rules, by `cloud` (the same keys as CLOUDS and __main__.TARGETS).

@@ -9,15 +9,13 @@ token behave as on AWS and GCP. The provider's own HTTPS front (or the cluster's
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 from collections.abc import Mapping
 
 import pulumi
 
 from stacks import contract
-from stacks.config import Settings
+from stacks.config import Settings, stack_dns_label
 
 SERVER_PORT = 8000  # the image's SDXL_PORT and EXPOSE
 # The route a provider probes before it sends traffic (Hugging Face's `healthRoute`; huggingface_hub's
@@ -41,15 +39,8 @@ def provider_key(variable: str, how: str) -> str:
 
 
 def endpoint_name(stack: str, limit: int = NAME_MAX) -> str:
-    """`sdxl-<stack>` as a lowercase DNS label; a stack name that had to be altered or cut gets a short hash of the
-    original, so two stacks never share an endpoint."""
-    cleaned = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", stack.lower())).strip("-")
-    name = f"sdxl-{cleaned}"
-    if cleaned != stack or len(name) > limit:
-        digest = hashlib.sha256(stack.encode()).hexdigest()[:6]
-        stem = cleaned[:limit - len("sdxl--") - len(digest)].rstrip("-")
-        name = f"sdxl-{stem}-{digest}" if stem else f"sdxl-{digest}"
-    return name
+    """`sdxl-<stack>` as the provider's endpoint or pod name (config.stack_dns_label)."""
+    return stack_dns_label(stack, limit)
 
 
 def server_env(settings: Settings, *, model: str, max_wait_seconds: float | None = None,
@@ -81,13 +72,15 @@ def server_secrets(settings: Settings, token: pulumi.Output[str]) -> pulumi.Outp
 
 def hosted_outputs(settings: Settings, *, endpoint: pulumi.Input[str], api_token: pulumi.Output[str],
                    instance_id: pulumi.Input[str], shell: pulumi.Input[str],
-                   hourly_cost: pulumi.Input[float | None] | None = None) -> dict[str, pulumi.Output]:
+                   hourly_cost: pulumi.Input[float | None] | None = None,
+                   public_ip: pulumi.Input[str] = "") -> dict[str, pulumi.Output]:
     """The output contract (contract.OUTPUT_NAMES). What a hosted endpoint does not have is neutral: no public IP
-    ("": the provider's front has the address), no availability zone (""), and `region` as the placement says."""
+    ("" unless the target has one, such as a Kubernetes load balancer's: the provider's front has the address), no
+    availability zone (""), and `region` as the placement says."""
     machine = settings.machine
     values: Mapping[str, object] = {
         "endpoint": endpoint,
-        "publicIp": "",
+        "publicIp": public_ip,
         "apiToken": api_token,
         "instanceId": instance_id,
         "instanceType": machine.name,

@@ -50,8 +50,13 @@ def labels(settings: Settings) -> dict[str, str]:
     marks = {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": settings.stack,
              "app.kubernetes.io/managed-by": "pulumi"}
     # Label values are 63 characters of [A-Za-z0-9-_.]; the ttl's ':' is not allowed, so it goes to annotations.
-    marks.update({key.replace(":", ".io/"): value for key, value in settings.tags.items() if not key.endswith("ttl")})
+    marks.update({mark_key(mark): value for mark, value in settings.ownership.items() if mark != "ttl"})
     return marks
+
+
+def mark_key(mark: str) -> str:
+    """An ownership mark as a Kubernetes label or annotation key: sdxl-endpoint.io/<mark>."""
+    return f"{PROJECT}.io/{mark}"
 
 
 def selector_labels(settings: Settings) -> dict[str, str]:
@@ -265,16 +270,19 @@ def endpoint_url(settings: Settings, service: k8s.core.v1.Service, namespace: pu
         return pulumi.Output.from_input(f"{scheme}://{settings.domain}")
     if kube.exposure == "internal":
         return pulumi.Output.concat("http://", service.metadata.name, ".", namespace, ".svc.cluster.local")
-    return service.status.apply(_load_balancer_url)
+    return load_balancer_address(service).apply(
+        lambda address: (f"http://[{address}]" if ":" in address else f"http://{address}") if address else "")
 
 
-def _load_balancer_url(status: object) -> str:
-    ingress = (getattr(getattr(status, "load_balancer", None), "ingress", None) or []) if status else []
-    for point in ingress:
-        address = getattr(point, "ip", None) or getattr(point, "hostname", None)
-        if address:
-            return f"http://[{address}]" if ":" in address else f"http://{address}"
-    return ""  # not assigned yet (preview): `pulumi up` waits for the address before it finishes
+def load_balancer_address(service: k8s.core.v1.Service) -> pulumi.Output[str]:
+    """The address the cloud's load balancer controller wrote into the Service's status (an IP or a DNS name); ""
+    until it is assigned (preview): `pulumi up` waits for it before it finishes."""
+    def first(status: object) -> str:
+        points = (getattr(getattr(status, "load_balancer", None), "ingress", None) or []) if status else []
+        return next((p.ip or p.hostname for p in points if getattr(p, "ip", None) or getattr(p, "hostname", None)),
+                    "")
+
+    return service.status.apply(first)
 
 
 # --- scaling -----------------------------------------------------------------------------------------------------
@@ -346,12 +354,12 @@ class Endpoint(pulumi.ComponentResource):
         provider = k8s.Provider(f"{name}-cluster", context=kube.context, opts=pulumi.ResourceOptions(parent=self))
         child = pulumi.ResourceOptions(parent=self, provider=provider)
         namespace = self._namespace(name, settings, child)
-        ns_opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[namespace]) if isinstance(
-            namespace, pulumi.Resource) else None)
+        in_namespace = pulumi.ResourceOptions(depends_on=[namespace] if namespace else [])
+        ns_opts = pulumi.ResourceOptions.merge(child, in_namespace)
         ns_name = kube.namespace
         meta: dict[str, object] = {"namespace": ns_name, "labels": labels(settings)}
         if settings.ttl:
-            meta["annotations"] = {f"{PROJECT}.io/ttl": settings.ttl}
+            meta["annotations"] = {mark_key("ttl"): settings.ttl}
 
         token = contract.api_token(settings, parent=self)
         tokens = k8s.core.v1.Secret(f"{name}-tokens", metadata={**meta, "name": f"{APP}-tokens"}, type="Opaque",
@@ -439,10 +447,9 @@ class Endpoint(pulumi.ComponentResource):
                             "content). Set domain and certIssuer (exposure ingress) for https.", resource=self)
         context = f"--context {kube.context} " if kube.context else ""
         shell = f"kubectl {context}-n {ns_name} logs -f deployment/{deployment_name}"
-        public_ip = service.status.apply(_load_balancer_address) if kube.exposure == "loadBalancer" else ""
-        self.outputs = hosted.hosted_outputs(settings, endpoint=url, api_token=token,
-                                             instance_id=f"{ns_name}/deployment/{deployment_name}", shell=shell)
-        self.outputs["publicIp"] = pulumi.Output.from_input(public_ip)
+        self.outputs = hosted.hosted_outputs(
+            settings, endpoint=url, api_token=token, instance_id=f"{ns_name}/deployment/{deployment_name}",
+            shell=shell, public_ip=load_balancer_address(service) if kube.exposure == "loadBalancer" else "")
         self.register_outputs(self.outputs)
 
     @staticmethod
@@ -460,7 +467,3 @@ def url_is_https(settings: Settings) -> bool:
     kube = _kube(settings)
     return kube.exposure == "ingress" and bool(kube.cert_issuer)
 
-
-def _load_balancer_address(status: object) -> str:
-    url = _load_balancer_url(status)
-    return url.removeprefix("http://").strip("[]")
