@@ -62,11 +62,6 @@ def describe_machine(instance_type: str, region: str) -> catalog.InstanceFacts |
     return catalog.instance_facts(aws.ec2.get_instance_type(instance_type=instance_type, region=region), "pulumi")
 
 
-def availability_zone_for(instance_type: str, region: str) -> str:
-    """The first AZ (by name) that offers the type; GPU types are missing from many AZs."""
-    return zones_for(instance_type, region)[0]
-
-
 def zones_for(instance_type: str, region: str) -> list[str]:
     """Every AZ of the region that offers the type, by name; a type offered nowhere there is refused."""
     zones = offered_zones(instance_type, region)

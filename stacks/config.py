@@ -41,7 +41,6 @@ DEFAULT_IDLE_STOP_MINUTES = 30
 MAX_REPLICAS = 64  # a sanity bound: each replica is a GPU billing by the hour
 MAX_TARGET_REQUESTS_PER_HOUR = 100_000  # far above any single GPU's SDXL throughput
 DEFAULT_AWS_REGION = "us-east-1"
-DEFAULT_GCP_REGION = "us-central1"
 DEFAULT_GCP_ZONE = "us-central1-a"
 RUNPOD_ANY_REGION = "any"  # the `region` output of a RunPod stack: RunPod places the pod where the GPU is free
 CLOUDS = (
