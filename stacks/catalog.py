@@ -1041,3 +1041,14 @@ K8S_SELECTOR_LABELS = (K8S_LABEL_GKE, K8S_LABEL_EKS_AUTO, K8S_LABEL_KARPENTER, K
 def k8s_node_matches(gpu: NodeGpu, gpu_key: str | None) -> bool:
     """Whether a node's GPU runs SDXL and is the one `gpu:` asks for (any fitting one when gpu is unset)."""
     return k8s_fitting(gpu) is None and (gpu_key is None or _same_gpu(gpu.gpu_key, gpu_key))
+
+
+# --- Kubernetes: GKE's Ingress ------------------------------------------------------------------------------------
+# GKE's own Ingress controllers (external and internal Application Load Balancer) have no IngressClass object and
+# pick an Ingress up only by the kubernetes.io/ingress.class annotation: with spec.ingressClassName set and no
+# annotation, GKE "takes no action" (cloud.google.com/kubernetes-engine/docs/concepts/ingress, "GKE Ingress
+# controller behavior", GKE 1.18 and later).
+K8S_GKE_INGRESS_CLASSES = ("gce", "gce-internal")
+K8S_GKE_INGRESS_ANNOTATION = "kubernetes.io/ingress.class"
+# GKE's API server reports its build as v<major>.<minor>.<patch>-gke.<n> (e.g. v1.28.5-gke.1200).
+K8S_GKE_VERSION_MARK = "-gke."

@@ -42,7 +42,6 @@ REQUEST_TIMEOUT_SECONDS = 300
 INGRESS_TIMEOUT_SECONDS = REQUEST_TIMEOUT_SECONDS + 30
 # ingress-nginx refuses bodies over 1 MiB by default; the server takes 20 MiB (server/settings.py max_body_mb).
 INGRESS_BODY_LIMIT = "21m"
-GKE_INGRESS_CLASS = "gce"  # GKE's own Ingress: its 30 s backend timeout is raised by a BackendConfig
 
 
 def labels(settings: Settings) -> dict[str, str]:
@@ -241,10 +240,24 @@ def ingress_annotations(settings: Settings) -> dict[str, str]:
         "nginx.ingress.kubernetes.io/proxy-send-timeout": str(INGRESS_TIMEOUT_SECONDS),
         "nginx.ingress.kubernetes.io/proxy-body-size": INGRESS_BODY_LIMIT,
     }
+    if is_gke_ingress(settings):
+        notes[catalog.K8S_GKE_INGRESS_ANNOTATION] = str(kube.ingress_class)
     if kube.cert_issuer:
         # cert-manager's ingress-shim issues the certificate into the tls secret named below.
         notes["cert-manager.io/cluster-issuer"] = kube.cert_issuer
+        if is_gke_ingress(settings):
+            # A Google load balancer per Ingress: cert-manager answers the HTTP-01 challenge through this Ingress
+            # rather than a second one (and a second load balancer with another address); cert-manager's docs say
+            # it is for compatibility with ingress-gce.
+            notes["acme.cert-manager.io/http01-edit-in-place"] = "true"
     return notes
+
+
+def is_gke_ingress(settings: Settings) -> bool:
+    """GKE's own controller serves the Ingress: it is selected by annotation, and its 30 s backend timeout is raised
+    by a BackendConfig."""
+    kube = _kube(settings)
+    return kube.exposure == "ingress" and kube.ingress_class in catalog.K8S_GKE_INGRESS_CLASSES
 
 
 def ingress_spec(settings: Settings, service_name: pulumi.Input[str]) -> dict[str, object]:
@@ -254,7 +267,7 @@ def ingress_spec(settings: Settings, service_name: pulumi.Input[str]) -> dict[st
             "path": "/", "pathType": "Prefix",
             "backend": {"service": {"name": service_name, "port": {"name": "http"}}}}]}}],
     }
-    if kube.ingress_class:
+    if kube.ingress_class and not is_gke_ingress(settings):  # GKE's class goes in the annotation instead
         spec["ingressClassName"] = kube.ingress_class
     if kube.cert_issuer:
         spec["tls"] = [{"hosts": [settings.domain], "secretName": f"{APP}-tls"}]
@@ -407,7 +420,7 @@ class Endpoint(pulumi.ComponentResource):
                 create=f"{STARTUP_BUDGET_SECONDS // 60 + 10}m", update=f"{STARTUP_BUDGET_SECONDS // 60 + 10}m"))))
 
         service_meta = dict(meta, name=APP)
-        if kube.exposure == "ingress" and kube.ingress_class == GKE_INGRESS_CLASS:
+        if is_gke_ingress(settings):
             backend_name = f"{APP}-backend"
             backend = k8s.apiextensions.CustomResource(
                 f"{name}-backend", api_version="cloud.google.com/v1", kind="BackendConfig",

@@ -292,6 +292,9 @@ def test_each_preset_lands_only_on_its_platforms_gpu_nodes(preset, nodes):
     run = run_program({"image": IMAGE, "domain": "sdxl.example.com"} if preset != "k8s-eks-a10g" else {
         "image": IMAGE}, preset=preset)
     assert admitted(run) == nodes
+    if preset == "k8s-gke-l4":  # GKE's own load balancer, which a stock GKE cluster has
+        assert one_kind(run, "Ingress")["metadata"]["annotations"]["kubernetes.io/ingress.class"] == "gce"
+        assert of_kind(run, "BackendConfig")
     assert pod(run)["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
@@ -369,6 +372,28 @@ def test_an_ingress_with_cert_manager_gives_an_https_endpoint_and_fits_long_gene
     assert float(notes["nginx.ingress.kubernetes.io/proxy-body-size"].rstrip("m")) > ServerSettings().max_body_mb
     assert one_kind(run, "Service")["spec"]["type"] == "ClusterIP"
     assert run.value(run.outputs["endpoint"]) == "https://sdxl.example.com"
+
+
+@pytest.mark.parametrize("gke_class", ["gce", "gce-internal"])
+def test_gke_ingress_is_selected_by_annotation_not_ingress_class_name(gke_class):
+    """GKE's controller "takes no action" on an Ingress with ingressClassName and no annotation (GKE docs)."""
+    run = run_program({**BASE, "domain": "sdxl.example.com", "ingressClass": gke_class,
+                       "certIssuer": "letsencrypt-prod"})
+    ingress = one_kind(run, "Ingress")
+    notes = ingress["metadata"]["annotations"]
+    assert notes["kubernetes.io/ingress.class"] == gke_class
+    assert "ingressClassName" not in ingress["spec"]
+    # cert-manager solves HTTP-01 on this Ingress rather than a second one (a second Google load balancer).
+    assert notes["acme.cert-manager.io/http01-edit-in-place"] == "true"
+    assert one_kind(run, "BackendConfig")["spec"]["timeoutSec"] > 300
+
+
+def test_other_ingress_classes_are_named_by_ingress_class_name_without_gkes_annotations():
+    ingress = one_kind(run_program({**BASE, "domain": "sdxl.example.com", "ingressClass": "nginx",
+                                    "certIssuer": "letsencrypt-prod"}), "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert not {"kubernetes.io/ingress.class", "acme.cert-manager.io/http01-edit-in-place"} & set(
+        ingress["metadata"]["annotations"])
 
 
 def test_gke_ingress_gets_a_backend_config_for_its_30_second_default_timeout():

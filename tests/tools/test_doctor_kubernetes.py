@@ -214,6 +214,7 @@ def test_a_cert_issuer_the_cluster_lacks_fails(cluster, tmp_path, monkeypatch):
 
 def test_ingress_class_named_default_or_missing(cluster, tmp_path, monkeypatch):
     cluster.nodes = [k8s.gke_l4()]
+    cluster.git_version = "v1.33.5-eks-3025e55"
     cluster.ingress_classes = [k8s.ingress_class("nginx"), k8s.ingress_class("traefik")]
     found = checks(run(["--stack", ingress_stack(tmp_path, monkeypatch)]))
     assert found["ingress-class"][0] == FAIL and "no IngressClass is the default (the cluster has nginx, traefik)" in \
@@ -225,8 +226,28 @@ def test_ingress_class_named_default_or_missing(cluster, tmp_path, monkeypatch):
     found = checks(run(["--stack", ingress_stack(tmp_path, monkeypatch)]))
     assert found["ingress-class"] == (OK, "ingressClass unset: the cluster's default traefik serves the Ingress",
                                       None)
-    found = checks(run(["--stack", ingress_stack(tmp_path, monkeypatch, ingressClass="gce")]))
-    assert found["ingress-class"][0] == OK and "GKE's built-in" in found["ingress-class"][1]
+
+
+@pytest.mark.parametrize("gke_class", ["gce", "gce-internal"])
+def test_gkes_own_ingress_is_judged_by_the_cluster_being_gke_not_by_an_ingress_class_object(
+        cluster, tmp_path, monkeypatch, gke_class):
+    cluster.nodes = [k8s.gke_l4()]
+    name = ingress_stack(tmp_path, monkeypatch, ingressClass=gke_class)
+    status, value, _ = checks(run(["--stack", name]))["ingress-class"]
+    assert status == OK and "GKE's built-in" in value and "kubernetes.io/ingress.class annotation" in value
+    # Elsewhere an IngressClass that happens to be called gce does not make GKE's controller appear.
+    cluster.git_version = "v1.33.5-eks-3025e55"
+    cluster.ingress_classes = [k8s.ingress_class(gke_class, default=True)]
+    status, value, fix = checks(run(["--stack", name]))["ingress-class"]
+    assert status == FAIL and "this cluster is not GKE" in value and "kubectl get ingressclass" in fix
+
+
+def test_an_unset_ingress_class_on_gke_without_a_default_points_at_gce(cluster, tmp_path, monkeypatch):
+    cluster.nodes = [k8s.gke_l4()]
+    status, value, fix = checks(run(["--stack", ingress_stack(tmp_path, monkeypatch)]))["ingress-class"]
+    assert status == WARN and "30 s backend timeout" in value and fix.startswith("pulumi config set ingressClass gce")
+    cluster.ingress_classes = [k8s.ingress_class("nginx", default=True)]  # a default class serves it instead
+    assert checks(run(["--stack", ingress_stack(tmp_path, monkeypatch)]))["ingress-class"][0] == OK
 
 
 def test_load_balancer_exposure_skips_ingress_checks(cluster):

@@ -32,7 +32,7 @@ DEFAULT_STORAGE_CLASS = ("storageclass.kubernetes.io/is-default-class",
                          "storageclass.beta.kubernetes.io/is-default-class")  # the beta key is still honoured
 # GKE's built-in Ingress controllers are chosen by the kubernetes.io/ingress.class annotation and have no
 # IngressClass object, so their absence from the list is expected.
-GKE_INGRESS_CLASSES = ("gce", "gce-internal")
+GKE_INGRESS_CLASSES = catalog.K8S_GKE_INGRESS_CLASSES
 GIB = Decimal(1024**3)
 
 CREDENTIALS_FIX = ("fetch the cluster's credentials into your kubeconfig: `aws eks update-kubeconfig --name "
@@ -173,7 +173,8 @@ def check(target: Target, api: KubernetesApi, report: Report, with_suggest: bool
         _run(report, "keda", lambda: _check_keda(api, report, kube))
         if kube.exposure == "ingress":
             _run(report, "cert-manager", lambda: _check_cert_manager(api, report, kube))
-            _run(report, "ingress-class", lambda: _check_ingress_class(api, report, kube))
+            on_gke = catalog.K8S_GKE_VERSION_MARK in str(version.git_version)
+            _run(report, "ingress-class", lambda: _check_ingress_class(api, report, kube, on_gke))
         storage_class: list[str | None] = [kube.storage_class]
         _run(report, "storage-class", lambda: storage_class.__setitem__(0, _check_storage(api, report, kube)))
         _run(report, "namespace", lambda: _check_namespace(api, report, target, storage_class[0]))
@@ -341,8 +342,6 @@ def _named_or_default(report: Report, check: str, kind: str, key: str, classes: 
     if wanted:
         if wanted in names:
             report.add(check, OK, f"{kind} {wanted} exists")
-        elif kind == "IngressClass" and wanted in GKE_INGRESS_CLASSES:
-            report.add(check, OK, f"{wanted}: GKE's built-in Ingress controller")
         else:
             report.add(check, FAIL, f"no {kind} {wanted!r} (the cluster has {listed})", fix)
         return wanted
@@ -354,7 +353,25 @@ def _named_or_default(report: Report, check: str, kind: str, key: str, classes: 
     return None
 
 
-def _check_ingress_class(api: KubernetesApi, report: Report, kube: config.KubeSettings) -> None:
+def _check_ingress_class(api: KubernetesApi, report: Report, kube: config.KubeSettings, on_gke: bool) -> None:
+    """The Ingress's controller. GKE's own (gce, gce-internal) is chosen by annotation and has no IngressClass
+    object, so it is judged by the cluster being GKE, never by an IngressClass that happens to carry its name."""
+    if kube.ingress_class in GKE_INGRESS_CLASSES:
+        if on_gke:
+            report.add("ingress-class", OK, f"{kube.ingress_class}: GKE's built-in Ingress controller (selected by "
+                                            f"the {catalog.K8S_GKE_INGRESS_ANNOTATION} annotation)")
+        else:
+            report.add("ingress-class", FAIL, f"ingressClass {kube.ingress_class} is GKE's built-in controller, but "
+                                              "this cluster is not GKE (its version names no -gke. build)",
+                       "pulumi config set ingressClass <the cluster's IngressClass> (kubectl get ingressclass)")
+        return
+    if on_gke and not kube.ingress_class:
+        classes = api.call("NetworkingV1Api", "list_ingress_class").items
+        if not any(_annotated(c.metadata, DEFAULT_INGRESS_CLASS) for c in classes):
+            report.add("ingress-class", WARN, "ingressClass unset on GKE: GKE's controller serves the Ingress with "
+                                              "its 30 s backend timeout, which cuts long generations",
+                       "pulumi config set ingressClass gce (the stack then raises the timeout with a BackendConfig)")
+            return
     _named_or_default(report, "ingress-class", "IngressClass", "ingressClass",
                       api.call("NetworkingV1Api", "list_ingress_class").items, kube.ingress_class,
                       (DEFAULT_INGRESS_CLASS,), "install an ingress controller (e.g. ingress-nginx), or pulumi config "
