@@ -1052,3 +1052,10 @@ K8S_GKE_INGRESS_CLASSES = ("gce", "gce-internal")
 K8S_GKE_INGRESS_ANNOTATION = "kubernetes.io/ingress.class"
 # GKE's API server reports its build as v<major>.<minor>.<patch>-gke.<n> (e.g. v1.28.5-gke.1200).
 K8S_GKE_VERSION_MARK = "-gke."
+
+# --- Kubernetes: a public LoadBalancer Service on EKS ---------------------------------------------------------------
+# The AWS Load Balancer Controller provisions an internal NLB unless the Service says otherwise ("Since the v2.2.0
+# release, the LBC provisions an internal NLB by default. To create an internet-facing NLB, the following annotation
+# is required", kubernetes-sigs.github.io/aws-load-balancer-controller, guide/service/nlb); EKS Auto Mode reads the
+# same annotation (EKS user guide, auto-configure-nlb). Other clouds' controllers ignore the aws- keys.
+K8S_AWS_LB_SCHEME_ANNOTATION = ("service.beta.kubernetes.io/aws-load-balancer-scheme", "internet-facing")

@@ -232,6 +232,15 @@ def service_spec(settings: Settings) -> dict[str, object]:
     return spec
 
 
+def service_annotations(settings: Settings) -> dict[str, str]:
+    """A LoadBalancer is the endpoint users call, so it faces the internet; on EKS that takes an annotation (the AWS
+    Load Balancer Controller and Auto Mode make an internal NLB by default). allowedCidrs still limits clients."""
+    if _kube(settings).exposure != "loadBalancer":
+        return {}
+    key, value = catalog.K8S_AWS_LB_SCHEME_ANNOTATION
+    return {key: value}
+
+
 def ingress_annotations(settings: Settings) -> dict[str, str]:
     kube = _kube(settings)
     notes = {
@@ -430,6 +439,7 @@ class Endpoint(pulumi.ComponentResource):
                 opts=ns_opts)
             service_meta["annotations"] = {"cloud.google.com/backend-config": json.dumps({"default": backend_name})}
             ns_opts = pulumi.ResourceOptions.merge(ns_opts, pulumi.ResourceOptions(depends_on=[backend]))
+        service_meta["annotations"] = {**service_meta.get("annotations", {}), **service_annotations(settings)}
         service = k8s.core.v1.Service(f"{name}-service", metadata=service_meta, spec=service_spec(settings),
                                       opts=ns_opts)
         if kube.exposure == "ingress":

@@ -359,6 +359,15 @@ def test_a_load_balancer_endpoint_is_the_address_the_cloud_assigns_limited_to_al
     assert of_kind(run, "Ingress") == []
 
 
+def test_a_load_balancer_asks_eks_for_an_internet_facing_nlb_and_nothing_else_does():
+    """The AWS Load Balancer Controller and EKS Auto Mode make an internal NLB unless told otherwise."""
+    notes = one_kind(run_program(BASE), "Service")["metadata"]["annotations"]
+    assert notes["service.beta.kubernetes.io/aws-load-balancer-scheme"] == "internet-facing"
+    for other in ({"exposure": "internal"}, {"domain": "sdxl.example.com", "ingressClass": "gce"}):
+        service = one_kind(run_program({**BASE, **other}), "Service")
+        assert "service.beta.kubernetes.io/aws-load-balancer-scheme" not in service["metadata"].get("annotations", {})
+
+
 def test_an_ingress_with_cert_manager_gives_an_https_endpoint_and_fits_long_generations_and_uploads():
     run = run_program({**BASE, "domain": "sdxl.example.com", "certIssuer": "letsencrypt-prod", "ingressClass": "nginx"})
     ingress = one_kind(run, "Ingress")
