@@ -991,14 +991,18 @@ def judge_node_selector(selector: Mapping[str, str], gpu_key: str | None) -> K8s
         alternatives = k8s_alternatives(label if label in K8S_LABEL_VALUES else K8S_LABEL_GFD_PRODUCT,
                                         named.memory_mib // 1024)
         reason = k8s_fitting(named)
+        fix = None
         if reason is None and gpu_key is not None and not _same_gpu(named.gpu_key, gpu_key):
             reason = f"it names an {named.model}, but gpu is set to '{gpu_key}'"
             wanted = k8s_values_for(label, gpu_key)
-            alternatives = tuple(a for a in k8s_alternatives(label, limit=99) if a.selector[0][1] in wanted)[:3] or (
-                alternatives)
+            alternatives = tuple(a for a in k8s_alternatives(label, limit=99) if a.selector[0][1] in wanted)[:3]
+            if not alternatives:
+                # No value of this label names that GPU: a selector of another GPU would be refused the same way.
+                fix = (f"pulumi config rm gpu (the nodeSelector then picks the {named.model}), or pulumi config rm "
+                       f"nodeSelector (gpu {gpu_key} then places the pod on any platform)")
         if reason is not None:
             raise UnfitMachineError(Refusal("nodeSelector", f"{label}={value}", reason, alternatives,
-                                            _selector_fix(label, alternatives)))
+                                            fix or _selector_fix(label, alternatives)))
         return K8sGpuClass("kubernetes", f"{label}={value}", _gpu_of(named), 1, 0, 0, None,
                            selector=tuple(sorted(selector.items())))
     return None

@@ -87,7 +87,13 @@ def placement(settings: Settings) -> dict[str, object]:
 
 
 def gpu_terms(gpu_key: str | None) -> list[dict[str, object]]:
-    """nodeSelectorTerms (ORed) that admit a node with a fitting GPU (that GPU only, when gpu_key is set)."""
+    """nodeSelectorTerms (ORed) that admit a node with a fitting GPU (that GPU only, when gpu_key is set).
+
+    Every In names at least one value: the API server refuses an empty one ("values must be specified when operator
+    is In"). A GPU outside the catalog (a nodeSelector naming CoreWeave's A40) has no label values to narrow by, so
+    the terms admit any fitting GPU and the nodeSelector picks that one."""
+    if gpu_key not in catalog.GPUS:
+        gpu_key = None
     enough_memory = str(catalog.K8S_MIN_GPU_MEMORY_MIB)
     terms: list[dict[str, object]] = []
     gke = catalog.k8s_values_for(catalog.K8S_LABEL_GKE, gpu_key)
@@ -105,13 +111,14 @@ def gpu_terms(gpu_key: str | None) -> list[dict[str, object]]:
     whole = (catalog.K8S_LABEL_GFD_SHARING, "NotIn", catalog.K8S_GFD_SHARED_STRATEGIES)
     products = catalog.k8s_values_for(catalog.K8S_LABEL_GFD_PRODUCT, gpu_key)
     if gpu_key is not None:
-        terms.append(_term((catalog.K8S_LABEL_GFD_PRODUCT, "In", products), memory, whole))
-    else:
-        # Any card GFD describes with enough memory and a compute capability of 7.5 or more: major 8 and up, or 7.5+.
-        major, minor = catalog.MIN_COMPUTE_CAPABILITY
-        terms.append(_term(memory, whole, (catalog.K8S_LABEL_GFD_COMPUTE_MAJOR, "Gt", (str(major),))))
-        terms.append(_term(memory, whole, (catalog.K8S_LABEL_GFD_COMPUTE_MAJOR, "In", (str(major),)),
-                           (catalog.K8S_LABEL_GFD_COMPUTE_MINOR, "Gt", (str(minor - 1),))))
+        if products:
+            terms.append(_term((catalog.K8S_LABEL_GFD_PRODUCT, "In", products), memory, whole))
+        return terms or gpu_terms(None)  # no label names that GPU: then any fitting one, never no term at all
+    # Any card GFD describes with enough memory and a compute capability of 7.5 or more: major 8 and up, or 7.5+.
+    major, minor = catalog.MIN_COMPUTE_CAPABILITY
+    terms.append(_term(memory, whole, (catalog.K8S_LABEL_GFD_COMPUTE_MAJOR, "Gt", (str(major),))))
+    terms.append(_term(memory, whole, (catalog.K8S_LABEL_GFD_COMPUTE_MAJOR, "In", (str(major),)),
+                       (catalog.K8S_LABEL_GFD_COMPUTE_MINOR, "Gt", (str(minor - 1),))))
     return terms
 
 

@@ -325,6 +325,68 @@ def test_a_selector_naming_an_unfit_gpu_fails_preview_with_the_nearest_fitting_c
     assert f"fix: pulumi config set --path 'nodeSelector[0]' {label}=" in message
 
 
+def validated(**keys: object) -> config.Settings:
+    return config.validate({f"sdxl-endpoint:{k}": v for k, v in {**BASE, **keys}.items()}, stack="test")
+
+
+def every_accepted_selector() -> list[tuple[str | None, str]]:
+    """(gpu, nodeSelector item) for every GPU label value the catalog knows, with and without `gpu`, that preview
+    accepts."""
+    accepted = []
+    values = [(label, value) for label, named in catalog.K8S_LABEL_VALUES.items() for value in named]
+    values += [(catalog.K8S_LABEL_INSTANCE_TYPE, value) for value in catalog.K8S_INSTANCE_TYPES]
+    for gpu in (None, *catalog.GPUS):
+        for label, value in values:
+            keys = {"nodeSelector": json.dumps([f"{label}={value}"]), **({"gpu": gpu} if gpu else {})}
+            try:
+                validated(**keys)
+            except config.ConfigError:
+                continue
+            accepted.append((gpu, f"{label}={value}"))
+    return accepted
+
+
+def test_every_accepted_selector_renders_an_affinity_the_api_server_accepts():
+    """The API server refuses an In or NotIn without values ("values must be specified when operator is In") and a
+    required affinity without terms."""
+    accepted = every_accepted_selector()
+    assert (None, "gpu.nvidia.com/class=A40") in accepted and (None, "gpu.nvidia.com/class=RTX_A6000") in accepted
+    for gpu, item in accepted:
+        keys = {"nodeSelector": json.dumps([item]), **({"gpu": gpu} if gpu else {})}
+        terms = k8s_target.placement(validated(**keys))["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert terms, (gpu, item)
+        for term in terms:
+            for requirement in term["matchExpressions"]:
+                if requirement["operator"] in ("In", "NotIn", "Gt", "Lt"):
+                    assert requirement["values"], (gpu, item, requirement)
+
+
+def apply_fix(keys: dict[str, object], command: str) -> dict[str, object]:
+    """A `pulumi config rm KEY` or `pulumi config set --path 'nodeSelector[0]' VALUE` applied to stack keys."""
+    words = command.replace("'", "").split()
+    if words[:3] == ["pulumi", "config", "rm"]:
+        return {k: v for k, v in keys.items() if k != words[3]}
+    assert words[:5] == ["pulumi", "config", "set", "--path", "nodeSelector[0]"], command
+    return {**keys, "nodeSelector": json.dumps([words[5]])}
+
+
+@pytest.mark.parametrize(("gpu", "selector"), [
+    ("t4", "gpu.nvidia.com/class=A40"),  # no CoreWeave class names a T4
+    ("l4", "cloud.google.com/gke-accelerator=nvidia-tesla-t4"),  # GKE has an L4 value to offer instead
+    ("h100", "nvidia.com/gpu.product=NVIDIA-L4"),
+])
+def test_the_fix_for_a_selector_that_names_another_gpu_passes_validation(gpu, selector):
+    keys = {"gpu": gpu, "nodeSelector": json.dumps([selector])}
+    with pytest.raises(config.ConfigError) as raised:
+        validated(**keys)
+    fix = str(raised.value).split("fix: ", 1)[1].splitlines()[0]
+    options = [part.split(" (")[0] for part in fix.split(", or ")]
+    assert options
+    for option in options:
+        validated(**apply_fix(keys, option))  # raises if the suggestion is itself refused
+
+
 def test_every_kubernetes_mistake_is_named_in_one_message():
     with pytest.raises(config.ConfigError) as raised:
         config.validate({f"sdxl-endpoint:{k}": v for k, v in {
