@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # SDXL base in fp16 peaks at about 11.6 GiB of VRAM at batch 1; a 16 GB T4 is the smallest
 # card that serves it without CPU offload. One NVIDIA (CUDA) GPU of at least this size.
@@ -1063,3 +1064,98 @@ K8S_GKE_VERSION_MARK = "-gke."
 # is required", kubernetes-sigs.github.io/aws-load-balancer-controller, guide/service/nlb); EKS Auto Mode reads the
 # same annotation (EKS user guide, auto-configure-nlb). Other clouds' controllers ignore the aws- keys.
 K8S_AWS_LB_SCHEME_ANNOTATION = ("service.beta.kubernetes.io/aws-load-balancer-scheme", "internet-facing")
+
+
+# --- Kubernetes: the GPU placement terms, and how a node's labels meet them -------------------------------------
+# One function renders the pod's required node affinity (stacks/kubernetes.py) and one judges a node against it
+# (the doctor, and the placement tests), so what the doctor calls a fitting node is where the scheduler puts the pod.
+
+def k8s_placement_gpu(machine: Offer | None) -> str | None:
+    """The catalog GPU the placement terms narrow to: the GPU `gpu` or a nodeSelector names, when the catalog
+    lists it; None (any fitting GPU) for `gpu` unset or a GPU outside the catalog."""
+    if not isinstance(machine, K8sGpuClass) or machine.any_gpu or machine.gpu.key not in GPUS:
+        return None
+    return machine.gpu.key
+
+
+def k8s_gpu_terms(gpu_key: str | None) -> list[dict[str, object]]:
+    """nodeSelectorTerms (ORed, one or more per platform) that admit a node with a fitting GPU (that GPU only, when
+    gpu_key is set).
+
+    Every In names at least one value: the API server refuses an empty one ("values must be specified when operator
+    is In"). A GPU outside the catalog (a nodeSelector naming CoreWeave's A40) has no label values to narrow by, so
+    the terms admit any fitting GPU and the nodeSelector picks that one."""
+    if gpu_key not in GPUS:
+        gpu_key = None
+    terms: list[dict[str, object]] = []
+    # Labels that name the GPU by themselves. CoreWeave's class label says nothing about sharing or memory left.
+    for label in (K8S_LABEL_GKE, K8S_LABEL_COREWEAVE):
+        values = k8s_values_for(label, gpu_key)
+        if values:
+            terms.append(_k8s_term((label, "In", values)))
+    instance_types = tuple(name for name, gpu in K8S_INSTANCE_TYPES.items() if k8s_node_matches(gpu, gpu_key))
+    if instance_types:
+        terms.append(_k8s_term((K8S_LABEL_INSTANCE_TYPE, "In", instance_types)))
+    for name_label, memory_label in ((K8S_LABEL_EKS_AUTO, K8S_LABEL_EKS_AUTO_MEMORY),
+                                     (K8S_LABEL_KARPENTER, K8S_LABEL_KARPENTER_MEMORY)):
+        names = k8s_values_for(name_label, gpu_key)
+        if names:
+            # The memory also keeps fractional GPUs (g6f: a share of an L4, named l4) out.
+            terms.append(_k8s_term((name_label, "In", names), (memory_label, "Gt", (_k8s_memory_floor(gpu_key),))))
+    # GFD terms keep shared GPUs out: under time-slicing or MPS, `nvidia.com/gpu: 1` is a share of a card that other
+    # pods use too (GFD then sets sharing-strategy and appends -SHARED to the product), and SDXL needs the memory.
+    memory = (K8S_LABEL_GFD_MEMORY, "Gt", (str(K8S_MIN_GPU_MEMORY_MIB),))
+    whole = (K8S_LABEL_GFD_SHARING, "NotIn", K8S_GFD_SHARED_STRATEGIES)
+    if gpu_key is not None:
+        products = k8s_values_for(K8S_LABEL_GFD_PRODUCT, gpu_key)
+        if products:
+            terms.append(_k8s_term((K8S_LABEL_GFD_PRODUCT, "In", products), memory, whole))
+        return terms or k8s_gpu_terms(None)  # no label names that GPU: any fitting one, never no term at all
+    # Any card GFD describes with enough memory and a compute capability of 7.5 or more: major 8 and up, or 7.5+.
+    major, minor = MIN_COMPUTE_CAPABILITY
+    terms.append(_k8s_term(memory, whole, (K8S_LABEL_GFD_COMPUTE_MAJOR, "Gt", (str(major),))))
+    terms.append(_k8s_term(memory, whole, (K8S_LABEL_GFD_COMPUTE_MAJOR, "In", (str(major),)),
+                           (K8S_LABEL_GFD_COMPUTE_MINOR, "Gt", (str(minor - 1),))))
+    return terms
+
+
+def _k8s_memory_floor(gpu_key: str | None) -> str:
+    """The GPU memory label's lower bound: the 16 GB floor, or just under the larger A100 when that is asked for."""
+    if gpu_key == "a100-80gb":
+        return str(GPUS["a100"].memory_gb * 1024)
+    return str(K8S_MIN_GPU_MEMORY_MIB)
+
+
+def _k8s_term(*requirements: tuple[str, str, tuple[str, ...]]) -> dict[str, object]:
+    return {"matchExpressions": [{"key": key, "operator": op, "values": list(values)}
+                                 for key, op, values in requirements]}
+
+
+def k8s_requirement_holds(labels: Mapping[str, str], requirement: Mapping[str, Any]) -> bool:
+    """One matchExpressions item against a node's labels, as the scheduler reads it (k8s.io/component-helpers
+    nodeaffinity: Gt and Lt compare integers, a missing label fails them; NotIn and DoesNotExist hold without it)."""
+    key, op, values = requirement["key"], requirement["operator"], list(requirement.get("values") or [])
+    if op == "In":
+        return key in labels and labels[key] in values
+    if op == "NotIn":
+        return key not in labels or labels[key] not in values
+    if op == "Exists":
+        return key in labels
+    if op == "DoesNotExist":
+        return key not in labels
+    if op in ("Gt", "Lt"):
+        try:
+            have, bound = int(labels[key]), int(values[0])
+        except (KeyError, ValueError, IndexError):
+            return False
+        return have > bound if op == "Gt" else have < bound
+    raise ValueError(f"unknown node selector operator {op!r}")
+
+
+def k8s_node_admits(labels: Mapping[str, str], terms: Sequence[Mapping[str, Any]],
+                    node_selector: Mapping[str, str] | None = None) -> bool:
+    """Whether a node with these labels takes the pod: every nodeSelector pair, and any one term whose every
+    requirement holds."""
+    if any(labels.get(key) != value for key, value in (node_selector or {}).items()):
+        return False
+    return any(all(k8s_requirement_holds(labels, r) for r in term["matchExpressions"]) for term in terms)

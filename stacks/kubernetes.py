@@ -68,14 +68,12 @@ def selector_labels(settings: Settings) -> dict[str, str]:
 def placement(settings: Settings) -> dict[str, object]:
     """The pod's nodeSelector, affinity and tolerations.
 
-    The affinity admits only nodes whose GPU runs SDXL, whatever labels the platform uses: its terms are ORed, one
-    per platform (GKE's accelerator, EKS Auto Mode's and Karpenter's GPU name with their memory, GPU Feature
-    Discovery's memory and compute capability). `gpu` narrows each term to that GPU. A user's nodeSelector (judged
+    The affinity admits only nodes whose GPU runs SDXL, whatever labels the platform uses (catalog.k8s_gpu_terms:
+    one ORed term per platform). `gpu` narrows each term to that GPU. A user's nodeSelector (judged
     by config.validate) is kept as written, on top of the affinity, which still refuses unfit nodes.
     """
     kube = _kube(settings)
-    gpu_key = settings.machine.gpu.key if settings.machine is not catalog.K8S_ANY_GPU else None
-    terms = gpu_terms(gpu_key)
+    terms = catalog.k8s_gpu_terms(catalog.k8s_placement_gpu(settings.machine))
     spec: dict[str, object] = {
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}},
         # GPU node pools are tainted so that other pods stay off them (GKE: nvidia.com/gpu=present:NoSchedule).
@@ -84,54 +82,6 @@ def placement(settings: Settings) -> dict[str, object]:
     if kube.node_selector:
         spec["nodeSelector"] = dict(kube.node_selector)
     return spec
-
-
-def gpu_terms(gpu_key: str | None) -> list[dict[str, object]]:
-    """nodeSelectorTerms (ORed) that admit a node with a fitting GPU (that GPU only, when gpu_key is set).
-
-    Every In names at least one value: the API server refuses an empty one ("values must be specified when operator
-    is In"). A GPU outside the catalog (a nodeSelector naming CoreWeave's A40) has no label values to narrow by, so
-    the terms admit any fitting GPU and the nodeSelector picks that one."""
-    if gpu_key not in catalog.GPUS:
-        gpu_key = None
-    enough_memory = str(catalog.K8S_MIN_GPU_MEMORY_MIB)
-    terms: list[dict[str, object]] = []
-    gke = catalog.k8s_values_for(catalog.K8S_LABEL_GKE, gpu_key)
-    if gke:
-        terms.append(_term((catalog.K8S_LABEL_GKE, "In", gke)))
-    for name_label, memory_label in ((catalog.K8S_LABEL_EKS_AUTO, catalog.K8S_LABEL_EKS_AUTO_MEMORY),
-                                     (catalog.K8S_LABEL_KARPENTER, catalog.K8S_LABEL_KARPENTER_MEMORY)):
-        names = catalog.k8s_values_for(name_label, gpu_key)
-        if names:
-            # The memory also keeps fractional GPUs (g6f: a share of an L4, named l4) out.
-            terms.append(_term((name_label, "In", names), (memory_label, "Gt", (_memory_floor(gpu_key),))))
-    # GFD terms keep shared GPUs out: under time-slicing or MPS, `nvidia.com/gpu: 1` is a share of a card that other
-    # pods use too (GFD then sets sharing-strategy and appends -SHARED to the product), and SDXL needs the memory.
-    memory = (catalog.K8S_LABEL_GFD_MEMORY, "Gt", (enough_memory,))
-    whole = (catalog.K8S_LABEL_GFD_SHARING, "NotIn", catalog.K8S_GFD_SHARED_STRATEGIES)
-    products = catalog.k8s_values_for(catalog.K8S_LABEL_GFD_PRODUCT, gpu_key)
-    if gpu_key is not None:
-        if products:
-            terms.append(_term((catalog.K8S_LABEL_GFD_PRODUCT, "In", products), memory, whole))
-        return terms or gpu_terms(None)  # no label names that GPU: then any fitting one, never no term at all
-    # Any card GFD describes with enough memory and a compute capability of 7.5 or more: major 8 and up, or 7.5+.
-    major, minor = catalog.MIN_COMPUTE_CAPABILITY
-    terms.append(_term(memory, whole, (catalog.K8S_LABEL_GFD_COMPUTE_MAJOR, "Gt", (str(major),))))
-    terms.append(_term(memory, whole, (catalog.K8S_LABEL_GFD_COMPUTE_MAJOR, "In", (str(major),)),
-                       (catalog.K8S_LABEL_GFD_COMPUTE_MINOR, "Gt", (str(minor - 1),))))
-    return terms
-
-
-def _memory_floor(gpu_key: str | None) -> str:
-    """The GPU memory label's lower bound: the 16 GB floor, or just under the larger A100 when that is asked for."""
-    if gpu_key == "a100-80gb":
-        return str(catalog.GPUS["a100"].memory_gb * 1024)
-    return str(catalog.K8S_MIN_GPU_MEMORY_MIB)
-
-
-def _term(*requirements: tuple[str, str, tuple[str, ...]]) -> dict[str, object]:
-    return {"matchExpressions": [{"key": key, "operator": op, "values": list(values)}
-                                 for key, op, values in requirements]}
 
 
 # --- the workload ------------------------------------------------------------------------------------------------

@@ -113,6 +113,20 @@ def coreweave_h100(name: str = "g8a1b2c") -> dict[str, Any]:
                 gpus=8, instance_type="gd-8xh100ib-i128", cpu="128", memory="2048Gi")
 
 
+def coreweave_a40_class_only(name: str = "a40-node-1") -> dict[str, Any]:
+    """A CoreWeave node that names its GPU only by gpu.nvidia.com/class (values from third-party examples)."""
+    return node(name, {"gpu.nvidia.com/class": "A40"}, gpus=1, instance_type="a40-1x", cpu="8", memory="64Gi")
+
+
+def gfd_a10g_time_sliced(name: str = "ip-10-0-2-34.ec2.internal") -> dict[str, Any]:
+    """A g5 node whose device plugin time-slices the A10G: GFD appends -SHARED to the product and records the
+    strategy (k8s-device-plugin resource.go); allocatable nvidia.com/gpu counts the replicas."""
+    return node(name, {"nvidia.com/gpu.product": "NVIDIA-A10G-SHARED", "nvidia.com/gpu.memory": "23028",
+                       "nvidia.com/gpu.compute.major": "8", "nvidia.com/gpu.compute.minor": "6",
+                       "nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"},
+                gpus=4, instance_type="g5.xlarge")
+
+
 def cpu_node(name: str, **labels: str) -> dict[str, Any]:
     return node(name, {"cloud.google.com/gke-nodepool": "default-pool", **labels})
 

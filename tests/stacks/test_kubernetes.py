@@ -235,34 +235,34 @@ NODES: dict[str, dict[str, str]] = {
     "gfd-a10g-time-sliced": {catalog.K8S_LABEL_GFD_PRODUCT: "NVIDIA-A10G-SHARED", catalog.K8S_LABEL_GFD_MEMORY: "23028",
                              catalog.K8S_LABEL_GFD_COMPUTE_MAJOR: "8", catalog.K8S_LABEL_GFD_COMPUTE_MINOR: "6",
                              catalog.K8S_LABEL_GFD_SHARING: "time-slicing"},
+    # CoreWeave nodes that name their GPU only by class (no GPU Feature Discovery labels).
+    "coreweave-a40-class": {catalog.K8S_LABEL_COREWEAVE: "A40"},
+    "coreweave-h100-class": {catalog.K8S_LABEL_COREWEAVE: "H100_NVLINK_80GB"},
+    "coreweave-rtx4000-class": {catalog.K8S_LABEL_COREWEAVE: "Quadro_RTX_4000"},
     "cpu-only": {catalog.K8S_LABEL_INSTANCE_TYPE: "m7i.xlarge"},
 }
 
 
-def requirement_holds(labels: dict[str, str], requirement: dict[str, Any]) -> bool:
-    """One matchExpressions item, with the scheduler's semantics (k8s.io/component-helpers nodeaffinity)."""
-    key, op, values = requirement["key"], requirement["operator"], requirement.get("values", [])
-    if op == "In":
-        return key in labels and labels[key] in values
-    if op == "NotIn":
-        return key not in labels or labels[key] not in values
-    if op == "Exists":
-        return key in labels
-    if op == "DoesNotExist":
-        return key not in labels
-    if op in ("Gt", "Lt"):
-        if key not in labels or not labels[key].lstrip("-").isdigit():
-            return False
-        return int(labels[key]) > int(values[0]) if op == "Gt" else int(labels[key]) < int(values[0])
-    raise AssertionError(f"unknown operator {op}")
-
-
 def schedulable_on(spec: dict[str, Any], labels: dict[str, str]) -> bool:
-    """nodeSelector (every pair) and required node affinity (any term, every expression in it)."""
-    if any(labels.get(k) != v for k, v in spec.get("nodeSelector", {}).items()):
-        return False
+    """nodeSelector (every pair) and required node affinity (any term), judged as the doctor judges nodes."""
     terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    return any(all(requirement_holds(labels, r) for r in term["matchExpressions"]) for term in terms)
+    return catalog.k8s_node_admits(labels, terms, spec.get("nodeSelector", {}))
+
+
+@pytest.mark.parametrize(("labels", "requirement", "holds"), [
+    ({"a": "x"}, {"key": "a", "operator": "In", "values": ["x", "y"]}, True),
+    ({}, {"key": "a", "operator": "In", "values": ["x"]}, False),
+    ({}, {"key": "a", "operator": "NotIn", "values": ["x"]}, True),  # a missing label is not in any set
+    ({"a": "x"}, {"key": "a", "operator": "NotIn", "values": ["x"]}, False),
+    ({"m": "23034"}, {"key": "m", "operator": "Gt", "values": ["15000"]}, True),
+    ({"m": "15000"}, {"key": "m", "operator": "Gt", "values": ["15000"]}, False),
+    ({"m": "lots"}, {"key": "m", "operator": "Gt", "values": ["1"]}, False),  # Gt needs an integer label
+    ({}, {"key": "m", "operator": "Lt", "values": ["1"]}, False),
+    ({"a": ""}, {"key": "a", "operator": "Exists"}, True),
+    ({"a": ""}, {"key": "a", "operator": "DoesNotExist"}, False),
+])
+def test_a_requirement_is_read_with_the_schedulers_semantics(labels, requirement, holds):
+    assert catalog.k8s_requirement_holds(labels, requirement) is holds
 
 
 def admitted(run) -> set[str]:
@@ -272,14 +272,22 @@ def admitted(run) -> set[str]:
 def test_without_gpu_any_platforms_node_with_a_fitting_gpu_is_admitted_and_nothing_else():
     assert admitted(run_program(BASE)) == {
         "gke-l4", "gke-t4", "eks-auto-a10g", "karpenter-g6-l4", "karpenter-p4de-a100", "coreweave-h100",
-        "gfd-rtx-4090", "gfd-t4", "gfd-l4"}
+        "gfd-rtx-4090", "gfd-t4", "gfd-l4", "coreweave-a40-class", "coreweave-h100-class"}
+
+
+@pytest.mark.parametrize(("selector", "nodes"), [
+    ("gpu.nvidia.com/class=A40", {"coreweave-a40-class"}),
+    ("gpu.nvidia.com/class=H100_NVLINK_80GB", {"coreweave-h100-class"}),
+])
+def test_a_coreweave_class_selector_lands_on_nodes_that_carry_only_that_class(selector, nodes):
+    assert admitted(run_program({**BASE, "nodeSelector": [selector]})) == nodes
 
 
 @pytest.mark.parametrize(("gpu", "nodes"), [
     ("l4", {"gke-l4", "karpenter-g6-l4", "gfd-l4"}),  # not the fractional g6f share, whose name is l4 too
     ("a10g", {"eks-auto-a10g"}),  # not the time-sliced A10G
     ("t4", {"gke-t4", "gfd-t4"}),
-    ("h100", {"coreweave-h100"}),
+    ("h100", {"coreweave-h100", "coreweave-h100-class"}),
     ("a100", {"karpenter-p4de-a100"}),
 ])
 def test_gpu_narrows_placement_to_that_gpu_on_every_platform(gpu, nodes):

@@ -128,6 +128,25 @@ def test_gpus_that_cannot_run_sdxl_are_named_with_the_reason(cluster):
     assert status == FAIL and "P4 8.0 GiB [cannot run SDXL:" in value and "16 GB or more" in fix
 
 
+def test_a_coreweave_node_named_only_by_its_class_is_where_the_pod_goes(cluster, tmp_path, monkeypatch):
+    cluster.nodes = [k8s.coreweave_a40_class_only()]
+    report = run(["--stack", stack(tmp_path, monkeypatch, nodeSelector={"gpu.nvidia.com/class": "A40"})])
+    status, value, _ = checks(report)["placement"]
+    assert status == OK and "a40-node-1" in value
+    assert checks(run(["--cloud", "kubernetes"]))["placement"][0] == OK  # gpu unset: any fitting GPU, A40 too
+
+
+def test_a_time_sliced_gpu_is_not_reported_as_a_fit(cluster):
+    """GFD marks a shared card; the pod's affinity keeps out of it, so the doctor must not call it a match."""
+    cluster.nodes = [k8s.gfd_a10g_time_sliced()]
+    report = run(["--cloud", "kubernetes", "--gpu", "a10g"])
+    status, value, fix = checks(report)["placement"]
+    assert status == FAIL and "its GPU is shared (nvidia.com/gpu.sharing-strategy=time-slicing)" in value
+    assert "pulumi config set gpu" not in fix  # the cluster's A10G is no way out
+    assert not report.ok
+    assert checks(run(["--cloud", "kubernetes"]))["placement"][0] == FAIL  # nor with gpu unset
+
+
 def test_gke_l4_nodes_fit_the_gke_selector(cluster, tmp_path, monkeypatch):
     cluster.nodes = [k8s.cpu_node("cpu-1"), k8s.gke_l4(gfd=False), k8s.gke_t4()]
     report = run(["--stack", stack(tmp_path, monkeypatch,

@@ -234,9 +234,9 @@ def _check_gpu_nodes(api: KubernetesApi, report: Report, nodes: list[Any], gpu_n
         report.add("gpu-nodes", FAIL, value, DEVICE_PLUGIN_FIX)
 
 
-def _matches(node: GpuNode, selector: dict[str, str], gpu_key: str | None) -> bool:
-    return (node.gpu is not None and not node.cordoned and catalog.k8s_node_matches(node.gpu, gpu_key)
-            and all(node.labels.get(label) == value for label, value in selector.items()))
+def _matches(node: GpuNode, selector: dict[str, str], terms: list[dict[str, object]]) -> bool:
+    """Whether the scheduler would place the server pod here: the stack's own affinity terms and nodeSelector."""
+    return not node.cordoned and catalog.k8s_node_admits(node.labels, terms, selector)
 
 
 def _check_placement(target: Target, report: Report, gpu_nodes: list[GpuNode]) -> None:
@@ -244,13 +244,16 @@ def _check_placement(target: Target, report: Report, gpu_nodes: list[GpuNode]) -
     kube = target.kube
     assert kube is not None and target.machine is not None
     gpu_key = _wanted_gpu(target)
-    matching = [n for n in gpu_nodes if _matches(n, kube.node_selector, gpu_key)]
+    terms = catalog.k8s_gpu_terms(catalog.k8s_placement_gpu(target.machine))
+    matching = [n for n in gpu_nodes if _matches(n, kube.node_selector, terms)]
     wanted = target.machine.describe()
     if matching:
         report.add("placement", OK, f"{len(matching)} GPU node(s) match {wanted}: "
                                     + ", ".join(n.name for n in matching))
         return
-    fitting = [n for n in gpu_nodes if n.gpu is not None and catalog.k8s_fitting(n.gpu) is None]
+    # Nodes the pod could use with another gpu or nodeSelector: any fitting, whole GPU.
+    any_fitting = catalog.k8s_gpu_terms(None)
+    fitting = [n for n in gpu_nodes if n.gpu is not None and _matches(n, {}, any_fitting)]
     found = "; ".join(n.describe() + _why_not(n, kube.node_selector, gpu_key) for n in gpu_nodes)
     if fitting:
         best = min(fitting, key=lambda n: n.gpu.memory_mib if n.gpu else 0)
@@ -269,6 +272,10 @@ def _check_placement(target: Target, report: Report, gpu_nodes: list[GpuNode]) -
 def _why_not(node: GpuNode, selector: dict[str, str], gpu_key: str | None) -> str:
     if node.gpu is None:
         return " [no GPU label]"
+    sharing = node.labels.get(catalog.K8S_LABEL_GFD_SHARING)
+    if sharing in catalog.K8S_GFD_SHARED_STRATEGIES:
+        return (f" [its GPU is shared ({catalog.K8S_LABEL_GFD_SHARING}={sharing}): one nvidia.com/gpu is a share of "
+                "the card, and SDXL needs the whole memory]")
     unfit = catalog.k8s_fitting(node.gpu)
     if unfit:
         return f" [cannot run SDXL: {unfit}]"
@@ -277,7 +284,7 @@ def _why_not(node: GpuNode, selector: dict[str, str], gpu_key: str | None) -> st
         return f" [nodeSelector: has {', '.join(differing)}]"
     if gpu_key and not catalog.k8s_node_matches(node.gpu, gpu_key):
         return f" [not the gpu {gpu_key}]"
-    return " [cordoned]" if node.cordoned else ""
+    return " [cordoned]" if node.cordoned else " [its labels meet none of the placement terms]"
 
 
 def _crd(api: KubernetesApi, name: str) -> bool:
