@@ -183,6 +183,7 @@ class FakeCluster:
     storage_classes: list[dict[str, Any]] = field(default_factory=lambda: [storage_class("standard-rwo", True)])
     cluster_issuers: dict[str, dict[str, Any]] = field(default_factory=dict)
     config_maps: set[tuple[str, str]] = field(default_factory=set)
+    api_services: dict[str, bool] = field(default_factory=dict)  # name -> Available
     calls: list[tuple[str, str]] = field(default_factory=list)
 
     def answer(self, method: str, path: str, token: str | None) -> tuple[int, Any]:
@@ -204,6 +205,8 @@ class FakeCluster:
             return self._namespaced(parts[3], parts[4:])
         if parts[:4] == ["apis", "apiextensions.k8s.io", "v1", "customresourcedefinitions"] and len(parts) == 5:
             return self._crd(parts[4])
+        if parts[:4] == ["apis", "apiregistration.k8s.io", "v1", "apiservices"] and len(parts) == 5:
+            return self._api_service(parts[4])
         if parts == ["apis", "networking.k8s.io", "v1", "ingressclasses"]:
             return 200, _list("IngressClassList", self.ingress_classes, "networking.k8s.io/v1")
         if parts == ["apis", "storage.k8s.io", "v1", "storageclasses"]:
@@ -228,6 +231,21 @@ class FakeCluster:
             return 200, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": rest[1]},
                          "data": {"status": "Cluster-autoscaler status: Healthy"}}
         return 404, _status_404("/".join(rest))
+
+    def _api_service(self, name: str) -> tuple[int, Any]:
+        if name not in self.api_services:
+            return 404, _status_404(f'apiservices.apiregistration.k8s.io "{name}"')
+        available = self.api_services[name]
+        group, version = name.split(".", 1)[1], name.split(".", 1)[0]
+        return 200, {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+                     "metadata": {"name": name, "creationTimestamp": STAMP},
+                     "spec": {"group": group, "version": version, "groupPriorityMinimum": 100, "versionPriority": 100,
+                              "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443}},
+                     "status": {"conditions": [{"type": "Available", "status": str(available),
+                                                "lastTransitionTime": STAMP,
+                                                "reason": "Passed" if available else "FailedDiscoveryCheck",
+                                                "message": "all checks passed" if available else
+                                                "failing or missing response from https://10.0.0.9:10250"}]}}
 
     def _crd(self, name: str) -> tuple[int, Any]:
         if name not in self.crds:

@@ -209,6 +209,24 @@ def test_keda(cluster, tmp_path, monkeypatch, installed, url, status, words):
     assert found["keda"][0] == status and words in found["keda"][1]
 
 
+def test_an_hpa_on_cpu_without_metrics_server_is_a_warning(cluster, tmp_path, monkeypatch):
+    """EKS installs no metrics-server: the HorizontalPodAutoscaler then sees no CPU and never scales."""
+    cluster.nodes = [k8s.eks_auto_a10g()]
+    cluster.git_version = "v1.33.5-eks-3025e55"
+    name = stack(tmp_path, monkeypatch, maxReplicas="3", storageClass="standard-rwo")
+    status, value, fix = checks(run(["--stack", name]))["metrics-server"]
+    assert status == WARN and "no APIService v1beta1.metrics.k8s.io" in value and "metrics-server add-on" in fix
+    cluster.api_services["v1beta1.metrics.k8s.io"] = False
+    status, value, _ = checks(run(["--stack", name]))["metrics-server"]
+    assert status == WARN and "is not Available: failing or missing response" in value
+    cluster.api_services["v1beta1.metrics.k8s.io"] = True
+    assert checks(run(["--stack", name]))["metrics-server"][0] == OK
+    # One replica (no autoscaler), or KEDA on the queue: the resource metrics are not asked for.
+    assert "metrics-server" not in checks(run(["--stack", stack(tmp_path, monkeypatch)]))
+    keda = stack(tmp_path, monkeypatch, maxReplicas="3", kedaPrometheusUrl="http://prometheus.monitoring.svc:9090")
+    assert "metrics-server" not in checks(run(["--stack", keda]))
+
+
 def ingress_stack(tmp_path, monkeypatch, **keys: str) -> str:
     return stack(tmp_path, monkeypatch, exposure="ingress", domain="sdxl.example.com", **keys)
 

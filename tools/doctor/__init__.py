@@ -44,7 +44,8 @@ CheckName = Literal["config", "credentials", "offering", "gpu", "quota", "image"
                     "accelerator", "machine-type", "regional-quota", "global-quota",
                     "hardware", "availability", "spend",
                     "cluster", "gpu-nodes", "placement", "keda", "cert-manager", "ingress-class", "storage-class",
-                    "namespace", "limit-range"]
+                    "namespace", "limit-range",
+                    "metrics-server"]
 
 # Seconds. Long enough for a slow link, short enough that a black-holed network fails fast.
 CONNECT_TIMEOUT_S = 5
@@ -116,6 +117,7 @@ class Target:
     cloud_type: str | None = None  # RunPod: SECURE or COMMUNITY
     kube: config.KubeSettings | None = None  # Kubernetes: namespace, nodeSelector, exposure and classes
     data_disk_gb: int = config.DEFAULT_DATA_DISK_GB  # Kubernetes: the model cache's claim
+    min_replicas: int = 1  # Kubernetes: below maxReplicas, an autoscaler runs
 
     def describe(self) -> str:
         what = self.machine.describe() if self.machine else "(machine not resolved)"

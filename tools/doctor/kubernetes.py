@@ -23,6 +23,12 @@ from tools.doctor import CONNECT_TIMEOUT_S, FAIL, OK, READ_TIMEOUT_S, WARN, Remo
 GPU = catalog.K8S_GPU_RESOURCE
 KEDA_CRD = "scaledobjects.keda.sh"  # KEDA's ScaledObject, keda.sh/v1alpha1
 CERT_MANAGER_CRD = "clusterissuers.cert-manager.io"  # cert-manager's ClusterIssuer, cert-manager.io/v1
+# The resource metrics API the HorizontalPodAutoscaler reads CPU from; metrics-server registers it. EKS does not
+# install metrics-server by default (an add-on to add); GKE runs it.
+METRICS_API_SERVICE = "v1beta1.metrics.k8s.io"
+METRICS_SERVER_FIX = ("install metrics-server (EKS: the metrics-server add-on, or kubectl apply -f "
+                      "https://github.com/kubernetes-sigs/metrics-server/releases/latest/download/components.yaml), "
+                      "or install KEDA and set kedaPrometheusUrl to scale on the queue")
 KARPENTER_CRD = "nodepools.karpenter.sh"  # Karpenter's (and EKS Auto Mode's) NodePool, karpenter.sh/v1
 # The cluster autoscaler writes its status here (its --status-config-map-name default); GKE's managed one too.
 AUTOSCALER_STATUS = ("kube-system", "cluster-autoscaler-status")
@@ -171,6 +177,8 @@ def check(target: Target, api: KubernetesApi, report: Report, with_suggest: bool
         if gpu_nodes:
             _check_placement(target, report, gpu_nodes)
         _run(report, "keda", lambda: _check_keda(api, report, kube))
+        if target.replicas > target.min_replicas and not kube.keda_prometheus_url:
+            _run(report, "metrics-server", lambda: _check_metrics_server(api, report))
         if kube.exposure == "ingress":
             _run(report, "cert-manager", lambda: _check_cert_manager(api, report, kube))
             on_gke = catalog.K8S_GKE_VERSION_MARK in str(version.git_version)
@@ -305,6 +313,24 @@ def _check_keda(api: KubernetesApi, report: Report, kube: config.KubeSettings) -
     else:
         report.add("keda", WARN, f"no KEDA (no CRD {KEDA_CRD}): scales on CPU",
                    "install KEDA and set kedaPrometheusUrl to scale on the queue")
+
+
+def _check_metrics_server(api: KubernetesApi, report: Report) -> None:
+    """The HorizontalPodAutoscaler on CPU reads the resource metrics API: without it, it never scales."""
+    service = api.call("ApiregistrationV1Api", "read_api_service", METRICS_API_SERVICE, missing_ok=True)
+    if service is None:
+        report.add("metrics-server", WARN, f"the HorizontalPodAutoscaler scales on CPU, but the cluster serves no "
+                                           f"resource metrics (no APIService {METRICS_API_SERVICE})",
+                   METRICS_SERVER_FIX)
+        return
+    conditions = (service.status.conditions if service.status else None) or []
+    available = next((c for c in conditions if c.type == "Available"), None)
+    if available is not None and available.status != "True":
+        report.add("metrics-server", WARN, f"APIService {METRICS_API_SERVICE} is not Available: "
+                                           f"{available.message or available.reason}",
+                   f"kubectl describe apiservice {METRICS_API_SERVICE}")
+        return
+    report.add("metrics-server", OK, f"APIService {METRICS_API_SERVICE} serves the CPU the autoscaler reads")
 
 
 def _check_cert_manager(api: KubernetesApi, report: Report, kube: config.KubeSettings) -> None:

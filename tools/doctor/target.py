@@ -104,4 +104,5 @@ def resolve_target(values: dict[str, str], stack: str | None,
     report_target.cloud_type = settings.runpod_cloud_type
     report_target.kube = settings.kube
     report_target.data_disk_gb = settings.data_disk_gb
+    report_target.min_replicas = settings.min_replicas
     return Check(name="config", status=OK, value=settings.machine.describe())
