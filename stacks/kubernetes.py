@@ -32,7 +32,12 @@ UID = 10001  # the image's user (image/Dockerfile USER 10001:10001)
 # SIGTERM drains: admitted work finishes within this many seconds, new work is answered 503 meanwhile. The pod's
 # grace period adds uvicorn's flush (server/__main__.py, 5 s) and a margin before Kubernetes sends SIGKILL.
 DRAIN_SECONDS = 120
-GRACE_SECONDS = DRAIN_SECONDS + 5 + 15
+# Before SIGTERM the pod waits this long (a preStop sleep) while the endpoints controller, kube-proxy and the
+# ingress or load balancer stop sending it requests: an idle server exits within about two seconds of SIGTERM, and
+# a request routed to it after that gets the proxy's 502, without CORS. The kubelet's own sleep action (beta and on
+# by default since Kubernetes 1.30, GA in 1.34: KEP-3960) needs no sleep binary in the image.
+PRE_STOP_SECONDS = 15
+GRACE_SECONDS = PRE_STOP_SECONDS + DRAIN_SECONDS + 5 + 15
 # A first start downloads SDXL (~7 GB) onto the volume and loads it: up to an hour before the startup probe gives up.
 STARTUP_BUDGET_SECONDS = 3600
 PROBE_PERIOD_SECONDS = 10
@@ -129,6 +134,7 @@ def container(settings: Settings, secret_name: pulumi.Input[str]) -> dict[str, o
             "limits": {**catalog.K8S_SERVER_LIMITS, catalog.K8S_GPU_RESOURCE: "1"},
         },
         **probes(),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "securityContext": {
             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
             "runAsUser": UID, "runAsGroup": UID, "capabilities": {"drop": ["ALL"]},

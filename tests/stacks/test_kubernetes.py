@@ -167,10 +167,14 @@ def test_every_server_setting_the_pod_sets_is_one_the_server_reads():
     assert env["SDXL_MODEL"] == config.DEFAULT_MODEL
 
 
-def test_the_grace_period_covers_the_servers_drain():
+def test_the_grace_period_covers_the_pre_stop_wait_and_the_servers_drain():
     run = run_program(BASE)
     env = {e["name"]: e["value"] for e in server(run)["env"]}
-    assert pod(run)["terminationGracePeriodSeconds"] > float(env["SDXL_SHUTDOWN_GRACE"]) + 5  # + uvicorn's flush
+    # The kubelet's sleep action holds SIGTERM back while the endpoints and the proxies stop routing to the pod.
+    pre_stop = server(run)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop >= 10
+    # The grace period counts from the start of preStop: it covers the wait, the drain and uvicorn's flush.
+    assert pod(run)["terminationGracePeriodSeconds"] > pre_stop + float(env["SDXL_SHUTDOWN_GRACE"]) + 5
 
 
 def test_tokens_are_only_in_a_secret():
