@@ -815,8 +815,11 @@ GCP_TTL_LABEL_FORMAT = "%Y-%m-%dt%H-%M-%Sz"
 # - GKE: the Compute Engine accelerator type (cloud.google.com/compute/docs/gpus: nvidia-tesla-t4, nvidia-l4 ...).
 # - Karpenter and EKS Auto Mode: EC2's GPU name lower-kebab-cased, memory per GPU in MiB (karpenter-provider-aws
 #   pkg/providers/instancetype/types.go; EKS user guide, create-node-pool: instance-gpu-name t4, -memory 16384).
-# - CoreWeave: `gpu.nvidia.com/class` (its "Advanced Label Selectors" page; the values here are the ones CoreWeave's
-#   examples show) and, on CKS, each node pool's `node.kubernetes.io/instance-type` (e.g. gd-8xh100ib-i128).
+# - CoreWeave: `gpu.nvidia.com/class` (the key is on its "Advanced Label Selectors" page) and, on CKS, each node
+#   pool's `node.kubernetes.io/instance-type` (e.g. gd-8xh100ib-i128, confirmed in CoreWeave's docs). The class
+#   VALUES below are UNCONFIRMED: seen only in third-party code and examples (legacy CoreWeave Cloud style, A40,
+#   RTX_A6000, A100_NVLINK_80GB...); current CKS clusters may carry other values. So the label is open (an unknown
+#   value is not refused) and the instance type or GFD's labels are the surer selectors on CKS.
 K8S_GPU_RESOURCE = "nvidia.com/gpu"  # the NVIDIA device plugin's resource; GPUs go in limits only
 K8S_LABEL_GFD_PRODUCT = "nvidia.com/gpu.product"
 K8S_LABEL_GFD_MEMORY = "nvidia.com/gpu.memory"

@@ -5,6 +5,7 @@ a non-root read-only container, tokens only in a Secret, autoscaler bounds from 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import kubernetes_validate
@@ -510,6 +511,19 @@ def test_without_keda_an_hpa_on_cpu_spans_min_to_max_replicas():
     # Several replicas on several nodes share the model cache: the claim asks for ReadWriteMany.
     assert one_kind(run, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
     assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_an_hpa_on_cpu_is_called_out_as_a_weak_signal_at_preview(caplog):
+    """pulumi's MockEngine hands pulumi.log lines to Python logging at their severity."""
+    caplog.set_level(logging.INFO)
+    run_program({**BASE, "maxReplicas": 3, "storageClass": "standard-rwx"})
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and r.getMessage().startswith("scaling:")]
+    assert len(warned) == 1 and "weak signal for a GPU server" in warned[0] and "kedaPrometheusUrl" in warned[0]
+    caplog.clear()
+    run_program({**BASE, "maxReplicas": 3, "kedaPrometheusUrl": "http://prometheus.monitoring.svc:9090"})
+    scaling = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("scaling:")]
+    assert [level for level, _ in scaling] == [logging.INFO] and "KEDA on the server's queue" in scaling[0][1]
 
 
 def test_with_keda_a_scaled_object_scales_on_the_servers_queue_and_there_is_no_other_hpa():
