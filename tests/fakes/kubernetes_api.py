@@ -184,9 +184,14 @@ class FakeCluster:
     cluster_issuers: dict[str, dict[str, Any]] = field(default_factory=dict)
     config_maps: set[tuple[str, str]] = field(default_factory=set)
     api_services: dict[str, bool] = field(default_factory=dict)  # name -> Available
+    drop_after: str | None = None  # once this path is answered, the server goes away (connections closed unanswered)
     calls: list[tuple[str, str]] = field(default_factory=list)
 
-    def answer(self, method: str, path: str, token: str | None) -> tuple[int, Any]:
+    def answer(self, method: str, path: str, token: str | None) -> tuple[int, Any] | None:
+        """(status, body), or None: no answer at all (the server has gone away)."""
+        if self.drop_after is not None and (method, self.drop_after) in self.calls:
+            self.calls.append((method, path))
+            return None
         self.calls.append((method, path))
         if token != TOKEN:
             return 401, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Unauthorized",
@@ -264,7 +269,11 @@ class FakeCluster:
 def serving(fake: FakeCluster) -> Iterator[FakeCluster]:
     def handle(request: BaseHTTPRequestHandler, method: str) -> None:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or None
-        reply_json(request, *fake.answer(method, request.path.split("?")[0], token))
+        answer = fake.answer(method, request.path.split("?")[0], token)
+        if answer is None:
+            request.close_connection = True  # the client sees its connection closed without a response
+            return
+        reply_json(request, *answer)
 
     with loopback_server(handle) as base:
         fake.base = base

@@ -78,6 +78,21 @@ def test_an_unreachable_api_server_fails_fast_with_the_reach_fix(tmp_path, monke
     assert fix == kube_doctor.REACH_FIX
 
 
+def test_a_cluster_that_drops_after_listing_nodes_is_one_fail_and_the_rest_skipped(cluster, tmp_path, monkeypatch):
+    """Each later call would wait out its own timeout the same way: the shared Runner stops after the first."""
+    cluster.nodes = [k8s.gke_l4()]
+    cluster.drop_after = "/api/v1/nodes"
+    name = stack(tmp_path, monkeypatch, exposure="ingress", domain="sdxl.example.com", certIssuer="letsencrypt",
+                 maxReplicas="3", storageClass="standard-rwo")
+    report = run(["--stack", name])
+    failed = [c for c in report.checks if c.status == FAIL]
+    assert [c.name for c in failed] == ["keda"] and failed[0].value.startswith("cannot reach context")
+    assert failed[0].fix == kube_doctor.REACH_FIX
+    assert not {"metrics-server", "cert-manager", "ingress-class", "storage-class", "namespace"} & set(checks(report))
+    after = cluster.calls[cluster.calls.index(("GET", "/api/v1/nodes")) + 1:]
+    assert len(after) <= 2  # the one failed call (and its single retry), nothing after it
+
+
 def test_a_rejected_token_is_a_credentials_fail(cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", str(k8s.write_kubeconfig(tmp_path / "kc", cluster.base, token="expired")))
     status, value, fix = checks(run(["--cloud", "kubernetes"]))["cluster"]

@@ -18,7 +18,18 @@ from decimal import Decimal
 from typing import Any
 
 from stacks import catalog, config
-from tools.doctor import CONNECT_TIMEOUT_S, FAIL, OK, READ_TIMEOUT_S, WARN, RemoteError, Report, Suggestion, Target
+from tools.doctor import (
+    CONNECT_TIMEOUT_S,
+    FAIL,
+    OK,
+    READ_TIMEOUT_S,
+    WARN,
+    RemoteError,
+    Report,
+    Runner,
+    Suggestion,
+    Target,
+)
 
 GPU = catalog.K8S_GPU_RESOURCE
 KEDA_CRD = "scaledobjects.keda.sh"  # KEDA's ScaledObject, keda.sh/v1alpha1
@@ -41,15 +52,21 @@ DEFAULT_STORAGE_CLASS = ("storageclass.kubernetes.io/is-default-class",
 GKE_INGRESS_CLASSES = catalog.K8S_GKE_INGRESS_CLASSES
 GIB = Decimal(1024**3)
 
-CREDENTIALS_FIX = ("fetch the cluster's credentials into your kubeconfig: `aws eks update-kubeconfig --name "
-                   "<cluster>` (EKS), `gcloud container clusters get-credentials <cluster>` (GKE), the kubeconfig "
-                   "from CoreWeave's console (CKS); or point KUBECONFIG at the file")
+# Where each platform's kubeconfig comes from; the fixes below quote it.
+CREDENTIAL_SOURCES = ("`aws eks update-kubeconfig --name <cluster>` (EKS), `gcloud container clusters get-credentials "
+                      "<cluster>` (GKE), the kubeconfig from CoreWeave's console (CKS); or point KUBECONFIG at the "
+                      "file")
+CREDENTIALS_FIX = f"fetch the cluster's credentials into your kubeconfig: {CREDENTIAL_SOURCES}"
 REACH_FIX = ("check that `kubectl get nodes` works from here: the API server's address in the kubeconfig, VPN or "
              "private endpoint, and the cluster's authorized networks")
-DEVICE_PLUGIN_FIX = ("add GPU nodes with the NVIDIA device plugin: install the NVIDIA GPU Operator (or the device "
-                     "plugin) and a GPU node pool (GKE: a node pool with --accelerator type=nvidia-l4,count=1; EKS: a "
-                     "NodePool or node group of g6/g5 instances); on CoreWeave CKS add a GPU Node Pool and do not "
-                     "install the Operator (CoreWeave runs it)")
+GPU_NODE_STEPS = ("install the NVIDIA GPU Operator (or the device plugin) and a GPU node pool (GKE: a node pool with "
+                  "--accelerator type=nvidia-l4,count=1; EKS: a NodePool or node group of g6/g5 instances); on "
+                  "CoreWeave CKS add a GPU Node Pool and do not install the Operator (CoreWeave runs it)")
+DEVICE_PLUGIN_FIX = f"add GPU nodes with the NVIDIA device plugin: {GPU_NODE_STEPS}"
+# What a fitting GPU is, from the catalog's floor (memory, compute capability) and the GPUs it lists.
+FITTING_GPU = (f"an NVIDIA GPU of {catalog.SDXL_MIN_GPU_MEMORY_GB} GB or more, compute capability "
+               f"{'.'.join(map(str, catalog.MIN_COMPUTE_CAPABILITY))} or newer "
+               f"({', '.join(dict.fromkeys(g.model.split()[0] for g in catalog.GPUS.values()))})")
 
 
 class KubernetesApi:
@@ -78,7 +95,7 @@ class KubernetesApi:
             raise RemoteError(f"the kubeconfig ({self.config_file}) has no context {self.context!r}; it has "
                               f"{', '.join(names) or 'none'}",
                               "`kubectl config get-contexts` lists them: pulumi config set kubeContext <name>, or "
-                              f"fetch that cluster's credentials ({CREDENTIALS_FIX.split(': ', 1)[1]})", blocking=True)
+                              f"fetch that cluster's credentials ({CREDENTIAL_SOURCES})", blocking=True)
         self.context_name = self.context or (current or {}).get("name", "?")
         configuration = client.Configuration()
         configuration.retries = 1  # a black-holed API server fails in seconds, not after urllib3's three retries
@@ -159,43 +176,38 @@ def _wanted_gpu(target: Target) -> str | None:
 
 
 def check(target: Target, api: KubernetesApi, report: Report, with_suggest: bool) -> None:
-    """cluster, gpu-nodes, placement, keda, cert-manager, ingress-class, storage-class, namespace, quota,
-    limit-range; then --suggest."""
-    try:
-        version = api.call("VersionApi", "get_code")
-        report.add("cluster", OK, f"context {api.context_name}: {api.server}, Kubernetes {version.git_version}")
+    """cluster, gpu-nodes, placement, keda, metrics-server, cert-manager, ingress-class, storage-class, namespace,
+    quota, limit-range; then --suggest. Once a call loses the cluster or the credentials, the rest are skipped."""
+    runner = Runner(report)
+    cluster: dict[str, Any] = {}
+
+    def read_cluster() -> None:
+        cluster["version"] = str(api.call("VersionApi", "get_code").git_version)
+        report.add("cluster", OK, f"context {api.context_name}: {api.server}, Kubernetes {cluster['version']}")
         target.region = api.context_name  # the context in use, where the stack left it to the current one
-        nodes = api.call("CoreV1Api", "list_node").items
-    except RemoteError as err:
-        report.add_error("cluster", err)
+        cluster["nodes"] = api.call("CoreV1Api", "list_node").items
+
+    if not runner.run("cluster", read_cluster):
         return
-    gpu_nodes = [_gpu_node(node) for node in nodes]
-    gpu_nodes = [n for n in gpu_nodes if n is not None]
+    nodes = cluster["nodes"]
+    gpu_nodes = [n for n in (_gpu_node(node) for node in nodes) if n is not None]
     kube = target.kube
-    _check_gpu_nodes(api, report, nodes, gpu_nodes)
+    runner.run("gpu-nodes", lambda: _check_gpu_nodes(api, report, nodes, gpu_nodes))
     if kube is not None:
         if gpu_nodes:
             _check_placement(target, report, gpu_nodes)
-        _run(report, "keda", lambda: _check_keda(api, report, kube))
+        runner.run("keda", lambda: _check_keda(api, report, kube))
         if target.replicas > target.min_replicas and not kube.keda_prometheus_url:
-            _run(report, "metrics-server", lambda: _check_metrics_server(api, report))
+            runner.run("metrics-server", lambda: _check_metrics_server(api, report))
         if kube.exposure == "ingress":
-            _run(report, "cert-manager", lambda: _check_cert_manager(api, report, kube))
-            on_gke = catalog.K8S_GKE_VERSION_MARK in str(version.git_version)
-            _run(report, "ingress-class", lambda: _check_ingress_class(api, report, kube, on_gke))
+            runner.run("cert-manager", lambda: _check_cert_manager(api, report, kube))
+            on_gke = catalog.K8S_GKE_VERSION_MARK in cluster["version"]
+            runner.run("ingress-class", lambda: _check_ingress_class(api, report, kube, on_gke))
         storage_class: list[str | None] = [kube.storage_class]
-        _run(report, "storage-class", lambda: storage_class.__setitem__(0, _check_storage(api, report, kube)))
-        _run(report, "namespace", lambda: _check_namespace(api, report, target, storage_class[0]))
+        runner.run("storage-class", lambda: storage_class.__setitem__(0, _check_storage(api, report, kube)))
+        runner.run("namespace", lambda: _check_namespace(api, report, target, storage_class[0]))
     if with_suggest:
         report.suggestions = suggest(gpu_nodes, api.context_name, target)
-
-
-def _run(report: Report, name: str, step: Any) -> None:
-    """One optional check: a failed call is that check's FAIL line, and the others still run."""
-    try:
-        step()
-    except RemoteError as err:
-        report.add_error(name, err)
 
 
 def _gpu_node(node: Any) -> GpuNode | None:
@@ -220,7 +232,9 @@ def _provisioner(api: KubernetesApi, nodes: list[Any]) -> str | None:
         namespace, name = AUTOSCALER_STATUS
         if api.call("CoreV1Api", "read_namespaced_config_map", name, namespace, missing_ok=True):
             return "a cluster autoscaler (kube-system/cluster-autoscaler-status)"
-    except RemoteError:
+    except RemoteError as err:
+        if err.blocking:  # the cluster is gone: the checks after this one are skipped
+            raise
         return None  # e.g. no read access to CRDs: then nothing is known
     return None
 
@@ -237,7 +251,7 @@ def _check_gpu_nodes(api: KubernetesApi, report: Report, nodes: list[Any], gpu_n
     provisioner = _provisioner(api, nodes)
     if provisioner:
         report.add("gpu-nodes", WARN, f"{value}; {provisioner} may create GPU nodes when the pod asks for one",
-                   "make sure a node pool it manages offers a GPU of 16 GB or more; otherwise: " + DEVICE_PLUGIN_FIX)
+                   f"make sure a node pool it manages offers {FITTING_GPU}; otherwise: {DEVICE_PLUGIN_FIX}")
     else:
         report.add("gpu-nodes", FAIL, value, DEVICE_PLUGIN_FIX)
 
@@ -272,8 +286,7 @@ def _check_placement(target: Target, report: Report, gpu_nodes: list[GpuNode]) -
                + (f", or {change} to use the cluster's {best.gpu.model if best.gpu else ''}" if change else "")
                + " (python -m tools.doctor --suggest prints the selector)")
     else:
-        fix = ("add a node pool whose NVIDIA GPU has 16 GB or more and compute capability 7.5 or newer (T4, A10G, L4, "
-               "L40S, A100, H100); " + DEVICE_PLUGIN_FIX.split(": ", 1)[1])
+        fix = f"add a node pool with {FITTING_GPU}, whole (not time-sliced or MPS); {GPU_NODE_STEPS}"
     report.add("placement", FAIL, f"no GPU node runs SDXL and matches {wanted}; found {found}", fix)
 
 
