@@ -17,19 +17,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import tools.doctor as doctor
 from stacks import catalog, config
-from tools.doctor import (
-    CONNECT_TIMEOUT_S,
-    FAIL,
-    OK,
-    READ_TIMEOUT_S,
-    WARN,
-    RemoteError,
-    Report,
-    Runner,
-    Suggestion,
-    Target,
-)
+from tools.doctor import FAIL, OK, WARN, RemoteError, Report, Runner, Suggestion, Target
 
 GPU = catalog.K8S_GPU_RESOURCE
 KEDA_CRD = "scaledobjects.keda.sh"  # KEDA's ScaledObject, keda.sh/v1alpha1
@@ -116,7 +106,8 @@ class KubernetesApi:
         endpoint = getattr(client, api)(self.connect())
         where = f"context {self.context_name} ({self.server})"
         try:
-            return getattr(endpoint, method)(*args, _request_timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S), **params)
+            timeouts = (doctor.CONNECT_TIMEOUT_S, doctor.READ_TIMEOUT_S)
+            return getattr(endpoint, method)(*args, _request_timeout=timeouts, **params)
         except ApiException as err:
             if err.status == 404 and missing_ok:
                 return None
