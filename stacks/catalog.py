@@ -1041,3 +1041,25 @@ K8S_SELECTOR_LABELS = (K8S_LABEL_GKE, K8S_LABEL_EKS_AUTO, K8S_LABEL_KARPENTER, K
 def k8s_node_matches(gpu: NodeGpu, gpu_key: str | None) -> bool:
     """Whether a node's GPU runs SDXL and is the one `gpu:` asks for (any fitting one when gpu is unset)."""
     return k8s_fitting(gpu) is None and (gpu_key is None or _same_gpu(gpu.gpu_key, gpu_key))
+
+
+# --- RunPod: the host CUDA versions a pod may land on ---------------------------------------------------------
+# create_pod's allowed_cuda_versions (the SDK sends GraphQL `allowedCudaVersions: ["13.0"]`; RunPod's REST
+# "Create a new Pod" reference shows the same field as "major.minor" strings, e.g. "12.8"). Left out, RunPod places
+# a pod on any host, including drivers too old for the image (MIN_DRIVER_FOR_CUDA), where the container never
+# starts. These are the values RunPod's API lists (its CudaVersion enum, as of RUNPOD_GPU_TYPES_AS_OF): a later
+# 13.x RunPod adds is not asked for until it is added here, which costs capacity, never a wrong host.
+RUNPOD_CUDA_VERSIONS = ("11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7", "12.8", "12.9",
+                        "13.0")
+
+
+def runpod_cuda_versions(image_cuda: str) -> list[str]:
+    """The host CUDA versions that run an image built on CUDA `image_cuda` ("13.0"): the same major, that minor or
+    later (a driver runs every minor of its CUDA major up to its own)."""
+    major, minor = (int(part) for part in image_cuda.split(".")[:2])
+    fitting = []
+    for version in RUNPOD_CUDA_VERSIONS:
+        host_major, host_minor = (int(part) for part in version.split("."))
+        if host_major == major and host_minor >= minor:
+            fitting.append(version)
+    return fitting

@@ -28,7 +28,7 @@ from typing import Any
 import pulumi
 import pulumi.dynamic as dynamic
 
-from stacks import contract, hosted
+from stacks import bundle, catalog, contract, hosted
 from stacks.config import MachineLookup, Settings
 
 # No preview-time look-up: the catalog judges the GPU type; the doctor checks it against RunPod's live list.
@@ -52,7 +52,7 @@ POLL_S = 10
 PROBE_TIMEOUT_S = 10  # one GET of /ready through the proxy
 # Changing any of these needs a new pod (create_pod is the only way the SDK sets them).
 REPLACE_ON = ("name", "imageName", "gpuTypeId", "cloudType", "containerDiskInGb", "ports", "minVcpuCount",
-              "minMemoryInGb", "env", "secrets")
+              "minMemoryInGb", "allowedCudaVersions", "env", "secrets")
 
 
 class RunPodError(Exception):
@@ -122,6 +122,7 @@ class PodProvider(dynamic.ResourceProvider):
                 support_public_ip=False, start_ssh=False, volume_in_gb=0,
                 container_disk_in_gb=int(props["containerDiskInGb"]), min_vcpu_count=int(props["minVcpuCount"]),
                 min_memory_in_gb=int(props["minMemoryInGb"]), ports=props["ports"],
+                allowed_cuda_versions=[_graphql_text(version) for version in props["allowedCudaVersions"]],
                 env={key: _graphql_text(value) for key, value in variables.items()},
             )
         except Exception as err:  # noqa: BLE001 - RunPod refused (no GPU free, no credit): nothing was created
@@ -227,6 +228,8 @@ def pod_properties(settings: Settings, secrets: pulumi.Output[dict[str, str]]) -
         "minVcpuCount": MIN_VCPUS,
         "minMemoryInGb": MIN_MEMORY_GB,
         "ports": f"{hosted.SERVER_PORT}/http",
+        # Only hosts whose driver runs the image's CUDA: elsewhere its container cannot start.
+        "allowedCudaVersions": catalog.runpod_cuda_versions(bundle.image_cuda_version()),
         "env": env,
         "secrets": secrets,
     }

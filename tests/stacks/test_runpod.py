@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pulumi.runtime.rpc import is_rpc_secret
 
-from stacks import catalog, config, contract, hosted
+from stacks import bundle, catalog, config, contract, hosted
 from stacks import runpod as rp
 from tests.fakes import runpod_api as fake_api
 from tests.stacks.conftest import (
@@ -57,6 +57,7 @@ def test_create_asks_for_one_gpu_our_image_the_port_and_the_settings(api):
     assert spec["supportPublicIp"] is False and "startSsh" not in spec  # no SSH, no public IP
     assert (spec["volumeInGb"], spec["containerDiskInGb"]) == (0, config.DEFAULT_DATA_DISK_GB)
     assert (spec["minVcpuCount"], spec["minMemoryInGb"]) == (rp.MIN_VCPUS, rp.MIN_MEMORY_GB)
+    assert spec["allowedCudaVersions"] == ["13.0"] == [bundle.image_cuda_version()]  # hosts whose driver runs it
     env = {item["key"]: item["value"] for item in spec["env"]}
     assert env["SDXL_API_TOKEN"] == TOKEN  # quotes and backslashes arrive intact, the query intact
     assert env["SDXL_MAX_WAIT_SECONDS"] == "85" and float(env["SDXL_MAX_WAIT_SECONDS"]) < rp.PROXY_LIMIT_S
@@ -205,6 +206,12 @@ def test_a_pod_is_one_gpu_and_hosted_keys_stay_with_their_cloud():
 def test_idle_minutes_reach_the_pod_for_its_watcher():
     env = runpod_run({"idleStopMinutes": "12"}).one(RUNPOD_POD_TYPE).inputs["env"]
     assert env["SDXL_IDLE_STOP_MINUTES"] == "12"
+
+
+def test_hosts_are_asked_for_the_image_cuda_major_from_its_minor_on():
+    assert catalog.runpod_cuda_versions("13.0") == ["13.0"]
+    assert catalog.runpod_cuda_versions("12.6") == ["12.6", "12.7", "12.8", "12.9"]  # not 13.x: another major
+    assert "11.8" not in catalog.runpod_cuda_versions("12.0")
 
 
 def test_the_readme_presets_row_says_where_the_price_comes_from():
