@@ -131,6 +131,18 @@ def test_refresh_sees_drift_and_a_deleted_endpoint(api):
     assert provider().read("sdxl-hf-a10g", olds).id == ""
 
 
+def test_turning_idle_stop_off_settles_after_refresh(api):
+    olds = provider().create(properties()).outs  # idle stop on: scale to zero after 30 minutes
+    news = properties(minReplica=1)
+    news.pop("scaleToZeroTimeout")  # idleStopMinutes 0: the None input does not reach the provider
+    updated = provider().update("sdxl-hf-a10g", olds, news)
+    refreshed = provider().read("sdxl-hf-a10g", updated.outs)
+    assert refreshed.outs["scaleToZeroTimeout"] == 30  # the SDK leaves an unset timeout out: the live one stays
+    assert provider().diff("sdxl-hf-a10g", refreshed.outs, news).changes is False
+    # With scale to zero on, a changed timeout is still a change.
+    assert provider().diff("sdxl-hf-a10g", olds, properties(scaleToZeroTimeout=45)).changes is True
+
+
 def test_delete_removes_it_and_an_endpoint_already_gone_is_fine(api):
     olds = provider().create(properties()).outs
     provider().delete("sdxl-hf-a10g", olds)
