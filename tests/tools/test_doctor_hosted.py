@@ -91,8 +91,9 @@ def test_hf_hardware_missing_from_the_listing_fails(hf):
 
 def test_hf_suggest_lists_fitting_hardware_available_now_cheapest_first(hf):
     report = run(["--cloud", "huggingface", "--gpu", "a10g", "--suggest"])
-    assert [s.machine_type for s in report.suggestions] == ["aws-us-east-1-nvidia-t4-x1", A10G]  # no CPU, Inf2,
-    assert [s.usd_per_hour for s in report.suggestions] == [0.5, 1.0]  # x4, nor what is not available
+    # No CPU, Inf2, x4, 14 GB T4 (below 16 GB), nor what is not available.
+    assert [s.machine_type for s in report.suggestions] == [A10G]
+    assert [s.usd_per_hour for s in report.suggestions] == [1.0]
     assert "Hugging Face API, live" in doctor_report.as_text(report)
 
 

@@ -53,8 +53,10 @@ class HuggingFaceApi:
 
 
 def _fits(hw: Any) -> bool:
+    # The live memory, not the card's: Hugging Face lists AWS's T4 with 14 GB (catalog.HF_LISTED_MEMORY_GB).
     return (hw.accelerator == "gpu" and hw.instance_type in catalog.HF_GPU_TYPES
-            and hw.instance_size == catalog.HF_ONE_GPU)
+            and hw.instance_size == catalog.HF_ONE_GPU
+            and (hw.gpu_memory_gb or 0) >= catalog.SDXL_MIN_GPU_MEMORY_GB)
 
 
 def _free(hw: Any) -> int:
