@@ -157,3 +157,18 @@ def test_runpod_without_a_key_is_one_fail_line(rp, monkeypatch):
     report = run(["--cloud", "runpod", "--gpu", "l4"])
     assert [c.name for c in report.checks] == ["config", "credentials"]
     assert checks(report)["credentials"][2].endswith("export RUNPOD_API_KEY=<key>")
+
+
+def test_runpod_key_revoked_after_the_first_call_is_one_fail_and_the_rest_skipped(rp, monkeypatch):
+    answer = rp.answer
+    asked = []
+
+    def revoked_after_one(query: str, key: str | None):
+        asked.append(query)
+        return answer(query, key) if len(asked) == 1 else answer(query, "revoked")
+
+    monkeypatch.setattr(rp, "answer", revoked_after_one)
+    report = run(["--cloud", "runpod", "--gpu", "l4", "--suggest"])
+    assert [c.name for c in report.checks] == ["config", "credentials", "hardware"]  # no spend check
+    assert checks(report)["hardware"][0] == FAIL and "RunPod rejected the key" in checks(report)["hardware"][1]
+    assert report.suggestions == [] and len(asked) == 2  # nothing asked after the refusal
