@@ -670,7 +670,7 @@ class HostedOffer(Offer):
 HF_PRICES_SOURCE = "Hugging Face Inference Endpoints pricing page (GPU instances, one replica)"
 HF_PRICES_AS_OF = "2026-05-19"
 HF_REGIONS = {"aws": "us-east-1", "gcp": "us-east4"}
-HF_GPU_TYPES = {  # instanceType -> the GPU (the pricing page lists AWS's T4 as 14 GB: the usable part of 16)
+HF_GPU_TYPES = {  # instanceType -> the GPU
     "nvidia-t4": "t4", "nvidia-l4": "l4", "nvidia-a10g": "a10g", "nvidia-l40s": "l40s",
     "nvidia-a100": "a100-80gb", "nvidia-h100": "h100",
 }
@@ -679,6 +679,10 @@ HF_GPU_PRICES = {  # (vendor, instanceType) -> USD per hour for one x1 replica (
     ("aws", "nvidia-l40s"): 1.8, ("aws", "nvidia-a100"): 2.5,
     ("gcp", "nvidia-t4"): 0.5, ("gcp", "nvidia-l4"): 0.7, ("gcp", "nvidia-a100"): 3.6, ("gcp", "nvidia-h100"): 10.0,
 }
+# Where the pricing page lists less GPU memory than the card has: AWS's nvidia-t4 x1 is "14 GB" there (GCP's
+# nvidia-t4 x1 is "16 GB"). That is what an endpoint gets, and it is below SDXL_MIN_GPU_MEMORY_GB: refused, never
+# offered as a choice. The doctor judges the live list by its gpu_memory_gb the same way.
+HF_LISTED_MEMORY_GB = {("aws", "nvidia-t4"): 14}
 HF_CPU_TYPES = ("intel-icl", "intel-spr", "intel-xeon")  # the pricing page's CPU instances
 HF_OTHER_ACCELERATORS = {"inf2": "AWS Inferentia2", "tpu": "Google TPU v5e"}  # its non-GPU accelerators
 HF_ONE_GPU = "x1"
@@ -697,8 +701,14 @@ def _hf_offer(vendor: str, region: str, instance_type: str, instance_size: str =
                        vendor=vendor, region=region, instance_type=instance_type, instance_size=instance_size)
 
 
+def hf_listed_memory_gb(vendor: str, instance_type: str) -> int:
+    """The GPU memory Hugging Face gives an endpoint of this type on this cloud."""
+    return HF_LISTED_MEMORY_GB.get((vendor, instance_type), GPUS[HF_GPU_TYPES[instance_type]].memory_gb)
+
+
 HF_OFFERS: dict[str, HostedOffer] = {
-    o.name: o for o in (_hf_offer(vendor, HF_REGIONS[vendor], kind) for vendor, kind in HF_GPU_PRICES)
+    o.name: o for o in (_hf_offer(vendor, HF_REGIONS[vendor], kind) for vendor, kind in HF_GPU_PRICES
+                        if hf_listed_memory_gb(vendor, kind) >= SDXL_MIN_GPU_MEMORY_GB)
 }
 
 # RunPod Pods. create_pod's gpu_type_id is RunPod's GPU type id; these and their memory are RunPod's
@@ -778,6 +788,10 @@ def resolve_huggingface(hardware: str, gpu_key: str | None) -> HostedOffer:
     if size != HF_ONE_GPU:
         raise hosted_refusal("huggingface", hardware, f"size {size} has several GPUs and the server uses one "
                              f"(size {HF_ONE_GPU})", vendor)
+    listed = hf_listed_memory_gb(vendor, kind)
+    if listed < SDXL_MIN_GPU_MEMORY_GB:
+        raise hosted_refusal("huggingface", hardware, f"Hugging Face gives its {kind} on {vendor} {listed} GB of GPU "
+                             f"memory, below the {SDXL_MIN_GPU_MEMORY_GB} GB SDXL needs", vendor)
     offer = HF_OFFERS.get(hardware) or _hf_offer(vendor, region, kind)
     if not _matches_gpu(offer, gpu_key):
         raise hosted_refusal("huggingface", hardware, f"it has a {offer.gpu.model} GPU but gpu is set to "
@@ -1162,3 +1176,24 @@ def k8s_node_admits(labels: Mapping[str, str], terms: Sequence[Mapping[str, Any]
     if any(labels.get(key) != value for key, value in (node_selector or {}).items()):
         return False
     return any(all(k8s_requirement_holds(labels, r) for r in term["matchExpressions"]) for term in terms)
+
+# --- RunPod: the host CUDA versions a pod may land on ---------------------------------------------------------
+# create_pod's allowed_cuda_versions (the SDK sends GraphQL `allowedCudaVersions: ["13.0"]`; RunPod's REST
+# "Create a new Pod" reference shows the same field as "major.minor" strings, e.g. "12.8"). Left out, RunPod places
+# a pod on any host, including drivers too old for the image (MIN_DRIVER_FOR_CUDA), where the container never
+# starts. These are the values RunPod's API lists (its CudaVersion enum, as of RUNPOD_GPU_TYPES_AS_OF): a later
+# 13.x RunPod adds is not asked for until it is added here, which costs capacity, never a wrong host.
+RUNPOD_CUDA_VERSIONS = ("11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7", "12.8", "12.9",
+                        "13.0")
+
+
+def runpod_cuda_versions(image_cuda: str) -> list[str]:
+    """The host CUDA versions that run an image built on CUDA `image_cuda` ("13.0"): the same major, that minor or
+    later (a driver runs every minor of its CUDA major up to its own)."""
+    major, minor = (int(part) for part in image_cuda.split(".")[:2])
+    fitting = []
+    for version in RUNPOD_CUDA_VERSIONS:
+        host_major, host_minor = (int(part) for part in version.split("."))
+        if host_major == major and host_minor >= minor:
+            fitting.append(version)
+    return fitting

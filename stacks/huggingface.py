@@ -152,6 +152,11 @@ class EndpointProvider(dynamic.ResourceProvider):
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
         changed = [key for key in (*REPLACE_ON, *UPDATE_IN_PLACE) if _differs(olds.get(key), news.get(key))]
+        # Idle stop turned off (minReplica > 0, no timeout): update_inference_endpoint leaves an unset timeout out,
+        # so the live endpoint keeps its old one and refresh reads it back. It scales nothing to zero while
+        # minReplica > 0, so it is no change to make.
+        if "scaleToZeroTimeout" in changed and news.get("scaleToZeroTimeout") is None and _replicas_kept(news):
+            changed.remove("scaleToZeroTimeout")
         # A namespace left unset means "the token's user", which create resolved and recorded.
         if "namespace" in changed and news.get("namespace") is None:
             changed.remove("namespace")
@@ -185,6 +190,11 @@ class EndpointProvider(dynamic.ResourceProvider):
         except Exception as err:  # noqa: BLE001
             if not _is_not_found(err):  # already gone is what delete wants
                 raise _explain(err, f"deleting Inference Endpoint {namespace}/{name}") from err
+
+
+def _replicas_kept(props: dict[str, Any]) -> bool:
+    minimum = props.get("minReplica")
+    return isinstance(minimum, int | float) and minimum > 0
 
 
 def _differs(old: Any, new: Any) -> bool:

@@ -20,12 +20,15 @@ server's tokens stay Pulumi secrets in the state.
 from __future__ import annotations
 
 import json
+import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pulumi
 import pulumi.dynamic as dynamic
 
-from stacks import contract, hosted
+from stacks import bundle, catalog, contract, hosted
 from stacks.config import MachineLookup, Settings
 
 # No preview-time look-up: the catalog judges the GPU type; the doctor checks it against RunPod's live list.
@@ -41,9 +44,15 @@ CACHE_DIR = "/home/sdxl/.cache"  # on the container disk, writable by the image'
 # The host shares its CPUs and RAM with the GPU; loading SDXL wants at least what the smallest VM targets have.
 MIN_VCPUS = 4
 MIN_MEMORY_GB = 16
+# Creation waits until the server answers PROBE_ROUTE through the proxy: a first start pulls the image (several GB)
+# and downloads the model (about 7 GB) before /ready answers 200, so the budget is Hugging Face's create budget.
+# A pod that is not serving by then is terminated: it would bill while its in-image idle watcher never runs.
+START_TIMEOUT_S = 30 * 60
+POLL_S = 10
+PROBE_TIMEOUT_S = 10  # one GET of /ready through the proxy
 # Changing any of these needs a new pod (create_pod is the only way the SDK sets them).
 REPLACE_ON = ("name", "imageName", "gpuTypeId", "cloudType", "containerDiskInGb", "ports", "minVcpuCount",
-              "minMemoryInGb", "env", "secrets")
+              "minMemoryInGb", "allowedCudaVersions", "env", "secrets")
 
 
 class RunPodError(Exception):
@@ -92,7 +101,16 @@ def live_properties(pod: dict[str, Any], env_names: set[str]) -> dict[str, Any]:
 
 
 class PodProvider(dynamic.ResourceProvider):
-    """Create, read, diff and delete one RunPod Pod through the `runpod` SDK (every change replaces it)."""
+    """Create, read, diff and delete one RunPod Pod through the `runpod` SDK (every change replaces it).
+
+    `proxy_url` is where the pod's port is reached (RunPod's proxy); the tests point it at their loopback fake."""
+
+    def __init__(self, start_timeout_s: float = START_TIMEOUT_S, poll_s: float = POLL_S,
+                 proxy_url: str = PROXY_URL) -> None:
+        super().__init__()
+        self.start_timeout_s = start_timeout_s
+        self.poll_s = poll_s
+        self.proxy_url = proxy_url
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         sdk = client()
@@ -104,19 +122,45 @@ class PodProvider(dynamic.ResourceProvider):
                 support_public_ip=False, start_ssh=False, volume_in_gb=0,
                 container_disk_in_gb=int(props["containerDiskInGb"]), min_vcpu_count=int(props["minVcpuCount"]),
                 min_memory_in_gb=int(props["minMemoryInGb"]), ports=props["ports"],
+                allowed_cuda_versions=[_graphql_text(version) for version in props["allowedCudaVersions"]],
                 env={key: _graphql_text(value) for key, value in variables.items()},
             )
         except Exception as err:  # noqa: BLE001 - RunPod refused (no GPU free, no credit): nothing was created
             raise _explain(err, f"creating a {props['cloudType']} pod with one {props['gpuTypeId']}") from err
         pod_id = pod["id"]
         try:
-            live = find_pod(sdk, pod_id) or {}
-        except Exception as err:  # noqa: BLE001 - a pod we cannot describe is one we cannot manage: remove it
+            live = self._wait_until_serving(sdk, pod_id)
+        except Exception as err:  # noqa: BLE001 - a pod that does not serve bills for nothing: remove it
             self._terminate(sdk, pod_id)
-            raise _explain(err, f"reading pod {pod_id} after creating it (it was terminated again)") from err
+            raise RunPodError(
+                f"pod {pod_id} did not serve {hosted.PROBE_ROUTE} within {self.start_timeout_s:g} s ({err}); it was "
+                "terminated again. Check that `image` can be pulled without credentials (a public image) and runs "
+                "on this GPU; its logs stay under Pods, Logs on https://www.console.runpod.io/pods for a while"
+            ) from err
         return dynamic.CreateResult(pod_id, {**props, "podId": pod_id, "url": proxy_url(pod_id),
                                              "costPerHr": live.get("costPerHr"),
                                              "desiredStatus": live.get("desiredStatus")})
+
+    def _wait_until_serving(self, sdk: Any, pod_id: str) -> dict[str, Any]:
+        """The pod, once RunPod reports its container running (a `runtime`) and /ready answers 200 through the
+        proxy (the model is loaded); TimeoutError saying what it last saw when that takes longer than the budget."""
+        deadline = time.monotonic() + self.start_timeout_s
+        ready_url = self.proxy_url.format(pod_id=pod_id, port=hosted.SERVER_PORT) + hosted.PROBE_ROUTE
+        while True:
+            pod = find_pod(sdk, pod_id)
+            if pod is None:
+                raise RunPodError("the pod is gone from the account")
+            if not pod.get("runtime"):
+                seen = (f"RunPod reports no running container (desiredStatus {pod.get('desiredStatus')}): the image "
+                        "is still being pulled, cannot be pulled, or its container keeps exiting")
+            else:
+                status = _probe(ready_url)
+                if status == 200:
+                    return pod
+                seen = f"the container runs but {hosted.PROBE_ROUTE} answered {status} (503: the model is loading)"
+            if time.monotonic() + self.poll_s > deadline:
+                raise TimeoutError(seen)
+            time.sleep(self.poll_s)
 
     def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
         sdk = client()
@@ -143,6 +187,17 @@ class PodProvider(dynamic.ResourceProvider):
                 sdk.terminate_pod(pod_id)
         except Exception as err:  # noqa: BLE001
             raise _explain(err, f"terminating pod {pod_id}") from err
+
+
+def _probe(url: str) -> int | str:
+    """The HTTP status a GET of `url` answers, or why there was none (the probe carries no token: /ready is public)."""
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:  # noqa: S310 - an https URL we built
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (urllib.error.URLError, OSError) as err:
+        return f"no answer ({err})"
 
 
 class Pod(dynamic.Resource, module="runpod", name="Pod"):
@@ -173,6 +228,8 @@ def pod_properties(settings: Settings, secrets: pulumi.Output[dict[str, str]]) -
         "minVcpuCount": MIN_VCPUS,
         "minMemoryInGb": MIN_MEMORY_GB,
         "ports": f"{hosted.SERVER_PORT}/http",
+        # Only hosts whose driver runs the image's CUDA: elsewhere its container cannot start.
+        "allowedCudaVersions": catalog.runpod_cuda_versions(bundle.image_cuda_version()),
         "env": env,
         "secrets": secrets,
     }

@@ -7,6 +7,11 @@ objects, so a value the SDK wrote unescaped that breaks the query fails here too
 reads: data.podFindAndDeployOnDemand, data.gpuTypes, data.myself.pods, data.podStop, data.podResume,
 data.podTerminate, data.myself; pods carry `env` as "KEY=value" strings (RunPod's GraphQL guide).
 
+`GET {base}/proxy/<podId>-<port>/ready` stands in for RunPod's HTTPS proxy in front of the server's /ready
+(https://<podId>-<port>.proxy.runpod.net, RunPod's "Expose ports"): 200 once the pod runs and `model_loads`, 503
+while the model loads, 502 when no container runs (`starts` off: an image that cannot be pulled or keeps exiting,
+which RunPod shows as a pod without a `runtime`).
+
 `pod_keys` are the keys RunPod puts in each pod as RUNPOD_API_KEY ("Pod-scoped API key", RunPod's "Pod environment
 variables"): one acts on its own pod only, so here it may stop or resume that pod and nothing else.
 """
@@ -112,7 +117,26 @@ class FakeRunPod:
     balance: float = 25.0
     spend_limit: float = 80.0
     pod_keys: dict[str, str] = field(default_factory=dict)  # a pod-scoped key -> the pod it belongs to
+    starts: bool = True  # off: the container never runs (no `runtime`), as with an image RunPod cannot pull
+    model_loads: bool = True  # off: /ready answers 503 forever
+    base: str = ""  # the loopback URL, once serving
+    probes: list[str] = field(default_factory=list)  # the proxy paths GET asked for
     _next: int = 0
+
+    @property
+    def proxy_url(self) -> str:
+        """The provider's proxy URL template, pointed here."""
+        return f"{self.base}/proxy/{{pod_id}}-{{port}}"
+
+    def probe(self, path: str) -> int:
+        self.probes.append(path)
+        pod_id, _, rest = path.removeprefix("/proxy/").partition("-")
+        pod = self.pods.get(pod_id)
+        if pod is None or not rest.endswith("/ready"):
+            return 404
+        if self._view(pod)["runtime"] is None:
+            return 502
+        return 200 if self.model_loads else 503
 
     def answer(self, query: str, key: str | None) -> tuple[int, Any]:
         if key in self.pod_keys:
@@ -171,9 +195,9 @@ class FakeRunPod:
         return {"data": {"podFindAndDeployOnDemand": {"id": pod_id, "imageName": spec["imageName"], "env": env,
                                                       "machineId": "m-1", "machine": {"podHostId": f"{pod_id}-1"}}}}
 
-    @staticmethod
-    def _view(pod: dict[str, Any]) -> dict[str, Any]:
-        return {**pod, "runtime": None if pod["desiredStatus"] != "RUNNING" else {"ports": []}}
+    def _view(self, pod: dict[str, Any]) -> dict[str, Any]:
+        running = pod["desiredStatus"] == "RUNNING" and self.starts
+        return {**pod, "runtime": {"ports": []} if running else None}
 
     def _answer_for_pod(self, own: str, query: str) -> tuple[int, Any]:
         for operation in ("podStop", "podResume"):
@@ -210,6 +234,9 @@ def serving(fake: FakeRunPod, monkeypatch) -> Iterator[FakeRunPod]:
     """The fake on loopback, and the SDK pointed at it through its own setting (RUNPOD_API_BASE_URL)."""
 
     def handle(request: BaseHTTPRequestHandler, method: str) -> None:
+        if method == "GET" and request.path.startswith("/proxy/"):
+            reply_json(request, fake.probe(request.path), {})
+            return
         if method != "POST" or request.path != "/graphql":
             reply_json(request, 404, {"errors": [{"message": "not found"}]})
             return
@@ -218,6 +245,7 @@ def serving(fake: FakeRunPod, monkeypatch) -> Iterator[FakeRunPod]:
         reply_json(request, *fake.answer(body["query"], key))
 
     with loopback_server(handle) as base:
+        fake.base = base
         monkeypatch.setenv("RUNPOD_API_BASE_URL", base)
         monkeypatch.setenv("RUNPOD_API_KEY", KEY)
         yield fake

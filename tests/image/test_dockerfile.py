@@ -130,3 +130,22 @@ def test_caddy_image_matches_the_caddy_the_tests_validate_with() -> None:
     version = subprocess.run([str(caddy), "version"], capture_output=True, text=True, timeout=30).stdout
     minor = re.match(r"v(\d+\.\d+)\.", version).group(1)
     assert CADDY_IMAGE == f"caddy:{minor}"
+
+
+def test_the_pod_idle_watcher_and_what_it_imports_land_where_the_entrypoint_runs_them(
+        ignore_patterns: list[str]) -> None:
+    # The entrypoint starts `python -m image.pod_idle_stop` in WORKDIR, which imports image.host.idle_stop: both
+    # files must be copied under WORKDIR at their module paths, and the build context must let them through.
+    entrypoint = (ROOT / "image" / "entrypoint.sh").read_text()
+    assert "python -m image.pod_idle_stop" in entrypoint
+    assert "from image.host import idle_stop" in (ROOT / "image" / "pod_idle_stop.py").read_text()
+    (workdir,) = instructions("WORKDIR")
+    landed = {}
+    for copy in instructions("COPY"):
+        *sources, destination = copy.split()
+        for source in sources:
+            if not source.startswith("--"):
+                landed[source] = destination.rstrip("/") + "/" + Path(source).name
+    for module in ("image/pod_idle_stop.py", "image/host/idle_stop.py"):
+        assert landed.get(module) == f"{workdir}/{module}", module
+        assert not bundle.ignored(module, ignore_patterns), module

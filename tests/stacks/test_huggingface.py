@@ -131,6 +131,18 @@ def test_refresh_sees_drift_and_a_deleted_endpoint(api):
     assert provider().read("sdxl-hf-a10g", olds).id == ""
 
 
+def test_turning_idle_stop_off_settles_after_refresh(api):
+    olds = provider().create(properties()).outs  # idle stop on: scale to zero after 30 minutes
+    news = properties(minReplica=1)
+    news.pop("scaleToZeroTimeout")  # idleStopMinutes 0: the None input does not reach the provider
+    updated = provider().update("sdxl-hf-a10g", olds, news)
+    refreshed = provider().read("sdxl-hf-a10g", updated.outs)
+    assert refreshed.outs["scaleToZeroTimeout"] == 30  # the SDK leaves an unset timeout out: the live one stays
+    assert provider().diff("sdxl-hf-a10g", refreshed.outs, news).changes is False
+    # With scale to zero on, a changed timeout is still a change.
+    assert provider().diff("sdxl-hf-a10g", olds, properties(scaleToZeroTimeout=45)).changes is True
+
+
 def test_delete_removes_it_and_an_endpoint_already_gone_is_fine(api):
     olds = provider().create(properties()).outs
     provider().delete("sdxl-hf-a10g", olds)
@@ -229,7 +241,19 @@ def test_cpu_and_non_nvidia_hardware_is_refused_with_priced_alternatives(hardwar
     for line in alternatives:
         offer = catalog.HF_OFFERS[line.split()[0]]
         assert f"~${offer.usd_per_hour:.2f}/h" in line and offer.gpu.memory_gb >= catalog.SDXL_MIN_GPU_MEMORY_GB
-    assert "fix: pulumi config set hfHardware aws-us-east-1-nvidia-t4-x1" in message
+    assert "fix: pulumi config set hfHardware aws-us-east-1-nvidia-l4-x1" in message
+
+
+def test_the_t4_hugging_face_gives_14_gb_on_aws_is_refused_and_never_offered():
+    with pytest.raises(config.ConfigError) as refused:
+        hf_run({"hfHardware": "aws-us-east-1-nvidia-t4-x1"}, preview=True)
+    message = str(refused.value)
+    assert "gives its nvidia-t4 on aws 14 GB of GPU memory, below the 16 GB SDXL needs" in message
+    assert "fix: pulumi config set hfHardware aws-us-east-1-nvidia-l4-x1" in message
+    assert "- aws-us-east-1-nvidia-t4-x1" not in message
+    assert "aws-us-east-1-nvidia-t4-x1" not in catalog.HF_OFFERS
+    # Google's T4 on Hugging Face has its 16 GB: `gpu: t4` lands there.
+    assert hf_run({"hfHardware": "gcp-us-east4-nvidia-t4-x1"}).one(HF_ENDPOINT_TYPE).inputs["vendor"] == "gcp"
 
 
 def test_keys_a_hosted_endpoint_cannot_honour_are_refused():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pulumi.runtime.rpc import is_rpc_secret
 
-from stacks import catalog, config, contract, hosted
+from stacks import bundle, catalog, config, contract, hosted
 from stacks import runpod as rp
 from tests.fakes import runpod_api as fake_api
 from tests.stacks.conftest import (
@@ -40,11 +40,16 @@ def api(monkeypatch):
         yield fake
 
 
+def provider(api: fake_api.FakeRunPod) -> rp.PodProvider:
+    """The provider with a short start budget, probing the fake's stand-in for RunPod's proxy."""
+    return rp.PodProvider(start_timeout_s=0.5, poll_s=0.01, proxy_url=api.proxy_url)
+
+
 # --- the provider against the fake API --------------------------------------------------------------------
 
 
 def test_create_asks_for_one_gpu_our_image_the_port_and_the_settings(api):
-    created = rp.PodProvider().create(properties())
+    created = provider(api).create(properties())
     (spec,) = api.created
     assert api.calls[:2] == ["gpuType", "create"]  # the SDK checks the GPU type exists first
     assert (spec["gpuTypeId"], spec["cloudType"], spec["gpuCount"]) == ("NVIDIA L4", "SECURE", 1)
@@ -52,6 +57,7 @@ def test_create_asks_for_one_gpu_our_image_the_port_and_the_settings(api):
     assert spec["supportPublicIp"] is False and "startSsh" not in spec  # no SSH, no public IP
     assert (spec["volumeInGb"], spec["containerDiskInGb"]) == (0, config.DEFAULT_DATA_DISK_GB)
     assert (spec["minVcpuCount"], spec["minMemoryInGb"]) == (rp.MIN_VCPUS, rp.MIN_MEMORY_GB)
+    assert spec["allowedCudaVersions"] == ["13.0"] == [bundle.image_cuda_version()]  # hosts whose driver runs it
     env = {item["key"]: item["value"] for item in spec["env"]}
     assert env["SDXL_API_TOKEN"] == TOKEN  # quotes and backslashes arrive intact, the query intact
     assert env["SDXL_MAX_WAIT_SECONDS"] == "85" and float(env["SDXL_MAX_WAIT_SECONDS"]) < rp.PROXY_LIMIT_S
@@ -62,49 +68,67 @@ def test_create_asks_for_one_gpu_our_image_the_port_and_the_settings(api):
     assert created.outs["costPerHr"] == 0.43 and created.outs["desiredStatus"] == "RUNNING"
 
 
+def test_create_returns_only_once_the_server_is_ready_through_the_proxy(api):
+    created = provider(api).create(properties())
+    assert api.probes[-1] == f"/proxy/{created.id}-8000/ready"
+    assert api.pods[created.id]["desiredStatus"] == "RUNNING"
+
+
+@pytest.mark.parametrize("switch, seen", [
+    ("starts", "no running container"),  # an image RunPod cannot pull, or a container that keeps exiting
+    ("model_loads", "/ready answered 503"),
+])
+def test_a_pod_that_never_serves_is_terminated_and_explained(api, switch, seen):
+    setattr(api, switch, False)
+    with pytest.raises(rp.RunPodError, match=rf"did not serve /ready within 0.5 s \(.*{seen}.*\); it was "
+                       r"terminated again\. Check that `image` can be pulled without credentials"):
+        provider(api).create(properties())
+    assert api.pods == {} and api.calls.count("podTerminate") == 1
+
+
 def test_no_capacity_is_a_failed_creation_that_leaves_nothing(api):
     api.no_stock = True
     with pytest.raises(rp.RunPodError, match="no longer any instances available"):
-        rp.PodProvider().create(properties())
+        provider(api).create(properties())
     assert api.pods == {}
 
 
 def test_a_refused_key_is_explained(api, monkeypatch):
     monkeypatch.setenv("RUNPOD_API_KEY", "wrong")
     with pytest.raises(rp.RunPodError, match="AuthenticationError: Unauthorized request"):
-        rp.PodProvider().create(properties())
+        provider(api).create(properties())
     monkeypatch.delenv("RUNPOD_API_KEY")
     with pytest.raises(hosted.ProviderKeyMissing, match="export RUNPOD_API_KEY="):
-        rp.PodProvider().delete("pod0001xyz", properties())
+        provider(api).delete("pod0001xyz", properties())
 
 
 def test_diff_replaces_the_pod_for_any_change_and_none_without(api):
-    olds = rp.PodProvider().create(properties()).outs
-    assert rp.PodProvider().diff("p", olds, properties()).changes is False
-    changed = rp.PodProvider().diff("p", olds, properties(gpuTypeId="NVIDIA A40", imageName=IMAGE + "-2"))
+    olds = provider(api).create(properties()).outs
+    assert provider(api).diff("p", olds, properties()).changes is False
+    changed = provider(api).diff("p", olds, properties(gpuTypeId="NVIDIA A40", imageName=IMAGE + "-2"))
     assert changed.changes is True and changed.replaces == ["imageName", "gpuTypeId"]
     assert changed.delete_before_replace is True
 
 
 def test_refresh_sees_drift_and_a_terminated_pod(api):
-    created = rp.PodProvider().create(properties())
+    created = provider(api).create(properties())
     pod = api.pods[created.id]
     pod["imageName"] = "someone/else:latest"
     pod["env"] = [item for item in pod["env"] if not item.startswith("SDXL_CORS_ORIGINS=")] + ["EXTRA=1"]
-    read = rp.PodProvider().read(created.id, created.outs)
+    read = provider(api).read(created.id, created.outs)
     assert read.id == created.id and read.outs["imageName"] == "someone/else:latest"
     assert "SDXL_CORS_ORIGINS" not in read.outs["env"] and "EXTRA" not in read.outs["env"]
     assert read.outs["secrets"] == {"SDXL_API_TOKEN": TOKEN}  # not read back from the pod's variables
-    assert set(rp.PodProvider().diff(created.id, read.outs, properties()).replaces) == {"imageName", "env"}
+    assert set(provider(api).diff(created.id, read.outs, properties()).replaces) == {"imageName", "env"}
     del api.pods[created.id]
-    assert rp.PodProvider().read(created.id, created.outs).id == ""
+    assert provider(api).read(created.id, created.outs).id == ""
 
 
 def test_delete_terminates_and_a_pod_already_gone_is_fine(api):
-    created = rp.PodProvider().create(properties())
-    rp.PodProvider().delete(created.id, created.outs)
+    created = provider(api).create(properties())
+    provider(api).delete(created.id, created.outs)
     assert api.pods == {} and api.calls.count("podTerminate") == 1
-    rp.PodProvider().delete(created.id, created.outs)  # already terminated: nothing to do, no error
+    provider(api).delete(created.id, created.outs)  # already terminated: nothing to do, no error
     assert api.calls.count("podTerminate") == 1
 
 
@@ -182,6 +206,12 @@ def test_a_pod_is_one_gpu_and_hosted_keys_stay_with_their_cloud():
 def test_idle_minutes_reach_the_pod_for_its_watcher():
     env = runpod_run({"idleStopMinutes": "12"}).one(RUNPOD_POD_TYPE).inputs["env"]
     assert env["SDXL_IDLE_STOP_MINUTES"] == "12"
+
+
+def test_hosts_are_asked_for_the_image_cuda_major_from_its_minor_on():
+    assert catalog.runpod_cuda_versions("13.0") == ["13.0"]
+    assert catalog.runpod_cuda_versions("12.6") == ["12.6", "12.7", "12.8", "12.9"]  # not 13.x: another major
+    assert "11.8" not in catalog.runpod_cuda_versions("12.0")
 
 
 def test_the_readme_presets_row_says_where_the_price_comes_from():

@@ -91,8 +91,9 @@ def test_hf_hardware_missing_from_the_listing_fails(hf):
 
 def test_hf_suggest_lists_fitting_hardware_available_now_cheapest_first(hf):
     report = run(["--cloud", "huggingface", "--gpu", "a10g", "--suggest"])
-    assert [s.machine_type for s in report.suggestions] == ["aws-us-east-1-nvidia-t4-x1", A10G]  # no CPU, Inf2,
-    assert [s.usd_per_hour for s in report.suggestions] == [0.5, 1.0]  # x4, nor what is not available
+    # No CPU, Inf2, x4, 14 GB T4 (below 16 GB), nor what is not available.
+    assert [s.machine_type for s in report.suggestions] == [A10G]
+    assert [s.usd_per_hour for s in report.suggestions] == [1.0]
     assert "Hugging Face API, live" in doctor_report.as_text(report)
 
 
@@ -156,3 +157,18 @@ def test_runpod_without_a_key_is_one_fail_line(rp, monkeypatch):
     report = run(["--cloud", "runpod", "--gpu", "l4"])
     assert [c.name for c in report.checks] == ["config", "credentials"]
     assert checks(report)["credentials"][2].endswith("export RUNPOD_API_KEY=<key>")
+
+
+def test_runpod_key_revoked_after_the_first_call_is_one_fail_and_the_rest_skipped(rp, monkeypatch):
+    answer = rp.answer
+    asked = []
+
+    def revoked_after_one(query: str, key: str | None):
+        asked.append(query)
+        return answer(query, key) if len(asked) == 1 else answer(query, "revoked")
+
+    monkeypatch.setattr(rp, "answer", revoked_after_one)
+    report = run(["--cloud", "runpod", "--gpu", "l4", "--suggest"])
+    assert [c.name for c in report.checks] == ["config", "credentials", "hardware"]  # no spend check
+    assert checks(report)["hardware"][0] == FAIL and "RunPod rejected the key" in checks(report)["hardware"][1]
+    assert report.suggestions == [] and len(asked) == 2  # nothing asked after the refusal

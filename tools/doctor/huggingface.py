@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from stacks import catalog
-from tools.doctor import FAIL, OK, WARN, RemoteError, Report, Suggestion, Target, sort_suggestions
+from tools.doctor import FAIL, OK, WARN, RemoteError, Report, Runner, Suggestion, Target, sort_suggestions
 
 QUOTA_FIX = "ask Hugging Face for quota on this hardware: https://endpoints.huggingface.co/contact"
 USABLE = ("available", "low_availability")  # of the statuses InferenceEndpointHardware documents
@@ -53,8 +53,10 @@ class HuggingFaceApi:
 
 
 def _fits(hw: Any) -> bool:
+    # The live memory, not the card's: Hugging Face lists AWS's T4 with 14 GB (catalog.HF_LISTED_MEMORY_GB).
     return (hw.accelerator == "gpu" and hw.instance_type in catalog.HF_GPU_TYPES
-            and hw.instance_size == catalog.HF_ONE_GPU)
+            and hw.instance_size == catalog.HF_ONE_GPU
+            and (hw.gpu_memory_gb or 0) >= catalog.SDXL_MIN_GPU_MEMORY_GB)
 
 
 def _free(hw: Any) -> int:
@@ -62,21 +64,30 @@ def _free(hw: Any) -> int:
 
 
 def check(target: Target, api: HuggingFaceApi, report: Report, with_suggest: bool) -> None:
-    """credentials, hardware (listed), availability (usable now), quota (accelerators free); then --suggest."""
-    try:
+    """credentials, hardware (listed), availability (usable now), quota (accelerators free); then --suggest. A
+    rejected token or a lost network skips what follows (Runner)."""
+    runner = Runner(report)
+    namespace = target.namespace or ""
+    hardware: list[Any] = []
+
+    def credentials() -> None:
+        nonlocal namespace
         user = api.call("whoami")
-    except RemoteError as err:
-        report.add_error("credentials", err)
+        namespace = namespace or user["name"]
+        report.add("credentials", OK, f"token of {user['name']}; endpoints go to namespace {namespace}")
+
+    def listed() -> None:
+        hardware.extend(api.call("list_inference_endpoints_hardware", namespace=namespace))
+        _judge(target, namespace, hardware, report)
+
+    if not runner.run("credentials", credentials) or target.machine is None:
         return
-    namespace = target.namespace or user["name"]
-    report.add("credentials", OK, f"token of {user['name']}; endpoints go to namespace {namespace}")
-    if target.machine is None:
-        return
-    try:
-        hardware = api.call("list_inference_endpoints_hardware", namespace=namespace)
-    except RemoteError as err:
-        report.add_error("hardware", err)
-        return
+    if runner.run("hardware", listed) and with_suggest:
+        report.suggestions = suggest(hardware)
+
+
+def _judge(target: Target, namespace: str, hardware: list[Any], report: Report) -> None:
+    """hardware, availability and quota, from the namespace's live hardware list."""
     wanted = target.machine.name
     found = next((hw for hw in hardware if hw.id == wanted), None)
     if found is None:
@@ -84,22 +95,20 @@ def check(target: Target, api: HuggingFaceApi, report: Report, with_suggest: boo
         report.add("hardware", FAIL, f"Hugging Face lists no {wanted} for {namespace}",
                    f"pulumi config set hfHardware {same_gpu[0]}" if same_gpu
                    else "python -m tools.doctor --cloud huggingface --suggest lists what there is")
+        return
+    report.add("hardware", OK, f"{found.id}: {found.architecture}, {found.gpu_memory_gb} GB, "
+                               f"${found.price_per_hour:g}/h")
+    if found.status in USABLE:
+        report.add("availability", OK if found.status == "available" else WARN, f"{found.id} is {found.status}")
     else:
-        report.add("hardware", OK, f"{found.id}: {found.architecture}, {found.gpu_memory_gb} GB, "
-                                   f"${found.price_per_hour:g}/h")
-        if found.status in USABLE:
-            report.add("availability", OK if found.status == "available" else WARN, f"{found.id} is {found.status}")
-        else:
-            report.add("availability", FAIL, f"{found.id} is {found.status}",
-                       "pick hardware that is available now: python -m tools.doctor --stack <stack> --suggest")
-        measured = (f"{namespace}: {found.used_accelerators} of {found.max_accelerators} {found.instance_type} in "
-                    f"use, {found.num_accelerators} needed")
-        if _free(found) >= found.num_accelerators:
-            report.add("quota", OK, measured)
-        else:
-            report.add("quota", FAIL, measured, QUOTA_FIX)
-    if with_suggest:
-        report.suggestions = suggest(hardware)
+        report.add("availability", FAIL, f"{found.id} is {found.status}",
+                   "pick hardware that is available now: python -m tools.doctor --stack <stack> --suggest")
+    measured = (f"{namespace}: {found.used_accelerators} of {found.max_accelerators} {found.instance_type} in "
+                f"use, {found.num_accelerators} needed")
+    if _free(found) >= found.num_accelerators:
+        report.add("quota", OK, measured)
+    else:
+        report.add("quota", FAIL, measured, QUOTA_FIX)
 
 
 def suggest(hardware: list[Any]) -> list[Suggestion]:

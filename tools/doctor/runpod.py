@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from stacks import catalog
-from tools.doctor import FAIL, OK, WARN, RemoteError, Report, Suggestion, Target, sort_suggestions
+from tools.doctor import FAIL, OK, WARN, RemoteError, Report, Runner, Suggestion, Target, sort_suggestions
 
 IN_STOCK = ("High", "Medium")
 PRICE_SOURCE = "RunPod API, live (uninterruptable on-demand price)"
@@ -58,42 +58,43 @@ class RunPodApi:
 
 def check(target: Target, api: RunPodApi, report: Report, with_suggest: bool) -> None:
     """credentials, hardware (the type exists in the cloud type), availability (in stock now), spend (balance and
-    spend limit); then --suggest."""
-    try:
+    spend limit); then --suggest. A refused key or a lost network skips what follows (Runner)."""
+    runner = Runner(report)
+
+    def credentials() -> None:
         user = api.call("get_user")
         report.add("credentials", OK, f"RUNPOD_API_KEY works (account {user['id']})")
-    except RemoteError as err:
-        report.add_error("credentials", err)
-        return
+
     machine = target.machine
-    if machine is None:
+    if not runner.run("credentials", credentials) or machine is None:
         return
     secure = (target.cloud_type or catalog.RUNPOD_DEFAULT_CLOUD_TYPE) == "SECURE"
     cloud_type = "SECURE" if secure else "COMMUNITY"
-    price = None
-    try:
+    price: float | None = None
+
+    def hardware() -> None:
+        nonlocal price
         types = api.call("query", gpu_query(machine.instance_type, secure))["gpuTypes"]
         if not types:
             report.add("hardware", FAIL, f"RunPod has no GPU type {machine.instance_type!r}",
                        "python -m tools.doctor --cloud runpod --suggest lists the types in stock")
-        else:
-            gpu = types[0]
-            offered = gpu["secureCloud"] if secure else gpu["communityCloud"]
-            lowest = gpu.get("lowestPrice") or {}
-            price = lowest.get("uninterruptablePrice") or (gpu["securePrice"] if secure else gpu["communityPrice"])
-            if not offered:
-                report.add("hardware", FAIL, f"{gpu['id']} is not offered in RunPod's {cloud_type} cloud",
-                           f"pulumi config set runpodCloudType {'COMMUNITY' if secure else 'SECURE'}")
-            else:
-                report.add("hardware", OK, f"{gpu['id']}: {gpu['memoryInGb']} GB, ${price:g}/h in {cloud_type}")
-                stock = lowest.get("stockStatus") or "None"
-                status = OK if stock in IN_STOCK else WARN if stock == "Low" else FAIL
-                report.add("availability", status, f"{gpu['id']} stock in {cloud_type}: {stock}",
-                           None if status == OK else "python -m tools.doctor --stack <stack> --suggest lists GPU "
-                           "types in stock now")
-    except RemoteError as err:
-        report.add_error("hardware", err)
-    try:
+            return
+        gpu = types[0]
+        offered = gpu["secureCloud"] if secure else gpu["communityCloud"]
+        lowest = gpu.get("lowestPrice") or {}
+        price = lowest.get("uninterruptablePrice") or (gpu["securePrice"] if secure else gpu["communityPrice"])
+        if not offered:
+            report.add("hardware", FAIL, f"{gpu['id']} is not offered in RunPod's {cloud_type} cloud",
+                       f"pulumi config set runpodCloudType {'COMMUNITY' if secure else 'SECURE'}")
+            return
+        report.add("hardware", OK, f"{gpu['id']}: {gpu['memoryInGb']} GB, ${price:g}/h in {cloud_type}")
+        stock = lowest.get("stockStatus") or "None"
+        status = OK if stock in IN_STOCK else WARN if stock == "Low" else FAIL
+        report.add("availability", status, f"{gpu['id']} stock in {cloud_type}: {stock}",
+                   None if status == OK else "python -m tools.doctor --stack <stack> --suggest lists GPU "
+                   "types in stock now")
+
+    def spend() -> None:
         me = api.call("query", ACCOUNT_QUERY)["myself"]
         balance, spending, limit = me["clientBalance"], me["currentSpendPerHr"], me["spendLimit"]
         measured = f"balance ${balance:.2f}, spending ${spending:g}/h of a ${limit:g}/h limit"
@@ -107,9 +108,10 @@ def check(target: Target, api: RunPodApi, report: Report, with_suggest: bool) ->
                        "ask RunPod support to raise the spend limit, or stop other pods")
         else:
             report.add("spend", OK, measured)
-    except RemoteError as err:
-        report.add_error("spend", err)
-    if with_suggest:
+
+    runner.run("hardware", hardware)
+    runner.run("spend", spend)
+    if with_suggest and not runner.blocked:
         report.suggestions = suggest(api, secure)
 
 
