@@ -69,7 +69,7 @@ if verb.startswith("sts get-caller-identity"):
     print("{ACCOUNT}")
 elif verb.startswith("projects describe"):
     print("987654321")
-elif any(word in verb for word in ("head-", "get-open-id", "get-role", "describe")):
+elif any(word in verb for word in ("head-", "get-open-id", "get-role", "get-policy", "describe")):
     sys.exit(0 if any(e and e in verb for e in existing) else 254)
 """
 
@@ -128,7 +128,7 @@ def test_aws_every_document_is_valid_json(aws):
     documents = [option(c, flag) for c in calls for flag in
                  ("--policy", "--policy-document", "--assume-role-policy-document",
                   "--server-side-encryption-configuration") if flag in c["args"]]
-    assert len(documents) == 8  # bucket policy, encryption, 3 trusts, 3 permission policies
+    assert len(documents) == 9  # bucket policy, encryption, 3 trusts, 3 permission policies, the boundary
     for document in documents:
         json.loads(document)
 
@@ -224,7 +224,8 @@ def test_aws_review_role_needs_a_pr_tag_or_name_for_every_mutating_call(aws):
                     "SourceBucket"}
     for statement in review["Statement"]:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        if not any(a.split(":")[1].startswith(MUTATING) for a in actions) or statement["Sid"] in riding_along:
+        if statement["Effect"] == "Deny" or statement["Sid"] in riding_along or \
+                not any(a.split(":")[1].startswith(MUTATING) for a in actions):
             continue
         text = json.dumps(statement)
         like = statement.get("Condition", {}).get("StringLike", {})
@@ -236,6 +237,139 @@ def test_aws_review_role_needs_a_pr_tag_or_name_for_every_mutating_call(aws):
     assert terminate and all(s["Condition"]["StringLike"] == {"aws:ResourceTag/sdxl-endpoint:stack": "pr-*"}
                              for s in terminate)
     assert allowed(review, "ec2:TerminateInstances", production_instance), "allowed only by its (pr-*) tag"
+
+
+# --- the review role's conditions, evaluated --------------------------------------------------
+
+
+def _listed(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _condition_holds(condition: dict, context: dict) -> bool:
+    """IAM's condition operators that the generated policies use, over one request's context keys."""
+    for operator, keys in condition.items():
+        for key, wanted in keys.items():
+            have, wants = context.get(key), _listed(wanted)
+            if operator == "Null":
+                holds = (have is None) == (wanted == "true")
+            elif operator == "ForAllValues:StringLike":  # every value in the request matches (none: true)
+                holds = all(any(fnmatchcase(v, w) for w in wants) for v in _listed(have or []))
+            elif have is None:
+                holds = False  # any other operator on a missing key does not match
+            elif operator == "StringLike":
+                holds = any(fnmatchcase(have, w) for w in wants)
+            elif operator in ("StringEquals", "ArnEquals"):
+                holds = have in wants
+            else:
+                raise AssertionError(f"operator {operator} not modelled")
+            if not holds:
+                return False
+    return True
+
+
+def decision(policy: dict, action: str, resource: str, context: dict) -> bool:
+    """Allowed by an Allow statement whose conditions hold, and by no such Deny (an explicit deny wins)."""
+    def matching(effect):
+        return [s for s in policy["Statement"] if s["Effect"] == effect
+                and any(fnmatchcase(action, a) for a in _listed(s["Action"]))
+                and any(fnmatchcase(resource, r) for r in _listed(s["Resource"]))
+                and _condition_holds(s.get("Condition", {}), context)]
+    return bool(matching("Allow")) and not matching("Deny")
+
+
+BOUNDARY = f"arn:aws:iam::{ACCOUNT}:policy/gha-sdxl-endpoint-review-boundary"
+PROD_ROLE = f"arn:aws:iam::{ACCOUNT}:role/sdxl-role-prod123"
+PR_ROLE = f"arn:aws:iam::{ACCOUNT}:role/sdxl-role-pr42abc"
+PROD_KEY = "arn:aws:kms:us-east-1:123456789012:key/prod-key"
+PR_KEY = "arn:aws:kms:us-east-1:123456789012:key/pr-key"
+ON_PROD = {"aws:ResourceTag/sdxl-endpoint:stack": "aws-g5"}
+ON_PR = {"aws:ResourceTag/sdxl-endpoint:stack": "pr-42"}
+ASKS_PR = {"aws:RequestTag/sdxl-endpoint:stack": "pr-42", "aws:TagKeys": ["sdxl-endpoint:stack"],
+           "aws:RequestedRegion": "us-east-1"}
+# What the PR code of a malicious branch would try (the audit's escalation paths), each must be denied.
+ESCALATIONS = {
+    "re-tag production's instance role as pr-*": ("iam:TagRole", PROD_ROLE, {**ON_PROD, **ASKS_PR}),
+    "re-tag production's instance profile": ("iam:TagInstanceProfile",
+                                              f"arn:aws:iam::{ACCOUNT}:instance-profile/sdxl-profile-prod",
+                                              {**ON_PROD, **ASKS_PR}),
+    "re-tag production's token key as pr-*": ("kms:TagResource", PROD_KEY, {**ON_PROD, **ASKS_PR}),
+    "create a role without the boundary": ("iam:CreateRole", f"arn:aws:iam::{ACCOUNT}:role/sdxl-role-evil", ASKS_PR),
+    "create a role with another boundary": ("iam:CreateRole", f"arn:aws:iam::{ACCOUNT}:role/sdxl-role-evil",
+                                            {**ASKS_PR, "iam:PermissionsBoundary":
+                                             f"arn:aws:iam::{ACCOUNT}:policy/AdministratorAccess"}),
+    "put a policy on a PR role without the boundary": ("iam:PutRolePolicy", PR_ROLE, ON_PR),
+    "attach SSM core to a PR role without the boundary": ("iam:AttachRolePolicy", PR_ROLE, {
+        **ON_PR, "iam:PolicyARN": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}),
+    "remove a PR role's boundary": ("iam:DeleteRolePermissionsBoundary", PR_ROLE,
+                                    {**ON_PR, "iam:PermissionsBoundary": BOUNDARY}),
+    "swap a PR role's boundary": ("iam:PutRolePermissionsBoundary", PR_ROLE,
+                                  {**ON_PR, "iam:PermissionsBoundary": BOUNDARY}),
+    "rewrite the boundary itself": ("iam:CreatePolicyVersion", BOUNDARY, {}),
+    "tag a new role with a foreign tag key": ("iam:TagRole", PR_ROLE, {
+        **ASKS_PR, "aws:TagKeys": ["sdxl-endpoint:stack", "owner"]}),
+    "pass production's role to EC2": ("iam:PassRole", PROD_ROLE, {**ON_PROD, "iam:PassedToService": "ec2.amazonaws.com"}),
+    "decrypt with production's key": ("kms:Decrypt", PROD_KEY, ON_PROD),
+    "terminate a production instance": ("ec2:TerminateInstances", "arn:aws:ec2:us-east-1:123456789012:instance/i-0prod",
+                                        {**ON_PROD, "aws:RequestedRegion": "us-east-1"}),
+}
+# What review's own `pulumi up`/`destroy` of pr-42 does: each must stay allowed.
+CREATING = {**ASKS_PR, "aws:TagKeys": ["sdxl-endpoint:stack", "sdxl-endpoint:project", "sdxl-endpoint:ttl", "Name"]}
+REVIEW_OWN_CALLS = {
+    "create its role with the boundary": ("iam:CreateRole", PR_ROLE, {**CREATING, "iam:PermissionsBoundary": BOUNDARY}),
+    "tag its role while creating it": ("iam:TagRole", PR_ROLE, CREATING),
+    "create its instance profile": ("iam:CreateInstanceProfile",
+                                    f"arn:aws:iam::{ACCOUNT}:instance-profile/sdxl-profile-pr42", CREATING),
+    "put its access policy": ("iam:PutRolePolicy", PR_ROLE, {**ON_PR, "iam:PermissionsBoundary": BOUNDARY}),
+    "attach SSM core": ("iam:AttachRolePolicy", PR_ROLE, {**ON_PR, "iam:PermissionsBoundary": BOUNDARY,
+                                                         "iam:PolicyARN": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}),
+    "update its ttl tag": ("iam:TagRole", PR_ROLE, {**ON_PR, "aws:TagKeys": ["sdxl-endpoint:ttl"],
+                                                   "aws:RequestTag/sdxl-endpoint:ttl": "2026-12-01T00:00:00Z"}),
+    "pass its role to EC2": ("iam:PassRole", PR_ROLE, {**ON_PR, "iam:PassedToService": "ec2.amazonaws.com"}),
+    "delete its role": ("iam:DeleteRole", PR_ROLE, ON_PR),
+    "create its token key": ("kms:CreateKey", "*", CREATING),
+    "tag its key while creating it": ("kms:TagResource", "*", CREATING),
+    "schedule its key's deletion": ("kms:ScheduleKeyDeletion", PR_KEY, ON_PR),
+}
+
+
+@pytest.mark.parametrize("request_name", sorted(ESCALATIONS))
+def test_aws_review_role_cannot_reach_production_or_escalate(aws, request_name):
+    review = role_policies(aws[1])["gha-sdxl-endpoint-review"][1]
+    assert not decision(review, *ESCALATIONS[request_name]), request_name
+
+
+@pytest.mark.parametrize("request_name", sorted(REVIEW_OWN_CALLS))
+def test_aws_review_role_still_deploys_its_own_stack(aws, request_name):
+    review = role_policies(aws[1])["gha-sdxl-endpoint-review"][1]
+    assert decision(review, *REVIEW_OWN_CALLS[request_name]), request_name
+
+
+def test_aws_boundary_is_created_and_caps_the_instance_role(aws):
+    _, calls = aws
+    (create,) = find(calls, "create-policy")
+    assert option(create, "--policy-name") == "gha-sdxl-endpoint-review-boundary"
+    boundary = json.loads(option(create, "--policy-document"))
+    # what stacks/aws.py gives a PR instance role passes the boundary; nothing of production or IAM does
+    assert decision(boundary, "ssm:GetParameter",
+                    "arn:aws:ssm:us-east-1:123456789012:parameter/sdxl-endpoint/pr-42/api-token", {})
+    assert decision(boundary, "kms:Decrypt", PR_KEY, ON_PR)
+    assert decision(boundary, "ssmmessages:OpenDataChannel", "*", {})
+    assert not decision(boundary, "ssm:GetParameter",
+                        "arn:aws:ssm:us-east-1:123456789012:parameter/sdxl-endpoint/aws-g5/api-token", {})
+    assert not decision(boundary, "kms:Decrypt", PROD_KEY, ON_PROD)
+    for action in ("iam:PassRole", "iam:CreateRole", "ec2:TerminateInstances", "sts:AssumeRole", "s3:PutObject"):
+        assert not decision(boundary, action, "*", {}), action
+    # the deploy role (production's own instance roles) has no boundary condition
+    deploy = role_policies(calls)["gha-sdxl-endpoint-deploy"][1]
+    assert "iam:PermissionsBoundary" not in json.dumps(deploy)
+    assert f"AWS_REVIEW_PERMISSIONS_BOUNDARY  {BOUNDARY}" in aws[0].stdout
+
+
+def test_aws_rerun_replaces_the_boundary_version(tmp_path):
+    result, calls = run("aws-oidc.sh", REPO, "sdxl-state", tmp_path=tmp_path, existing="get-policy")
+    assert result.returncode == 0, result.stderr
+    assert not find(calls, "create-policy") and len(find(calls, "create-policy-version", "--set-as-default")) == 1
 
 
 def test_aws_policies_name_real_actions_resources_and_condition_keys(aws):
