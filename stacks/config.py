@@ -63,6 +63,9 @@ _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kuberne
 _LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                            r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+# An IAM managed policy's ARN (any partition, a customer's or AWS's own, with an optional path).
+_POLICY_ARN_RE = re.compile(r"^arn:aws(-[a-z]+)*:iam::([0-9]{12}|aws):policy/"
+                            r"([A-Za-z0-9+=,.@_-]+/)*[A-Za-z0-9+=,.@_-]{1,128}$")
 
 # Describes a machine type the catalog does not list, from the cloud's own data: (name, region) -> facts,
 # or None when the region does not sell it. A target module that can look types up provides one.
@@ -101,6 +104,7 @@ class Settings:
     hf_namespace: str | None = None  # Hugging Face: the user or organisation billed; None: the token's user
     runpod_cloud_type: str = catalog.RUNPOD_DEFAULT_CLOUD_TYPE  # RunPod: SECURE or COMMUNITY
     kube: KubeSettings | None = None  # Kubernetes only
+    permissions_boundary: str | None = None  # AWS: the policy ARN bounding the stack's IAM roles (CI review)
 
     @property
     def fleet(self) -> bool:
@@ -254,6 +258,8 @@ class RawConfig(BaseModel):
     storageClass: str | None = None  # noqa: N815
     imagePullSecret: str | None = None  # noqa: N815
     kedaPrometheusUrl: str | None = Field(None, pattern=r"^https?://[^\s/]+")  # noqa: N815
+    # CI's review stacks: the managed policy every IAM role of the stack is bounded by (ci/bootstrap/aws-oidc.sh).
+    permissionsBoundary: str | None = Field(None, pattern=_POLICY_ARN_RE.pattern)  # noqa: N815
 
 
 # Every project key, as declared in Pulumi.yaml; anything else under `sdxl-endpoint:` is a typo.
@@ -286,6 +292,8 @@ _TYPE_HELP: dict[str, tuple[str, str]] = {
                      "pulumi config set --path 'nodeSelector[0]' cloud.google.com/gke-accelerator=nvidia-l4"),
     "kedaPrometheusUrl": ("must be the http(s) URL of the Prometheus server KEDA queries",
                           _set("kedaPrometheusUrl", "http://prometheus-server.monitoring.svc:80")),
+    "permissionsBoundary": ("must be an IAM policy ARN, arn:aws:iam::<account>:policy/<name>",
+                            "pulumi config rm permissionsBoundary (CI sets it for review stacks)"),
 }
 
 
@@ -344,6 +352,7 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
             problems.add(key, None, "is stored in plain text in the stack's config file",
                          f"pulumi config set --secret {key} <value>  (then rotate it: it may be in git history)")
     _check_fleet(raw, problems, cloud, domain, cidrs)
+    _check_aws_only_keys(raw, problems, cloud)
     problems.raise_if_any(stack)
 
     assert place.machine is not None  # guaranteed by raise_if_any
@@ -358,6 +367,7 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
         data_disk_gb=raw.dataDiskGb, target_requests_per_hour=raw.targetRequestsPerHour or None,
         hf_namespace=raw.hfNamespace, runpod_cloud_type=raw.runpodCloudType.upper(),
         kube=kube_settings(raw, stack) if cloud == "kubernetes" else None,
+        permissions_boundary=raw.permissionsBoundary,
     )
 
 
@@ -792,3 +802,10 @@ def load(describe_machine: MachineLookup | None = None) -> Settings:
 
     kube = settings.kube and dataclasses.replace(settings.kube, image_pull_secret=secret("imagePullSecret"))
     return dataclasses.replace(settings, api_token=secret("apiToken"), hf_token=secret("hfToken"), kube=kube)
+
+
+def _check_aws_only_keys(raw: RawConfig, problems: Problems, cloud: str) -> None:
+    """permissionsBoundary bounds AWS IAM roles; on another cloud it would silently protect nothing."""
+    if raw.permissionsBoundary is not None and cloud != "aws":
+        problems.add("permissionsBoundary", raw.permissionsBoundary, f"applies to AWS only, but cloud is {cloud}",
+                     "pulumi config rm permissionsBoundary")

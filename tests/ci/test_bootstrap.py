@@ -308,7 +308,8 @@ ESCALATIONS = {
     "rewrite the boundary itself": ("iam:CreatePolicyVersion", BOUNDARY, {}),
     "tag a new role with a foreign tag key": ("iam:TagRole", PR_ROLE, {
         **ASKS_PR, "aws:TagKeys": ["sdxl-endpoint:stack", "owner"]}),
-    "pass production's role to EC2": ("iam:PassRole", PROD_ROLE, {**ON_PROD, "iam:PassedToService": "ec2.amazonaws.com"}),
+    "pass production's role to EC2": ("iam:PassRole", PROD_ROLE,
+                                      {**ON_PROD, "iam:PassedToService": "ec2.amazonaws.com"}),
     "decrypt with production's key": ("kms:Decrypt", PROD_KEY, ON_PROD),
     "terminate a production instance": ("ec2:TerminateInstances", "arn:aws:ec2:us-east-1:123456789012:instance/i-0prod",
                                         {**ON_PROD, "aws:RequestedRegion": "us-east-1"}),
@@ -321,8 +322,9 @@ REVIEW_OWN_CALLS = {
     "create its instance profile": ("iam:CreateInstanceProfile",
                                     f"arn:aws:iam::{ACCOUNT}:instance-profile/sdxl-profile-pr42", CREATING),
     "put its access policy": ("iam:PutRolePolicy", PR_ROLE, {**ON_PR, "iam:PermissionsBoundary": BOUNDARY}),
-    "attach SSM core": ("iam:AttachRolePolicy", PR_ROLE, {**ON_PR, "iam:PermissionsBoundary": BOUNDARY,
-                                                         "iam:PolicyARN": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}),
+    "attach SSM core": ("iam:AttachRolePolicy", PR_ROLE, {
+        **ON_PR, "iam:PermissionsBoundary": BOUNDARY,
+        "iam:PolicyARN": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}),
     "update its ttl tag": ("iam:TagRole", PR_ROLE, {**ON_PR, "aws:TagKeys": ["sdxl-endpoint:ttl"],
                                                    "aws:RequestTag/sdxl-endpoint:ttl": "2026-12-01T00:00:00Z"}),
     "pass its role to EC2": ("iam:PassRole", PR_ROLE, {**ON_PR, "iam:PassedToService": "ec2.amazonaws.com"}),

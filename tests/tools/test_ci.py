@@ -197,6 +197,17 @@ def test_create_again_from_another_preset_drops_the_old_keys(backend, tmp_path, 
     assert ("remove_all_config", "pr-42", ("sdxl-endpoint:instanceType", "sdxl-endpoint:ttl")) in backend.calls
 
 
+
+def test_create_bounds_an_aws_pr_stacks_role_with_the_review_boundary(backend, monkeypatch):
+    boundary = "arn:aws:iam::123456789012:policy/gha-sdxl-endpoint-review-boundary"
+    monkeypatch.setenv(ci.BOUNDARY_ENV, boundary)
+    assert ci.main(["create", "--stack", "pr-5", "--preset", "aws-g4dn"]) == 0
+    assert backend.stacks["pr-5"].config[ci.BOUNDARY_KEY].value == boundary
+    # a GCP stack has no IAM role to bound; the key there would be refused by config validation
+    assert ci.main(["create", "--stack", "pr-6", "--preset", "gcp-l4"]) == 0
+    assert ci.BOUNDARY_KEY not in backend.stacks["pr-6"].config
+
+
 @pytest.mark.parametrize("name, preset", [("aws-g5", "aws-g4dn"), ("pr-7", "aws-g7"), ("pr-7", "pr-8")])
 def test_create_refuses_before_touching_pulumi(backend, name, preset):
     with pytest.raises(ci.CiError):

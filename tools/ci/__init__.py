@@ -55,6 +55,11 @@ PUBLIC_OUTPUTS = ("endpoint", "gpu", "instanceType", "hourlyCostUsd", "region")
 
 # Optional: a fixed token for PR endpoints, from a repository secret (the name, not a value).
 API_TOKEN_ENV = "SDXL_API_TOKEN"  # noqa: S105
+# The review role's permissions boundary (ci/bootstrap/aws-oidc.sh prints it): AWS PR stacks must put it on
+# their instance role, or the review role may not create it.
+BOUNDARY_ENV = "AWS_REVIEW_PERMISSIONS_BOUNDARY"
+BOUNDARY_KEY = f"{PROJECT}:permissionsBoundary"
+CLOUD_KEY = f"{PROJECT}:cloud"
 
 _EPHEMERAL_RE = presets.EPHEMERAL_NAME
 _CONFIG_KEY_RE = re.compile(r"^[a-z][a-z0-9-]*:[A-Za-z][A-Za-z0-9_]*$")
@@ -229,14 +234,17 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, auto.ConfigValue]:
 
 
 def create(name: str, preset: str, overrides: Mapping[str, auto.ConfigValue] | None = None,
-           api_token: str | None = None) -> auto.Stack:
+           api_token: str | None = None, permissions_boundary: str | None = None) -> auto.Stack:
     """Create (or select) `pr-<n>` and make its config exactly the preset's, plus `overrides`.
 
     `api_token`, when given, becomes the secret `apiToken`; otherwise the program generates one.
+    `permissions_boundary`, when given, bounds an AWS stack's instance role (config validates the ARN).
     """
     check_ephemeral(name)
     plain, nested = preset_config(preset)
     plain.update(overrides or {})
+    if permissions_boundary and plain.get(CLOUD_KEY, auto.ConfigValue("aws")).value == "aws":
+        plain[BOUNDARY_KEY] = auto.ConfigValue(value=permissions_boundary)
     if str(plain.get(SPOT_KEY, auto.ConfigValue("false")).value).strip().lower() in ("true", "1", "yes"):
         # Spot requests carry no stack tag, so the review role (ci/bootstrap/aws-oidc.sh) may not cancel them.
         raise CiError(f"preset {preset!r} sets {SPOT_KEY}: true, and PR endpoints run on demand: the review role "
@@ -372,7 +380,8 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
             result = {"action": decided.action, "stack": decided.stack, "preset": decided.preset}
         elif args.command == "create":
             # The token comes from the environment (a repository secret), never from argv or logs.
-            create(args.stack, args.preset, parse_overrides(args.config), os.environ.get(API_TOKEN_ENV) or None)
+            create(args.stack, args.preset, parse_overrides(args.config), os.environ.get(API_TOKEN_ENV) or None,
+                   os.environ.get(BOUNDARY_ENV) or None)
             result = {"stack": args.stack, "preset": args.preset}
         elif args.command == "up":
             result = up(args.stack, parse_ttl(args.ttl), now)
