@@ -9,7 +9,9 @@
 #   - three service accounts, each impersonable only from one context (the token's `sub`):
 #       gha-sdxl-preview  the `preview` environment (preview.yml): reads the project, its own state folder
 #       gha-sdxl-review   the `review` environment (review-env.yml, reaper.yml): deploys pr-<n> stacks;
-#                         may act as, and delete, only the VM service accounts those stacks create
+#                         may act as only sdxl-review-vm, the one VM service account they all use
+#                         (granted on that account itself: IAM Conditions' resource attributes are not
+#                         documented for iam.googleapis.com, so a name condition could not be relied on)
 #       gha-sdxl-deploy   the `production` environment (deploy.yml)
 #
 #   ci/bootstrap/gcp-wif.sh OWNER/REPO PROJECT_ID BUCKET [LOCATION]
@@ -127,15 +129,9 @@ grant_stack_roles() {
   local account=$1 stacks=$2
   # The stack's network, firewall, address, disks and VM.
   for role in roles/compute.instanceAdmin.v1 roles/compute.networkAdmin roles/compute.securityAdmin \
-      roles/iam.serviceAccountCreator roles/iam.serviceAccountViewer; do
+      roles/iam.serviceAccountViewer; do
     grant "$account" "$role"
   done
-  # Its VM service account (sdxl-<stack>-sa): attach it to the VM, delete it. Never any other account,
-  # so no stack can start a VM as a CI account.
-  local accounts="resource.type == 'iam.googleapis.com/ServiceAccount' && \
-resource.name.extract('/serviceAccounts/{email}').startsWith('sdxl-$stacks')"
-  grant "$account" roles/iam.serviceAccountUser "$(condition "sdxl-$stacks-vm-accounts" "$accounts")"
-  grant "$account" roles/iam.serviceAccountDeleter "$(condition "sdxl-$stacks-vm-accounts" "$accounts")"
   # Its token secrets (sdxl-<stack>-api-token, -hf-token) and their reader grant; creating is project-level.
   grant "$account" roles/secretmanager.admin "$(condition "sdxl-$stacks-secrets" \
 "resource.type == 'cloudresourcemanager.googleapis.com/Project' || \
@@ -144,13 +140,33 @@ resource.name.startsWith('projects/$number/secrets/sdxl-$stacks')")"
   grant "$account" roles/storage.admin "$(condition "sdxl-$stacks-source-buckets" \
 "resource.type == 'cloudresourcemanager.googleapis.com/Project' || \
 resource.name.startsWith('projects/_/buckets/sdxl-$project-$stacks')")"
-  # The VM's account may be granted log and metric writing, and nothing else.
-  grant "$account" roles/resourcemanager.projectIamAdmin "$(condition sdxl-vm-roles-only \
-"api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly(\
-['roles/logging.logWriter', 'roles/monitoring.metricWriter'])")"
 }
 grant_stack_roles "$review" pr-
 grant_stack_roles "$deploy" ""
+
+# Production's stacks each create their VM account (sdxl-<stack>-sa), grant it log and metric writing and
+# delete it with the stack. The deploy account runs only main's reviewed code (environment `production`).
+for role in roles/iam.serviceAccountCreator roles/iam.serviceAccountUser roles/iam.serviceAccountDeleter; do
+  grant "$deploy" "$role"
+done
+grant "$deploy" roles/resourcemanager.projectIamAdmin "$(condition sdxl-vm-roles-only \
+"api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly(\
+['roles/logging.logWriter', 'roles/monitoring.metricWriter'])")"
+
+# Review stacks share one VM account, made here with its log and metric roles (config gcpServiceAccount, which
+# review-env.yml sets): the review account may act as that account alone, so no PR can start a VM as a CI
+# account or a production one, and creates no account and grants no project role itself.
+echo "==> review VM service account"
+review_vm="sdxl-review-vm@$project.iam.gserviceaccount.com"
+if ! gcloud iam service-accounts describe "$review_vm" --project "$project" >/dev/null 2>&1; then
+  gcloud iam service-accounts create sdxl-review-vm --project "$project" \
+    --display-name "SDXL endpoint: the VMs of pull-request stacks" >/dev/null
+fi
+for role in roles/logging.logWriter roles/monitoring.metricWriter; do
+  grant "$review_vm" "$role"
+done
+gcloud iam service-accounts add-iam-policy-binding "$review_vm" --project "$project" \
+  --member "serviceAccount:$review" --role roles/iam.serviceAccountUser --condition None >/dev/null
 
 cat <<EOF
 
@@ -161,6 +177,7 @@ Done. Set these repository variables (Settings > Secrets and variables > Actions
   GCP_PREVIEW_SERVICE_ACCOUNT     $preview
   GCP_REVIEW_SERVICE_ACCOUNT      $review
   GCP_DEPLOY_SERVICE_ACCOUNT      $deploy
+  GCP_REVIEW_VM_SERVICE_ACCOUNT   $review_vm   (review-env.yml gives it to PR stacks' VMs)
 and, in each environment (production, review, preview), its own secret PULUMI_CONFIG_PASSPHRASE
 (openssl rand -base64 32 each; keep copies). Never a repository secret: pull requests can read those.
 EOF

@@ -198,14 +198,25 @@ def test_create_again_from_another_preset_drops_the_old_keys(backend, tmp_path, 
 
 
 
-def test_create_bounds_an_aws_pr_stacks_role_with_the_review_boundary(backend, monkeypatch):
+def test_create_gives_pr_stacks_the_review_identity_of_their_cloud(backend, monkeypatch):
     boundary = "arn:aws:iam::123456789012:policy/gha-sdxl-endpoint-review-boundary"
-    monkeypatch.setenv(ci.BOUNDARY_ENV, boundary)
+    vm_account = "sdxl-review-vm@sdxl-demo-1.iam.gserviceaccount.com"
+    monkeypatch.setenv("AWS_REVIEW_PERMISSIONS_BOUNDARY", boundary)
+    monkeypatch.setenv("GCP_REVIEW_VM_SERVICE_ACCOUNT", vm_account)
     assert ci.main(["create", "--stack", "pr-5", "--preset", "aws-g4dn"]) == 0
-    assert backend.stacks["pr-5"].config[ci.BOUNDARY_KEY].value == boundary
-    # a GCP stack has no IAM role to bound; the key there would be refused by config validation
-    assert ci.main(["create", "--stack", "pr-6", "--preset", "gcp-l4"]) == 0
-    assert ci.BOUNDARY_KEY not in backend.stacks["pr-6"].config
+    aws_config = backend.stacks["pr-5"].config
+    assert aws_config["sdxl-endpoint:permissionsBoundary"].value == boundary
+    assert "sdxl-endpoint:gcpServiceAccount" not in aws_config  # config would refuse it on AWS
+    assert ci.main(["create", "--stack", "pr-6", "--preset", "gcp-l4", "--config", "gcp:project=sdxl-demo-1"]) == 0
+    gcp_config = backend.stacks["pr-6"].config
+    assert gcp_config["sdxl-endpoint:gcpServiceAccount"].value == vm_account
+    assert "sdxl-endpoint:permissionsBoundary" not in gcp_config
+
+
+def test_create_without_the_variables_adds_no_identity(backend, monkeypatch):
+    monkeypatch.delenv("AWS_REVIEW_PERMISSIONS_BOUNDARY", raising=False)
+    stack = ci.create("pr-5", "aws-g4dn", environ={})
+    assert "sdxl-endpoint:permissionsBoundary" not in stack.config
 
 
 @pytest.mark.parametrize("name, preset", [("aws-g5", "aws-g4dn"), ("pr-7", "aws-g7"), ("pr-7", "pr-8")])

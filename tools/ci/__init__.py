@@ -55,10 +55,14 @@ PUBLIC_OUTPUTS = ("endpoint", "gpu", "instanceType", "hourlyCostUsd", "region")
 
 # Optional: a fixed token for PR endpoints, from a repository secret (the name, not a value).
 API_TOKEN_ENV = "SDXL_API_TOKEN"  # noqa: S105
-# The review role's permissions boundary (ci/bootstrap/aws-oidc.sh prints it): AWS PR stacks must put it on
-# their instance role, or the review role may not create it.
-BOUNDARY_ENV = "AWS_REVIEW_PERMISSIONS_BOUNDARY"
-BOUNDARY_KEY = f"{PROJECT}:permissionsBoundary"
+# What the review identity lets a PR stack do only with (the bootstrap scripts print both; review-env.yml passes
+# them as environment variables): cloud -> (variable, config key).
+#   aws: the permissions boundary every instance role must carry, or the review role may not create it;
+#   gcp: the one VM service account the review account may act as, instead of one per stack.
+REVIEW_IDENTITY = {
+    "aws": ("AWS_REVIEW_PERMISSIONS_BOUNDARY", f"{PROJECT}:permissionsBoundary"),
+    "gcp": ("GCP_REVIEW_VM_SERVICE_ACCOUNT", f"{PROJECT}:gcpServiceAccount"),
+}
 CLOUD_KEY = f"{PROJECT}:cloud"
 
 _EPHEMERAL_RE = presets.EPHEMERAL_NAME
@@ -233,18 +237,24 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, auto.ConfigValue]:
     return overrides
 
 
+def review_identity(cloud: str, environ: Mapping[str, str]) -> dict[str, auto.ConfigValue]:
+    """The config key of REVIEW_IDENTITY for this cloud, from its variable when set (config validates it)."""
+    variable, key = REVIEW_IDENTITY.get(cloud, ("", ""))
+    value = environ.get(variable, "").strip() if variable else ""
+    return {key: auto.ConfigValue(value=value)} if value else {}
+
+
 def create(name: str, preset: str, overrides: Mapping[str, auto.ConfigValue] | None = None,
-           api_token: str | None = None, permissions_boundary: str | None = None) -> auto.Stack:
+           api_token: str | None = None, environ: Mapping[str, str] | None = None) -> auto.Stack:
     """Create (or select) `pr-<n>` and make its config exactly the preset's, plus `overrides`.
 
     `api_token`, when given, becomes the secret `apiToken`; otherwise the program generates one.
-    `permissions_boundary`, when given, bounds an AWS stack's instance role (config validates the ARN).
+    `environ` supplies the review identity's variables (REVIEW_IDENTITY) for the preset's cloud.
     """
     check_ephemeral(name)
     plain, nested = preset_config(preset)
     plain.update(overrides or {})
-    if permissions_boundary and plain.get(CLOUD_KEY, auto.ConfigValue("aws")).value == "aws":
-        plain[BOUNDARY_KEY] = auto.ConfigValue(value=permissions_boundary)
+    plain.update(review_identity(str(plain.get(CLOUD_KEY, auto.ConfigValue("aws")).value), environ or {}))
     if str(plain.get(SPOT_KEY, auto.ConfigValue("false")).value).strip().lower() in ("true", "1", "yes"):
         # Spot requests carry no stack tag, so the review role (ci/bootstrap/aws-oidc.sh) may not cancel them.
         raise CiError(f"preset {preset!r} sets {SPOT_KEY}: true, and PR endpoints run on demand: the review role "
@@ -381,7 +391,7 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
         elif args.command == "create":
             # The token comes from the environment (a repository secret), never from argv or logs.
             create(args.stack, args.preset, parse_overrides(args.config), os.environ.get(API_TOKEN_ENV) or None,
-                   os.environ.get(BOUNDARY_ENV) or None)
+                   os.environ)
             result = {"stack": args.stack, "preset": args.preset}
         elif args.command == "up":
             result = up(args.stack, parse_ttl(args.ttl), now)
