@@ -575,3 +575,26 @@ def test_the_stand_in_parses_condition_exactly_as_the_installed_gcloud():
             assert gcloud["error"].startswith(str(ours.value)), value
         else:
             assert gcloud_args.parse_condition(value) == gcloud["parsed"], value
+
+
+def test_gcp_review_project_takes_every_review_grant_out_of_production(tmp_path):
+    result, calls = run("gcp-wif.sh", REPO, "sdxl-demo-1", "sdxl-state", "us-central1", "sdxl-review-1",
+                        tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    review = sa("gha-sdxl-review")
+    where = {(option(c, "--role"), c["args"][2]) for c in calls
+             if c["args"][:2] == ["projects", "add-iam-policy-binding"] and option(c, "--member") == review}
+    assert where and {project for _, project in where} == {"sdxl-review-1"}
+    assert ("roles/compute.instanceAdmin.v1", "sdxl-review-1") in where
+    vm = "sdxl-review-vm@sdxl-review-1.iam.gserviceaccount.com"
+    assert find(calls, "add-iam-policy-binding", vm, "roles/iam.serviceAccountUser")
+    source_grants = [conditioned(c)["expression"] for c in find(calls, "roles/storage.admin")
+                     if option(c, "--member") == review]
+    assert source_grants[0].endswith("startsWith('projects/_/buckets/sdxl-sdxl-review-1-pr-')")
+    assert "GCP_REVIEW_PROJECT              sdxl-review-1" in result.stdout
+    assert "warning" not in result.stderr
+
+
+def test_gcp_shared_project_warns_that_review_reaches_production_compute(gcloud):
+    result, _ = gcloud
+    assert "review shares sdxl-demo-1 with production" in result.stderr
