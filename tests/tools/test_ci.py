@@ -514,3 +514,34 @@ def test_exists_tells_no_such_stack_from_a_broken_backend(backend, monkeypatch, 
     monkeypatch.setattr(auto, "select_stack", denied)
     assert ci.main(["exists", "--stack", "aws-g5"]) == 1
     assert "AccessDenied" in capsys.readouterr().err
+
+
+# --- which presets CI deploys ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset, said", [("aws-g5-fleet", "is a fleet"), ("gcp-l4-fleet", "is a fleet"),
+                                          ("hf-a10g", "deploys to huggingface"), ("runpod-l4", "deploys to runpod"),
+                                          ("k8s-gke-l4", "deploys to kubernetes")])
+def test_plan_and_create_refuse_presets_the_ci_roles_cannot_deploy(backend, preset, said):
+    with pytest.raises(ci.CiError, match=said) as refused:
+        ci.plan(7, "OPEN", ["deploy-preview", f"preset:{preset}"])
+    assert "aws-g4dn" in str(refused.value)  # the fix names the presets that work
+    with pytest.raises(ci.CiError, match=said):
+        ci.create("pr-7", preset)
+    assert backend.calls == []
+
+
+def test_a_closed_pr_is_torn_down_whatever_its_preset_label():
+    assert ci.plan(7, "CLOSED", ["deploy-preview", "preset:aws-g5-fleet"]).action == "destroy"
+
+
+def test_ci_presets_are_the_single_vm_aws_and_gcp_ones_and_the_readme_lists_them():
+    supported = ci.ci_presets()
+    for name in presets.names():
+        config = presets.read(name).config
+        single_vm = config.get("sdxl-endpoint:cloud", "aws") in ("aws", "gcp") and \
+            int(config.get("sdxl-endpoint:maxReplicas", 1)) == 1
+        assert (name in supported) == single_vm, name
+    assert ci.DEFAULT_PRESET in supported
+    readme = " ".join((presets.ROOT / "README.md").read_text().split())
+    assert "CI deploys these presets: " + ", ".join(f"`{n}`" for n in supported) + " (" in readme

@@ -121,6 +121,40 @@ def check_preset(name: str) -> str:
     )
 
 
+# What the CI roles (ci/bootstrap/*.sh) are set up to deploy: one VM per PR stack, on these clouds. A fleet needs
+# load balancers, autoscaling, CloudFront or managed instance groups; Kubernetes and hosted targets need
+# credentials; the roles grant none of these.
+CI_CLOUDS = ("aws", "gcp")
+MAX_REPLICAS_KEY = f"{PROJECT}:maxReplicas"
+
+
+def why_not_in_ci(name: str) -> str | None:
+    """Why the CI roles cannot deploy this preset as a PR stack, or None when they can."""
+    config = presets.read(name).config
+    cloud = str(config.get(CLOUD_KEY, "aws")).strip().lower()
+    if cloud not in CI_CLOUDS:
+        return f"it deploys to {cloud}, and the CI roles deploy only to {' or '.join(CI_CLOUDS)}"
+    if int(str(config.get(MAX_REPLICAS_KEY, 1)).strip() or 1) > 1:
+        return ("it is a fleet (maxReplicas above 1), and the CI roles hold no load balancer, autoscaling, "
+                "CDN or instance group permissions")
+    return None
+
+
+def ci_presets() -> list[str]:
+    """The presets a PR stack may use (README, "CI environments", lists them)."""
+    return [name for name in presets.names() if why_not_in_ci(name) is None]
+
+
+def check_ci_preset(name: str) -> str:
+    """The preset itself when it exists and the CI roles can deploy it; otherwise a CiError that says why."""
+    check_preset(name)
+    reason = why_not_in_ci(name)
+    if reason:
+        raise CiError(f"preset {name!r} cannot be a PR endpoint: {reason}.\n"
+                      f"  fix: a label preset:<name> with one of {', '.join(ci_presets())}")
+    return name
+
+
 def preset_config(name: str) -> tuple[dict[str, auto.ConfigValue], dict[str, auto.ConfigValue]]:
     """The preset's config as (plain keys, `--path` keys for lists and maps).
 
@@ -215,7 +249,7 @@ def plan(pr: int | str, state: str, labels: Iterable[str], default_preset: str =
     chosen = sorted({label[len(PRESET_LABEL_PREFIX):] for label in labels if label.startswith(PRESET_LABEL_PREFIX)})
     if len(chosen) > 1:
         raise CiError(f"labels pick {len(chosen)} presets ({', '.join(chosen)}): keep one preset:<name> label")
-    return Plan(action="up", stack=stack, preset=check_preset(chosen[0] if chosen else default_preset))
+    return Plan(action="up", stack=stack, preset=check_ci_preset(chosen[0] if chosen else default_preset))
 
 
 # --- the stack operations ---------------------------------------------------------------------
@@ -252,6 +286,7 @@ def create(name: str, preset: str, overrides: Mapping[str, auto.ConfigValue] | N
     `environ` supplies the review identity's variables (REVIEW_IDENTITY) for the preset's cloud.
     """
     check_ephemeral(name)
+    check_ci_preset(preset)
     plain, nested = preset_config(preset)
     plain.update(overrides or {})
     plain.update(review_identity(str(plain.get(CLOUD_KEY, auto.ConfigValue("aws")).value), environ or {}))
