@@ -18,9 +18,9 @@
 #
 # Needs the gcloud CLI and a project owner's credentials (of both projects), once. It prints the
 # repository variables to set. REVIEW_PROJECT_ID is where PR stacks deploy (default: PROJECT_ID).
-# Give it: the review account's compute roles (instances, networks, firewalls) are project-wide, as
-# Compute Engine's resource-name conditions cannot scope the calls a deploy makes (its operations, its
-# lists), so in a shared project PR code could stop production's VMs or change their firewalls.
+# Give it: the review account's compute roles (instances, networks, firewalls) are project-wide, as a
+# resource-name condition could not be relied on for every call a deploy makes (its operations and lists
+# name no pr-* resource), so in a shared project PR code could stop production's VMs or change their firewalls.
 set -euo pipefail
 
 usage="usage: $0 OWNER/REPO PROJECT_ID BUCKET [LOCATION] [REVIEW_PROJECT_ID]"
