@@ -12,7 +12,7 @@ from pulumi import automation as auto
 from stacks.config import parse_rfc3339
 from tests.tools.conftest import NOW, TOKEN, FakeBackend, FakeStack
 from tools import ci, presets
-from tools.ci import reaper
+from tools.ci import pulls, reaper
 
 
 def deployed(backend: FakeBackend, name: str, at: datetime, ttl: str | None) -> FakeStack:
@@ -545,3 +545,53 @@ def test_ci_presets_are_the_single_vm_aws_and_gcp_ones_and_the_readme_lists_them
     assert ci.DEFAULT_PRESET in supported
     readme = " ".join((presets.ROOT / "README.md").read_text().split())
     assert "CI deploys these presets: " + ", ".join(f"`{n}`" for n in supported) + " (" in readme
+
+
+# --- a closed or unlabelled PR's stack expires at once (the destroy review-env queued may be lost) ----------
+
+
+@pytest.fixture
+def github(monkeypatch):
+    """GitHub's REST API on loopback: GET /repos/{owner}/{repo}/pulls/{n} answers each PR's state and labels."""
+    from tests.fakes import loopback_server, reply_json
+
+    pulls_by_number = {}
+    seen = []
+
+    def handle(request, method):
+        seen.append((method, request.path, request.headers.get("Authorization")))
+        number = int(request.path.rsplit("/", 1)[-1])
+        if number not in pulls_by_number:
+            reply_json(request, 404, {"message": "Not Found"})
+            return
+        state, labels = pulls_by_number[number]
+        reply_json(request, 200, {"number": number, "state": state, "labels": [{"name": n} for n in labels]})
+
+    with loopback_server(handle) as url:
+        monkeypatch.setenv("GITHUB_API_URL", url)
+        monkeypatch.setenv("GITHUB_TOKEN", "ghs_test")
+        monkeypatch.setenv("GITHUB_REPOSITORY", "octo-org/sdxl-endpoint")
+        yield pulls_by_number, seen
+
+
+def test_a_closed_or_unlabelled_prs_stack_is_expired_before_its_ttl(backend, github, tmp_path, monkeypatch, capsys):
+    pulls_by_number, seen = github
+    for number in (21, 22, 23, 24):
+        deployed(backend, f"pr-{number}", NOW - timedelta(hours=1), "2026-03-20T00:00:00Z")  # days ahead
+    pulls_by_number.update({21: ("closed", ["deploy-preview"]), 22: ("open", ["bug"]),
+                            23: ("open", ["deploy-preview"])})  # 24: the API answers 404
+    found = {e.stack: e.source for e in reaper.expired(lambda: NOW, pulls.lookup_from_env())}
+    assert found == {"pr-21": "its pull request is closed",
+                     "pr-22": "its pull request is no longer labelled deploy-preview"}
+    assert ("GET", "/repos/octo-org/sdxl-endpoint/pulls/21", "Bearer ghs_test") in seen
+    assert "pull request #24: could not read its state" in capsys.readouterr().err  # the TTL decides
+    monkeypatch.setenv("GITHUB_OUTPUT", str(tmp_path / "out"))
+    assert ci.main(["reap"], now=lambda: NOW) == 0
+    assert sorted(backend.stacks) == ["pr-23", "pr-24"]
+
+
+def test_without_a_token_only_the_ttl_counts(backend, monkeypatch):
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    assert pulls.lookup_from_env() is None
+    deployed(backend, "pr-21", NOW - timedelta(hours=1), "2026-03-20T00:00:00Z")
+    assert reaper.expired(lambda: NOW, None) == []

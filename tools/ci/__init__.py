@@ -437,9 +437,10 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
         elif args.command == "expired":
             return _print_expired(args.json, args.max, now)
         elif args.command == "reap":
-            from tools.ci import reaper
+            from tools.ci import pulls, reaper
 
-            reaped = reaper.reap(now, stacks=args.stack, budget=reaper.parse_budget(args.budget))
+            reaped = reaper.reap(now, stacks=args.stack, budget=reaper.parse_budget(args.budget),
+                                 pull_lookup=pulls.lookup_from_env())
             result = reaped.outputs()
             status = 1 if reaped.failed else 0  # the outputs still name what was destroyed
         else:
@@ -462,9 +463,9 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
 
 
 def _print_expired(as_json: bool, limit: int, now: Clock) -> int:
-    from tools.ci import reaper
+    from tools.ci import pulls, reaper
 
-    found = reaper.expired(now)
+    found = reaper.expired(now, pulls.lookup_from_env())
     for expiry in found:
         _log(f"{expiry.stack}: expired {rfc3339(expiry.expires_at)} ({expiry.source})")
     chosen, left = found[:max(limit, 0)], found[max(limit, 0):]
