@@ -595,3 +595,14 @@ def test_without_a_token_only_the_ttl_counts(backend, monkeypatch):
     assert pulls.lookup_from_env() is None
     deployed(backend, "pr-21", NOW - timedelta(hours=1), "2026-03-20T00:00:00Z")
     assert reaper.expired(lambda: NOW, None) == []
+
+
+@pytest.mark.parametrize("command", [["up", "--stack", "pr-16", "--ttl", "1h"], ["destroy", "--stack", "pr-16"]])
+def test_a_stack_locked_by_a_live_job_is_one_error_line_not_a_traceback(backend, command, capsys):
+    ci.create("pr-16", "aws-g4dn")
+    backend.stacks["pr-16"].locks.append(NOW - timedelta(minutes=5))  # that job may still be running
+    assert ci.main(command, now=lambda: NOW) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: stack pr-16 is busy: locked since 2026-03-14T15:04:26Z")
+    assert "Traceback" not in "\n".join(err)
+    assert "pr-16" in backend.stacks  # nothing destroyed or removed

@@ -81,6 +81,10 @@ class CiError(Exception):
     """A mistake in what CI asked for: printed as one message, exit status 2."""
 
 
+class StackBusy(Exception):
+    """Another job holds the stack's lock, and it may still be alive (reaper.run_clearing_stale_locks)."""
+
+
 def _log(line: str) -> None:
     # Progress goes to stderr, so stdout stays the machine-readable result.
     print(line, file=sys.stderr, flush=True)
@@ -453,6 +457,11 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
     except CiError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StackBusy as busy:
+        # Another job's up or destroy of this PR is running: not a traceback, and not retried here.
+        print(f"error: stack {getattr(args, 'stack', '')} is busy: {busy}; try again when that job ends",
+              file=sys.stderr)
+        return 1
     except auto.CommandError as err:
         # The engine's output was already streamed; its last lines say what failed.
         print(f"error: pulumi {args.command} failed:{_tail(err)}", file=sys.stderr)

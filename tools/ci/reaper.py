@@ -32,7 +32,19 @@ from pulumi import automation as auto
 
 from stacks.config import parse_rfc3339
 from tools import workspace
-from tools.ci import TTL_KEY, CiError, Clock, _log, _tail, _utcnow, check_ephemeral, presets, pulls, rfc3339
+from tools.ci import (
+    TTL_KEY,
+    CiError,
+    Clock,
+    StackBusy,
+    _log,
+    _tail,
+    _utcnow,
+    check_ephemeral,
+    presets,
+    pulls,
+    rfc3339,
+)
 
 # The longest a job holding a pr-<n> lock can live: review-env.yml's and reaper.yml's timeout-minutes, which
 # is also the OIDC credentials' lifetime (role-duration-seconds 3600). tests/github checks they agree.
@@ -118,10 +130,6 @@ def expired(now: Clock = _utcnow, pull_lookup: pulls.PullLookup | None = None) -
 def lock_times(err: auto.CommandError) -> list[datetime]:
     """When each lock named in a "currently locked" error was taken (the CLI prints them in RFC 3339)."""
     return [moment for text in _LOCK_LINE.findall(str(err)) if (moment := parse_rfc3339(text)) is not None]
-
-
-class StackBusy(Exception):
-    """Another job holds the stack's lock, and it may still be alive."""
 
 
 def run_clearing_stale_locks(stack: auto.Stack, operation: Callable[[], object], now: Clock = _utcnow) -> None:
