@@ -29,16 +29,21 @@ usage="usage: $0 OWNER/REPO BUCKET [BUCKET_REGION] [DEPLOY_REGION]"
 repo=${1:?$usage}
 bucket=${2:?$usage}
 region=${3:-us-east-1}
-# The presets' region (every preset pins one), unless given.
-presets_region=$(sed -n 's/^ *aws:region: *\([a-z0-9-]*\).*/\1/p' "$(dirname "$0")"/../../stacks/Pulumi.*.yaml 2>/dev/null \
-  | sort -u | head -n 1)
-deploy_region=${4:-${presets_region:-us-east-1}}
+# Where stacks may deploy: every region an AWS preset pins (aws:region in stacks/Pulumi.*.yaml), and
+# DEPLOY_REGION when given. EC2 is allowed in each of them, and nowhere else.
+mapfile -t deploy_regions < <({
+  sed -n 's/^ *aws:region: *\([a-z0-9-]*\).*/\1/p' "$(dirname "$0")"/../../stacks/Pulumi.*.yaml 2>/dev/null
+  [ -z "${4:-}" ] || echo "$4"
+} | sort -u)
+[ "${#deploy_regions[@]}" -gt 0 ] || deploy_regions=(us-east-1)
+deploy_region=${4:-${deploy_regions[0]}}  # the workflows' AWS_REGION (where credentials are issued)
+regions_json="[$(printf '"%s",' "${deploy_regions[@]}" | sed 's/,$//')]"
 project=sdxl-endpoint   # Pulumi project name (Pulumi.yaml)
 prefix=gha-sdxl-endpoint  # never matches the sdxl-* names the program gives its own IAM resources
 
 [[ $repo =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]] || { echo "OWNER/REPO expected, got '$repo'" >&2; exit 2; }
 [[ $bucket =~ ^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$ ]] || { echo "not an S3 bucket name: '$bucket'" >&2; exit 2; }
-for r in "$region" "$deploy_region"; do
+for r in "$region" "${deploy_regions[@]}"; do
   [[ $r =~ ^[a-z]{2}(-gov)?-[a-z]+-[0-9]$ ]] || { echo "not an AWS region: '$r'" >&2; exit 2; }
 done
 command -v aws >/dev/null || { echo "the AWS CLI v2 is required" >&2; exit 1; }
@@ -112,15 +117,15 @@ JSON
 )
 
 # ec2 TAG_CONDITION_VALUE: what `pulumi up` and `destroy` of the stacks whose sdxl-endpoint:stack tag
-# matches the value do in EC2, in the deploy region. Creating needs the tag in the request; changing or
+# matches the value do in EC2, in the deploy regions. Creating needs the tag in the request; changing or
 # deleting needs it on the resource. Parts EC2 creates untagged with an instance (its network interface,
 # root volume) and the security group rules have no tag of their own: they are allowed only next to a
 # tagged instance or group in the same call.
 ec2() {
-  local stack=$1 in_region="\"aws:RequestedRegion\":\"$deploy_region\""
+  local stack=$1 in_region="\"aws:RequestedRegion\":$regions_json"
   local requested="\"StringEquals\":{$in_region},\"StringLike\":{\"aws:RequestTag/sdxl-endpoint:stack\":\"$stack\"}"
   local tagged="\"StringEquals\":{$in_region},\"StringLike\":{\"aws:ResourceTag/sdxl-endpoint:stack\":\"$stack\"}"
-  local arn="arn:aws:ec2:$deploy_region:$account"
+  local arn="arn:aws:ec2:*:$account"
   cat <<JSON
 {"Sid":"Ec2CreateTagged","Effect":"Allow","Action":["ec2:CreateVpc","ec2:CreateInternetGateway",
  "ec2:CreateSubnet","ec2:CreateRouteTable","ec2:CreateSecurityGroup","ec2:AllocateAddress","ec2:CreateVolume",
@@ -129,7 +134,7 @@ ec2() {
 {"Sid":"Ec2CreateInTagged","Effect":"Allow","Action":["ec2:CreateSubnet","ec2:CreateRouteTable",
  "ec2:CreateSecurityGroup","ec2:RunInstances"],"Resource":["$arn:vpc/*","$arn:subnet/*","$arn:security-group/*"],
  "Condition":{$tagged}},
-{"Sid":"Ec2LaunchParts","Effect":"Allow","Action":"ec2:RunInstances","Resource":["arn:aws:ec2:$deploy_region::image/*",
+{"Sid":"Ec2LaunchParts","Effect":"Allow","Action":"ec2:RunInstances","Resource":["arn:aws:ec2:*::image/*",
  "$arn:network-interface/*","$arn:volume/*"],"Condition":{"StringEquals":{$in_region}}},
 {"Sid":"Ec2TagOnCreate","Effect":"Allow","Action":"ec2:CreateTags","Resource":"$arn:*/*",
  "Condition":{"StringEquals":{$in_region,"ec2:CreateAction":["CreateVpc","CreateInternetGateway","CreateSubnet",
@@ -194,13 +199,13 @@ stack_resources() {
  "Condition":{"StringEquals":{"iam:PassedToService":"ec2.amazonaws.com"},$tagged}},
 {"Sid":"TokenParameters","Effect":"Allow","Action":["ssm:PutParameter","ssm:DeleteParameter","ssm:GetParameter",
  "ssm:GetParameters","ssm:AddTagsToResource","ssm:RemoveTagsFromResource","ssm:ListTagsForResource"],
- "Resource":"arn:aws:ssm:$deploy_region:$account:parameter/sdxl-endpoint/$names/*"},
+ "Resource":"arn:aws:ssm:*:$account:parameter/sdxl-endpoint/$names/*"},
 {"Sid":"TokenKeyCreate","Effect":"Allow","Action":"kms:CreateKey","Resource":"*","Condition":{$requested}},
 {"Sid":"TokenKeyTagOnCreate","Effect":"Allow","Action":"kms:TagResource","Resource":"*",
  "Condition":{$requested,$untagged,$keys}},
 {"Sid":"TokenKey","Effect":"Allow","Action":["kms:DescribeKey","kms:GetKeyPolicy","kms:GetKeyRotationStatus",
  "kms:EnableKeyRotation","kms:ListResourceTags","kms:TagResource","kms:UntagResource","kms:ScheduleKeyDeletion",
- "kms:Encrypt","kms:Decrypt","kms:GenerateDataKey"],"Resource":"arn:aws:kms:$deploy_region:$account:key/*",
+ "kms:Encrypt","kms:Decrypt","kms:GenerateDataKey"],"Resource":"arn:aws:kms:*:$account:key/*",
  "Condition":{$tagged}},
 {"Sid":"SourceBucket","Effect":"Allow","Action":["s3:CreateBucket","s3:DeleteBucket","s3:ListBucket",
  "s3:ListBucketVersions","s3:GetBucket*","s3:PutBucketTagging","s3:PutBucketPublicAccessBlock",
@@ -237,8 +242,8 @@ boundary_policy() {
  "ec2messages:DeleteMessage","ec2messages:FailMessage","ec2messages:GetEndpoint","ec2messages:GetMessages",
  "ec2messages:SendReply"],"Resource":"*"},
 {"Sid":"ItsTokens","Effect":"Allow","Action":"ssm:GetParameter",
- "Resource":"arn:aws:ssm:$deploy_region:$account:parameter/sdxl-endpoint/pr-*/*"},
-{"Sid":"ItsTokenKey","Effect":"Allow","Action":"kms:Decrypt","Resource":"arn:aws:kms:$deploy_region:$account:key/*",
+ "Resource":"arn:aws:ssm:*:$account:parameter/sdxl-endpoint/pr-*/*"},
+{"Sid":"ItsTokenKey","Effect":"Allow","Action":"kms:Decrypt","Resource":"arn:aws:kms:*:$account:key/*",
  "Condition":{"StringLike":{"aws:ResourceTag/sdxl-endpoint:stack":"pr-*"}}},
 {"Sid":"ItsSourceBundle","Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::sdxl-source-*/*"},
 {"Sid":"PullAnImage","Effect":"Allow","Action":["ecr:GetAuthorizationToken","ecr:BatchGetImage",
@@ -268,7 +273,7 @@ put_boundary() {
 # Production alone may use spot: its requests carry no stack tag, so no condition could scope them.
 spot_statements=$(cat <<JSON
 {"Sid":"Spot","Effect":"Allow","Action":["ec2:CancelSpotInstanceRequests"],"Resource":"*",
- "Condition":{"StringEquals":{"aws:RequestedRegion":"$deploy_region"}}}
+ "Condition":{"StringEquals":{"aws:RequestedRegion":$regions_json}}}
 JSON
 )
 

@@ -74,7 +74,8 @@ elif any(word in verb for word in ("head-", "get-open-id", "get-role", "get-poli
 """
 
 
-def run(script: str, *args: str, tmp_path: Path, existing: str = "") -> tuple[subprocess.CompletedProcess, list]:
+def run(script: str, *args: str, tmp_path: Path, existing: str = "",
+        bootstrap: Path = BOOTSTRAP) -> tuple[subprocess.CompletedProcess, list]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for name in ("aws", "gcloud"):
@@ -83,7 +84,7 @@ def run(script: str, *args: str, tmp_path: Path, existing: str = "") -> tuple[su
     calls = tmp_path / "calls.jsonl"
     calls.unlink(missing_ok=True)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls), "EXISTING": existing}
-    result = subprocess.run(["bash", BOOTSTRAP / script, *args], capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(["bash", bootstrap / script, *args], capture_output=True, text=True, env=env, timeout=60)
     recorded = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
     return result, recorded
 
@@ -204,7 +205,7 @@ def test_aws_permissions_are_least_privilege(aws):
     # EC2 in the deploy region (the presets'), not the bucket's
     for statement in deploy["Statement"]:
         if statement["Sid"].startswith("Ec2"):
-            assert statement["Condition"]["StringEquals"]["aws:RequestedRegion"] == "us-east-1", statement["Sid"]
+            assert statement["Condition"]["StringEquals"]["aws:RequestedRegion"] == ["us-east-1"], statement["Sid"]
 
 
 MUTATING = ("Create", "Delete", "Run", "Terminate", "Start", "Stop", "Modify", "Attach", "Detach", "Associate",
@@ -423,7 +424,35 @@ def test_aws_rerun_updates_instead_of_creating(tmp_path):
     assert f"AWS_REVIEW_ROLE_ARN   arn:aws:iam::{ACCOUNT}:role/gha-sdxl-endpoint-review" in result.stdout
 
 
-@pytest.mark.parametrize("args", [("not-a-repo", "b"), (REPO, "Bad_Bucket"), (REPO, "sdxl-state", "mars-1")])
+
+def ec2_regions(calls: list, role: str) -> set[tuple[str, ...]]:
+    policy = role_policies(calls)[f"gha-sdxl-endpoint-{role}"][1]
+    return {tuple(s["Condition"]["StringEquals"]["aws:RequestedRegion"]) for s in policy["Statement"]
+            if s["Sid"].startswith("Ec2") and "StringEquals" in s.get("Condition", {})}
+
+
+@pytest.mark.parametrize("deploy_region, expected", [
+    ((), ("eu-west-1", "us-east-1", "us-west-2")),  # every preset's region, not only the first alphabetically
+    (("ap-south-1",), ("ap-south-1", "eu-west-1", "us-east-1", "us-west-2")),  # and DEPLOY_REGION when given
+])
+def test_aws_ec2_is_allowed_in_every_preset_region(tmp_path, deploy_region, expected):
+    tree = tmp_path / "repo"
+    (tree / "ci" / "bootstrap").mkdir(parents=True)
+    (tree / "stacks").mkdir()
+    (tree / "ci" / "bootstrap" / "aws-oidc.sh").write_text((BOOTSTRAP / "aws-oidc.sh").read_text())
+    for name, region in (("aws-a", "us-west-2"), ("aws-b", "eu-west-1"), ("aws-c", "us-east-1"),
+                         ("aws-d", "us-west-2")):
+        (tree / "stacks" / f"Pulumi.{name}.yaml").write_text(f"config:\n  aws:region: {region}\n")
+    (tree / "stacks" / "Pulumi.gcp-x.yaml").write_text("config:\n  gcp:region: us-central1\n")
+    result, calls = run("aws-oidc.sh", REPO, "sdxl-state", "us-east-1", *deploy_region, tmp_path=tmp_path,
+                        bootstrap=tree / "ci" / "bootstrap")
+    assert result.returncode == 0, result.stderr
+    assert ec2_regions(calls, "review") == ec2_regions(calls, "deploy") == {expected}
+    assert f"AWS_REGION            {(deploy_region or expected)[0]}" in result.stdout
+
+
+@pytest.mark.parametrize("args", [("not-a-repo", "b"), (REPO, "Bad_Bucket"), (REPO, "sdxl-state", "mars-1"),
+                                  (REPO, "sdxl-state", "us-east-1", "not a region")])
 def test_aws_bad_arguments_stop_before_any_call(tmp_path, args):
     result, calls = run("aws-oidc.sh", *args, tmp_path=tmp_path)
     assert result.returncode == 2 and calls == []
