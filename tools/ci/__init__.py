@@ -454,6 +454,7 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
             found = sweep.sweep(aws_regions=regions,
                                 gcp_projects=args.gcp_project, terminate=args.terminate, now=now)
             result = found.outputs()
+            status = 1 if found.failed else 0  # the outputs still name what was terminated
     except CiError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
