@@ -203,6 +203,8 @@ class Endpoint(pulumi.ComponentResource):
                 "principals": [{"type": "Service", "identifiers": ["ec2.amazonaws.com"]}],
             }], opts=invoke).json,
             description="SDXL endpoint instance: SSM Session Manager, its own tokens and source bundle",
+            # CI's review role may create roles only with this boundary (ci/bootstrap/aws-oidc.sh).
+            permissions_boundary=settings.permissions_boundary,
             tags=tags, opts=child,
         )
         aws.iam.RolePolicyAttachment(

@@ -63,6 +63,12 @@ _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kuberne
 _LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                            r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+# An IAM managed policy's ARN (any partition, a customer's or AWS's own, with an optional path).
+# A user-managed service account's email: account id (6-30) @ project id (6-30).
+_SERVICE_ACCOUNT_EMAIL_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z][a-z0-9-]{4,28}[a-z0-9]"
+                                       r"\.iam\.gserviceaccount\.com$")
+_POLICY_ARN_RE = re.compile(r"^arn:aws(-[a-z]+)*:iam::([0-9]{12}|aws):policy/"
+                            r"([A-Za-z0-9+=,.@_-]+/)*[A-Za-z0-9+=,.@_-]{1,128}$")
 
 # Describes a machine type the catalog does not list, from the cloud's own data: (name, region) -> facts,
 # or None when the region does not sell it. A target module that can look types up provides one.
@@ -101,6 +107,8 @@ class Settings:
     hf_namespace: str | None = None  # Hugging Face: the user or organisation billed; None: the token's user
     runpod_cloud_type: str = catalog.RUNPOD_DEFAULT_CLOUD_TYPE  # RunPod: SECURE or COMMUNITY
     kube: KubeSettings | None = None  # Kubernetes only
+    permissions_boundary: str | None = None  # AWS: the policy ARN bounding the stack's IAM roles (CI review)
+    gcp_service_account: str | None = None  # GCP: an existing VM service account (CI review); None: one per stack
 
     @property
     def fleet(self) -> bool:
@@ -254,6 +262,10 @@ class RawConfig(BaseModel):
     storageClass: str | None = None  # noqa: N815
     imagePullSecret: str | None = None  # noqa: N815
     kedaPrometheusUrl: str | None = Field(None, pattern=r"^https?://[^\s/]+")  # noqa: N815
+    # CI's review stacks: the managed policy every IAM role of the stack is bounded by (ci/bootstrap/aws-oidc.sh).
+    permissionsBoundary: str | None = Field(None, pattern=_POLICY_ARN_RE.pattern)  # noqa: N815
+    # CI's review stacks: the VM service account the bootstrap made, used instead of one per stack (gcp-wif.sh).
+    gcpServiceAccount: str | None = Field(None, pattern=_SERVICE_ACCOUNT_EMAIL_RE.pattern)  # noqa: N815
 
 
 # Every project key, as declared in Pulumi.yaml; anything else under `sdxl-endpoint:` is a typo.
@@ -286,6 +298,10 @@ _TYPE_HELP: dict[str, tuple[str, str]] = {
                      "pulumi config set --path 'nodeSelector[0]' cloud.google.com/gke-accelerator=nvidia-l4"),
     "kedaPrometheusUrl": ("must be the http(s) URL of the Prometheus server KEDA queries",
                           _set("kedaPrometheusUrl", "http://prometheus-server.monitoring.svc:80")),
+    "permissionsBoundary": ("must be an IAM policy ARN, arn:aws:iam::<account>:policy/<name>",
+                            "pulumi config rm permissionsBoundary (CI sets it for review stacks)"),
+    "gcpServiceAccount": ("must be a service account email, <name>@<project>.iam.gserviceaccount.com",
+                          "pulumi config rm gcpServiceAccount (the stack then creates its own)"),
 }
 
 
@@ -344,6 +360,7 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
             problems.add(key, None, "is stored in plain text in the stack's config file",
                          f"pulumi config set --secret {key} <value>  (then rotate it: it may be in git history)")
     _check_fleet(raw, problems, cloud, domain, cidrs)
+    _check_ci_identity_keys(raw, problems, cloud)
     problems.raise_if_any(stack)
 
     assert place.machine is not None  # guaranteed by raise_if_any
@@ -358,6 +375,7 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
         data_disk_gb=raw.dataDiskGb, target_requests_per_hour=raw.targetRequestsPerHour or None,
         hf_namespace=raw.hfNamespace, runpod_cloud_type=raw.runpodCloudType.upper(),
         kube=kube_settings(raw, stack) if cloud == "kubernetes" else None,
+        permissions_boundary=raw.permissionsBoundary, gcp_service_account=raw.gcpServiceAccount,
     )
 
 
@@ -792,3 +810,11 @@ def load(describe_machine: MachineLookup | None = None) -> Settings:
 
     kube = settings.kube and dataclasses.replace(settings.kube, image_pull_secret=secret("imagePullSecret"))
     return dataclasses.replace(settings, api_token=secret("apiToken"), hf_token=secret("hfToken"), kube=kube)
+
+
+def _check_ci_identity_keys(raw: RawConfig, problems: Problems, cloud: str) -> None:
+    """CI's identity keys belong to one cloud each; on another they would silently do nothing."""
+    for key, own_cloud in (("permissionsBoundary", "aws"), ("gcpServiceAccount", "gcp")):
+        if getattr(raw, key) is not None and cloud != own_cloud:
+            problems.add(key, getattr(raw, key), f"applies to {own_cloud.upper()} only, but cloud is {cloud}",
+                         f"pulumi config rm {key}")

@@ -34,6 +34,14 @@ IAP_TCP_FORWARDING_CIDR = "35.235.240.0/20"
 # do is granted on one resource each: read this stack's token secrets, this one source bundle object, and
 # (for an `image` in this project's Artifact Registry) pull from that repository.
 SERVICE_ACCOUNT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
+
+
+class GivenAccount:
+    """An existing service account (config gcpServiceAccount), shaped like the created one where it is used."""
+
+    def __init__(self, email: str) -> None:
+        self.email = email
+        self.member = f"serviceAccount:{email}"
 # Secret Manager accepts only the cloud-platform scope, so IAM (above), not the scope, is the limit.
 SERVICE_ACCOUNT_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 _ARTIFACT_REGISTRY_IMAGE = re.compile(
@@ -154,18 +162,25 @@ class Endpoint(pulumi.ComponentResource):
         if settings.ssh:
             iap_ssh_firewall(name, resource_name(settings.stack, "iap-ssh"), network, network_tag, child)
 
-        account = gcp.serviceaccount.Account(
-            f"{name}-sa", account_id=resource_name(settings.stack, "sa", SERVICE_ACCOUNT_ID_MAX),
-            display_name=f"SDXL endpoint {settings.stack}"[:100],  # the API caps it at 100
-            description="SDXL endpoint VM: logs and metrics, its own tokens and source bundle", opts=child,
-        )
-        grants = [
-            gcp.projects.IAMMember(
-                f"{name}-{role.rsplit('.', 1)[-1].lower()}", project=settings.gcp_project, role=role,
-                member=account.member, opts=child,
+        account: gcp.serviceaccount.Account | GivenAccount
+        grants: list[pulumi.Resource]
+        if settings.gcp_service_account:
+            # CI's review stacks: the VM account the bootstrap made (ci/bootstrap/gcp-wif.sh), with its log and
+            # metric roles granted there once; the review account may act as that account and no other.
+            account, grants = GivenAccount(settings.gcp_service_account), []
+        else:
+            account = gcp.serviceaccount.Account(
+                f"{name}-sa", account_id=resource_name(settings.stack, "sa", SERVICE_ACCOUNT_ID_MAX),
+                display_name=f"SDXL endpoint {settings.stack}"[:100],  # the API caps it at 100
+                description="SDXL endpoint VM: logs and metrics, its own tokens and source bundle", opts=child,
             )
-            for role in SERVICE_ACCOUNT_ROLES
-        ]
+            grants = [
+                gcp.projects.IAMMember(
+                    f"{name}-{role.rsplit('.', 1)[-1].lower()}", project=settings.gcp_project, role=role,
+                    member=account.member, opts=child,
+                )
+                for role in SERVICE_ACCOUNT_ROLES
+            ]
 
         token = contract.api_token(settings, parent=self)
         secrets, readable = self._tokens(name, settings, token, labels, account, child)
@@ -300,7 +315,7 @@ class Endpoint(pulumi.ComponentResource):
         )
 
     def _tokens(self, name: str, settings: Settings, token: pulumi.Output[str], labels: dict[str, str],
-                account: gcp.serviceaccount.Account, child: pulumi.ResourceOptions,
+                account: gcp.serviceaccount.Account | GivenAccount, child: pulumi.ResourceOptions,
                 ) -> tuple[dict[str, str], list[pulumi.Resource]]:
         """The tokens as Secret Manager secrets that only the VM's service account may read: their names for
         the bootstrap, and what the VM waits for."""
@@ -326,7 +341,7 @@ class Endpoint(pulumi.ComponentResource):
         return names, readable
 
     def _source_bucket(self, name: str, settings: Settings, labels: dict[str, str],
-                       account: gcp.serviceaccount.Account, child: pulumi.ResourceOptions,
+                       account: gcp.serviceaccount.Account | GivenAccount, child: pulumi.ResourceOptions,
                        built: bundle.Bundle) -> gcp.storage.Bucket:
         """A private bucket (uniform access, public access prevention) holding this checkout's source
         bundle, readable by the VM's service account for that one object; destroy empties and removes it."""

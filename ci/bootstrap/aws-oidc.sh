@@ -9,7 +9,10 @@
 #       gha-sdxl-endpoint-preview  the `preview` environment (preview.yml): read-only in EC2
 #       gha-sdxl-endpoint-review   the `review` environment (review-env.yml, reaper.yml): deploys, but
 #                                  every mutating call needs the tag sdxl-endpoint:stack=pr-* (on what
-#                                  it changes, or in the request that creates it), or a pr-* name
+#                                  it changes, or in the request that creates it), or a pr-* name; an
+#                                  existing resource's stack tag is never rewritten; every role it
+#                                  creates or changes carries the permissions boundary below
+#       gha-sdxl-endpoint-review-boundary  a managed policy: the most a PR stack's instance role may do
 #       gha-sdxl-endpoint-deploy   the `production` environment (deploy.yml)
 #
 #   ci/bootstrap/aws-oidc.sh OWNER/REPO BUCKET [BUCKET_REGION] [DEPLOY_REGION]
@@ -26,16 +29,21 @@ usage="usage: $0 OWNER/REPO BUCKET [BUCKET_REGION] [DEPLOY_REGION]"
 repo=${1:?$usage}
 bucket=${2:?$usage}
 region=${3:-us-east-1}
-# The presets' region (every preset pins one), unless given.
-presets_region=$(sed -n 's/^ *aws:region: *\([a-z0-9-]*\).*/\1/p' "$(dirname "$0")"/../../stacks/Pulumi.*.yaml 2>/dev/null \
-  | sort -u | head -n 1)
-deploy_region=${4:-${presets_region:-us-east-1}}
+# Where stacks may deploy: every region an AWS preset pins (aws:region in stacks/Pulumi.*.yaml), and
+# DEPLOY_REGION when given. EC2 is allowed in each of them, and nowhere else.
+mapfile -t deploy_regions < <({
+  sed -n 's/^ *aws:region: *\([a-z0-9-]*\).*/\1/p' "$(dirname "$0")"/../../stacks/Pulumi.*.yaml 2>/dev/null
+  [ -z "${4:-}" ] || echo "$4"
+} | sort -u)
+[ "${#deploy_regions[@]}" -gt 0 ] || deploy_regions=(us-east-1)
+deploy_region=${4:-${deploy_regions[0]}}  # the workflows' AWS_REGION (where credentials are issued)
+regions_json="[$(printf '"%s",' "${deploy_regions[@]}" | sed 's/,$//')]"
 project=sdxl-endpoint   # Pulumi project name (Pulumi.yaml)
 prefix=gha-sdxl-endpoint  # never matches the sdxl-* names the program gives its own IAM resources
 
 [[ $repo =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]] || { echo "OWNER/REPO expected, got '$repo'" >&2; exit 2; }
 [[ $bucket =~ ^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$ ]] || { echo "not an S3 bucket name: '$bucket'" >&2; exit 2; }
-for r in "$region" "$deploy_region"; do
+for r in "$region" "${deploy_regions[@]}"; do
   [[ $r =~ ^[a-z]{2}(-gov)?-[a-z]+-[0-9]$ ]] || { echo "not an AWS region: '$r'" >&2; exit 2; }
 done
 command -v aws >/dev/null || { echo "the AWS CLI v2 is required" >&2; exit 1; }
@@ -109,15 +117,15 @@ JSON
 )
 
 # ec2 TAG_CONDITION_VALUE: what `pulumi up` and `destroy` of the stacks whose sdxl-endpoint:stack tag
-# matches the value do in EC2, in the deploy region. Creating needs the tag in the request; changing or
+# matches the value do in EC2, in the deploy regions. Creating needs the tag in the request; changing or
 # deleting needs it on the resource. Parts EC2 creates untagged with an instance (its network interface,
 # root volume) and the security group rules have no tag of their own: they are allowed only next to a
 # tagged instance or group in the same call.
 ec2() {
-  local stack=$1 in_region="\"aws:RequestedRegion\":\"$deploy_region\""
+  local stack=$1 in_region="\"aws:RequestedRegion\":$regions_json"
   local requested="\"StringEquals\":{$in_region},\"StringLike\":{\"aws:RequestTag/sdxl-endpoint:stack\":\"$stack\"}"
   local tagged="\"StringEquals\":{$in_region},\"StringLike\":{\"aws:ResourceTag/sdxl-endpoint:stack\":\"$stack\"}"
-  local arn="arn:aws:ec2:$deploy_region:$account"
+  local arn="arn:aws:ec2:*:$account"
   cat <<JSON
 {"Sid":"Ec2CreateTagged","Effect":"Allow","Action":["ec2:CreateVpc","ec2:CreateInternetGateway",
  "ec2:CreateSubnet","ec2:CreateRouteTable","ec2:CreateSecurityGroup","ec2:AllocateAddress","ec2:CreateVolume",
@@ -126,7 +134,7 @@ ec2() {
 {"Sid":"Ec2CreateInTagged","Effect":"Allow","Action":["ec2:CreateSubnet","ec2:CreateRouteTable",
  "ec2:CreateSecurityGroup","ec2:RunInstances"],"Resource":["$arn:vpc/*","$arn:subnet/*","$arn:security-group/*"],
  "Condition":{$tagged}},
-{"Sid":"Ec2LaunchParts","Effect":"Allow","Action":"ec2:RunInstances","Resource":["arn:aws:ec2:$deploy_region::image/*",
+{"Sid":"Ec2LaunchParts","Effect":"Allow","Action":"ec2:RunInstances","Resource":["arn:aws:ec2:*::image/*",
  "$arn:network-interface/*","$arn:volume/*"],"Condition":{"StringEquals":{$in_region}}},
 {"Sid":"Ec2TagOnCreate","Effect":"Allow","Action":"ec2:CreateTags","Resource":"$arn:*/*",
  "Condition":{"StringEquals":{$in_region,"ec2:CreateAction":["CreateVpc","CreateInternetGateway","CreateSubnet",
@@ -154,35 +162,50 @@ ec2() {
 JSON
 }
 
-# stack_resources STACK_GLOB TAG_CONDITION_VALUE: the stack's IAM role (tagged), its token parameters
-# (/sdxl-endpoint/<stack>/...) and their KMS key (tagged), and its source bucket with the bundle.
+# stack_resources STACK_GLOB TAG_CONDITION_VALUE [BOUNDARY_ARN]: the stack's IAM role (tagged), its token
+# parameters (/sdxl-endpoint/<stack>/...) and their KMS key (tagged), and its source bucket with the bundle.
+# Tagging is allowed on what the stack tag already marks as the stack's, or while creating (no stack tag
+# yet): never to re-tag another stack's role or key into reach. With BOUNDARY_ARN, a role may be created or
+# given policies only with that permissions boundary, so what CI lets it hold cannot exceed the boundary.
 stack_resources() {
-  local names=$1 stack=$2
+  local names=$1 stack=$2 boundary=${3:-}
   local tagged="\"StringLike\":{\"aws:ResourceTag/sdxl-endpoint:stack\":\"$stack\"}"
   local requested="\"StringLike\":{\"aws:RequestTag/sdxl-endpoint:stack\":\"$stack\"}"
+  local untagged="\"Null\":{\"aws:ResourceTag/sdxl-endpoint:stack\":\"true\"}"
+  # Only the program's own tag keys (settings.tags and Name), so creating cannot smuggle in other tags.
+  local keys="\"ForAllValues:StringLike\":{\"aws:TagKeys\":[\"sdxl-endpoint:*\",\"Name\"]}"
+  local bounded=""
+  [ -z "$boundary" ] || bounded=",\"StringEquals\":{\"iam:PermissionsBoundary\":\"$boundary\"}"
   cat <<JSON
-{"Sid":"InstanceRoleCreate","Effect":"Allow","Action":["iam:CreateRole","iam:CreateInstanceProfile","iam:TagRole",
- "iam:TagInstanceProfile"],"Resource":["arn:aws:iam::$account:role/sdxl-role-*",
- "arn:aws:iam::$account:instance-profile/sdxl-profile-*"],"Condition":{$requested}},
+{"Sid":"InstanceRoleCreate","Effect":"Allow","Action":"iam:CreateRole",
+ "Resource":"arn:aws:iam::$account:role/sdxl-role-*","Condition":{$requested$bounded}},
+{"Sid":"InstanceProfileCreate","Effect":"Allow","Action":"iam:CreateInstanceProfile",
+ "Resource":"arn:aws:iam::$account:instance-profile/sdxl-profile-*","Condition":{$requested}},
+{"Sid":"InstanceRoleTagOnCreate","Effect":"Allow","Action":["iam:TagRole","iam:TagInstanceProfile"],
+ "Resource":["arn:aws:iam::$account:role/sdxl-role-*","arn:aws:iam::$account:instance-profile/sdxl-profile-*"],
+ "Condition":{$requested,$untagged,$keys}},
 {"Sid":"InstanceRoleChange","Effect":"Allow","Action":["iam:DeleteRole","iam:TagRole","iam:UntagRole",
- "iam:UpdateRole","iam:UpdateRoleDescription","iam:UpdateAssumeRolePolicy","iam:PutRolePolicy",
- "iam:DeleteRolePolicy","iam:DeleteInstanceProfile","iam:TagInstanceProfile","iam:UntagInstanceProfile",
- "iam:AddRoleToInstanceProfile","iam:RemoveRoleFromInstanceProfile"],
+ "iam:UpdateRole","iam:UpdateRoleDescription","iam:UpdateAssumeRolePolicy","iam:DeleteInstanceProfile",
+ "iam:TagInstanceProfile","iam:UntagInstanceProfile","iam:AddRoleToInstanceProfile",
+ "iam:RemoveRoleFromInstanceProfile"],
  "Resource":["arn:aws:iam::$account:role/sdxl-role-*","arn:aws:iam::$account:instance-profile/sdxl-profile-*"],
  "Condition":{$tagged}},
+{"Sid":"InstanceRolePolicy","Effect":"Allow","Action":["iam:PutRolePolicy","iam:DeleteRolePolicy"],
+ "Resource":"arn:aws:iam::$account:role/sdxl-role-*","Condition":{$tagged$bounded}},
 {"Sid":"OnlySsmPolicy","Effect":"Allow","Action":["iam:AttachRolePolicy","iam:DetachRolePolicy"],
  "Resource":"arn:aws:iam::$account:role/sdxl-role-*",
- "Condition":{"ArnEquals":{"iam:PolicyARN":"arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"},$tagged}},
+ "Condition":{"ArnEquals":{"iam:PolicyARN":"arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"},$tagged$bounded}},
 {"Sid":"PassOnlyToEc2","Effect":"Allow","Action":"iam:PassRole","Resource":"arn:aws:iam::$account:role/sdxl-role-*",
  "Condition":{"StringEquals":{"iam:PassedToService":"ec2.amazonaws.com"},$tagged}},
 {"Sid":"TokenParameters","Effect":"Allow","Action":["ssm:PutParameter","ssm:DeleteParameter","ssm:GetParameter",
  "ssm:GetParameters","ssm:AddTagsToResource","ssm:RemoveTagsFromResource","ssm:ListTagsForResource"],
- "Resource":"arn:aws:ssm:$deploy_region:$account:parameter/sdxl-endpoint/$names/*"},
-{"Sid":"TokenKeyCreate","Effect":"Allow","Action":["kms:CreateKey","kms:TagResource"],"Resource":"*",
- "Condition":{$requested}},
+ "Resource":"arn:aws:ssm:*:$account:parameter/sdxl-endpoint/$names/*"},
+{"Sid":"TokenKeyCreate","Effect":"Allow","Action":"kms:CreateKey","Resource":"*","Condition":{$requested}},
+{"Sid":"TokenKeyTagOnCreate","Effect":"Allow","Action":"kms:TagResource","Resource":"*",
+ "Condition":{$requested,$untagged,$keys}},
 {"Sid":"TokenKey","Effect":"Allow","Action":["kms:DescribeKey","kms:GetKeyPolicy","kms:GetKeyRotationStatus",
  "kms:EnableKeyRotation","kms:ListResourceTags","kms:TagResource","kms:UntagResource","kms:ScheduleKeyDeletion",
- "kms:Encrypt","kms:Decrypt","kms:GenerateDataKey"],"Resource":"arn:aws:kms:$deploy_region:$account:key/*",
+ "kms:Encrypt","kms:Decrypt","kms:GenerateDataKey"],"Resource":"arn:aws:kms:*:$account:key/*",
  "Condition":{$tagged}},
 {"Sid":"SourceBucket","Effect":"Allow","Action":["s3:CreateBucket","s3:DeleteBucket","s3:ListBucket",
  "s3:ListBucketVersions","s3:GetBucket*","s3:PutBucketTagging","s3:PutBucketPublicAccessBlock",
@@ -197,12 +220,60 @@ stack_resources() {
 {"Sid":"SpotServiceRole","Effect":"Allow","Action":"iam:CreateServiceLinkedRole","Resource":"*",
  "Condition":{"StringEquals":{"iam:AWSServiceName":"spot.amazonaws.com"}}}
 JSON
+  [ -z "$boundary" ] || cat <<JSON
+,{"Sid":"KeepTheBoundary","Effect":"Deny","Action":["iam:DeleteRolePermissionsBoundary",
+ "iam:PutRolePermissionsBoundary","iam:CreatePolicy","iam:CreatePolicyVersion","iam:SetDefaultPolicyVersion",
+ "iam:DeletePolicy","iam:DeletePolicyVersion"],"Resource":"*"}
+JSON
+}
+
+# boundary_policy: the most a PR stack's instance role can ever do, whatever policy it is given: what
+# stacks/aws.py grants it (its pr-* token parameters through their pr-* key, its source bundle, an ECR pull)
+# and AmazonSSMManagedInstanceCore's Session Manager actions. No IAM, no EC2, nothing of production.
+boundary_policy() {
+  cat <<JSON
+{"Version":"2012-10-17","Statement":[
+{"Sid":"SessionManager","Effect":"Allow","Action":["ssm:DescribeAssociation",
+ "ssm:GetDeployablePatchSnapshotForInstance","ssm:GetDocument","ssm:DescribeDocument","ssm:GetManifest",
+ "ssm:ListAssociations","ssm:ListInstanceAssociations","ssm:PutInventory","ssm:PutComplianceItems",
+ "ssm:PutConfigurePackageResult","ssm:UpdateAssociationStatus","ssm:UpdateInstanceAssociationStatus",
+ "ssm:UpdateInstanceInformation","ssmmessages:CreateControlChannel","ssmmessages:CreateDataChannel",
+ "ssmmessages:OpenControlChannel","ssmmessages:OpenDataChannel","ec2messages:AcknowledgeMessage",
+ "ec2messages:DeleteMessage","ec2messages:FailMessage","ec2messages:GetEndpoint","ec2messages:GetMessages",
+ "ec2messages:SendReply"],"Resource":"*"},
+{"Sid":"ItsTokens","Effect":"Allow","Action":"ssm:GetParameter",
+ "Resource":"arn:aws:ssm:*:$account:parameter/sdxl-endpoint/pr-*/*"},
+{"Sid":"ItsTokenKey","Effect":"Allow","Action":"kms:Decrypt","Resource":"arn:aws:kms:*:$account:key/*",
+ "Condition":{"StringLike":{"aws:ResourceTag/sdxl-endpoint:stack":"pr-*"}}},
+{"Sid":"ItsSourceBundle","Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::sdxl-source-*/*"},
+{"Sid":"PullAnImage","Effect":"Allow","Action":["ecr:GetAuthorizationToken","ecr:BatchGetImage",
+ "ecr:GetDownloadUrlForLayer","ecr:BatchCheckLayerAvailability"],"Resource":"*"}]}
+JSON
+}
+
+# put_boundary NAME: create the managed policy, or make the current document its default version (keeping
+# at most the one older version IAM's five-version limit would otherwise refuse).
+put_boundary() {
+  local arn="arn:aws:iam::$account:policy/$1"
+  if aws iam get-policy --policy-arn "$arn" >/dev/null 2>&1; then
+    local old
+    for old in $(aws iam list-policy-versions --policy-arn "$arn" \
+        --query 'Versions[?!IsDefaultVersion].VersionId' --output text); do
+      aws iam delete-policy-version --policy-arn "$arn" --version-id "$old"
+    done
+    aws iam create-policy-version --policy-arn "$arn" --set-as-default \
+      --policy-document "$(boundary_policy)" >/dev/null
+  else
+    aws iam create-policy --policy-name "$1" --description "$project CI: the most a PR stack's role may do" \
+      --policy-document "$(boundary_policy)" >/dev/null
+  fi
+  echo "$arn"
 }
 
 # Production alone may use spot: its requests carry no stack tag, so no condition could scope them.
 spot_statements=$(cat <<JSON
 {"Sid":"Spot","Effect":"Allow","Action":["ec2:CancelSpotInstanceRequests"],"Resource":"*",
- "Condition":{"StringEquals":{"aws:RequestedRegion":"$deploy_region"}}}
+ "Condition":{"StringEquals":{"aws:RequestedRegion":$regions_json}}}
 JSON
 )
 
@@ -223,9 +294,11 @@ put_role() {
 }
 
 echo "==> roles"
+boundary_arn=$(put_boundary "$prefix-review-boundary")
 preview_arn=$(put_role "$prefix-preview" "$read_statements,$(state preview)" environment:preview)
 review_arn=$(put_role "$prefix-review" \
-  "$read_statements,$(state review),$(ec2 'pr-*'),$(stack_resources 'pr-*' 'pr-*')" environment:review)
+  "$read_statements,$(state review),$(ec2 'pr-*'),$(stack_resources 'pr-*' 'pr-*' "$boundary_arn")" \
+  environment:review)
 deploy_arn=$(put_role "$prefix-deploy" \
   "$read_statements,$(state production),$(ec2 '*'),$(stack_resources '*' '*'),$spot_statements" environment:production)
 
@@ -237,6 +310,7 @@ Done. Set these repository variables (Settings > Secrets and variables > Actions
   AWS_PREVIEW_ROLE_ARN  $preview_arn
   AWS_REVIEW_ROLE_ARN   $review_arn
   AWS_DEPLOY_ROLE_ARN   $deploy_arn
+  AWS_REVIEW_PERMISSIONS_BOUNDARY  $boundary_arn   (review-env.yml gives it to PR stacks' instance roles)
 and, in each environment (production, review, preview), its own secret PULUMI_CONFIG_PASSPHRASE
 (openssl rand -base64 32 each; keep copies). Never a repository secret: pull requests can read those.
 EOF

@@ -9,39 +9,50 @@
 #   - three service accounts, each impersonable only from one context (the token's `sub`):
 #       gha-sdxl-preview  the `preview` environment (preview.yml): reads the project, its own state folder
 #       gha-sdxl-review   the `review` environment (review-env.yml, reaper.yml): deploys pr-<n> stacks;
-#                         may act as, and delete, only the VM service accounts those stacks create
+#                         may act as only sdxl-review-vm, the one VM service account they all use
+#                         (granted on that account itself: IAM Conditions' resource attributes are not
+#                         documented for iam.googleapis.com, so a name condition could not be relied on)
 #       gha-sdxl-deploy   the `production` environment (deploy.yml)
 #
-#   ci/bootstrap/gcp-wif.sh OWNER/REPO PROJECT_ID BUCKET [LOCATION]
+#   ci/bootstrap/gcp-wif.sh OWNER/REPO PROJECT_ID BUCKET [LOCATION] [REVIEW_PROJECT_ID]
 #
-# Needs the gcloud CLI and a project owner's credentials, once. It prints the repository
-# variables to set. For hard isolation between PR endpoints and production, give the review
-# account its own project.
+# Needs the gcloud CLI and a project owner's credentials (of both projects), once. It prints the
+# repository variables to set. REVIEW_PROJECT_ID is where PR stacks deploy (default: PROJECT_ID).
+# Give it: the review account's compute roles (instances, networks, firewalls) are project-wide, as a
+# resource-name condition could not be relied on for every call a deploy makes (its operations and lists
+# name no pr-* resource), so in a shared project PR code could stop production's VMs or change their firewalls.
 set -euo pipefail
 
-usage="usage: $0 OWNER/REPO PROJECT_ID BUCKET [LOCATION]"
+usage="usage: $0 OWNER/REPO PROJECT_ID BUCKET [LOCATION] [REVIEW_PROJECT_ID]"
 repo=${1:?$usage}
 project=${2:?$usage}
 bucket=${3:?$usage}
 location=${4:-us-central1}
+review_project=${5:-$project}
 pool=github-actions
 provider=github
 
 [[ $repo =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]] || { echo "OWNER/REPO expected, got '$repo'" >&2; exit 2; }
-[[ $project =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || { echo "not a GCP project id: '$project'" >&2; exit 2; }
+for p in "$project" "$review_project"; do
+  [[ $p =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || { echo "not a GCP project id: '$p'" >&2; exit 2; }
+done
 [[ $bucket =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] || { echo "not a GCS bucket name: '$bucket'" >&2; exit 2; }
 # The stacks name their source buckets sdxl-<project>-<stack>-source, which the deploy and review accounts
 # administer: the state bucket must never match that.
-[[ $bucket != sdxl-"$project"-* ]] || { echo "state bucket '$bucket' would look like a stack's source bucket" >&2; exit 2; }
+[[ $bucket != sdxl-"$project"-* && $bucket != sdxl-"$review_project"-* ]] || { echo "state bucket '$bucket' would look like a stack's source bucket" >&2; exit 2; }
 command -v gcloud >/dev/null || { echo "the gcloud CLI is required" >&2; exit 1; }
 
 number=$(gcloud projects describe "$project" --format='value(projectNumber)')
+review_number=$number
+[ "$review_project" = "$project" ] || review_number=$(gcloud projects describe "$review_project" --format='value(projectNumber)')
 pool_id="projects/$number/locations/global/workloadIdentityPools/$pool"
 
 echo "==> APIs"
-gcloud services enable --project "$project" compute.googleapis.com iam.googleapis.com \
-  iamcredentials.googleapis.com sts.googleapis.com storage.googleapis.com \
-  cloudresourcemanager.googleapis.com secretmanager.googleapis.com
+for p in $(printf '%s\n' "$project" "$review_project" | sort -u); do
+  gcloud services enable --project "$p" compute.googleapis.com iam.googleapis.com \
+    iamcredentials.googleapis.com sts.googleapis.com storage.googleapis.com \
+    cloudresourcemanager.googleapis.com secretmanager.googleapis.com
+done
 
 echo "==> state bucket gs://$bucket ($location)"
 if ! gcloud storage buckets describe "gs://$bucket" --project "$project" >/dev/null 2>&1; then
@@ -98,11 +109,13 @@ condition() {
   printf '^;^title=%s;expression=%s' "$1" "$2"
 }
 
-# grant EMAIL ROLE [CONDITION]: a project role, optionally limited by an IAM condition.
-grant() {
-  gcloud projects add-iam-policy-binding "$project" --member "serviceAccount:$1" --role "$2" \
-    --condition "${3:-None}" >/dev/null
+# grant_in PROJECT EMAIL ROLE [CONDITION]: a project role, optionally limited by an IAM condition.
+grant_in() {
+  gcloud projects add-iam-policy-binding "$1" --member "serviceAccount:$2" --role "$3" \
+    --condition "${4:-None}" >/dev/null
 }
+# grant EMAIL ROLE [CONDITION]: the same, in PROJECT_ID.
+grant() { grant_in "$project" "$@"; }
 
 # state_access EMAIL FOLDER: read and write that folder of the state bucket, and list the bucket.
 state_access() {
@@ -122,35 +135,54 @@ grant "$preview" roles/compute.viewer
 state_access "$review" review
 state_access "$deploy" production
 
-# grant_stack_roles EMAIL STACK_PREFIX: what `pulumi up` and `destroy` of a stack named STACK_PREFIX* need.
+# grant_stack_roles EMAIL STACK_PREFIX PROJECT PROJECT_NUMBER: what `pulumi up` and `destroy` of a stack named
+# STACK_PREFIX* in PROJECT need.
 grant_stack_roles() {
-  local account=$1 stacks=$2
-  # The stack's network, firewall, address, disks and VM.
+  local account=$1 stacks=$2 project=$3 number=$4
+  # The stack's network, firewall, address, disks and VM: project-wide (see REVIEW_PROJECT_ID above).
   for role in roles/compute.instanceAdmin.v1 roles/compute.networkAdmin roles/compute.securityAdmin \
-      roles/iam.serviceAccountCreator roles/iam.serviceAccountViewer; do
-    grant "$account" "$role"
+      roles/iam.serviceAccountViewer; do
+    grant_in "$project" "$account" "$role"
   done
-  # Its VM service account (sdxl-<stack>-sa): attach it to the VM, delete it. Never any other account,
-  # so no stack can start a VM as a CI account.
-  local accounts="resource.type == 'iam.googleapis.com/ServiceAccount' && \
-resource.name.extract('/serviceAccounts/{email}').startsWith('sdxl-$stacks')"
-  grant "$account" roles/iam.serviceAccountUser "$(condition "sdxl-$stacks-vm-accounts" "$accounts")"
-  grant "$account" roles/iam.serviceAccountDeleter "$(condition "sdxl-$stacks-vm-accounts" "$accounts")"
   # Its token secrets (sdxl-<stack>-api-token, -hf-token) and their reader grant; creating is project-level.
-  grant "$account" roles/secretmanager.admin "$(condition "sdxl-$stacks-secrets" \
+  grant_in "$project" "$account" roles/secretmanager.admin "$(condition "sdxl-$stacks-secrets" \
 "resource.type == 'cloudresourcemanager.googleapis.com/Project' || \
 resource.name.startsWith('projects/$number/secrets/sdxl-$stacks')")"
   # Its source bucket (sdxl-<project>-<stack>-source), the bundle in it and the VM's conditional read grant.
-  grant "$account" roles/storage.admin "$(condition "sdxl-$stacks-source-buckets" \
+  grant_in "$project" "$account" roles/storage.admin "$(condition "sdxl-$stacks-source-buckets" \
 "resource.type == 'cloudresourcemanager.googleapis.com/Project' || \
 resource.name.startsWith('projects/_/buckets/sdxl-$project-$stacks')")"
-  # The VM's account may be granted log and metric writing, and nothing else.
-  grant "$account" roles/resourcemanager.projectIamAdmin "$(condition sdxl-vm-roles-only \
+}
+grant_stack_roles "$review" pr- "$review_project" "$review_number"
+grant_stack_roles "$deploy" "" "$project" "$number"
+if [ "$review_project" = "$project" ]; then
+  echo "warning: review shares $project with production: its compute roles reach production's VMs and" \
+    "firewalls. Pass REVIEW_PROJECT_ID for isolation." >&2
+fi
+
+# Production's stacks each create their VM account (sdxl-<stack>-sa), grant it log and metric writing and
+# delete it with the stack. The deploy account runs only main's reviewed code (environment `production`).
+for role in roles/iam.serviceAccountCreator roles/iam.serviceAccountUser roles/iam.serviceAccountDeleter; do
+  grant "$deploy" "$role"
+done
+grant "$deploy" roles/resourcemanager.projectIamAdmin "$(condition sdxl-vm-roles-only \
 "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly(\
 ['roles/logging.logWriter', 'roles/monitoring.metricWriter'])")"
-}
-grant_stack_roles "$review" pr-
-grant_stack_roles "$deploy" ""
+
+# Review stacks share one VM account, made here with its log and metric roles (config gcpServiceAccount, which
+# review-env.yml sets): the review account may act as that account alone, so no PR can start a VM as a CI
+# account or a production one, and creates no account and grants no project role itself.
+echo "==> review VM service account"
+review_vm="sdxl-review-vm@$review_project.iam.gserviceaccount.com"
+if ! gcloud iam service-accounts describe "$review_vm" --project "$review_project" >/dev/null 2>&1; then
+  gcloud iam service-accounts create sdxl-review-vm --project "$review_project" \
+    --display-name "SDXL endpoint: the VMs of pull-request stacks" >/dev/null
+fi
+for role in roles/logging.logWriter roles/monitoring.metricWriter; do
+  grant_in "$review_project" "$review_vm" "$role"
+done
+gcloud iam service-accounts add-iam-policy-binding "$review_vm" --project "$review_project" \
+  --member "serviceAccount:$review" --role roles/iam.serviceAccountUser --condition None >/dev/null
 
 cat <<EOF
 
@@ -161,6 +193,8 @@ Done. Set these repository variables (Settings > Secrets and variables > Actions
   GCP_PREVIEW_SERVICE_ACCOUNT     $preview
   GCP_REVIEW_SERVICE_ACCOUNT      $review
   GCP_DEPLOY_SERVICE_ACCOUNT      $deploy
+  GCP_REVIEW_VM_SERVICE_ACCOUNT   $review_vm   (review-env.yml gives it to PR stacks' VMs)
+  GCP_REVIEW_PROJECT              $review_project   (where PR stacks deploy)
 and, in each environment (production, review, preview), its own secret PULUMI_CONFIG_PASSPHRASE
 (openssl rand -base64 32 each; keep copies). Never a repository secret: pull requests can read those.
 EOF

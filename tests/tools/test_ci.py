@@ -12,7 +12,7 @@ from pulumi import automation as auto
 from stacks.config import parse_rfc3339
 from tests.tools.conftest import NOW, TOKEN, FakeBackend, FakeStack
 from tools import ci, presets
-from tools.ci import reaper
+from tools.ci import pulls, reaper
 
 
 def deployed(backend: FakeBackend, name: str, at: datetime, ttl: str | None) -> FakeStack:
@@ -195,6 +195,28 @@ def test_create_again_from_another_preset_drops_the_old_keys(backend, tmp_path, 
     assert {k: v.value for k, v in stack.config.items()} == {
         "sdxl-endpoint:cloud": "gcp", "gcp:project": "demo", "aws:region": "us-east-1"}
     assert ("remove_all_config", "pr-42", ("sdxl-endpoint:instanceType", "sdxl-endpoint:ttl")) in backend.calls
+
+
+
+def test_create_gives_pr_stacks_the_review_identity_of_their_cloud(backend, monkeypatch):
+    boundary = "arn:aws:iam::123456789012:policy/gha-sdxl-endpoint-review-boundary"
+    vm_account = "sdxl-review-vm@sdxl-demo-1.iam.gserviceaccount.com"
+    monkeypatch.setenv("AWS_REVIEW_PERMISSIONS_BOUNDARY", boundary)
+    monkeypatch.setenv("GCP_REVIEW_VM_SERVICE_ACCOUNT", vm_account)
+    assert ci.main(["create", "--stack", "pr-5", "--preset", "aws-g4dn"]) == 0
+    aws_config = backend.stacks["pr-5"].config
+    assert aws_config["sdxl-endpoint:permissionsBoundary"].value == boundary
+    assert "sdxl-endpoint:gcpServiceAccount" not in aws_config  # config would refuse it on AWS
+    assert ci.main(["create", "--stack", "pr-6", "--preset", "gcp-l4", "--config", "gcp:project=sdxl-demo-1"]) == 0
+    gcp_config = backend.stacks["pr-6"].config
+    assert gcp_config["sdxl-endpoint:gcpServiceAccount"].value == vm_account
+    assert "sdxl-endpoint:permissionsBoundary" not in gcp_config
+
+
+def test_create_without_the_variables_adds_no_identity(backend, monkeypatch):
+    monkeypatch.delenv("AWS_REVIEW_PERMISSIONS_BOUNDARY", raising=False)
+    stack = ci.create("pr-5", "aws-g4dn", environ={})
+    assert "sdxl-endpoint:permissionsBoundary" not in stack.config
 
 
 @pytest.mark.parametrize("name, preset", [("aws-g5", "aws-g4dn"), ("pr-7", "aws-g7"), ("pr-7", "pr-8")])
@@ -492,3 +514,95 @@ def test_exists_tells_no_such_stack_from_a_broken_backend(backend, monkeypatch, 
     monkeypatch.setattr(auto, "select_stack", denied)
     assert ci.main(["exists", "--stack", "aws-g5"]) == 1
     assert "AccessDenied" in capsys.readouterr().err
+
+
+# --- which presets CI deploys ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset, said", [("aws-g5-fleet", "is a fleet"), ("gcp-l4-fleet", "is a fleet"),
+                                          ("hf-a10g", "deploys to huggingface"), ("runpod-l4", "deploys to runpod"),
+                                          ("k8s-gke-l4", "deploys to kubernetes")])
+def test_plan_and_create_refuse_presets_the_ci_roles_cannot_deploy(backend, preset, said):
+    with pytest.raises(ci.CiError, match=said) as refused:
+        ci.plan(7, "OPEN", ["deploy-preview", f"preset:{preset}"])
+    assert "aws-g4dn" in str(refused.value)  # the fix names the presets that work
+    with pytest.raises(ci.CiError, match=said):
+        ci.create("pr-7", preset)
+    assert backend.calls == []
+
+
+def test_a_closed_pr_is_torn_down_whatever_its_preset_label():
+    assert ci.plan(7, "CLOSED", ["deploy-preview", "preset:aws-g5-fleet"]).action == "destroy"
+
+
+def test_ci_presets_are_the_single_vm_aws_and_gcp_ones_and_the_readme_lists_them():
+    supported = ci.ci_presets()
+    for name in presets.names():
+        config = presets.read(name).config
+        single_vm = config.get("sdxl-endpoint:cloud", "aws") in ("aws", "gcp") and \
+            int(config.get("sdxl-endpoint:maxReplicas", 1)) == 1
+        assert (name in supported) == single_vm, name
+    assert ci.DEFAULT_PRESET in supported
+    readme = " ".join((presets.ROOT / "README.md").read_text().split())
+    assert "CI deploys these presets: " + ", ".join(f"`{n}`" for n in supported) + " (" in readme
+
+
+# --- a closed or unlabelled PR's stack expires at once (the destroy review-env queued may be lost) ----------
+
+
+@pytest.fixture
+def github(monkeypatch):
+    """GitHub's REST API on loopback: GET /repos/{owner}/{repo}/pulls/{n} answers each PR's state and labels."""
+    from tests.fakes import loopback_server, reply_json
+
+    pulls_by_number = {}
+    seen = []
+
+    def handle(request, method):
+        seen.append((method, request.path, request.headers.get("Authorization")))
+        number = int(request.path.rsplit("/", 1)[-1])
+        if number not in pulls_by_number:
+            reply_json(request, 404, {"message": "Not Found"})
+            return
+        state, labels = pulls_by_number[number]
+        reply_json(request, 200, {"number": number, "state": state, "labels": [{"name": n} for n in labels]})
+
+    with loopback_server(handle) as url:
+        monkeypatch.setenv("GITHUB_API_URL", url)
+        monkeypatch.setenv("GITHUB_TOKEN", "ghs_test")
+        monkeypatch.setenv("GITHUB_REPOSITORY", "octo-org/sdxl-endpoint")
+        yield pulls_by_number, seen
+
+
+def test_a_closed_or_unlabelled_prs_stack_is_expired_before_its_ttl(backend, github, tmp_path, monkeypatch, capsys):
+    pulls_by_number, seen = github
+    for number in (21, 22, 23, 24):
+        deployed(backend, f"pr-{number}", NOW - timedelta(hours=1), "2026-03-20T00:00:00Z")  # days ahead
+    pulls_by_number.update({21: ("closed", ["deploy-preview"]), 22: ("open", ["bug"]),
+                            23: ("open", ["deploy-preview"])})  # 24: the API answers 404
+    found = {e.stack: e.source for e in reaper.expired(lambda: NOW, pulls.lookup_from_env())}
+    assert found == {"pr-21": "its pull request is closed",
+                     "pr-22": "its pull request is no longer labelled deploy-preview"}
+    assert ("GET", "/repos/octo-org/sdxl-endpoint/pulls/21", "Bearer ghs_test") in seen
+    assert "pull request #24: could not read its state" in capsys.readouterr().err  # the TTL decides
+    monkeypatch.setenv("GITHUB_OUTPUT", str(tmp_path / "out"))
+    assert ci.main(["reap"], now=lambda: NOW) == 0
+    assert sorted(backend.stacks) == ["pr-23", "pr-24"]
+
+
+def test_without_a_token_only_the_ttl_counts(backend, monkeypatch):
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    assert pulls.lookup_from_env() is None
+    deployed(backend, "pr-21", NOW - timedelta(hours=1), "2026-03-20T00:00:00Z")
+    assert reaper.expired(lambda: NOW, None) == []
+
+
+@pytest.mark.parametrize("command", [["up", "--stack", "pr-16", "--ttl", "1h"], ["destroy", "--stack", "pr-16"]])
+def test_a_stack_locked_by_a_live_job_is_one_error_line_not_a_traceback(backend, command, capsys):
+    ci.create("pr-16", "aws-g4dn")
+    backend.stacks["pr-16"].locks.append(NOW - timedelta(minutes=5))  # that job may still be running
+    assert ci.main(command, now=lambda: NOW) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: stack pr-16 is busy: locked since 2026-03-14T15:04:26Z")
+    assert "Traceback" not in "\n".join(err)
+    assert "pr-16" in backend.stacks  # nothing destroyed or removed

@@ -79,6 +79,7 @@ class ComputeApi(BaseHTTPRequestHandler):
 
     instances: dict[str, dict] = {}
     deleted: list[str] = []
+    refused: set[str] = set()  # deletes answered 403, as Compute answers a caller without the permission
 
     def log_message(self, *args) -> None:
         pass
@@ -100,6 +101,16 @@ class ComputeApi(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         name = self.path.rsplit("/", 1)[-1].split("?")[0]
         assert self.path.startswith(f"/compute/v1/projects/{PROJECT}/zones/{ZONE}/instances/{name}"), self.path
+        if name in self.refused:
+            data = json.dumps({"error": {"code": 403, "message": f"Required 'compute.instances.delete' permission "
+                                         f"for 'projects/{PROJECT}/zones/{ZONE}/instances/{name}'",
+                                         "errors": [{"reason": "forbidden", "domain": "global"}]}}).encode()
+            self.send_response(403)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         self.deleted.append(name)
         self.instances.pop(name)
         self.send({"kind": "compute#operation", "name": "operation-1", "zone": ZONE, "operationType": "delete",
@@ -121,6 +132,7 @@ def compute(monkeypatch) -> Iterator[type[ComputeApi]]:
         "other": gce("other", {}),
     }
     ComputeApi.deleted = []
+    ComputeApi.refused = set()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), ComputeApi)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     monkeypatch.setattr(sweep, "GCP_API_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
@@ -152,3 +164,20 @@ def test_sweep_cli_writes_its_report(ec2, backend, tmp_path, monkeypatch, capsys
     assert ci.main(["sweep", "--aws-region", "us-east-1"], now=lambda: NOW) == 0
     assert f"orphans=aws:us-east-1:{orphan}(pr-7)\n" in (tmp_path / "out").read_text()
     assert "REAPER_TERMINATE_ORPHANS" in capsys.readouterr().err
+
+
+def test_one_failed_terminate_does_not_stop_the_sweep(compute, backend, tmp_path, monkeypatch):
+    compute.refused = {"sdxl-pr-7-vm"}  # listed first: before the fix its 403 ended the sweep there
+    later = NOW + timedelta(days=1)
+    swept = sweep.sweep(gcp_projects=[PROJECT], terminate=True, now=lambda: later, known=set())
+    assert [o.instance for o in swept.terminated] == ["sdxl-pr-9-vm"] and compute.deleted == ["sdxl-pr-9-vm"]
+    (failure,) = swept.failed
+    assert failure.startswith(f"gcp:{PROJECT}/{ZONE}:sdxl-pr-7-vm(pr-7): Forbidden: 403")
+    # the CLI reports both and fails, so the run shows red
+    compute.instances["sdxl-pr-9-vm"] = gce("sdxl-pr-9-vm", {"sdxl-endpoint-stack": "pr-9",
+                                                             "sdxl-endpoint-ttl": "2026-03-15t12-00-00z"})
+    monkeypatch.setenv("GITHUB_OUTPUT", str(tmp_path / "out"))
+    args = ["sweep", "--skip-aws", "--gcp-project", PROJECT, "--terminate"]
+    assert ci.main(args, now=lambda: later) == 1
+    out = (tmp_path / "out").read_text()
+    assert f"terminated=gcp:{PROJECT}/{ZONE}:sdxl-pr-9-vm(pr-9)\n" in out and "failed=gcp:" in out

@@ -55,6 +55,15 @@ PUBLIC_OUTPUTS = ("endpoint", "gpu", "instanceType", "hourlyCostUsd", "region")
 
 # Optional: a fixed token for PR endpoints, from a repository secret (the name, not a value).
 API_TOKEN_ENV = "SDXL_API_TOKEN"  # noqa: S105
+# What the review identity lets a PR stack do only with (the bootstrap scripts print both; review-env.yml passes
+# them as environment variables): cloud -> (variable, config key).
+#   aws: the permissions boundary every instance role must carry, or the review role may not create it;
+#   gcp: the one VM service account the review account may act as, instead of one per stack.
+REVIEW_IDENTITY = {
+    "aws": ("AWS_REVIEW_PERMISSIONS_BOUNDARY", f"{PROJECT}:permissionsBoundary"),
+    "gcp": ("GCP_REVIEW_VM_SERVICE_ACCOUNT", f"{PROJECT}:gcpServiceAccount"),
+}
+CLOUD_KEY = f"{PROJECT}:cloud"
 
 _EPHEMERAL_RE = presets.EPHEMERAL_NAME
 _CONFIG_KEY_RE = re.compile(r"^[a-z][a-z0-9-]*:[A-Za-z][A-Za-z0-9_]*$")
@@ -70,6 +79,10 @@ def _utcnow() -> datetime:
 
 class CiError(Exception):
     """A mistake in what CI asked for: printed as one message, exit status 2."""
+
+
+class StackBusy(Exception):
+    """Another job holds the stack's lock, and it may still be alive (reaper.run_clearing_stale_locks)."""
 
 
 def _log(line: str) -> None:
@@ -110,6 +123,40 @@ def check_preset(name: str) -> str:
         f"preset {name!r} does not exist. Presets: {', '.join(known)}\n"
         f"  fix: --preset {nearest[0] if nearest else DEFAULT_PRESET}"
     )
+
+
+# What the CI roles (ci/bootstrap/*.sh) are set up to deploy: one VM per PR stack, on these clouds. A fleet needs
+# load balancers, autoscaling, CloudFront or managed instance groups; Kubernetes and hosted targets need
+# credentials; the roles grant none of these.
+CI_CLOUDS = ("aws", "gcp")
+MAX_REPLICAS_KEY = f"{PROJECT}:maxReplicas"
+
+
+def why_not_in_ci(name: str) -> str | None:
+    """Why the CI roles cannot deploy this preset as a PR stack, or None when they can."""
+    config = presets.read(name).config
+    cloud = str(config.get(CLOUD_KEY, "aws")).strip().lower()
+    if cloud not in CI_CLOUDS:
+        return f"it deploys to {cloud}, and the CI roles deploy only to {' or '.join(CI_CLOUDS)}"
+    if int(str(config.get(MAX_REPLICAS_KEY, 1)).strip() or 1) > 1:
+        return ("it is a fleet (maxReplicas above 1), and the CI roles hold no load balancer, autoscaling, "
+                "CDN or instance group permissions")
+    return None
+
+
+def ci_presets() -> list[str]:
+    """The presets a PR stack may use (README, "CI environments", lists them)."""
+    return [name for name in presets.names() if why_not_in_ci(name) is None]
+
+
+def check_ci_preset(name: str) -> str:
+    """The preset itself when it exists and the CI roles can deploy it; otherwise a CiError that says why."""
+    check_preset(name)
+    reason = why_not_in_ci(name)
+    if reason:
+        raise CiError(f"preset {name!r} cannot be a PR endpoint: {reason}.\n"
+                      f"  fix: a label preset:<name> with one of {', '.join(ci_presets())}")
+    return name
 
 
 def preset_config(name: str) -> tuple[dict[str, auto.ConfigValue], dict[str, auto.ConfigValue]]:
@@ -206,7 +253,7 @@ def plan(pr: int | str, state: str, labels: Iterable[str], default_preset: str =
     chosen = sorted({label[len(PRESET_LABEL_PREFIX):] for label in labels if label.startswith(PRESET_LABEL_PREFIX)})
     if len(chosen) > 1:
         raise CiError(f"labels pick {len(chosen)} presets ({', '.join(chosen)}): keep one preset:<name> label")
-    return Plan(action="up", stack=stack, preset=check_preset(chosen[0] if chosen else default_preset))
+    return Plan(action="up", stack=stack, preset=check_ci_preset(chosen[0] if chosen else default_preset))
 
 
 # --- the stack operations ---------------------------------------------------------------------
@@ -228,15 +275,25 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, auto.ConfigValue]:
     return overrides
 
 
+def review_identity(cloud: str, environ: Mapping[str, str]) -> dict[str, auto.ConfigValue]:
+    """The config key of REVIEW_IDENTITY for this cloud, from its variable when set (config validates it)."""
+    variable, key = REVIEW_IDENTITY.get(cloud, ("", ""))
+    value = environ.get(variable, "").strip() if variable else ""
+    return {key: auto.ConfigValue(value=value)} if value else {}
+
+
 def create(name: str, preset: str, overrides: Mapping[str, auto.ConfigValue] | None = None,
-           api_token: str | None = None) -> auto.Stack:
+           api_token: str | None = None, environ: Mapping[str, str] | None = None) -> auto.Stack:
     """Create (or select) `pr-<n>` and make its config exactly the preset's, plus `overrides`.
 
     `api_token`, when given, becomes the secret `apiToken`; otherwise the program generates one.
+    `environ` supplies the review identity's variables (REVIEW_IDENTITY) for the preset's cloud.
     """
     check_ephemeral(name)
+    check_ci_preset(preset)
     plain, nested = preset_config(preset)
     plain.update(overrides or {})
+    plain.update(review_identity(str(plain.get(CLOUD_KEY, auto.ConfigValue("aws")).value), environ or {}))
     if str(plain.get(SPOT_KEY, auto.ConfigValue("false")).value).strip().lower() in ("true", "1", "yes"):
         # Spot requests carry no stack tag, so the review role (ci/bootstrap/aws-oidc.sh) may not cancel them.
         raise CiError(f"preset {preset!r} sets {SPOT_KEY}: true, and PR endpoints run on demand: the review role "
@@ -372,7 +429,8 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
             result = {"action": decided.action, "stack": decided.stack, "preset": decided.preset}
         elif args.command == "create":
             # The token comes from the environment (a repository secret), never from argv or logs.
-            create(args.stack, args.preset, parse_overrides(args.config), os.environ.get(API_TOKEN_ENV) or None)
+            create(args.stack, args.preset, parse_overrides(args.config), os.environ.get(API_TOKEN_ENV) or None,
+                   os.environ)
             result = {"stack": args.stack, "preset": args.preset}
         elif args.command == "up":
             result = up(args.stack, parse_ttl(args.ttl), now)
@@ -383,9 +441,10 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
         elif args.command == "expired":
             return _print_expired(args.json, args.max, now)
         elif args.command == "reap":
-            from tools.ci import reaper
+            from tools.ci import pulls, reaper
 
-            reaped = reaper.reap(now, stacks=args.stack, budget=reaper.parse_budget(args.budget))
+            reaped = reaper.reap(now, stacks=args.stack, budget=reaper.parse_budget(args.budget),
+                                 pull_lookup=pulls.lookup_from_env())
             result = reaped.outputs()
             status = 1 if reaped.failed else 0  # the outputs still name what was destroyed
         else:
@@ -395,9 +454,15 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
             found = sweep.sweep(aws_regions=regions,
                                 gcp_projects=args.gcp_project, terminate=args.terminate, now=now)
             result = found.outputs()
+            status = 1 if found.failed else 0  # the outputs still name what was terminated
     except CiError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StackBusy as busy:
+        # Another job's up or destroy of this PR is running: not a traceback, and not retried here.
+        print(f"error: stack {getattr(args, 'stack', '')} is busy: {busy}; try again when that job ends",
+              file=sys.stderr)
+        return 1
     except auto.CommandError as err:
         # The engine's output was already streamed; its last lines say what failed.
         print(f"error: pulumi {args.command} failed:{_tail(err)}", file=sys.stderr)
@@ -408,9 +473,9 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
 
 
 def _print_expired(as_json: bool, limit: int, now: Clock) -> int:
-    from tools.ci import reaper
+    from tools.ci import pulls, reaper
 
-    found = reaper.expired(now)
+    found = reaper.expired(now, pulls.lookup_from_env())
     for expiry in found:
         _log(f"{expiry.stack}: expired {rfc3339(expiry.expires_at)} ({expiry.source})")
     chosen, left = found[:max(limit, 0)], found[max(limit, 0):]

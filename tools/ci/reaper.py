@@ -9,9 +9,11 @@ What a self-managed (DIY) backend keeps, and so what the expiry is read from (pk
   - lock files that never expire. A job that was cancelled, timed out, or outlived its one-hour OIDC
     credentials leaves its lock behind, and every later operation fails with "currently locked".
 
-So a stack is expired when its newest ttl has passed, and at once when its last operation failed or when
-it has resources and no ttl. A lock older than STALE_LOCK belongs to no live job (none runs longer, and
-its credentials would have expired): `pulumi cancel` deletes it before `destroy --refresh`.
+So a stack is expired when its newest ttl has passed, and at once when its last operation failed, when
+it has resources and no ttl, or when its pull request is closed or no longer labelled (pulls.py: the destroy
+review-env.yml queued for that can be cancelled by a newer pending run). A lock older than STALE_LOCK
+belongs to no live job (none runs longer, and its credentials would have expired): `pulumi cancel` deletes
+it before `destroy --refresh`.
 
 The reaper works within a time budget, re-reads each stack's expiry right before destroying it (a push
 may have renewed it meanwhile; reaper.yml runs each destroy in review-env's concurrency group for that PR),
@@ -30,7 +32,19 @@ from pulumi import automation as auto
 
 from stacks.config import parse_rfc3339
 from tools import workspace
-from tools.ci import TTL_KEY, CiError, Clock, _log, _tail, _utcnow, check_ephemeral, presets, rfc3339
+from tools.ci import (
+    TTL_KEY,
+    CiError,
+    Clock,
+    StackBusy,
+    _log,
+    _tail,
+    _utcnow,
+    check_ephemeral,
+    presets,
+    pulls,
+    rfc3339,
+)
 
 # The longest a job holding a pr-<n> lock can live: review-env.yml's and reaper.yml's timeout-minutes, which
 # is also the OIDC credentials' lifetime (role-duration-seconds 3600). tests/github checks they agree.
@@ -87,19 +101,25 @@ def _summaries() -> dict[str, auto.StackSummary]:
     return found
 
 
-def read_expiry(name: str, summary: auto.StackSummary | None, now: datetime) -> Expiry | None:
+def read_expiry(name: str, summary: auto.StackSummary | None, now: datetime,
+                pull_lookup: pulls.PullLookup | None = None) -> Expiry | None:
     stack = workspace.select(name)
     if stack is None:
         return None
-    return expiry_of(name, stack.history(show_secrets=False), summary.resource_count if summary else None, now)
+    expiry = expiry_of(name, stack.history(show_secrets=False), summary.resource_count if summary else None, now)
+    if expiry is not None and expiry.expires_at > now:
+        unwanted = pulls.why_unwanted(pull_lookup, int(name.removeprefix("pr-")))
+        if unwanted:
+            return Expiry(name, now, unwanted)
+    return expiry
 
 
-def expired(now: Clock = _utcnow) -> list[Expiry]:
+def expired(now: Clock = _utcnow, pull_lookup: pulls.PullLookup | None = None) -> list[Expiry]:
     """Every pr-<n> stack of this project whose expiry has passed, oldest first."""
     moment = now()
     found = []
     for name, summary in _summaries().items():
-        expiry = read_expiry(name, summary, moment)
+        expiry = read_expiry(name, summary, moment, pull_lookup)
         if expiry is None:
             _log(f"stack {name}: never deployed, nothing bills")
         elif expiry.expires_at <= moment:
@@ -110,10 +130,6 @@ def expired(now: Clock = _utcnow) -> list[Expiry]:
 def lock_times(err: auto.CommandError) -> list[datetime]:
     """When each lock named in a "currently locked" error was taken (the CLI prints them in RFC 3339)."""
     return [moment for text in _LOCK_LINE.findall(str(err)) if (moment := parse_rfc3339(text)) is not None]
-
-
-class StackBusy(Exception):
-    """Another job holds the stack's lock, and it may still be alive."""
 
 
 def run_clearing_stale_locks(stack: auto.Stack, operation: Callable[[], object], now: Clock = _utcnow) -> None:
@@ -164,14 +180,15 @@ class Reaped:
 
 
 def reap(now: Clock = _utcnow, *, stacks: list[str] | None = None, budget: timedelta = DEFAULT_BUDGET,
-         elapsed: Callable[[], float] | None = None) -> Reaped:
+         elapsed: Callable[[], float] | None = None, pull_lookup: pulls.PullLookup | None = None) -> Reaped:
     """Destroy the expired stacks (or only `stacks`, when given) while the budget lasts.
 
     Each expiry is read again right before its destroy: the candidates may be minutes old.
     """
     started = time.monotonic()
     spent = elapsed or (lambda: time.monotonic() - started)
-    candidates = [check_ephemeral(s) for s in stacks] if stacks is not None else [e.stack for e in expired(now)]
+    candidates = [check_ephemeral(s) for s in stacks] if stacks is not None else \
+        [e.stack for e in expired(now, pull_lookup)]
     result = Reaped()
     for index, name in enumerate(candidates):
         if spent() >= budget.total_seconds():
@@ -179,7 +196,7 @@ def reap(now: Clock = _utcnow, *, stacks: list[str] | None = None, budget: timed
             _log(f"budget of {budget} spent: left for the next run: {' '.join(result.left)}")
             break
         moment = now()
-        expiry = read_expiry(name, _summaries().get(name), moment)
+        expiry = read_expiry(name, _summaries().get(name), moment, pull_lookup)
         if expiry is None or expiry.expires_at > moment:
             until = f"until {rfc3339(expiry.expires_at)}" if expiry else "never deployed"
             _log(f"stack {name}: not expired any more ({until}); left alone")

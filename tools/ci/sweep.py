@@ -45,10 +45,11 @@ class Swept:
     orphans: list[Orphan] = field(default_factory=list)
     terminated: list[Orphan] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # clouds that could not be searched, and why
+    failed: list[str] = field(default_factory=list)  # orphans whose terminate failed, and why
 
     def outputs(self) -> dict[str, str]:
         return {"orphans": " ".join(map(str, self.orphans)), "terminated": " ".join(map(str, self.terminated)),
-                "skipped": "; ".join(self.skipped)}
+                "skipped": "; ".join(self.skipped), "failed": "; ".join(self.failed)}
 
 
 def preset_regions() -> list[str]:
@@ -146,7 +147,12 @@ def sweep(aws_regions: Iterable[str] = (), gcp_projects: Iterable[str] = (), ter
         age = moment - orphan.expired_at
         _log(f"sweep: orphan {orphan}: ttl passed {int(age.total_seconds() // 60)} min ago and no stack knows it")
         if terminate:
-            terminate_orphan(orphan)
+            try:
+                terminate_orphan(orphan)
+            except Exception as err:  # noqa: BLE001 - one refusal must not keep the other orphans running
+                result.failed.append(f"{orphan}: {type(err).__name__}: {err}")
+                _log(f"sweep: could not terminate {orphan}: {err}")
+                continue
             result.terminated.append(orphan)
             _log(f"sweep: terminated {orphan}")
     if result.orphans and not terminate:
