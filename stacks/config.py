@@ -63,10 +63,10 @@ _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kuberne
 _LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                            r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-# An IAM managed policy's ARN (any partition, a customer's or AWS's own, with an optional path).
 # A user-managed service account's email: account id (6-30) @ project id (6-30).
 _SERVICE_ACCOUNT_EMAIL_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z][a-z0-9-]{4,28}[a-z0-9]"
                                        r"\.iam\.gserviceaccount\.com$")
+# An IAM managed policy's ARN (any partition, a customer's or AWS's own, with an optional path).
 _POLICY_ARN_RE = re.compile(r"^arn:aws(-[a-z]+)*:iam::([0-9]{12}|aws):policy/"
                             r"([A-Za-z0-9+=,.@_-]+/)*[A-Za-z0-9+=,.@_-]{1,128}$")
 

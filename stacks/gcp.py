@@ -35,6 +35,9 @@ IAP_TCP_FORWARDING_CIDR = "35.235.240.0/20"
 # (for an `image` in this project's Artifact Registry) pull from that repository.
 SERVICE_ACCOUNT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
 
+# Secret Manager accepts only the cloud-platform scope, so IAM (above), not the scope, is the limit.
+SERVICE_ACCOUNT_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+
 
 class GivenAccount:
     """An existing service account (config gcpServiceAccount), shaped like the created one where it is used."""
@@ -42,8 +45,8 @@ class GivenAccount:
     def __init__(self, email: str) -> None:
         self.email = email
         self.member = f"serviceAccount:{email}"
-# Secret Manager accepts only the cloud-platform scope, so IAM (above), not the scope, is the limit.
-SERVICE_ACCOUNT_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+
+
 _ARTIFACT_REGISTRY_IMAGE = re.compile(
     r"^(?P<location>[a-z0-9-]+)-docker\.pkg\.dev/(?P<project>[^/]+)/(?P<repository>[^/]+)/")
 
