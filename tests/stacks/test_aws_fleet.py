@@ -222,6 +222,18 @@ def test_scaling_tracks_alb_requests_per_target_from_the_gpus_estimated_throughp
     assert run.one(TARGETS).inputs["loadBalancingAlgorithmType"] == "least_outstanding_requests"
 
 
+@pytest.mark.parametrize("settings, routing, name", [
+    ({}, RULE, "sdxl-from-cloudfront"),  # behind CloudFront: the rule that forwards requests with the secret header
+    ({"domain": "sdxl.example.com"}, LISTENER, "sdxl-https"),  # with `domain`: the HTTPS listener, after ACM
+])
+def test_the_scaling_policy_waits_until_the_alb_routes_to_the_target_group(settings, routing, name):
+    """ALBRequestCountPerTarget names a target group that must already belong to the load balancer (AWS CDK adds
+    the same dependency: loadBalancerAttached), and with `domain` the HTTPS listener waits for ACM's validation."""
+    run = fleet_run(settings)
+    (urn,) = [u for u in run.monitor.resources if u.endswith(f"{routing}::{name}")]
+    assert urn in run.options("aws:autoscaling/policy:Policy")["dependencies"]
+
+
 # --- who can reach what -------------------------------------------------------------------------------------------
 
 def test_instances_accept_traffic_only_from_the_load_balancers_security_group():
