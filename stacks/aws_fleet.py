@@ -153,7 +153,8 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
         f"{name}-alb", load_balancer_type="application", internal=False,
         security_groups=[alb_firewall.id], subnets=[s.id for s in subnets.values()],
         # Longer than the server's one deadline plus the upload (bootstrap.ProxyTimeouts), so the ALB never cuts
-        # an answer the server still sends; behind CloudFront, CloudFront's 60 s come first (the wait budget).
+        # an answer the server still sends; behind CloudFront, CloudFront's 60 s come first, so there the server's
+        # own deadline is 55 s (bootstrap.FleetFront).
         idle_timeout=int(timeouts.answer), drop_invalid_header_fields=True, tags=tags, opts=child,
     )
     forward = {"type": "forward", "target_group_arn": targets.arn}
@@ -168,7 +169,8 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
 
     root_device, root_gb = root_disk_gb(settings, identity.ami, settings.region, invoke)
     mix = catalog.aws_spot_mix(settings.machine) if settings.spot else (settings.machine,)
-    front = bootstrap.FleetFront(time_limit=front_time_limit(settings, timeouts))
+    front = bootstrap.FleetFront(time_limit=front_time_limit(settings, timeouts),
+                                 seconds_per_image=catalog.slowest_seconds_per_image(mix))
     document = bootstrap.render_user_data(
         settings, cloud="aws", location=settings.region, data_devices=[], secrets=identity.secrets,
         public_ip=None, built=identity.built, bucket=identity.bucket, fleet=front,

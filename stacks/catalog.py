@@ -1041,3 +1041,12 @@ K8S_SELECTOR_LABELS = (K8S_LABEL_GKE, K8S_LABEL_EKS_AUTO, K8S_LABEL_KARPENTER, K
 def k8s_node_matches(gpu: NodeGpu, gpu_key: str | None) -> bool:
     """Whether a node's GPU runs SDXL and is the one `gpu:` asks for (any fitting one when gpu is unset)."""
     return k8s_fitting(gpu) is None and (gpu_key is None or _same_gpu(gpu.gpu_key, gpu_key))
+
+
+# --- fleets: the slowest GPU a fleet may run ---------------------------------------------------------------------
+
+
+def slowest_seconds_per_image(offers: tuple[Offer, ...]) -> float:
+    """The estimated seconds per image (GPU_THROUGHPUT) of the slowest GPU among a fleet's types: what sizes its
+    batches under a front with a time limit (bootstrap.FleetFront)."""
+    return max(throughput(o.gpu).seconds_per_image for o in offers)

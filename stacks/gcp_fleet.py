@@ -99,7 +99,8 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
     # A VM keeps the model, the images and the caches on its own boot disk: `diskGb` when set, else the image's
     # own size plus `dataDiskGb` of room. Encrypted at rest by Google-managed keys.
     disk_gb = settings.disk_gb or spec.image_disk_gb + settings.data_disk_gb
-    front = bootstrap.FleetFront(time_limit=timeouts.answer)
+    front = bootstrap.FleetFront(time_limit=timeouts.answer,
+                                 seconds_per_image=catalog.slowest_seconds_per_image((settings.machine,)))
     user_data = bootstrap.render_user_data(
         settings, cloud="gcp", location=settings.gcp_project, data_devices=[], secrets=spec.secrets,
         public_ip=None, built=spec.built, bucket=spec.bucket, fleet=front,

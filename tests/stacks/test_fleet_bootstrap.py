@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stacks import bootstrap
+from stacks import bootstrap, catalog
 from stacks.bootstrap import FleetFront, ProxyTimeouts, render_cloud_init
 from tests.stacks.test_bootstrap import (
     BIN,
@@ -29,8 +29,10 @@ from tests.stacks.test_bootstrap import (
     verify_units,
 )
 
-CLOUDFRONT = FleetFront(time_limit=60)
-BEHIND_LB = FleetFront(time_limit=ProxyTimeouts().answer)
+A10G_SECONDS = catalog.GPU_THROUGHPUT["a10g"].seconds_per_image
+CLOUDFRONT = FleetFront(time_limit=catalog.CLOUDFRONT_ORIGIN_READ_TIMEOUT_MAX_S, seconds_per_image=A10G_SECONDS)
+BEHIND_LB = FleetFront(time_limit=ProxyTimeouts().answer,
+                       seconds_per_image=catalog.GPU_THROUGHPUT["l4"].seconds_per_image)
 FLEET_VARIANTS = {
     "aws-build-cloudfront": dataclasses.replace(VARIANTS["aws-build"], fleet=CLOUDFRONT, data_devices=(),
                                                 public_ip=None),
@@ -125,15 +127,36 @@ def test_embedded_shell_is_the_same_shellcheck_clean_boot_script(tmp_path: Path)
     assert commands and all(f"{c}|" in usage or f"{c} " in usage for c in commands), commands
 
 
-@pytest.mark.parametrize("front, budget", [(CLOUDFRONT, 50.0), (BEHIND_LB, ProxyTimeouts().request - 10)])
-def test_the_wait_budget_stays_below_the_fronts_limit_and_the_servers_deadline(front: FleetFront,
-                                                                               budget: float) -> None:
+@pytest.mark.parametrize("front, deadline, budget, batch", [
+    # Behind CloudFront (60 s): the server's own 504 at 55 s, its 429 beyond 45 s of estimated wait, and batches
+    # of 3 A10G images (16.5 s each, estimated) so merged requests finish within the deadline.
+    (CLOUDFRONT, 55.0, 45.0, 3),
+    # Behind a load balancer whose timeout the stack sets above the server's: the server's usual deadline.
+    (BEHIND_LB, ProxyTimeouts().request, ProxyTimeouts().request - 10, bootstrap.SERVER_MAX_BATCH),
+])
+def test_the_server_answers_before_the_fronts_limit(front: FleetFront, deadline: float, budget: float,
+                                                    batch: int) -> None:
     variant = dataclasses.replace(FLEET_VARIANTS["aws-build-cloudfront"], fleet=front)
     settings = settings_of(render_cloud_init(variant))
-    assert float(settings["SDXL_MAX_WAIT_SECONDS"]) == budget
-    assert budget < front.time_limit and budget < float(settings["SDXL_REQUEST_TIMEOUT"])
+    assert float(settings["SDXL_REQUEST_TIMEOUT"]) == deadline < front.time_limit
+    assert float(settings["SDXL_MAX_WAIT_SECONDS"]) == budget < deadline
+    assert int(settings["SDXL_MAX_BATCH"]) == batch
+    assert batch * front.seconds_per_image <= deadline or batch == 1  # a full batch ends before the deadline
     assert settings["SDXL_FORWARDED_ALLOW_IPS"] == "*"  # the firewall admits the load balancer alone
-    assert "SDXL_MAX_WAIT_SECONDS" not in settings_of(render_cloud_init(VARIANTS["aws-build"]))  # single: none
+    single = settings_of(render_cloud_init(VARIANTS["aws-build"]))  # single: Caddy's timeouts, no budget
+    assert "SDXL_MAX_WAIT_SECONDS" not in single and "SDXL_MAX_BATCH" not in single
+    assert float(single["SDXL_REQUEST_TIMEOUT"]) == ProxyTimeouts().request
+
+
+def test_a_gpu_too_slow_for_two_images_in_the_deadline_still_batches_one() -> None:
+    slow = FleetFront(time_limit=60, seconds_per_image=catalog.GPU_THROUGHPUT["t4"].seconds_per_image)
+    assert slow.max_batch(ProxyTimeouts()) == 1
+
+
+def test_the_fleets_batch_cap_never_exceeds_the_servers_default() -> None:
+    from server.settings import Settings as ServerSettings
+
+    assert ServerSettings.model_fields["max_batch"].default == bootstrap.SERVER_MAX_BATCH
 
 
 def test_the_server_reads_the_fleets_settings_as_they_are_written(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,6 +168,6 @@ def test_the_server_reads_the_fleets_settings_as_they_are_written(monkeypatch: p
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
     parsed = ServerSettings()
-    assert parsed.max_wait_seconds == 50 < CLOUDFRONT.time_limit
-    assert parsed.request_timeout == ProxyTimeouts().request > parsed.max_wait_seconds
+    assert parsed.max_wait_seconds == 45 < parsed.request_timeout == 55 < CLOUDFRONT.time_limit
+    assert parsed.max_batch == 3
     assert parsed.port == bootstrap.SERVER_PORT and parsed.cors_origins == list(VARIANTS["aws-build"].cors_origins)
