@@ -327,6 +327,16 @@ def test_cloudfront_passes_every_method_and_header_and_caches_nothing():
     assert run.value(run.outputs["dnsRecords"]) == []
 
 
+def test_the_readme_says_plainly_that_cloudfront_reaches_the_alb_over_plain_http():
+    run = fleet_run()
+    origin = secret(run.one(DISTRIBUTION).inputs["origins"])[0]
+    assert origin["customOriginConfig"]["originProtocolPolicy"] == "http-only"  # what the README must own up to
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert ("Without `domain`, the hop from CloudFront to the ALB is plain HTTP over the internet" in readme
+            and "the bearer token, the prompts, the images and the secret origin header cross between CloudFront "
+                "and the ALB unencrypted" in readme and "For TLS end to end, set `domain`" in readme)
+
+
 def test_with_a_domain_the_alb_serves_https_with_an_acm_certificate_and_no_cloudfront():
     run = fleet_run({"domain": "sdxl.example.com", "allowedCidrs": ["203.0.113.0/24", "2001:db8::/32"]})
     assert not run.of_type(DISTRIBUTION) and not run.of_type(RULE)
