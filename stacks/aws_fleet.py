@@ -186,7 +186,8 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
                              "security_groups": [instance_firewall.id]}],
         block_device_mappings=[{"device_name": root_device, "ebs": {
             "volume_size": root_gb, "volume_type": "gp3", "encrypted": True, "delete_on_termination": True}}],
-        # Cattle: a guest power-off ends the instance, and the group replaces it.
+        # Cattle: a guest power-off (the watcher's, after a failed boot step) ends the instance, and the group
+        # replaces it at once instead of after the health-check grace.
         instance_initiated_shutdown_behavior="terminate",
         user_data=document.apply(bootstrap.aws_user_data),  # gzipped, base64: AWS takes 16 KB at most
         tag_specifications=[{"resource_type": kind, "tags": tags} for kind in ("instance", "volume")],

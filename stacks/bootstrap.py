@@ -23,8 +23,9 @@ disk (sized for the model and images by the stack) instead of a disk that outliv
 builds the image from the same bundle (or pulls `image`). The load balancer is the front, so there is no Caddy,
 the server's port is published on the instance's address for the load balancer alone (the firewall admits
 nothing else), and its health checks ask the server's own `/ready` on that port (it needs no token). The fleet
-shrinks to its minimum instead of powering off, so there is no idle watcher; the server gets a wait budget below
-the front's time limit instead.
+shrinks to its minimum instead of powering off when idle, so its watcher runs with idle stop off: it powers an
+instance off only after a failed or never-ready boot, and the group replaces it. The server answers within the
+front's time limit (FleetFront).
 """
 
 from __future__ import annotations
@@ -332,14 +333,16 @@ def render_cloud_init(values: BootstrapValues) -> str:
         files.append({"path": CADDYFILE, "permissions": "0644",
                       "content": _Literal(render_caddyfile(values.public_ip, values.domain, timeouts=values.timeouts))})
     files += [_host_file(BOOT_SCRIPT, "sdxl-boot.sh"), _host_file(CLOUD_HELPER, "sdxl_cloud.py")]
-    if not fleet:
-        # On every single instance, 0 minutes included: a failed or never-ready boot must stop billing even when
-        # idleness never should.
-        minutes = values.idle_stop_minutes
-        units["sdxl-idle-stop"] = _unit("sdxl-idle-stop", minutes=str(minutes), when=(
-            f"after {minutes} min without a generation request, or after a failed or never-ready boot" if minutes > 0
-            else "after a failed or never-ready boot (idle auto-stop off)"))
-        files.append(_host_file(IDLE_SCRIPT, "idle_stop.py"))
+    # On every instance, 0 minutes included: a failed or never-ready boot must stop billing even when idleness
+    # never should. A fleet never stops for idleness (it shrinks to minReplicas instead), but its failed boot
+    # powers off too, which ends the instance (AWS: shutdown behaviour "terminate"; GCP: the group repairs a VM
+    # it did not stop by recreating it), instead of billing a GPU through the whole health-check grace.
+    minutes = 0 if fleet else values.idle_stop_minutes
+    units["sdxl-idle-stop"] = _unit("sdxl-idle-stop", minutes=str(minutes), when=(
+        "after a failed or never-ready boot, so the group replaces it (a fleet shrinks instead of idling)" if fleet
+        else f"after {minutes} min without a generation request, or after a failed or never-ready boot"
+        if minutes > 0 else "after a failed or never-ready boot (idle auto-stop off)"))
+    files.append(_host_file(IDLE_SCRIPT, "idle_stop.py"))
     files += [{"path": f"/etc/systemd/system/{name}.service", "permissions": "0644", "content": _Literal(text)}
               for name, text in units.items()]
     services = [f"{name}.service" for name in units]

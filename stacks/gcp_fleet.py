@@ -136,6 +136,9 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
         distribution_policy_target_shape="EVEN",  # what an autoscaled regional group supports (besides BALANCED)
         named_ports=[{"name": NAMED_PORT, "port": bootstrap.SERVER_PORT}],
         auto_healing_policies={"health_check": healing.id, "initial_delay_sec": bootstrap.FIRST_BOOT_GRACE_S},
+        # A VM whose boot failed powers itself off (bootstrap: sdxl-idle-stop); the group recreates a VM that is
+        # not running and that it did not stop (REPAIR), from the current template, so a fixed template heals it.
+        instance_lifecycle_policy={"default_action_on_failure": "REPAIR", "force_update_on_repair": "YES"},
         # A changed template rolls out on its own: new VMs first (one per zone at a time, the least a regional
         # group allows), an old one goes only once its replacement is healthy, so capacity never drops.
         update_policy={

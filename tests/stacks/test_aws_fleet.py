@@ -195,6 +195,17 @@ def test_timeouts_exceed_the_servers_and_its_wait_budget_stays_below_the_fronts_
     assert 0 < budget < request < front
 
 
+def test_an_instance_whose_boot_failed_powers_off_and_so_ends_and_is_replaced():
+    """No fleet instance bills a GPU through the 60-minute health-check grace after a failed boot step: its watcher
+    powers it off (idle stop off), and a guest power-off terminates it, which the group replaces at once."""
+    run = fleet_run()
+    files = {f["path"]: f for f in yaml.safe_load(document(run))["write_files"]}
+    watcher = files["/etc/systemd/system/sdxl-idle-stop.service"]["content"]
+    assert f"ExecStart=/usr/bin/python3 {bootstrap.IDLE_SCRIPT} --minutes 0\n" in watcher
+    assert "sdxl-idle-stop.service" in yaml.safe_load(document(run))["runcmd"][2]
+    assert run.one(TEMPLATE).inputs["instanceInitiatedShutdownBehavior"] == "terminate"
+
+
 def test_the_readme_states_the_limits_behind_cloudfront_as_the_stack_sets_them():
     env = settings_env(fleet_run())
     per_image = catalog.GPU_THROUGHPUT["a10g"].seconds_per_image
@@ -370,9 +381,10 @@ def test_the_instances_boot_the_fleet_variant_within_the_16_kb_limit():
     assert len(packed) < bootstrap.USER_DATA_LIMIT_BYTES
     text = document(run)
     files = {f["path"] for f in yaml.safe_load(text)["write_files"]}
-    assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT not in files
+    assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT in files  # the watcher, for a failed boot
     assert "ExecStart=/usr/local/bin/sdxl-boot data-disk" not in text
-    assert [f for f in files if f.startswith(bootstrap.HOST_LIB)] == [bootstrap.CLOUD_HELPER]  # no health shim
+    assert sorted(f for f in files if f.startswith(bootstrap.HOST_LIB)) == sorted(
+        [bootstrap.CLOUD_HELPER, bootstrap.IDLE_SCRIPT])  # no health shim
     assert "t" * 64 not in text and "hf_" + "x" * 40 not in text  # names of parameters, never tokens
     assert "SDXL_API_TOKEN=/sdxl-endpoint/test/api-token HF_TOKEN=/sdxl-endpoint/test/hf-token" in text
 

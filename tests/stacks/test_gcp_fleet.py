@@ -89,6 +89,19 @@ def test_the_template_is_replaced_before_its_predecessor_goes_and_a_new_image_do
                                                   "instanceTemplate": run.state(TEMPLATE)["selfLinkUnique"]}]
 
 
+def test_a_vm_whose_boot_failed_powers_off_and_the_group_recreates_it_from_the_current_template():
+    """A guest power-off leaves the VM TERMINATED, not deleted; a MIG repairs (recreates) a VM that is not running
+    and that it did not stop, unless told to do nothing, and `force_update_on_repair` builds it from the current
+    template, so a fixed template heals the fleet."""
+    run = fleet_run()
+    document = yaml.safe_load(user_data(run))
+    watcher = {f["path"]: f for f in document["write_files"]}["/etc/systemd/system/sdxl-idle-stop.service"]
+    assert f"ExecStart=/usr/bin/python3 {bootstrap.IDLE_SCRIPT} --minutes 0\n" in watcher["content"]
+    assert "sdxl-idle-stop.service" in document["runcmd"][2]
+    assert run.one(GROUP).inputs["instanceLifecyclePolicy"] == {"defaultActionOnFailure": "REPAIR",
+                                                                 "forceUpdateOnRepair": "YES"}
+
+
 def test_autohealing_and_the_load_balancer_check_ready_and_a_first_boot_has_its_time():
     run = fleet_run()
     checks = health_checks(run)
@@ -248,8 +261,9 @@ def test_every_resource_is_a_descendant_of_the_component():
 def test_the_vms_boot_the_fleet_variant():
     text = user_data(fleet_run())
     files = {f["path"] for f in yaml.safe_load(text)["write_files"]}
-    assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT not in files
-    assert [f for f in files if f.startswith(bootstrap.HOST_LIB)] == [bootstrap.CLOUD_HELPER]  # no health shim
+    assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT in files  # the watcher, for a failed boot
+    assert sorted(f for f in files if f.startswith(bootstrap.HOST_LIB)) == sorted(
+        [bootstrap.CLOUD_HELPER, bootstrap.IDLE_SCRIPT])  # no health shim
     assert "sdxl-health.service" not in text and "8001" not in text
     assert "ExecStart=/usr/local/bin/sdxl-boot data-disk" not in text
     assert "gcp my-project-123 SDXL_API_TOKEN=sdxl-test-api-token" in text
