@@ -288,3 +288,29 @@ def test_fleet_config_mistakes_are_refused_with_a_fix():
     message = str(refused.value)
     assert "has 2 problems" in message and "idleStopMinutes = 10: does not apply to a fleet" in message
     assert "minReplicas = 0: a fleet keeps at least one replica" in message
+
+
+def test_the_readme_says_how_to_watch_the_managed_certificate_with_the_apis_own_field_names_and_states():
+    """The gcloud --format paths are the SslCertificate resource's JSON names, and the states the README names are
+    the API's, both read from Google's own compute client; without a domain, the fallback is to set one."""
+    import json
+    import re
+
+    from google.cloud import compute_v1
+
+    managed = compute_v1.SslCertificateManagedSslCertificate
+    described = json.loads(compute_v1.SslCertificate.to_json(compute_v1.SslCertificate(
+        managed=managed(domains=["203-0-113-10.sslip.io"], status="ACTIVE",
+                        domain_status={"203-0-113-10.sslip.io": "ACTIVE"}))))
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    paths = set()
+    for fmt in re.findall(r"gcloud compute ssl-certificates (?:list|describe) [^`]*--format='\w+\(([^)]*)\)'", readme):
+        paths |= {p.strip() for p in fmt.split(",")}
+    assert {"managed.status", "managed.domainStatus"} <= paths
+    for path in paths - {"name"}:
+        value = described
+        for part in path.split("."):
+            value = value[part]  # a KeyError is a field the API does not have
+    states = set(re.findall(r"`(PROVISIONING[A-Z_]*|ACTIVE)`", readme))
+    assert {"PROVISIONING", "ACTIVE"} <= states <= {s.name for s in managed.Status}
+    assert "set `domain` to a name of your own" in readme
