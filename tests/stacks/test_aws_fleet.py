@@ -471,6 +471,19 @@ def test_fleet_config_mistakes_are_refused_with_a_fix(settings, pattern):
     assert re.search(pattern, str(refused.value)), str(refused.value)
 
 
+@pytest.mark.parametrize("settings", [{"cloud": "aws"}, {"cloud": "gcp", "gcp:project": "my-project-123"}])
+def test_min_replicas_zero_on_a_single_instance_is_refused_not_ignored(settings):
+    """maxReplicas 1 is the single instance: minReplicas 0 would be silently ignored (it never scales to zero by
+    it; idleStopMinutes does), so it is refused with both ways out."""
+    with pytest.raises(config.ConfigError) as refused:
+        run_program({**settings, "minReplicas": "0", "maxReplicas": "1"}, preview=True)
+    assert ("minReplicas = 0: a single instance (maxReplicas 1) does not scale to zero by minReplicas; "
+            "idleStopMinutes powers it off when idle instead") in str(refused.value)
+    assert ("fix: pulumi config rm minReplicas, or pulumi config set maxReplicas 2 and pulumi config set "
+            "minReplicas 1 for a fleet") in str(refused.value)
+    assert not run_program({**settings, "minReplicas": "1", "maxReplicas": "1"}).namespace["settings"].fleet
+
+
 def test_the_default_idle_stop_does_not_count_as_asking_for_one_and_single_stacks_refuse_fleet_keys():
     # The CLI passes Pulumi.yaml's default (30) as if it were set.
     assert fleet_run({"idleStopMinutes": "30"}).namespace["settings"].fleet
