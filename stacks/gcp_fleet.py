@@ -223,6 +223,7 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
         api_token=spec.api_token, fleet=group.name, zones=zones,
         shell=group.name.apply(lambda group_name: shell_command(settings, group_name)),
         front_usd_per_hour=catalog.FLEET_FRONT_USD_PER_HOUR["gcp"], target_requests_per_hour=per_hour,
+        replica_extra_usd_per_hour=catalog.GCP_VM_EXTERNAL_IPV4_USD_PER_HOUR,  # each VM's external address
         dns_records=dns_records,
     )
 

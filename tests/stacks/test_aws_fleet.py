@@ -23,6 +23,7 @@ from tests.stacks.conftest import (
     plain_strings,
     run_program,
 )
+from tests.stacks.test_gcp_fleet import assert_readme_fleet_row
 
 FLEET = {"maxReplicas": "4"}
 COMPONENT = "sdxl-endpoint:aws:GpuEndpoint"
@@ -451,6 +452,15 @@ def test_the_preset_is_a_fleet_of_g5_with_its_prices_in_its_comment():
     outputs = {k: run.value(v) for k, v in run.outputs.items()}
     assert f"~${outputs['hourlyCostUsd']:.2f}/h at rest" in text
     assert f"~${outputs['hourlyCostUsdAtMax']:.2f}/h at 4" in text
+    assert_readme_fleet_row("aws-g5-fleet", outputs, catalog.AWS_OFFERS["g5.xlarge"])
+
+
+def test_the_readme_states_each_gpus_target_from_the_catalog():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    per_hour = {key: catalog.target_requests_per_hour(
+        (next(o for o in catalog.AWS_OFFERS.values() if o.gpu.key == key),)) for key in ("a10g", "l4", "t4")}
+    assert (f"about {per_hour['a10g']} requests per hour per A10G, {per_hour['l4']} per L4, {per_hour['t4']} per T4"
+            in readme)
 
 
 @pytest.mark.parametrize("settings, pattern", [

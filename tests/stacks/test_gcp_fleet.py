@@ -228,8 +228,9 @@ def test_outputs_keep_the_contract_and_add_the_fleets():
     outputs = {k: run.value(v) for k, v in run.outputs.items()}
     offer = catalog.GCP_OFFERS["g2-standard-4"]
     front = catalog.FLEET_FRONT_USD_PER_HOUR["gcp"]
-    assert outputs["hourlyCostUsd"] == pytest.approx(offer.usd_per_hour + front)
-    assert outputs["hourlyCostUsdAtMax"] == pytest.approx(4 * offer.usd_per_hour + front)
+    per_vm = offer.usd_per_hour + catalog.GCP_VM_EXTERNAL_IPV4_USD_PER_HOUR  # each VM's external IPv4, as on AWS
+    assert outputs["hourlyCostUsd"] == pytest.approx(per_vm + front)
+    assert outputs["hourlyCostUsdAtMax"] == pytest.approx(4 * per_vm + front)
     assert outputs["fleet"] == outputs["instanceId"] == "sdxl-dev-group"
     assert outputs["shell"].startswith("gcloud compute instance-groups managed list-instances sdxl-dev-group "
                                        "--region us-central1 --project my-project-123")
@@ -280,6 +281,20 @@ def test_the_preset_is_an_l4_fleet_that_leaves_the_project_to_the_user():
     outputs = {k: run.value(v) for k, v in run.outputs.items()}
     assert f"~${outputs['hourlyCostUsd']:.2f}/h at rest" in text
     assert f"~${outputs['hourlyCostUsdAtMax']:.2f}/h at 4" in text
+    assert_readme_fleet_row("gcp-l4-fleet", outputs, catalog.GCP_OFFERS["g2-standard-4"])
+
+
+def assert_readme_fleet_row(preset: str, outputs: dict, offer: catalog.Offer) -> None:
+    """The README's presets row for a fleet carries the stack's own prices, from the catalog, as the hosted
+    presets' rows do (the price column's date is the table's note: catalog.PRICES_AS_OF)."""
+    readme = (ROOT / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith(f"| `{preset}` |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    maximum = outputs["maxReplicas"]
+    assert cells[2:5] == [f"{outputs['minReplicas']} to {maximum} x {offer.name}", f"NVIDIA {offer.gpu.model}",
+                          f"{offer.gpu.memory_gb} GB"]
+    assert cells[5] == f"{outputs['hourlyCostUsd']:.2f} at rest, {outputs['hourlyCostUsdAtMax']:.2f} at {maximum}"
+    assert f"Prices are approximate list prices as of {catalog.PRICES_AS_OF}" in readme
 
 
 def test_fleet_config_mistakes_are_refused_with_a_fix():
