@@ -153,19 +153,24 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
         f"{name}-alb", load_balancer_type="application", internal=False,
         security_groups=[alb_firewall.id], subnets=[s.id for s in subnets.values()],
         # Longer than the server's one deadline plus the upload (bootstrap.ProxyTimeouts), so the ALB never cuts
-        # an answer the server still sends; behind CloudFront, CloudFront's 60 s come first (the wait budget).
+        # an answer the server still sends; behind CloudFront, CloudFront's 60 s come first, so there the server's
+        # own deadline is 55 s (bootstrap.FleetFront).
         idle_timeout=int(timeouts.answer), drop_invalid_header_fields=True, tags=tags, opts=child,
     )
     forward = {"type": "forward", "target_group_arn": targets.arn}
+    # `routes`: what makes the ALB forward to the target group (the HTTPS listener, or the listener rule behind
+    # CloudFront). Until it exists the target group belongs to no load balancer and the scaling policy's
+    # ALBRequestCountPerTarget label names nothing AWS accepts; with `domain` it waits for ACM's validation.
     if settings.domain:
-        endpoint, dns_records = _https_listener(name, settings, balancer, forward, tags, child)
+        endpoint, dns_records, routes = _https_listener(name, settings, balancer, forward, tags, child)
     else:
-        endpoint = _cloudfront(name, settings, balancer, forward, tags, child, component)
+        endpoint, routes = _cloudfront(name, settings, balancer, forward, tags, child, component)
         dns_records = []
 
     root_device, root_gb = root_disk_gb(settings, identity.ami, settings.region, invoke)
     mix = catalog.aws_spot_mix(settings.machine) if settings.spot else (settings.machine,)
-    front = bootstrap.FleetFront(time_limit=front_time_limit(settings, timeouts))
+    front = bootstrap.FleetFront(time_limit=front_time_limit(settings, timeouts),
+                                 seconds_per_image=catalog.slowest_seconds_per_image(mix))
     document = bootstrap.render_user_data(
         settings, cloud="aws", location=settings.region, data_devices=[], secrets=identity.secrets,
         public_ip=None, built=identity.built, bucket=identity.bucket, fleet=front,
@@ -181,7 +186,8 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
                              "security_groups": [instance_firewall.id]}],
         block_device_mappings=[{"device_name": root_device, "ebs": {
             "volume_size": root_gb, "volume_type": "gp3", "encrypted": True, "delete_on_termination": True}}],
-        # Cattle: a guest power-off ends the instance, and the group replaces it.
+        # Cattle: a guest power-off (the watcher's, after a failed boot step) ends the instance, and the group
+        # replaces it at once instead of after the health-check grace.
         instance_initiated_shutdown_behavior="terminate",
         user_data=document.apply(bootstrap.aws_user_data),  # gzipped, base64: AWS takes 16 KB at most
         tag_specifications=[{"resource_type": kind, "tags": tags} for kind in ("instance", "volume")],
@@ -232,7 +238,8 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
                 "resource_label": pulumi.Output.concat(balancer.arn_suffix, "/", targets.arn_suffix)},
             # The metric counts requests per target per minute.
             "target_value": round(per_hour / 60, 3)},
-        opts=child,
+        # Only once the ALB routes to the target group (as AWS CDK orders it: loadBalancerAttached).
+        opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[routes])),
     )
 
     # The ALB-hour and the ALB's public address in each of its AZs; each instance's own address.
@@ -254,9 +261,11 @@ def shell_command(region: str, group: str) -> str:
 
 
 def _cloudfront(name: str, settings: Settings, balancer: aws.lb.LoadBalancer, forward: dict, tags: dict[str, str],
-                child: pulumi.ResourceOptions, component: pulumi.ComponentResource) -> pulumi.Output[str]:
+                child: pulumi.ResourceOptions, component: pulumi.ComponentResource,
+                ) -> tuple[pulumi.Output[str], aws.lb.ListenerRule]:
     """CloudFront in front of the ALB: https://<id>.cloudfront.net with CloudFront's certificate, no caching,
-    every method and viewer header passed on. The ALB forwards only requests that carry the secret header."""
+    every method and viewer header passed on. The ALB forwards only requests that carry the secret header.
+    Returns the endpoint and the listener rule that forwards to the target group."""
     generated = random.RandomPassword(
         f"{name}-origin-secret", length=48, special=False,  # letters and digits: no ALB wildcard (* ?) in it
         opts=pulumi.ResourceOptions(parent=component))
@@ -267,7 +276,7 @@ def _cloudfront(name: str, settings: Settings, balancer: aws.lb.LoadBalancer, fo
             "status_code": "403", "content_type": "text/plain", "message_body": "Forbidden: use the endpoint URL"}}],
         tags=tags, opts=child,
     )
-    aws.lb.ListenerRule(
+    from_cloudfront = aws.lb.ListenerRule(
         f"{name}-from-cloudfront", listener_arn=listener.arn, priority=1, actions=[forward],
         conditions=[{"http_header": {"http_header_name": ORIGIN_HEADER, "values": [secret]}}],
         tags=tags, opts=child,
@@ -297,14 +306,15 @@ def _cloudfront(name: str, settings: Settings, balancer: aws.lb.LoadBalancer, fo
         viewer_certificate={"cloudfront_default_certificate": True},
         tags=tags, opts=child,
     )
-    return pulumi.Output.concat("https://", distribution.domain_name)
+    return pulumi.Output.concat("https://", distribution.domain_name), from_cloudfront
 
 
 def _https_listener(name: str, settings: Settings, balancer: aws.lb.LoadBalancer, forward: dict,
                     tags: dict[str, str], child: pulumi.ResourceOptions,
-                    ) -> tuple[str, pulumi.Output[list[dict[str, str]]]]:
+                    ) -> tuple[str, pulumi.Output[list[dict[str, str]]], aws.lb.Listener]:
     """With `domain`: an ACM certificate validated through DNS, HTTPS on the ALB, HTTP redirected to it. The
-    records to create (validation, and the domain itself) are logged while `pulumi up` waits, and exported."""
+    records to create (validation, and the domain itself) are logged while `pulumi up` waits, and exported.
+    Returns the endpoint, the records and the HTTPS listener (the one that forwards to the target group)."""
     certificate = aws.acm.Certificate(f"{name}-certificate", domain_name=settings.domain, validation_method="DNS",
                                       tags=tags, opts=child)
     records = pulumi.Output.all(certificate.domain_validation_options, balancer.dns_name).apply(
@@ -315,7 +325,7 @@ def _https_listener(name: str, settings: Settings, balancer: aws.lb.LoadBalancer
     # Waits (up to 75 minutes) until ACM sees the validation record: the HTTPS listener needs an issued certificate.
     validated = aws.acm.CertificateValidation(f"{name}-certificate-validation",
                                               certificate_arn=certificate.arn, opts=child)
-    aws.lb.Listener(
+    https = aws.lb.Listener(
         f"{name}-https", load_balancer_arn=balancer.arn, port=HTTPS_PORT, protocol="HTTPS",
         ssl_policy=ALB_SSL_POLICY, certificate_arn=validated.certificate_arn, default_actions=[forward],
         tags=tags, opts=child,
@@ -326,7 +336,7 @@ def _https_listener(name: str, settings: Settings, balancer: aws.lb.LoadBalancer
             "protocol": "HTTPS", "port": str(HTTPS_PORT), "status_code": "HTTP_301"}}],
         tags=tags, opts=child,
     )
-    return f"https://{settings.domain}", records
+    return f"https://{settings.domain}", records, https
 
 
 def dns_records(domain: str, validation: list, balancer_dns: str) -> list[dict[str, str]]:

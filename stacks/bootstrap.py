@@ -23,8 +23,9 @@ disk (sized for the model and images by the stack) instead of a disk that outliv
 builds the image from the same bundle (or pulls `image`). The load balancer is the front, so there is no Caddy,
 the server's port is published on the instance's address for the load balancer alone (the firewall admits
 nothing else), and its health checks ask the server's own `/ready` on that port (it needs no token). The fleet
-shrinks to its minimum instead of powering off, so there is no idle watcher; the server gets a wait budget below
-the front's time limit instead.
+shrinks to its minimum instead of powering off when idle, so its watcher runs with idle stop off: it powers an
+instance off only after a failed or never-ready boot, and the group replaces it. The server answers within the
+front's time limit (FleetFront).
 """
 
 from __future__ import annotations
@@ -115,21 +116,41 @@ def first_boot_seconds(settings: Settings) -> int:
     return FIRST_BOOT_PULL_S if settings.image else FIRST_BOOT_BUILD_S
 
 
+# server/settings.py's default --max-batch (a test keeps the two equal): a fleet lowers it, never raises it.
+SERVER_MAX_BATCH = 4
+
+
 @dataclass(frozen=True)
 class FleetFront:
     """A fleet instance behind the cloud's load balancer, and that front's time limit.
 
     `time_limit` is how long the front waits for an answer: 60 s behind CloudFront; behind an ALB or Google's
-    load balancer alone, the stack sets their timeouts above the server's own deadline. The server's wait budget
-    (SDXL_MAX_WAIT_SECONDS) stays `margin` under the tighter of the two, so a request the server cannot answer in
-    time gets its 429 with Retry-After and CORS headers at once, instead of the front's own gateway error.
+    load balancer alone, the stack sets their timeouts above the server's own deadline. The server must answer
+    before the front gives up, or the browser gets the front's gateway error without CORS headers ("Failed to
+    fetch"). So:
+    - the server's one deadline (SDXL_REQUEST_TIMEOUT) is the proxy's `request`, or `deadline_margin` under the
+      front's limit when that is tighter (55 s behind CloudFront): work that runs past it gets the server's own
+      504 with CORS headers;
+    - its wait budget (SDXL_MAX_WAIT_SECONDS) stays `margin` under that deadline, so a request it cannot answer
+      in time gets its 429 with Retry-After and CORS headers at once;
+    - a batch (SDXL_MAX_BATCH) holds no more images than the fleet's slowest GPU (`seconds_per_image`, the
+      catalog's estimate) makes within the deadline, so requests merged into one batch are not all cut together.
     """
 
     time_limit: float
+    seconds_per_image: float
     margin: float = 10.0
+    deadline_margin: float = 5.0
+
+    def request_deadline(self, timeouts: ProxyTimeouts) -> float:
+        return min(timeouts.request, self.time_limit - self.deadline_margin)
 
     def max_wait_seconds(self, timeouts: ProxyTimeouts) -> float:
-        return min(self.time_limit, timeouts.request) - self.margin
+        return self.request_deadline(timeouts) - self.margin
+
+    def max_batch(self, timeouts: ProxyTimeouts) -> int:
+        fits = int(self.request_deadline(timeouts) // self.seconds_per_image)
+        return max(1, min(SERVER_MAX_BATCH, fits))
 
 
 @dataclass(frozen=True)
@@ -237,8 +258,11 @@ def server_settings(values: BootstrapValues) -> dict[str, str]:
         "SDXL_COMPILE_CACHE_DIR": "/models/torch-compile",  # same disk: a restart reuses compilations
     }
     if values.fleet is not None:
-        # A request the front would cut is refused at once with 429 + Retry-After (FleetFront).
+        # The server answers before the front's limit: a 504 of its own, with CORS, for work that runs too long;
+        # a 429 + Retry-After at once for a request it cannot answer in time; batches that fit (FleetFront).
+        settings["SDXL_REQUEST_TIMEOUT"] = f"{values.fleet.request_deadline(values.timeouts):g}"
         settings["SDXL_MAX_WAIT_SECONDS"] = f"{values.fleet.max_wait_seconds(values.timeouts):g}"
+        settings["SDXL_MAX_BATCH"] = str(values.fleet.max_batch(values.timeouts))
     for key, value in settings.items():
         # docker --env-file takes each line literally: a newline would smuggle in another variable.
         if "\n" in value or "\r" in value:
@@ -309,14 +333,16 @@ def render_cloud_init(values: BootstrapValues) -> str:
         files.append({"path": CADDYFILE, "permissions": "0644",
                       "content": _Literal(render_caddyfile(values.public_ip, values.domain, timeouts=values.timeouts))})
     files += [_host_file(BOOT_SCRIPT, "sdxl-boot.sh"), _host_file(CLOUD_HELPER, "sdxl_cloud.py")]
-    if not fleet:
-        # On every single instance, 0 minutes included: a failed or never-ready boot must stop billing even when
-        # idleness never should.
-        minutes = values.idle_stop_minutes
-        units["sdxl-idle-stop"] = _unit("sdxl-idle-stop", minutes=str(minutes), when=(
-            f"after {minutes} min without a generation request, or after a failed or never-ready boot" if minutes > 0
-            else "after a failed or never-ready boot (idle auto-stop off)"))
-        files.append(_host_file(IDLE_SCRIPT, "idle_stop.py"))
+    # On every instance, 0 minutes included: a failed or never-ready boot must stop billing even when idleness
+    # never should. A fleet never stops for idleness (it shrinks to minReplicas instead), but its failed boot
+    # powers off too, which ends the instance (AWS: shutdown behaviour "terminate"; GCP: the group repairs a VM
+    # it did not stop by recreating it), instead of billing a GPU through the whole health-check grace.
+    minutes = 0 if fleet else values.idle_stop_minutes
+    units["sdxl-idle-stop"] = _unit("sdxl-idle-stop", minutes=str(minutes), when=(
+        "after a failed or never-ready boot, so the group replaces it (a fleet shrinks instead of idling)" if fleet
+        else f"after {minutes} min without a generation request, or after a failed or never-ready boot"
+        if minutes > 0 else "after a failed or never-ready boot (idle auto-stop off)"))
+    files.append(_host_file(IDLE_SCRIPT, "idle_stop.py"))
     files += [{"path": f"/etc/systemd/system/{name}.service", "permissions": "0644", "content": _Literal(text)}
               for name, text in units.items()]
     services = [f"{name}.service" for name in units]

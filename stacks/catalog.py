@@ -1197,3 +1197,21 @@ def runpod_cuda_versions(image_cuda: str) -> list[str]:
         if host_major == major and host_minor >= minor:
             fitting.append(version)
     return fitting
+
+# --- fleets: the slowest GPU a fleet may run ---------------------------------------------------------------------
+
+
+def slowest_seconds_per_image(offers: tuple[Offer, ...]) -> float:
+    """The estimated seconds per image (GPU_THROUGHPUT) of the slowest GPU among a fleet's types: what sizes its
+    batches under a front with a time limit (bootstrap.FleetFront)."""
+    return max(throughput(o.gpu).seconds_per_image for o in offers)
+
+
+# --- fleets: what each GCP fleet VM bills beside its machine ------------------------------------------------------
+# Each fleet VM has an ephemeral external IPv4 address for its outbound traffic (no Cloud NAT), which Google bills
+# by the hour while in use, as AWS bills each instance's public IPv4 (AWS_PUBLIC_IPV4_USD_PER_HOUR): on a standard
+# VM; a Spot VM's costs half, and hourlyCostUsd is the on-demand price.
+GCP_VM_EXTERNAL_IPV4_USD_PER_HOUR = 0.005
+GCP_VM_EXTERNAL_IPV4_PRICE_SOURCE = ("Google Cloud VPC network pricing, IP addresses: in use on a standard VM "
+                                     "$0.005/h, on a Spot or preemptible VM $0.0025/h (read 2026-10-16, as quoted "
+                                     "from that page by a third-party cost write-up)")

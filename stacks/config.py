@@ -575,6 +575,12 @@ def _check_fleet(raw: RawConfig, problems: Problems, cloud: str, domain: str | N
             problems.add("targetRequestsPerHour", raw.targetRequestsPerHour,
                          "applies to AWS and GCP fleets only (maxReplicas 2 or more)",
                          "pulumi config rm targetRequestsPerHour, or pulumi config set maxReplicas 2")
+        if cloud in catalog.MACHINE_KEY and raw.minReplicas < 1:
+            # maxReplicas 1 is the single instance, which would silently keep running with minReplicas 0.
+            problems.add("minReplicas", raw.minReplicas, "a single instance (maxReplicas 1) does not scale to zero "
+                         "by minReplicas; idleStopMinutes powers it off when idle instead",
+                         "pulumi config rm minReplicas, or pulumi config set maxReplicas 2 and "
+                         "pulumi config set minReplicas 1 for a fleet")
         return
     # The CLI passes Pulumi.yaml's default (30) as if it were set, so only another value counts as asking.
     if raw.idleStopMinutes != DEFAULT_IDLE_STOP_MINUTES:

@@ -99,7 +99,8 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
     # A VM keeps the model, the images and the caches on its own boot disk: `diskGb` when set, else the image's
     # own size plus `dataDiskGb` of room. Encrypted at rest by Google-managed keys.
     disk_gb = settings.disk_gb or spec.image_disk_gb + settings.data_disk_gb
-    front = bootstrap.FleetFront(time_limit=timeouts.answer)
+    front = bootstrap.FleetFront(time_limit=timeouts.answer,
+                                 seconds_per_image=catalog.slowest_seconds_per_image((settings.machine,)))
     user_data = bootstrap.render_user_data(
         settings, cloud="gcp", location=settings.gcp_project, data_devices=[], secrets=spec.secrets,
         public_ip=None, built=spec.built, bucket=spec.bucket, fleet=front,
@@ -135,6 +136,9 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
         distribution_policy_target_shape="EVEN",  # what an autoscaled regional group supports (besides BALANCED)
         named_ports=[{"name": NAMED_PORT, "port": bootstrap.SERVER_PORT}],
         auto_healing_policies={"health_check": healing.id, "initial_delay_sec": bootstrap.FIRST_BOOT_GRACE_S},
+        # A VM whose boot failed powers itself off (bootstrap: sdxl-idle-stop); the group recreates a VM that is
+        # not running and that it did not stop (REPAIR), from the current template, so a fixed template heals it.
+        instance_lifecycle_policy={"default_action_on_failure": "REPAIR", "force_update_on_repair": "YES"},
         # A changed template rolls out on its own: new VMs first (one per zone at a time, the least a regional
         # group allows), an old one goes only once its replacement is healthy, so capacity never drops.
         update_policy={
@@ -219,6 +223,7 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
         api_token=spec.api_token, fleet=group.name, zones=zones,
         shell=group.name.apply(lambda group_name: shell_command(settings, group_name)),
         front_usd_per_hour=catalog.FLEET_FRONT_USD_PER_HOUR["gcp"], target_requests_per_hour=per_hour,
+        replica_extra_usd_per_hour=catalog.GCP_VM_EXTERNAL_IPV4_USD_PER_HOUR,  # each VM's external address
         dns_records=dns_records,
     )
 

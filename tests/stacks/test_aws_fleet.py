@@ -23,6 +23,7 @@ from tests.stacks.conftest import (
     plain_strings,
     run_program,
 )
+from tests.stacks.test_gcp_fleet import assert_readme_fleet_row
 
 FLEET = {"maxReplicas": "4"}
 COMPONENT = "sdxl-endpoint:aws:GpuEndpoint"
@@ -177,7 +178,12 @@ def test_timeouts_exceed_the_servers_and_its_wait_budget_stays_below_the_fronts_
     run = fleet_run(settings)
     request = float(settings_env(run)["SDXL_REQUEST_TIMEOUT"])
     budget = float(settings_env(run)["SDXL_MAX_WAIT_SECONDS"])
-    assert request == TIMEOUTS.request
+    batch = int(settings_env(run)["SDXL_MAX_BATCH"])
+    # The server's own deadline: its 504 (with CORS headers) comes before any front's gateway error.
+    assert request == (TIMEOUTS.request if settings else catalog.CLOUDFRONT_ORIGIN_READ_TIMEOUT_MAX_S - 5)
+    # A full batch of the A10G's estimated images ends within it (3 of 16.5 s behind CloudFront).
+    assert batch * catalog.GPU_THROUGHPUT["a10g"].seconds_per_image <= request
+    assert batch == (bootstrap.SERVER_MAX_BATCH if settings else 3)
     balancer = run.one(BALANCER).inputs
     assert catalog.ALB_IDLE_TIMEOUT_MAX_S >= balancer["idleTimeout"] > request
     assert run.one(TARGETS).inputs["deregistrationDelay"] > request  # in-flight requests finish on the way out
@@ -187,7 +193,30 @@ def test_timeouts_exceed_the_servers_and_its_wait_budget_stays_below_the_fronts_
     else:
         front = secret(run.one(DISTRIBUTION).inputs["origins"])[0]["customOriginConfig"]["originReadTimeout"]
         assert front == catalog.CLOUDFRONT_ORIGIN_READ_TIMEOUT_MAX_S == 60  # no quota increase needed
-    assert 0 < budget < front and budget < request
+    assert 0 < budget < request < front
+
+
+def test_an_instance_whose_boot_failed_powers_off_and_so_ends_and_is_replaced():
+    """No fleet instance bills a GPU through the 60-minute health-check grace after a failed boot step: its watcher
+    powers it off (idle stop off), and a guest power-off terminates it, which the group replaces at once."""
+    run = fleet_run()
+    files = {f["path"]: f for f in yaml.safe_load(document(run))["write_files"]}
+    watcher = files["/etc/systemd/system/sdxl-idle-stop.service"]["content"]
+    assert f"ExecStart=/usr/bin/python3 {bootstrap.IDLE_SCRIPT} --minutes 0\n" in watcher
+    assert "sdxl-idle-stop.service" in yaml.safe_load(document(run))["runcmd"][2]
+    assert run.one(TEMPLATE).inputs["instanceInitiatedShutdownBehavior"] == "terminate"
+
+
+def test_the_readme_states_the_limits_behind_cloudfront_as_the_stack_sets_them():
+    env = settings_env(fleet_run())
+    per_image = catalog.GPU_THROUGHPUT["a10g"].seconds_per_image
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"deadline (`SDXL_REQUEST_TIMEOUT`) is {env['SDXL_REQUEST_TIMEOUT']} s instead of 300" in readme
+    assert f"(`SDXL_MAX_WAIT_SECONDS`, {env['SDXL_MAX_WAIT_SECONDS']} s)" in readme
+    assert f"(`SDXL_MAX_BATCH`: {env['SDXL_MAX_BATCH']} on an A10G" in readme
+    assert (f"Long generations may still hit the {env['SDXL_REQUEST_TIMEOUT']}-second limit without a domain"
+            in readme)
+    assert f"`n=4` at 1024² (about {4 * per_image:.0f} s on an A10G" in readme and "For those, set `domain`" in readme
 
 
 def test_a_changed_template_rolls_out_through_instance_refresh_without_dropping_capacity():
@@ -220,6 +249,18 @@ def test_scaling_tracks_alb_requests_per_target_from_the_gpus_estimated_throughp
     estimate = catalog.GPU_THROUGHPUT["a10g"]
     assert per_hour < estimate.images_per_hour or settings  # the default leaves headroom below the estimate
     assert run.one(TARGETS).inputs["loadBalancingAlgorithmType"] == "least_outstanding_requests"
+
+
+@pytest.mark.parametrize("settings, routing, name", [
+    ({}, RULE, "sdxl-from-cloudfront"),  # behind CloudFront: the rule that forwards requests with the secret header
+    ({"domain": "sdxl.example.com"}, LISTENER, "sdxl-https"),  # with `domain`: the HTTPS listener, after ACM
+])
+def test_the_scaling_policy_waits_until_the_alb_routes_to_the_target_group(settings, routing, name):
+    """ALBRequestCountPerTarget names a target group that must already belong to the load balancer (AWS CDK adds
+    the same dependency: loadBalancerAttached), and with `domain` the HTTPS listener waits for ACM's validation."""
+    run = fleet_run(settings)
+    (urn,) = [u for u in run.monitor.resources if u.endswith(f"{routing}::{name}")]
+    assert urn in run.options("aws:autoscaling/policy:Policy")["dependencies"]
 
 
 # --- who can reach what -------------------------------------------------------------------------------------------
@@ -298,6 +339,16 @@ def test_cloudfront_passes_every_method_and_header_and_caches_nothing():
     assert run.value(run.outputs["dnsRecords"]) == []
 
 
+def test_the_readme_says_plainly_that_cloudfront_reaches_the_alb_over_plain_http():
+    run = fleet_run()
+    origin = secret(run.one(DISTRIBUTION).inputs["origins"])[0]
+    assert origin["customOriginConfig"]["originProtocolPolicy"] == "http-only"  # what the README must own up to
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert ("Without `domain`, the hop from CloudFront to the ALB is plain HTTP over the internet" in readme
+            and "the bearer token, the prompts, the images and the secret origin header cross between CloudFront "
+                "and the ALB unencrypted" in readme and "For TLS end to end, set `domain`" in readme)
+
+
 def test_with_a_domain_the_alb_serves_https_with_an_acm_certificate_and_no_cloudfront():
     run = fleet_run({"domain": "sdxl.example.com", "allowedCidrs": ["203.0.113.0/24", "2001:db8::/32"]})
     assert not run.of_type(DISTRIBUTION) and not run.of_type(RULE)
@@ -331,9 +382,10 @@ def test_the_instances_boot_the_fleet_variant_within_the_16_kb_limit():
     assert len(packed) < bootstrap.USER_DATA_LIMIT_BYTES
     text = document(run)
     files = {f["path"] for f in yaml.safe_load(text)["write_files"]}
-    assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT not in files
+    assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT in files  # the watcher, for a failed boot
     assert "ExecStart=/usr/local/bin/sdxl-boot data-disk" not in text
-    assert [f for f in files if f.startswith(bootstrap.HOST_LIB)] == [bootstrap.CLOUD_HELPER]  # no health shim
+    assert sorted(f for f in files if f.startswith(bootstrap.HOST_LIB)) == sorted(
+        [bootstrap.CLOUD_HELPER, bootstrap.IDLE_SCRIPT])  # no health shim
     assert "t" * 64 not in text and "hf_" + "x" * 40 not in text  # names of parameters, never tokens
     assert "SDXL_API_TOKEN=/sdxl-endpoint/test/api-token HF_TOKEN=/sdxl-endpoint/test/hf-token" in text
 
@@ -400,6 +452,15 @@ def test_the_preset_is_a_fleet_of_g5_with_its_prices_in_its_comment():
     outputs = {k: run.value(v) for k, v in run.outputs.items()}
     assert f"~${outputs['hourlyCostUsd']:.2f}/h at rest" in text
     assert f"~${outputs['hourlyCostUsdAtMax']:.2f}/h at 4" in text
+    assert_readme_fleet_row("aws-g5-fleet", outputs, catalog.AWS_OFFERS["g5.xlarge"])
+
+
+def test_the_readme_states_each_gpus_target_from_the_catalog():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    per_hour = {key: catalog.target_requests_per_hour(
+        (next(o for o in catalog.AWS_OFFERS.values() if o.gpu.key == key),)) for key in ("a10g", "l4", "t4")}
+    assert (f"about {per_hour['a10g']} requests per hour per A10G, {per_hour['l4']} per L4, {per_hour['t4']} per T4"
+            in readme)
 
 
 @pytest.mark.parametrize("settings, pattern", [
@@ -418,6 +479,19 @@ def test_fleet_config_mistakes_are_refused_with_a_fix(settings, pattern):
     import re
 
     assert re.search(pattern, str(refused.value)), str(refused.value)
+
+
+@pytest.mark.parametrize("settings", [{"cloud": "aws"}, {"cloud": "gcp", "gcp:project": "my-project-123"}])
+def test_min_replicas_zero_on_a_single_instance_is_refused_not_ignored(settings):
+    """maxReplicas 1 is the single instance: minReplicas 0 would be silently ignored (it never scales to zero by
+    it; idleStopMinutes does), so it is refused with both ways out."""
+    with pytest.raises(config.ConfigError) as refused:
+        run_program({**settings, "minReplicas": "0", "maxReplicas": "1"}, preview=True)
+    assert ("minReplicas = 0: a single instance (maxReplicas 1) does not scale to zero by minReplicas; "
+            "idleStopMinutes powers it off when idle instead") in str(refused.value)
+    assert ("fix: pulumi config rm minReplicas, or pulumi config set maxReplicas 2 and pulumi config set "
+            "minReplicas 1 for a fleet") in str(refused.value)
+    assert not run_program({**settings, "minReplicas": "1", "maxReplicas": "1"}).namespace["settings"].fleet
 
 
 def test_the_default_idle_stop_does_not_count_as_asking_for_one_and_single_stacks_refuse_fleet_keys():

@@ -89,6 +89,19 @@ def test_the_template_is_replaced_before_its_predecessor_goes_and_a_new_image_do
                                                   "instanceTemplate": run.state(TEMPLATE)["selfLinkUnique"]}]
 
 
+def test_a_vm_whose_boot_failed_powers_off_and_the_group_recreates_it_from_the_current_template():
+    """A guest power-off leaves the VM TERMINATED, not deleted; a MIG repairs (recreates) a VM that is not running
+    and that it did not stop, unless told to do nothing, and `force_update_on_repair` builds it from the current
+    template, so a fixed template heals the fleet."""
+    run = fleet_run()
+    document = yaml.safe_load(user_data(run))
+    watcher = {f["path"]: f for f in document["write_files"]}["/etc/systemd/system/sdxl-idle-stop.service"]
+    assert f"ExecStart=/usr/bin/python3 {bootstrap.IDLE_SCRIPT} --minutes 0\n" in watcher["content"]
+    assert "sdxl-idle-stop.service" in document["runcmd"][2]
+    assert run.one(GROUP).inputs["instanceLifecyclePolicy"] == {"defaultActionOnFailure": "REPAIR",
+                                                                 "forceUpdateOnRepair": "YES"}
+
+
 def test_autohealing_and_the_load_balancer_check_ready_and_a_first_boot_has_its_time():
     run = fleet_run()
     checks = health_checks(run)
@@ -215,8 +228,9 @@ def test_outputs_keep_the_contract_and_add_the_fleets():
     outputs = {k: run.value(v) for k, v in run.outputs.items()}
     offer = catalog.GCP_OFFERS["g2-standard-4"]
     front = catalog.FLEET_FRONT_USD_PER_HOUR["gcp"]
-    assert outputs["hourlyCostUsd"] == pytest.approx(offer.usd_per_hour + front)
-    assert outputs["hourlyCostUsdAtMax"] == pytest.approx(4 * offer.usd_per_hour + front)
+    per_vm = offer.usd_per_hour + catalog.GCP_VM_EXTERNAL_IPV4_USD_PER_HOUR  # each VM's external IPv4, as on AWS
+    assert outputs["hourlyCostUsd"] == pytest.approx(per_vm + front)
+    assert outputs["hourlyCostUsdAtMax"] == pytest.approx(4 * per_vm + front)
     assert outputs["fleet"] == outputs["instanceId"] == "sdxl-dev-group"
     assert outputs["shell"].startswith("gcloud compute instance-groups managed list-instances sdxl-dev-group "
                                        "--region us-central1 --project my-project-123")
@@ -248,8 +262,9 @@ def test_every_resource_is_a_descendant_of_the_component():
 def test_the_vms_boot_the_fleet_variant():
     text = user_data(fleet_run())
     files = {f["path"] for f in yaml.safe_load(text)["write_files"]}
-    assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT not in files
-    assert [f for f in files if f.startswith(bootstrap.HOST_LIB)] == [bootstrap.CLOUD_HELPER]  # no health shim
+    assert bootstrap.CADDYFILE not in files and bootstrap.IDLE_SCRIPT in files  # the watcher, for a failed boot
+    assert sorted(f for f in files if f.startswith(bootstrap.HOST_LIB)) == sorted(
+        [bootstrap.CLOUD_HELPER, bootstrap.IDLE_SCRIPT])  # no health shim
     assert "sdxl-health.service" not in text and "8001" not in text
     assert "ExecStart=/usr/local/bin/sdxl-boot data-disk" not in text
     assert "gcp my-project-123 SDXL_API_TOKEN=sdxl-test-api-token" in text
@@ -266,6 +281,20 @@ def test_the_preset_is_an_l4_fleet_that_leaves_the_project_to_the_user():
     outputs = {k: run.value(v) for k, v in run.outputs.items()}
     assert f"~${outputs['hourlyCostUsd']:.2f}/h at rest" in text
     assert f"~${outputs['hourlyCostUsdAtMax']:.2f}/h at 4" in text
+    assert_readme_fleet_row("gcp-l4-fleet", outputs, catalog.GCP_OFFERS["g2-standard-4"])
+
+
+def assert_readme_fleet_row(preset: str, outputs: dict, offer: catalog.Offer) -> None:
+    """The README's presets row for a fleet carries the stack's own prices, from the catalog, as the hosted
+    presets' rows do (the price column's date is the table's note: catalog.PRICES_AS_OF)."""
+    readme = (ROOT / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith(f"| `{preset}` |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    maximum = outputs["maxReplicas"]
+    assert cells[2:5] == [f"{outputs['minReplicas']} to {maximum} x {offer.name}", f"NVIDIA {offer.gpu.model}",
+                          f"{offer.gpu.memory_gb} GB"]
+    assert cells[5] == f"{outputs['hourlyCostUsd']:.2f} at rest, {outputs['hourlyCostUsdAtMax']:.2f} at {maximum}"
+    assert f"Prices are approximate list prices as of {catalog.PRICES_AS_OF}" in readme
 
 
 def test_fleet_config_mistakes_are_refused_with_a_fix():
@@ -274,3 +303,29 @@ def test_fleet_config_mistakes_are_refused_with_a_fix():
     message = str(refused.value)
     assert "has 2 problems" in message and "idleStopMinutes = 10: does not apply to a fleet" in message
     assert "minReplicas = 0: a fleet keeps at least one replica" in message
+
+
+def test_the_readme_says_how_to_watch_the_managed_certificate_with_the_apis_own_field_names_and_states():
+    """The gcloud --format paths are the SslCertificate resource's JSON names, and the states the README names are
+    the API's, both read from Google's own compute client; without a domain, the fallback is to set one."""
+    import json
+    import re
+
+    from google.cloud import compute_v1
+
+    managed = compute_v1.SslCertificateManagedSslCertificate
+    described = json.loads(compute_v1.SslCertificate.to_json(compute_v1.SslCertificate(
+        managed=managed(domains=["203-0-113-10.sslip.io"], status="ACTIVE",
+                        domain_status={"203-0-113-10.sslip.io": "ACTIVE"}))))
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    paths = set()
+    for fmt in re.findall(r"gcloud compute ssl-certificates (?:list|describe) [^`]*--format='\w+\(([^)]*)\)'", readme):
+        paths |= {p.strip() for p in fmt.split(",")}
+    assert {"managed.status", "managed.domainStatus"} <= paths
+    for path in paths - {"name"}:
+        value = described
+        for part in path.split("."):
+            value = value[part]  # a KeyError is a field the API does not have
+    states = set(re.findall(r"`(PROVISIONING[A-Z_]*|ACTIVE)`", readme))
+    assert {"PROVISIONING", "ACTIVE"} <= states <= {s.name for s in managed.Status}
+    assert "set `domain` to a name of your own" in readme
