@@ -174,6 +174,10 @@ class Endpoint(pulumi.ComponentResource):
                 depends_on=[identity.access],
                 # A new DLAMI release must not silently replace the instance.
                 ignore_changes=["ami"],
+                # Delete the old instance first: a replacement must never need two GPU instances at once (the
+                # account's vCPU quota is often sized for one), and nothing is gained by overlap, since the
+                # data volume and the Elastic IP have to move to the new instance anyway.
+                delete_before_replace=True,
             )),
         )
         aws.ec2.VolumeAttachment(
@@ -183,8 +187,10 @@ class Endpoint(pulumi.ComponentResource):
             stop_instance_before_detaching=True,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
         )
-        aws.ec2.EipAssociation(f"{name}-eip-assoc", allocation_id=address.allocation_id,
-                               instance_id=instance.id, opts=child)
+        # Released from the old instance before the new one takes the address.
+        aws.ec2.EipAssociation(
+            f"{name}-eip-assoc", allocation_id=address.allocation_id, instance_id=instance.id,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)))
 
         return contract.stack_outputs(
             settings, public_ip=address.public_ip, api_token=identity.api_token, instance_id=instance.id,

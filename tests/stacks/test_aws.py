@@ -383,6 +383,11 @@ def test_a_changed_bootstrap_replaces_the_instance_but_not_the_data_disk():
                         preset="aws-g5")
     assert aws_document(before) != aws_document(after)
     assert after.one(INSTANCE).inputs["userDataReplaceOnChange"] is True  # the instance is replaced...
+    # ...old one first, so a replacement never holds two GPU instances (or twice the vCPU quota) at once; the
+    # volume attachment and the address association depend on it, so they are released before it goes.
+    assert after.options(INSTANCE)["delete_before_replace"] is True
+    assert after.options(ATTACHMENT)["delete_before_replace"] is True
+    assert after.options("aws:ec2/eipAssociation:EipAssociation")["delete_before_replace"] is True
     assert before.one(VOLUME).inputs == after.one(VOLUME).inputs  # ...its data disk sees no change at all
     assert before.options(VOLUME) == after.options(VOLUME)
     assert not after.options(VOLUME)["replace_on_changes"] and not after.options(VOLUME)["delete_before_replace"]
