@@ -407,5 +407,7 @@ def test_a_changed_bootstrap_replaces_the_vm_but_not_the_data_disk():
     after = gcp_run({"model": "some-org/another-sdxl", "corsOrigins": ["https://app.example.com"]}, stack="dev")
     assert metadata(before)["user-data"] != metadata(after)["user-data"]
     assert after.options(INSTANCE)["replace_on_changes"] == ["metadata"]  # the VM is replaced...
+    # ...the old one deleted first (a fixed name, and one GPU's quota), which frees the data disk for the new one.
+    assert after.options(INSTANCE)["delete_before_replace"] is True
     assert before.one(DISK).inputs == after.one(DISK).inputs  # ...its data disk sees no change at all
     assert not after.options(DISK)["replace_on_changes"]
