@@ -82,6 +82,7 @@ class Endpoint(pulumi.ComponentResource):
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sdxl-endpoint:aws:GpuEndpoint", name, None, opts)
+        self._bundle_upload: list[aws.s3.BucketObjectv2] = []  # the source bundle's upload, with `image` unset
         tags = {**settings.tags, "Name": f"{settings.project}-{settings.stack}"}
 
         provider = aws.Provider("aws", region=settings.region, opts=pulumi.ResourceOptions(parent=self))
@@ -171,7 +172,8 @@ class Endpoint(pulumi.ComponentResource):
             user_data_replace_on_change=True,
             tags=tags,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
-                depends_on=[identity.access],
+                # It boots only once its role may read what it needs and its source bundle is there to read.
+                depends_on=[identity.access, *self._bundle_upload],
                 # A new DLAMI release must not silently replace the instance.
                 ignore_changes=["ami"],
                 # Delete the old instance first: a replacement must never need two GPU instances at once (the
@@ -294,9 +296,9 @@ class Endpoint(pulumi.ComponentResource):
                 f"{name}-source-encryption", bucket=bucket.id,
                 rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}], opts=child),
         ]
-        aws.s3.BucketObjectv2(
+        self._bundle_upload = [aws.s3.BucketObjectv2(
             f"{name}-source-bundle", bucket=bucket.id, key=built.key, source=pulumi.FileAsset(str(built.path)),
             content_type="application/x-tar", tags=tags,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=settings)),
-        )
+        )]
         return bucket

@@ -329,6 +329,8 @@ def test_the_uploaded_bundle_is_this_checkouts_source_and_the_instance_checks_th
     assert f"sdxl-boot build aws us-east-1 sdxl-source-20260801abcdef bundles/{digest}.tar {digest}" in (
         aws_document(run))
     assert run.options(OBJECT)["dependencies"]  # uploaded once the bucket's protections exist
+    # The instance boots only once the bundle it downloads is there, and its role may read it.
+    assert {run.urn(OBJECT), run.urn("aws:iam/rolePolicy:RolePolicy")} <= set(run.options(INSTANCE)["dependencies"])
 
 
 def test_a_configured_image_is_pulled_and_needs_no_bucket():
