@@ -520,6 +520,26 @@ def test_a_failed_build_keeps_the_previous_image_or_fails_the_boot(host: Host, b
     assert host.phases()[-1] == "image-kept image=sdxl-endpoint-server:current"
 
 
+@pytest.mark.parametrize("earlier_image", [True, False])
+def test_a_build_runs_under_a_time_limit_and_falls_back_when_it_runs_past(host: Host, earlier_image: bool) -> None:
+    data, sha = small_bundle()
+    host.cloud.objects[f"{BUCKET}/bundles/{sha}.tar"] = data
+    if earlier_image:
+        host.set_docker(images=["sdxl-endpoint-server:current"])
+    # coreutils' timeout answers 124 when it had to stop the command: here the build always runs past its limit.
+    host.fake("timeout", '[ "$2 $3" != "docker build" ] || exit 124; shift; exec "$@"')
+    result = host.boot("build", "aws", "us-east-1", BUCKET, f"bundles/{sha}.tar", sha, SDXL_BUILD_SECONDS="42")
+    assert [c for c in host.calls() if c.startswith("timeout 42 docker build --quiet -f ")]
+    assert f"sdxl-endpoint-server:{sha}" not in host.docker()["images"]
+    if earlier_image:  # the documented fallback: the previous server image on the data disk
+        assert result.returncode == 0 and host.failed() is None
+        assert host.phases() == ["image-kept image=sdxl-endpoint-server:current"]
+    else:  # nothing to fall back to: the boot fails, and the idle watcher powers off soon
+        assert result.returncode == 1
+        assert host.failed() == ("docker build failed or ran past 42 s, and no earlier server image is on the "
+                                 "data disk\n")
+
+
 # --- pulling ---------------------------------------------------------------------------------------------------
 
 def test_an_ecr_image_is_pulled_logged_in_as_the_instance(host: Host) -> None:
