@@ -192,8 +192,13 @@ def render_caddyfile(public_ip: str | None, domain: str | None, *, upstream: str
     if local is not None:
         global_options += ["local_certs", "skip_install_trust",
                            f"http_port {local.http_port}", f"https_port {local.https_port}"]
+    # TLS-ALPN-01 arrives on 443, which allowedCidrs may close to Let's Encrypt's unpublished validation
+    # addresses; Caddy picks a challenge type at random, so about half of the orders would fail (and spend the
+    # failed-validation limit). HTTP-01 on port 80, open to everyone, stays: every ACME site says so.
+    no_tlsalpn = "\t\t\tdisable_tlsalpn_challenge\n"
+    acme_tls = None if local else f"\t\tissuer acme {{\n{no_tlsalpn}\t\t}}\n"
     if domain:
-        sites = _site(f"https://{public_host(domain, public_ip)}")
+        sites = _site(f"https://{public_host(domain, public_ip)}", acme_tls)
     else:
         if not public_ip:
             raise ValueError("the bootstrap needs the instance's public IP when no domain is configured")
@@ -208,12 +213,10 @@ def render_caddyfile(public_ip: str | None, domain: str | None, *, upstream: str
         # Clients send no SNI for an IP URL, and the instance only sees its private address behind
         # the cloud's 1:1 NAT, so `default_sni` tells Caddy which certificate such handshakes get.
         global_options.append(f"default_sni {public_ip}")
-        # TLS-ALPN-01 arrives on 443, which allowedCidrs may close to Let's Encrypt's unpublished
-        # validation addresses; Caddy picks a challenge at random, so half the orders would fail (and
-        # spend the failed-validation limit). HTTP-01 on port 80, open to everyone, stays.
         ip_tls = ("\t\tissuer internal\n" if local else
-                  "\t\tissuer acme {\n\t\t\tprofile shortlived\n\t\t\tdisable_tlsalpn_challenge\n\t\t}\n")
-        sites = _site(f"https://{public_host(None, public_ip)}", ip_tls) + _site(f"https://{sslip_host(public_ip)}")
+                  f"\t\tissuer acme {{\n\t\t\tprofile shortlived\n{no_tlsalpn}\t\t}}\n")
+        sites = (_site(f"https://{public_host(None, public_ip)}", ip_tls)
+                 + _site(f"https://{sslip_host(public_ip)}", acme_tls))
     return _template("Caddyfile").substitute(
         global_options="".join(f"\t{option}\n" for option in global_options).rstrip("\n"),
         upload=_duration(timeouts.upload), write=_duration(timeouts.write), answer=_duration(timeouts.answer),

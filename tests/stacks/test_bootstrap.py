@@ -409,6 +409,10 @@ def test_without_a_domain_the_ip_gets_a_shortlived_le_certificate_over_http_01(t
     assert (issuer["module"], issuer.get("profile")) == ("acme", "shortlived")
     # TLS-ALPN-01 comes on 443, which allowedCidrs may close to Let's Encrypt; HTTP-01 on 80 stays.
     assert issuer["challenges"] == {"tls-alpn": {"disabled": True}}
+    # The sslip.io fallback orders its own certificate: over HTTP-01 only as well, with Caddy's default profile.
+    sslip_policy = next(p for p in policies if "203-0-113-10.sslip.io" in p.get("subjects", []))
+    assert [(i["module"], i.get("profile"), i.get("challenges")) for i in sslip_policy["issuers"]] == [
+        ("acme", None, {"tls-alpn": {"disabled": True}})]
     assert "default_sni" in render_caddyfile("203.0.113.10", None)
 
 
@@ -417,7 +421,12 @@ def test_with_a_domain_only_the_domain_is_served(tmp_path: Path) -> None:
     (server,) = config["apps"]["http"]["servers"].values()
     hosts = [host for route in server["routes"] for m in route.get("match", []) for host in m.get("host", [])]
     assert hosts == ["sdxl.example.com"]
-    assert "shortlived" not in json.dumps(config)  # the domain gets Caddy's default issuers
+    assert "shortlived" not in json.dumps(config)  # the domain gets Let's Encrypt's default profile...
+    # ...over HTTP-01 only: TLS-ALPN-01 would come on 443, which allowedCidrs may close to Let's Encrypt.
+    (policy,) = [p for p in config["apps"]["tls"]["automation"]["policies"] if p.get("subjects")]
+    assert policy["subjects"] == ["sdxl.example.com"]
+    assert [(i["module"], i.get("ca"), i.get("challenges")) for i in policy["issuers"]] == [
+        ("acme", None, {"tls-alpn": {"disabled": True}})]  # no `ca`: Let's Encrypt's production directory
 
 
 def test_no_domain_and_no_ip_is_refused() -> None:
