@@ -244,6 +244,25 @@ def test_independent_steps_overlap() -> None:
             graph, "sdxl-server.service")
 
 
+def seconds(timespan: str) -> int:
+    """A systemd time span as this project writes them (45min, 2h, 90s)."""
+    number, unit_name = re.fullmatch(r"(\d+)(s|min|h)", timespan).groups()
+    return int(number) * {"s": 1, "min": 60, "h": 3600}[unit_name]
+
+
+def test_units_that_pull_or_build_outlast_sdxl_boots_own_limits() -> None:
+    """A unit's start limit must leave sdxl-boot time to retry and then take its fallback (the copy on disk, the
+    previous image); systemd's 90 s default would kill Caddy's first pull outright."""
+    script = (bootstrap.HOST_TEMPLATES / "sdxl-boot.sh").read_text()
+    limit = {name: int(value) for name, value in re.findall(r"^(\w+)=\$\{SDXL_\w+:-(\d+)\}", script, re.MULTILINE)}
+    retried_pull = limit["NET_WAIT"] + limit["PULL_LIMIT"]  # the last try may start just before the deadline
+    for variant in (values(), VARIANTS["gcp-pull"]):
+        graph = unit_graph(render_cloud_init(variant))
+        assert seconds(graph["sdxl-caddy.service"]["TimeoutStartSec"][0]) > retried_pull
+        image_step = max(retried_pull, limit["NET_WAIT"] + limit["BUILD_LIMIT"])  # fetch the bundle, then build
+        assert seconds(graph["sdxl-image.service"]["TimeoutStartSec"][0]) > image_step
+
+
 def test_the_data_disk_comes_before_docker_and_everything_that_uses_it() -> None:
     graph = unit_graph(render_cloud_init(values()))
     assert "docker.service" in graph["sdxl-data.service"]["Before"]  # Docker's data root lives on it
