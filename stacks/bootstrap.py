@@ -10,6 +10,7 @@ On every boot, systemd units (templates in image/host/) run, each as soon as wha
   sdxl-image      build the image from this stack's source bundle, or pull `image`   }
   sdxl-server     the tokens from SSM Parameter Store / Secret Manager, then the server container
   sdxl-caddy      the HTTPS front (its certificates come while the image builds)
+  sdxl-model      the model into the Hub cache, beside the image step; never fatal (the server fetches the rest)
   sdxl-ready      records model-downloaded and server-ready
   sdxl-idle-stop  from boot: powers off when idle (unless idleStopMinutes is 0), when a boot step failed, or
                   when never ready
@@ -29,10 +30,12 @@ the front's time limit instead.
 
 from __future__ import annotations
 
+import ast
 import base64
 import gzip
 import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -67,7 +70,7 @@ SERVER_IMAGE = f"{bundle.IMAGE_NAME}:current"  # what sdxl-server runs; sdxl-boo
 # is needed for ACME profiles; Debian/Ubuntu's package (2.6) is too old.
 CADDY_IMAGE = "caddy:2.11"
 UNITS = ("sdxl-data", "sdxl-docker", "sdxl-gpu-check", "sdxl-image", "sdxl-server", "sdxl-ready", "sdxl-caddy",
-         "sdxl-idle-stop")
+         "sdxl-idle-stop", "sdxl-model")
 CONTAINER_UID = 10001  # the server image's non-root user (image/Dockerfile; sdxl-boot.sh chowns the cache to it)
 
 
@@ -263,8 +266,43 @@ yaml.SafeDumper.add_representer(
 )
 
 
+def _without_docstrings(tree: ast.Module) -> ast.Module:
+    """The module's docstring cut to its first line (a script may print it), every other one dropped."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and (
+                ast.get_docstring(node, clean=False) is not None):
+            if isinstance(node, ast.Module):
+                node.body[0] = ast.Expr(ast.Constant(ast.get_docstring(node).split("\n", 1)[0]))
+            else:
+                node.body = node.body[1:] or [ast.Pass()]
+    return tree
+
+
+def shipped(template: str) -> str:
+    """A host script as the instance gets it: without its comments (and Python's docstrings, but a module's first
+    line), which
+    would take a quarter of AWS's 16 KB of user data; the repository keeps them. Python goes through its own
+    parser and printer, so the code is the same (tests compare the trees); shell loses whole comment lines only,
+    never inside a here-document."""
+    source = (HOST_TEMPLATES / template).read_text()
+    if template.endswith(".py"):
+        shebang = source.splitlines(keepends=True)[0] if source.startswith("#!") else ""
+        return shebang + ast.unparse(_without_docstrings(ast.parse(source))) + "\n"
+    lines, heredoc_end = [], None
+    for number, line in enumerate(source.splitlines(keepends=True)):
+        if heredoc_end is not None:
+            lines.append(line)
+            heredoc_end = None if line.strip() == heredoc_end else heredoc_end
+            continue
+        if match := re.search(r"<<-?\s*'?(\w+)'?", line):
+            heredoc_end = match.group(1)
+        if number == 0 or not re.match(r"\s*#", line):
+            lines.append(line)
+    return "".join(lines)
+
+
 def _host_file(path: str, template: str, permissions: str = "0755") -> dict:
-    return {"path": path, "permissions": permissions, "content": _Literal((HOST_TEMPLATES / template).read_text())}
+    return {"path": path, "permissions": permissions, "content": _Literal(shipped(template))}
 
 
 def _image_step(values: BootstrapValues) -> tuple[str, str]:
@@ -301,6 +339,9 @@ def render_cloud_init(values: BootstrapValues) -> str:
             **(_FLEET_EXPOSURE if fleet else _CADDY_EXPOSURE),
         ),
         "sdxl-ready": _unit("sdxl-ready", model=values.model),
+        # The token only where hfToken is set (a gated model); read by the helper, never on a command line.
+        "sdxl-model": _unit("sdxl-model", cloud=values.cloud, location=values.location, model=values.model,
+                            hf_token=" ".join(f"{var}={name}" for var, name in values.secrets if var == "HF_TOKEN")),
     }
     files = [
         {"path": SETTINGS_FILE, "permissions": "0644",

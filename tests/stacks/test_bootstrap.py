@@ -4,6 +4,7 @@ units' dependencies, and its wiring into both stacks."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import dataclasses
 import gzip
@@ -150,14 +151,44 @@ def test_shellcheck_catches_a_planted_mistake(tmp_path: Path) -> None:
     assert run_tool([str(BIN / "shellcheck"), str(script)]).returncode != 0
 
 
-def test_embedded_scripts_are_the_files_in_image_host() -> None:
+def test_embedded_scripts_are_the_files_in_image_host_less_their_comments() -> None:
     files = files_of(render_cloud_init(values()))
     for path, template in ((bootstrap.BOOT_SCRIPT, "sdxl-boot.sh"), (bootstrap.IDLE_SCRIPT, "idle_stop.py"),
                            (bootstrap.CLOUD_HELPER, "sdxl_cloud.py")):
-        assert files[path]["content"] == (bootstrap.HOST_TEMPLATES / template).read_text(), path
-        assert files[path]["permissions"] == "0755"
+        shipped, source = files[path]["content"], (bootstrap.HOST_TEMPLATES / template).read_text()
+        assert shipped == bootstrap.shipped(template) and files[path]["permissions"] == "0755"
+        if source.startswith("#!"):
+            assert shipped.splitlines()[0] == source.splitlines()[0]  # the shebang
         if path.endswith(".py"):
-            compile(files[path]["content"], path, "exec")
+            # The same program: only docstrings differ (the module's keeps its first line).
+            original = ast.parse(source)
+            for node in ast.walk(original):
+                if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef) and ast.get_docstring(node):
+                    node.body = node.body[1:] or [ast.Pass()]
+            ours = ast.parse(shipped)
+            assert ast.get_docstring(ours) == ast.get_docstring(ast.parse(source)).split("\n", 1)[0]
+            ours.body = ours.body[1:]
+            assert ast.dump(ours) == ast.dump(original), path
+            assert not [line for line in shipped.splitlines()[1:] if line.lstrip().startswith("#")]
+        else:
+            # Whole comment lines go, never a command nor a line of the here-document (Python fed to python3).
+            kept = iter(shipped.splitlines())
+            expected = next(kept)
+            dropped = []
+            for line in source.splitlines():
+                if line == expected:
+                    expected = next(kept, None)
+                else:
+                    dropped.append(line)
+            assert expected is None and dropped and all(line.lstrip().startswith("#") for line in dropped)
+            heredoc = source.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+            assert heredoc in shipped
+    # What this buys: about a quarter of AWS's 16 KB of user data, on top of gzip.
+    full = sum(len(gzip.compress((bootstrap.HOST_TEMPLATES / t).read_bytes(), 9))
+               for t in ("sdxl-boot.sh", "idle_stop.py", "sdxl_cloud.py"))
+    ours = sum(len(gzip.compress(bootstrap.shipped(t).encode(), 9)) for t in ("sdxl-boot.sh", "idle_stop.py",
+                                                                              "sdxl_cloud.py"))
+    assert ours < full - 3000
 
 
 def systemd_analyze() -> str:
@@ -242,6 +273,10 @@ def test_independent_steps_overlap() -> None:
         # The server waits for both, and for its data disk.
         assert {"sdxl-image.service", "sdxl-gpu-check.service", "sdxl-data.service"} <= ordered_after(
             graph, "sdxl-server.service")
+        # The model download waits for the data disk (the Hub cache) only: not for Docker, the image or the GPU.
+        assert ordered_after(graph, "sdxl-model.service") & {u for u in graph if u.startswith("sdxl-")} == {
+            "sdxl-data.service"}
+        assert not {"sdxl-model.service"} & ordered_after(graph, "sdxl-server.service")  # the server fetches the rest
 
 
 def seconds(timespan: str) -> int:
@@ -261,6 +296,23 @@ def test_units_that_pull_or_build_outlast_sdxl_boots_own_limits() -> None:
         assert seconds(graph["sdxl-caddy.service"]["TimeoutStartSec"][0]) > retried_pull
         image_step = max(retried_pull, limit["NET_WAIT"] + limit["BUILD_LIMIT"])  # fetch the bundle, then build
         assert seconds(graph["sdxl-image.service"]["TimeoutStartSec"][0]) > image_step
+        assert seconds(graph["sdxl-model.service"]["TimeoutStartSec"][0]) > limit["NET_WAIT"] + limit["MODEL_LIMIT"]
+
+
+def test_the_model_fetch_takes_what_the_server_loads_and_the_hub_token_only_when_set() -> None:
+    from server.settings import Settings as ServerSettings
+
+    script = (bootstrap.HOST_TEMPLATES / "sdxl-boot.sh").read_text()
+    fields = ServerSettings.model_fields
+    # The server's defaults: revision None is the Hub's main branch; the fp16 weights.
+    assert re.search(r"^MODEL_REVISION=main MODEL_VARIANT=(\w+)", script, re.MULTILINE)[1] == fields["variant"].default
+    assert fields["revision"].default is None and "SDXL_REVISION" not in bootstrap.server_settings(values())
+    command = directives(unit(files_of(render_cloud_init(values())), "sdxl-model"))["ExecStart"]
+    assert command == ["/usr/local/bin/sdxl-boot model-download aws us-east-1 stabilityai/stable-diffusion-xl-base-1.0"
+                       " HF_TOKEN=/sdxl-endpoint/aws-g5/hf-token"]
+    without = values(secrets=SECRETS[:1])
+    command = directives(unit(files_of(render_cloud_init(without)), "sdxl-model"))["ExecStart"]
+    assert command == ["/usr/local/bin/sdxl-boot model-download aws us-east-1 stabilityai/stable-diffusion-xl-base-1.0"]
 
 
 def test_the_data_disk_comes_before_docker_and_everything_that_uses_it() -> None:
@@ -333,7 +385,7 @@ def test_idle_stop_minutes_reach_the_watcher_and_zero_still_installs_it_for_fail
     assert watcher["Description"] == [
         "SDXL endpoint: power off after a failed or never-ready boot (idle auto-stop off)"]
     assert watcher["Restart"] == ["always"] and not {key for key in watcher if key in DEPENDENCIES}
-    assert off[bootstrap.IDLE_SCRIPT]["content"] == (bootstrap.HOST_TEMPLATES / "idle_stop.py").read_text()
+    assert off[bootstrap.IDLE_SCRIPT]["content"] == bootstrap.shipped("idle_stop.py")
     runcmd = yaml.safe_load(render_cloud_init(values(idle_stop_minutes=0)))["runcmd"]
     assert "sdxl-idle-stop.service" in runcmd[2] and "sdxl-idle-stop.service" in runcmd[3]  # enabled, started
 
