@@ -31,7 +31,8 @@ BUILD_LIMIT=${SDXL_BUILD_SECONDS:-2700}    # one build: torch's CUDA wheels are 
 MODEL_LIMIT=${SDXL_MODEL_SECONDS:-3600}    # one try at the model (about 7 GB); the server fetches what is left
 MODEL_REVISION=main MODEL_VARIANT=fp16     # what the server loads by default (server/settings.py)
 POLL=${SDXL_POLL_SECONDS:-5}
-CONTAINER_UID=${SDXL_CONTAINER_UID:-10001}  # the image's non-root user (tests: their own)
+CONTAINER_UID=10001                        # the image's non-root user
+CACHE_UID=${SDXL_CACHE_UID:-$CONTAINER_UID} # who the model fetch runs as: the cache's owner (tests: their own)
 SERVER_IMAGE=sdxl-endpoint-server:current  # what sdxl-server.service runs; a build or pull retags it
 
 say() {
@@ -285,7 +286,7 @@ model_download() { # beside the image build or pull: the server would only start
   if ! hub_model "$model" || model_downloaded "$model"; then return 0; fi
   say "fetching $model into the Hub cache while the server image is made"
   if retry "$NET_WAIT" timeout "$MODEL_LIMIT" python3 "$HELPER" model "$cloud" "$scope" "$model" \
-    "$MODEL_REVISION" "$MODEL_VARIANT" "$CACHE" "$CONTAINER_UID" "$@"; then
+    "$MODEL_REVISION" "$MODEL_VARIANT" "$CACHE" "$CACHE_UID" "$@"; then
     model_phase "$model"
   else # not fatal: the server downloads whatever is missing
     say "could not fetch $model ahead of the server; the server downloads what is missing"

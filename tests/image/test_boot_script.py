@@ -147,7 +147,7 @@ class Host:
             "SDXL_DOCKER_DAEMON_JSON": str(self.root / "daemon.json"), "SDXL_SYSROOT": str(self.root / "sys"),
             "SDXL_CLOUD_HELPER": str(IMAGE / "host" / "sdxl_cloud.py"), "SDXL_FAKE_CLOUD_URL": self.cloud.url,
             "SDXL_POLL_SECONDS": "0.05", "SDXL_NET_WAIT_SECONDS": "0", "SDXL_SERVER": "http://127.0.0.1:9",
-            "SDXL_CONTAINER_UID": str(os.getuid()),  # the model fetch drops root to it
+            "SDXL_CACHE_UID": str(os.getuid()),  # the model fetch drops root to it
             **extra,
         }
 
