@@ -82,6 +82,7 @@ class Endpoint(pulumi.ComponentResource):
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sdxl-endpoint:aws:GpuEndpoint", name, None, opts)
+        self._bundle_upload: list[aws.s3.BucketObjectv2] = []  # the source bundle's upload, with `image` unset
         tags = {**settings.tags, "Name": f"{settings.project}-{settings.stack}"}
 
         provider = aws.Provider("aws", region=settings.region, opts=pulumi.ResourceOptions(parent=self))
@@ -171,9 +172,14 @@ class Endpoint(pulumi.ComponentResource):
             user_data_replace_on_change=True,
             tags=tags,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
-                depends_on=[identity.access],
+                # It boots only once its role may read what it needs and its source bundle is there to read.
+                depends_on=[identity.access, *self._bundle_upload],
                 # A new DLAMI release must not silently replace the instance.
                 ignore_changes=["ami"],
+                # Delete the old instance first: a replacement must never need two GPU instances at once (the
+                # account's vCPU quota is often sized for one), and nothing is gained by overlap, since the
+                # data volume and the Elastic IP have to move to the new instance anyway.
+                delete_before_replace=True,
             )),
         )
         aws.ec2.VolumeAttachment(
@@ -183,8 +189,10 @@ class Endpoint(pulumi.ComponentResource):
             stop_instance_before_detaching=True,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
         )
-        aws.ec2.EipAssociation(f"{name}-eip-assoc", allocation_id=address.allocation_id,
-                               instance_id=instance.id, opts=child)
+        # Released from the old instance before the new one takes the address.
+        aws.ec2.EipAssociation(
+            f"{name}-eip-assoc", allocation_id=address.allocation_id, instance_id=instance.id,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)))
 
         return contract.stack_outputs(
             settings, public_ip=address.public_ip, api_token=identity.api_token, instance_id=instance.id,
@@ -290,9 +298,9 @@ class Endpoint(pulumi.ComponentResource):
                 f"{name}-source-encryption", bucket=bucket.id,
                 rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}], opts=child),
         ]
-        aws.s3.BucketObjectv2(
+        self._bundle_upload = [aws.s3.BucketObjectv2(
             f"{name}-source-bundle", bucket=bucket.id, key=built.key, source=pulumi.FileAsset(str(built.path)),
             content_type="application/x-tar", tags=tags,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=settings)),
-        )
+        )]
         return bucket

@@ -10,6 +10,7 @@ On every boot, systemd units (templates in image/host/) run, each as soon as wha
   sdxl-image      build the image from this stack's source bundle, or pull `image`   }
   sdxl-server     the tokens from SSM Parameter Store / Secret Manager, then the server container
   sdxl-caddy      the HTTPS front (its certificates come while the image builds)
+  sdxl-model      the model into the Hub cache, beside the image step; never fatal (the server fetches the rest)
   sdxl-ready      records model-downloaded and server-ready
   sdxl-idle-stop  from boot: powers off when idle (unless idleStopMinutes is 0), when a boot step failed, or
                   when never ready
@@ -30,10 +31,12 @@ front's time limit (FleetFront).
 
 from __future__ import annotations
 
+import ast
 import base64
 import gzip
 import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -68,7 +71,7 @@ SERVER_IMAGE = f"{bundle.IMAGE_NAME}:current"  # what sdxl-server runs; sdxl-boo
 # is needed for ACME profiles; Debian/Ubuntu's package (2.6) is too old.
 CADDY_IMAGE = "caddy:2.11"
 UNITS = ("sdxl-data", "sdxl-docker", "sdxl-gpu-check", "sdxl-image", "sdxl-server", "sdxl-ready", "sdxl-caddy",
-         "sdxl-idle-stop")
+         "sdxl-idle-stop", "sdxl-model")
 CONTAINER_UID = 10001  # the server image's non-root user (image/Dockerfile; sdxl-boot.sh chowns the cache to it)
 
 
@@ -213,8 +216,13 @@ def render_caddyfile(public_ip: str | None, domain: str | None, *, upstream: str
     if local is not None:
         global_options += ["local_certs", "skip_install_trust",
                            f"http_port {local.http_port}", f"https_port {local.https_port}"]
+    # TLS-ALPN-01 arrives on 443, which allowedCidrs may close to Let's Encrypt's unpublished validation
+    # addresses; Caddy picks a challenge type at random, so about half of the orders would fail (and spend the
+    # failed-validation limit). HTTP-01 on port 80, open to everyone, stays: every ACME site says so.
+    no_tlsalpn = "\t\t\tdisable_tlsalpn_challenge\n"
+    acme_tls = None if local else f"\t\tissuer acme {{\n{no_tlsalpn}\t\t}}\n"
     if domain:
-        sites = _site(f"https://{public_host(domain, public_ip)}")
+        sites = _site(f"https://{public_host(domain, public_ip)}", acme_tls)
     else:
         if not public_ip:
             raise ValueError("the bootstrap needs the instance's public IP when no domain is configured")
@@ -229,12 +237,10 @@ def render_caddyfile(public_ip: str | None, domain: str | None, *, upstream: str
         # Clients send no SNI for an IP URL, and the instance only sees its private address behind
         # the cloud's 1:1 NAT, so `default_sni` tells Caddy which certificate such handshakes get.
         global_options.append(f"default_sni {public_ip}")
-        # TLS-ALPN-01 arrives on 443, which allowedCidrs may close to Let's Encrypt's unpublished
-        # validation addresses; Caddy picks a challenge at random, so half the orders would fail (and
-        # spend the failed-validation limit). HTTP-01 on port 80, open to everyone, stays.
         ip_tls = ("\t\tissuer internal\n" if local else
-                  "\t\tissuer acme {\n\t\t\tprofile shortlived\n\t\t\tdisable_tlsalpn_challenge\n\t\t}\n")
-        sites = _site(f"https://{public_host(None, public_ip)}", ip_tls) + _site(f"https://{sslip_host(public_ip)}")
+                  f"\t\tissuer acme {{\n\t\t\tprofile shortlived\n{no_tlsalpn}\t\t}}\n")
+        sites = (_site(f"https://{public_host(None, public_ip)}", ip_tls)
+                 + _site(f"https://{sslip_host(public_ip)}", acme_tls))
     return _template("Caddyfile").substitute(
         global_options="".join(f"\t{option}\n" for option in global_options).rstrip("\n"),
         upload=_duration(timeouts.upload), write=_duration(timeouts.write), answer=_duration(timeouts.answer),
@@ -284,8 +290,42 @@ yaml.SafeDumper.add_representer(
 )
 
 
+def _without_docstrings(tree: ast.Module) -> ast.Module:
+    """The module's docstring cut to its first line (a script may print it), every other one dropped."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and (
+                ast.get_docstring(node, clean=False) is not None):
+            if isinstance(node, ast.Module):
+                node.body[0] = ast.Expr(ast.Constant(ast.get_docstring(node).split("\n", 1)[0]))
+            else:
+                node.body = node.body[1:] or [ast.Pass()]
+    return tree
+
+
+def shipped(template: str) -> str:
+    """A host script as the instance gets it: without its comments (and Python's docstrings, but a module's first
+    line), which would take a quarter of AWS's 16 KB of user data; the repository keeps them. Python goes through
+    its own parser and printer, so the code is the same (tests compare the trees); shell loses whole comment lines
+    only, never inside a here-document."""
+    source = (HOST_TEMPLATES / template).read_text()
+    if template.endswith(".py"):
+        shebang = source.splitlines(keepends=True)[0] if source.startswith("#!") else ""
+        return shebang + ast.unparse(_without_docstrings(ast.parse(source))) + "\n"
+    lines, heredoc_end = [], None
+    for number, line in enumerate(source.splitlines(keepends=True)):
+        if heredoc_end is not None:
+            lines.append(line)
+            heredoc_end = None if line.strip() == heredoc_end else heredoc_end
+            continue
+        if match := re.search(r"<<-?\s*'?(\w+)'?", line):
+            heredoc_end = match.group(1)
+        if number == 0 or not re.match(r"\s*#", line):
+            lines.append(line)
+    return "".join(lines)
+
+
 def _host_file(path: str, template: str, permissions: str = "0755") -> dict:
-    return {"path": path, "permissions": permissions, "content": _Literal((HOST_TEMPLATES / template).read_text())}
+    return {"path": path, "permissions": permissions, "content": _Literal(shipped(template))}
 
 
 def _image_step(values: BootstrapValues) -> tuple[str, str]:
@@ -322,6 +362,9 @@ def render_cloud_init(values: BootstrapValues) -> str:
             **(_FLEET_EXPOSURE if fleet else _CADDY_EXPOSURE),
         ),
         "sdxl-ready": _unit("sdxl-ready", model=values.model),
+        # The token only where hfToken is set (a gated model); read by the helper, never on a command line.
+        "sdxl-model": _unit("sdxl-model", cloud=values.cloud, location=values.location, model=values.model,
+                            hf_token=" ".join(f"{var}={name}" for var, name in values.secrets if var == "HF_TOKEN")),
     }
     files = [
         {"path": SETTINGS_FILE, "permissions": "0644",

@@ -188,7 +188,8 @@ class Endpoint(pulumi.ComponentResource):
         token = contract.api_token(settings, parent=self)
         secrets, readable = self._tokens(name, settings, token, labels, account, child)
         built = bundle.build() if settings.image is None else None
-        bucket = self._source_bucket(name, settings, labels, account, child, built) if built else None
+        bucket, bundle_ready = self._source_bucket(name, settings, labels, account, child, built) if built else (
+            None, [])
         registry = artifact_registry_repository(settings.image) if settings.image else None
         if registry and registry[1] == settings.gcp_project:
             # Pull rights on that repository only. One in another project grants them there (README).
@@ -202,7 +203,7 @@ class Endpoint(pulumi.ComponentResource):
                                       opts=pulumi.InvokeOptions(parent=self, provider=provider))
         machine = settings.machine
         return VmSpec(
-            network=network, subnet=subnet, ready=[*grants, *readable], secrets=secrets, built=built,
+            network=network, subnet=subnet, ready=[*grants, *readable, *bundle_ready], secrets=secrets, built=built,
             bucket=bucket.name if bucket else None, api_token=token, labels=labels,
             image=image.self_link, image_disk_gb=image.disk_size_gb,
             names=lambda part, limit=NAME_MAX: resource_name(settings.stack, part, limit), network_tag=network_tag,
@@ -345,9 +346,10 @@ class Endpoint(pulumi.ComponentResource):
 
     def _source_bucket(self, name: str, settings: Settings, labels: dict[str, str],
                        account: gcp.serviceaccount.Account | GivenAccount, child: pulumi.ResourceOptions,
-                       built: bundle.Bundle) -> gcp.storage.Bucket:
+                       built: bundle.Bundle) -> tuple[gcp.storage.Bucket, list[pulumi.Resource]]:
         """A private bucket (uniform access, public access prevention) holding this checkout's source
-        bundle, readable by the VM's service account for that one object; destroy empties and removes it."""
+        bundle, readable by the VM's service account for that one object; destroy empties and removes it.
+        Also the upload and the grant: a VM boots only once both exist, or its first download fails."""
         bucket = gcp.storage.Bucket(
             f"{name}-source",
             # Bucket names are global: the project id (unique) and the stack make this one ours.
@@ -355,14 +357,14 @@ class Endpoint(pulumi.ComponentResource):
             location=settings.region, uniform_bucket_level_access=True, public_access_prevention="enforced",
             force_destroy=True, labels=labels, opts=child,
         )
-        gcp.storage.BucketObject(f"{name}-source-bundle", bucket=bucket.name, name=built.key,
+        upload = gcp.storage.BucketObject(f"{name}-source-bundle", bucket=bucket.name, name=built.key,
                                  source=pulumi.FileAsset(str(built.path)), content_type="application/x-tar",
                                  opts=child)
-        gcp.storage.BucketIAMMember(
+        reader = gcp.storage.BucketIAMMember(
             f"{name}-source-reader", bucket=bucket.name, role="roles/storage.objectViewer", member=account.member,
             condition={"title": "this-source-bundle-only", "description": "The VM reads its own source bundle",
                        "expression": pulumi.Output.concat('resource.name == "projects/_/buckets/', bucket.name,
                                                           f'/objects/{built.key}"')},
             opts=child,
         )
-        return bucket
+        return bucket, [upload, reader]

@@ -6,6 +6,7 @@
 #   sdxl-boot build CLOUD REGION BUCKET KEY SHA256   fetch the source bundle, check it, build the image
 #   sdxl-boot pull-server IMAGE CLOUD    pull the server image (ECR / Artifact Registry as the instance)
 #   sdxl-boot pull IMAGE                 pull an image, or keep the copy on disk when the registry is down
+#   sdxl-boot model-download CLOUD SCOPE MODEL [HF_TOKEN=NAME]   fill the Hub cache while the image is made
 #   sdxl-boot watch-ready MODEL          record "model downloaded" and "server ready"
 #   sdxl-boot phase NAME...              record a boot phase
 # Phases go to $STATE/boot-phases.log, the serial console and the journal; $STATE/status says where the boot
@@ -27,8 +28,11 @@ DISK_WAIT=${SDXL_DISK_WAIT_SECONDS:-900}   # AWS attaches the data volume after 
 NET_WAIT=${SDXL_NET_WAIT_SECONDS:-1800}    # downloads are retried this long: AWS attaches the public IP late
 PULL_LIMIT=${SDXL_PULL_SECONDS:-1800}      # one pull; a registry that hangs must not hold the boot forever
 BUILD_LIMIT=${SDXL_BUILD_SECONDS:-2700}    # one build: torch's CUDA wheels are several GB
+MODEL_LIMIT=${SDXL_MODEL_SECONDS:-3600}    # one try at the model (about 7 GB); the server fetches what is left
+MODEL_REVISION=main MODEL_VARIANT=fp16     # what the server loads by default (server/settings.py)
 POLL=${SDXL_POLL_SECONDS:-5}
 CONTAINER_UID=10001                        # the image's non-root user
+CACHE_UID=${SDXL_CACHE_UID:-$CONTAINER_UID} # who the model fetch runs as: the cache's owner (tests: their own)
 SERVER_IMAGE=sdxl-endpoint-server:current  # what sdxl-server.service runs; a build or pull retags it
 
 say() {
@@ -267,16 +271,35 @@ model_downloaded() {
     && [ -z "$(find "$dir/blobs" -name '*.incomplete' -print -quit 2>/dev/null)" ]
 }
 
+hub_model() { # hub_model MODEL: a Hub id, not a built-in model or a local folder
+  case "$1" in */*) [ ! -d "$1" ] ;; *) false ;; esac
+}
+
+model_phase() { # once per boot, whichever step sees the model on disk first
+  mkdir -p "$RUN"
+  if mkdir "$RUN/model-downloaded" 2>/dev/null; then phase "model-downloaded model=$1"; fi
+}
+
+model_download() { # beside the image build or pull: the server would only start downloading once it runs
+  local cloud=$1 scope=$2 model=$3
+  shift 3
+  if ! hub_model "$model" || model_downloaded "$model"; then return 0; fi
+  say "fetching $model into the Hub cache while the server image is made"
+  if retry "$NET_WAIT" timeout "$MODEL_LIMIT" python3 "$HELPER" model "$cloud" "$scope" "$model" \
+    "$MODEL_REVISION" "$MODEL_VARIANT" "$CACHE" "$CACHE_UID" "$@"; then
+    model_phase "$model"
+  else # not fatal: the server downloads whatever is missing
+    say "could not fetch $model ahead of the server; the server downloads what is missing"
+  fi
+}
+
 watch_ready() {
   local model=$1 token code downloaded=no
-  case "$model" in
-    */*) [ ! -d "$model" ] || downloaded=n/a ;; # a Hub id, unless it names a local folder
-    *) downloaded=n/a ;;                       # tiny / random-sdxl: nothing to download
-  esac
+  hub_model "$model" || downloaded=n/a # tiny / random-sdxl or a local folder: nothing to download
   status "starting the server (first boot: downloading $model)"
   while true; do
     if [ "$downloaded" = no ] && model_downloaded "$model"; then
-      phase "model-downloaded model=$model"
+      model_phase "$model"
       status "model on disk; loading and warming up"
       downloaded=yes
     fi
@@ -286,7 +309,7 @@ watch_ready() {
     code=$(printf 'header = "Authorization: Bearer %s"\n' "$token" \
       | curl -s -o /dev/null -w '%{http_code}' --max-time 5 --config - "$SERVER/ready" || true)
     if [ "$code" = 200 ]; then
-      [ "$downloaded" != no ] || phase "model-downloaded model=$model"
+      [ "$downloaded" != no ] || model_phase "$model"
       phase "server-ready"
       status "ready"
       return 0
@@ -302,7 +325,8 @@ case "${1:-}" in
   build) build "${2:?cloud}" "${3:?region}" "${4:?bucket}" "${5:?key}" "${6:?sha256}" ;;
   pull-server) pull_server "${2:?image}" "${3:?cloud}" ;;
   pull) pull "${2:?image}" || [ $? -eq 2 ] ;;
+  model-download) shift && model_download "${1:?cloud}" "${2:?scope}" "${3:?model}" "${@:4}" ;;
   watch-ready) watch_ready "${2:?model}" ;;
   phase) shift && phase "$@" ;;
-  *) echo "usage: sdxl-boot data-disk|docker-setup|gpu-check|build|pull-server|pull|watch-ready|phase ..." >&2 && exit 2 ;;
+  *) echo "usage: sdxl-boot data-disk|docker-setup|gpu-check|build|pull-server|pull|model-download|watch-ready|phase ..." >&2 && exit 2 ;;
 esac

@@ -6,6 +6,8 @@ documented to ship the AWS CLI or gcloud):
                                                           read from SSM Parameter Store (SCOPE: region) or
                                                           Secret Manager (SCOPE: project)
   sdxl_cloud.py registry-password aws|gcp REGISTRY       a short-lived password for `docker login`
+  sdxl_cloud.py model aws|gcp SCOPE REPO REVISION VARIANT CACHE UID [HF_TOKEN=NAME]
+                                                          the files the server loads, into the Hub cache
 
 AWS: the instance role's credentials from IMDSv2, each request signed with Signature Version 4. GCP: the
 service account's token from the metadata server. A secret never reaches a command line (`ps`) or a log;
@@ -16,13 +18,16 @@ from __future__ import annotations
 
 import base64
 import datetime
+import fcntl
 import hashlib
 import hmac
 import json
 import os
+import re
 import sys
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 IMDS = "http://169.254.169.254"
 GCE_METADATA = "http://metadata.google.internal/computeMetadata/v1"
@@ -161,6 +166,131 @@ def registry_password(cloud: str, registry: str) -> str:
     return gcp_token()  # Artifact Registry takes the token as the password of user oauth2accesstoken
 
 
+# --- the model, into the Hub cache -------------------------------------------------------------------
+# huggingface_hub's own layout (models--ORG--NAME/blobs/<id>, snapshots/<commit>/<file> -> blob, refs/<revision>),
+# so the server's from_pretrained finds every file there and downloads only what is missing.
+
+HUB = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+WEIGHT_FILES = (".safetensors", ".bin", ".onnx", ".pb", ".msgpack")  # what marks a folder as a model's
+SHARD = r"(-\d{5}-of-\d{5})?"
+CHUNK = 1 << 20
+
+
+class _NoTokenElsewhere(urllib.request.HTTPRedirectHandler):
+    """Follows the Hub's redirects (large files live on a CDN), never taking the token to another host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's signature
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+HUB_OPENER = urllib.request.build_opener(_NoTokenElsewhere)
+
+
+def hub_get(url: str, token: str | None, offset: int = 0):  # noqa: ANN201 - an http.client response
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    return HUB_OPENER.open(urllib.request.Request(url, headers=headers), timeout=TIMEOUT)  # noqa: S310 - the Hub
+
+
+def files_the_server_loads(names: list[str], index: dict, variant: str) -> set[str]:
+    """What diffusers' from_pretrained(variant=VARIANT, use_safetensors=True) reads of a pipeline repo:
+    model_index.json; in each component folder with weights, its config.json and its VARIANT safetensors (else
+    the plain ones), shard index included; every file of the other component folders (tokenizers, scheduler)."""
+    chosen = {"model_index.json"}
+    for folder in (k for k, v in index.items() if not k.startswith("_") and isinstance(v, list)):
+        files = {n.split("/")[1]: n for n in names if n.count("/") == 1 and n.startswith(f"{folder}/")}
+        if not any(f.endswith(WEIGHT_FILES) for f in files):
+            chosen.update(files.values())
+            continue
+        for tag in (f"\\.{re.escape(variant)}", ""):
+            weights = [n for f, n in files.items() if re.fullmatch(rf"[^.]+{tag}{SHARD}\.safetensors", f)]
+            if weights:
+                chosen.update(weights, [n for f, n in files.items()
+                                        if re.fullmatch(rf"[^.]+\.safetensors\.index{tag}\.json", f)])
+                break
+        chosen.update(n for f, n in files.items() if f == "config.json")
+    return chosen
+
+
+def fetch_blob(url: str, token: str | None, blob: Path, size: int, sha256: str | None, git_sha1: str | None) -> None:
+    """The file into blobs/, resumable (a partial download continues) and atomic (checked, then renamed), under
+    huggingface_hub's own lock for that blob, so the server never reads or writes it at the same time."""
+    lock_dir = blob.parents[3] / ".locks" / blob.parents[1].name
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{blob.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # what filelock takes (huggingface_hub's WeakFileLock)
+        if blob.exists():
+            return
+        part = blob.with_name(f"{blob.name}.sdxl-prefetch.incomplete")
+        offset = part.stat().st_size if part.exists() and part.stat().st_size < size else 0
+        with hub_get(url, token, offset) as response, open(part, "ab" if offset else "wb") as out:
+            if offset and response.status != 206:  # no range support: start again
+                out.truncate(0)
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+        if part.stat().st_size < size:  # the connection dropped: the next try continues from here
+            raise OSError(f"{url}: {part.stat().st_size} of {size} bytes")
+        digest = hashlib.sha256() if sha256 else hashlib.sha1(f"blob {size}\0".encode())  # noqa: S324 - git's id
+        with open(part, "rb") as written:
+            while chunk := written.read(CHUNK):
+                digest.update(chunk)
+        if part.stat().st_size != size or digest.hexdigest() != (sha256 or git_sha1):
+            part.unlink()
+            raise OSError(f"{url}: the download does not match the Hub's size and hash")
+        os.replace(part, blob)
+
+
+def link(snapshot: Path, name: str, blob: Path) -> None:
+    path = snapshot / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        temporary = path.with_name(f".{path.name}.sdxl-link")
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(os.path.relpath(blob, path.parent))
+        os.replace(temporary, path)
+
+
+def model(cloud: str, scope: str, repo: str, revision: str, variant: str, cache: str, uid: str,
+          refs: list[str]) -> None:
+    token = None
+    for ref in refs:  # HF_TOKEN=NAME: read as the server's start reads it
+        name = ref.partition("=")[2]
+        token = ssm_parameter(scope, name) if cloud == "aws" else gcp_secret(scope, name)
+    if os.geteuid() == 0:  # the cache belongs to the server container's user, which writes to it too
+        os.setgroups([])
+        os.setgid(int(uid))
+        os.setuid(int(uid))
+    with hub_get(f"{HUB}/api/models/{repo}/revision/{urllib.parse.quote(revision, safe='')}?blobs=true",
+                 token) as response:
+        info = json.loads(response.read())
+    commit, siblings = info["sha"], {s["rfilename"]: s for s in info["siblings"]}
+    root = Path(cache) / "hub" / f"models--{repo.replace('/', '--')}"
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+
+    def fetch_file(name: str) -> Path:
+        sibling = siblings[name]
+        lfs = sibling.get("lfs")
+        blob = root / "blobs" / (lfs["sha256"] if lfs else sibling["blobId"])
+        fetch_blob(f"{HUB}/{repo}/resolve/{commit}/{urllib.parse.quote(name)}", token, blob,
+                   lfs["size"] if lfs else sibling["size"], lfs and lfs["sha256"], sibling.get("blobId"))
+        return blob
+
+    index = fetch_file("model_index.json")
+    snapshot = root / "snapshots" / commit
+    for name in sorted(files_the_server_loads(list(siblings), json.loads(index.read_bytes()), variant)
+                       - {"model_index.json"}):
+        link(snapshot, name, fetch_file(name))
+    link(snapshot, "model_index.json", index)  # last: sdxl-boot takes it as "the model is on disk"
+    if revision != commit:
+        (root / "refs").mkdir(exist_ok=True)
+        (root / "refs" / f".{revision}.sdxl").write_text(commit)
+        os.replace(root / "refs" / f".{revision}.sdxl", root / "refs" / revision)
+
+
 def main(argv: list[str]) -> int:
     command, *args = argv or [""]
     if command == "fetch" and len(args) == 5:
@@ -169,8 +299,12 @@ def main(argv: list[str]) -> int:
         env_file(args[0], args[1], args[2], args[3], args[4:])
     elif command == "registry-password" and len(args) == 2:
         sys.stdout.write(registry_password(*args))
+    elif command == "model" and len(args) >= 7:
+        model(*args[:7], refs=args[7:])
     else:
-        print(__doc__, file=sys.stderr)
+        # The usage, from this file's docstring: the instance's copy keeps only its first line (stacks/bootstrap.py).
+        print(__doc__ if "\n" in __doc__.strip() else
+              "usage: sdxl_cloud.py fetch|env-file|registry-password|model ...", file=sys.stderr)
         return 2
     return 0
 

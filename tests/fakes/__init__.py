@@ -40,6 +40,9 @@ def loopback_server(handle: Callable[[BaseHTTPRequestHandler, str], None]) -> It
         def do_DELETE(self) -> None:  # noqa: N802
             handle(self, "DELETE")
 
+        def do_HEAD(self) -> None:  # noqa: N802
+            handle(self, "HEAD")
+
         def log_message(self, *args) -> None:
             pass
 

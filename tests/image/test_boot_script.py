@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from stacks.bootstrap import BootstrapValues, SourceBundle, render_cloud_init
 from tests.image import fake_cloud
 from tests.image.conftest import IMAGE
 from tests.image.fake_cloud import FakeCloud
+from tests.image.fake_hub import FakeHub
 
 SCRIPT = IMAGE / "host" / "sdxl-boot.sh"
 MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -145,6 +147,7 @@ class Host:
             "SDXL_DOCKER_DAEMON_JSON": str(self.root / "daemon.json"), "SDXL_SYSROOT": str(self.root / "sys"),
             "SDXL_CLOUD_HELPER": str(IMAGE / "host" / "sdxl_cloud.py"), "SDXL_FAKE_CLOUD_URL": self.cloud.url,
             "SDXL_POLL_SECONDS": "0.05", "SDXL_NET_WAIT_SECONDS": "0", "SDXL_SERVER": "http://127.0.0.1:9",
+            "SDXL_CACHE_UID": str(os.getuid()),  # the model fetch drops root to it
             **extra,
         }
 
@@ -520,6 +523,26 @@ def test_a_failed_build_keeps_the_previous_image_or_fails_the_boot(host: Host, b
     assert host.phases()[-1] == "image-kept image=sdxl-endpoint-server:current"
 
 
+@pytest.mark.parametrize("earlier_image", [True, False])
+def test_a_build_runs_under_a_time_limit_and_falls_back_when_it_runs_past(host: Host, earlier_image: bool) -> None:
+    data, sha = small_bundle()
+    host.cloud.objects[f"{BUCKET}/bundles/{sha}.tar"] = data
+    if earlier_image:
+        host.set_docker(images=["sdxl-endpoint-server:current"])
+    # coreutils' timeout answers 124 when it had to stop the command: here the build always runs past its limit.
+    host.fake("timeout", '[ "$2 $3" != "docker build" ] || exit 124; shift; exec "$@"')
+    result = host.boot("build", "aws", "us-east-1", BUCKET, f"bundles/{sha}.tar", sha, SDXL_BUILD_SECONDS="42")
+    assert [c for c in host.calls() if c.startswith("timeout 42 docker build --quiet -f ")]
+    assert f"sdxl-endpoint-server:{sha}" not in host.docker()["images"]
+    if earlier_image:  # the documented fallback: the previous server image on the data disk
+        assert result.returncode == 0 and host.failed() is None
+        assert host.phases() == ["image-kept image=sdxl-endpoint-server:current"]
+    else:  # nothing to fall back to: the boot fails, and the idle watcher powers off soon
+        assert result.returncode == 1
+        assert host.failed() == ("docker build failed or ran past 42 s, and no earlier server image is on the "
+                                 "data disk\n")
+
+
 # --- pulling ---------------------------------------------------------------------------------------------------
 
 def test_an_ecr_image_is_pulled_logged_in_as_the_instance(host: Host) -> None:
@@ -568,6 +591,41 @@ def test_a_pull_runs_under_a_time_limit(host: Host) -> None:
 
 
 # --- model downloaded, server ready ----------------------------------------------------------------------------
+
+def test_the_model_is_fetched_beside_the_image_and_its_phase_recorded_once(host: Host,
+                                                                        ready_server: ReadyServer) -> None:
+    with FakeHub() as hub:
+        hub.token = HF_TOKEN
+        host.cloud.parameters["/sdxl-endpoint/dev/hf-token"] = HF_TOKEN
+        document = render_cloud_init(values_for("aws", "0" * 64))
+        unit_file = yaml.safe_load(document)["write_files"]
+        (model_unit,) = [f["content"] for f in unit_file if f["path"].endswith("/sdxl-model.service")]
+        command = re.search(r"^ExecStart=\S+ (.*)$", model_unit, re.MULTILINE)[1].split()
+        assert command == ["model-download", "aws", "us-east-1", MODEL, "HF_TOKEN=/sdxl-endpoint/dev/hf-token"]
+        result = host.boot(*command, HF_ENDPOINT=hub.url, SDXL_CACHE_DIR=str(host.data / "models"))
+        assert result.returncode == 0, result.stderr
+        assert host.phases() == [f"model-downloaded model={MODEL}"]
+        # The server's watch sees the model too, and records nothing twice.
+        (host.run / "server.env").write_text(f"SDXL_API_TOKEN={TOKEN}\n")
+        ready_server.ready.set()
+        assert host.boot("watch-ready", MODEL, SDXL_SERVER=ready_server.url,
+                         SDXL_CACHE_DIR=str(host.data / "models")).returncode == 0
+        assert host.phases() == [f"model-downloaded model={MODEL}", "server-ready"]
+        # Once on disk, a later boot asks the Hub nothing.
+        asked = len(hub.requests)
+        assert host.boot(*command, HF_ENDPOINT=hub.url, SDXL_CACHE_DIR=str(host.data / "models")).returncode == 0
+        assert len(hub.requests) == asked
+    assert HF_TOKEN not in host.log.read_text() + host.console()
+
+
+def test_a_failed_model_fetch_is_not_fatal(host: Host) -> None:
+    result = host.boot("model-download", "gcp", "sdxl-test-project", MODEL, HF_ENDPOINT="http://127.0.0.1:9",
+                       SDXL_CACHE_DIR=str(host.data / "models"))
+    assert result.returncode == 0 and host.failed() is None and host.phases() == []
+    assert "the server downloads what is missing" in host.console()
+    # A built-in model or a local folder: nothing to fetch, no Hub call.
+    assert host.boot("model-download", "aws", "us-east-1", "tiny", HF_ENDPOINT="http://127.0.0.1:9").returncode == 0
+    assert "fetching" not in host.console().split("missing")[-1]
 
 class ReadyServer:
     """/ready: 503 until `ready` is set, 401 without the right token; counts polls."""
@@ -661,7 +719,7 @@ def test_every_command_the_units_run_exists() -> None:
                     if f["path"].endswith(".service"))
     commands = set(re.findall(rf"{bootstrap.BOOT_SCRIPT} ([a-z-]+)", units))
     usage = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=10).stderr
-    assert len(commands) == 7 and all(f"{command}|" in usage or f"{command} " in usage for command in commands), (
+    assert len(commands) == 8 and all(f"{command}|" in usage or f"{command} " in usage for command in commands), (
         commands, usage)
 
 

@@ -256,6 +256,12 @@ class ProgramRun:
         """The resource options the one resource of `typ` was registered with."""
         return self.monitor.options[(typ, self.one(typ).name)]
 
+    def urn(self, typ: str) -> str:
+        """The URN of the one resource of `typ`: what another resource's dependencies name."""
+        name = self.one(typ).name
+        (urn,) = [u for u in self.monitor.resources if u.endswith(f"{typ}::{name}")]
+        return urn
+
     def state(self, typ: str) -> dict[str, Any]:
         """What the mocks answered for the one resource of `typ`: its inputs plus what the cloud assigns."""
         name = self.one(typ).name

@@ -329,6 +329,8 @@ def test_the_uploaded_bundle_is_this_checkouts_source_and_the_instance_checks_th
     assert f"sdxl-boot build aws us-east-1 sdxl-source-20260801abcdef bundles/{digest}.tar {digest}" in (
         aws_document(run))
     assert run.options(OBJECT)["dependencies"]  # uploaded once the bucket's protections exist
+    # The instance boots only once the bundle it downloads is there, and its role may read it.
+    assert {run.urn(OBJECT), run.urn("aws:iam/rolePolicy:RolePolicy")} <= set(run.options(INSTANCE)["dependencies"])
 
 
 def test_a_configured_image_is_pulled_and_needs_no_bucket():
@@ -383,6 +385,11 @@ def test_a_changed_bootstrap_replaces_the_instance_but_not_the_data_disk():
                         preset="aws-g5")
     assert aws_document(before) != aws_document(after)
     assert after.one(INSTANCE).inputs["userDataReplaceOnChange"] is True  # the instance is replaced...
+    # ...old one first, so a replacement never holds two GPU instances (or twice the vCPU quota) at once; the
+    # volume attachment and the address association depend on it, so they are released before it goes.
+    assert after.options(INSTANCE)["delete_before_replace"] is True
+    assert after.options(ATTACHMENT)["delete_before_replace"] is True
+    assert after.options("aws:ec2/eipAssociation:EipAssociation")["delete_before_replace"] is True
     assert before.one(VOLUME).inputs == after.one(VOLUME).inputs  # ...its data disk sees no change at all
     assert before.options(VOLUME) == after.options(VOLUME)
     assert not after.options(VOLUME)["replace_on_changes"] and not after.options(VOLUME)["delete_before_replace"]

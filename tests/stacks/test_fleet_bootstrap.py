@@ -68,8 +68,8 @@ def test_no_caddy_no_data_disk_and_every_unit_enabled() -> None:
     document = render_cloud_init(FLEET_VARIANTS["aws-build-cloudfront"])
     files = files_of(document)
     written = sorted(Path(p).stem for p in files if p.endswith(".service"))
-    assert written == ["sdxl-data", "sdxl-docker", "sdxl-gpu-check", "sdxl-idle-stop", "sdxl-image", "sdxl-ready",
-                       "sdxl-server"]
+    assert written == ["sdxl-data", "sdxl-docker", "sdxl-gpu-check", "sdxl-idle-stop", "sdxl-image", "sdxl-model",
+                       "sdxl-ready", "sdxl-server"]
     assert set(written) <= set(bootstrap.UNITS)
     assert bootstrap.CADDYFILE not in files
     runcmd = yaml.safe_load(document)["runcmd"]
@@ -88,7 +88,7 @@ def test_a_failed_boot_powers_the_instance_off_but_idleness_never_does(name: str
     assert watcher["ExecStart"] == [f"/usr/bin/python3 {bootstrap.IDLE_SCRIPT} --minutes 0"]
     assert watcher["Restart"] == ["always"]
     assert "so the group replaces it" in watcher["Description"][0]
-    assert files[bootstrap.IDLE_SCRIPT]["content"] == (bootstrap.HOST_TEMPLATES / "idle_stop.py").read_text()
+    assert files[bootstrap.IDLE_SCRIPT]["content"] == bootstrap.shipped("idle_stop.py")
 
 
 def test_the_fleets_watcher_powers_off_after_a_failed_boot_step_and_never_for_idleness() -> None:
@@ -152,7 +152,7 @@ def test_the_server_port_alone_is_published_for_the_load_balancer_and_its_health
 def test_embedded_shell_is_the_same_shellcheck_clean_boot_script(tmp_path: Path) -> None:
     files = files_of(render_cloud_init(FLEET_VARIANTS["aws-build-cloudfront"]))
     script = files[bootstrap.BOOT_SCRIPT]["content"]
-    assert script == (bootstrap.HOST_TEMPLATES / "sdxl-boot.sh").read_text()
+    assert script == bootstrap.shipped("sdxl-boot.sh")
     target = tmp_path / "sdxl-boot"
     target.write_text(script)
     assert run_tool([str(BIN / "shellcheck"), "--severity=style", str(target)]).returncode == 0

@@ -375,6 +375,8 @@ def test_the_uploaded_bundle_is_this_checkouts_source_and_the_vm_checks_the_same
     assert digest == bundle.build().sha256 and uploaded["name"] == f"bundles/{digest}.tar"
     assert f"sdxl-boot build gcp my-project-123 {uploaded['bucket']} bundles/{digest}.tar {digest}" in (
         metadata(run)["user-data"])
+    # The VM boots only once the bundle it downloads is there and its account may read it.
+    assert {run.urn(OBJECT), run.urn(BUCKET_MEMBER)} <= set(run.options(INSTANCE)["dependencies"])
 
 
 def test_an_artifact_registry_image_of_the_project_is_pulled_with_rights_on_that_repository_only():
@@ -407,6 +409,8 @@ def test_a_changed_bootstrap_replaces_the_vm_but_not_the_data_disk():
     after = gcp_run({"model": "some-org/another-sdxl", "corsOrigins": ["https://app.example.com"]}, stack="dev")
     assert metadata(before)["user-data"] != metadata(after)["user-data"]
     assert after.options(INSTANCE)["replace_on_changes"] == ["metadata"]  # the VM is replaced...
+    # ...the old one deleted first (a fixed name, and one GPU's quota), which frees the data disk for the new one.
+    assert after.options(INSTANCE)["delete_before_replace"] is True
     assert before.one(DISK).inputs == after.one(DISK).inputs  # ...its data disk sees no change at all
     assert not after.options(DISK)["replace_on_changes"]
 
