@@ -381,7 +381,7 @@ def render_cloud_init(values: BootstrapValues) -> str:
     # powers off too, which ends the instance (AWS: shutdown behaviour "terminate"; GCP: the group repairs a VM
     # it did not stop by recreating it), instead of billing a GPU through the whole health-check grace.
     minutes = 0 if fleet else values.idle_stop_minutes
-    units["sdxl-idle-stop"] = _unit("sdxl-idle-stop", minutes=str(minutes), when=(
+    units["sdxl-idle-stop"] = _unit("sdxl-idle-stop", minutes=str(minutes), options=" --fleet" if fleet else "", when=(
         "after a failed or never-ready boot, so the group replaces it (a fleet shrinks instead of idling)" if fleet
         else f"after {minutes} min without a generation request, or after a failed or never-ready boot"
         if minutes > 0 else "after a failed or never-ready boot (idle auto-stop off)"))

@@ -68,7 +68,8 @@ class IdleTracker:
         """Record one observation taken at `now`; True means: power off now."""
         if self.first_seen is None:
             self.first_seen = now
-        self.failed_since = (self.failed_since or now) if seen.failed and not seen.ready else None
+        failing = seen.failed and not seen.ready
+        self.failed_since = (now if self.failed_since is None else self.failed_since) if failing else None
         if self.failed_since is not None and now - self.failed_since >= self.failed_grace_seconds:
             return True
         if not seen.ready:
@@ -171,7 +172,11 @@ def console(message: str) -> None:
 
 # What the log says when the watcher stops its machine: a VM keeps its disk; `where` says where the boot's story is.
 VM_WORDING = {"stop": "powering off", "kept": "the disk, IP and model cache stay; `make wake` starts it again",
-              "where": "see /var/lib/sdxl-endpoint/status"}
+              "where": "see /var/lib/sdxl-endpoint/status", "after_failure": "fix it, then `make up` or `make wake`",
+              "after_never_ready": "`make wake` retries"}
+# A fleet's instance is never woken: powered off, it ends, and its group starts a fresh one from the template.
+FLEET_WORDING = {**VM_WORDING, "after_failure": "the group replaces this instance; fix it, then `make up`",
+                 "after_never_ready": "the group replaces this instance"}
 
 
 def run(tracker: IdleTracker, observe, clock, sleep, power_off, poll_seconds: float = POLL_SECONDS,
@@ -185,10 +190,11 @@ def run(tracker: IdleTracker, observe, clock, sleep, power_off, poll_seconds: fl
         if tracker.observe(now, seen):
             if tracker.failed_since is not None:
                 console(f"a boot step failed ({seen.failed}); {stop} so it stops billing "
-                        f"({where}; fix it, then `make up` or `make wake`)")
+                        f"({where}; {wording.get('after_failure', VM_WORDING['after_failure'])})")
             elif tracker.last_activity is None:
                 console(f"the server was never ready in {tracker.boot_grace_seconds / 60:.0f} min: {stop} "
-                        f"so a broken boot stops billing ({where}; `make wake` retries)")
+                        f"so a broken boot stops billing ({where}; "
+                        f"{wording.get('after_never_ready', VM_WORDING['after_never_ready'])})")
             else:
                 console(f"no generation request for {tracker.idle_for(now) / 60:.0f} min: {stop} ({kept})")
             power_off()
@@ -207,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", default=SERVER)
     parser.add_argument("--env-file", default=ENV_FILE)
     parser.add_argument("--failed-file", default=FAILED_FILE)
+    parser.add_argument("--fleet", action="store_true", help="a fleet's instance: its group replaces it")
     args = parser.parse_args(argv)
     run(
         IdleTracker(max(args.minutes, 0) * 60),
@@ -215,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         clock=time.time,  # wall clock: the server's gauge is wall-clock time too
         sleep=time.sleep,
         power_off=lambda: subprocess.run(["systemctl", "poweroff"], check=True),
+        wording=FLEET_WORDING if args.fleet else VM_WORDING,
     )
     return 0
 

@@ -209,6 +209,37 @@ def test_the_rendered_zero_minute_unit_runs_the_watcher_that_powers_off_a_failed
     assert powered_off == [(BOOT + idle_stop.FAILED_GRACE_MINUTES * MINUTE, ["systemctl", "poweroff"])]
 
 
+def test_a_fleets_rendered_unit_says_the_group_replaces_the_instance(tmp_path, monkeypatch, capsys) -> None:
+    """A fleet's instance is never woken (`make wake` refuses fleets): its watcher's console line says what happens
+    instead, and the failed boot still powers off after the short grace."""
+    from tests.stacks.test_bootstrap import directives, files_of, unit
+    from tests.stacks.test_fleet_bootstrap import FLEET_VARIANTS
+
+    (command,) = directives(unit(files_of(render_cloud_init(FLEET_VARIANTS["gcp-pull-lb"])), "sdxl-idle-stop"))[
+        "ExecStart"]
+    _, _, *args = command.split()
+    assert args == ["--minutes", "0", "--fleet"]
+    failed_file = tmp_path / "failed"
+    failed_file.write_text("gpu-check: no GPU\n")
+    clock = {"now": BOOT}
+    powered_off: list[float] = []
+    monkeypatch.setattr(idle_stop.time, "time", lambda: clock["now"])
+    monkeypatch.setattr(idle_stop.time, "sleep", lambda seconds: clock.update(now=clock["now"] + seconds))
+    monkeypatch.setattr(idle_stop.subprocess, "run", lambda argv, check: powered_off.append(clock["now"]))
+    assert idle_stop.main([*args, "--server", "http://127.0.0.1:9", "--env-file", str(tmp_path / "none.env"),
+                           "--failed-file", str(failed_file)]) == 0
+    assert powered_off == [BOOT + idle_stop.FAILED_GRACE_MINUTES * MINUTE]
+    out = capsys.readouterr().out
+    assert "the group replaces this instance" in out and "make wake" not in out
+
+
+def test_a_failure_first_seen_at_clock_zero_still_counts() -> None:
+    tracker = IdleTracker(0)
+    failing = Observation(ready=False, failed="gpu-check: no GPU")
+    assert not tracker.observe(0.0, failing)
+    assert tracker.observe(idle_stop.FAILED_GRACE_MINUTES * MINUTE, failing)
+
+
 def test_a_failure_that_clears_does_not_power_off() -> None:
     tracker = IdleTracker(30 * MINUTE)
     assert not tracker.observe(BOOT, Observation(ready=False, failed="cannot pull"))

@@ -202,7 +202,7 @@ def test_an_instance_whose_boot_failed_powers_off_and_so_ends_and_is_replaced():
     run = fleet_run()
     files = {f["path"]: f for f in yaml.safe_load(document(run))["write_files"]}
     watcher = files["/etc/systemd/system/sdxl-idle-stop.service"]["content"]
-    assert f"ExecStart=/usr/bin/python3 {bootstrap.IDLE_SCRIPT} --minutes 0\n" in watcher
+    assert f"ExecStart=/usr/bin/python3 {bootstrap.IDLE_SCRIPT} --minutes 0 --fleet\n" in watcher
     assert "sdxl-idle-stop.service" in yaml.safe_load(document(run))["runcmd"][2]
     assert run.one(TEMPLATE).inputs["instanceInitiatedShutdownBehavior"] == "terminate"
 

@@ -85,7 +85,7 @@ def test_a_failed_boot_powers_the_instance_off_but_idleness_never_does(name: str
     assert variant.idle_stop_minutes == 30  # the default is still set: a fleet ignores it
     files = files_of(render_cloud_init(variant))
     watcher = directives(unit(files, "sdxl-idle-stop"))
-    assert watcher["ExecStart"] == [f"/usr/bin/python3 {bootstrap.IDLE_SCRIPT} --minutes 0"]
+    assert watcher["ExecStart"] == [f"/usr/bin/python3 {bootstrap.IDLE_SCRIPT} --minutes 0 --fleet"]
     assert watcher["Restart"] == ["always"]
     assert "so the group replaces it" in watcher["Description"][0]
     assert files[bootstrap.IDLE_SCRIPT]["content"] == bootstrap.shipped("idle_stop.py")

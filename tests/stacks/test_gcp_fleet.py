@@ -96,7 +96,7 @@ def test_a_vm_whose_boot_failed_powers_off_and_the_group_recreates_it_from_the_c
     run = fleet_run()
     document = yaml.safe_load(user_data(run))
     watcher = {f["path"]: f for f in document["write_files"]}["/etc/systemd/system/sdxl-idle-stop.service"]
-    assert f"ExecStart=/usr/bin/python3 {bootstrap.IDLE_SCRIPT} --minutes 0\n" in watcher["content"]
+    assert f"ExecStart=/usr/bin/python3 {bootstrap.IDLE_SCRIPT} --minutes 0 --fleet\n" in watcher["content"]
     assert "sdxl-idle-stop.service" in document["runcmd"][2]
     assert run.one(GROUP).inputs["instanceLifecyclePolicy"] == {"defaultActionOnFailure": "REPAIR",
                                                                  "forceUpdateOnRepair": "YES"}
