@@ -173,7 +173,7 @@ class Endpoint(pulumi.ComponentResource):
             tags=tags,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
                 # It boots only once its role may read what it needs and its source bundle is there to read.
-                depends_on=[identity.access, *self._bundle_upload],
+                depends_on=identity.boot_after,
                 # A new DLAMI release must not silently replace the instance.
                 ignore_changes=["ami"],
                 # Delete the old instance first: a replacement must never need two GPU instances at once (the
@@ -256,7 +256,8 @@ class Endpoint(pulumi.ComponentResource):
         )
         ami = aws.ssm.get_parameter(name=catalog.AWS_DLAMI_SSM_PARAMETER, region=settings.region, opts=invoke)
         return InstanceIdentity(profile=profile, access=access, secrets=secrets, built=built,
-                                bucket=bucket.bucket if bucket else None, ami=ami.insecure_value, api_token=token)
+                                bucket=bucket.bucket if bucket else None, ami=ami.insecure_value, api_token=token,
+                                bundle_upload=self._bundle_upload)
 
     def _tokens(self, name: str, settings: Settings, token: pulumi.Output[str], tags: dict[str, str],
                 child: pulumi.ResourceOptions) -> tuple[dict[str, str], list[pulumi.Output[str]], aws.kms.Key]:

@@ -49,6 +49,12 @@ class InstanceIdentity:
     bucket: pulumi.Output[str] | None  # the source bucket's name
     ami: str
     api_token: pulumi.Output[str]  # secret
+    bundle_upload: list[aws.s3.BucketObjectv2]  # the source bundle's upload (none for `image`)
+
+    @property
+    def boot_after(self) -> list[pulumi.Resource]:
+        """What an instance needs before it boots: its role's access, and the source bundle it downloads first."""
+        return [self.access, *self.bundle_upload]
 
 
 @dataclass(frozen=True)
@@ -226,7 +232,7 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
         # `pulumi up` does not wait for a first boot (12 to 25 minutes); /ready says when the fleet serves.
         wait_for_capacity_timeout="0",
         tags=[{"key": k, "value": v, "propagate_at_launch": False} for k, v in tags.items()],
-        opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[identity.access])),
+        opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=identity.boot_after)),
         **capacity,
     )
     per_hour = settings.target_requests_per_hour or catalog.target_requests_per_hour(mix)

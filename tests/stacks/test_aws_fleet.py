@@ -399,6 +399,9 @@ def test_the_fleet_reads_the_same_bundle_from_the_same_private_bucket_as_the_rol
         "Statement"]}
     assert statements["ReadItsSourceBundle"]["resources"] == [f"arn:aws:s3:::{bucket}/{key}"]
     assert run.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").inputs["restrictPublicBuckets"] is True
+    # The group launches only once the bundle its instances download first is there, and their role may read it.
+    assert {run.urn("aws:s3/bucketObjectv2:BucketObjectv2"), run.urn("aws:iam/rolePolicy:RolePolicy")} <= set(
+        run.options(GROUP)["dependencies"])
 
 
 # --- outputs, ownership, config -----------------------------------------------------------------------------------
