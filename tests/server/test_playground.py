@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from server.app import PUBLIC_PATHS
 from tests.server.helpers import TOKEN, auth, sample_image
 from tests.server.test_routes_ops import metric
 
@@ -130,3 +132,15 @@ def test_a_painted_mask_reaches_the_server_as_an_inpainting_request(playground, 
     histogram = mask_image.histogram()
     assert histogram[255] > 500 and histogram[0] > 40_000  # a stroke, and most of the picture kept
     assert console_problems(playground) == []
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_links_the_playground_and_names_exactly_the_public_routes():
+    text = README.read_text()
+    assert "https://<endpoint>/playground" in text
+    # The paragraph that says which routes need no token names each public path, and no other.
+    paragraph = next(block for block in text.split("\n\n") if block.startswith("Every route needs the token except"))
+    public = paragraph.split("keep requiring it")[0]
+    assert set(re.findall(r"`GET (/[^`\s]*)`", public)) == set(PUBLIC_PATHS)
