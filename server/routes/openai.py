@@ -139,6 +139,9 @@ async def edits(request: Request) -> Response:
     try:
         image_file = _one_file(form, ("image", "image[]"), required=True)
         mask_file = _one_file(form, ("mask",), required=False)
+        if "markup" in form:  # an overlay guiding the edit: ignoring it would answer a different edit
+            raise bad_input("markup is not supported: paint the area to edit as the mask's transparent pixels",
+                            "markup", 400)
         scalars = {key: value for key, value in form.multi_items() if isinstance(value, str)}
         fields: ImagesEditFields = validate(ImagesEditFields, scalars, 400)
         plan = openai_plan(settings, fields)
