@@ -26,16 +26,22 @@ def serve(settings: Settings) -> int:
 
         During the drain the server keeps accepting: new work gets 503 + Retry-After (with CORS, from the
         app) rather than "connection refused", which a proxy turns into a 502 without CORS; /ready is 503
-        at once. Admitted, queued and running work finishes. When none is left, or --shutdown-grace has
-        passed (what is left is then answered 503), uvicorn shuts down. A second signal stops at once.
+        at once. Admitted, queued and running work finishes. When none is left (and --drain-min-seconds
+        have passed), or --shutdown-grace has passed (what is left is then answered 503), uvicorn shuts down.
+        A second signal stops at once.
         """
 
         drain_deadline: float | None = None
+        # --drain-min-seconds: until then the drain goes on even when idle, so that a load balancer's health
+        # checks (a few seconds apart) see /ready fail while new work is still answered 503, not refused.
+        drain_earliest_end: float = 0.0
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if self.drain_deadline is None and not self.should_exit:
                 # A signal handler: only flags here (the worker's begin_drain takes no lock).
-                self.drain_deadline = time.monotonic() + settings.shutdown_grace
+                now = time.monotonic()
+                self.drain_deadline = now + settings.shutdown_grace
+                self.drain_earliest_end = now + settings.drain_min_seconds
                 app.state.worker.begin_drain()
                 return
             super().handle_exit(sig, frame)
@@ -43,7 +49,7 @@ def serve(settings: Settings) -> int:
         async def on_tick(self, counter: int) -> bool:
             worker = app.state.worker
             if self.drain_deadline is not None and not self.should_exit:
-                if worker.idle:
+                if worker.idle and time.monotonic() >= self.drain_earliest_end:
                     log.info("drained: every admitted request has its answer")
                     self.should_exit = True
                 elif time.monotonic() >= self.drain_deadline:

@@ -15,6 +15,10 @@ from server.errors import bad_input
 
 # Magic numbers of the formats we decode; anything else is not treated as an image.
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF87a", b"GIF89a", b"BM")
+# The same formats by Pillow's names: the only decoders an upload reaches, whatever its Content-Type or data:
+# URL says. Pillow knows dozens more (TIFF, PSD, EPS...), with modes the pipelines cannot use (LAB, F) and
+# parsers we have no reason to expose. A phone's JPEG that Pillow reads as MPO opens through the JPEG decoder.
+DECODED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 _BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
 
@@ -54,7 +58,7 @@ def decode_image(data: bytes, param: str, max_pixels: int, mode: str = "RGB") ->
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise bad_input(
@@ -67,21 +71,30 @@ def decode_image(data: bytes, param: str, max_pixels: int, mode: str = "RGB") ->
         raise bad_input(f"{param}: could not decode the image ({type(exc).__name__})", param, 400) from None
     if mode == "keep":
         return image
-    return image.convert(mode)
+    return convert(image, mode, param)
+
+
+def convert(image: Image.Image, mode: str, param: str) -> Image.Image:
+    """`image.convert(mode)`, with a conversion Pillow does not support answered 400 naming `param`."""
+    try:
+        return image.convert(mode)
+    except (ValueError, OSError) as exc:
+        raise bad_input(f"{param}: images in mode {image.mode} are not supported ({exc}); send RGB, RGBA or "
+                        "grayscale PNG, JPEG or WebP", param, 400) from None
 
 
 def has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
 
 
-def mask_from_white(image: Image.Image) -> Image.Image:
+def mask_from_white(image: Image.Image, param: str = "mask") -> Image.Image:
     """HF convention: white pixels are repainted. Returned as an L image for the inpaint pipeline."""
-    return image.convert("L")
+    return convert(image, "L", param)
 
 
-def mask_from_transparency(image: Image.Image) -> Image.Image:
+def mask_from_transparency(image: Image.Image, param: str = "mask") -> Image.Image:
     """OpenAI convention: fully transparent pixels (alpha 0) are edited; becomes white in the result."""
-    alpha = image.convert("RGBA").getchannel("A")
+    alpha = convert(image, "RGBA", param).getchannel("A")
     return alpha.point(lambda a: 255 if a == 0 else 0)
 
 

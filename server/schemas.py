@@ -117,6 +117,14 @@ class OpenAIImageOptions(GenerationOptions):
     stream: bool | None = Field(None, description="Streaming is not supported: true is refused (400).")
     partial_images: int | None = Field(None, description="Needs streaming: anything but 0 or null is refused.")
     model: str | None = Field(None, description="Ignored: this server serves one model.")
+    # Fields of the openai client (3.51) that SDXL has no counterpart for: ignored where the image asked for
+    # is still what comes back, refused (400) where it would not be.
+    complexity: Literal["low", "medium", "high"] | None = Field(
+        None, description="Accepted and ignored: SDXL has no planning stage apart from its denoising steps "
+        "(set those with quality or num_inference_steps).")
+    frame_count: int | None = Field(None, description="GIF frames: there is no GIF output, so anything but "
+                                    "null is refused (400) rather than answered with one still image.")
+    frame_duration_ms: int | None = Field(None, description="GIF frame delay: refused (400) like frame_count.")
 
 
 class ImagesGenerateRequest(OpenAIImageOptions):
@@ -128,6 +136,9 @@ class ImagesEditFields(OpenAIImageOptions):
 
     strength: float | None = Field(None, gt=0, le=1, description="Extension: how much to change, (0, 1]; "
                                    "default 0.8 without a mask, 1.0 with one.")
+    input_fidelity: Literal["high", "low"] | None = Field(
+        None, description="Accepted and ignored: SDXL has no control of how closely it keeps the input's "
+        "features; `strength` sets how much of the picture changes.")
 
 
 class ImageData(BaseModel):

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     default_steps: int = Field(30, ge=1)
     default_guidance: float = Field(5.0, ge=0, le=30)
     shutdown_grace: float = Field(30.0, ge=0, description="Seconds SIGTERM waits for in-flight work.")
+    drain_min_seconds: float = Field(
+        0.0, ge=0, description="Seconds SIGTERM keeps the server answering even when idle: new work 503 + "
+        "Retry-After, /ready 503, so that a load balancer's health checks see the drain and stop sending work "
+        "before the port closes. At most --shutdown-grace. 0: an idle server exits at once.")
 
     # --- test hook -----------------------------------------------------------------------------
     fault_marker: str | None = Field(
@@ -137,6 +141,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name} must be a multiple of 8")
         if self.min_size > self.max_size:
             raise ValueError("min_size must not exceed max_size")
+        if self.drain_min_seconds > self.shutdown_grace:
+            raise ValueError(f"drain_min_seconds ({self.drain_min_seconds:g}) must not exceed shutdown_grace "
+                             f"({self.shutdown_grace:g}): the grace bounds the whole drain")
         if self.fault_marker and self.model not in SYNTHETIC_MODELS:
             raise ValueError(f"--fault-marker is a test hook that only the synthetic models "
                              f"({', '.join(SYNTHETIC_MODELS)}) honour; refusing it for --model {self.model}")

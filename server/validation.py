@@ -102,6 +102,10 @@ def openai_plan(settings: Settings, opts: OpenAIImageOptions) -> OpenAIPlan:
     if opts.stream or opts.partial_images:
         raise bad_input("streaming (stream, partial_images) is not supported: ask without it and the images "
                         "come in one JSON answer", "stream", 400)
+    for name in ("frame_count", "frame_duration_ms"):
+        if getattr(opts, name) is not None:
+            raise bad_input(f"{name} is for animated GIF output, which this server does not make (png, jpeg, "
+                            "webp): ask without it", name, 400)
     if opts.background == "transparent":
         raise bad_input("background 'transparent' is not supported: SDXL makes opaque images; use 'opaque' or "
                         "'auto'", "background", 400)

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 _EXPECTED_LOAD_SECONDS = {"tiny": 5.0, "random-sdxl": 60.0}
 _EXPECTED_HUB_LOAD_SECONDS = 120.0
 _EXPECTED_COMPILE_SECONDS = 180.0
+# Retry-After on work refused during a drain (see draining_error).
+DRAIN_RETRY_AFTER_SECONDS = 5.0
 
 
 def _left(deadline: float) -> float:
@@ -192,8 +194,9 @@ class GenerationWorker:
     # --- admission -----------------------------------------------------------------------------
 
     def draining_error(self) -> ApiError:
-        return unavailable("The server is shutting down; retry shortly", "draining",
-                           self.settings.shutdown_grace)
+        # A short hint, not the grace: behind a load balancer another replica answers the retry, and a
+        # restarted process (systemd, Kubernetes) is back long before a 120 s grace would have said.
+        return unavailable("The server is shutting down; retry shortly", "draining", DRAIN_RETRY_AFTER_SECONDS)
 
     def loading_error(self) -> ApiError:
         if self.load_error:

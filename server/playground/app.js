@@ -7,7 +7,11 @@ const TOKEN_KEY = "sdxl-playground-token";
 const $ = (id) => document.getElementById(id);
 
 let token = sessionStorage.getItem(TOKEN_KEY) || "";
-let sourcePng = null; // the uploaded picture re-encoded as a PNG data URL, at its natural size
+let source = null; // the uploaded picture drawn on a canvas at its natural size (orientation applied)
+// The longest side sent: the server's --max-size (2048 unless changed; /info's limits.max_size replaces it
+// once the token is known). A phone's 12 MP photo as a PNG would pass the 20 MiB body limit; shrunk to
+// this it fits, and the server would not make anything larger anyway.
+let maxSide = 2048;
 let painting = false;
 let lastPoint = null; // while painting, in canvas pixels
 let painted = false;
@@ -51,6 +55,7 @@ async function describeServer() {
     const response = await fetch("/info", {headers: authHeaders()});
     if (!response.ok) return;
     const info = await response.json();
+    if (info.limits && info.limits.max_size > 0) maxSide = info.limits.max_size;
     $("model").textContent = `Model: ${info.model} on ${info.device || "?"} (${info.dtype || "?"}).`;
   } catch (error) {
     // Only a courtesy line: the generate button reports real problems.
@@ -60,7 +65,7 @@ async function describeServer() {
 // --- picture and mask -------------------------------------------------------------------------------
 
 function loadPicture(file) {
-  sourcePng = null;
+  source = null;
   if (!file) {
     $("stage").hidden = true;
     return;
@@ -68,22 +73,46 @@ function loadPicture(file) {
   const url = URL.createObjectURL(file);
   const image = $("source");
   image.onload = () => {
-    // Re-encode at the decoded size (orientation applied), so that the mask painted over it has exactly
-    // the picture's size, as the server requires.
+    // Kept at the decoded size (orientation applied); the mask is painted at that size too, and both are
+    // scaled to the same size when sent (fitted), as the server requires.
     const canvas = document.createElement("canvas");
     canvas.width = image.naturalWidth;
     canvas.height = image.naturalHeight;
     canvas.getContext("2d").drawImage(image, 0, 0);
-    sourcePng = canvas.toDataURL("image/png");
+    source = canvas;
     const mask = $("mask");
     mask.width = image.naturalWidth;
     mask.height = image.naturalHeight;
     clearMask();
     $("stage").hidden = false;
-    setStatus(`Picture ${image.naturalWidth}x${image.naturalHeight} loaded.`);
+    const [width, height] = fitted(canvas);
+    const shrunk = width < canvas.width ? ` (sent as ${width}x${height}, the server's largest size)` : "";
+    setStatus(`Picture ${canvas.width}x${canvas.height} loaded.${shrunk}`);
   };
   image.onerror = () => showError("That file could not be read as an image.");
   image.src = url;
+}
+
+function fitted(canvas) {
+  // The canvas's size scaled down, keeping its shape, so that neither side exceeds maxSide.
+  const scale = Math.min(1, maxSide / Math.max(canvas.width, canvas.height));
+  return [Math.max(1, Math.round(canvas.width * scale)), Math.max(1, Math.round(canvas.height * scale))];
+}
+
+function fittedPng(drawn, background) {
+  // `drawn` as a PNG data URL at its fitted size, over `background` (a colour) if given.
+  const [width, height] = fitted(drawn);
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d");
+  if (background) {
+    context.fillStyle = background;
+    context.fillRect(0, 0, width, height);
+  }
+  context.imageSmoothingQuality = "high";
+  context.drawImage(drawn, 0, 0, width, height);
+  return canvas.toDataURL("image/png");
 }
 
 function clearMask() {
@@ -117,16 +146,9 @@ function paintTo(event) {
 }
 
 function maskPng() {
-  // White = repaint, black = keep: the HF convention this API documents for parameters.mask.
-  const strokes = $("mask");
-  const canvas = document.createElement("canvas");
-  canvas.width = strokes.width;
-  canvas.height = strokes.height;
-  const context = canvas.getContext("2d");
-  context.fillStyle = "#000000";
-  context.fillRect(0, 0, canvas.width, canvas.height);
-  context.drawImage(strokes, 0, 0);
-  return canvas.toDataURL("image/png");
+  // White = repaint, black = keep: the HF convention this API documents for parameters.mask. Same size
+  // as the picture sent.
+  return fittedPng($("mask"), "#000000");
 }
 
 // --- the request ------------------------------------------------------------------------------------
@@ -145,14 +167,14 @@ function requestBody() {
   if (task === "text2img") {
     return {inputs: prompt, parameters};
   }
-  if (!sourcePng) throw new Error("Choose a picture first.");
+  if (!source) throw new Error("Choose a picture first.");
   parameters.prompt = prompt;
   parameters.strength = numberField("strength");
   if (task === "inpaint") {
     if (!painted) throw new Error("Paint the area to repaint on the picture first.");
     parameters.mask = maskPng();
   }
-  return {inputs: sourcePng, parameters};
+  return {inputs: fittedPng(source), parameters};
 }
 
 async function errorMessage(response) {

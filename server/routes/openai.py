@@ -124,11 +124,11 @@ def _decode_edit(settings: Settings, pipes: Pipelines, fields: ImagesEditFields,
                             "to edit", "mask", 400)
         mask = imaging.mask_from_transparency(raw_mask)
     elif imaging.has_alpha(image):
-        derived = imaging.mask_from_transparency(image)
+        derived = imaging.mask_from_transparency(image, "image")
         if derived.getbbox() is not None:  # some pixel is fully transparent
             mask = derived
-    return edit_job(settings, pipes, fields, fields.prompt, image.convert("RGB"), mask, fields.strength, plan.size,
-                    plan.steps)
+    return edit_job(settings, pipes, fields, fields.prompt, imaging.convert(image, "RGB", "image"), mask,
+                    fields.strength, plan.size, plan.steps)
 
 
 @router.post("/edits", response_model=ImagesResponse, responses=_RESPONSES, openapi_extra=_EDIT_FORM,
@@ -139,6 +139,9 @@ async def edits(request: Request) -> Response:
     try:
         image_file = _one_file(form, ("image", "image[]"), required=True)
         mask_file = _one_file(form, ("mask",), required=False)
+        if "markup" in form:  # an overlay guiding the edit: ignoring it would answer a different edit
+            raise bad_input("markup is not supported: paint the area to edit as the mask's transparent pixels",
+                            "markup", 400)
         scalars = {key: value for key, value in form.multi_items() if isinstance(value, str)}
         fields: ImagesEditFields = validate(ImagesEditFields, scalars, 400)
         plan = openai_plan(settings, fields)

@@ -106,8 +106,34 @@ def test_openai_quality_is_echoed(oai):
 
 @pytest.mark.parametrize(("kwargs", "param"), [({"stream": True}, "stream"), ({"stream": True, "partial_images": 2},
                                                                                "stream"),
-                                               ({"background": "transparent"}, "background")])
+                                               ({"background": "transparent"}, "background"),
+                                               ({"frame_count": 4}, "frame_count"),
+                                               ({"frame_duration_ms": 100}, "frame_duration_ms")])
 def test_openai_client_gets_a_bad_request_for_what_is_not_supported(oai, kwargs, param):
     with pytest.raises(openai.BadRequestError) as info:
         oai.images.generate(prompt="x", extra_body={"num_inference_steps": 2}, **kwargs)
     assert info.value.body["param"] == param
+
+
+@pytest.mark.parametrize(("kwargs", "param"), [({"frame_count": 4}, "frame_count"),
+                                               ({"frame_duration_ms": 100}, "frame_duration_ms"),
+                                               ({"markup": ("markup.png", png_bytes(sample_image((256, 256))),
+                                                            "image/png")}, "markup")])
+def test_openai_edit_refuses_what_would_answer_a_different_edit(oai, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.images.edit(image=("picture.png", png_bytes(sample_image((256, 256))), "image/png"), prompt="x",
+                        extra_body={"num_inference_steps": 2}, **kwargs)
+    assert info.value.body["param"] == param
+
+
+def test_openai_fields_sdxl_has_no_control_for_are_accepted_and_ignored(oai):
+    """complexity and input_fidelity change how GPT Image works, not what is asked: same seed, same image."""
+    picture = ("picture.png", png_bytes(sample_image((256, 256))), "image/png")
+    plain = oai.images.edit(image=picture, prompt="x", size="256x256", extra_body={"num_inference_steps": 2,
+                                                                                    "seed": 4})
+    asked = oai.images.edit(image=picture, prompt="x", size="256x256", complexity="high", input_fidelity="high",
+                            extra_body={"num_inference_steps": 2, "seed": 4})
+    assert asked.data[0].b64_json == plain.data[0].b64_json
+    generated = oai.images.generate(prompt="x", size="256x256", complexity="low",
+                                    extra_body={"num_inference_steps": 2})
+    assert len(generated.data) == 1

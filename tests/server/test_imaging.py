@@ -81,3 +81,17 @@ def test_encode(media, magic):
                                                   ("image/jpeg;q=bad, image/png", "image/png")])
 def test_negotiate(accept, expected):
     assert imaging.negotiate(accept) == expected
+
+
+def test_only_the_listed_formats_are_decoded_whatever_pillow_knows():
+    buffer = io.BytesIO()
+    sample_image().save(buffer, format="TIFF")  # Pillow reads TIFF; the server does not
+    with pytest.raises(ApiError) as info:
+        imaging.decode_image(buffer.getvalue(), "inputs", 10**7)
+    assert info.value.status == 400 and info.value.param == "inputs"
+
+
+def test_a_mode_pillow_cannot_convert_is_a_400_naming_the_field():
+    with pytest.raises(ApiError) as info:
+        imaging.mask_from_white(Image.new("LAB", (8, 8)), "mask")  # Pillow 13 has no LAB -> L conversion
+    assert info.value.status == 400 and info.value.param == "mask" and "mode LAB" in str(info.value)

@@ -47,13 +47,15 @@ def test_sigterm_drains_answering_503_to_new_work_while_in_flight_work_finishes(
         queued = pool.submit(http.post, "/", json={"inputs": "queued", "parameters": {"num_inference_steps": 2}})
         wait_for_metrics(http, server, sdxl_in_flight_images=1, sdxl_queue_depth=1)
         server.proc.send_signal(signal.SIGTERM)
-        # Still listening: readiness and new work are answered, not refused.
-        ready = http.get("/ready")
+        # Still listening: readiness and new work are answered, not refused, on new connections too.
+        ready = httpx.get(f"{server.url}/ready", headers={"Connection": "close"})
         assert ready.status_code == 503 and "shutting down" in ready.json()["error"]
-        late = http.post("/", json={"inputs": "late"}, headers={"Origin": "https://app.example"})
+        late = httpx.post(f"{server.url}/", json={"inputs": "late"},
+                          headers={"Origin": "https://app.example", "Connection": "close"})
         assert late.status_code == 503, late.text
         assert late.headers["access-control-allow-origin"] == "*"
-        assert int(late.headers["retry-after"]) >= 1 and "shutting down" in late.json()["error"]
+        # A short hint (another replica, or the restarted server, answers soon), not the 20 s grace.
+        assert 1 <= int(late.headers["retry-after"]) <= 5 and "shutting down" in late.json()["error"]
         late_openai = http.post("/v1/images/generations", json={"prompt": "late"})
         assert late_openai.status_code == 503 and late_openai.json()["error"]["code"] == "draining"
         assert metric(http.get("/metrics").text, "sdxl_ready") == 0
@@ -65,6 +67,29 @@ def test_sigterm_drains_answering_503_to_new_work_while_in_flight_work_finishes(
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{server.url}/health", timeout=2)
         assert "drained" in server.log()
+
+
+def test_an_idle_server_keeps_answering_503_for_the_minimum_drain_then_exits(tmp_path):
+    """Without --drain-min-seconds an idle server exits about 2 s after SIGTERM: too soon for a load balancer's
+    health checks to see /ready fail. With it, fresh connections get 503 + Retry-After + CORS until then."""
+    args = ["--model", "tiny", "--no-warmup", "--shutdown-grace", "20", "--drain-min-seconds", "5"]
+    with serving(args, tmp_path / "server.log") as server:
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(3)  # past the ~2 s an idle server used to take to exit
+        late = httpx.post(f"{server.url}/v1/images/generations", json={"prompt": "late"}, timeout=10,
+                          headers={"Origin": "https://app.example", "Connection": "close"})
+        assert late.status_code == 503 and late.json()["error"]["code"] == "draining", late.text
+        assert late.headers["access-control-allow-origin"] == "*" and late.headers["retry-after"] == "5"
+        assert httpx.get(f"{server.url}/ready", headers={"Connection": "close"}, timeout=10).status_code == 503
+        assert server.proc.poll() is None
+        assert server.proc.wait(15) == 0, server.log()
+        assert 5 <= time.monotonic() - started < 12, server.log()
+
+
+def test_the_minimum_drain_may_not_exceed_the_grace():
+    with pytest.raises(ValueError, match="drain_min_seconds"):
+        Settings(model="tiny", shutdown_grace=10, drain_min_seconds=11)
 
 
 def test_work_left_when_the_grace_ends_is_answered_503_and_the_server_exits(tmp_path):

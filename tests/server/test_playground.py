@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from server.app import PUBLIC_PATHS
 from tests.server.helpers import TOKEN, auth, sample_image
 from tests.server.test_routes_ops import metric
 
@@ -130,3 +134,40 @@ def test_a_painted_mask_reaches_the_server_as_an_inpainting_request(playground, 
     histogram = mask_image.histogram()
     assert histogram[255] > 500 and histogram[0] > 40_000  # a stroke, and most of the picture kept
     assert console_problems(playground) == []
+
+
+def test_a_large_photo_is_shrunk_to_the_servers_largest_size_before_it_is_sent(playground, live_server, tmp_path):
+    """A 12 MP picture of noise (PNG compresses it least) as a full-size PNG would pass the 20 MiB body limit."""
+    picture = tmp_path / "photo.png"
+    noise = np.random.default_rng(7).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(picture, compress_level=1)
+    playground.find_element(By.CSS_SELECTOR, "input[name=mode][value=inpaint]").click()
+    playground.find_element(By.ID, "picture").send_keys(str(picture))
+    wait_for(playground, lambda d: text_of(d, "status").startswith("Picture"))
+    assert text_of(playground, "status") == "Picture 4000x3000 loaded. (sent as 2048x1536, the server's largest size)"
+    mask = playground.find_element(By.ID, "mask")
+    ActionChains(playground).move_to_element(mask).click_and_hold().move_by_offset(30, 10).release().perform()
+    body = playground.execute_script("return JSON.stringify(requestBody())")
+    assert len(body.encode()) < 20 * 1024 * 1024
+    sent = json.loads(body)
+    for data_url in (sent["inputs"], sent["parameters"]["mask"]):
+        assert Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).size == (2048, 1536)
+    # And the server takes it (not 413); a small output keeps the tiny model quick.
+    field(playground, "width", "256")
+    field(playground, "height", "256")
+    playground.find_element(By.ID, "generate").click()
+    wait_for(playground, lambda d: text_of(d, "status").startswith(("Done", "Failed")))
+    assert text_of(playground, "status") == "Done: 256x256 (inpaint).", text_of(playground, "error")
+    assert console_problems(playground) == []
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_links_the_playground_and_names_exactly_the_public_routes():
+    text = README.read_text()
+    assert "https://<endpoint>/playground" in text
+    # The paragraph that says which routes need no token names each public path, and no other.
+    paragraph = next(block for block in text.split("\n\n") if block.startswith("Every route needs the token except"))
+    public = paragraph.split("keep requiring it")[0]
+    assert set(re.findall(r"`GET (/[^`\s]*)`", public)) == set(PUBLIC_PATHS)
