@@ -21,6 +21,9 @@ from stacks import catalog, config
 from tools.doctor import CONNECT_TIMEOUT_S, FAIL, OK, READ_TIMEOUT_S, WARN, RemoteError, Report, Suggestion, Target
 
 GPU = catalog.K8S_GPU_RESOURCE
+# What SDXL needs of a GPU, as the catalog states it, for the fixes below.
+MIN_GB = catalog.SDXL_MIN_GPU_MEMORY_GB
+MIN_COMPUTE = ".".join(map(str, catalog.MIN_COMPUTE_CAPABILITY))
 KEDA_CRD = "scaledobjects.keda.sh"  # KEDA's ScaledObject, keda.sh/v1alpha1
 CERT_MANAGER_CRD = "clusterissuers.cert-manager.io"  # cert-manager's ClusterIssuer, cert-manager.io/v1
 KARPENTER_CRD = "nodepools.karpenter.sh"  # Karpenter's (and EKS Auto Mode's) NodePool, karpenter.sh/v1
@@ -228,7 +231,8 @@ def _check_gpu_nodes(api: KubernetesApi, report: Report, nodes: list[Any], gpu_n
     provisioner = _provisioner(api, nodes)
     if provisioner:
         report.add("gpu-nodes", WARN, f"{value}; {provisioner} may create GPU nodes when the pod asks for one",
-                   "make sure a node pool it manages offers a GPU of 16 GB or more; otherwise: " + DEVICE_PLUGIN_FIX)
+                   f"make sure a node pool it manages offers a GPU of {MIN_GB} GB or more; otherwise: "
+                   + DEVICE_PLUGIN_FIX)
     else:
         report.add("gpu-nodes", FAIL, value, DEVICE_PLUGIN_FIX)
 
@@ -260,7 +264,8 @@ def _check_placement(target: Target, report: Report, gpu_nodes: list[GpuNode]) -
                + (f", or {change} to use the cluster's {best.gpu.model if best.gpu else ''}" if change else "")
                + " (python -m tools.doctor --suggest prints the selector)")
     else:
-        fix = ("add a node pool whose NVIDIA GPU has 16 GB or more and compute capability 7.5 or newer (T4, A10G, L4, "
+        fix = (f"add a node pool whose NVIDIA GPU has {MIN_GB} GB or more and compute capability {MIN_COMPUTE} or "
+               "newer (T4, A10G, L4, "
                "L40S, A100, H100); " + DEVICE_PLUGIN_FIX.split(": ", 1)[1])
     report.add("placement", FAIL, f"no GPU node runs SDXL and matches {wanted}; found {found}", fix)
 

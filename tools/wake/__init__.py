@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import httpx
 from pulumi import automation as auto
 
+from stacks import contract
 from tools import workspace
 
 DEFAULT_TIMEOUT_S = 20 * 60
@@ -162,7 +163,8 @@ def wait_ready(target: Target, timeout_s: float, *, client: httpx.Client | None 
     last = ""
     while True:
         try:
-            response = client.get(f"{target.endpoint}/ready", headers={"Authorization": f"Bearer {target.token}"})
+            response = client.get(f"{target.endpoint}{contract.READY_ROUTE}",
+                                  headers={"Authorization": f"Bearer {target.token}"})
             state = f"HTTP {response.status_code}"
             if response.status_code == 200:
                 return clock() - started
