@@ -118,8 +118,8 @@ class Settings:
 
     @property
     def tags(self) -> dict[str, str]:
-        """The ownership marks as AWS tags (and Kubernetes-style keys): `sdxl-endpoint:<mark>`."""
-        return {f"{PROJECT}:{mark}": value for mark, value in self.ownership.items()}
+        """The ownership marks as AWS tags: `sdxl-endpoint:<mark>` (aws_tag_key)."""
+        return {aws_tag_key(mark): value for mark, value in self.ownership.items()}
 
 
 EXPOSURES = ("ingress", "loadBalancer", "internal")
@@ -792,3 +792,18 @@ def load(describe_machine: MachineLookup | None = None) -> Settings:
 
     kube = settings.kube and dataclasses.replace(settings.kube, image_pull_secret=secret("imagePullSecret"))
     return dataclasses.replace(settings, api_token=secret("apiToken"), hf_token=secret("hfToken"), kube=kube)
+
+
+# --- ownership marks, as each cloud spells their keys --------------------------------------------------------
+# Settings.ownership's marks (stack, project, ttl) are written by the targets and read back by the CI sweep
+# (tools/ci/sweep.py), which finds orphans by these keys: both take them from here.
+
+
+def aws_tag_key(mark: str) -> str:
+    """An ownership mark as an AWS tag key: `sdxl-endpoint:<mark>`."""
+    return f"{PROJECT}:{mark}"
+
+
+def gcp_label_key(mark: str) -> str:
+    """An ownership mark as a GCP label key: `sdxl-endpoint-<mark>` (':' is not allowed in label keys)."""
+    return f"{PROJECT}-{mark}"
