@@ -14,7 +14,7 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -70,7 +70,14 @@ MachineLookup = Callable[[str, str], "catalog.InstanceFacts | None"]
 
 
 class ConfigError(ValueError):
-    """Raised once, listing every problem in the stack's config."""
+    """Raised once, listing every problem in the stack's config. `problems` keeps them as data (each with its fix),
+    so a caller that words the header its own way (the doctor) need not cut the text apart."""
+
+    def __init__(self, problems: Sequence[Problem], stack: str):
+        self.problems, self.stack = tuple(problems), stack
+        count = f"{len(self.problems)} problem{'s' if len(self.problems) > 1 else ''}"
+        super().__init__(f"Stack '{stack}' has {count} in its config (stacks/Pulumi.{stack}.yaml):\n"
+                         + render_problems(self.problems))
 
 
 @dataclass(frozen=True)
@@ -164,14 +171,16 @@ class Problems:
         self.items.append(Problem(f"{key}{shown}: {why}", fix))
 
     def add_refusal(self, refusal: catalog.Refusal) -> None:
-        details = ("Nearest types that fit:", *(f"  - {o.describe()}" for o in refusal.alternatives))
-        self.items.append(Problem(refusal.headline, refusal.fix, details if refusal.alternatives else ()))
+        self.items.append(Problem(refusal.headline, refusal.fix, refusal.details))
 
     def raise_if_any(self, stack: str) -> None:
         if self.items:
-            count = f"{len(self.items)} problem{'s' if len(self.items) > 1 else ''}"
-            body = "\n".join(f"  - {item.render()}" for item in self.items)
-            raise ConfigError(f"Stack '{stack}' has {count} in its config (stacks/Pulumi.{stack}.yaml):\n{body}")
+            raise ConfigError(self.items, stack)
+
+
+def render_problems(problems: Sequence[Problem]) -> str:
+    """The problems as a bulleted list, each with its fix: the body of a ConfigError, and the doctor's."""
+    return "\n".join(f"  - {item.render()}" for item in problems)
 
 
 def _set(key: str, value: str) -> str:
