@@ -5,13 +5,16 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import re
+import subprocess
 import tomllib
 from pathlib import Path
 
 import pulumi
 import pytest
+import yaml
 
-from stacks import config
+from stacks import catalog, config
 from tests.stacks.conftest import MAIN, ROOT
 
 PROGRAM = [MAIN, *sorted((ROOT / "stacks").glob("*.py"))]
@@ -196,3 +199,33 @@ def test_main_imports_only_config_before_it_picks_the_target():
     nested = [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)
               and node not in top_level]
     assert nested == []
+
+
+# --- the docs say what the tree is ---------------------------------------------------------------------------
+
+def readme_folders() -> set[str]:
+    """The folders the README's "How it fits together" table names (`stacks/`, `ci/`, `.github/`...)."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| folder | what lives there |"):].split("\n\n", 1)[0]
+    return {name for row in table.splitlines()[2:] for name in re.findall(r"`([.\w-]+)/`", row.split("|")[1])}
+
+
+def test_the_readme_table_names_every_folder_of_the_checkout():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    folders = {path.split("/", 1)[0] for path in tracked.splitlines() if "/" in path}
+    assert folders <= readme_folders(), sorted(folders - readme_folders())
+
+
+def test_the_readme_lists_every_step_of_adding_a_target():
+    text = (ROOT / "README.md").read_text()
+    step = text[text.index("A new target is one new module"):].split("\n\n", 1)[0]
+    for part in ("__main__.TARGETS", "config.CLOUDS", "config.PLACEMENTS", "catalog"):
+        assert part in step, part
+
+
+def test_the_gpu_keys_documented_default_is_the_catalogs():
+    described = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]["gpu"]["description"]
+    names = {"aws": "AWS", "gcp": "GCP", "huggingface": "Hugging Face", "runpod": "RunPod"}
+    for cloud, gpu in catalog.DEFAULT_GPU.items():
+        assert f"{gpu} on {names[cloud]}" in described, cloud
+    assert "Kubernetes" in described
