@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from stacks import catalog
 
@@ -780,7 +780,7 @@ def configured_cloud() -> str:
     """The `cloud` key as set (lower-cased), so `__main__` can import only that target; validate() judges it."""
     import pulumi
 
-    return (pulumi.Config(PROJECT).get("cloud") or "aws").strip().lower() or "aws"
+    return cloud_of(pulumi.Config(PROJECT).get("cloud"))
 
 
 def load(describe_machine: MachineLookup | None = None) -> Settings:
@@ -816,3 +816,20 @@ def aws_tag_key(mark: str) -> str:
 def gcp_label_key(mark: str) -> str:
     """An ownership mark as a GCP label key: `sdxl-endpoint-<mark>` (':' is not allowed in label keys)."""
     return f"{PROJECT}-{mark}"
+
+
+# --- single keys read as validate() reads them, for the operator tools ------------------------------------------
+
+
+def cloud_of(value: str | None) -> str:
+    """The `cloud` key's value as the program picks its target: trimmed, lower-cased, `aws` when unset."""
+    return (value or "").strip().lower() or "aws"
+
+
+def flag_of(value: object) -> bool | None:
+    """A set true/false key (spot, ssh) parsed by the same rules as RawConfig; None for a value validate() refuses
+    (an empty value is no value: validate() takes the default)."""
+    try:
+        return TypeAdapter(Flag).validate_python(value)
+    except ValidationError:
+        return None

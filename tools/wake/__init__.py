@@ -23,6 +23,7 @@ import httpx
 from pulumi import automation as auto
 
 from stacks import contract
+from stacks.config import cloud_of
 from tools import workspace
 
 DEFAULT_TIMEOUT_S = 20 * 60
@@ -60,7 +61,7 @@ def read_target(stack_name: str, select: Callable[[str], auto.Stack | None] = wo
     except auto.CommandError as err:
         # e.g. a locked or unreadable backend, a wrong passphrase: the CLI's own words.
         raise WakeError(f"cannot read stack {stack_name}: {workspace.error_lines(err, 1)[0]}") from err
-    cloud = config.get("sdxl-endpoint:cloud") or "aws"
+    cloud = cloud_of(config.get("sdxl-endpoint:cloud"))
     if cloud == "kubernetes":
         # Checked before the replicas: a Kubernetes stack is never woken, whatever its size.
         raise WakeError(f"stack {stack_name} runs on Kubernetes: wake does not apply. Its pods never power off; the "
