@@ -58,11 +58,13 @@ def literals_of(path: Path) -> set[object]:
     return {node.value for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant)}
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "stacks").glob("*.py")) + sorted((ROOT / "tools").rglob("*.py")),
-                         ids=lambda p: str(p.relative_to(ROOT)))
+# Every module of the program and the tools but stacks/contract.py, the one place the facts are written.
+READERS = [p for p in sorted((ROOT / "stacks").glob("*.py")) + sorted((ROOT / "tools").rglob("*.py"))
+           if p != ROOT / "stacks" / "contract.py"]
+
+
+@pytest.mark.parametrize("path", READERS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_module_writes_a_server_fact_again(path: Path):
-    if path.name == "contract.py" and path.parent.name == "stacks":
-        pytest.skip("the one place the facts are written")
     facts = PROGRAM_FACTS if path.parent.name == "stacks" else FACTS
     written = {name for name, value in facts.items() if value in literals_of(path)}
     assert not written, f"{path.relative_to(ROOT)} writes {written} as a literal: use stacks.contract"
