@@ -16,7 +16,7 @@ import pulumi_aws as aws
 
 from stacks import aws_fleet, bootstrap, bundle, catalog, contract
 from stacks.aws_fleet import INSTANCE_METADATA, InstanceIdentity, Network
-from stacks.config import ConfigError, Settings
+from stacks.config import Problems, Settings
 
 VPC_CIDR = "10.80.0.0/16"
 SUBNET_CIDR = "10.80.1.0/24"
@@ -66,11 +66,11 @@ def zones_for(instance_type: str, region: str) -> list[str]:
     """Every AZ of the region that offers the type, by name; a type offered nowhere there is refused."""
     zones = offered_zones(instance_type, region)
     if not zones:
-        raise ConfigError(
-            f"instanceType {instance_type} is not offered in any availability zone of {region}.\n"
-            f"      fix: pick another region (pulumi config set aws:region us-east-1) or run "
-            f"`python -m tools.doctor --cloud aws --instance-type {instance_type} --suggest`"
-        )
+        problems = Problems()
+        problems.add("instanceType", instance_type, f"not offered in any availability zone of {region}",
+                     "pick another region (pulumi config set aws:region us-east-1) or run "
+                     f"`python -m tools.doctor --cloud aws --instance-type {instance_type} --suggest`")
+        problems.raise_if_any(pulumi.get_stack())
     return zones
 
 

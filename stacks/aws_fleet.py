@@ -151,7 +151,8 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
         # A GPU serves a few requests at a time: the least busy one gets the next.
         load_balancing_algorithm_type="least_outstanding_requests",
         # The server's own /ready on the port requests go to: it needs no token, which a health check cannot send.
-        health_check={"path": "/ready", "port": str(bootstrap.SERVER_PORT), "protocol": "HTTP", "matcher": "200",
+        health_check={"path": contract.READY_ROUTE, "port": str(bootstrap.SERVER_PORT), "protocol": "HTTP",
+                      "matcher": "200",
                       "interval": 15, "timeout": 5, "healthy_threshold": 2, "unhealthy_threshold": 3},
         tags=tags, opts=child,
     )

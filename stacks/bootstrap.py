@@ -44,7 +44,7 @@ from string import Template
 import pulumi
 import yaml
 
-from stacks import bundle
+from stacks import bundle, contract
 from stacks.config import Settings
 from stacks.contract import public_host
 
@@ -54,7 +54,7 @@ USER_DATA_LIMIT_BYTES = 16 * 1024
 
 HOST_TEMPLATES = Path(__file__).resolve().parent.parent / "image" / "host"
 
-SERVER_PORT = 8000  # the container's port, published on the host's loopback only
+SERVER_PORT = contract.SERVER_PORT  # the container's port, published on the host's loopback only
 DATA_DIR = "/var/lib/sdxl-data"  # the data disk's mount point (never the instance store, wiped on stop)
 MODEL_CACHE_DIR = f"{DATA_DIR}/models"  # mounted at /models: HF_HOME and the torch.compile cache
 CADDY_DATA_DIR = f"{DATA_DIR}/caddy"  # certificates and the ACME account, reused by a replaced instance
@@ -72,7 +72,7 @@ SERVER_IMAGE = f"{bundle.IMAGE_NAME}:current"  # what sdxl-server runs; sdxl-boo
 CADDY_IMAGE = "caddy:2.11"
 UNITS = ("sdxl-data", "sdxl-docker", "sdxl-gpu-check", "sdxl-image", "sdxl-server", "sdxl-ready", "sdxl-caddy",
          "sdxl-idle-stop", "sdxl-model")
-CONTAINER_UID = 10001  # the server image's non-root user (image/Dockerfile; sdxl-boot.sh chowns the cache to it)
+CONTAINER_UID = contract.CONTAINER_UID  # sdxl-boot.sh chowns the cache to it
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class ProxyTimeouts:
     cuts an answer the server still sends, nor replaces it with its own 504 that carries no CORS headers.
     """
 
-    request: float = 300.0
+    request: float = float(contract.REQUEST_TIMEOUT_SECONDS)
     upload: float = 120.0
     margin: float = 60.0
 

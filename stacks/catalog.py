@@ -371,15 +371,16 @@ class Refusal:
     def headline(self) -> str:
         return f"{self.key} '{self.value}' cannot run SDXL: {self.why}."
 
+    @property
+    def details(self) -> tuple[str, ...]:
+        """The lines between the headline and the fix: what fits instead, if anything does."""
+        if not self.alternatives:
+            return ()
+        return ("Nearest types that fit:", *(f"  - {o.describe()}" for o in self.alternatives))
+
     def render(self) -> str:
-        """The one text form, shared by config errors and the doctor."""
-        lines = [self.headline]
-        if self.alternatives:
-            lines.append("Nearest types that fit:")
-            lines += [f"  - {o.describe()}" for o in self.alternatives]
-        if self.fix:
-            lines.append(f"fix: {self.fix}")
-        return "\n".join(lines)
+        """The refusal as text, for an exception raised outside config validation (which lists it as a Problem)."""
+        return "\n".join([self.headline, *self.details, *([f"fix: {self.fix}"] if self.fix else [])])
 
 
 class UnfitMachineError(ValueError):

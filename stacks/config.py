@@ -14,13 +14,13 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from stacks import catalog
 
@@ -76,7 +76,14 @@ MachineLookup = Callable[[str, str], "catalog.InstanceFacts | None"]
 
 
 class ConfigError(ValueError):
-    """Raised once, listing every problem in the stack's config."""
+    """Raised once, listing every problem in the stack's config. `problems` keeps them as data (each with its fix),
+    so a caller that words the header its own way (the doctor) need not cut the text apart."""
+
+    def __init__(self, problems: Sequence[Problem], stack: str):
+        self.problems, self.stack = tuple(problems), stack
+        count = f"{len(self.problems)} problem{'s' if len(self.problems) > 1 else ''}"
+        super().__init__(f"Stack '{stack}' has {count} in its config (stacks/Pulumi.{stack}.yaml):\n"
+                         + render_problems(self.problems))
 
 
 @dataclass(frozen=True)
@@ -126,8 +133,8 @@ class Settings:
 
     @property
     def tags(self) -> dict[str, str]:
-        """The ownership marks as AWS tags (and Kubernetes-style keys): `sdxl-endpoint:<mark>`."""
-        return {f"{PROJECT}:{mark}": value for mark, value in self.ownership.items()}
+        """The ownership marks as AWS tags: `sdxl-endpoint:<mark>` (aws_tag_key)."""
+        return {aws_tag_key(mark): value for mark, value in self.ownership.items()}
 
 
 EXPOSURES = ("ingress", "loadBalancer", "internal")
@@ -172,14 +179,16 @@ class Problems:
         self.items.append(Problem(f"{key}{shown}: {why}", fix))
 
     def add_refusal(self, refusal: catalog.Refusal) -> None:
-        details = ("Nearest types that fit:", *(f"  - {o.describe()}" for o in refusal.alternatives))
-        self.items.append(Problem(refusal.headline, refusal.fix, details if refusal.alternatives else ()))
+        self.items.append(Problem(refusal.headline, refusal.fix, refusal.details))
 
     def raise_if_any(self, stack: str) -> None:
         if self.items:
-            count = f"{len(self.items)} problem{'s' if len(self.items) > 1 else ''}"
-            body = "\n".join(f"  - {item.render()}" for item in self.items)
-            raise ConfigError(f"Stack '{stack}' has {count} in its config (stacks/Pulumi.{stack}.yaml):\n{body}")
+            raise ConfigError(self.items, stack)
+
+
+def render_problems(problems: Sequence[Problem]) -> str:
+    """The problems as a bulleted list, each with its fix: the body of a ConfigError, and the doctor's."""
+    return "\n".join(f"  - {item.render()}" for item in problems)
 
 
 def _set(key: str, value: str) -> str:
@@ -606,6 +615,14 @@ IMAGE_FIX = ("publish the server image with .github/workflows/image.yml (ghcr.io
              "pulumi config set image <that reference>")
 
 
+def _check_ci_identity_keys(raw: RawConfig, problems: Problems, cloud: str) -> None:
+    """CI's identity keys belong to one cloud each; on another they would silently do nothing."""
+    for key, own_cloud in (("permissionsBoundary", "aws"), ("gcpServiceAccount", "gcp")):
+        if getattr(raw, key) is not None and cloud != own_cloud:
+            problems.add(key, getattr(raw, key), f"applies to {own_cloud.upper()} only, but cloud is {cloud}",
+                         f"pulumi config rm {key}")
+
+
 def _check_hosted_keys(raw: RawConfig, problems: Problems, cloud: str) -> None:
     for key, owner in _HOSTED_KEYS.items():
         if getattr(raw, key) not in (None, []) and cloud != owner:
@@ -795,7 +812,7 @@ def configured_cloud() -> str:
     """The `cloud` key as set (lower-cased), so `__main__` can import only that target; validate() judges it."""
     import pulumi
 
-    return (pulumi.Config(PROJECT).get("cloud") or "aws").strip().lower() or "aws"
+    return cloud_of(pulumi.Config(PROJECT).get("cloud"))
 
 
 def load(describe_machine: MachineLookup | None = None) -> Settings:
@@ -818,9 +835,33 @@ def load(describe_machine: MachineLookup | None = None) -> Settings:
     return dataclasses.replace(settings, api_token=secret("apiToken"), hf_token=secret("hfToken"), kube=kube)
 
 
-def _check_ci_identity_keys(raw: RawConfig, problems: Problems, cloud: str) -> None:
-    """CI's identity keys belong to one cloud each; on another they would silently do nothing."""
-    for key, own_cloud in (("permissionsBoundary", "aws"), ("gcpServiceAccount", "gcp")):
-        if getattr(raw, key) is not None and cloud != own_cloud:
-            problems.add(key, getattr(raw, key), f"applies to {own_cloud.upper()} only, but cloud is {cloud}",
-                         f"pulumi config rm {key}")
+# --- ownership marks, as each cloud spells their keys --------------------------------------------------------
+# Settings.ownership's marks (stack, project, ttl) are written by the targets and read back by the CI sweep
+# (tools/ci/sweep.py), which finds orphans by these keys: both take them from here.
+
+
+def aws_tag_key(mark: str) -> str:
+    """An ownership mark as an AWS tag key: `sdxl-endpoint:<mark>`."""
+    return f"{PROJECT}:{mark}"
+
+
+def gcp_label_key(mark: str) -> str:
+    """An ownership mark as a GCP label key: `sdxl-endpoint-<mark>` (':' is not allowed in label keys)."""
+    return f"{PROJECT}-{mark}"
+
+
+# --- single keys read as validate() reads them, for the operator tools ------------------------------------------
+
+
+def cloud_of(value: str | None) -> str:
+    """The `cloud` key's value as the program picks its target: trimmed, lower-cased, `aws` when unset."""
+    return (value or "").strip().lower() or "aws"
+
+
+def flag_of(value: object) -> bool | None:
+    """A set true/false key (spot, ssh) parsed by the same rules as RawConfig; None for a value validate() refuses
+    (an empty value is no value: validate() takes the default)."""
+    try:
+        return TypeAdapter(Flag).validate_python(value)
+    except ValidationError:
+        return None

@@ -5,6 +5,8 @@ Each target module (stacks/aws.py, stacks/gcp.py, ...) imports this one; it impo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pulumi
 import pulumi_random as random
 
@@ -29,6 +31,18 @@ def api_token(settings: Settings, parent: pulumi.Resource) -> pulumi.Output[str]
 
 
 HTTP_PORT, HTTPS_PORT = 80, 443
+
+# The server image as every target runs it (image/Dockerfile, server/settings.py defaults; a test compares them).
+SERVER_PORT = 8000  # the image's SDXL_PORT and EXPOSE
+CONTAINER_UID = 10001  # the image's non-root user (USER 10001:10001)
+# /ready answers 200 only once the model is loaded (503 before, and while draining): what load balancers, Kubernetes
+# readiness and hosted health routes ask before sending traffic. /health answers as soon as the process serves: it
+# says the process is alive (startup and liveness). Both are public (server/app.py PUBLIC_PATHS): a probe has no token.
+READY_ROUTE = "/ready"
+LIVE_ROUTE = "/health"
+# The server answers its own 504 (with CORS) this long after a request's arrival (SDXL_REQUEST_TIMEOUT); every
+# front's timeout is built around it.
+REQUEST_TIMEOUT_SECONDS = 300
 ANYWHERE = ("0.0.0.0/0",)  # neither network has IPv6
 
 
@@ -67,26 +81,39 @@ def curl_example(endpoint: pulumi.Input[str]) -> pulumi.Output[str]:
     )
 
 
-def stack_outputs(settings: Settings, *, public_ip: pulumi.Input[str], api_token: pulumi.Output[str],
-                  instance_id: pulumi.Input[str], zone: str, shell: pulumi.Input[str]) -> dict[str, pulumi.Output]:
-    """The output contract (OUTPUT_NAMES), from what each cloud's component knows about its machine."""
-    url = public_url(settings, public_ip)
+def contract_outputs(settings: Settings, *, endpoint: pulumi.Input[str], public_ip: pulumi.Input[str | None],
+                     api_token: pulumi.Output[str], instance_id: pulumi.Input[str], zone: str,
+                     shell: pulumi.Input[str], hourly_cost: pulumi.Input[float | None] | None = None,
+                     fleet: Mapping[str, object] | None = None) -> dict[str, pulumi.Output]:
+    """The one builder of the output contract: OUTPUT_NAMES from what every target knows from its settings (the
+    machine, its price, the region) and what it built, then a fleet's FLEET_OUTPUT_NAMES from `fleet` where given.
+    `hourly_cost` defaults to the machine's price."""
     machine = settings.machine
-    outputs = {
-        "endpoint": url,
-        "publicIp": public_ip,  # for the DNS record when `domain` is set
+    values = {
+        "endpoint": endpoint,
+        "publicIp": public_ip,
         "apiToken": api_token,
         "instanceId": instance_id,
         "instanceType": machine.name,
         "gpu": machine.gpu.model,
         "gpuMemoryGb": machine.gpu.memory_gb,
-        "hourlyCostUsd": machine.usd_per_hour,
+        "hourlyCostUsd": machine.usd_per_hour if hourly_cost is None else hourly_cost,
         "region": settings.region,
         "availabilityZone": zone,
-        "curlExample": curl_example(url),
+        "curlExample": curl_example(endpoint),
         "shell": shell,
+        **(fleet or {}),
     }
-    return {name: pulumi.Output.from_input(outputs[name]) for name in OUTPUT_NAMES}
+    names = OUTPUT_NAMES + (FLEET_OUTPUT_NAMES if fleet is not None else ())
+    return {name: pulumi.Output.from_input(values[name]) for name in names}
+
+
+def stack_outputs(settings: Settings, *, public_ip: pulumi.Input[str], api_token: pulumi.Output[str],
+                  instance_id: pulumi.Input[str], zone: str, shell: pulumi.Input[str]) -> dict[str, pulumi.Output]:
+    """The output contract (OUTPUT_NAMES) of one VM: its endpoint is its public URL."""
+    # publicIp: for the DNS record when `domain` is set.
+    return contract_outputs(settings, endpoint=public_url(settings, public_ip), public_ip=public_ip,
+                            api_token=api_token, instance_id=instance_id, zone=zone, shell=shell)
 
 
 # --- fleets --------------------------------------------------------------------------------------------------
@@ -119,27 +146,13 @@ def fleet_outputs(settings: Settings, *, endpoint: pulumi.Input[str], public_ip:
                   front_usd_per_hour: float, target_requests_per_hour: int, replica_extra_usd_per_hour: float = 0.0,
                   dns_records: pulumi.Input[list[dict[str, str]]]) -> dict[str, pulumi.Output]:
     """The output contract for a fleet (output_names): the single instance's names, then FLEET_OUTPUT_NAMES."""
-    machine = settings.machine
-    outputs = {
-        "endpoint": endpoint,
-        "publicIp": public_ip,
-        "apiToken": api_token,
-        "instanceId": fleet,
-        "instanceType": machine.name,
-        "gpu": machine.gpu.model,
-        "gpuMemoryGb": machine.gpu.memory_gb,
-        "hourlyCostUsd": fleet_hourly_cost(settings, settings.min_replicas, front_usd_per_hour,
-                                           replica_extra_usd_per_hour),
-        "region": settings.region,
-        "availabilityZone": ",".join(zones),
-        "curlExample": curl_example(endpoint),
-        "shell": shell,
-        "fleet": fleet,
-        "minReplicas": settings.min_replicas,
-        "maxReplicas": settings.max_replicas,
-        "hourlyCostUsdAtMax": fleet_hourly_cost(settings, settings.max_replicas, front_usd_per_hour,
-                                                replica_extra_usd_per_hour),
-        "targetRequestsPerHour": target_requests_per_hour,
-        "dnsRecords": dns_records,
-    }
-    return {name: pulumi.Output.from_input(outputs[name]) for name in output_names(settings)}
+    def cost(replicas: int) -> float | None:
+        return fleet_hourly_cost(settings, replicas, front_usd_per_hour, replica_extra_usd_per_hour)
+
+    return contract_outputs(
+        settings, endpoint=endpoint, public_ip=public_ip, api_token=api_token, instance_id=fleet,
+        zone=",".join(zones), shell=shell, hourly_cost=cost(settings.min_replicas),
+        fleet={"fleet": fleet, "minReplicas": settings.min_replicas, "maxReplicas": settings.max_replicas,
+               "hourlyCostUsdAtMax": cost(settings.max_replicas), "targetRequestsPerHour": target_requests_per_hour,
+               "dnsRecords": dns_records},
+    )

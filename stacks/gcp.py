@@ -20,7 +20,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from stacks import bootstrap, bundle, catalog, contract, gcp_fleet
-from stacks.config import PROJECT, MachineLookup, Settings, parse_rfc3339
+from stacks.config import MachineLookup, Settings, gcp_label_key, parse_rfc3339
 from stacks.gcp_fleet import VmSpec
 
 # No preview-time look-up: the catalog lists every GCP shape this project supports.
@@ -82,7 +82,7 @@ def ttl_label(ttl: str) -> str:
 
 def labels_for(settings: Settings) -> dict[str, str]:
     """The ownership marks (stack, project, ttl) as GCP labels: ':' is not allowed in label keys."""
-    return {f"{PROJECT}-{mark}": ttl_label(value) if mark == "ttl" else label_value(value)
+    return {gcp_label_key(mark): ttl_label(value) if mark == "ttl" else label_value(value)
             for mark, value in settings.ownership.items()}
 
 

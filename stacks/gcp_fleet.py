@@ -87,12 +87,12 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
     # out and only a VM that stays broken (five minutes) is recreated.
     serving = gcp.compute.HealthCheck(
         f"{name}-health", name=spec.names("health"), check_interval_sec=10, timeout_sec=5, healthy_threshold=2,
-        unhealthy_threshold=3, http_health_check={"port": bootstrap.SERVER_PORT, "request_path": "/ready"},
+        unhealthy_threshold=3, http_health_check={"port": bootstrap.SERVER_PORT, "request_path": contract.READY_ROUTE},
         opts=child,
     )
     healing = gcp.compute.HealthCheck(
         f"{name}-autoheal", name=spec.names("autoheal"), check_interval_sec=30, timeout_sec=10, healthy_threshold=1,
-        unhealthy_threshold=10, http_health_check={"port": bootstrap.SERVER_PORT, "request_path": "/ready"},
+        unhealthy_threshold=10, http_health_check={"port": bootstrap.SERVER_PORT, "request_path": contract.READY_ROUTE},
         opts=child,
     )
 

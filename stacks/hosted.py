@@ -10,18 +10,17 @@ token behave as on AWS and GCP. The provider's own HTTPS front (or the cluster's
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 import pulumi
 
 from stacks import contract
 from stacks.config import Settings, stack_dns_label
 
-SERVER_PORT = 8000  # the image's SDXL_PORT and EXPOSE
+SERVER_PORT = contract.SERVER_PORT
 # The route a provider probes before it sends traffic (Hugging Face's `healthRoute`; huggingface_hub's
 # InferenceEndpoint.wait GETs it too). /ready answers 200 only once the model is loaded (503 before), where /health
 # only says the process is alive; both are public (server/app.py PUBLIC_PATHS), and a probe carries no token.
-PROBE_ROUTE = "/ready"
+PROBE_ROUTE = contract.READY_ROUTE
 # Hugging Face names on its Inference Endpoints are short DNS labels; RunPod takes any pod name.
 NAME_MAX = 32
 
@@ -77,19 +76,5 @@ def hosted_outputs(settings: Settings, *, endpoint: pulumi.Input[str], api_token
     """The output contract (contract.OUTPUT_NAMES). What a hosted endpoint does not have is neutral: no public IP
     ("" unless the target has one, such as a Kubernetes load balancer's: the provider's front has the address), no
     availability zone (""), and `region` as the placement says."""
-    machine = settings.machine
-    values: Mapping[str, object] = {
-        "endpoint": endpoint,
-        "publicIp": public_ip,
-        "apiToken": api_token,
-        "instanceId": instance_id,
-        "instanceType": machine.name,
-        "gpu": machine.gpu.model,
-        "gpuMemoryGb": machine.gpu.memory_gb,
-        "hourlyCostUsd": machine.usd_per_hour if hourly_cost is None else hourly_cost,
-        "region": settings.region,
-        "availabilityZone": "",
-        "curlExample": contract.curl_example(endpoint),
-        "shell": shell,
-    }
-    return {name: pulumi.Output.from_input(values[name]) for name in contract.OUTPUT_NAMES}
+    return contract.contract_outputs(settings, endpoint=endpoint, public_ip=public_ip, api_token=api_token,
+                                     instance_id=instance_id, zone="", shell=shell, hourly_cost=hourly_cost)

@@ -28,7 +28,7 @@ APP = "sdxl-endpoint"  # app.kubernetes.io/name of every object
 SERVICE_PORT = 80  # the Service's port, in front of the container's hosted.SERVER_PORT
 METRICS_PORT = 9464  # the server's token-free /metrics (--metrics-port), for the cluster's Prometheus only
 CACHE_MOUNT = "/models"  # the image's HF_HOME; the compile cache is under it too (image/Dockerfile)
-UID = 10001  # the image's user (image/Dockerfile USER 10001:10001)
+UID = contract.CONTAINER_UID  # the image's user
 # SIGTERM drains: admitted work finishes within this many seconds, new work is answered 503 meanwhile. The pod's
 # grace period adds uvicorn's flush (server/__main__.py, 5 s) and a margin before Kubernetes sends SIGKILL.
 DRAIN_SECONDS = 120
@@ -41,9 +41,9 @@ GRACE_SECONDS = PRE_STOP_SECONDS + DRAIN_SECONDS + 5 + 15
 # A first start downloads SDXL (~7 GB) onto the volume and loads it: up to an hour before the startup probe gives up.
 STARTUP_BUDGET_SECONDS = 3600
 PROBE_PERIOD_SECONDS = 10
-# The server answers 504 (with CORS) after its request timeout (server/settings.py, 300 s); the ingress waits a
+# The server answers 504 (with CORS) after its request timeout (contract.REQUEST_TIMEOUT_SECONDS); the ingress waits a
 # little longer so that answer, not the proxy's own 504 without CORS, reaches the browser.
-REQUEST_TIMEOUT_SECONDS = 300
+REQUEST_TIMEOUT_SECONDS = contract.REQUEST_TIMEOUT_SECONDS
 INGRESS_TIMEOUT_SECONDS = REQUEST_TIMEOUT_SECONDS + 30
 # ingress-nginx refuses bodies over 1 MiB by default; the server takes 20 MiB (server/settings.py max_body_mb).
 INGRESS_BODY_LIMIT = "21m"
@@ -113,10 +113,11 @@ def probes() -> dict[str, object]:
         return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": PROBE_PERIOD_SECONDS, "timeoutSeconds": 5}
 
     return {
-        "startupProbe": {**get("/health"), "failureThreshold": STARTUP_BUDGET_SECONDS // PROBE_PERIOD_SECONDS},
-        "readinessProbe": {**get("/ready"), "failureThreshold": 1, "successThreshold": 1},
+        "startupProbe": {**get(contract.LIVE_ROUTE),
+                         "failureThreshold": STARTUP_BUDGET_SECONDS // PROBE_PERIOD_SECONDS},
+        "readinessProbe": {**get(contract.READY_ROUTE), "failureThreshold": 1, "successThreshold": 1},
         # A generation holds the GPU, not the event loop: /health stays quick, so three misses mean a stuck server.
-        "livenessProbe": {**get("/health"), "periodSeconds": 20, "failureThreshold": 3},
+        "livenessProbe": {**get(contract.LIVE_ROUTE), "periodSeconds": 20, "failureThreshold": 3},
     }
 
 
@@ -398,7 +399,7 @@ class Endpoint(pulumi.ComponentResource):
                 f"{name}-backend", api_version="cloud.google.com/v1", kind="BackendConfig",
                 metadata={**meta, "name": backend_name},
                 spec={"timeoutSec": INGRESS_TIMEOUT_SECONDS,
-                      "healthCheck": {"requestPath": "/ready", "port": hosted.SERVER_PORT, "type": "HTTP"}},
+                      "healthCheck": {"requestPath": contract.READY_ROUTE, "port": hosted.SERVER_PORT, "type": "HTTP"}},
                 opts=ns_opts)
             service_meta["annotations"] = {"cloud.google.com/backend-config": json.dumps({"default": backend_name})}
             ns_opts = pulumi.ResourceOptions.merge(ns_opts, pulumi.ResourceOptions(depends_on=[backend]))

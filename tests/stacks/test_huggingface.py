@@ -171,7 +171,7 @@ def test_the_provider_carries_no_key_and_loads_where_the_engine_runs_it(monkeypa
     """Pulumi stores the provider pickled (dill) in the state and runs it in its own process, started in the
     project's directory: it must load there by reference, and hold no API key."""
     monkeypatch.setenv("HF_TOKEN", fake_api.TOKEN)
-    stored, loaded = load_provider_in_project(hf.EndpointProvider())
+    stored, loaded = load_provider_in_project(run_program({"image": IMAGE}, preset="hf-a10g"), HF_ENDPOINT_TYPE)
     assert fake_api.TOKEN.encode() not in stored
     assert loaded == ["stacks.huggingface", "EndpointProvider"]
 

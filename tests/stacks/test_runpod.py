@@ -134,7 +134,7 @@ def test_delete_terminates_and_a_pod_already_gone_is_fine(api):
 
 def test_the_provider_carries_no_key_and_loads_where_the_engine_runs_it(monkeypatch):
     monkeypatch.setenv("RUNPOD_API_KEY", fake_api.KEY)
-    stored, loaded = load_provider_in_project(rp.PodProvider())
+    stored, loaded = load_provider_in_project(run_program({"image": IMAGE}, preset="runpod-l4"), RUNPOD_POD_TYPE)
     assert fake_api.KEY.encode() not in stored
     assert loaded == ["stacks.runpod", "PodProvider"]
 

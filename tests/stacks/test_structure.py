@@ -5,12 +5,16 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import re
+import subprocess
+import tomllib
 from pathlib import Path
 
 import pulumi
 import pytest
+import yaml
 
-from stacks import config
+from stacks import catalog, config
 from tests.stacks.conftest import MAIN, ROOT
 
 PROGRAM = [MAIN, *sorted((ROOT / "stacks").glob("*.py"))]
@@ -25,15 +29,30 @@ def module_name(path: Path) -> str:
     return "__main__" if path == MAIN else f"stacks.{path.stem}".removesuffix(".__init__")
 
 
-def imports_of(path: Path) -> set[str]:
-    """Every module of this repository that `path` imports, at any depth of the file (lazy imports count)."""
+def package_of(path: Path) -> list[str]:
+    """The package a file of this repository belongs to, as `from . import` resolves it (none outside it)."""
+    path, root = path.resolve(), ROOT.resolve()
+    return list(path.relative_to(root).parent.parts) if path.is_relative_to(root) else []
+
+
+def imported_names(nodes: list[ast.stmt] | ast.Module, package: list[str]) -> set[str]:
+    """The modules (and `from m import n` names, as m.n) that these statements import, relative imports resolved."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(nodes) if isinstance(nodes, ast.Module) else nodes:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            if module:
+                found.add(module)
+            found.update(f"{module}.{alias.name}".lstrip(".") for alias in node.names)
+    return found
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module of this repository that `path` imports, at any depth of the file (lazy imports count)."""
+    found = imported_names(ast.parse(path.read_text()), package_of(path))
     ours = ("stacks", "tools", "server", "bench", "__main__")
     return {name for name in found if name.split(".")[0] in ours}
 
@@ -151,3 +170,62 @@ def test_no_operator_tool_imports_a_target_module():
     use): the doctor, wake and the CI sweep must not load the program's cloud resources, nor break with them."""
     imported = tool_imports_of_the_program(TOOLS)
     assert imported == {}, f"tools import {imported}; target modules: {sorted(target_modules())}"
+
+
+def test_a_relative_import_counts(tmp_path):
+    # The cycle check must see `from . import aws` in stacks/contract.py as stacks.contract -> stacks.aws.
+    assert imported_names(ast.parse("from . import aws\nfrom .gcp import Endpoint\n"), ["stacks"]) >= {
+        "stacks.aws", "stacks.gcp"}
+    assert imported_names(ast.parse("from .. import catalog\n"), ["tools", "doctor"]) >= {"tools.catalog"}
+
+
+def test_ruff_bans_relative_imports():
+    # And none is written: absolute imports name their module, for readers and for this test alike.
+    lint = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]["lint"]
+    assert "TID252" in lint["select"] and lint["flake8-tidy-imports"]["ban-relative-imports"] == "all"
+
+
+# What __main__ may import before it knows the cloud: the validation. Each target is imported lazily from TARGETS,
+# so a GCP stack never loads the AWS SDK (and a broken target breaks only its own stacks).
+MAIN_EAGER_IMPORTS = {"stacks", "stacks.config"}
+
+
+def test_main_imports_only_config_before_it_picks_the_target():
+    tree = ast.parse(MAIN.read_text())
+    top_level = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    ours = {name for name in imported_names(top_level, []) if name.split(".")[0] in ("stacks", "tools")}
+    assert ours == MAIN_EAGER_IMPORTS
+    # No import hides elsewhere in the file either (inside a function or a branch).
+    nested = [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)
+              and node not in top_level]
+    assert nested == []
+
+
+# --- the docs say what the tree is ---------------------------------------------------------------------------
+
+def readme_folders() -> set[str]:
+    """The folders the README's "How it fits together" table names (`stacks/`, `ci/`, `.github/`...)."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| folder | what lives there |"):].split("\n\n", 1)[0]
+    return {name for row in table.splitlines()[2:] for name in re.findall(r"`([.\w-]+)/`", row.split("|")[1])}
+
+
+def test_the_readme_table_names_every_folder_of_the_checkout():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    folders = {path.split("/", 1)[0] for path in tracked.splitlines() if "/" in path}
+    assert folders <= readme_folders(), sorted(folders - readme_folders())
+
+
+def test_the_readme_lists_every_step_of_adding_a_target():
+    text = (ROOT / "README.md").read_text()
+    step = text[text.index("A new target is one new module"):].split("\n\n", 1)[0]
+    for part in ("__main__.TARGETS", "config.CLOUDS", "config.PLACEMENTS", "catalog"):
+        assert part in step, part
+
+
+def test_the_gpu_keys_documented_default_is_the_catalogs():
+    described = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]["gpu"]["description"]
+    names = {"aws": "AWS", "gcp": "GCP", "huggingface": "Hugging Face", "runpod": "RunPod"}
+    for cloud, gpu in catalog.DEFAULT_GPU.items():
+        assert f"{gpu} on {names[cloud]}" in described, cloud
+    assert "Kubernetes" in described

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 
 import pytest
 from pulumi import automation as auto
-from pulumi.automation.errors import create_command_error
 
 from tools import presets
 
@@ -78,7 +77,8 @@ class FakeStack:
             lines.append(f"  s3://sdxl-state/review/.pulumi/locks/organization/sdxl-endpoint/{self.name}/"
                          f"0c8a4e2{number}-1f3b-4d5e-9a7b-2c6d8e0f1a3b.json: created by runner@fv-az512-{number} "
                          f"(pid {2200 + number}) at {when.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}")
-        raise create_command_error(auto.CommandResult("", "\n".join(lines), 255))
+        # What the Automation API raises for this stderr (its errors module sorts a DIY lock into this class).
+        raise auto.ConcurrentUpdateError(auto.CommandResult("", "\n".join(lines), 255))
 
     def outputs(self) -> dict[str, auto.OutputValue]:
         return dict(self.last_outputs)
@@ -105,7 +105,7 @@ class FakeStack:
         if self.fail_destroy:
             # A failed destroy is recorded too, with the config of the checkout that ran it.
             self._record("destroy", self.backend.clock(), result="failed")
-            raise create_command_error(auto.CommandResult(
+            raise auto.CommandError(auto.CommandResult(
                 "", "error: deleting EC2 Instance (i-0abc): operation error EC2: TerminateInstances, "
                     "https response error StatusCode: 503, RequestID: 7f1c, api error Unavailable", 255))
         self.resources = 0

@@ -38,7 +38,7 @@ from typing import Any
 
 from pulumi import automation as auto
 
-from stacks.config import PROJECT
+from stacks.config import PROJECT, flag_of
 from tools import presets, workspace
 
 TTL_KEY = f"{PROJECT}:ttl"
@@ -294,7 +294,7 @@ def create(name: str, preset: str, overrides: Mapping[str, auto.ConfigValue] | N
     plain, nested = preset_config(preset)
     plain.update(overrides or {})
     plain.update(review_identity(str(plain.get(CLOUD_KEY, auto.ConfigValue("aws")).value), environ or {}))
-    if str(plain.get(SPOT_KEY, auto.ConfigValue("false")).value).strip().lower() in ("true", "1", "yes"):
+    if flag_of(plain.get(SPOT_KEY, auto.ConfigValue("false")).value):  # as the program parses it
         # Spot requests carry no stack tag, so the review role (ci/bootstrap/aws-oidc.sh) may not cancel them.
         raise CiError(f"preset {preset!r} sets {SPOT_KEY}: true, and PR endpoints run on demand: the review role "
                       "cannot cancel spot requests, which carry no stack tag.\n  fix: a preset without spot, "

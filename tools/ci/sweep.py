@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from stacks import catalog
-from stacks.config import PROJECT, parse_rfc3339
+from stacks.config import aws_tag_key, gcp_label_key, parse_rfc3339
 from tools.ci import Clock, _log, _utcnow, presets
 
-AWS_STACK_TAG, AWS_TTL_TAG = f"{PROJECT}:stack", f"{PROJECT}:ttl"
-GCP_STACK_LABEL, GCP_TTL_LABEL = f"{PROJECT}-stack", f"{PROJECT}-ttl"
+AWS_STACK_TAG, AWS_TTL_TAG = aws_tag_key("stack"), aws_tag_key("ttl")
+GCP_STACK_LABEL, GCP_TTL_LABEL = gcp_label_key("stack"), gcp_label_key("ttl")
 # Instances that still bill (running) or hold disks (stopped); terminated ones are gone within the hour.
 AWS_LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 # Compute Engine's endpoint and credentials (None: Google's, and Application Default Credentials); tests

@@ -89,7 +89,7 @@ def resolve_target(values: dict[str, str], stack: str | None,
         settings = config.validate(values, stack=stack or "doctor", describe_machine=describe_machine)
     except config.ConfigError as err:
         # Explicit flags are no stack file: keep the problems, not the header naming one.
-        body = str(err) if stack else "the flags name an invalid target:\n" + str(err).split("\n", 1)[-1]
+        body = str(err) if stack else "the flags name an invalid target:\n" + config.render_problems(err.problems)
         return Check(name="config", status=FAIL, value=body,
                      fix="apply the fix under each problem above, then run the doctor again")
     except RemoteError as err:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import httpx
 from pulumi import automation as auto
 
+from stacks import contract
+from stacks.config import cloud_of
 from tools import workspace
 
 DEFAULT_TIMEOUT_S = 20 * 60
@@ -59,7 +61,7 @@ def read_target(stack_name: str, select: Callable[[str], auto.Stack | None] = wo
     except auto.CommandError as err:
         # e.g. a locked or unreadable backend, a wrong passphrase: the CLI's own words.
         raise WakeError(f"cannot read stack {stack_name}: {workspace.error_lines(err, 1)[0]}") from err
-    cloud = config.get("sdxl-endpoint:cloud") or "aws"
+    cloud = cloud_of(config.get("sdxl-endpoint:cloud"))
     if cloud == "kubernetes":
         # Checked before the replicas: a Kubernetes stack is never woken, whatever its size.
         raise WakeError(f"stack {stack_name} runs on Kubernetes: wake does not apply. Its pods never power off; the "
@@ -162,7 +164,8 @@ def wait_ready(target: Target, timeout_s: float, *, client: httpx.Client | None 
     last = ""
     while True:
         try:
-            response = client.get(f"{target.endpoint}/ready", headers={"Authorization": f"Bearer {target.token}"})
+            response = client.get(f"{target.endpoint}{contract.READY_ROUTE}",
+                                  headers={"Authorization": f"Bearer {target.token}"})
             state = f"HTTP {response.status_code}"
             if response.status_code == 200:
                 return clock() - started
