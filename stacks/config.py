@@ -359,7 +359,7 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
     cidrs = _check_cidrs(raw.allowedCidrs, problems, cloud)
     domain = _check_domain(raw.domain, problems)
     _check_ttl(raw.ttl, problems)
-    _check_hosted_keys(raw, problems, cloud)
+    _check_one_cloud_keys(raw, problems, cloud)
     if raw.minReplicas > raw.maxReplicas:
         problems.add("minReplicas", raw.minReplicas, f"is above maxReplicas ({raw.maxReplicas})",
                      f"{_set('maxReplicas', str(raw.minReplicas))}, or {_set('minReplicas', str(raw.maxReplicas))}")
@@ -369,7 +369,6 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
             problems.add(key, None, "is stored in plain text in the stack's config file",
                          f"pulumi config set --secret {key} <value>  (then rotate it: it may be in git history)")
     _check_fleet(raw, problems, cloud, domain, cidrs)
-    _check_ci_identity_keys(raw, problems, cloud)
     problems.raise_if_any(stack)
 
     assert place.machine is not None  # guaranteed by raise_if_any
@@ -607,24 +606,19 @@ def _check_fleet(raw: RawConfig, problems: Problems, cloud: str, domain: str | N
 # --- the hosted GPU providers (Hugging Face Inference Endpoints, RunPod Pods) ----------------------
 
 # Hosted keys, by the cloud they belong to: set under another cloud, they would be silently ignored.
-_HOSTED_KEYS = {"hfHardware": "huggingface", "hfNamespace": "huggingface", "runpodGpuType": "runpod",
-                **dict.fromkeys(("kubeContext", "namespace", "nodeSelector", "exposure", "ingressClass", "certIssuer",
-                                 "storageClass", "imagePullSecret", "kedaPrometheusUrl"), "kubernetes")}
+# Keys that mean something on one cloud only: set with another, they would silently do nothing.
+_ONE_CLOUD_KEYS = {"hfHardware": "huggingface", "hfNamespace": "huggingface", "runpodGpuType": "runpod",
+                   **dict.fromkeys(("kubeContext", "namespace", "nodeSelector", "exposure", "ingressClass",
+                                    "certIssuer", "storageClass", "imagePullSecret", "kedaPrometheusUrl"),
+                                   "kubernetes"),
+                   "permissionsBoundary": "aws", "gcpServiceAccount": "gcp"}  # CI's review identities
 IMAGE_FIX = ("publish the server image with .github/workflows/image.yml (ghcr.io/<owner>/sdxl-endpoint-server, "
              "made public), or `docker build -f image/Dockerfile -t <registry>/<name>:<tag> .` and push it; then "
              "pulumi config set image <that reference>")
 
 
-def _check_ci_identity_keys(raw: RawConfig, problems: Problems, cloud: str) -> None:
-    """CI's identity keys belong to one cloud each; on another they would silently do nothing."""
-    for key, own_cloud in (("permissionsBoundary", "aws"), ("gcpServiceAccount", "gcp")):
-        if getattr(raw, key) is not None and cloud != own_cloud:
-            problems.add(key, getattr(raw, key), f"applies to {own_cloud.upper()} only, but cloud is {cloud}",
-                         f"pulumi config rm {key}")
-
-
-def _check_hosted_keys(raw: RawConfig, problems: Problems, cloud: str) -> None:
-    for key, owner in _HOSTED_KEYS.items():
+def _check_one_cloud_keys(raw: RawConfig, problems: Problems, cloud: str) -> None:
+    for key, owner in _ONE_CLOUD_KEYS.items():
         if getattr(raw, key) not in (None, []) and cloud != owner:
             problems.add(key, getattr(raw, key), f"applies to cloud {owner}, but cloud is {cloud}",
                          f"pulumi config rm {key}")

@@ -415,7 +415,8 @@ def test_no_permissions_boundary_unless_configured():
 @pytest.mark.parametrize("config_values, said", [
     ({"permissionsBoundary": "gha-sdxl-endpoint-review-boundary"}, "must be an IAM policy ARN"),
     ({"permissionsBoundary": f"arn:aws:iam::{FAKE_ACCOUNT}:role/sdxl-role-x"}, "must be an IAM policy ARN"),
-    ({"cloud": "gcp", "gcp:project": "my-project-123", "permissionsBoundary": REVIEW_BOUNDARY}, "applies to AWS only"),
+    ({"cloud": "gcp", "gcp:project": "my-project-123", "permissionsBoundary": REVIEW_BOUNDARY},
+     "applies to cloud aws"),
 ])
 def test_bad_permissions_boundary_fails_at_preview_naming_the_key(config_values, said):
     with pytest.raises(config.ConfigError, match=said) as refused:

@@ -440,7 +440,7 @@ def test_without_the_key_the_stack_creates_its_own_account():
 @pytest.mark.parametrize("config_values, said", [
     ({"gcpServiceAccount": "sdxl-review-vm"}, "must be a service account email"),
     ({"gcpServiceAccount": "123-compute@developer.gserviceaccount.com"}, "must be a service account email"),
-    ({"cloud": "aws", "gcpServiceAccount": REVIEW_VM_ACCOUNT}, "applies to GCP only"),
+    ({"cloud": "aws", "gcpServiceAccount": REVIEW_VM_ACCOUNT}, "applies to cloud gcp, but cloud is aws"),
 ])
 def test_bad_service_account_fails_at_preview_naming_the_key(config_values, said):
     with pytest.raises(config.ConfigError, match=said) as refused:
