@@ -45,6 +45,7 @@ SAMPLES = {
     "default_steps": ("20", 20),
     "default_guidance": ("7.5", 7.5),
     "shutdown_grace": ("5", 5.0),
+    "drain_min_seconds": ("3", 3.0),
     "fault_marker": ("BOOM", "BOOM"),
 }
 
