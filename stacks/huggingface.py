@@ -19,6 +19,7 @@ secrets in the state.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import pulumi
@@ -45,6 +46,7 @@ UPDATE_IN_PLACE = ("accelerator", "instanceType", "instanceSize", "minReplica", 
 # Creation waits for the endpoint to run; a first start pulls the image (several GB) before anything answers.
 CREATE_TIMEOUT_S = 30 * 60
 POLL_S = 10
+DELETE_TIMEOUT_S = 10 * 60  # how long a delete waits for the name to be free
 
 
 class HuggingFaceError(Exception):
@@ -183,13 +185,29 @@ class EndpointProvider(dynamic.ResourceProvider):
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         self._delete(_api(), id_, props.get("namespace"))
 
-    @staticmethod
-    def _delete(api: Any, name: str, namespace: str | None) -> None:
+    def _delete(self, api: Any, name: str, namespace: str | None) -> None:
+        """Delete the endpoint and return once it is gone. A replacement (delete_before_replace) takes the same
+        name next, which the API refuses while the old endpoint still exists; nothing documents whether deletion
+        finishes before the DELETE answers, so wait for a 404 rather than assume it."""
         try:
             api.delete_inference_endpoint(name, namespace=namespace)
         except Exception as err:  # noqa: BLE001
             if not _is_not_found(err):  # already gone is what delete wants
                 raise _explain(err, f"deleting Inference Endpoint {namespace}/{name}") from err
+            return
+        deadline = time.monotonic() + DELETE_TIMEOUT_S
+        while True:
+            try:
+                api.get_inference_endpoint(name, namespace=namespace)
+            except Exception as err:  # noqa: BLE001
+                if _is_not_found(err):
+                    return
+                raise _explain(err, f"waiting for Inference Endpoint {namespace}/{name} to be deleted") from err
+            if time.monotonic() + self.poll_s > deadline:
+                raise HuggingFaceError(f"Inference Endpoint {namespace}/{name} was still being deleted after "
+                                       f"{DELETE_TIMEOUT_S} s; check https://endpoints.huggingface.co/endpoints, "
+                                       "then run the command again")
+            time.sleep(self.poll_s)
 
 
 def _replicas_kept(props: dict[str, Any]) -> bool:

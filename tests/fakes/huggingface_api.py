@@ -54,6 +54,10 @@ class FakeHuggingFace:
     # Our server in the endpoint's container: /health answers 200 at once, /ready 503 for this many probes (the
     # model loading), then 200, as server/routes/ops.py does.
     loading_probes: int = 0
+    # After a DELETE the endpoint is still there, being deleted, for this many GETs, and its name is taken until
+    # it is gone (a create answers 409): an API that deletes in the background, as the provider must allow for.
+    deleting_gets: int = 0
+    deleting: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def answer(self, method: str, path: str, body: Any, token: str | None) -> tuple[int, Any]:
         self.calls.append((method, path, body))
@@ -78,15 +82,28 @@ class FakeHuggingFace:
         key = (parts[2], parts[3]) if len(parts) == 4 else None
         if key is None or key not in self.endpoints:
             return 404, {"error": "Endpoint not found"}
+        if method == "GET" and key in self.deleting:
+            self.deleting[key] -= 1
+            if self.deleting[key] < 0:
+                self._forget(key)
+                return 404, {"error": "Endpoint not found"}
+            return 200, {**self._view(key), "status": {**self._view(key)["status"], "state": "deleting"}}
         if method == "GET":
             return 200, self._view(key, advance=True)
         if method == "PUT":
             return self._update(key, body)
         if method == "DELETE":
-            del self.endpoints[key]
-            self.secrets.pop(key, None)
+            if self.deleting_gets:
+                self.deleting.setdefault(key, self.deleting_gets)
+            else:
+                self._forget(key)
             return 200, {}
         return 405, {"error": method}
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        del self.endpoints[key]
+        self.secrets.pop(key, None)
+        self.deleting.pop(key, None)
 
     def _container(self, path: str) -> tuple[int, Any]:
         route = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"

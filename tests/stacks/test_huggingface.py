@@ -93,7 +93,7 @@ def test_an_endpoint_that_fails_to_start_is_deleted_again(api):
     with pytest.raises(hf.HuggingFaceError, match="did not start .* it was deleted again"):
         provider().create(properties())
     assert api.endpoints == {}
-    assert [c[0] for c in api.calls if c[1].startswith("/v2/endpoint")][-1] == "DELETE"
+    assert [c[0] for c in api.calls if c[1].startswith("/v2/endpoint")][-2:] == ["DELETE", "GET"]  # then gone
 
 
 def test_diff_updates_in_place_or_replaces_what_the_api_cannot_change(api):
@@ -148,8 +148,31 @@ def test_delete_removes_it_and_an_endpoint_already_gone_is_fine(api):
     provider().delete("sdxl-hf-a10g", olds)
     assert api.endpoints == {}
     provider().delete("sdxl-hf-a10g", olds)  # already gone: nothing to do, no error
-    assert [c[0] for c in api.calls if c[1] == f"/v2/endpoint/{fake_api.USER}/sdxl-hf-a10g"][-2:] == [
-        "DELETE", "DELETE"]
+    # The first delete confirms the endpoint is gone (GET: 404); the second finds nothing to delete.
+    assert [c[0] for c in api.calls if c[1] == f"/v2/endpoint/{fake_api.USER}/sdxl-hf-a10g"][-3:] == [
+        "DELETE", "GET", "DELETE"]
+
+
+def test_a_replacement_waits_until_the_old_endpoint_is_gone_before_taking_its_name(api):
+    """delete_before_replace: the new endpoint takes the old one's name, which the API refuses (409) while the old
+    one is still being deleted. delete returns only once a GET says 404, so the create that follows succeeds."""
+    olds = provider().create(properties()).outs
+    api.deleting_gets = 3
+    provider().delete("sdxl-hf-a10g", olds)
+    assert api.endpoints == {}
+    gets_after_delete = [c[0] for c in api.calls if c[1] == f"/v2/endpoint/{fake_api.USER}/sdxl-hf-a10g"]
+    assert gets_after_delete[-5:] == ["DELETE", "GET", "GET", "GET", "GET"]  # 3 x deleting, then 404
+    assert provider().create(properties(vendor="aws", region="us-east-1")).id == "sdxl-hf-a10g"
+
+
+def test_a_delete_that_never_finishes_says_so(api):
+    olds = provider().create(properties()).outs
+    api.deleting_gets = 10_000
+    slow = hf.EndpointProvider(create_timeout_s=5, poll_s=0.01)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hf, "DELETE_TIMEOUT_S", 0.05)
+        with pytest.raises(hf.HuggingFaceError, match="still being deleted"):
+            slow.delete("sdxl-hf-a10g", olds)
 
 
 def test_a_rejected_token_is_explained(api, monkeypatch):
