@@ -8,9 +8,10 @@ offers the type, two security groups, the load balancer and its listeners, Cloud
 launch template, the group and its scaling policy) and would double aws.py without meaning anything to the single
 instance. This module imports no target, so there is no cycle.
 
-How a request travels: client --HTTPS--> CloudFront (its own certificate) --HTTP, secret header--> ALB, which
-admits only CloudFront's origin-facing addresses and answers 403 without the header --> an instance's server
-port, which admits only the ALB's security group. With `domain`, the ALB itself serves HTTPS with an ACM
+How a request travels: client --HTTPS--> CloudFront (its own certificate) --a VPC origin: HTTP with a secret
+header, over AWS's network into the VPC--> an internal ALB in subnets with no route to the internet, which admits
+only CloudFront's origin-facing addresses and answers 403 without the header --> an instance's server port, which
+admits only the ALB's security group. With `domain`, the ALB itself is internet-facing, serves HTTPS with an ACM
 certificate and admits `allowedCidrs`.
 """
 
@@ -23,14 +24,16 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from stacks import bootstrap, bundle, catalog, contract
-from stacks.config import Settings
+from stacks.config import Problems, Settings
 
 # IMDSv2 only, with one extra hop for the container. Both modes' instances.
 INSTANCE_METADATA = {"http_endpoint": "enabled", "http_tokens": "required", "http_put_response_hop_limit": 2}
 # The header CloudFront adds to every origin request, holding a random secret the ALB demands.
 ORIGIN_HEADER = "X-Origin-Verify"
-# One /24 per AZ from 10.80.16.0 up, clear of the single instance's 10.80.1.0/24 in the same VPC range.
+# One /24 per AZ from 10.80.16.0 up, clear of the single instance's 10.80.1.0/24 in the same VPC range; the internal
+# ALB's own subnets (behind CloudFront) from 10.80.48.0 up.
 FIRST_SUBNET = 16
+FIRST_ALB_SUBNET = 48
 ALB_SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"  # AWS's recommended policy: TLS 1.3, and 1.2 for older clients
 HTTP_PORT, HTTPS_PORT = contract.HTTP_PORT, contract.HTTPS_PORT
 ALL_METHODS = ["GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"]
@@ -70,15 +73,35 @@ def front_time_limit(settings: Settings, timeouts: bootstrap.ProxyTimeouts) -> f
     return timeouts.answer if settings.domain else catalog.CLOUDFRONT_ORIGIN_READ_TIMEOUT_MAX_S
 
 
-def alb_zones(zones: list[str], region: str, invoke: pulumi.InvokeOptions) -> list[str]:
-    """An ALB needs subnets in at least two AZs: the AZs that offer the type, plus the region's next one when
-    only one does (instances still launch only where the type is offered)."""
+def region_zone_ids(region: str, invoke: pulumi.InvokeOptions) -> dict[str, str]:
+    """The region's available AZs (those every account has): name -> AZ id."""
+    found = aws.get_availability_zones(
+        state="available", filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+        region=region, opts=invoke)
+    return dict(zip(found.names, found.zone_ids, strict=True))
+
+
+def alb_zones(zones: list[str], zone_ids: dict[str, str], excluded_ids: frozenset[str] = frozenset()) -> list[str]:
+    """An ALB needs subnets in at least two AZs: the AZs that offer the type, plus the region's next one (not an
+    excluded AZ id) when only one does (instances still launch only where the type is offered)."""
     if len(zones) >= 2:
         return zones
-    available = aws.get_availability_zones(
-        state="available", filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
-        region=region, opts=invoke).names
-    return sorted({*zones, *[z for z in sorted(available) if z not in zones][: 2 - len(zones)]})
+    spare = [z for z in sorted(zone_ids) if z not in zones and zone_ids[z] not in excluded_ids]
+    return sorted({*zones, *spare[: 2 - len(zones)]})
+
+
+def vpc_origin_zones(zones: list[str], zone_ids: dict[str, str], instance_type: str, region: str) -> list[str]:
+    """The AZs that offer the type where a CloudFront VPC origin reaches an ALB (AWS lists AZ ids it leaves out):
+    behind CloudFront, instances and ALB nodes go there only, since an ALB sends nothing to targets in an AZ it is
+    not enabled in. None left is refused, with the fixes."""
+    served = [z for z in zones if zone_ids.get(z) not in catalog.CLOUDFRONT_VPC_ORIGIN_EXCLUDED_AZ_IDS]
+    if not served:
+        problems = Problems()
+        problems.add("instanceType", instance_type, f"offered in {region} only in AZs that CloudFront VPC origins "
+                     f"do not serve ({', '.join(zones)})", "set domain (the load balancer then serves HTTPS itself), "
+                     "or pick another region or type")
+        problems.raise_if_any(pulumi.get_stack())
+    return served
 
 
 def root_disk_gb(settings: Settings, ami: str, region: str, invoke: pulumi.InvokeOptions) -> tuple[str, int]:
@@ -97,19 +120,32 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
     invoke = pulumi.InvokeOptions(parent=component, provider=child.provider)
     timeouts = bootstrap.ProxyTimeouts()
     vpc = network.vpc
+    needs_ids = not settings.domain or len(zones) < 2
+    zone_ids = region_zone_ids(settings.region, invoke) if needs_ids else {}
+    excluded = frozenset() if settings.domain else catalog.CLOUDFRONT_VPC_ORIGIN_EXCLUDED_AZ_IDS
+    if not settings.domain:
+        zones = vpc_origin_zones(zones, zone_ids, settings.machine.name, settings.region)
 
     # Public subnets with a public address per instance, and no NAT gateway: outbound (PyPI, Docker Hub, the
     # Hub, S3) goes straight through the internet gateway, which bills nothing by the hour, where a NAT gateway
     # bills every hour plus every GB of the image build and model download. Inbound is closed by the security
     # group below: only the load balancer reaches an instance, whatever its address.
     subnets = {}
-    for index, zone in enumerate(alb_zones(zones, settings.region, invoke)):
+    for index, zone in enumerate(alb_zones(zones, zone_ids, excluded)):
         subnet = aws.ec2.Subnet(
             f"{name}-subnet-{zone}", vpc_id=vpc.id, cidr_block=f"10.80.{FIRST_SUBNET + index}.0/24",
             availability_zone=zone, map_public_ip_on_launch=True, tags=tags, opts=child)
         aws.ec2.RouteTableAssociation(f"{name}-routes-{zone}", subnet_id=subnet.id,
                                       route_table_id=network.routes.id, opts=child)
         subnets[zone] = subnet
+    # Behind CloudFront the ALB is internal, in subnets of its own that keep the VPC's main route table (the local
+    # route alone), as AWS asks of a VPC origin ("private subnet with at least one available IPv4 address"); the
+    # VPC's internet gateway, which AWS also asks for, is the one the instances use.
+    alb_subnets = subnets if settings.domain else {
+        zone: aws.ec2.Subnet(f"{name}-alb-subnet-{zone}", vpc_id=vpc.id,
+                             cidr_block=f"10.80.{FIRST_ALB_SUBNET + index}.0/24", availability_zone=zone,
+                             map_public_ip_on_launch=False, tags=tags, opts=child)
+        for index, zone in enumerate(subnets)}
 
     if settings.domain:
         # The ALB is the front: the API and the redirect, to allowedCidrs only.
@@ -119,8 +155,10 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
                     "description": "HTTPS API, from allowedCidrs" if port == HTTPS_PORT else "redirect to HTTPS"}
                    for port in (HTTP_PORT, HTTPS_PORT)]
     else:
-        # CloudFront is the front: one rule for its origin-facing servers (a prefix list counts as many rules as
-        # its entries against the group's quota, so it is used once, on the one port CloudFront calls).
+        # CloudFront is the front: one rule for its origin-facing servers, which AWS documents for a VPC origin
+        # (its other way, CloudFront's own "CloudFront-VPCOrigins-Service-SG", exists only once the VPC origin
+        # does). A prefix list counts as many rules as its entries against the group's quota, so it is used once,
+        # on the one port CloudFront calls.
         origin_facing = aws.ec2.get_managed_prefix_list(name=catalog.CLOUDFRONT_ORIGIN_FACING_PREFIX_LIST,
                                                         region=settings.region, opts=invoke)
         ingress = [{"protocol": "tcp", "from_port": HTTP_PORT, "to_port": HTTP_PORT,
@@ -157,8 +195,9 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
         tags=tags, opts=child,
     )
     balancer = aws.lb.LoadBalancer(
-        f"{name}-alb", load_balancer_type="application", internal=False,
-        security_groups=[alb_firewall.id], subnets=[s.id for s in subnets.values()],
+        # Internal behind CloudFront: private addresses only, reached through the VPC origin and nothing else.
+        f"{name}-alb", load_balancer_type="application", internal=not settings.domain,
+        security_groups=[alb_firewall.id], subnets=[s.id for s in alb_subnets.values()],
         # Longer than the server's one deadline plus the upload (bootstrap.ProxyTimeouts), so the ALB never cuts
         # an answer the server still sends; behind CloudFront, CloudFront's 60 s come first, so there the server's
         # own deadline is 55 s (bootstrap.FleetFront).
@@ -249,8 +288,10 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
         opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[routes])),
     )
 
-    # The ALB-hour and the ALB's public address in each of its AZs; each instance's own address.
-    front_usd = catalog.FLEET_FRONT_USD_PER_HOUR["aws"] + len(subnets) * catalog.AWS_PUBLIC_IPV4_USD_PER_HOUR
+    # The ALB-hour, and with `domain` the internet-facing ALB's public address in each of its AZs (an internal ALB
+    # has none, and AWS charges nothing for the VPC origin's network interface); each instance's own address.
+    public_alb_addresses = len(subnets) if settings.domain else 0
+    front_usd = catalog.FLEET_FRONT_USD_PER_HOUR["aws"] + public_alb_addresses * catalog.AWS_PUBLIC_IPV4_USD_PER_HOUR
     return contract.fleet_outputs(
         settings, endpoint=endpoint, public_ip=None, api_token=identity.api_token, fleet=group.name, zones=zones,
         shell=group.name.apply(lambda group_name: shell_command(settings.region, group_name)),
@@ -270,9 +311,10 @@ def shell_command(region: str, group: str) -> str:
 def _cloudfront(name: str, settings: Settings, balancer: aws.lb.LoadBalancer, forward: dict, tags: dict[str, str],
                 child: pulumi.ResourceOptions, component: pulumi.ComponentResource,
                 ) -> tuple[pulumi.Output[str], aws.lb.ListenerRule]:
-    """CloudFront in front of the ALB: https://<id>.cloudfront.net with CloudFront's certificate, no caching,
-    every method and viewer header passed on. The ALB forwards only requests that carry the secret header.
-    Returns the endpoint and the listener rule that forwards to the target group."""
+    """CloudFront in front of the internal ALB through a VPC origin: https://<id>.cloudfront.net with CloudFront's
+    certificate, no caching, every method and viewer header passed on. The ALB forwards only requests that carry
+    the secret header (defence in depth: the VPC origin already keeps everyone else out). Returns the endpoint and
+    the listener rule that forwards to the target group."""
     generated = random.RandomPassword(
         f"{name}-origin-secret", length=48, special=False,  # letters and digits: no ALB wildcard (* ?) in it
         opts=pulumi.ResourceOptions(parent=component))
@@ -288,16 +330,25 @@ def _cloudfront(name: str, settings: Settings, balancer: aws.lb.LoadBalancer, fo
         conditions=[{"http_header": {"http_header_name": ORIGIN_HEADER, "values": [secret]}}],
         tags=tags, opts=child,
     )
+    # CloudFront's way into the VPC: a network interface of its own in the ALB's subnets, over AWS's network. HTTP:
+    # the ALB has no certificate of its own without a domain (ACM issues none for elb.amazonaws.com); the provider
+    # wants the HTTPS port and TLS versions all the same. Deploying takes up to 15 minutes (AWS).
+    vpc_origin = aws.cloudfront.VpcOrigin(
+        f"{name}-vpc-origin",
+        vpc_origin_endpoint_config={
+            "name": f"{settings.project}-{settings.stack}", "arn": balancer.arn,
+            "http_port": HTTP_PORT, "https_port": HTTPS_PORT, "origin_protocol_policy": "http-only",
+            "origin_ssl_protocols": {"items": ["TLSv1.2"], "quantity": 1}},
+        tags=tags, opts=child,
+    )
     distribution = aws.cloudfront.Distribution(
         f"{name}-cdn",
         comment=f"SDXL fleet {settings.stack}",
         enabled=True, is_ipv6_enabled=True, http_version="http2and3", price_class="PriceClass_All",
         origins=[{
             "origin_id": "alb", "domain_name": balancer.dns_name,
-            "custom_origin_config": {
-                "http_port": HTTP_PORT, "https_port": HTTPS_PORT,
-                # The ALB has no certificate of its own without a domain (ACM issues none for elb.amazonaws.com).
-                "origin_protocol_policy": "http-only", "origin_ssl_protocols": ["TLSv1.2"],
+            "vpc_origin_config": {
+                "vpc_origin_id": vpc_origin.id,
                 # The most CloudFront waits without a quota increase; the server's wait budget stays below it.
                 "origin_read_timeout": catalog.CLOUDFRONT_ORIGIN_READ_TIMEOUT_MAX_S,
             },

@@ -1216,3 +1216,19 @@ GCP_VM_EXTERNAL_IPV4_USD_PER_HOUR = 0.005
 GCP_VM_EXTERNAL_IPV4_PRICE_SOURCE = ("Google Cloud VPC network pricing, IP addresses: in use on a standard VM "
                                      "$0.005/h, on a Spot or preemptible VM $0.0025/h (read 2026-10-16, as quoted "
                                      "from that page by a third-party cost write-up)")
+
+
+# --- fleets: CloudFront VPC origins (an AWS fleet without `domain`) -----------------------------------------------
+# AWS CloudFront Developer Guide, "Restrict access with VPC origins" (private-content-vpc-origins, read 2026-11-28):
+# CloudFront reaches an internal ALB through a service-managed network interface in the ALB's subnet, over AWS's
+# network; the VPC needs an internet gateway (only to mark it as reachable, not for routing) and the subnet one
+# free IPv4 address (no charge for it). Only these commercial regions, and not their listed AZs (by AZ id, which
+# differ from the account's AZ names): an ALB node or target there would be left out.
+CLOUDFRONT_VPC_ORIGIN_REGIONS = frozenset({
+    "us-east-2", "us-east-1", "us-west-1", "us-west-2", "af-south-1", "ap-east-1", "ap-south-1", "ap-south-2",
+    "ap-southeast-3", "ap-southeast-4", "ap-northeast-3", "ap-southeast-1", "ap-southeast-2", "ap-northeast-1",
+    "ap-northeast-2", "ap-southeast-7", "ap-southeast-5", "ap-east-2", "ca-central-1", "ca-west-1", "eu-central-1",
+    "eu-west-1", "eu-west-2", "eu-south-1", "eu-west-3", "eu-south-2", "eu-north-1", "eu-central-2", "il-central-1",
+    "me-south-1", "me-central-1", "sa-east-1", "mx-central-1",
+})
+CLOUDFRONT_VPC_ORIGIN_EXCLUDED_AZ_IDS = frozenset({"use1-az3", "usw1-az2", "apne1-az3", "cac1-az3"})

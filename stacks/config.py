@@ -369,6 +369,7 @@ def validate(values: Mapping[str, object], *, stack: str, project: str = PROJECT
             problems.add(key, None, "is stored in plain text in the stack's config file",
                          f"pulumi config set --secret {key} <value>  (then rotate it: it may be in git history)")
     _check_fleet(raw, problems, cloud, domain, cidrs)
+    _check_vpc_origin_region(raw, problems, cloud, domain, place.region)
     problems.raise_if_any(stack)
 
     assert place.machine is not None  # guaranteed by raise_if_any
@@ -603,6 +604,18 @@ def _check_fleet(raw: RawConfig, problems: Problems, cloud: str, domain: str | N
                      "load balancer sees CloudFront's addresses, never your clients'",
                      f"{_set('domain', 'sdxl.example.com')} (the load balancer then filters allowedCidrs "
                      "itself), or pulumi config rm allowedCidrs")
+def _check_vpc_origin_region(raw: RawConfig, problems: Problems, cloud: str, domain: str | None,
+                             region: str) -> None:
+    """An AWS fleet without `domain` is reached through a CloudFront VPC origin, which AWS offers in some regions
+    only (catalog.CLOUDFRONT_VPC_ORIGIN_REGIONS)."""
+    if cloud != "aws" or raw.maxReplicas < 2 or domain is not None or region in catalog.CLOUDFRONT_VPC_ORIGIN_REGIONS:
+        return
+    problems.add("aws:region", region, "an AWS fleet without a domain is reached through a CloudFront VPC origin, "
+                 "which AWS does not offer in this region",
+                 f"{_set('aws:region', DEFAULT_AWS_REGION)}, or {_set('domain', 'sdxl.example.com')} (the load "
+                 "balancer then serves HTTPS itself, without CloudFront)")
+
+
 # --- the hosted GPU providers (Hugging Face Inference Endpoints, RunPod Pods) ----------------------
 
 # Hosted keys, by the cloud they belong to: set under another cloud, they would be silently ignored.

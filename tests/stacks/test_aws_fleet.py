@@ -4,6 +4,7 @@ copy of EC2's per-AZ offerings and instance-type records."""
 import base64
 import gzip
 import json
+import re
 
 import pytest
 import yaml
@@ -36,6 +37,7 @@ RULE = "aws:lb/listenerRule:ListenerRule"
 DISTRIBUTION = "aws:cloudfront/distribution:Distribution"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 SUBNET = "aws:ec2/subnet:Subnet"
+VPC_ORIGIN = "aws:cloudfront/vpcOrigin:VpcOrigin"
 TIMEOUTS = bootstrap.ProxyTimeouts()
 
 
@@ -57,6 +59,15 @@ def settings_env(run) -> dict[str, str]:
     return dict(line.split("=", 1) for line in files[bootstrap.SETTINGS_FILE]["content"].splitlines())
 
 
+def instance_subnets(run) -> dict[str, dict]:
+    """The instances' public subnets, by name (behind CloudFront the internal ALB has subnets of its own)."""
+    return {r.name: r.inputs for r in run.of_type(SUBNET) if r.name.startswith("sdxl-subnet-")}
+
+
+def alb_subnets(run) -> dict[str, dict]:
+    return {r.name: r.inputs for r in run.of_type(SUBNET) if r.name.startswith("sdxl-alb-subnet-")}
+
+
 def group_named(run, name_part: str) -> dict:
     (found,) = [r.inputs for r in run.of_type(SECURITY_GROUP) if name_part in r.name]
     return found
@@ -75,7 +86,7 @@ def test_the_group_spans_exactly_the_azs_that_offer_the_type(instance_type, regi
     run = fleet_run({"instanceType": instance_type, "aws:region": region})
     zones = offering_zones(instance_type, region)
     assert len(zones) >= 2
-    subnets = {r.name: r.inputs for r in run.of_type(SUBNET)}
+    subnets = instance_subnets(run)
     assert sorted(s["availabilityZone"] for s in subnets.values()) == zones
     assert run.one(GROUP).inputs["vpcZoneIdentifiers"] == [f"sdxl-subnet-{z}-id" for z in zones]
     assert run.value(run.outputs["availabilityZone"]) == ",".join(zones)
@@ -89,8 +100,9 @@ def test_a_type_in_one_az_gets_a_second_subnet_for_the_alb_but_instances_stay_wh
     zones = offering_zones("p5.4xlarge", "ap-northeast-1")
     assert len(zones) == 1  # moto's real offerings: the case an ALB cannot serve from one AZ
     run = fleet_run({"instanceType": "p5.4xlarge", "aws:region": "ap-northeast-1"})
-    subnets = sorted(r.inputs["availabilityZone"] for r in run.of_type(SUBNET))
+    subnets = sorted(s["availabilityZone"] for s in instance_subnets(run).values())
     assert len(subnets) == 2 and zones[0] in subnets
+    assert sorted(s["availabilityZone"] for s in alb_subnets(run).values()) == subnets
     assert run.one(GROUP).inputs["vpcZoneIdentifiers"] == [f"sdxl-subnet-{zones[0]}-id"]
     assert len(run.one(BALANCER).inputs["subnets"]) == 2
 
@@ -191,7 +203,7 @@ def test_timeouts_exceed_the_servers_and_its_wait_budget_stays_below_the_fronts_
         front = balancer["idleTimeout"]
         assert not run.of_type(DISTRIBUTION)
     else:
-        front = secret(run.one(DISTRIBUTION).inputs["origins"])[0]["customOriginConfig"]["originReadTimeout"]
+        front = secret(run.one(DISTRIBUTION).inputs["origins"])[0]["vpcOriginConfig"]["originReadTimeout"]
         assert front == catalog.CLOUDFRONT_ORIGIN_READ_TIMEOUT_MAX_S == 60  # no quota increase needed
     assert 0 < budget < request < front
 
@@ -333,20 +345,91 @@ def test_cloudfront_passes_every_method_and_header_and_caches_nothing():
     assert behavior["viewerProtocolPolicy"] == "redirect-to-https" and "forwardedValues" not in behavior
     (origin,) = cdn["origins"]
     assert origin["domainName"] == FAKE_ALB_DNS and origin["originId"] == behavior["targetOriginId"]
-    assert origin["customOriginConfig"]["originProtocolPolicy"] == "http-only"
     assert cdn["viewerCertificate"] == {"cloudfrontDefaultCertificate": True}
     assert run.value(run.outputs["endpoint"]) == f"https://{FAKE_CLOUDFRONT_DOMAIN}"
     assert run.value(run.outputs["dnsRecords"]) == []
 
 
-def test_the_readme_says_plainly_that_cloudfront_reaches_the_alb_over_plain_http():
+def test_without_a_domain_cloudfront_reaches_an_internal_alb_through_a_vpc_origin():
     run = fleet_run()
-    origin = secret(run.one(DISTRIBUTION).inputs["origins"])[0]
-    assert origin["customOriginConfig"]["originProtocolPolicy"] == "http-only"  # what the README must own up to
+    balancer = run.one(BALANCER).inputs
+    assert balancer["internal"] is True and balancer["loadBalancerType"] == "application"
+    # A VPC origin names the ALB by its ARN; CloudFront's origin uses it, with no public custom origin left.
+    (vpc_origin,) = run.of_type(VPC_ORIGIN)
+    endpoint = vpc_origin.inputs["vpcOriginEndpointConfig"]
+    assert endpoint["arn"] == run.state(BALANCER)["arn"]
+    assert (endpoint["httpPort"], endpoint["httpsPort"]) == (80, 443)
+    assert endpoint["originProtocolPolicy"] == "http-only"  # the ALB has no certificate without a domain
+    assert endpoint["originSslProtocols"] == {"items": ["TLSv1.2"], "quantity": 1}
+    (origin,) = secret(run.one(DISTRIBUTION).inputs["origins"])
+    assert "customOriginConfig" not in origin and origin["domainName"] == FAKE_ALB_DNS
+    assert origin["vpcOriginConfig"] == {"vpcOriginId": f"{vpc_origin.name}-id", "originReadTimeout": 60}
+    # The ALB's own subnets: one per AZ of the instances, no public addresses, and no route table of the stack
+    # (the VPC's main one: the local route only), as AWS asks of a VPC origin.
+    own = alb_subnets(run)
+    assert balancer["subnets"] == [f"{name}-id" for name in own]
+    assert sorted(s["availabilityZone"] for s in own.values()) == sorted(
+        s["availabilityZone"] for s in instance_subnets(run).values())
+    assert all(s["mapPublicIpOnLaunch"] is False for s in own.values())
+    associated = {r.inputs["subnetId"] for r in run.of_type("aws:ec2/routeTableAssociation:RouteTableAssociation")}
+    assert not associated & {f"{name}-id" for name in own}
+    assert {f"{name}-id" for name in instance_subnets(run)} <= associated
+    # The VPC keeps an internet gateway (AWS requires one for a VPC origin; the instances use it to reach out).
+    assert run.of_type("aws:ec2/internetGateway:InternetGateway")
+
+
+def test_with_a_domain_the_alb_stays_internet_facing_and_there_is_no_vpc_origin():
+    run = fleet_run({"domain": "sdxl.example.com"})
+    assert run.one(BALANCER).inputs["internal"] is False
+    assert not run.of_type(VPC_ORIGIN) and not alb_subnets(run)
+    assert run.one(BALANCER).inputs["subnets"] == [f"{name}-id" for name in instance_subnets(run)]
+
+
+def test_behind_cloudfront_the_fleet_keeps_out_of_azs_vpc_origins_do_not_serve():
+    """moto's us-east-1e is AZ id use1-az3, which AWS's VPC origin table leaves out of us-east-1: neither an ALB
+    node nor an instance goes there behind CloudFront (an ALB sends nothing to targets in an AZ it is not in)."""
+    zones = offering_zones("p5.4xlarge", "us-east-1")
+    assert "us-east-1e" in zones and len(zones) >= 3
+    served = [z for z in zones if z != "us-east-1e"]
+    run = fleet_run({"instanceType": "p5.4xlarge"})
+    assert run.one(GROUP).inputs["vpcZoneIdentifiers"] == [f"sdxl-subnet-{z}-id" for z in served]
+    assert sorted(s["availabilityZone"] for s in alb_subnets(run).values()) == served
+    # With a domain there is no VPC origin, and the group spans every AZ that offers the type.
+    run = fleet_run({"instanceType": "p5.4xlarge", "domain": "sdxl.example.com"})
+    assert run.one(GROUP).inputs["vpcZoneIdentifiers"] == [f"sdxl-subnet-{z}-id" for z in zones]
+
+
+def test_the_vpc_origin_zones_refuse_a_type_offered_only_where_vpc_origins_do_not_serve():
+    ids = {"us-east-1a": "use1-az6", "us-east-1e": "use1-az3"}
+    assert aws_fleet.vpc_origin_zones(["us-east-1a", "us-east-1e"], ids, "g5.xlarge", "us-east-1") == ["us-east-1a"]
+    with pytest.raises(config.ConfigError, match="only in AZs that CloudFront VPC origins do not serve"):
+        aws_fleet.vpc_origin_zones(["us-east-1e"], ids, "g5.xlarge", "us-east-1")
+    # The ALB's second AZ, for a type offered in one, is never an excluded one either.
+    assert aws_fleet.alb_zones(["us-east-1a"], {"us-east-1a": "use1-az6", "us-east-1b": "use1-az3",
+                                                "us-east-1c": "use1-az2"},
+                               catalog.CLOUDFRONT_VPC_ORIGIN_EXCLUDED_AZ_IDS) == ["us-east-1a", "us-east-1c"]
+
+
+def test_a_region_without_vpc_origins_is_refused_for_a_fleet_without_a_domain():
+    assert "ap-southeast-6" not in catalog.CLOUDFRONT_VPC_ORIGIN_REGIONS  # not in AWS's table
+    assert {"us-east-1", "eu-west-1", "us-west-2", "ap-northeast-1"} <= catalog.CLOUDFRONT_VPC_ORIGIN_REGIONS
+    with pytest.raises(config.ConfigError) as refused:
+        fleet_run({"aws:region": "ap-southeast-6"}, preview=True)
+    assert re.search(r"aws:region = 'ap-southeast-6': an AWS fleet without a domain is reached through a CloudFront "
+                     r"VPC origin.*\n.*fix: pulumi config set aws:region us-east-1, or pulumi config set domain",
+                     str(refused.value)), str(refused.value)
+    # A single instance there, or a fleet with a domain, is not concerned.
+    for settings in ({"maxReplicas": "1"}, {"domain": "sdxl.example.com"}):
+        values = {"sdxl-endpoint:cloud": "aws", "sdxl-endpoint:maxReplicas": "4", "aws:region": "ap-southeast-6",
+                  **{f"sdxl-endpoint:{k}": v for k, v in settings.items()}}
+        assert config.validate(values, stack="t", project="sdxl-endpoint").region == "ap-southeast-6"
+
+
+def test_the_readme_says_what_the_hop_from_cloudfront_to_the_alb_is_now():
     readme = " ".join((ROOT / "README.md").read_text().split())
-    assert ("Without `domain`, the hop from CloudFront to the ALB is plain HTTP over the internet" in readme
-            and "the bearer token, the prompts, the images and the secret origin header cross between CloudFront "
-                "and the ALB unencrypted" in readme and "For TLS end to end, set `domain`" in readme)
+    assert "plain HTTP over the internet" not in readme and "this stack does not build one yet" not in readme
+    assert "CloudFront reaches an internal ALB through a VPC origin" in readme
+    assert "never crosses the internet" in readme
 
 
 def test_with_a_domain_the_alb_serves_https_with_an_acm_certificate_and_no_cloudfront():
@@ -411,9 +494,10 @@ def test_outputs_keep_the_contract_and_add_the_fleets():
     assert tuple(run.outputs) == contract.OUTPUT_NAMES + contract.FLEET_OUTPUT_NAMES
     outputs = {k: run.value(v) for k, v in run.outputs.items()}
     offer = catalog.AWS_OFFERS["g5.xlarge"]
-    # The ALB-hour and its address in each of its AZs, and each instance's address (public IPv4 bills by the hour).
+    # The ALB-hour (an internal ALB has no public address, a VPC origin no hourly price), and each instance's
+    # address (public IPv4 bills by the hour).
     address = catalog.AWS_PUBLIC_IPV4_USD_PER_HOUR
-    front = catalog.FLEET_FRONT_USD_PER_HOUR["aws"] + len(run.of_type(SUBNET)) * address
+    front = catalog.FLEET_FRONT_USD_PER_HOUR["aws"]
     assert outputs["hourlyCostUsd"] == pytest.approx(2 * (offer.usd_per_hour + address) + front)
     assert outputs["hourlyCostUsdAtMax"] == pytest.approx(4 * (offer.usd_per_hour + address) + front)
     assert (outputs["minReplicas"], outputs["maxReplicas"]) == (2, 4)
