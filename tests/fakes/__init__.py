@@ -10,10 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-def reply_json(handler: BaseHTTPRequestHandler, status: int, answer: Any) -> None:
+def reply_json(handler: BaseHTTPRequestHandler, status: int, answer: Any,
+               content_type: str = "application/json") -> None:
     data = json.dumps(answer).encode()
     handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Type", content_type)
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
@@ -25,26 +26,12 @@ def loopback_server(handle: Callable[[BaseHTTPRequestHandler, str], None]) -> It
     base URL. The short poll interval keeps shutdown (once per test) quick."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            handle(self, "GET")
-
-        def do_POST(self) -> None:  # noqa: N802
-            handle(self, "POST")
-
-        def do_PATCH(self) -> None:  # noqa: N802
-            handle(self, "PATCH")
-
-        def do_PUT(self) -> None:  # noqa: N802
-            handle(self, "PUT")
-
-        def do_DELETE(self) -> None:  # noqa: N802
-            handle(self, "DELETE")
-
-        def do_HEAD(self) -> None:  # noqa: N802
-            handle(self, "HEAD")
-
         def log_message(self, *args) -> None:
             pass
+
+    # http.server dispatches each method to do_<METHOD>: every one goes to `handle`.
+    for method in ("GET", "POST", "PATCH", "PUT", "DELETE", "HEAD"):
+        setattr(Handler, f"do_{method}", lambda request, method=method: handle(request, method))
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()

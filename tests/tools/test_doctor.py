@@ -13,10 +13,9 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,6 +30,7 @@ from stacks import catalog
 from stacks.catalog import AWS_DLAMI_SSM_PARAMETER as DLAMI_SSM_PARAMETER
 from stacks.catalog import GCP_DLVM_IMAGE_FAMILY as DLVM_IMAGE_FAMILY
 from stacks.catalog import GCP_DLVM_IMAGE_PROJECT as DLVM_IMAGE_PROJECT
+from tests.fakes import loopback_server, reply_json
 from tests.stacks.conftest import MOTO_EC2, ROOT, ec2_offerings
 from tools import doctor, presets
 from tools.doctor import __main__ as cli
@@ -574,46 +574,25 @@ def compute(monkeypatch, tmp_path):
     """A local Compute Engine + OAuth token endpoint, and a service-account key that points at it."""
     fake = FakeCompute()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    def handle(request: BaseHTTPRequestHandler, method: str) -> None:
+        request.rfile.read(int(request.headers.get("content-length") or 0))
+        url = urlsplit(request.path)
+        status, body = fake.answer(method, url.path, parse_qs(url.query))
+        reply_json(request, status, body, content_type="application/json; charset=UTF-8")
 
-        def respond(self, method: str) -> None:
-            length = int(self.headers.get("content-length") or 0)
-            self.rfile.read(length)
-            url = urlsplit(self.path)
-            status, body = fake.answer(method, url.path, parse_qs(url.query))
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json; charset=UTF-8")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):
-            self.respond("GET")
-
-        def do_POST(self):
-            self.respond("POST")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    key_file = tmp_path / "sa.json"
-    key_file.write_text(json.dumps({
-        "type": "service_account", "project_id": PROJECT, "private_key_id": "0123456789abcdef",
-        "private_key": pem, "client_email": f"deployer@{PROJECT}.iam.gserviceaccount.com",
-        "client_id": "109876543210987654321", "token_uri": f"{endpoint}/token",
-        "auth_uri": "https://accounts.google.com/o/oauth2/auth"}))
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
-    monkeypatch.setattr(doctor_gcp, "API_ENDPOINT", endpoint)
-    yield fake
-    server.shutdown()
-    server.server_close()
+    with loopback_server(handle) as endpoint:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+        key_file = tmp_path / "sa.json"
+        key_file.write_text(json.dumps({
+            "type": "service_account", "project_id": PROJECT, "private_key_id": "0123456789abcdef",
+            "private_key": pem, "client_email": f"deployer@{PROJECT}.iam.gserviceaccount.com",
+            "client_id": "109876543210987654321", "token_uri": f"{endpoint}/token",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth"}))
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+        monkeypatch.setattr(doctor_gcp, "API_ENDPOINT", endpoint)
+        yield fake
 
 
 def gcp(*extra: str) -> list[str]:
