@@ -219,7 +219,7 @@ def files_the_server_loads(names: list[str], index: dict, variant: str) -> set[s
 def fetch_blob(url: str, token: str | None, blob: Path, size: int, sha256: str | None, git_sha1: str | None) -> None:
     """The file into blobs/, resumable (a partial download continues) and atomic (checked, then renamed), under
     huggingface_hub's own lock for that blob, so the server never reads or writes it at the same time."""
-    lock_dir = blob.parents[3] / ".locks" / blob.parents[1].name
+    lock_dir = blob.parents[2] / ".locks" / blob.parents[1].name  # <HF_HUB_CACHE>/.locks/models--ORG--NAME
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f"{blob.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # what filelock takes (huggingface_hub's WeakFileLock)

@@ -72,6 +72,10 @@ def test_the_cache_is_huggingface_hubs_own_and_reads_offline(hub: FakeHub, cloud
     blobs = folder.parents[1] / "blobs"
     assert sorted(p.name for p in blobs.iterdir()) == sorted({hub.blob(n) for n in SERVER_LOADS})
     assert (folder.parents[1] / "refs" / "main").read_text() == COMMIT
+    # Each blob was written under the very lock file huggingface_hub takes for it (file_download: <cache>/.locks/
+    # <repo folder>/<etag>.lock), so the server's own download never writes the same blob at the same time.
+    locks = tmp_path / "hub" / ".locks" / folder.parents[1].name
+    assert sorted(p.name for p in locks.iterdir()) == sorted(f"{hub.blob(n)}.lock" for n in SERVER_LOADS)
     # Each large file came once, from the CDN; nothing the server does not load was downloaded.
     assert sorted(hub.gets("/cdn/")) == sorted(f"/cdn/{n}" for n in SERVER_LOADS if n.endswith(".safetensors"))
 
