@@ -28,8 +28,9 @@ import urllib.request
 from image.host import idle_stop
 
 # A stopped pod keeps its host but not its container disk: a resumed pod downloads the model again.
-POD_WORDING = {"stop": "stopping this pod", "kept": "its GPU stops billing; `make wake` resumes it on the same host, "
-               "and the model downloads again", "where": "see the pod's logs"}
+POD_WORDING = {**idle_stop.VM_WORDING, "stop": "stopping this pod",
+               "kept": "its GPU stops billing; `make wake` resumes it on the same host, and the model downloads again",
+               "where": "see the pod's logs"}
 API_BASE = "https://api.runpod.io"  # the runpod SDK's default for RUNPOD_API_BASE_URL
 USER_AGENT = "sdxl-endpoint-pod-idle-stop"
 

@@ -87,9 +87,9 @@ def has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
 
 
-def mask_from_white(image: Image.Image, param: str = "mask") -> Image.Image:
+def mask_from_white(image: Image.Image) -> Image.Image:
     """HF convention: white pixels are repainted. Returned as an L image for the inpaint pipeline."""
-    return convert(image, "L", param)
+    return convert(image, "L", "mask")
 
 
 def mask_from_transparency(image: Image.Image, param: str = "mask") -> Image.Image:

@@ -190,11 +190,11 @@ def run(tracker: IdleTracker, observe, clock, sleep, power_off, poll_seconds: fl
         if tracker.observe(now, seen):
             if tracker.failed_since is not None:
                 console(f"a boot step failed ({seen.failed}); {stop} so it stops billing "
-                        f"({where}; {wording.get('after_failure', VM_WORDING['after_failure'])})")
+                        f"({where}; {wording['after_failure']})")
             elif tracker.last_activity is None:
                 console(f"the server was never ready in {tracker.boot_grace_seconds / 60:.0f} min: {stop} "
                         f"so a broken boot stops billing ({where}; "
-                        f"{wording.get('after_never_ready', VM_WORDING['after_never_ready'])})")
+                        f"{wording['after_never_ready']})")
             else:
                 console(f"no generation request for {tracker.idle_for(now) / 60:.0f} min: {stop} ({kept})")
             power_off()

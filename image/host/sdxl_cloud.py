@@ -138,13 +138,18 @@ def fetch(cloud: str, region: str, bucket: str, key: str, out: str) -> None:
         f.write(data)
 
 
+def read_secret(cloud: str, scope: str, name: str) -> str:
+    """A token from SSM Parameter Store (AWS, SCOPE: region) or Secret Manager (GCP, SCOPE: project)."""
+    return ssm_parameter(scope, name) if cloud == "aws" else gcp_secret(scope, name)
+
+
 def env_file(base: str, out: str, cloud: str, scope: str, refs: list[str]) -> None:
     """BASE (the settings, no secrets) plus each VAR read from its secret, written root-only and atomically:
     the server's container reads it with --env-file at every start, so a restart picks up a rotation."""
     lines = open(base, encoding="utf-8").read().splitlines()
     for ref in refs:
         variable, _, name = ref.partition("=")
-        value = ssm_parameter(scope, name) if cloud == "aws" else gcp_secret(scope, name)
+        value = read_secret(cloud, scope, name)
         if not value or "\n" in value or "\r" in value:
             # docker --env-file takes each line literally: a line break would smuggle in another variable.
             raise SystemExit(f"sdxl_cloud: the secret {name} is empty or holds a line break; not written")
@@ -259,7 +264,7 @@ def model(cloud: str, scope: str, repo: str, revision: str, variant: str, cache:
     token = None
     for ref in refs:  # HF_TOKEN=NAME: read as the server's start reads it
         name = ref.partition("=")[2]
-        token = ssm_parameter(scope, name) if cloud == "aws" else gcp_secret(scope, name)
+        token = read_secret(cloud, scope, name)
     if os.geteuid() == 0:  # the cache belongs to the server container's user, which writes to it too
         os.setgroups([])
         os.setgid(int(uid))

@@ -93,5 +93,5 @@ def test_only_the_listed_formats_are_decoded_whatever_pillow_knows():
 
 def test_a_mode_pillow_cannot_convert_is_a_400_naming_the_field():
     with pytest.raises(ApiError) as info:
-        imaging.mask_from_white(Image.new("LAB", (8, 8)), "mask")  # Pillow 13 has no LAB -> L conversion
+        imaging.mask_from_white(Image.new("LAB", (8, 8)))  # Pillow 13 has no LAB -> L conversion
     assert info.value.status == 400 and info.value.param == "mask" and "mode LAB" in str(info.value)
