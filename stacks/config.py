@@ -50,6 +50,7 @@ CLOUDS = (
     "runpod",
     "kubernetes",
 )
+HOSTED_CLOUDS = ("huggingface", "runpod")  # a provider's service runs the container: no VM, zone or cluster of ours
 SECRET_KEYS = ("apiToken", "hfToken", "imagePullSecret")
 
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")

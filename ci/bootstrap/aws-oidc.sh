@@ -9,9 +9,9 @@
 #       gha-sdxl-endpoint-preview  the `preview` environment (preview.yml): read-only in EC2
 #       gha-sdxl-endpoint-review   the `review` environment (review-env.yml, reaper.yml): deploys, but
 #                                  every mutating call needs the tag sdxl-endpoint:stack=pr-* (on what
-#                                  it changes, or in the request that creates it), or a pr-* name; an
-#                                  existing resource's stack tag is never rewritten; every role it
-#                                  creates or changes carries the permissions boundary below
+#                                  it changes, or in the request that creates it), or a pr-* name; it
+#                                  can never re-tag another stack's role or key into reach; every role
+#                                  it creates or changes carries the permissions boundary below
 #       gha-sdxl-endpoint-review-boundary  a managed policy: the most a PR stack's instance role may do
 #       gha-sdxl-endpoint-deploy   the `production` environment (deploy.yml)
 #

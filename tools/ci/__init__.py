@@ -38,7 +38,7 @@ from typing import Any
 
 from pulumi import automation as auto
 
-from stacks.config import PROJECT, flag_of
+from stacks.config import PROJECT, cloud_of, flag_of
 from tools import presets, workspace
 
 TTL_KEY = f"{PROJECT}:ttl"
@@ -128,14 +128,14 @@ def check_preset(name: str) -> str:
 # What the CI roles (ci/bootstrap/*.sh) are set up to deploy: one VM per PR stack, on these clouds. A fleet needs
 # load balancers, autoscaling, CloudFront or managed instance groups; Kubernetes and hosted targets need
 # credentials; the roles grant none of these.
-CI_CLOUDS = ("aws", "gcp")
+CI_CLOUDS = tuple(REVIEW_IDENTITY)
 MAX_REPLICAS_KEY = f"{PROJECT}:maxReplicas"
 
 
 def why_not_in_ci(name: str) -> str | None:
     """Why the CI roles cannot deploy this preset as a PR stack, or None when they can."""
     config = presets.read(name).config
-    cloud = str(config.get(CLOUD_KEY, "aws")).strip().lower()
+    cloud = cloud_of(str(config.get(CLOUD_KEY, "")))
     if cloud not in CI_CLOUDS:
         return f"it deploys to {cloud}, and the CI roles deploy only to {' or '.join(CI_CLOUDS)}"
     if int(str(config.get(MAX_REPLICAS_KEY, 1)).strip() or 1) > 1:
@@ -293,7 +293,7 @@ def create(name: str, preset: str, overrides: Mapping[str, auto.ConfigValue] | N
     check_ci_preset(preset)
     plain, nested = preset_config(preset)
     plain.update(overrides or {})
-    plain.update(review_identity(str(plain.get(CLOUD_KEY, auto.ConfigValue("aws")).value), environ or {}))
+    plain.update(review_identity(cloud_of(str(plain.get(CLOUD_KEY, auto.ConfigValue("")).value)), environ or {}))
     if flag_of(plain.get(SPOT_KEY, auto.ConfigValue("false")).value):  # as the program parses it
         # Spot requests carry no stack tag, so the review role (ci/bootstrap/aws-oidc.sh) may not cancel them.
         raise CiError(f"preset {preset!r} sets {SPOT_KEY}: true, and PR endpoints run on demand: the review role "

@@ -52,6 +52,6 @@ def why_unwanted(lookup: PullLookup | None, number: int) -> str | None:
         return None
     try:
         return lookup(number)
-    except (urllib.error.URLError, OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # URLError is an OSError
         _log(f"pull request #{number}: could not read its state ({err}); its TTL decides")
         return None

@@ -39,7 +39,6 @@ DEFAULT_STORAGE_CLASS = ("storageclass.kubernetes.io/is-default-class",
                          "storageclass.beta.kubernetes.io/is-default-class")  # the beta key is still honoured
 # GKE's built-in Ingress controllers are chosen by the kubernetes.io/ingress.class annotation and have no
 # IngressClass object, so their absence from the list is expected.
-GKE_INGRESS_CLASSES = catalog.K8S_GKE_INGRESS_CLASSES
 GIB = Decimal(1024**3)
 
 # Where each platform's kubeconfig comes from; the fixes below quote it.
@@ -218,7 +217,7 @@ def _provisioner(api: KubernetesApi, nodes: list[Any]) -> str | None:
     if any((n.metadata.labels or {}).get(key) == value for n in nodes):
         return "EKS Auto Mode"
     try:
-        if api.call("ApiextensionsV1Api", "read_custom_resource_definition", KARPENTER_CRD, missing_ok=True):
+        if _crd(api, KARPENTER_CRD):
             return "Karpenter (NodePool CRD)"
         namespace, name = AUTOSCALER_STATUS
         if api.call("CoreV1Api", "read_namespaced_config_map", name, namespace, missing_ok=True):
@@ -393,7 +392,7 @@ def _named_or_default(report: Report, check: str, kind: str, key: str, classes: 
 def _check_ingress_class(api: KubernetesApi, report: Report, kube: config.KubeSettings, on_gke: bool) -> None:
     """The Ingress's controller. GKE's own (gce, gce-internal) is chosen by annotation and has no IngressClass
     object, so it is judged by the cluster being GKE, never by an IngressClass that happens to carry its name."""
-    if kube.ingress_class in GKE_INGRESS_CLASSES:
+    if kube.ingress_class in catalog.K8S_GKE_INGRESS_CLASSES:
         if on_gke:
             report.add("ingress-class", OK, f"{kube.ingress_class}: GKE's built-in Ingress controller (selected by "
                                             f"the {catalog.K8S_GKE_INGRESS_ANNOTATION} annotation)")

@@ -25,7 +25,7 @@ def stack_values(stack: str) -> tuple[dict[str, str], str | None]:
     return presets.engine_values(presets.read(stack)), None
 
 
-HOSTED_CLOUDS = ("huggingface", "runpod")
+HOSTED_CLOUDS = config.HOSTED_CLOUDS
 IMAGE_NOT_CHECKED = "image.not.checked/by-the-doctor:flags"
 
 

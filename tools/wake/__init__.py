@@ -23,11 +23,10 @@ import httpx
 from pulumi import automation as auto
 
 from stacks import contract
-from stacks.config import cloud_of
+from stacks.config import HOSTED_CLOUDS, cloud_of
 from tools import workspace
 
 DEFAULT_TIMEOUT_S = 20 * 60
-HOSTED = ("huggingface", "runpod")  # targets with no zone of their own
 POLL_S = 5.0
 
 
@@ -69,7 +68,7 @@ def read_target(stack_name: str, select: Callable[[str], auto.Stack | None] = wo
                         "server, and `kubectl rollout status` whether a new pod is still starting.")
     refuse_fleet(stack_name, outputs, config)
     # A hosted endpoint has no zone (its contract output is ""): the provider places it.
-    needed = ("instanceId", "endpoint", "apiToken") + (() if cloud in HOSTED else ("region", "availabilityZone"))
+    needed = ("instanceId", "endpoint", "apiToken") + (() if cloud in HOSTED_CLOUDS else ("region", "availabilityZone"))
     missing = [k for k in needed if not outputs.get(k)]
     if missing:
         raise WakeError(f"stack {stack_name} has no {', '.join(missing)} output: deploy it first "
