@@ -20,6 +20,11 @@ def reply_json(handler: BaseHTTPRequestHandler, status: int, answer: Any,
     handler.wfile.write(data)
 
 
+def bearer(request: BaseHTTPRequestHandler) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    return request.headers.get("Authorization", "").removeprefix("Bearer ") or None
+
+
 @contextmanager
 def loopback_server(handle: Callable[[BaseHTTPRequestHandler, str], None]) -> Iterator[str]:
     """An HTTP server on a free loopback port that passes every request to `handle(request, method)`; yields its

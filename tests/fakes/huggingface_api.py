@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.fakes import loopback_server, reply_json
+from tests.fakes import bearer, loopback_server, reply_json
 
 TOKEN = "hf_operator_token_for_tests"
 USER = "sdxl-tester"
@@ -87,7 +87,9 @@ class FakeHuggingFace:
             if self.deleting[key] < 0:
                 self._forget(key)
                 return 404, {"error": "Endpoint not found"}
-            return 200, {**self._view(key), "status": {**self._view(key)["status"], "state": "deleting"}}
+            view = self._view(key)  # a copy
+            view["status"]["state"] = "deleting"
+            return 200, view
         if method == "GET":
             return 200, self._view(key, advance=True)
         if method == "PUT":
@@ -166,7 +168,7 @@ def serving(fake: FakeHuggingFace) -> Iterator[FakeHuggingFace]:
     def handle(request: BaseHTTPRequestHandler, method: str) -> None:
         length = int(request.headers.get("Content-Length") or 0)
         body = json.loads(request.rfile.read(length)) if length else None
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ") or None
+        token = bearer(request)
         reply_json(request, *fake.answer(method, request.path.split("?")[0], body, token))
 
     with loopback_server(handle) as base:

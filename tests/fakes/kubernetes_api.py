@@ -8,6 +8,7 @@ group/names/scope/versions, V1StorageClass.provisioner, V1LimitRangeItem.type ..
   `.../configmaps/{name}` (CoreV1Api);
 - `GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}` (ApiextensionsV1Api);
 - `GET /apis/networking.k8s.io/v1/ingressclasses`, `/apis/storage.k8s.io/v1/storageclasses`;
+- `GET /apis/apiregistration.k8s.io/v1/apiservices/{name}` (ApiregistrationV1Api: metrics-server's APIService);
 - `GET /apis/cert-manager.io/v1/clusterissuers/{name}` (CustomObjectsApi.get_cluster_custom_object), served only
   while the ClusterIssuer CRD is installed, as a real API server does.
 A missing object is the API server's 404 Status. Requests carry the kubeconfig user's bearer token; anything but
@@ -28,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from tests.fakes import loopback_server, reply_json
+from tests.fakes import bearer, loopback_server, reply_json
 
 TOKEN = "k8s-operator-token-for-tests"
 STAMP = "2026-08-01T12:00:00Z"
@@ -241,7 +242,7 @@ class FakeCluster:
         if name not in self.api_services:
             return 404, _status_404(f'apiservices.apiregistration.k8s.io "{name}"')
         available = self.api_services[name]
-        group, version = name.split(".", 1)[1], name.split(".", 1)[0]
+        version, group = name.split(".", 1)
         return 200, {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
                      "metadata": {"name": name, "creationTimestamp": STAMP},
                      "spec": {"group": group, "version": version, "groupPriorityMinimum": 100, "versionPriority": 100,
@@ -268,7 +269,7 @@ class FakeCluster:
 @contextmanager
 def serving(fake: FakeCluster) -> Iterator[FakeCluster]:
     def handle(request: BaseHTTPRequestHandler, method: str) -> None:
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ") or None
+        token = bearer(request)
         answer = fake.answer(method, request.path.split("?")[0], token)
         if answer is None:
             request.close_connection = True  # the client sees its connection closed without a response

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.fakes import loopback_server, reply_json
+from tests.fakes import bearer, loopback_server, reply_json
 
 KEY = "rp_operator_key_for_tests"
 NO_STOCK = ("There are no longer any instances available with the requested specifications. "
@@ -241,7 +241,7 @@ def serving(fake: FakeRunPod, monkeypatch) -> Iterator[FakeRunPod]:
             reply_json(request, 404, {"errors": [{"message": "not found"}]})
             return
         body = json.loads(request.rfile.read(int(request.headers.get("Content-Length") or 0)))
-        key = request.headers.get("Authorization", "").removeprefix("Bearer ") or None
+        key = bearer(request)
         reply_json(request, *fake.answer(body["query"], key))
 
     with loopback_server(handle) as base:

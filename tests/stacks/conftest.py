@@ -273,7 +273,7 @@ class ProgramRun:
     def urn(self, typ: str) -> str:
         """The URN of the one resource of `typ`: what another resource's dependencies name."""
         name = self.one(typ).name
-        (urn,) = [u for u in self.monitor.resources if u.endswith(f"{typ}::{name}")]
+        (urn,) = [u for u in self.monitor.get_registered_resources() if u.endswith(f"{typ}::{name}")]
         return urn
 
     def state(self, typ: str) -> dict[str, Any]:

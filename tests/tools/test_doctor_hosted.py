@@ -3,25 +3,17 @@ their APIs (tests/fakes/). Nothing leaves the machine: the loopback guard of tes
 
 from __future__ import annotations
 
-import jsonschema
 import pytest
 
 from stacks import catalog
 from tests.fakes import huggingface_api as hf_fake
 from tests.fakes import runpod_api as rp_fake
-from tests.tools.test_doctor import loopback_only  # noqa: F401 - the autouse guard
+from tests.tools.test_doctor import loopback_only, run  # noqa: F401 - loopback_only: the autouse guard
 from tools import presets
 from tools.doctor import FAIL, OK, WARN
-from tools.doctor import __main__ as cli
 from tools.doctor import report as doctor_report
 
 A10G = "aws-us-east-1-nvidia-a10g-x1"
-
-
-def run(argv: list[str]):
-    report = cli.diagnose(cli.parse_args(argv))
-    jsonschema.validate(doctor_report.as_json(report), doctor_report.JSON_SCHEMA)
-    return report
 
 
 def checks(report) -> dict[str, tuple[str, str, str | None]]:

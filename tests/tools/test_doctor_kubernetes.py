@@ -11,8 +11,11 @@ import pytest
 
 from stacks import config
 from tests.fakes import kubernetes_api as k8s
-from tests.tools.test_doctor import loopback_only  # noqa: F401 - the autouse guard
-from tests.tools.test_doctor_hosted import checks, run  # run() also validates the --json document's schema
+from tests.tools.test_doctor import (
+    loopback_only,  # noqa: F401 - the autouse guard
+    run,  # run() also validates the --json document's schema
+)
+from tests.tools.test_doctor_hosted import checks
 from tools import presets
 from tools.doctor import FAIL, OK, WARN
 from tools.doctor import __main__ as cli
