@@ -82,7 +82,6 @@ class Endpoint(pulumi.ComponentResource):
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sdxl-endpoint:aws:GpuEndpoint", name, None, opts)
-        self._bundle_upload: list[aws.s3.BucketObjectv2] = []  # the source bundle's upload, with `image` unset
         tags = {**settings.tags, "Name": f"{settings.project}-{settings.stack}"}
 
         provider = aws.Provider("aws", region=settings.region, opts=pulumi.ResourceOptions(parent=self))
@@ -224,7 +223,7 @@ class Endpoint(pulumi.ComponentResource):
         token = contract.api_token(settings, parent=self)
         secrets, parameter_arns, key = self._tokens(name, settings, token, tags, child)
         built = bundle.build() if settings.image is None else None
-        bucket = self._source_bucket(name, tags, child, built) if built else None
+        bucket, upload = self._source_bucket(name, tags, child, built) if built else (None, [])
 
         # Exactly these parameters and this bundle; ECR pulls from the configured image's repository only.
         statements = [
@@ -257,7 +256,7 @@ class Endpoint(pulumi.ComponentResource):
         ami = aws.ssm.get_parameter(name=catalog.AWS_DLAMI_SSM_PARAMETER, region=settings.region, opts=invoke)
         return InstanceIdentity(profile=profile, access=access, secrets=secrets, built=built,
                                 bucket=bucket.bucket if bucket else None, ami=ami.insecure_value, api_token=token,
-                                bundle_upload=self._bundle_upload)
+                                bundle_upload=upload)
 
     def _tokens(self, name: str, settings: Settings, token: pulumi.Output[str], tags: dict[str, str],
                 child: pulumi.ResourceOptions) -> tuple[dict[str, str], list[pulumi.Output[str]], aws.kms.Key]:
@@ -285,8 +284,9 @@ class Endpoint(pulumi.ComponentResource):
         return names, arns, key
 
     def _source_bucket(self, name: str, tags: dict[str, str], child: pulumi.ResourceOptions,
-                       built: bundle.Bundle) -> aws.s3.Bucket:
-        """A private, encrypted bucket holding this checkout's source bundle; destroy empties and removes it."""
+                       built: bundle.Bundle) -> tuple[aws.s3.Bucket, list[aws.s3.BucketObjectv2]]:
+        """A private, encrypted bucket holding this checkout's source bundle; destroy empties and removes it.
+        Also the upload: an instance boots only once it exists, or its first download fails."""
         bucket = aws.s3.Bucket(f"{name}-source", force_destroy=True, tags=tags, opts=child)
         settings = [
             aws.s3.BucketPublicAccessBlock(
@@ -299,9 +299,9 @@ class Endpoint(pulumi.ComponentResource):
                 f"{name}-source-encryption", bucket=bucket.id,
                 rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}], opts=child),
         ]
-        self._bundle_upload = [aws.s3.BucketObjectv2(
+        upload = aws.s3.BucketObjectv2(
             f"{name}-source-bundle", bucket=bucket.id, key=built.key, source=pulumi.FileAsset(str(built.path)),
             content_type="application/x-tar", tags=tags,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=settings)),
-        )]
-        return bucket
+        )
+        return bucket, [upload]

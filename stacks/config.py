@@ -619,7 +619,6 @@ def _check_vpc_origin_region(raw: RawConfig, problems: Problems, cloud: str, dom
 
 # --- the hosted GPU providers (Hugging Face Inference Endpoints, RunPod Pods) ----------------------
 
-# Hosted keys, by the cloud they belong to: set under another cloud, they would be silently ignored.
 # Keys that mean something on one cloud only: set with another, they would silently do nothing.
 _ONE_CLOUD_KEYS = {"hfHardware": "huggingface", "hfNamespace": "huggingface", "runpodGpuType": "runpod",
                    **dict.fromkeys(("kubeContext", "namespace", "nodeSelector", "exposure", "ingressClass",

@@ -50,7 +50,8 @@ def server_env(settings: Settings, *, model: str, max_wait_seconds: float | None
         "SDXL_PORT": str(SERVER_PORT),
         # Comma-separated: the server accepts it, and no value carries a quote.
         "SDXL_CORS_ORIGINS": ",".join(settings.cors_origins),
-        # Only the provider's proxy reaches the container, so its forwarded client address is the one to log.
+        # The client address to log is the one the front in the way forwards (the provider's proxy, an Ingress). A
+        # Kubernetes loadBalancer Service has no such proxy: there a client could set X-Forwarded-For itself.
         "SDXL_FORWARDED_ALLOW_IPS": "*",
     }
     if max_wait_seconds is not None:

@@ -252,7 +252,7 @@ def endpoint_url(settings: Settings, service: k8s.core.v1.Service, namespace: pu
     balancer's address, or the Service's cluster DNS name."""
     kube = _kube(settings)
     if kube.exposure == "ingress":
-        scheme = "https" if kube.cert_issuer else "http"
+        scheme = "https" if url_is_https(settings) else "http"
         return pulumi.Output.from_input(f"{scheme}://{settings.domain}")
     if kube.exposure == "internal":
         return pulumi.Output.concat("http://", service.metadata.name, ".", namespace, ".svc.cluster.local")
