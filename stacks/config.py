@@ -643,15 +643,25 @@ def _check_one_cloud_keys(raw: RawConfig, problems: Problems, cloud: str) -> Non
 def _check_hosted_common(raw: RawConfig, problems: Problems, cloud: str) -> None:
     """What every hosted target needs (a pullable image) and what it cannot do: the provider owns the front and
     the machine, so a key that would restrict or shape them is refused rather than silently ignored."""
-    if raw.image is None:
-        problems.add("image", None, f"required when cloud is {cloud}: the provider pulls the server image, "
-                     "nothing builds it there", IMAGE_FIX)
+    _require_image(raw, problems, cloud, "the provider")
     if list(raw.allowedCidrs) != ["0.0.0.0/0"]:
         problems.add("allowedCidrs", raw.allowedCidrs, f"{cloud}'s public front cannot be limited to networks; "
                      "the bearer token (apiToken) is the gate", "pulumi config rm allowedCidrs")
-    for key, why in (("domain", "the endpoint keeps the provider's own HTTPS name"),
-                     ("spot", "the endpoint runs on demand"), ("ssh", "there is no SSH into the container"),
-                     ("diskGb", "the provider sizes the container's disk")):
+    _refuse_inapplicable(raw, problems, cloud, (
+        ("domain", "the endpoint keeps the provider's own HTTPS name"), ("spot", "the endpoint runs on demand"),
+        ("ssh", "there is no SSH into the container"), ("diskGb", "the provider sizes the container's disk")))
+
+
+def _require_image(raw: RawConfig, problems: Problems, cloud: str, puller: str) -> None:
+    """The targets that pull a published image: nothing builds one where they run."""
+    if raw.image is None:
+        problems.add("image", None, f"required when cloud is {cloud}: {puller} pulls the server image, nothing "
+                     "builds it there", IMAGE_FIX)
+
+
+def _refuse_inapplicable(raw: RawConfig, problems: Problems, cloud: str, reasons: Sequence[tuple[str, str]]) -> None:
+    """Keys this cloud cannot honour, each with why: refused when set rather than silently ignored."""
+    for key, why in reasons:
         if getattr(raw, key) not in (None, False, DEFAULT_DISK_GB):
             problems.add(key, getattr(raw, key), f"does not apply to cloud {cloud}: {why}", f"pulumi config rm {key}")
 
@@ -696,14 +706,10 @@ def _place_kubernetes(raw: RawConfig, values: Mapping[str, object], gpu: str | N
                       describe_machine: MachineLookup | None) -> Placement:
     """An existing cluster: a pullable image, a GPU the scheduler can be asked for, and how the endpoint is reached.
     The cluster's nodes are the user's: machine keys, spot, SSH and the root disk do not apply."""
-    if raw.image is None:
-        problems.add("image", None, "required when cloud is kubernetes: the cluster pulls the server image, nothing "
-                     "builds it there", IMAGE_FIX)
-    for key, why in (("spot", "the node pool decides"), ("ssh", "there is no SSH into a pod (kubectl exec instead)"),
-                     ("diskGb", "the node pool sizes its disks; the model cache is a volume of dataDiskGb")):
-        if getattr(raw, key) not in (None, False, DEFAULT_DISK_GB):
-            problems.add(key, getattr(raw, key), f"does not apply to cloud kubernetes: {why}",
-                         f"pulumi config rm {key}")
+    _require_image(raw, problems, "kubernetes", "the cluster")
+    _refuse_inapplicable(raw, problems, "kubernetes", (
+        ("spot", "the node pool decides"), ("ssh", "there is no SSH into a pod (kubectl exec instead)"),
+        ("diskGb", "the node pool sizes its disks; the model cache is a volume of dataDiskGb")))
     if raw.idleStopMinutes != DEFAULT_IDLE_STOP_MINUTES:
         problems.add("idleStopMinutes", raw.idleStopMinutes, "does not apply to cloud kubernetes: the Deployment "
                      "keeps minReplicas pods; the cluster autoscaler removes idle GPU nodes",
@@ -715,8 +721,8 @@ def _place_kubernetes(raw: RawConfig, values: Mapping[str, object], gpu: str | N
     _check_pull_secret(values.get(f"{PROJECT}:imagePullSecret"), problems)
     selector = node_selector(raw.nodeSelector)
     for item in raw.nodeSelector:
-        label, _, value = item.partition("=")
-        if not _LABEL_KEY_RE.match(label.strip()) or not _LABEL_VALUE_RE.match(value.strip()) or "=" not in item:
+        label, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not _LABEL_KEY_RE.match(label) or not _LABEL_VALUE_RE.match(value):
             problems.add("nodeSelector", item, "not a node label=value pair (a Kubernetes label key, '=', its value)",
                          "pulumi config set --path 'nodeSelector[0]' cloud.google.com/gke-accelerator=nvidia-l4")
     machine: catalog.Offer | None = None
