@@ -37,14 +37,15 @@ def provider_key(variable: str, how: str) -> str:
     return value
 
 
-def endpoint_name(stack: str, limit: int = NAME_MAX) -> str:
+def endpoint_name(stack: str) -> str:
     """`sdxl-<stack>` as the provider's endpoint or pod name (config.stack_dns_label)."""
-    return stack_dns_label(stack, limit)
+    return stack_dns_label(stack, NAME_MAX)
 
 
-def server_env(settings: Settings, *, model: str, max_wait_seconds: float | None = None,
-               cache_dir: str | None = None) -> dict[str, str]:
-    """The server's non-secret settings. The tokens go to the provider's secret store (or its secret input) apart."""
+def server_env(settings: Settings, *, model: str, request_timeout: float | None = None,
+               max_wait_seconds: float | None = None, cache_dir: str | None = None) -> dict[str, str]:
+    """The server's non-secret settings. The tokens go to the provider's secret store (or its secret input) apart.
+    `request_timeout` is the server's one deadline, under what the front in the way waits (its default otherwise)."""
     env = {
         "SDXL_MODEL": model,
         "SDXL_PORT": str(SERVER_PORT),
@@ -54,6 +55,8 @@ def server_env(settings: Settings, *, model: str, max_wait_seconds: float | None
         # Kubernetes loadBalancer Service has no such proxy: there a client could set X-Forwarded-For itself.
         "SDXL_FORWARDED_ALLOW_IPS": "*",
     }
+    if request_timeout is not None:
+        env["SDXL_REQUEST_TIMEOUT"] = f"{request_timeout:g}"
     if max_wait_seconds is not None:
         env["SDXL_MAX_WAIT_SECONDS"] = f"{max_wait_seconds:g}"
     if cache_dir is not None:

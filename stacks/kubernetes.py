@@ -94,11 +94,10 @@ def placement(settings: Settings) -> dict[str, object]:
 
 def server_env(settings: Settings) -> list[dict[str, str]]:
     """The server's settings; the tokens come from the Secret (envFrom), never from here."""
-    env = hosted.server_env(settings, model=settings.model)
+    env = hosted.server_env(settings, model=settings.model, request_timeout=REQUEST_TIMEOUT_SECONDS)
     env.update({
         "SDXL_METRICS_PORT": str(METRICS_PORT),
         "SDXL_SHUTDOWN_GRACE": str(DRAIN_SECONDS),
-        "SDXL_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_SECONDS),
         # The root filesystem is read-only: libraries that cache under $HOME write to the scratch volume.
         "XDG_CACHE_HOME": "/tmp/cache",  # noqa: S108 - the pod's own emptyDir, not a shared host /tmp
         "TRITON_CACHE_DIR": f"{CACHE_MOUNT}/triton",

@@ -80,8 +80,9 @@ def find_pod(sdk: Any, pod_id: str) -> dict[str, Any] | None:
     return next((pod for pod in sdk.get_pods() or [] if pod.get("id") == pod_id), None)
 
 
-def proxy_url(pod_id: str, port: int = hosted.SERVER_PORT) -> str:
-    return PROXY_URL.format(pod_id=pod_id, port=port)
+def proxy_url(pod_id: str) -> str:
+    """The pod's HTTPS address: RunPod's proxy in front of the server's port."""
+    return PROXY_URL.format(pod_id=pod_id, port=hosted.SERVER_PORT)
 
 
 def _explain(err: Exception, doing: str) -> RunPodError:
@@ -214,8 +215,8 @@ class Pod(dynamic.Resource, module="runpod", name="Pod"):
 
 def pod_properties(settings: Settings, secrets: pulumi.Output[dict[str, str]]) -> dict[str, Any]:
     """The pod's inputs, from the validated settings (the GPU type is a catalog.HostedOffer)."""
-    env = hosted.server_env(settings, model=settings.model, max_wait_seconds=MAX_WAIT_S, cache_dir=CACHE_DIR)
-    env["SDXL_REQUEST_TIMEOUT"] = str(REQUEST_TIMEOUT_S)
+    env = hosted.server_env(settings, model=settings.model, request_timeout=REQUEST_TIMEOUT_S,
+                            max_wait_seconds=MAX_WAIT_S, cache_dir=CACHE_DIR)
     # For the image's idle stop (image/pod_idle_stop.py, started by its entrypoint): RunPod itself sets
     # RUNPOD_POD_ID and a pod-scoped RUNPOD_API_KEY in every pod, with which the pod stops itself.
     env["SDXL_IDLE_STOP_MINUTES"] = str(settings.idle_stop_minutes)
