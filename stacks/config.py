@@ -863,6 +863,11 @@ def gcp_label_key(mark: str) -> str:
     return f"{PROJECT}-{mark}"
 
 
+def k8s_mark_key(mark: str) -> str:
+    """An ownership mark as a Kubernetes label or annotation key: `sdxl-endpoint.io/<mark>`."""
+    return f"{PROJECT}.io/{mark}"
+
+
 # --- single keys read as validate() reads them, for the operator tools ------------------------------------------
 
 

@@ -19,7 +19,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from stacks import catalog, contract, hosted
-from stacks.config import PROJECT, KubeSettings, Settings
+from stacks.config import KubeSettings, Settings, k8s_mark_key
 
 # Where in the cluster a user looks does not change the contract: this target has no preview-time machine look-up.
 describe_machine = None
@@ -54,13 +54,8 @@ def labels(settings: Settings) -> dict[str, str]:
     marks = {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": settings.stack,
              "app.kubernetes.io/managed-by": "pulumi"}
     # Label values are 63 characters of [A-Za-z0-9-_.]; the ttl's ':' is not allowed, so it goes to annotations.
-    marks.update({mark_key(mark): value for mark, value in settings.ownership.items() if mark != "ttl"})
+    marks.update({k8s_mark_key(mark): value for mark, value in settings.ownership.items() if mark != "ttl"})
     return marks
-
-
-def mark_key(mark: str) -> str:
-    """An ownership mark as a Kubernetes label or annotation key: sdxl-endpoint.io/<mark>."""
-    return f"{PROJECT}.io/{mark}"
 
 
 def selector_labels(settings: Settings) -> dict[str, str]:
@@ -344,7 +339,7 @@ class Endpoint(pulumi.ComponentResource):
         ns_name = kube.namespace
         meta: dict[str, object] = {"namespace": ns_name, "labels": labels(settings)}
         if settings.ttl:
-            meta["annotations"] = {mark_key("ttl"): settings.ttl}
+            meta["annotations"] = {k8s_mark_key("ttl"): settings.ttl}
 
         token = contract.api_token(settings, parent=self)
         tokens = k8s.core.v1.Secret(f"{name}-tokens", metadata={**meta, "name": f"{APP}-tokens"}, type="Opaque",
