@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 import pytest
+import yaml
 from botocore.stub import Stubber
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -439,6 +440,15 @@ def test_bad_command_lines_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def write_stack(tmp_path, monkeypatch, config: dict[str, object]) -> str:
+    """A stack file `Pulumi.mine.yaml` as `pulumi config set` writes one (keys without a namespace are the
+    project's), in a stacks folder of its own; returns the stack name."""
+    monkeypatch.setattr(presets, "STACKS_DIR", tmp_path)
+    keys = {key if ":" in key else f"sdxl-endpoint:{key}": value for key, value in config.items()}
+    (tmp_path / "Pulumi.mine.yaml").write_text(yaml.safe_dump({"config": keys}))
+    return "mine"
 
 
 def test_stack_file_secrets_are_never_read(tmp_path, monkeypatch):

@@ -8,8 +8,7 @@ import pytest
 from stacks import catalog
 from tests.fakes import huggingface_api as hf_fake
 from tests.fakes import runpod_api as rp_fake
-from tests.tools.test_doctor import loopback_only, run  # noqa: F401 - loopback_only: the autouse guard
-from tools import presets
+from tests.tools.test_doctor import loopback_only, run, write_stack  # noqa: F401 - loopback_only: the autouse guard
 from tools.doctor import FAIL, OK, WARN
 from tools.doctor import report as doctor_report
 
@@ -115,11 +114,8 @@ def test_runpod_key_type_stock_and_balance_pass(rp):
 
 
 def stack_file(tmp_path, monkeypatch, gpu_type: str, cloud_type: str = "SECURE") -> str:
-    monkeypatch.setattr(presets, "STACKS_DIR", tmp_path)
-    (tmp_path / "Pulumi.mine.yaml").write_text(
-        f"config:\n  sdxl-endpoint:cloud: runpod\n  sdxl-endpoint:image: ghcr.io/o/s:1\n"
-        f"  sdxl-endpoint:runpodGpuType: {gpu_type}\n  sdxl-endpoint:runpodCloudType: {cloud_type}\n")
-    return "mine"
+    return write_stack(tmp_path, monkeypatch, {"cloud": "runpod", "image": "ghcr.io/o/s:1",
+                                               "runpodGpuType": gpu_type, "runpodCloudType": cloud_type})
 
 
 def test_runpod_type_out_of_stock_fails_and_suggest_lists_what_is_in_stock(rp, tmp_path, monkeypatch):

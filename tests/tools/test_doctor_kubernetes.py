@@ -14,9 +14,9 @@ from tests.fakes import kubernetes_api as k8s
 from tests.tools.test_doctor import (
     loopback_only,  # noqa: F401 - the autouse guard
     run,  # run() also validates the --json document's schema
+    write_stack,
 )
 from tests.tools.test_doctor_hosted import checks
-from tools import presets
 from tools.doctor import FAIL, OK, WARN
 from tools.doctor import __main__ as cli
 from tools.doctor import kubernetes as kube_doctor
@@ -36,16 +36,9 @@ def cluster(tmp_path, monkeypatch):
 def stack(tmp_path, monkeypatch, **keys: str) -> str:
     """A kubernetes stack file with these keys (nodeSelector given as a map, written as its label=value list), as
     `pulumi config set` writes one."""
-    monkeypatch.setattr(presets, "STACKS_DIR", tmp_path)
-    lines = ["config:", "  sdxl-endpoint:cloud: kubernetes", "  sdxl-endpoint:image: ghcr.io/o/sdxl:1"]
-    for key, value in keys.items():
-        if isinstance(value, dict):
-            lines.append(f"  sdxl-endpoint:{key}:")
-            lines += [f"    - {label}={v}" for label, v in value.items()]
-        else:
-            lines.append(f"  sdxl-endpoint:{key}: {value}")
-    (tmp_path / "Pulumi.mine.yaml").write_text("\n".join(lines) + "\n")
-    return "mine"
+    listed = {key: [f"{label}={v}" for label, v in value.items()] if isinstance(value, dict) else value
+              for key, value in keys.items()}
+    return write_stack(tmp_path, monkeypatch, {"cloud": "kubernetes", "image": "ghcr.io/o/sdxl:1", **listed})
 
 
 # --- no cluster ---------------------------------------------------------------------------------------------
