@@ -27,6 +27,7 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from stacks import catalog
+from tests.fakes import huggingface_api
 from tools import presets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +50,7 @@ FAKE_CLOUDFRONT_DOMAIN = "d111111abcdef8.cloudfront.net"
 # The hosted targets' dynamic resources (pulumi-python:dynamic/<module>:<name>) and what their providers return.
 HF_ENDPOINT_TYPE = "pulumi-python:dynamic/huggingface:InferenceEndpoint"
 RUNPOD_POD_TYPE = "pulumi-python:dynamic/runpod:Pod"
-FAKE_HF_USER = "sdxl-tester"
+FAKE_HF_USER = huggingface_api.USER  # the account the HF fake answers whoami with
 FAKE_POD_ID = "x1y2z3pod4567"
 FAKE_POD_COST = 0.43
 FAKE_K8S_LB_IP = "203.0.113.30"  # what a cloud's load balancer controller writes into a LoadBalancer Service's status
