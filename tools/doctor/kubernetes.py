@@ -193,9 +193,10 @@ def check(target: Target, api: KubernetesApi, report: Report, with_suggest: bool
             runner.run("cert-manager", lambda: _check_cert_manager(api, report, kube))
             on_gke = catalog.K8S_GKE_VERSION_MARK in cluster["version"]
             runner.run("ingress-class", lambda: _check_ingress_class(api, report, kube, on_gke))
-        storage_class: list[str | None] = [kube.storage_class]
-        runner.run("storage-class", lambda: storage_class.__setitem__(0, _check_storage(api, report, kube)))
-        runner.run("namespace", lambda: _check_namespace(api, report, target, storage_class[0]))
+        # The namespace check sizes the claim with the class the storage check found (the stack's, or the default).
+        used = {"storage_class": kube.storage_class}
+        runner.run("storage-class", lambda: used.update(storage_class=_check_storage(api, report, kube)))
+        runner.run("namespace", lambda: _check_namespace(api, report, target, used["storage_class"]))
     if with_suggest:
         report.suggestions = suggest(gpu_nodes, api.context_name, target)
 
@@ -401,15 +402,13 @@ def _check_ingress_class(api: KubernetesApi, report: Report, kube: config.KubeSe
                                               "this cluster is not GKE (its version names no -gke. build)",
                        "pulumi config set ingressClass <the cluster's IngressClass> (kubectl get ingressclass)")
         return
-    if on_gke and not kube.ingress_class:
-        classes = api.call("NetworkingV1Api", "list_ingress_class").items
-        if not any(_annotated(c.metadata, DEFAULT_INGRESS_CLASS) for c in classes):
-            report.add("ingress-class", WARN, "ingressClass unset on GKE: GKE's controller serves the Ingress with "
-                                              "its 30 s backend timeout, which cuts long generations",
-                       "pulumi config set ingressClass gce (the stack then raises the timeout with a BackendConfig)")
-            return
-    _named_or_default(report, "ingress-class", "IngressClass", "ingressClass",
-                      api.call("NetworkingV1Api", "list_ingress_class").items, kube.ingress_class,
+    classes = api.call("NetworkingV1Api", "list_ingress_class").items
+    if on_gke and not kube.ingress_class and not any(_annotated(c.metadata, DEFAULT_INGRESS_CLASS) for c in classes):
+        report.add("ingress-class", WARN, "ingressClass unset on GKE: GKE's controller serves the Ingress with its "
+                                          "30 s backend timeout, which cuts long generations",
+                   "pulumi config set ingressClass gce (the stack then raises the timeout with a BackendConfig)")
+        return
+    _named_or_default(report, "ingress-class", "IngressClass", "ingressClass", classes, kube.ingress_class,
                       (DEFAULT_INGRESS_CLASS,), "install an ingress controller (e.g. ingress-nginx), or pulumi config "
                       "set exposure loadBalancer", "serves the Ingress")
 
