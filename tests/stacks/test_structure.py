@@ -219,7 +219,7 @@ def test_the_readme_table_names_every_folder_of_the_checkout():
 def test_the_readme_lists_every_step_of_adding_a_target():
     text = (ROOT / "README.md").read_text()
     step = text[text.index("A new target is one new module"):].split("\n\n", 1)[0]
-    for part in ("__main__.TARGETS", "config.CLOUDS", "config.PLACEMENTS", "catalog"):
+    for part in ("__main__.TARGETS", "config.CLOUDS", "config.PLACEMENTS", "catalog", "DOCTORS"):
         assert part in step, part
 
 

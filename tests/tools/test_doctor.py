@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from moto import mock_aws
 
-from stacks import catalog
+from stacks import catalog, config
 from stacks.catalog import AWS_DLAMI_SSM_PARAMETER as DLAMI_SSM_PARAMETER
 from stacks.catalog import GCP_DLVM_IMAGE_FAMILY as DLVM_IMAGE_FAMILY
 from stacks.catalog import GCP_DLVM_IMAGE_PROJECT as DLVM_IMAGE_PROJECT
@@ -407,6 +407,13 @@ def test_unreachable_aws_is_a_fail_line_not_a_hang(monkeypatch, tmp_path):
     credentials = names(report)["credentials"]
     assert credentials.status == doctor.FAIL and credentials.value.startswith("cannot reach sts in us-east-1")
     assert "check the network" in credentials.fix
+
+
+def test_every_cloud_has_its_own_doctor():
+    # A cloud without one would silently get another cloud's checks at `make up`.
+    assert set(cli.DOCTORS) == set(config.CLOUDS)
+    assert all(callable(module.check) for module in cli.DOCTORS.values())
+    assert len(set(cli.DOCTORS.values())) == len(cli.DOCTORS)
 
 
 def test_module_entry_point_exit_codes(no_credentials):

@@ -16,7 +16,11 @@ from tools.doctor import huggingface as hf_cloud
 from tools.doctor import kubernetes as kube_cloud
 from tools.doctor import runpod as runpod_cloud
 from tools.doctor.report import SKIP_HINT, as_json, as_text
-from tools.doctor.target import HOSTED_CLOUDS, cloud_of, flag_values, resolve_target, stack_values
+from tools.doctor.target import cloud_of, flag_values, resolve_target, stack_values
+
+# Each cloud's checks: a module with check(target, api, report, with_suggest). A new target adds its doctor here.
+DOCTORS = {"aws": aws_cloud, "gcp": gcp_cloud, "huggingface": hf_cloud, "runpod": runpod_cloud,
+           "kubernetes": kube_cloud}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,38 +91,32 @@ def diagnose(args: argparse.Namespace, aws: aws_cloud.AwsApi | None = None,
             values[f"{config.PROJECT}:maxReplicas"] = str(args.max_replicas)
     else:
         values = flag_values(args, gcp.adc_project)
-    # Needed before config.load(): on AWS, load() describes unlisted types through the SDK set up below.
-    # A bad cloud falls back to aws here as in load(), which then reports it.
-    cloud = values.get(f"{config.PROJECT}:cloud", "aws").strip().lower()
-    cloud = cloud if cloud in config.CLOUDS else "aws"
+    # A bad cloud falls back to aws here, and validation (resolve_target) then reports it.
+    cloud = config.cloud_of(values.get(f"{config.PROJECT}:cloud"))
+    cloud = cloud if cloud in DOCTORS else "aws"
     target = Target(cloud=cloud, stack=args.stack, aws_profile=values.get("aws:profile"))
     report = Report(target, checks=notes)
 
-    if cloud == "kubernetes":
-        report.checks.append(resolve_target(values, args.stack, None, target))
-        context = values.get(f"{config.PROJECT}:kubeContext") or None
-        kube_cloud.check(target, kubernetes or kube_cloud.KubernetesApi(context), report, args.suggest)
-    elif cloud in HOSTED_CLOUDS:
-        report.checks.append(resolve_target(values, args.stack, None, target))
-        if cloud == "huggingface":
-            hf_cloud.check(target, huggingface or hf_cloud.HuggingFaceApi(), report, args.suggest)
-        else:
-            runpod_cloud.check(target, runpod or runpod_cloud.RunPodApi(), report, args.suggest)
-    elif cloud == "aws":
+    describe_machine = None
+    if cloud == "aws":
         try:
             aws = aws or aws_cloud.AwsApi(target.aws_profile)
         except Exception as err:  # noqa: BLE001 - e.g. a profile that isn't in ~/.aws/config
             report.add("credentials", FAIL, f"cannot set up the AWS SDK ({type(err).__name__}: {err})",
                        "check AWS_PROFILE / aws:profile and ~/.aws/config")
             return report
-        report.checks.append(resolve_target(values, args.stack, aws.instance_facts, target))
-        aws_cloud.check(target, aws, report, args.suggest)
-    else:
-        check = resolve_target(values, args.stack, None, target)
-        if check.status == FAIL and "gcp:project" in check.value and gcp.adc_project():
-            check.fix = f"{check.fix}; your application-default credentials' project is {gcp.adc_project()}"
-        report.checks.append(check)
-        gcp_cloud.check(target, gcp, report, args.suggest)
+        # Validation describes types the catalog does not list through the SDK, as `pulumi up` would.
+        describe_machine = aws.instance_facts
+    check = resolve_target(values, args.stack, describe_machine, target)
+    if cloud == "gcp" and check.status == FAIL and "gcp:project" in check.value and gcp.adc_project():
+        check.fix = f"{check.fix}; your application-default credentials' project is {gcp.adc_project()}"
+    report.checks.append(check)
+    api = {"aws": lambda: aws, "gcp": lambda: gcp,
+           "huggingface": lambda: huggingface or hf_cloud.HuggingFaceApi(),
+           "runpod": lambda: runpod or runpod_cloud.RunPodApi(),
+           "kubernetes": lambda: kubernetes or kube_cloud.KubernetesApi(
+               values.get(f"{config.PROJECT}:kubeContext") or None)}[cloud]()
+    DOCTORS[cloud].check(target, api, report, args.suggest)
     return report
 
 
