@@ -70,7 +70,7 @@ fi
 shift $(( $# > 2 ? 2 : $# ))
 case "$action" in
   up)
-    if [ -z "${SKIP_DOCTOR:-}" ] && [ -d tools/doctor ]; then
+    if [ -z "${SKIP_DOCTOR:-}" ]; then
       echo "==> preflight: python -m tools.doctor --stack $stack (SKIP_DOCTOR=1 skips it)"
       .venv/bin/python -m tools.doctor --stack "$stack"
     fi

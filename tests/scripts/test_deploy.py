@@ -69,6 +69,30 @@ def test_up_uses_local_state_and_a_generated_passphrase(workdir):
     assert "pulumi stack output apiToken --show-secrets" in result.stdout
 
 
+RECORDING_DOCTOR = """import os, sys
+with open(os.environ["CALLS"], "a") as calls:
+    calls.write("doctor " + " ".join(sys.argv[1:]) + "\\n")
+sys.exit(int(os.environ["DOCTOR_RC"]))
+"""
+
+
+@pytest.mark.parametrize("doctor_rc", [0, 1])
+def test_up_runs_the_doctor_first_and_stops_when_it_fails(workdir, doctor_rc):
+    # A stand-in at the module path deploy.sh runs (`python -m tools.doctor`): a renamed module would fail here.
+    doctor = workdir / "tools" / "doctor"
+    doctor.mkdir(parents=True)
+    for package in (workdir / "tools", doctor):
+        (package / "__init__.py").write_text("")
+    (doctor / "__main__.py").write_text(RECORDING_DOCTOR)
+    result, calls = deploy(workdir, "up", "gcp-l4", SKIP_DOCTOR="", DOCTOR_RC=str(doctor_rc))
+    assert calls[1] == "doctor --stack gcp-l4"
+    if doctor_rc:
+        assert result.returncode != 0 and not any(call.startswith("pulumi up") for call in calls)
+    else:
+        assert result.returncode == 0, result.stderr
+        assert calls[2].startswith("pulumi up |")
+
+
 def test_passphrase_is_kept_across_runs_and_flags_reach_pulumi(workdir):
     deploy(workdir, "up")
     first = (workdir / ".pulumi-state" / "passphrase").read_text()
