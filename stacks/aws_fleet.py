@@ -266,9 +266,10 @@ def build(component: pulumi.ComponentResource, name: str, settings: Settings, *,
         # A changed launch template rolls out: new instances first, an old one leaves only once a new one is
         # healthy, so serving capacity never drops (100% healthy at least, up to 200% while it rolls).
         instance_refresh={"strategy": "Rolling", "preferences": {
-            "min_healthy_percentage": 100, "max_healthy_percentage": 200, "instance_warmup": str(warmup),
-            "skip_matching": True}},
-        instance_maintenance_policy={"min_healthy_percentage": 100, "max_healthy_percentage": 200},
+            "min_healthy_percentage": 100, "max_healthy_percentage": catalog.AWS_ROLLOUT_MAX_HEALTHY_PERCENT,
+            "instance_warmup": str(warmup), "skip_matching": True}},
+        instance_maintenance_policy={"min_healthy_percentage": 100,
+                                     "max_healthy_percentage": catalog.AWS_ROLLOUT_MAX_HEALTHY_PERCENT},
         # `pulumi up` does not wait for a first boot (12 to 25 minutes); /ready says when the fleet serves.
         wait_for_capacity_timeout="0",
         tags=[{"key": k, "value": v, "propagate_at_launch": False} for k, v in tags.items()],

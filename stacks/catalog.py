@@ -1232,3 +1232,15 @@ CLOUDFRONT_VPC_ORIGIN_REGIONS = frozenset({
     "me-south-1", "me-central-1", "sa-east-1", "mx-central-1",
 })
 CLOUDFRONT_VPC_ORIGIN_EXCLUDED_AZ_IDS = frozenset({"use1-az3", "usw1-az2", "apne1-az3", "cac1-az3"})
+
+
+# --- fleets: what a rollout starts beyond the wanted capacity ----------------------------------------------------
+# A changed template rolls out new instances before old ones leave, so capacity never drops, and the doctor sizes
+# quota for it. AWS instance refresh (and instance maintenance) may run up to this percentage of the wanted capacity;
+# GCP's rolling replace surges one VM per zone the group spans (gcp_fleet_zones).
+AWS_ROLLOUT_MAX_HEALTHY_PERCENT = 200
+
+
+def gcp_fleet_zones(gpu_key: str, region: str) -> list[str]:
+    """The zones of a region that offer the GPU (GCP_ACCELERATOR_ZONES): a GCP fleet's group spans them all."""
+    return [z for z in GCP_ACCELERATOR_ZONES.get(gpu_key, ()) if z.startswith(region + "-")]

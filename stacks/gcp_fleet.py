@@ -52,9 +52,8 @@ class VmSpec:
 
 
 def zones_for(settings: Settings) -> list[str]:
-    """The zones of the region that offer the GPU (catalog.GCP_ACCELERATOR_ZONES): the group spans them all."""
-    return [z for z in catalog.GCP_ACCELERATOR_ZONES.get(settings.machine.gpu.key, ())
-            if z.startswith(settings.region + "-")]
+    """The zones of the region that offer the GPU: the group spans them all."""
+    return catalog.gcp_fleet_zones(settings.machine.gpu.key, settings.region)
 
 
 def armor_rules(cidrs: tuple[str, ...]) -> list[dict]:

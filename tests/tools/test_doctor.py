@@ -762,13 +762,24 @@ def test_an_aws_fleet_needs_quota_for_max_replicas_instances(aws):
 
 
 def test_an_aws_spot_fleet_counts_against_the_spot_quota(aws):
-    stub_quota(aws, "us-east-1", "L-3819A6DF", 16)
+    stub_quota(aws, "us-east-1", "L-3819A6DF", 32)
     stub_ami(aws, "us-east-1")
     report = run(["--cloud", "aws", "--gpu", "a10g", "--region", "us-east-1", "--spot", "--max-replicas", "4"],
                  aws=aws)
     quota = names(report)["quota"]
     assert quota.status == doctor.OK and "All G and VT Spot Instance Requests" in quota.value
     assert "needs 16" in quota.value
+
+
+def test_an_aws_fleet_with_quota_for_max_replicas_only_is_warned_that_rollouts_would_stall(aws):
+    # 16 vCPUs fit four g5.xlarge, but an instance refresh at four launches up to four more before any leaves.
+    stub_quota(aws, "us-east-1", "L-DB2E81BA", 16)
+    stub_ami(aws, "us-east-1")
+    report = run(["--stack", "aws-g5-fleet"], aws=aws)
+    quota = names(report)["quota"]
+    assert quota.status == doctor.WARN and report.ok
+    assert "a rollout at maxReplicas starts replacements first (200% of the fleet) and needs 32" in quota.value
+    assert quota.fix.endswith("--quota-code L-DB2E81BA --desired-value 32 --region us-east-1")
 
 
 def test_a_gcp_fleet_needs_gpus_and_addresses_for_max_replicas_vms(compute):
@@ -783,6 +794,13 @@ def test_a_gcp_fleet_needs_gpus_and_addresses_for_max_replicas_vms(compute):
         addresses.value)
     assert "--quota-id=IN-USE-ADDRESSES-per-project-region --preferred-value=10" in addresses.fix
     assert names(report)["global-quota"].status == doctor.OK
+    # Quota for maxReplicas only: a rollout, one new VM per zone of the region that offers the L4 first, would stall.
+    compute.region_quotas["us-central1"].update(NVIDIA_L4_GPUS=(5, 1), IN_USE_ADDRESSES=(16, 6))
+    gpus = [c for c in run(gcp("--machine-type", "g2-standard-4", "--zone", "us-central1-a", "--max-replicas",
+                               "4")).checks if c.name == "regional-quota"][0]
+    surge = len([z for z in catalog.GCP_ACCELERATOR_ZONES["l4"] if z.startswith("us-central1-")])
+    assert gpus.status == doctor.WARN and f"starts one VM per zone first and needs {4 + surge}" in gpus.value
+    assert f"--preferred-value={1 + 4 + surge}" in gpus.fix
     # One VM: no address check, as before.
     single = [c for c in run(gcp("--machine-type", "g2-standard-4", "--zone", "us-central1-a")).checks
               if c.name == "regional-quota"]

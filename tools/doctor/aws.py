@@ -326,8 +326,15 @@ def _check_quota(api: AwsApi, report: Report, name: str, vcpus: int, region: str
         return
     measured = (f"{label}: {limit:g} vCPUs ({source}), {used} in use{used_note}, "
                 f"{what} needs {vcpus}")
+    # A rollout at maxReplicas launches replacements before the old instances leave (instance refresh).
+    rollout = used + vcpus * catalog.AWS_ROLLOUT_MAX_HEALTHY_PERCENT // 100 if replicas > 1 else needed
     if limit < needed:
         report.add("quota", FAIL, measured, fix)
+    elif limit < rollout:
+        report.add("quota", WARN, f"{measured}; a rollout at maxReplicas starts replacements first "
+                   f"({catalog.AWS_ROLLOUT_MAX_HEALTHY_PERCENT}% of the fleet) and needs {rollout - used}: it would "
+                   "stall on quota until some instances leave (capacity never drops)",
+                   quota_fix(code, rollout, region))
     elif source != "applied":
         # Default values are what AWS grants eventually, not what a new account has (often 0).
         report.add("quota", WARN, measured, fix_if_refused)

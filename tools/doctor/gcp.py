@@ -259,9 +259,15 @@ def check(target: Target, api: GcpApi, report: Report, with_suggest: bool) -> No
             return
         free = quota.limit - quota.usage
         measured = f"{used_metric} in {region}: limit {quota.limit:g}, in use {quota.usage:g}, {needed} needed"
+        # A rollout at maxReplicas starts one new VM per zone before an old one leaves.
+        surge = machine.gpu_count * len(catalog.gcp_fleet_zones(machine.gpu.key, region)) if target.replicas > 1 else 0
         if free < needed:
             report.add("regional-quota", FAIL, measured,
                        quota_fix(project, used_metric, int(quota.usage) + needed, region))
+        elif free < needed + surge:
+            report.add("regional-quota", WARN, f"{measured}; a rollout at maxReplicas starts one VM per zone first "
+                       f"and needs {needed + surge}: it would stall on quota until some VMs leave (capacity never "
+                       "drops)", quota_fix(project, used_metric, int(quota.usage) + needed + surge, region))
         else:
             report.add("regional-quota", OK, measured)
         if target.replicas > 1:
