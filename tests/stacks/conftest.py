@@ -24,6 +24,9 @@ import pulumi
 import pytest
 from moto.ec2.models.availability_zones_and_regions import RegionsAndZonesBackend
 from pulumi.runtime.mocks import MockMonitor
+
+# The mocks hand a resource's inputs over in the engine's wire form, secrets wrapped in its secret sentinel;
+# Pulumi has no public reader for that form, so its own (pulumi.runtime.rpc) is used, from here only.
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from stacks import catalog

@@ -8,7 +8,6 @@ import re
 
 import pytest
 import yaml
-from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from stacks import aws_fleet, bootstrap, catalog, config, contract
 from tests.stacks.conftest import (
@@ -21,8 +20,10 @@ from tests.stacks.conftest import (
     ROOT,
     ec2_instance_types,
     ec2_offerings,
+    is_rpc_secret,
     plain_strings,
     run_program,
+    unwrap_rpc_secret,
 )
 from tests.stacks.test_gcp_fleet import assert_readme_fleet_row
 

@@ -7,10 +7,17 @@ from datetime import UTC, datetime
 
 import pytest
 import yaml
-from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from stacks import bootstrap, bundle, catalog, config, contract, gcp
-from tests.stacks.conftest import FAKE_GCP_ADDRESS, FAKE_GCP_PROJECT, ROOT, plain_strings, run_program
+from tests.stacks.conftest import (
+    FAKE_GCP_ADDRESS,
+    FAKE_GCP_PROJECT,
+    ROOT,
+    is_rpc_secret,
+    plain_strings,
+    run_program,
+    unwrap_rpc_secret,
+)
 
 GCP_PRESETS = sorted(p.name.split(".")[1] for p in (ROOT / "stacks").glob("Pulumi.gcp-*.yaml")
                      if not p.name.endswith("-fleet.yaml"))  # fleets: test_gcp_fleet.py

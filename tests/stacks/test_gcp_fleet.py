@@ -4,10 +4,17 @@ import ipaddress
 
 import pytest
 import yaml
-from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from stacks import bootstrap, catalog, config, contract, gcp_fleet
-from tests.stacks.conftest import FAKE_DLVM_DISK_GB, FAKE_GCP_ADDRESS, ROOT, plain_strings, run_program
+from tests.stacks.conftest import (
+    FAKE_DLVM_DISK_GB,
+    FAKE_GCP_ADDRESS,
+    ROOT,
+    is_rpc_secret,
+    plain_strings,
+    run_program,
+    unwrap_rpc_secret,
+)
 from tests.stacks.test_gcp import FIREWALL, GCP_NAME_RE, PROJECT
 
 FLEET = {"cloud": "gcp", **PROJECT, "machineType": "g2-standard-4", "maxReplicas": "4"}

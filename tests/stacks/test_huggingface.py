@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 
 import pytest
-from pulumi.runtime.rpc import is_rpc_secret
 
 from stacks import catalog, config, contract, hosted
 from stacks import huggingface as hf
@@ -15,6 +14,7 @@ from tests.stacks.conftest import (
     FAKE_HF_USER,
     HF_ENDPOINT_TYPE,
     ROOT,
+    is_rpc_secret,
     load_provider_in_project,
     plain_strings,
     run_program,

@@ -11,12 +11,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from server.settings import Settings as ServerSettings
 from stacks import catalog, config, contract
 from stacks import kubernetes as k8s_target
-from tests.stacks.conftest import FAKE_K8S_LB_IP, ROOT, plain_strings, run_program
+from tests.stacks.conftest import FAKE_K8S_LB_IP, ROOT, is_rpc_secret, plain_strings, run_program, unwrap_rpc_secret
 
 IMAGE = "ghcr.io/sdxl-endpoint/sdxl-endpoint-server:1.0.0"
 BASE = {"cloud": "kubernetes", "image": IMAGE}

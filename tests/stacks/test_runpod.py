@@ -4,7 +4,6 @@ API (tests/fakes/runpod_api.py), and the component through the real `__main__.py
 from __future__ import annotations
 
 import pytest
-from pulumi.runtime.rpc import is_rpc_secret
 
 from stacks import bundle, catalog, config, contract, hosted
 from stacks import runpod as rp
@@ -14,6 +13,7 @@ from tests.stacks.conftest import (
     FAKE_POD_ID,
     ROOT,
     RUNPOD_POD_TYPE,
+    is_rpc_secret,
     load_provider_in_project,
     plain_strings,
     run_program,

@@ -10,9 +10,8 @@ replace_on_changes on metadata, a fleet's new template version).
 from __future__ import annotations
 
 import pytest
-from pulumi.runtime.rpc import unwrap_rpc_secret
 
-from tests.stacks.conftest import run_program
+from tests.stacks.conftest import run_program, unwrap_rpc_secret
 
 GCP = {"cloud": "gcp", "gcp:project": "my-project-123"}
 OLD = {"apiToken": "old-api-token-0123456789abcdef", "hfToken": "hf_oldhubtoken0123456789"}
