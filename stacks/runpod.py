@@ -229,9 +229,19 @@ class PodProvider(dynamic.ResourceProvider):
         if not body:  # nothing the pod holds changed (diff reports no other change): no reset for nothing
             return dynamic.UpdateResult({**olds, **news})
         fields = ", ".join(body)
-        self._patch(id_, body, secrets=news["secrets"].values())
         sdk = client()
         try:
+            was_running = (find_pod(sdk, id_) or {}).get("desiredStatus") == "RUNNING"
+        except Exception as err:  # noqa: BLE001
+            raise _explain(err, f"reading pod {id_} before updating it (nothing was changed)") from err
+        self._patch(id_, body, secrets=news["secrets"].values())
+        try:
+            if not was_running:
+                # Stopped (its idle stop): no server to wait for, unless the update started it. Waking it (make
+                # wake) starts it with the new settings.
+                pod = find_pod(sdk, id_) or {}
+                if pod.get("desiredStatus") != "RUNNING":
+                    return dynamic.UpdateResult(_outputs(news, id_, pod))
             self._wait_for_reset(sdk, id_)
             live = self._wait_until_serving(sdk, id_)
         except Exception as err:  # noqa: BLE001 - the pod took the change: keep it, say how to go on

@@ -17,8 +17,11 @@ OpenAPI document, api-reference/openapi.json in runpod/docs): `Authorization: Be
 `PodUpdateInput` body (400 "Invalid input." for a field it does not define or a value of the wrong type), 404 for a
 pod it does not know, 200 with the REST `Pod` (`image`, `env` as an object, `ports` as a list). The body's `env`
 replaces the pod's variables whole (runpod/runpodctl #268). Every update resets the pod ("Input for updating a Pod
-which will trigger a reset"): the server from before answers /ready for `reset_lag` more probes, then the new one
-loads the model (503) for RESET_LOADING_PROBES before it answers 200.
+which will trigger a reset"): of a running pod, the server from before answers /ready for `reset_lag` more probes,
+then the new one loads the model (503) for RESET_LOADING_PROBES before it answers 200.
+
+READ_ONLY_KEY is a key created with "Read Only" permission (RunPod's "Manage API keys"): it reads, and what writes
+is refused (the status and words of that refusal are this fake's; the provider reads only the status class).
 
 `pod_keys` are the keys RunPod puts in each pod as RUNPOD_API_KEY ("Pod-scoped API key", RunPod's "Pod environment
 variables"): one acts on its own pod only, so here it may stop or resume that pod and nothing else.
@@ -37,6 +40,7 @@ from typing import Any
 from tests.fakes import bearer, loopback_server, reply_json
 
 KEY = "rp_operator_key_for_tests"
+READ_ONLY_KEY = "rp_read_only_key_for_tests"
 NO_STOCK = ("There are no longer any instances available with the requested specifications. "
             "Please refresh and try again.")
 NO_GPU_ON_HOST = "There are not enough free GPUs on the host machine to start this pod."
@@ -175,6 +179,8 @@ class FakeRunPod:
         """PATCH /v1/pods/<podId>."""
         if key in self.pod_keys:
             return 403, {"error": "This API key is scoped to another pod."}
+        if key == READ_ONLY_KEY:
+            return 403, {"error": "This API key has read-only access."}
         if key != KEY:
             return 401, {"error": "Unauthorized"}
         pod = self.pods.get(pod_id)
@@ -191,7 +197,8 @@ class FakeRunPod:
             pod["ports"] = ",".join(body["ports"])
         if "env" in body:
             pod["env"] = [f"{key}={value}" for key, value in body["env"].items()]
-        self.resetting[pod_id] = self.reset_lag + RESET_LOADING_PROBES
+        if pod["desiredStatus"] == "RUNNING":  # a stopped pod takes the settings when it is started
+            self.resetting[pod_id] = self.reset_lag + RESET_LOADING_PROBES
         env = dict(item.split("=", 1) for item in pod["env"])
         return 200, {"id": pod_id, "name": pod["name"], "image": pod["imageName"], "env": env,
                      "ports": pod["ports"].split(","), "containerDiskInGb": pod["containerDiskInGb"],
@@ -213,7 +220,9 @@ class FakeRunPod:
     def answer(self, query: str, key: str | None) -> tuple[int, Any]:
         if key in self.pod_keys:
             return self._answer_for_pod(self.pod_keys[key], query)
-        if key != KEY:
+        if key == READ_ONLY_KEY and query.lstrip().startswith("mutation"):
+            return 200, {"errors": [{"message": "This API key has read-only access."}]}
+        if key not in (KEY, READ_ONLY_KEY):
             return 401, {"errors": [{"message": "Unauthorized"}]}
         if "podFindAndDeployOnDemand(" in query:
             return 200, self._create(operation_input(query, "podFindAndDeployOnDemand"))

@@ -172,9 +172,9 @@ def test_an_image_settings_and_token_change_keeps_the_pod_and_waits_for_its_new_
     (lambda api, monkeypatch: setattr(api, "refuse_patch", "containerDiskInGb is above what the host has free"),
      r"RunPod answered HTTP 400: .*containerDiskInGb is above what the host has free.*\[secret\].*The pod was not "
      r"changed: it keeps its id, endpoint URL and previous settings\. Check the changed values"),
-    (lambda api, monkeypatch: monkeypatch.setenv("RUNPOD_API_KEY", "rp_someone_else"),
-     r"RunPod answered HTTP 401: .*The pod was not changed.*Check that RUNPOD_API_KEY is a key of the account that "
-     r"owns the pod"),
+    (lambda api, monkeypatch: monkeypatch.setenv("RUNPOD_API_KEY", fake_api.READ_ONLY_KEY),
+     r"RunPod answered HTTP 403: .*The pod was not changed.*Check that RUNPOD_API_KEY is a key of the account that "
+     r"owns the pod, with write access"),
 ])
 def test_a_refused_update_says_why_and_leaves_the_pod(api, monkeypatch, setup, said):
     created = provider(api).create(properties())
@@ -186,6 +186,15 @@ def test_a_refused_update_says_why_and_leaves_the_pod(api, monkeypatch, setup, s
     assert NEW_TOKEN not in str(refused.value) and json.dumps(NEW_TOKEN)[1:-1] not in str(refused.value)
     assert list(api.pods) == [created.id] and api.pods[created.id]["imageName"] == IMAGE
     assert "podTerminate" not in api.calls
+
+
+def test_a_stopped_pod_takes_the_update_without_a_wait_for_a_server(api):
+    created = provider(api).create(properties())
+    api.pods[created.id]["desiredStatus"] = "EXITED"  # its idle stop
+    probes = len(api.probes)
+    updated = provider(api).update(created.id, created.outs, properties({"image": IMAGE + "-2"}))
+    assert api.pods[created.id]["imageName"] == IMAGE + "-2" and len(api.probes) == probes
+    assert (updated.outs["podId"], updated.outs["desiredStatus"]) == (created.id, "EXITED")
 
 
 def test_the_fake_patch_refuses_what_runpods_update_input_does_not_take(api):
@@ -203,6 +212,15 @@ def test_the_fake_patch_refuses_what_runpods_update_input_does_not_take(api):
     ]:
         assert requests.patch(url, json=body, headers=key, timeout=5).status_code == status, body
     assert api.pods[created.id]["name"] == "sdxl-runpod-l4"
+
+
+def test_an_update_with_a_refused_key_changes_nothing(api, monkeypatch):
+    created = provider(api).create(properties())
+    monkeypatch.setenv("RUNPOD_API_KEY", "rp_someone_else")
+    with pytest.raises(rp.RunPodError, match=rf"reading pod {created.id} before updating it \(nothing was changed\): "
+                       "AuthenticationError"):
+        provider(api).update(created.id, created.outs, properties({"image": IMAGE + "-2"}))
+    assert api.patches == [] and api.pods[created.id]["imageName"] == IMAGE
 
 
 def test_updating_a_pod_gone_from_the_account_says_to_refresh(api):
