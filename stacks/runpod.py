@@ -3,6 +3,8 @@
 `pulumi-runpod` was last released in 2024, so `PodProvider` is a dynamic provider (`pulumi.dynamic.
 ResourceProvider`) over RunPod's official Python SDK (`runpod`), which speaks RunPod's GraphQL API
 (`$RUNPOD_API_BASE_URL/graphql`, https://api.runpod.io by default): `create_pod`, `get_pods` and `terminate_pod`.
+The SDK has no call that edits a pod, so an update is RunPod's REST API's `PATCH /pods/{podId}`
+(https://rest.runpod.io/v1, RunPod's API reference "Update a Pod"), through `requests`.
 The API key is the operator's RUNPOD_API_KEY, read when the provider runs and never stored in the state; the
 server's tokens stay Pulumi secrets in the state.
 
@@ -14,6 +16,10 @@ server's tokens stay Pulumi secrets in the state.
   on a cache it cannot write. So the cache lives on the pod's container disk (`dataDiskGb` GB), which RunPod wipes
   when the pod stops: a woken pod downloads the model again (about 7 GB). See README "RunPod" for the image change
   that would let it use a volume.
+- What the PATCH can set (image, variables and tokens, container disk, ports, name) changes in place: the pod keeps
+  its id, so its URL. RunPod resets the pod for it ("Input for updating a Pod which will trigger a reset"): a
+  restart on a wiped container disk, so the model downloads again. The GPU type, cloud type, CPU and RAM floors and
+  CUDA versions are chosen when RunPod places a pod, so changing them replaces it.
 - `pulumi destroy` terminates the pod: GPU and disk billing end.
 """
 
@@ -27,6 +33,7 @@ from typing import Any
 
 import pulumi
 import pulumi.dynamic as dynamic
+import requests
 
 from stacks import bundle, catalog, contract, hosted
 from stacks.config import MachineLookup, Settings
@@ -50,21 +57,33 @@ MIN_MEMORY_GB = 16
 START_TIMEOUT_S = 30 * 60
 POLL_S = 10
 PROBE_TIMEOUT_S = 10  # one GET of /ready through the proxy
-# Changing any of these needs a new pod (create_pod is the only way the SDK sets them).
-REPLACE_ON = ("name", "imageName", "gpuTypeId", "cloudType", "containerDiskInGb", "ports", "minVcpuCount",
-              "minMemoryInGb", "allowedCudaVersions", "env", "secrets")
+# RunPod's REST API (its OpenAPI document's server); PATCH {REST_URL}/pods/{podId} updates a pod.
+REST_URL = "https://rest.runpod.io/v1"
+REST_TIMEOUT_S = 30  # one PATCH: RunPod's own CLI (runpodctl) gives its REST calls 30 s
+# After a PATCH the server that served before may answer /ready for a moment until RunPod's reset stops it; the
+# wait for the new one starts once it is gone, or after this long (a change RunPod applied without a reset).
+RESET_GRACE_S = 120
+ERROR_BODY_CHARS = 1000  # of a refused PATCH's answer, in the error
+# Chosen when RunPod places the pod on a host (create_pod): changing any of these needs a new pod.
+REPLACE_ON = ("gpuTypeId", "cloudType", "minVcpuCount", "minMemoryInGb", "allowedCudaVersions")
+# What PATCH /pods/{podId} sets on the same pod. `env` and `secrets` are one `env` object on the pod.
+UPDATE_IN_PLACE = ("name", "imageName", "containerDiskInGb", "ports", "env", "secrets")
 
 
 class RunPodError(Exception):
     """What went wrong, in words the operator can act on."""
 
 
+def api_key() -> str:
+    return hosted.provider_key(API_KEY_VARIABLE, "create one at https://www.console.runpod.io/user/settings (API "
+                               "Keys) and export RUNPOD_API_KEY=<key>")
+
+
 def client() -> Any:
     """The SDK, with the operator's key (its module-level api_key is what every call sends)."""
     import runpod
 
-    runpod.api_key = hosted.provider_key(API_KEY_VARIABLE, "create one at https://www.console.runpod.io/user/"
-                                         "settings (API Keys) and export RUNPOD_API_KEY=<key>")
+    runpod.api_key = api_key()
     return runpod
 
 
@@ -101,17 +120,40 @@ def live_properties(pod: dict[str, Any], env_names: set[str]) -> dict[str, Any]:
     }
 
 
-class PodProvider(dynamic.ResourceProvider):
-    """Create, read, diff and delete one RunPod Pod through the `runpod` SDK (every change replaces it).
+def patch_body(olds: dict[str, Any], news: dict[str, Any]) -> dict[str, Any]:
+    """The PATCH /pods/{podId} body for what changed, in the REST API's names and types. The pod's `env` is one
+    object that the PATCH replaces whole (runpodctl's "pod update --env replaces all env vars", runpod/runpodctl
+    #268), so a change to either the settings or the tokens sends both."""
+    changed = {key for key in UPDATE_IN_PLACE if olds.get(key) != news.get(key)}
+    body: dict[str, Any] = {}
+    if "name" in changed:
+        body["name"] = news["name"]
+    if "imageName" in changed:
+        body["imageName"] = news["imageName"]
+    if "containerDiskInGb" in changed:
+        body["containerDiskInGb"] = int(news["containerDiskInGb"])
+    if "ports" in changed:
+        body["ports"] = news["ports"].split(",")  # create_pod's "8000/http" string; the REST API takes a list
+    if changed & {"env", "secrets"}:
+        body["env"] = {**news["env"], **news["secrets"]}
+    return body
 
-    `proxy_url` is where the pod's port is reached (RunPod's proxy); the tests point it at their loopback fake."""
+
+class PodProvider(dynamic.ResourceProvider):
+    """Create, read, diff, update and delete one RunPod Pod through the `runpod` SDK, and RunPod's REST API for
+    updates (what it cannot set replaces the pod: REPLACE_ON).
+
+    `proxy_url` is where the pod's port is reached (RunPod's proxy) and `rest_url` RunPod's REST API; the tests
+    point both at their loopback fake."""
 
     def __init__(self, start_timeout_s: float = START_TIMEOUT_S, poll_s: float = POLL_S,
-                 proxy_url: str = PROXY_URL) -> None:
+                 proxy_url: str = PROXY_URL, rest_url: str = REST_URL, reset_grace_s: float = RESET_GRACE_S) -> None:
         super().__init__()
         self.start_timeout_s = start_timeout_s
         self.poll_s = poll_s
         self.proxy_url = proxy_url
+        self.rest_url = rest_url
+        self.reset_grace_s = reset_grace_s
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         sdk = client()
@@ -138,15 +180,16 @@ class PodProvider(dynamic.ResourceProvider):
                 "terminated again. Check that `image` can be pulled without credentials (a public image) and runs "
                 "on this GPU; its logs stay under Pods, Logs on https://www.console.runpod.io/pods for a while"
             ) from err
-        return dynamic.CreateResult(pod_id, {**props, "podId": pod_id, "url": proxy_url(pod_id),
-                                             "costPerHr": live.get("costPerHr"),
-                                             "desiredStatus": live.get("desiredStatus")})
+        return dynamic.CreateResult(pod_id, _outputs(props, pod_id, live))
+
+    def _ready_url(self, pod_id: str) -> str:
+        return self.proxy_url.format(pod_id=pod_id, port=hosted.SERVER_PORT) + hosted.PROBE_ROUTE
 
     def _wait_until_serving(self, sdk: Any, pod_id: str) -> dict[str, Any]:
         """The pod, once RunPod reports its container running (a `runtime`) and /ready answers 200 through the
         proxy (the model is loaded); TimeoutError saying what it last saw when that takes longer than the budget."""
         deadline = time.monotonic() + self.start_timeout_s
-        ready_url = self.proxy_url.format(pod_id=pod_id, port=hosted.SERVER_PORT) + hosted.PROBE_ROUTE
+        ready_url = self._ready_url(pod_id)
         while True:
             pod = find_pod(sdk, pod_id)
             if pod is None:
@@ -175,8 +218,74 @@ class PodProvider(dynamic.ResourceProvider):
         return dynamic.ReadResult(id_, {**props, **{k: v for k, v in live.items() if v is not None}})
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
-        replaces = [key for key in REPLACE_ON if olds.get(key) != news.get(key)]
-        return dynamic.DiffResult(changes=bool(replaces), replaces=replaces, delete_before_replace=True)
+        changed = [key for key in (*REPLACE_ON, *UPDATE_IN_PLACE) if olds.get(key) != news.get(key)]
+        replaces = [key for key in changed if key in REPLACE_ON]
+        # One GPU at a time: the old pod goes before its replacement is placed (and billed).
+        return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
+        """PATCH what changed, then wait as create does for /ready through the proxy. A failure never terminates
+        the pod: it keeps its id, so its URL."""
+        body = patch_body(olds, news)
+        if not body:  # nothing the pod holds changed (diff reports no other change): no reset for nothing
+            return dynamic.UpdateResult({**olds, **news})
+        fields = ", ".join(body)
+        sdk = client()
+        try:
+            was_running = (find_pod(sdk, id_) or {}).get("desiredStatus") == "RUNNING"
+        except Exception as err:  # noqa: BLE001
+            raise _explain(err, f"reading pod {id_} before updating it (nothing was changed)") from err
+        self._patch(id_, body, secrets=news["secrets"].values())
+        try:
+            if not was_running:
+                # Stopped (its idle stop): no server to wait for, unless the update started it. Waking it (make
+                # wake) starts it with the new settings.
+                pod = find_pod(sdk, id_) or {}
+                if pod.get("desiredStatus") != "RUNNING":
+                    return dynamic.UpdateResult(_outputs(news, id_, pod))
+            self._wait_for_reset(sdk, id_)
+            live = self._wait_until_serving(sdk, id_)
+        except Exception as err:  # noqa: BLE001 - the pod took the change: keep it, say how to go on
+            raise RunPodError(
+                f"pod {id_} took the update ({fields}) but did not serve {hosted.PROBE_ROUTE} within "
+                f"{self.start_timeout_s:g} s ({err}). It was not terminated and keeps its id and endpoint URL; its "
+                f"logs are under Pods, {id_}, Logs on https://www.console.runpod.io/pods. Fix the cause (an `image` "
+                "RunPod cannot pull without credentials, or one that does not run) and run `pulumi up` again; to go "
+                "back to the previous settings, run `pulumi refresh` first, so Pulumi sees what the pod has now"
+            ) from err
+        return dynamic.UpdateResult(_outputs(news, id_, live))
+
+    def _patch(self, pod_id: str, body: dict[str, Any], secrets: Any) -> None:
+        """PATCH /pods/{podId} with the operator's key; RunPodError saying what to do when RunPod refuses (the
+        answer with any token in it blanked out, since errors reach Pulumi's logs)."""
+        url = f"{self.rest_url}/pods/{pod_id}"
+        doing = f"updating pod {pod_id} ({', '.join(body)})"
+        try:
+            response = requests.patch(url, json=body, headers={"Authorization": f"Bearer {api_key()}"},
+                                      timeout=REST_TIMEOUT_S)
+        except requests.RequestException as err:
+            raise RunPodError(f"{doing}: no answer from {url} ({type(err).__name__}): whether the pod took the "
+                              "change is unknown. Run `pulumi refresh`, then `pulumi up` again") from err
+        if response.ok:
+            return
+        answer = response.text
+        for secret in secrets:  # as it is, and as a JSON string holds it
+            for written in (str(secret), json.dumps(str(secret))[1:-1]):
+                answer = answer.replace(written, "[secret]")
+        answer = answer[:ERROR_BODY_CHARS]
+        raise RunPodError(f"{doing}: RunPod answered HTTP {response.status_code}: {answer}. "
+                          f"{_after_refusal(response.status_code)}")
+
+    def _wait_for_reset(self, sdk: Any, pod_id: str) -> None:
+        """Until the server that served before the PATCH is gone (no running container, or /ready not 200), for
+        at most reset_grace_s: without this, the wait that follows could take the old server's 200 for the new."""
+        deadline = time.monotonic() + self.reset_grace_s
+        ready_url = self._ready_url(pod_id)
+        while time.monotonic() < deadline:
+            pod = find_pod(sdk, pod_id)
+            if pod is None or not pod.get("runtime") or _probe(ready_url) != 200:
+                return
+            time.sleep(self.poll_s)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         self._terminate(client(), id_)
@@ -188,6 +297,23 @@ class PodProvider(dynamic.ResourceProvider):
                 sdk.terminate_pod(pod_id)
         except Exception as err:  # noqa: BLE001
             raise _explain(err, f"terminating pod {pod_id}") from err
+
+
+def _outputs(props: dict[str, Any], pod_id: str, live: dict[str, Any]) -> dict[str, Any]:
+    """The resource's state: its inputs, and what the serving pod says (the URL follows from the id alone)."""
+    return {**props, "podId": pod_id, "url": proxy_url(pod_id), "costPerHr": live.get("costPerHr"),
+            "desiredStatus": live.get("desiredStatus")}
+
+
+def _after_refusal(status: int) -> str:
+    """What a refused PATCH leaves, and what to do."""
+    if status == 404:
+        return ("The pod is gone from the account: `pulumi refresh` drops it from the state, and `pulumi up` then "
+                "creates a new one (with a new endpoint URL)")
+    kept = "The pod was not changed: it keeps its id, endpoint URL and previous settings. "
+    if status in (401, 403):
+        return kept + f"Check that {API_KEY_VARIABLE} is a key of the account that owns the pod, with write access"
+    return kept + "Check the changed values against RunPod's answer, then run `pulumi up` again"
 
 
 def _probe(url: str) -> int | str:

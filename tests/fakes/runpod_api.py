@@ -12,6 +12,17 @@ data.podTerminate, data.myself; pods carry `env` as "KEY=value" strings (RunPod'
 while the model loads, 502 when no container runs (`starts` off: an image that cannot be pulled or keeps exiting,
 which RunPod shows as a pod without a `runtime`).
 
+`PATCH {base}/v1/pods/<podId>` stands in for RunPod's REST API's "Update a Pod" (https://rest.runpod.io/v1, its
+OpenAPI document, api-reference/openapi.json in runpod/docs): `Authorization: Bearer <key>` (401 otherwise), a
+`PodUpdateInput` body (400 "Invalid input." for a field it does not define or a value of the wrong type), 404 for a
+pod it does not know, 200 with the REST `Pod` (`image`, `env` as an object, `ports` as a list). The body's `env`
+replaces the pod's variables whole (runpod/runpodctl #268). Every update resets the pod ("Input for updating a Pod
+which will trigger a reset"): of a running pod, the server from before answers /ready for `reset_lag` more probes,
+then the new one loads the model (503) for RESET_LOADING_PROBES before it answers 200.
+
+READ_ONLY_KEY is a key created with "Read Only" permission (RunPod's "Manage API keys"): it reads, and what writes
+is refused (the status and words of that refusal are this fake's; the provider reads only the status class).
+
 `pod_keys` are the keys RunPod puts in each pod as RUNPOD_API_KEY ("Pod-scoped API key", RunPod's "Pod environment
 variables"): one acts on its own pod only, so here it may stop or resume that pod and nothing else.
 """
@@ -29,9 +40,17 @@ from typing import Any
 from tests.fakes import bearer, loopback_server, reply_json
 
 KEY = "rp_operator_key_for_tests"
+READ_ONLY_KEY = "rp_read_only_key_for_tests"
 NO_STOCK = ("There are no longer any instances available with the requested specifications. "
             "Please refresh and try again.")
 NO_GPU_ON_HOST = "There are not enough free GPUs on the host machine to start this pod."
+
+RESET_LOADING_PROBES = 2
+# PodUpdateInput's fields (RunPod's OpenAPI document) and the JSON type each takes.
+POD_UPDATE_INPUT = {"containerDiskInGb": int, "containerRegistryAuthId": str, "dockerEntrypoint": list,
+                    "dockerStartCmd": list, "env": dict, "globalNetworking": bool, "imageName": str, "locked": bool,
+                    "name": str, "ports": list, "volumeInGb": int, "volumeMountPath": str}
+PORT = re.compile(r"\d+/(http|tcp)")
 
 GPU_TYPES = [  # id, displayName, memoryInGb, securePrice, communityPrice, secure stock
     ("NVIDIA RTX A4000", "RTX A4000", 16, 0.25, 0.17, "High"),
@@ -121,7 +140,16 @@ class FakeRunPod:
     model_loads: bool = True  # off: /ready answers 503 forever
     base: str = ""  # the loopback URL, once serving
     probes: list[str] = field(default_factory=list)  # the proxy paths GET asked for
+    patches: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # each PATCH's pod id and body
+    refuse_patch: str | None = None  # set: every PATCH answers 400 with this, and the body it got
+    reset_lag: int = 1  # probes for which the server from before a PATCH still answers /ready
+    resetting: dict[str, int] = field(default_factory=dict)  # pod id -> probes left until its reset is over
     _next: int = 0
+
+    @property
+    def rest_url(self) -> str:
+        """The provider's REST API base URL, pointed here."""
+        return f"{self.base}/v1"
 
     @property
     def proxy_url(self) -> str:
@@ -134,14 +162,67 @@ class FakeRunPod:
         pod = self.pods.get(pod_id)
         if pod is None or not rest.endswith("/ready"):
             return 404
+        old_server_up = self._old_server_up(pod_id)
+        left = self.resetting.pop(pod_id, 0) - 1
+        if left > 0:
+            self.resetting[pod_id] = left
+        if old_server_up:
+            return 200
         if self._view(pod)["runtime"] is None:
             return 502
-        return 200 if self.model_loads else 503
+        return 200 if self.model_loads and pod_id not in self.resetting else 503
+
+    def _old_server_up(self, pod_id: str) -> bool:
+        return self.resetting.get(pod_id, 0) > RESET_LOADING_PROBES
+
+    def update(self, pod_id: str, body: Any, key: str | None) -> tuple[int, Any]:
+        """PATCH /v1/pods/<podId>."""
+        if key in self.pod_keys:
+            return 403, {"error": "This API key is scoped to another pod."}
+        if key == READ_ONLY_KEY:
+            return 403, {"error": "This API key has read-only access."}
+        if key != KEY:
+            return 401, {"error": "Unauthorized"}
+        pod = self.pods.get(pod_id)
+        if pod is None:
+            return 404, {"error": "Pod not found."}
+        self.patches.append((pod_id, body))
+        if not self._valid_update(body):
+            return 400, {"error": "Invalid input."}
+        if self.refuse_patch:
+            return 400, {"error": self.refuse_patch, "input": body}
+        for name in ("name", "imageName", "containerDiskInGb"):
+            pod[name] = body.get(name, pod[name])
+        if "ports" in body:
+            pod["ports"] = ",".join(body["ports"])
+        if "env" in body:
+            pod["env"] = [f"{key}={value}" for key, value in body["env"].items()]
+        if pod["desiredStatus"] == "RUNNING":  # a stopped pod takes the settings when it is started
+            self.resetting[pod_id] = self.reset_lag + RESET_LOADING_PROBES
+        env = dict(item.split("=", 1) for item in pod["env"])
+        return 200, {"id": pod_id, "name": pod["name"], "image": pod["imageName"], "env": env,
+                     "ports": pod["ports"].split(","), "containerDiskInGb": pod["containerDiskInGb"],
+                     "desiredStatus": pod["desiredStatus"], "costPerHr": str(pod["costPerHr"])}
+
+    @staticmethod
+    def _valid_update(body: Any) -> bool:
+        if not isinstance(body, dict) or not body.keys() <= POD_UPDATE_INPUT.keys():
+            return False
+        for name, value in body.items():
+            wanted = POD_UPDATE_INPUT[name]
+            # JSON's true is not an integer, though Python's bool is an int.
+            if not isinstance(value, wanted) or (isinstance(value, bool) and wanted is not bool):
+                return False
+        env, ports = body.get("env", {}), body.get("ports", [])
+        return (all(isinstance(value, str) for value in env.values()) and len(body.get("name", "")) <= 191
+                and all(isinstance(port, str) and PORT.fullmatch(port) for port in ports))
 
     def answer(self, query: str, key: str | None) -> tuple[int, Any]:
         if key in self.pod_keys:
             return self._answer_for_pod(self.pod_keys[key], query)
-        if key != KEY:
+        if key == READ_ONLY_KEY and query.lstrip().startswith("mutation"):
+            return 200, {"errors": [{"message": "This API key has read-only access."}]}
+        if key not in (KEY, READ_ONLY_KEY):
             return 401, {"errors": [{"message": "Unauthorized"}]}
         if "podFindAndDeployOnDemand(" in query:
             return 200, self._create(operation_input(query, "podFindAndDeployOnDemand"))
@@ -196,7 +277,7 @@ class FakeRunPod:
                                                       "machineId": "m-1", "machine": {"podHostId": f"{pod_id}-1"}}}}
 
     def _view(self, pod: dict[str, Any]) -> dict[str, Any]:
-        running = pod["desiredStatus"] == "RUNNING" and self.starts
+        running = pod["desiredStatus"] == "RUNNING" and (self.starts or self._old_server_up(pod["id"]))
         return {**pod, "runtime": {"ports": []} if running else None}
 
     def _answer_for_pod(self, own: str, query: str) -> tuple[int, Any]:
@@ -229,6 +310,10 @@ class FakeRunPod:
         return {"data": {"podTerminate": None}}
 
 
+def _json_body(request: BaseHTTPRequestHandler) -> Any:
+    return json.loads(request.rfile.read(int(request.headers.get("Content-Length") or 0)))
+
+
 @contextmanager
 def serving(fake: FakeRunPod, monkeypatch) -> Iterator[FakeRunPod]:
     """The fake on loopback, and the SDK pointed at it through its own setting (RUNPOD_API_BASE_URL)."""
@@ -237,12 +322,14 @@ def serving(fake: FakeRunPod, monkeypatch) -> Iterator[FakeRunPod]:
         if method == "GET" and request.path.startswith("/proxy/"):
             reply_json(request, fake.probe(request.path), {})
             return
+        if method == "PATCH" and request.path.startswith("/v1/pods/"):
+            reply_json(request, *fake.update(request.path.removeprefix("/v1/pods/"), _json_body(request),
+                                             bearer(request)))
+            return
         if method != "POST" or request.path != "/graphql":
             reply_json(request, 404, {"errors": [{"message": "not found"}]})
             return
-        body = json.loads(request.rfile.read(int(request.headers.get("Content-Length") or 0)))
-        key = bearer(request)
-        reply_json(request, *fake.answer(body["query"], key))
+        reply_json(request, *fake.answer(_json_body(request)["query"], bearer(request)))
 
     with loopback_server(handle) as base:
         fake.base = base

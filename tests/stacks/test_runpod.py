@@ -3,7 +3,10 @@ API (tests/fakes/runpod_api.py), and the component through the real `__main__.py
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import requests
 
 from stacks import bundle, catalog, config, contract, hosted
 from stacks import runpod as rp
@@ -29,8 +32,11 @@ def runpod_run(settings=None, **kwargs):
     return run_program({"cloud": "runpod", "image": IMAGE, **(settings or {})}, **kwargs)
 
 
-def properties(**changes) -> dict:
-    settings = config.validate({"sdxl-endpoint:cloud": "runpod", "sdxl-endpoint:image": IMAGE}, stack="runpod-l4")
+def properties(config_values: dict | None = None, **changes) -> dict:
+    """The pod's inputs for the runpod-l4 stack with IMAGE (and `config_values`, keys without the project)."""
+    values = {"cloud": "runpod", "image": IMAGE, **(config_values or {})}
+    settings = config.validate({f"{config.PROJECT}:{key}": value for key, value in values.items()},
+                               stack="runpod-l4")
     return {**rp.pod_properties(settings, secrets={"SDXL_API_TOKEN": TOKEN}), **changes}
 
 
@@ -41,8 +47,10 @@ def api(monkeypatch):
 
 
 def provider(api: fake_api.FakeRunPod) -> rp.PodProvider:
-    """The provider with a short start budget, probing the fake's stand-in for RunPod's proxy."""
-    return rp.PodProvider(start_timeout_s=0.5, poll_s=0.01, proxy_url=api.proxy_url)
+    """The provider with short budgets, probing the fake's stand-in for RunPod's proxy, updating through its REST
+    API."""
+    return rp.PodProvider(start_timeout_s=0.5, poll_s=0.01, proxy_url=api.proxy_url, rest_url=api.rest_url,
+                          reset_grace_s=0.5)
 
 
 # --- the provider against the fake API --------------------------------------------------------------------
@@ -102,12 +110,134 @@ def test_a_refused_key_is_explained(api, monkeypatch):
         provider(api).delete("pod0001xyz", properties())
 
 
-def test_diff_replaces_the_pod_for_any_change_and_none_without(api):
+@pytest.mark.parametrize("change", [
+    {"gpuTypeId": "NVIDIA A40"}, {"cloudType": "COMMUNITY"}, {"minVcpuCount": 8}, {"minMemoryInGb": 32},
+    {"allowedCudaVersions": ["12.8"]},
+])
+def test_diff_replaces_the_pod_for_what_only_placement_sets(api, change):
     olds = provider(api).create(properties()).outs
     assert provider(api).diff("p", olds, properties()).changes is False
-    changed = provider(api).diff("p", olds, properties(gpuTypeId="NVIDIA A40", imageName=IMAGE + "-2"))
-    assert changed.changes is True and changed.replaces == ["imageName", "gpuTypeId"]
-    assert changed.delete_before_replace is True
+    replaced = provider(api).diff("p", olds, properties(**change))
+    assert (replaced.changes, replaced.replaces, replaced.delete_before_replace) == (True, list(change), True)
+    # With an in-place change beside it, the pod is still replaced, for the placement alone.
+    mixed = provider(api).diff("p", olds, properties(**change, imageName=IMAGE + "-2"))
+    assert (mixed.changes, mixed.replaces) == (True, list(change))
+
+
+NEW_TOKEN = 'new"tok\\en' + "y" * 20
+
+
+@pytest.mark.parametrize("config_values, change, sent", [
+    ({"image": IMAGE + "-2"}, {}, {"imageName": IMAGE + "-2"}),
+    ({"corsOrigins": "https://app.example"}, {}, {"env"}),
+    ({}, {"secrets": {"SDXL_API_TOKEN": NEW_TOKEN}}, {"env"}),  # a rotated token
+    ({"dataDiskGb": "80"}, {}, {"containerDiskInGb": 80}),
+    ({}, {"ports": "8000/http,8001/http"}, {"ports": ["8000/http", "8001/http"]}),
+    ({}, {"name": "sdxl-renamed"}, {"name": "sdxl-renamed"}),
+])
+def test_diff_updates_in_place_what_the_patch_sets_and_sends_only_that(api, config_values, change, sent):
+    created = provider(api).create(properties())
+    news = properties(config_values, **change)
+    diff = provider(api).diff(created.id, created.outs, news)
+    assert (diff.changes, diff.replaces) == (True, [])
+    updated = provider(api).update(created.id, created.outs, news)
+    ((pod_id, body),) = api.patches
+    assert pod_id == created.id and set(body) == set(sent)
+    if isinstance(sent, dict):
+        assert body == sent
+    else:  # the variables go whole: the PATCH replaces the pod's env
+        assert body["env"] == {**news["env"], **news["secrets"]}
+    assert updated.outs["podId"] == created.id and updated.outs["url"] == created.outs["url"]
+    assert provider(api).diff(created.id, updated.outs, news).changes is False
+
+
+def test_an_image_settings_and_token_change_keeps_the_pod_and_waits_for_its_new_server(api):
+    created = provider(api).create(properties())
+    news = properties({"image": IMAGE + "-2", "corsOrigins": "https://app.example"},
+                      secrets={"SDXL_API_TOKEN": NEW_TOKEN})
+    updated = provider(api).update(created.id, created.outs, news)
+    assert list(api.pods) == [created.id] and api.calls.count("create") == 1 and "podTerminate" not in api.calls
+    assert updated.outs["url"] == f"https://{created.id}-8000.proxy.runpod.net" == created.outs["url"]
+    pod = api.pods[created.id]
+    env = dict(item.split("=", 1) for item in pod["env"])
+    assert pod["imageName"] == IMAGE + "-2"
+    assert env["SDXL_API_TOKEN"] == NEW_TOKEN and env["SDXL_CORS_ORIGINS"] == "https://app.example"
+    assert env["SDXL_MAX_WAIT_SECONDS"] == "85"  # the settings that did not change go again: env is replaced whole
+    # The server from before answered /ready once after the PATCH; update waited for the reset one.
+    assert api.resetting == {} and api.probes[-1] == f"/proxy/{created.id}-8000/ready"
+    assert updated.outs["secrets"] == {"SDXL_API_TOKEN": NEW_TOKEN} and updated.outs["costPerHr"] == 0.43
+
+
+@pytest.mark.parametrize("setup, said", [
+    (lambda api, monkeypatch: setattr(api, "refuse_patch", "containerDiskInGb is above what the host has free"),
+     r"RunPod answered HTTP 400: .*containerDiskInGb is above what the host has free.*\[secret\].*The pod was not "
+     r"changed: it keeps its id, endpoint URL and previous settings\. Check the changed values"),
+    (lambda api, monkeypatch: monkeypatch.setenv("RUNPOD_API_KEY", fake_api.READ_ONLY_KEY),
+     r"RunPod answered HTTP 403: .*The pod was not changed.*Check that RUNPOD_API_KEY is a key of the account that "
+     r"owns the pod, with write access"),
+])
+def test_a_refused_update_says_why_and_leaves_the_pod(api, monkeypatch, setup, said):
+    created = provider(api).create(properties())
+    setup(api, monkeypatch)
+    news = properties({"image": IMAGE + "-2"}, secrets={"SDXL_API_TOKEN": NEW_TOKEN})
+    with pytest.raises(rp.RunPodError, match=rf"updating pod {created.id} \(imageName, env\): {said}") as refused:
+        provider(api).update(created.id, created.outs, news)
+    # An answer that echoes the body has the tokens blanked out, as they are and JSON-escaped.
+    assert NEW_TOKEN not in str(refused.value) and json.dumps(NEW_TOKEN)[1:-1] not in str(refused.value)
+    assert list(api.pods) == [created.id] and api.pods[created.id]["imageName"] == IMAGE
+    assert "podTerminate" not in api.calls
+
+
+def test_a_stopped_pod_takes_the_update_without_a_wait_for_a_server(api):
+    created = provider(api).create(properties())
+    api.pods[created.id]["desiredStatus"] = "EXITED"  # its idle stop
+    probes = len(api.probes)
+    updated = provider(api).update(created.id, created.outs, properties({"image": IMAGE + "-2"}))
+    assert api.pods[created.id]["imageName"] == IMAGE + "-2" and len(api.probes) == probes
+    assert (updated.outs["podId"], updated.outs["desiredStatus"]) == (created.id, "EXITED")
+
+
+def test_the_fake_patch_refuses_what_runpods_update_input_does_not_take(api):
+    """What makes the provider's accepted PATCHes above mean something: a body off RunPod's PodUpdateInput fails."""
+    created = provider(api).create(properties())
+    url = f"{api.rest_url}/pods/{created.id}"
+    operator = {"Authorization": f"Bearer {fake_api.KEY}"}
+    api.pod_keys["rp_pod_scoped"] = created.id
+    for body, key, status in [
+        ({"ports": "8000/http"}, operator, 400),  # a list, not create_pod's string
+        ({"gpuTypeId": "NVIDIA A40"}, operator, 400),  # not a field the update takes
+        ({"containerDiskInGb": True}, operator, 400),
+        ({"name": "x"}, {"Authorization": "Bearer rp_pod_scoped"}, 403),
+        ({"name": "x"}, {}, 401),
+    ]:
+        assert requests.patch(url, json=body, headers=key, timeout=5).status_code == status, body
+    assert api.pods[created.id]["name"] == "sdxl-runpod-l4"
+
+
+def test_an_update_with_a_refused_key_changes_nothing(api, monkeypatch):
+    created = provider(api).create(properties())
+    monkeypatch.setenv("RUNPOD_API_KEY", "rp_someone_else")
+    with pytest.raises(rp.RunPodError, match=rf"reading pod {created.id} before updating it \(nothing was changed\): "
+                       "AuthenticationError"):
+        provider(api).update(created.id, created.outs, properties({"image": IMAGE + "-2"}))
+    assert api.patches == [] and api.pods[created.id]["imageName"] == IMAGE
+
+
+def test_updating_a_pod_gone_from_the_account_says_to_refresh(api):
+    created = provider(api).create(properties())
+    del api.pods[created.id]
+    with pytest.raises(rp.RunPodError, match=r"HTTP 404: .*The pod is gone from the account: `pulumi refresh` drops"):
+        provider(api).update(created.id, created.outs, properties({"image": IMAGE + "-2"}))
+
+
+def test_an_update_that_never_serves_is_explained_and_the_pod_kept(api):
+    created = provider(api).create(properties())
+    api.starts = False  # the new image cannot be pulled, or its container keeps exiting
+    with pytest.raises(rp.RunPodError, match=rf"pod {created.id} took the update \(imageName\) but did not serve "
+                       r"/ready within 0\.5 s \(.*no running container.*\)\. It was not terminated and keeps its id "
+                       r"and endpoint URL.*run `pulumi refresh` first"):
+        provider(api).update(created.id, created.outs, properties({"image": IMAGE + "-2"}))
+    assert list(api.pods) == [created.id] and "podTerminate" not in api.calls
 
 
 def test_refresh_sees_drift_and_a_terminated_pod(api):
@@ -119,7 +249,8 @@ def test_refresh_sees_drift_and_a_terminated_pod(api):
     assert read.id == created.id and read.outs["imageName"] == "someone/else:latest"
     assert "SDXL_CORS_ORIGINS" not in read.outs["env"] and "EXTRA" not in read.outs["env"]
     assert read.outs["secrets"] == {"SDXL_API_TOKEN": TOKEN}  # not read back from the pod's variables
-    assert set(provider(api).diff(created.id, read.outs, properties()).replaces) == {"imageName", "env"}
+    drift = provider(api).diff(created.id, read.outs, properties())
+    assert (drift.changes, drift.replaces) == (True, [])  # an update puts the image and settings back
     del api.pods[created.id]
     assert provider(api).read(created.id, created.outs).id == ""
 

@@ -62,15 +62,19 @@ def test_hf_hardware_that_exists_is_available_and_within_quota_passes(hf):
     assert any(call[1] == f"/v2/provider/{hf_fake.USER}" for call in hf.calls)
 
 
-@pytest.mark.parametrize("a10g, check, status, fix", [
-    ({"status": "not_available"}, "availability", FAIL, "--suggest"),
-    ({"status": "low_availability"}, "availability", WARN, None),
-    ({"quota": (1, 1)}, "quota", FAIL, "https://endpoints.huggingface.co/contact"),
+@pytest.mark.parametrize("a10g, replicas, check, status, fix, seen", [
+    ({"status": "not_available"}, 1, "availability", FAIL, "--suggest", "is not_available"),
+    ({"status": "low_availability"}, 1, "availability", WARN, None, "is low_availability"),
+    ({"quota": (1, 1)}, 1, "quota", FAIL, "https://endpoints.huggingface.co/contact", "1 of 1 nvidia-a10g in use, 1 "
+     "needed"),
+    # Two free, but maxReplicas 3 may need three: one per replica.
+    ({"quota": (2, 0)}, 3, "quota", FAIL, "https://endpoints.huggingface.co/contact", "0 of 2 nvidia-a10g in use, 3 "
+     "needed (3 replicas x 1)"),
 ])
-def test_hf_unavailable_hardware_or_no_quota_fails_with_the_fix(hf, a10g, check, status, fix):
+def test_hf_unavailable_hardware_or_no_quota_fails_with_the_fix(hf, a10g, replicas, check, status, fix, seen):
     hf.hardware = listing(**a10g)
-    found = checks(run(["--cloud", "huggingface", "--gpu", "a10g"]))
-    assert found[check][0] == status
+    found = checks(run(["--cloud", "huggingface", "--gpu", "a10g", "--max-replicas", str(replicas)]))
+    assert found[check][0] == status and seen in found[check][1]
     assert (fix is None and found[check][2] is None) or fix in found[check][2]
 
 
@@ -86,6 +90,13 @@ def test_hf_suggest_lists_fitting_hardware_available_now_cheapest_first(hf):
     assert [s.machine_type for s in report.suggestions] == [A10G]
     assert [s.usd_per_hour for s in report.suggestions] == [1.0]
     assert "Hugging Face API, live" in doctor_report.as_text(report)
+
+
+def test_hf_suggest_judges_the_quota_for_every_replica(hf):
+    (a10g,) = run(["--cloud", "huggingface", "--gpu", "a10g", "--max-replicas", "3", "--suggest"]).suggestions
+    assert (a10g.quota, a10g.quota_detail) == ("insufficient", "2 of 2 nvidia-a10g free")
+    (a10g,) = run(["--cloud", "huggingface", "--gpu", "a10g", "--max-replicas", "2", "--suggest"]).suggestions
+    assert a10g.quota == "available"
 
 
 def test_hf_rejected_token_is_one_fail_line(hf, monkeypatch):

@@ -83,7 +83,7 @@ def check(target: Target, api: HuggingFaceApi, report: Report, with_suggest: boo
     if not runner.run("credentials", credentials) or target.machine is None:
         return
     if runner.run("hardware", listed) and with_suggest:
-        report.suggestions = suggest(hardware)
+        report.suggestions = suggest(hardware, target.replicas)
 
 
 def _judge(target: Target, namespace: str, hardware: list[Any], report: Report) -> None:
@@ -103,19 +103,26 @@ def _judge(target: Target, namespace: str, hardware: list[Any], report: Report) 
     else:
         report.add("availability", FAIL, f"{found.id} is {found.status}",
                    "pick hardware that is available now: python -m tools.doctor --stack <stack> --suggest")
+    needed = _needed(found, target.replicas)
+    per_replica = (f" ({target.replicas} replicas x {found.num_accelerators})" if target.replicas > 1 else "")
     measured = (f"{namespace}: {found.used_accelerators} of {found.max_accelerators} {found.instance_type} in "
-                f"use, {found.num_accelerators} needed")
-    if _free(found) >= found.num_accelerators:
+                f"use, {needed} needed{per_replica}")
+    if _free(found) >= needed:
         report.add("quota", OK, measured)
     else:
         report.add("quota", FAIL, measured, QUOTA_FIX)
 
 
-def suggest(hardware: list[Any]) -> list[Suggestion]:
-    """Every fitting hardware id that is usable now, cheapest first, with the namespace's quota."""
+def _needed(hw: Any, replicas: int) -> int:
+    """An endpoint may scale up to maxReplicas replicas, each on accelerators of its own."""
+    return hw.num_accelerators * replicas
+
+
+def suggest(hardware: list[Any], replicas: int = 1) -> list[Suggestion]:
+    """Every fitting hardware id that is usable now, cheapest first, with the namespace's quota for `replicas`."""
     found = [Suggestion(location=f"{hw.vendor} {hw.region}", zones=[hw.region], machine_type=hw.id,
                         usd_per_hour=hw.price_per_hour, price_source=PRICE_SOURCE,
-                        quota="available" if _free(hw) >= hw.num_accelerators else "insufficient",
+                        quota="available" if _free(hw) >= _needed(hw, replicas) else "insufficient",
                         quota_detail=f"{_free(hw)} of {hw.max_accelerators} {hw.instance_type} free")
              for hw in hardware if _fits(hw) and hw.status in USABLE]
     return sort_suggestions(found)
