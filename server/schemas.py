@@ -128,7 +128,10 @@ class OpenAIImageOptions(GenerationOptions):
 
 
 class ImagesGenerateRequest(OpenAIImageOptions):
-    pass
+    style: Literal["vivid", "natural"] | None = Field(
+        None, description="Accepted and ignored: DALL-E 3's leaning towards a dramatic or a natural look, a hint "
+        "rather than part of what is asked (OpenAI's GPT image models ignore it too); describe the look in the "
+        "prompt.")
 
 
 class ImagesEditFields(OpenAIImageOptions):

@@ -37,6 +37,7 @@ import gzip
 import ipaddress
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -209,9 +210,35 @@ def _site(address: str, tls: str | None = None) -> str:
     return f"\n{address} {{\n{tls_block}\timport sdxl_proxy\n}}\n"
 
 
-def render_caddyfile(public_ip: str | None, domain: str | None, *, upstream: str = f"127.0.0.1:{SERVER_PORT}",
-                     local: LocalCaddy | None = None, timeouts: ProxyTimeouts = ProxyTimeouts()) -> str:
-    """The Caddyfile: automatic HTTPS for `domain`, else for the public IP (see the comment below)."""
+# How long a client should wait before retrying while the server is not up (Caddy answers 503 for it): a restart
+# loads the model from disk in about a minute; a first boot takes longer, and the client simply asks again.
+FRONT_RETRY_AFTER_S = 10
+# How long a browser keeps a preflight's grant: the server's CORSMiddleware max_age (server/app.py), so Caddy's
+# preflight answer while the server is down grants what the server would (tests/image/test_front_while_down.py).
+CORS_MAX_AGE_S = 600
+# An origin as config.py lets it through (scheme://host[:port]), kept to what is safe as one Caddyfile token.
+_CADDY_ORIGIN = re.compile(r"\*|https?://[A-Za-z0-9.\-\[\]:]+")
+
+
+def _origin_matchers(cors_origins: Sequence[str]) -> tuple[str, str]:
+    """The Caddyfile lines matching an allowed Origin header, and the Access-Control-Allow-Origin they get:
+    as the server's CORSMiddleware, "*" allows any origin (answered "*"), else the listed ones (echoed)."""
+    for origin in cors_origins:
+        if not _CADDY_ORIGIN.fullmatch(origin):
+            raise ValueError(f"corsOrigins: {origin!r} is not an origin (scheme://host[:port], or *)")
+    if not cors_origins:
+        return "\t\texpression false", "{http.request.header.Origin}"  # no origin allowed
+    if "*" in cors_origins:
+        return "\t\theader Origin *", "*"
+    return "\n".join(f"\t\theader Origin {origin}" for origin in cors_origins), "{http.request.header.Origin}"
+
+
+def render_caddyfile(public_ip: str | None, domain: str | None, *, cors_origins: Sequence[str],
+                     upstream: str = f"127.0.0.1:{SERVER_PORT}", local: LocalCaddy | None = None,
+                     timeouts: ProxyTimeouts = ProxyTimeouts()) -> str:
+    """The Caddyfile: automatic HTTPS for `domain`, else for the public IP (see the comment below).
+    `cors_origins` (the server's SDXL_CORS_ORIGINS) are the origins Caddy's own error answers allow."""
+    origin_matchers, allow_origin = _origin_matchers(cors_origins)
     global_options = []
     if local is not None:
         global_options += ["local_certs", "skip_install_trust",
@@ -241,10 +268,11 @@ def render_caddyfile(public_ip: str | None, domain: str | None, *, upstream: str
                   f"\t\tissuer acme {{\n\t\t\tprofile shortlived\n{no_tlsalpn}\t\t}}\n")
         sites = (_site(f"https://{public_host(None, public_ip)}", ip_tls)
                  + _site(f"https://{sslip_host(public_ip)}", acme_tls))
-    return _template("Caddyfile").substitute(
+    return Template(shipped("Caddyfile")).substitute(
         global_options="".join(f"\t{option}\n" for option in global_options).rstrip("\n"),
         upload=_duration(timeouts.upload), write=_duration(timeouts.write), answer=_duration(timeouts.answer),
-        upstream=upstream, sites=sites,
+        upstream=upstream, sites=sites, origin_matchers=origin_matchers, allow_origin=allow_origin,
+        max_age=str(CORS_MAX_AGE_S), retry_after=str(FRONT_RETRY_AFTER_S),
     ).rstrip("\n") + "\n"
 
 
@@ -303,10 +331,10 @@ def _without_docstrings(tree: ast.Module) -> ast.Module:
 
 
 def shipped(template: str) -> str:
-    """A host script as the instance gets it: without its comments (and Python's docstrings, but a module's first
-    line), which would take a quarter of AWS's 16 KB of user data; the repository keeps them. Python goes through
-    its own parser and printer, so the code is the same (tests compare the trees); shell loses whole comment lines
-    only, never inside a here-document."""
+    """A host script (or the Caddyfile) as the instance gets it: without its comments (and Python's docstrings, but a
+    module's first line), which would take a quarter of AWS's 16 KB of user data; the repository keeps them. Python
+    goes through its own parser and printer, so the code is the same (tests compare the trees); shell and the
+    Caddyfile lose whole comment lines only, never inside a here-document."""
     source = (HOST_TEMPLATES / template).read_text()
     if template.endswith(".py"):
         shebang = source.splitlines(keepends=True)[0] if source.startswith("#!") else ""
@@ -374,7 +402,9 @@ def render_cloud_init(values: BootstrapValues) -> str:
         units["sdxl-caddy"] = _unit("sdxl-caddy", caddy_image=CADDY_IMAGE, caddyfile=CADDYFILE,
                                     caddy_data=CADDY_DATA_DIR)
         files.append({"path": CADDYFILE, "permissions": "0644",
-                      "content": _Literal(render_caddyfile(values.public_ip, values.domain, timeouts=values.timeouts))})
+                      "content": _Literal(render_caddyfile(values.public_ip, values.domain,
+                                                           cors_origins=values.cors_origins,
+                                                           timeouts=values.timeouts))})
     files += [_host_file(BOOT_SCRIPT, "sdxl-boot.sh"), _host_file(CLOUD_HELPER, "sdxl_cloud.py")]
     # On every instance, 0 minutes included: a failed or never-ready boot must stop billing even when idleness
     # never should. A fleet never stops for idleness (it shrinks to minReplicas instead), but its failed boot

@@ -104,9 +104,11 @@ class Front:
 
 
 @contextmanager
-def caddy_front(home: Path, render, upstream_port: int, public_ip: str = "127.0.0.1") -> Iterator[Front]:
+def caddy_front(home: Path, render, upstream_port: int, public_ip: str = "127.0.0.1",
+                ready_status: int = 200) -> Iterator[Front]:
     """Start Caddy with `render(upstream=..., local=...)` (stacks.bootstrap.render_caddyfile with the
-    instance's arguments) on free ports, once it answers /health over verified HTTPS."""
+    instance's arguments) on free ports, once it answers /health over verified HTTPS with `ready_status`
+    (503 for a front whose server is not up)."""
     from stacks.bootstrap import LocalCaddy
 
     http_port, https_port = free_port(), free_port()
@@ -125,7 +127,7 @@ def caddy_front(home: Path, render, upstream_port: int, public_ip: str = "127.0.
     try:
         wait_for(root.exists, timeout=20, what=f"Caddy's local CA (log: {log})", process=process)
         tls = ssl.create_default_context(cafile=str(root))
-        wait_for(lambda: httpx.get(f"{https_url}/health", verify=tls, timeout=2).status_code == 200,
+        wait_for(lambda: httpx.get(f"{https_url}/health", verify=tls, timeout=2).status_code == ready_status,
                  timeout=20, what=f"HTTPS through Caddy (log: {log})", process=process)
         yield Front(https_url=https_url, http_url=f"http://{public_ip}:{http_port}", https_port=https_port, tls=tls)
     finally:

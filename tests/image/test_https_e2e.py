@@ -22,8 +22,8 @@ PUBLIC_IP = "127.0.0.1"  # stands in for the instance's public address
 
 @pytest.fixture(scope="module")
 def front(entrypoint_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
-    with caddy_front(tmp_path_factory.mktemp("caddy"), partial(render_caddyfile, PUBLIC_IP, None),
-                     entrypoint_server.port, PUBLIC_IP) as running:
+    render = partial(render_caddyfile, PUBLIC_IP, None, cors_origins=(APP_ORIGIN,))
+    with caddy_front(tmp_path_factory.mktemp("caddy"), render, entrypoint_server.port, PUBLIC_IP) as running:
         yield running
 
 

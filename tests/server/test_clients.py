@@ -137,3 +137,18 @@ def test_openai_fields_sdxl_has_no_control_for_are_accepted_and_ignored(oai):
     generated = oai.images.generate(prompt="x", size="256x256", complexity="low",
                                     extra_body={"num_inference_steps": 2})
     assert len(generated.data) == 1
+
+
+def test_openai_style_is_a_hint_accepted_and_ignored_but_checked(oai):
+    """DALL-E 3's `style` leans the look (vivid or natural); the image asked for (prompt, size, format, count) is
+    still what comes back, so it is accepted and ignored, as server/README.md says; a value DALL-E 3 would refuse
+    is refused here too, naming `style`, rather than dropped unread."""
+    def generate(**style):
+        return oai.images.generate(prompt="x", size="256x256", extra_body={"num_inference_steps": 2, "seed": 9},
+                                   **style).data[0].b64_json
+
+    plain = generate()
+    assert generate(style="vivid") == plain and generate(style="natural") == plain
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.images.generate(prompt="x", extra_body={"num_inference_steps": 2, "style": "cinematic"})
+    assert info.value.body["param"] == "style"

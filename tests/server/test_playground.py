@@ -104,14 +104,47 @@ def test_server_errors_are_shown_with_their_message(playground):
     assert "width must be a multiple of 8 within [256, 2048], got 4096" in text_of(playground, "error")
 
 
-def test_a_painted_mask_reaches_the_server_as_an_inpainting_request(playground, live_server, tmp_path):
-    def inpainted() -> float:
-        text = httpx.get(f"{live_server.url}/metrics", headers=auth()).text
-        return metric(text, "sdxl_images_generated_total", kind="inpaint")
+def generated(live_server, kind: str) -> float:
+    """The server's count of images made for `kind` (text2img, img2img, inpaint)."""
+    text = httpx.get(f"{live_server.url}/metrics", headers=auth()).text
+    return metric(text, "sdxl_images_generated_total", kind=kind)
 
+
+def sample_picture(tmp_path: Path) -> Path:
     picture = tmp_path / "picture.png"
     sample_image((256, 256)).save(picture)
-    before = inpainted()
+    return picture
+
+
+def record_requests(browser) -> None:
+    """Keep each body the page POSTs to the API (window.sentBodies), as it leaves the page."""
+    browser.execute_script("window.sentBodies = []; const send = window.fetch; window.fetch = (url, init) => {"
+                           " if (url === '/' && init && init.method === 'POST') window.sentBodies.push(init.body);"
+                           " return send(url, init); };")
+
+
+def test_image_to_image_from_an_uploaded_picture_with_strength(playground, live_server, tmp_path):
+    before = generated(live_server, "img2img")
+    playground.find_element(By.CSS_SELECTOR, "input[name=mode][value=img2img]").click()
+    assert playground.find_element(By.ID, "mask").get_attribute("hidden")  # nothing to paint for img2img
+    playground.find_element(By.ID, "picture").send_keys(str(sample_picture(tmp_path)))
+    wait_for(playground, lambda d: text_of(d, "status") == "Picture 256x256 loaded.")
+    field(playground, "strength", "0.5")
+    record_requests(playground)
+    playground.find_element(By.ID, "generate").click()
+    wait_for(playground, lambda d: text_of(d, "status").startswith(("Done", "Failed")))
+    assert text_of(playground, "status") == "Done: 256x256 (img2img).", text_of(playground, "error")
+    assert generated(live_server, "img2img") == before + 1
+    # What left the page: the picture and the strength, no mask (a mask would make it inpainting).
+    (body,) = [json.loads(sent) for sent in playground.execute_script("return window.sentBodies")]
+    assert body["parameters"]["strength"] == 0.5 and "mask" not in body["parameters"]
+    assert Image.open(io.BytesIO(base64.b64decode(body["inputs"].split(",", 1)[1]))).size == (256, 256)
+    assert console_problems(playground) == []
+
+
+def test_a_painted_mask_reaches_the_server_as_an_inpainting_request(playground, live_server, tmp_path):
+    picture = sample_picture(tmp_path)
+    before = generated(live_server, "inpaint")
     playground.find_element(By.CSS_SELECTOR, "input[name=mode][value=inpaint]").click()
     playground.find_element(By.ID, "picture").send_keys(str(picture))
     wait_for(playground, lambda d: text_of(d, "status") == "Picture 256x256 loaded.")
@@ -124,7 +157,7 @@ def test_a_painted_mask_reaches_the_server_as_an_inpainting_request(playground, 
     playground.find_element(By.ID, "generate").click()
     wait_for(playground, lambda d: text_of(d, "status").startswith(("Done", "Failed")))
     assert text_of(playground, "status") == "Done: 256x256 (inpaint).", text_of(playground, "error")
-    assert inpainted() == before + 1
+    assert generated(live_server, "inpaint") == before + 1
 
     # What was sent: the painted pixels white, the rest black, at the picture's size.
     sent = playground.execute_script("return maskPng()")

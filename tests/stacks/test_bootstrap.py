@@ -417,10 +417,14 @@ def test_a_line_break_cannot_smuggle_a_variable_into_the_settings() -> None:
 
 # --- Caddy -------------------------------------------------------------------------------------------------------
 
+ORIGINS = ("https://app.example.com",)
 CADDY_VARIANTS = {
-    "domain": dict(public_ip="203.0.113.10", domain="sdxl.example.com"),
-    "ip-with-sslip-fallback": dict(public_ip="203.0.113.10", domain=None),
-    "local-test": dict(public_ip="127.0.0.1", domain=None, local=LocalCaddy(http_port=18080, https_port=18443)),
+    "domain": dict(public_ip="203.0.113.10", domain="sdxl.example.com", cors_origins=ORIGINS),
+    "ip-with-sslip-fallback": dict(public_ip="203.0.113.10", domain=None, cors_origins=LONG_ORIGINS),
+    "local-test": dict(public_ip="127.0.0.1", domain=None, local=LocalCaddy(http_port=18080, https_port=18443),
+                       cors_origins=ORIGINS),
+    "any-origin": dict(public_ip="203.0.113.10", domain=None, cors_origins=("*",)),
+    "no-origin": dict(public_ip="203.0.113.10", domain=None, cors_origins=()),
 }
 
 
@@ -463,14 +467,15 @@ def test_caddyfile_is_valid_and_its_timeouts_outlast_the_servers_deadline(name: 
 
 def test_caddy_validate_rejects_a_broken_caddyfile(tmp_path: Path) -> None:
     path = tmp_path / "Caddyfile"
-    path.write_text(render_caddyfile("203.0.113.10", None).replace("profile shortlived", "profile"))
+    caddyfile = render_caddyfile("203.0.113.10", None, cors_origins=ORIGINS)
+    path.write_text(caddyfile.replace("profile shortlived", "profile"))
     result = run_tool([str(BIN / "caddy"), "validate", "--config", str(path), "--adapter", "caddyfile"],
                       env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert result.returncode != 0
 
 
 def test_without_a_domain_the_ip_gets_a_shortlived_le_certificate_over_http_01(tmp_path: Path) -> None:
-    config = adapted(render_caddyfile("203.0.113.10", None), tmp_path)
+    config = adapted(render_caddyfile("203.0.113.10", None, cors_origins=ORIGINS), tmp_path)
     (server,) = config["apps"]["http"]["servers"].values()
     hosts = [host for route in server["routes"] for m in route.get("match", []) for host in m.get("host", [])]
     assert sorted(hosts) == ["203-0-113-10.sslip.io", "203.0.113.10"]
@@ -484,11 +489,11 @@ def test_without_a_domain_the_ip_gets_a_shortlived_le_certificate_over_http_01(t
     sslip_policy = next(p for p in policies if "203-0-113-10.sslip.io" in p.get("subjects", []))
     assert [(i["module"], i.get("profile"), i.get("challenges")) for i in sslip_policy["issuers"]] == [
         ("acme", None, {"tls-alpn": {"disabled": True}})]
-    assert "default_sni" in render_caddyfile("203.0.113.10", None)
+    assert "default_sni" in render_caddyfile("203.0.113.10", None, cors_origins=ORIGINS)
 
 
 def test_with_a_domain_only_the_domain_is_served(tmp_path: Path) -> None:
-    config = adapted(render_caddyfile("203.0.113.10", "sdxl.example.com"), tmp_path)
+    config = adapted(render_caddyfile("203.0.113.10", "sdxl.example.com", cors_origins=ORIGINS), tmp_path)
     (server,) = config["apps"]["http"]["servers"].values()
     hosts = [host for route in server["routes"] for m in route.get("match", []) for host in m.get("host", [])]
     assert hosts == ["sdxl.example.com"]
@@ -502,7 +507,42 @@ def test_with_a_domain_only_the_domain_is_served(tmp_path: Path) -> None:
 
 def test_no_domain_and_no_ip_is_refused() -> None:
     with pytest.raises(ValueError, match="public IP"):
-        render_caddyfile(None, None)
+        render_caddyfile(None, None, cors_origins=ORIGINS)
+
+
+def error_routes(server: dict) -> list[dict]:
+    """Every route under the server's error handling, however deeply nested."""
+    found, todo = [], list(server["errors"]["routes"])
+    while todo:
+        route = todo.pop()
+        found.append(route)
+        todo += [r for h in route.get("handle", []) for r in h.get("routes", [])]
+    return found
+
+
+@pytest.mark.parametrize("name", CADDY_VARIANTS)
+def test_caddys_own_errors_allow_the_servers_origins(name: str, tmp_path: Path) -> None:
+    """The origins Caddy's error answers allow are the server's (corsOrigins); behaviour: tests/image/
+    test_front_while_down.py."""
+    origins = CADDY_VARIANTS[name]["cors_origins"]
+    config = adapted(render_caddyfile(**CADDY_VARIANTS[name]), tmp_path)
+    (server,) = config["apps"]["http"]["servers"].values()
+    routes = error_routes(server)
+    matchers = [m for r in routes for m in r.get("match", [])]
+    statuses = sorted(m["expression"] for m in matchers if "error.status_code" in str(m.get("expression")))
+    assert statuses == sorted(["{http.error.status_code} in [502, 503]", "{http.error.status_code} in [504]"] * (
+        len(proxies(server))))  # a pair per site
+    # The matcher that grants Access-Control-Allow-Origin (in each site's two answers): the listed origins, any
+    # ("*"), or none at all.
+    allowed = [m["header"]["Origin"] for m in matchers if "Origin" in m.get("header", {})] + [
+        m["expression"]["expr"] for m in matchers if isinstance(m.get("expression"), dict)]
+    want = ["*"] if "*" in origins else list(origins) if origins else "false"
+    assert allowed == [want] * 2 * len(proxies(server))
+
+
+def test_an_origin_that_is_not_one_stays_out_of_the_caddyfile() -> None:
+    with pytest.raises(ValueError, match="corsOrigins"):
+        render_caddyfile("203.0.113.10", None, cors_origins=("https://app.example.com {\n\trespond 200",))
 
 
 def test_sslip_host() -> None:
@@ -521,15 +561,22 @@ def test_aws_endpoint_is_https_on_the_elastic_ip_and_the_bootstrap_knows_it() ->
     files = files_of(aws_document(run))
     caddyfile = files[bootstrap.CADDYFILE]["content"]
     assert f"https://{FAKE_EIP} {{" in caddyfile and f"default_sni {FAKE_EIP}" in caddyfile
+    assert "\t\theader Origin *\n" in caddyfile  # corsOrigins' default, as the server has it
     assert "idle_stop.py --minutes 30" in unit(files, "sdxl-idle-stop")  # the config default
 
 
 def test_aws_endpoint_with_a_domain() -> None:
-    run = run_program({"domain": "sdxl.example.com", "idleStopMinutes": "0"}, preset="aws-g5")
+    run = run_program({"domain": "sdxl.example.com", "idleStopMinutes": "0",
+                       "corsOrigins": ["https://app.example.com", "http://localhost:5173"]}, preset="aws-g5")
     assert run.value(run.outputs["endpoint"]) == "https://sdxl.example.com"
     assert run.value(run.outputs["curlExample"]).startswith("curl -sS --fail-with-body https://sdxl.example.com/ ")
     files = files_of(aws_document(run))
     assert "https://sdxl.example.com {" in files[bootstrap.CADDYFILE]["content"]
+    # Caddy's own error answers allow the origins the server allows.
+    assert "\t\theader Origin https://app.example.com\n\t\theader Origin http://localhost:5173\n" in files[
+        bootstrap.CADDYFILE]["content"]
+    assert 'SDXL_CORS_ORIGINS=["https://app.example.com","http://localhost:5173"]' in files[bootstrap.SETTINGS_FILE][
+        "content"]
     assert "idle_stop.py --minutes 0" in unit(files, "sdxl-idle-stop")  # for a failed boot, never for idleness
 
 

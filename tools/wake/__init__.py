@@ -157,7 +157,8 @@ def wait_ready(target: Target, timeout_s: float, *, client: httpx.Client | None 
                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                say: Callable[[str], None] = print) -> float:
     """Seconds until `/ready` answered 200. Refused connections, TLS errors (Caddy renewing a short-lived
-    certificate after a long stop), 502 (server container starting) and 503 (loading) all mean: wait."""
+    certificate after a long stop), 502 (a front without the Caddyfile's own answer), 503 (Caddy while the server
+    container starts, the server while it loads) all mean: wait."""
     client = client or httpx.Client(timeout=10)
     started = clock()
     last = ""
