@@ -151,13 +151,17 @@ class Host:
             **extra,
         }
 
-    def boot(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+    def boot(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", str(SCRIPT), *args], env=self.environment(**env), capture_output=True,
-                              text=True, timeout=60)
+                              text=True, timeout=timeout)
 
     def console(self) -> str:
         path = self.root / "console"
         return path.read_text() if path.exists() else ""
+
+    def reported_failures(self) -> list[str]:
+        """The FAILED lines on the console: one per failure, never the same failure twice."""
+        return [line.split(" sdxl-boot: ", 1)[1] for line in self.console().splitlines() if " sdxl-boot: FAILED" in line]
 
 
 @pytest.fixture
@@ -236,6 +240,19 @@ def test_a_partitioned_disk_without_a_filesystem_is_refused_not_formatted(host: 
     assert "partition table but no filesystem" in host.failed() and host.status().startswith("FAILED:")
 
 
+def test_a_command_failing_inside_a_substitution_is_reported_once_with_its_line(host: Host, disk: Path) -> None:
+    """blkid finds a filesystem but no UUID: `uuid=$(blkid ...)` fails under set -e. The ERR trap fires in the
+    substitution's subshell too (set -E); only the assignment around it reports, so the console says it once."""
+    disk.write_text(json.dumps({"TYPE": "ext4"}))
+    result = data_disk(host)
+    assert result.returncode == 1
+    (line,) = [n for n, text in enumerate(SCRIPT.read_text().splitlines(), 1) if text.strip().startswith("uuid=$(blkid")]
+    assert host.failed() == f'sdxl-boot data-disk: "uuid=$(blkid -p -s UUID -o value "$dev")" exited 2 (line {line})\n'
+    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
+    assert host.status() == f"FAILED: {host.failed()}"
+    assert not [c for c in host.calls() if c.startswith("mount ")]
+
+
 def test_a_data_disk_that_never_appears_fails_the_boot(host: Host) -> None:
     result = host.boot("data-disk", str(host.root / "by-id/absent"), SDXL_DISK_WAIT_SECONDS="0")
     assert result.returncode == 1
@@ -308,6 +325,24 @@ def test_a_toolkit_that_cannot_be_installed_fails_the_boot(host: Host, apt: Path
     host.fake("apt-get", "exit 100")
     result = host.boot("docker-setup")
     assert result.returncode == 1 and "could not install the NVIDIA container toolkit" in host.failed()
+    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]  # fail() exits: the trap stays quiet
+
+
+@pytest.mark.parametrize(("tool", "reported"), [("systemctl", "systemctl restart docker"),
+                                               ("nvidia-ctk", "nvidia-ctk runtime configure --runtime=docker > /dev/null")])
+def test_a_command_that_fails_under_set_e_fails_the_boot_naming_itself(host: Host, tool: str, reported: str) -> None:
+    """Before the ERR trap, set -e ended docker-setup here without a word: no marker, the status still
+    "checking Docker", and the idle watcher waited out its whole boot grace with the GPU billing."""
+    host.set_docker(runtimes=["runc"], root="/var/lib/docker")  # so the runtime is configured and Docker restarted
+    host.fake("nvidia-ctk", "")
+    host.fake(tool, "exit 1")
+    result = host.boot("docker-setup")
+    assert result.returncode == 1
+    command = " ".join(reported.split()[:3])
+    (line,) = [n for n, text in enumerate(SCRIPT.read_text().splitlines(), 1) if command in text]
+    assert host.failed() == f'sdxl-boot docker-setup: "{reported}" exited 1 (line {line})\n'
+    assert host.status() == f"FAILED: {host.failed()}"
+    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
 
 
 # --- the GPU and its driver ------------------------------------------------------------------------------------
@@ -315,6 +350,28 @@ def test_a_toolkit_that_cannot_be_installed_fails_the_boot(host: Host, apt: Path
 def nvidia_smi(host: Host, cuda: str) -> None:
     host.fake("nvidia-smi", f'''if [ "$1" = --query-gpu=name,memory.total ]; then echo "NVIDIA A10G, 23028 MiB"
 else echo "| NVIDIA-SMI 580.95.05    Driver Version: 580.95.05    CUDA Version: {cuda}     |"; fi''')
+
+
+HUNG = "exec sleep 300"  # exec: the process timeout stops is the one that hangs
+
+
+@pytest.mark.parametrize("hangs", ["on every call", "after listing the GPU"])
+def test_a_hung_nvidia_smi_is_stopped_and_fails_the_boot(host: Host, hangs: str) -> None:
+    """A broken driver can hang nvidia-smi. Each call is bounded: the step fails, with the marker the idle watcher
+    reads, instead of waiting for systemd to kill the unit at its TimeoutStartSec (which wrote nothing)."""
+    if hangs == "on every call":
+        host.fake("nvidia-smi", HUNG)
+    else:
+        host.fake("nvidia-smi", f'[ "$1" != --query-gpu=name,memory.total ] || {{ echo "NVIDIA A10G, 23028 MiB"; exit; }}\n'
+                                f"{HUNG}")
+    result = host.boot("gpu-check", "13.0", SDXL_SMI_SECONDS="1", SDXL_GPU_WAIT_SECONDS="0", timeout=20)
+    assert result.returncode == 1
+    assert "nvidia-smi did not answer within 1 s" in host.failed()
+    assert host.failed().startswith("nvidia-smi sees no GPU" if hangs == "on every call" else
+                                    "nvidia-smi listed the GPU, then failed")
+    assert host.status() == f"FAILED: {host.failed()}"
+    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
+    assert host.phases() == []
 
 
 def test_gpu_check_records_the_driver_phase(host: Host) -> None:
@@ -336,6 +393,7 @@ def test_a_driver_too_old_for_the_images_cuda_fails_with_both_versions(host: Hos
     assert result.returncode == 1
     message = "the NVIDIA driver supports CUDA 12.9, but the server image needs CUDA 13.0"
     assert message in host.failed() and message in host.status() and message in host.console()
+    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
     assert host.phases() == []
 
 

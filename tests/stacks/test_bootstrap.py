@@ -297,6 +297,11 @@ def test_units_that_pull_or_build_outlast_sdxl_boots_own_limits() -> None:
         image_step = max(retried_pull, limit["NET_WAIT"] + limit["BUILD_LIMIT"])  # fetch the bundle, then build
         assert seconds(graph["sdxl-image.service"]["TimeoutStartSec"][0]) > image_step
         assert seconds(graph["sdxl-model.service"]["TimeoutStartSec"][0]) > limit["NET_WAIT"] + limit["MODEL_LIMIT"]
+        # The GPU check says why it failed before systemd kills it: its last try may start at the deadline, each
+        # nvidia-smi is stopped after SMI_LIMIT and killed 10 s later, and the CUDA version is one more call.
+        gpu_check = limit["GPU_WAIT"] + 2 * (limit["SMI_LIMIT"] + 10)
+        assert seconds(graph["sdxl-gpu-check.service"]["TimeoutStartSec"][0]) > gpu_check
+    assert 0 < limit["SMI_LIMIT"] <= 120  # bounded: a healthy nvidia-smi answers in seconds
 
 
 def test_the_model_fetch_takes_what_the_server_loads_and_the_hub_token_only_when_set() -> None:
