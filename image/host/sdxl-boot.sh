@@ -9,9 +9,11 @@
 #   sdxl-boot model-download CLOUD SCOPE MODEL [HF_TOKEN=NAME]   fill the Hub cache while the image is made
 #   sdxl-boot watch-ready MODEL          record "model downloaded" and "server ready"
 #   sdxl-boot phase NAME...              record a boot phase
+#   sdxl-boot unit-failed UNIT           run by sdxl-failed@UNIT.service when UNIT failed, however it did
 # Phases go to $STATE/boot-phases.log, the serial console and the journal; $STATE/status says where the boot
 # stands. A step that cannot succeed this boot writes $RUN/failed; the idle watcher then powers off soon. So does
-# a step that ends any other way: a command failing where set -e stops (the ERR trap below).
+# a step that ends any other way: a command failing where set -e stops (the ERR trap below), or a kill at its
+# unit's TimeoutStartSec (the units' OnFailure=).
 # -E: the ERR trap (below) holds inside functions too.
 set -eEuo pipefail
 STEP=${1:-}
@@ -74,6 +76,17 @@ on_error() {
   fail "sdxl-boot $STEP: \"$BASH_COMMAND\" exited $1 (line $2)"
 }
 trap 'on_error $? $LINENO' ERR
+
+# unit_failed UNIT: from UNIT's OnFailure=, however it failed. Result: timeout, exit-code, signal...
+# (org.freedesktop.systemd1(5)); success when UNIT never ran, its start having failed with a unit it requires
+# (OnFailure= fires then too). A step that said why itself keeps its words.
+unit_failed() {
+  local result
+  result=$(systemctl show -P Result "$1" 2>/dev/null || true)
+  result=${result:-result unknown}
+  [ "$result" != success ] || result=dependency
+  if [ -e "$RUN/failed" ]; then say "$1 failed ($result)"; else mark_failed "$1 failed ($result): see journalctl -u $1"; fi
+}
 
 phase() {
   local uptime
@@ -357,5 +370,6 @@ case "${1:-}" in
   model-download) shift && model_download "${1:?cloud}" "${2:?scope}" "${3:?model}" "${@:4}" ;;
   watch-ready) watch_ready "${2:?model}" ;;
   phase) shift && phase "$@" ;;
-  *) echo "usage: sdxl-boot data-disk|docker-setup|gpu-check|build|pull-server|pull|model-download|watch-ready|phase ..." >&2 && exit 2 ;;
+  unit-failed) unit_failed "${2:?unit}" ;;
+  *) echo "usage: sdxl-boot data-disk|docker-setup|gpu-check|build|pull-server|pull|model-download|watch-ready|phase|unit-failed ..." >&2 && exit 2 ;;
 esac

@@ -448,8 +448,11 @@ def store_secrets(host: Host, values: BootstrapValues) -> None:
 
 def run_unit(host: Host, document: str, name: str) -> None:
     """Run a rendered unit's ExecStartPre and ExecStart lines, in order, as systemd would (a leading `-`
-    lets a line fail), with the instance's paths mapped onto this test's stand-ins."""
+    lets a line fail; %n, %i and %% resolved), with the instance's paths mapped onto this test's stand-ins.
+    `name` may be a template's instance, such as sdxl-failed@sdxl-data.service: its file is sdxl-failed@.service."""
     files = {f["path"]: f["content"] for f in yaml.safe_load(document)["write_files"]}
+    template, at, instance = name.partition("@")
+    specifiers = {"n": f"{name}.service", "i": instance, "%": "%"}
     (host.root / "settings.env").write_text(files[bootstrap.SETTINGS_FILE])
     paths = {
         bootstrap.BOOT_SCRIPT: f"bash {SCRIPT}", "/usr/bin/python3": sys.executable, "/usr/bin/docker": "docker",
@@ -457,7 +460,8 @@ def run_unit(host: Host, document: str, name: str) -> None:
         bootstrap.SETTINGS_FILE: str(host.root / "settings.env"),
         bootstrap.ENV_FILE: str(host.run / "server.env"), bootstrap.MODEL_CACHE_DIR: str(host.data / "models"),
     }
-    lines = re.sub(r"\\\n\s*", " ", files[f"/etc/systemd/system/{name}.service"]).splitlines()
+    lines = re.sub(r"\\\n\s*", " ", files[f"/etc/systemd/system/{template}{at}.service"]).splitlines()
+    lines = [re.sub(r"%(.)", lambda m: specifiers[m[1]], line) for line in lines if line.startswith("Exec")]
     commands = [line.split("=", 1)[1] for line in lines if line.startswith("ExecStartPre=")]
     commands += [line.split("=", 1)[1] for line in lines if line.startswith("ExecStart=")]
     for command in commands:
@@ -765,6 +769,43 @@ def test_a_failure_stays_the_status_until_the_next_boot(host: Host) -> None:
     assert host.status() == "FAILED: the data disk did not appear\n"  # a later step does not hide it
 
 
+def on_failure(document: str, unit: str) -> str:
+    """The unit systemd starts when `unit` fails: its OnFailure=, %n resolved (sdxl-failed@sdxl-data.service)."""
+    files = {f["path"]: f["content"] for f in yaml.safe_load(document)["write_files"]}
+    (started,) = re.findall(r"^OnFailure=(\S+)$", files[f"/etc/systemd/system/{unit}.service"], re.MULTILINE)
+    return started.replace("%n", f"{unit}.service").removesuffix(".service")
+
+
+@pytest.mark.parametrize(("step", "result", "said"), [
+    ("sdxl-data", "timeout", "timeout"), ("sdxl-docker", "exit-code", "exit-code"),
+    ("sdxl-gpu-check", "signal", "signal"), ("sdxl-image", "timeout", "timeout"),
+    ("sdxl-image", "success", "dependency"),  # never ran: a unit it requires failed, which fires OnFailure= too
+])
+def test_a_step_that_failed_without_a_word_is_marked_failed_by_its_on_failure_unit(host: Host, step: str,
+                                                                                   result: str, said: str) -> None:
+    """Killed by systemd at its TimeoutStartSec (or crashed), a step writes nothing: its OnFailure= unit, run here as
+    the rendered template says, marks the boot failed with the unit's name and systemd's Result for it."""
+    host.fake("systemctl", f'[ "$*" != "show -P Result {step}.service" ] || echo {result}')
+    document = render_cloud_init(values_for("aws", "0" * 64))
+    run_unit(host, document, on_failure(document, step))  # exits 0: the failure unit itself never fails
+    assert f"systemctl show -P Result {step}.service" in host.calls()
+    assert host.failed() == f"{step}.service failed ({said}): see journalctl -u {step}.service\n"
+    assert host.status() == f"FAILED: {host.failed()}"
+    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
+
+
+def test_the_on_failure_unit_keeps_the_words_of_a_step_that_said_why(host: Host) -> None:
+    nvidia_smi(host, "12.9")
+    assert host.boot("gpu-check", "13.0").returncode == 1  # fail(): the marker and status say why
+    said = host.failed()
+    host.fake("systemctl", '[ "$*" != "show -P Result sdxl-gpu-check.service" ] || echo exit-code')
+    document = render_cloud_init(values_for("aws", "0" * 64))
+    run_unit(host, document, on_failure(document, "sdxl-gpu-check"))
+    assert host.failed() == said and host.status() == f"FAILED: {said}"
+    assert host.reported_failures() == [f"FAILED: {said.strip()}"]  # said once, by the step
+    assert "sdxl-boot: sdxl-gpu-check.service failed (exit-code)" in host.console()
+
+
 def test_usage_error() -> None:
     result = subprocess.run(["bash", str(SCRIPT), "bogus"], capture_output=True, text=True, timeout=10)
     assert result.returncode == 2 and "usage:" in result.stderr
@@ -777,7 +818,7 @@ def test_every_command_the_units_run_exists() -> None:
                     if f["path"].endswith(".service"))
     commands = set(re.findall(rf"{bootstrap.BOOT_SCRIPT} ([a-z-]+)", units))
     usage = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=10).stderr
-    assert len(commands) == 8 and all(f"{command}|" in usage or f"{command} " in usage for command in commands), (
+    assert len(commands) == 9 and all(f"{command}|" in usage or f"{command} " in usage for command in commands), (
         commands, usage)
 
 
