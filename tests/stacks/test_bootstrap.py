@@ -327,6 +327,8 @@ def test_units_that_pull_or_build_outlast_sdxl_boots_own_limits() -> None:
         gpu_check = limit["GPU_WAIT"] + 2 * (limit["SMI_LIMIT"] + 10)
         assert seconds(graph["sdxl-gpu-check.service"]["TimeoutStartSec"][0]) > gpu_check
     assert 0 < limit["SMI_LIMIT"] <= 120  # bounded: a healthy nvidia-smi answers in seconds
+    readme = " ".join((bootstrap.HOST_TEMPLATES.parent.parent / "README.md").read_text().split())
+    assert f"each call is stopped after {limit['SMI_LIMIT']} s" in readme
 
 
 def test_the_model_fetch_takes_what_the_server_loads_and_the_hub_token_only_when_set() -> None:
