@@ -161,7 +161,8 @@ class Host:
 
     def reported_failures(self) -> list[str]:
         """The FAILED lines on the console: one per failure, never the same failure twice."""
-        return [line.split(" sdxl-boot: ", 1)[1] for line in self.console().splitlines() if " sdxl-boot: FAILED" in line]
+        lines = self.console().splitlines()
+        return [line.split(" sdxl-boot: ", 1)[1] for line in lines if " sdxl-boot: FAILED" in line]
 
 
 @pytest.fixture
@@ -207,6 +208,12 @@ print(value) if value else sys.exit(2)''', python=True)
     return signatures
 
 
+def script_line(command: str) -> int:
+    """The line of sdxl-boot.sh that runs `command`, which must be there once: what a failure there reports."""
+    (line,) = [number for number, text in enumerate(SCRIPT.read_text().splitlines(), 1) if command in text]
+    return line
+
+
 def data_disk(host: Host, **env: str) -> subprocess.CompletedProcess:
     return host.boot("data-disk", str(host.root / "by-id/nvme-Amazon_Elastic_Block_Store_vol0123"), "/dev/xvdf",
                      **env)
@@ -246,7 +253,7 @@ def test_a_command_failing_inside_a_substitution_is_reported_once_with_its_line(
     disk.write_text(json.dumps({"TYPE": "ext4"}))
     result = data_disk(host)
     assert result.returncode == 1
-    (line,) = [n for n, text in enumerate(SCRIPT.read_text().splitlines(), 1) if text.strip().startswith("uuid=$(blkid")]
+    line = script_line("uuid=$(blkid")
     assert host.failed() == f'sdxl-boot data-disk: "uuid=$(blkid -p -s UUID -o value "$dev")" exited 2 (line {line})\n'
     assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
     assert host.status() == f"FAILED: {host.failed()}"
@@ -328,8 +335,10 @@ def test_a_toolkit_that_cannot_be_installed_fails_the_boot(host: Host, apt: Path
     assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]  # fail() exits: the trap stays quiet
 
 
-@pytest.mark.parametrize(("tool", "reported"), [("systemctl", "systemctl restart docker"),
-                                               ("nvidia-ctk", "nvidia-ctk runtime configure --runtime=docker > /dev/null")])
+@pytest.mark.parametrize(("tool", "reported"), [
+    ("systemctl", "systemctl restart docker"),
+    ("nvidia-ctk", "nvidia-ctk runtime configure --runtime=docker > /dev/null"),  # as bash prints its redirection
+])
 def test_a_command_that_fails_under_set_e_fails_the_boot_naming_itself(host: Host, tool: str, reported: str) -> None:
     """Before the ERR trap, set -e ended docker-setup here without a word: no marker, the status still
     "checking Docker", and the idle watcher waited out its whole boot grace with the GPU billing."""
@@ -338,8 +347,7 @@ def test_a_command_that_fails_under_set_e_fails_the_boot_naming_itself(host: Hos
     host.fake(tool, "exit 1")
     result = host.boot("docker-setup")
     assert result.returncode == 1
-    command = " ".join(reported.split()[:3])
-    (line,) = [n for n, text in enumerate(SCRIPT.read_text().splitlines(), 1) if command in text]
+    line = script_line(" ".join(reported.split()[:3]))
     assert host.failed() == f'sdxl-boot docker-setup: "{reported}" exited 1 (line {line})\n'
     assert host.status() == f"FAILED: {host.failed()}"
     assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
@@ -362,8 +370,8 @@ def test_a_hung_nvidia_smi_is_stopped_and_fails_the_boot(host: Host, hangs: str)
     if hangs == "on every call":
         host.fake("nvidia-smi", HUNG)
     else:
-        host.fake("nvidia-smi", f'[ "$1" != --query-gpu=name,memory.total ] || {{ echo "NVIDIA A10G, 23028 MiB"; exit; }}\n'
-                                f"{HUNG}")
+        listed = '[ "$1" != --query-gpu=name,memory.total ] || { echo "NVIDIA A10G, 23028 MiB"; exit; }'
+        host.fake("nvidia-smi", f"{listed}\n{HUNG}")
     result = host.boot("gpu-check", "13.0", SDXL_SMI_SECONDS="1", SDXL_GPU_WAIT_SECONDS="0", timeout=20)
     assert result.returncode == 1
     assert "nvidia-smi did not answer within 1 s" in host.failed()
