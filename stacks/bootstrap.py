@@ -14,6 +14,8 @@ On every boot, systemd units (templates in image/host/) run, each as soon as wha
   sdxl-ready      records model-downloaded and server-ready
   sdxl-idle-stop  from boot: powers off when idle (unless idleStopMinutes is 0), when a boot step failed, or
                   when never ready
+  sdxl-failed@    started by OnFailure= of sdxl-data, -docker, -gpu-check and -image (not sdxl-model: never fatal):
+                  marks the boot failed however the step failed, a kill at its TimeoutStartSec included
 
 Boot phases are timestamped in /var/lib/sdxl-endpoint/boot-phases.log. The document carries no secret, only
 where the tokens live, so it stays readable in the plan and on the instance.
@@ -73,6 +75,7 @@ SERVER_IMAGE = f"{bundle.IMAGE_NAME}:current"  # what sdxl-server runs; sdxl-boo
 CADDY_IMAGE = "caddy:2.11"
 UNITS = ("sdxl-data", "sdxl-docker", "sdxl-gpu-check", "sdxl-image", "sdxl-server", "sdxl-ready", "sdxl-caddy",
          "sdxl-idle-stop", "sdxl-model")
+FAILED_UNIT = "sdxl-failed@"  # the template the boot steps' OnFailure= start; never enabled or started itself
 CONTAINER_UID = contract.CONTAINER_UID  # sdxl-boot.sh chowns the cache to it
 
 
@@ -417,7 +420,7 @@ def render_cloud_init(values: BootstrapValues) -> str:
         if minutes > 0 else "after a failed or never-ready boot (idle auto-stop off)"))
     files.append(_host_file(IDLE_SCRIPT, "idle_stop.py"))
     files += [{"path": f"/etc/systemd/system/{name}.service", "permissions": "0644", "content": _Literal(text)}
-              for name, text in units.items()]
+              for name, text in {**units, FAILED_UNIT: _unit(FAILED_UNIT)}.items()]
     services = [f"{name}.service" for name in units]
     document = {
         "write_files": files,

@@ -11,8 +11,10 @@ queued or in flight, and only while the server is ready: the gauge starts at the
 forever. The clock starts only once /ready has answered 200: a first boot that is still building the image
 or downloading the model is not stopped, unless it is still not ready after BOOT_GRACE_MINUTES, far beyond
 any healthy boot. A boot step that failed for good (no GPU, a driver too old for the image's CUDA, a data
-disk that never came, an image that cannot be built) writes FAILED_FILE: then the machine powers off after
-FAILED_GRACE_MINUTES, time enough to read the console, instead of billing for the whole boot grace.
+disk that never came, an image that cannot be built) writes FAILED_FILE, and so does one that failed any other
+way (sdxl-boot's ERR trap, or sdxl-failed@ started by its unit's OnFailure=, a kill at its time limit included):
+then the machine powers off after FAILED_GRACE_MINUTES, time enough to read the console, instead of billing for
+the whole boot grace.
 
 `--minutes 0` turns off the idle power-off alone: a failed boot step and a boot that is never ready still power
 off, so a broken GPU never bills indefinitely, whatever idleStopMinutes says.
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 
 SERVER = "http://127.0.0.1:8000"
 ENV_FILE = "/run/sdxl-endpoint/server.env"
-FAILED_FILE = "/run/sdxl-endpoint/failed"  # written by sdxl-boot when a step cannot succeed this boot
+FAILED_FILE = "/run/sdxl-endpoint/failed"  # written by sdxl-boot when a boot step failed, however it did
 POLL_SECONDS = 60
 BOOT_GRACE_MINUTES = 180  # a healthy first boot (build, 6.9 GB download, warm-up) takes 10-30 minutes
 FAILED_GRACE_MINUTES = 10  # long enough to read the console after a failed boot step

@@ -9,9 +9,14 @@
 #   sdxl-boot model-download CLOUD SCOPE MODEL [HF_TOKEN=NAME]   fill the Hub cache while the image is made
 #   sdxl-boot watch-ready MODEL          record "model downloaded" and "server ready"
 #   sdxl-boot phase NAME...              record a boot phase
+#   sdxl-boot unit-failed UNIT           run by sdxl-failed@UNIT.service when UNIT failed, however it did
 # Phases go to $STATE/boot-phases.log, the serial console and the journal; $STATE/status says where the boot
-# stands. A step that cannot succeed this boot writes $RUN/failed; the idle watcher then powers off soon.
-set -euo pipefail
+# stands. A step that cannot succeed this boot writes $RUN/failed; the idle watcher then powers off soon. So does
+# a step that ends any other way: a command failing where set -e stops (the ERR trap below), or a kill at its
+# unit's TimeoutStartSec (the units' OnFailure=).
+# -E: the ERR trap (below) holds inside functions too.
+set -eEuo pipefail
+STEP=${1:-}
 
 STATE=${SDXL_STATE_DIR:-/var/lib/sdxl-endpoint}
 RUN=${SDXL_RUN_DIR:-/run/sdxl-endpoint}    # tmpfs: a failure is never carried into the next boot
@@ -30,6 +35,7 @@ PULL_LIMIT=${SDXL_PULL_SECONDS:-1800}      # one pull; a registry that hangs mus
 BUILD_LIMIT=${SDXL_BUILD_SECONDS:-2700}    # one build: torch's CUDA wheels are several GB
 MODEL_LIMIT=${SDXL_MODEL_SECONDS:-3600}    # one try at the model (about 7 GB); the server fetches what is left
 MODEL_REVISION=main MODEL_VARIANT=fp16     # what the server loads by default (server/settings.py)
+SMI_LIMIT=${SDXL_SMI_SECONDS:-60}          # one nvidia-smi call; a broken driver can hang it
 POLL=${SDXL_POLL_SECONDS:-5}
 CONTAINER_UID=10001                        # the image's non-root user
 CACHE_UID=${SDXL_CACHE_UID:-$CONTAINER_UID} # who the model fetch runs as: the cache's owner (tests: their own)
@@ -48,12 +54,38 @@ status() {
   [ -e "$RUN/failed" ] || echo "$*" >"$STATE/status" # a failure stays the status until the next boot
 }
 
-fail() {
+mark_failed() {
   mkdir -p "$RUN" "$STATE"
-  [ -e "$RUN/failed" ] || echo "$*" >"$RUN/failed"
+  # noclobber: the boot's first failure stays, even when two are written at once.
+  (set -C && echo "$*" >"$RUN/failed") 2>/dev/null || true
   echo "FAILED: $*" >"$STATE/status"
   say "FAILED: $*"
+}
+
+fail() {
+  # Reported here, once: not again by the trap, should something below fail.
+  trap - ERR
+  mark_failed "$@"
   exit 1
+}
+
+# on_error STATUS LINE: a command failed where set -e ends the step, which would otherwise say nothing. Inside
+# $(...) the command around it fails in turn, in this shell: reported there, once.
+on_error() {
+  [ "$BASH_SUBSHELL" -eq 0 ] || return 0
+  fail "sdxl-boot $STEP: \"$BASH_COMMAND\" exited $1 (line $2)"
+}
+trap 'on_error $? $LINENO' ERR
+
+# unit_failed UNIT: from UNIT's OnFailure=, however it failed. Result: timeout, exit-code, signal...
+# (org.freedesktop.systemd1(5)); success when UNIT never ran, its start having failed with a unit it requires
+# (OnFailure= fires then too). A step that said why itself keeps its words.
+unit_failed() {
+  local result
+  result=$(systemctl show -P Result "$1" 2>/dev/null || true)
+  result=${result:-result unknown}
+  [ "$result" != success ] || result=dependency
+  if [ -e "$RUN/failed" ]; then say "$1 failed ($result)"; else mark_failed "$1 failed ($result): see journalctl -u $1"; fi
 }
 
 phase() {
@@ -159,19 +191,29 @@ EOF
   [ ${#installed[@]} -eq 0 ] || phase "toolkit-installed packages=${installed[*]}"
 }
 
+# smi ARGS...: nvidia-smi, stopped after SMI_LIMIT (124), killed 10 s later (137). A process stuck inside the
+# driver survives even SIGKILL and holds the step: its unit's TimeoutStartSec and OnFailure= report that one.
+smi() {
+  local rc=0
+  command -v nvidia-smi >/dev/null || { echo "nvidia-smi: command not found" && return 127; }
+  timeout -k 10 "$SMI_LIMIT" nvidia-smi "$@" || rc=$?
+  [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ] || echo "nvidia-smi did not answer within $SMI_LIMIT s"
+  return "$rc"
+}
+
 gpu_check() {
-  local want=$1 waited=0 gpus cuda
+  local want=$1 deadline=$((SECONDS + GPU_WAIT)) gpus header cuda
   status "checking the NVIDIA driver"
-  until gpus=$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1) && [ -n "$gpus" ]; do
-    if [ "$waited" -ge "$GPU_WAIT" ]; then
+  until gpus=$(smi --query-gpu=name,memory.total --format=csv,noheader 2>&1) && [ -n "$gpus" ]; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
       say "nvidia-smi said: ${gpus:-no output}"
       fail "nvidia-smi sees no GPU after ${GPU_WAIT} s: ${gpus:-no output}. The server will not start. Check that the instance type has an NVIDIA GPU and the image ships its driver (README)"
     fi
     sleep 10
-    waited=$((waited + 10))
   done
   # The driver's own CUDA version (nvidia-smi's header). A newer minor runs on it; a newer major does not.
-  cuda=$(nvidia-smi | sed -n 's/.*CUDA Version: *\([0-9][0-9.]*\).*/\1/p' | head -n 1)
+  header=$(smi 2>&1) || fail "nvidia-smi listed the GPU, then failed: ${header:-no output}"
+  cuda=$(sed -n 's/.*CUDA Version: *\([0-9][0-9.]*\).*/\1/p' <<<"$header" | head -n 1)
   if [ -z "$cuda" ] || [ "${cuda%%.*}" -lt "${want%%.*}" ]; then
     fail "the NVIDIA driver supports CUDA ${cuda:-unknown}, but the server image needs CUDA $want (CUDA 13 needs driver 580 or later)"
   fi
@@ -328,5 +370,6 @@ case "${1:-}" in
   model-download) shift && model_download "${1:?cloud}" "${2:?scope}" "${3:?model}" "${@:4}" ;;
   watch-ready) watch_ready "${2:?model}" ;;
   phase) shift && phase "$@" ;;
-  *) echo "usage: sdxl-boot data-disk|docker-setup|gpu-check|build|pull-server|pull|model-download|watch-ready|phase ..." >&2 && exit 2 ;;
+  unit-failed) unit_failed "${2:?unit}" ;;
+  *) echo "usage: sdxl-boot data-disk|docker-setup|gpu-check|build|pull-server|pull|model-download|watch-ready|phase|unit-failed ..." >&2 && exit 2 ;;
 esac

@@ -151,13 +151,18 @@ class Host:
             **extra,
         }
 
-    def boot(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+    def boot(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", str(SCRIPT), *args], env=self.environment(**env), capture_output=True,
-                              text=True, timeout=60)
+                              text=True, timeout=timeout)
 
     def console(self) -> str:
         path = self.root / "console"
         return path.read_text() if path.exists() else ""
+
+    def reported_failures(self) -> list[str]:
+        """The FAILED lines on the console: one per failure, never the same failure twice."""
+        lines = self.console().splitlines()
+        return [line.split(" sdxl-boot: ", 1)[1] for line in lines if " sdxl-boot: FAILED" in line]
 
 
 @pytest.fixture
@@ -203,6 +208,12 @@ print(value) if value else sys.exit(2)''', python=True)
     return signatures
 
 
+def script_line(command: str) -> int:
+    """The line of sdxl-boot.sh that runs `command`, which must be there once: what a failure there reports."""
+    (line,) = [number for number, text in enumerate(SCRIPT.read_text().splitlines(), 1) if command in text]
+    return line
+
+
 def data_disk(host: Host, **env: str) -> subprocess.CompletedProcess:
     return host.boot("data-disk", str(host.root / "by-id/nvme-Amazon_Elastic_Block_Store_vol0123"), "/dev/xvdf",
                      **env)
@@ -234,6 +245,19 @@ def test_a_partitioned_disk_without_a_filesystem_is_refused_not_formatted(host: 
     assert result.returncode == 1
     assert not [c for c in host.calls() if c.startswith(("mkfs", "mount "))]
     assert "partition table but no filesystem" in host.failed() and host.status().startswith("FAILED:")
+
+
+def test_a_command_failing_inside_a_substitution_is_reported_once_with_its_line(host: Host, disk: Path) -> None:
+    """blkid finds a filesystem but no UUID: `uuid=$(blkid ...)` fails under set -e. The ERR trap fires in the
+    substitution's subshell too (set -E); only the assignment around it reports, so the console says it once."""
+    disk.write_text(json.dumps({"TYPE": "ext4"}))
+    result = data_disk(host)
+    assert result.returncode == 1
+    line = script_line("uuid=$(blkid")
+    assert host.failed() == f'sdxl-boot data-disk: "uuid=$(blkid -p -s UUID -o value "$dev")" exited 2 (line {line})\n'
+    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
+    assert host.status() == f"FAILED: {host.failed()}"
+    assert not [c for c in host.calls() if c.startswith("mount ")]
 
 
 def test_a_data_disk_that_never_appears_fails_the_boot(host: Host) -> None:
@@ -308,6 +332,25 @@ def test_a_toolkit_that_cannot_be_installed_fails_the_boot(host: Host, apt: Path
     host.fake("apt-get", "exit 100")
     result = host.boot("docker-setup")
     assert result.returncode == 1 and "could not install the NVIDIA container toolkit" in host.failed()
+    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]  # fail() exits: the trap stays quiet
+
+
+@pytest.mark.parametrize(("tool", "reported"), [
+    ("systemctl", "systemctl restart docker"),
+    ("nvidia-ctk", "nvidia-ctk runtime configure --runtime=docker > /dev/null"),  # as bash prints its redirection
+])
+def test_a_command_that_fails_under_set_e_fails_the_boot_naming_itself(host: Host, tool: str, reported: str) -> None:
+    """Before the ERR trap, set -e ended docker-setup here without a word: no marker, the status still
+    "checking Docker", and the idle watcher waited out its whole boot grace with the GPU billing."""
+    host.set_docker(runtimes=["runc"], root="/var/lib/docker")  # so the runtime is configured and Docker restarted
+    host.fake("nvidia-ctk", "")
+    host.fake(tool, "exit 1")
+    result = host.boot("docker-setup")
+    assert result.returncode == 1
+    line = script_line(" ".join(reported.split()[:3]))
+    assert host.failed() == f'sdxl-boot docker-setup: "{reported}" exited 1 (line {line})\n'
+    assert host.status() == f"FAILED: {host.failed()}"
+    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
 
 
 # --- the GPU and its driver ------------------------------------------------------------------------------------
@@ -315,6 +358,28 @@ def test_a_toolkit_that_cannot_be_installed_fails_the_boot(host: Host, apt: Path
 def nvidia_smi(host: Host, cuda: str) -> None:
     host.fake("nvidia-smi", f'''if [ "$1" = --query-gpu=name,memory.total ]; then echo "NVIDIA A10G, 23028 MiB"
 else echo "| NVIDIA-SMI 580.95.05    Driver Version: 580.95.05    CUDA Version: {cuda}     |"; fi''')
+
+
+HUNG = "exec sleep 300"  # exec: the process timeout stops is the one that hangs
+
+
+@pytest.mark.parametrize("hangs", ["on every call", "after listing the GPU"])
+def test_a_hung_nvidia_smi_is_stopped_and_fails_the_boot(host: Host, hangs: str) -> None:
+    """A broken driver can hang nvidia-smi. Each call is bounded: the step fails, with the marker the idle watcher
+    reads, instead of waiting for systemd to kill the unit at its TimeoutStartSec (which wrote nothing)."""
+    if hangs == "on every call":
+        host.fake("nvidia-smi", HUNG)
+    else:
+        listed = '[ "$1" != --query-gpu=name,memory.total ] || { echo "NVIDIA A10G, 23028 MiB"; exit; }'
+        host.fake("nvidia-smi", f"{listed}\n{HUNG}")
+    result = host.boot("gpu-check", "13.0", SDXL_SMI_SECONDS="1", SDXL_GPU_WAIT_SECONDS="0", timeout=20)
+    assert result.returncode == 1
+    assert "nvidia-smi did not answer within 1 s" in host.failed()
+    assert host.failed().startswith("nvidia-smi sees no GPU" if hangs == "on every call" else
+                                    "nvidia-smi listed the GPU, then failed")
+    assert host.status() == f"FAILED: {host.failed()}"
+    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
+    assert host.phases() == []
 
 
 def test_gpu_check_records_the_driver_phase(host: Host) -> None:
@@ -336,6 +401,7 @@ def test_a_driver_too_old_for_the_images_cuda_fails_with_both_versions(host: Hos
     assert result.returncode == 1
     message = "the NVIDIA driver supports CUDA 12.9, but the server image needs CUDA 13.0"
     assert message in host.failed() and message in host.status() and message in host.console()
+    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
     assert host.phases() == []
 
 
@@ -390,8 +456,11 @@ def store_secrets(host: Host, values: BootstrapValues) -> None:
 
 def run_unit(host: Host, document: str, name: str) -> None:
     """Run a rendered unit's ExecStartPre and ExecStart lines, in order, as systemd would (a leading `-`
-    lets a line fail), with the instance's paths mapped onto this test's stand-ins."""
+    lets a line fail; %n, %i and %% resolved), with the instance's paths mapped onto this test's stand-ins.
+    `name` may be a template's instance, such as sdxl-failed@sdxl-data.service: its file is sdxl-failed@.service."""
     files = {f["path"]: f["content"] for f in yaml.safe_load(document)["write_files"]}
+    template, at, instance = name.partition("@")
+    specifiers = {"n": f"{name}.service", "i": instance, "%": "%"}
     (host.root / "settings.env").write_text(files[bootstrap.SETTINGS_FILE])
     paths = {
         bootstrap.BOOT_SCRIPT: f"bash {SCRIPT}", "/usr/bin/python3": sys.executable, "/usr/bin/docker": "docker",
@@ -399,7 +468,8 @@ def run_unit(host: Host, document: str, name: str) -> None:
         bootstrap.SETTINGS_FILE: str(host.root / "settings.env"),
         bootstrap.ENV_FILE: str(host.run / "server.env"), bootstrap.MODEL_CACHE_DIR: str(host.data / "models"),
     }
-    lines = re.sub(r"\\\n\s*", " ", files[f"/etc/systemd/system/{name}.service"]).splitlines()
+    lines = re.sub(r"\\\n\s*", " ", files[f"/etc/systemd/system/{template}{at}.service"]).splitlines()
+    lines = [re.sub(r"%(.)", lambda m: specifiers[m[1]], line) for line in lines if line.startswith("Exec")]
     commands = [line.split("=", 1)[1] for line in lines if line.startswith("ExecStartPre=")]
     commands += [line.split("=", 1)[1] for line in lines if line.startswith("ExecStart=")]
     for command in commands:
@@ -707,6 +777,43 @@ def test_a_failure_stays_the_status_until_the_next_boot(host: Host) -> None:
     assert host.status() == "FAILED: the data disk did not appear\n"  # a later step does not hide it
 
 
+def on_failure(document: str, unit: str) -> str:
+    """The unit systemd starts when `unit` fails: its OnFailure=, %n resolved (sdxl-failed@sdxl-data.service)."""
+    files = {f["path"]: f["content"] for f in yaml.safe_load(document)["write_files"]}
+    (started,) = re.findall(r"^OnFailure=(\S+)$", files[f"/etc/systemd/system/{unit}.service"], re.MULTILINE)
+    return started.replace("%n", f"{unit}.service").removesuffix(".service")
+
+
+@pytest.mark.parametrize(("step", "result", "said"), [
+    ("sdxl-data", "timeout", "timeout"), ("sdxl-docker", "exit-code", "exit-code"),
+    ("sdxl-gpu-check", "signal", "signal"), ("sdxl-image", "timeout", "timeout"),
+    ("sdxl-image", "success", "dependency"),  # never ran: a unit it requires failed, which fires OnFailure= too
+])
+def test_a_step_that_failed_without_a_word_is_marked_failed_by_its_on_failure_unit(host: Host, step: str,
+                                                                                   result: str, said: str) -> None:
+    """Killed by systemd at its TimeoutStartSec (or crashed), a step writes nothing: its OnFailure= unit, run here as
+    the rendered template says, marks the boot failed with the unit's name and systemd's Result for it."""
+    host.fake("systemctl", f'[ "$*" != "show -P Result {step}.service" ] || echo {result}')
+    document = render_cloud_init(values_for("aws", "0" * 64))
+    run_unit(host, document, on_failure(document, step))  # exits 0: the failure unit itself never fails
+    assert f"systemctl show -P Result {step}.service" in host.calls()
+    assert host.failed() == f"{step}.service failed ({said}): see journalctl -u {step}.service\n"
+    assert host.status() == f"FAILED: {host.failed()}"
+    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
+
+
+def test_the_on_failure_unit_keeps_the_words_of_a_step_that_said_why(host: Host) -> None:
+    nvidia_smi(host, "12.9")
+    assert host.boot("gpu-check", "13.0").returncode == 1  # fail(): the marker and status say why
+    said = host.failed()
+    host.fake("systemctl", '[ "$*" != "show -P Result sdxl-gpu-check.service" ] || echo exit-code')
+    document = render_cloud_init(values_for("aws", "0" * 64))
+    run_unit(host, document, on_failure(document, "sdxl-gpu-check"))
+    assert host.failed() == said and host.status() == f"FAILED: {said}"
+    assert host.reported_failures() == [f"FAILED: {said.strip()}"]  # said once, by the step
+    assert "sdxl-boot: sdxl-gpu-check.service failed (exit-code)" in host.console()
+
+
 def test_usage_error() -> None:
     result = subprocess.run(["bash", str(SCRIPT), "bogus"], capture_output=True, text=True, timeout=10)
     assert result.returncode == 2 and "usage:" in result.stderr
@@ -719,7 +826,7 @@ def test_every_command_the_units_run_exists() -> None:
                     if f["path"].endswith(".service"))
     commands = set(re.findall(rf"{bootstrap.BOOT_SCRIPT} ([a-z-]+)", units))
     usage = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=10).stderr
-    assert len(commands) == 8 and all(f"{command}|" in usage or f"{command} " in usage for command in commands), (
+    assert len(commands) == 9 and all(f"{command}|" in usage or f"{command} " in usage for command in commands), (
         commands, usage)
 
 

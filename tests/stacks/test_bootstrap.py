@@ -225,9 +225,34 @@ def test_every_unit_written_is_enabled_and_started_on_first_boot() -> None:
         document = yaml.safe_load(render_cloud_init(variant))
         written = sorted(Path(f["path"]).name for f in document["write_files"] if f["path"].endswith(".service"))
         enable, start = document["runcmd"][2], document["runcmd"][3]
+        # Less the failure template: OnFailure= starts its instances, nothing enables it (it has no [Install]).
+        written.remove(f"{bootstrap.FAILED_UNIT}.service")
         assert enable[:2] == ["systemctl", "enable"] and sorted(enable[2:]) == written
         assert start[:3] == ["systemctl", "start", "--no-block"] and sorted(start[3:]) == written
         assert {Path(p).stem for p in written} <= set(bootstrap.UNITS)
+
+
+ONESHOTS_THAT_FAIL_THE_BOOT = {"sdxl-data.service", "sdxl-docker.service", "sdxl-gpu-check.service",
+                               "sdxl-image.service"}
+
+
+@pytest.mark.parametrize("name", ["aws-build", "gcp-pull", "fleet"])
+def test_every_boot_step_that_can_fail_the_boot_starts_the_failure_unit_when_it_fails(name: str) -> None:
+    """However a boot oneshot fails (a word from sdxl-boot, a crash, systemd's kill at its TimeoutStartSec), its
+    OnFailure= starts sdxl-failed@<the unit>, which marks the boot failed (tests/image/test_boot_script.py runs it).
+    The model prefetch alone has none: it is never fatal, the server fetches what it left."""
+    variant = dataclasses.replace(VARIANTS["aws-build"], fleet=bootstrap.FleetFront(time_limit=60, seconds_per_image=5),
+                                  data_devices=(), public_ip=None) if name == "fleet" else VARIANTS[name]
+    graph = unit_graph(render_cloud_init(variant))
+    oneshots = {unit for unit, d in graph.items() if d.get("Type") == ["oneshot"] and "@" not in unit}
+    assert oneshots == ONESHOTS_THAT_FAIL_THE_BOOT | {"sdxl-model.service"}
+    for unit in ONESHOTS_THAT_FAIL_THE_BOOT:
+        assert graph[unit]["OnFailure"] == [f"{bootstrap.FAILED_UNIT}%n.service"], unit  # %n: the unit's own name
+    assert "OnFailure" not in graph["sdxl-model.service"]
+    assert {unit for unit, d in graph.items() if "OnFailure" in d} == ONESHOTS_THAT_FAIL_THE_BOOT
+    failed = graph[f"{bootstrap.FAILED_UNIT}.service"]
+    assert failed["Type"] == ["oneshot"] and failed["ExecStart"] == [f"{bootstrap.BOOT_SCRIPT} unit-failed %i"]
+    assert not {key for key in failed if key in (*DEPENDENCIES, "WantedBy", "OnFailure")}  # nothing holds it back
 
 
 def test_ready_survives_a_failed_server_start() -> None:
@@ -297,6 +322,13 @@ def test_units_that_pull_or_build_outlast_sdxl_boots_own_limits() -> None:
         image_step = max(retried_pull, limit["NET_WAIT"] + limit["BUILD_LIMIT"])  # fetch the bundle, then build
         assert seconds(graph["sdxl-image.service"]["TimeoutStartSec"][0]) > image_step
         assert seconds(graph["sdxl-model.service"]["TimeoutStartSec"][0]) > limit["NET_WAIT"] + limit["MODEL_LIMIT"]
+        # The GPU check says why it failed before systemd kills it: its last try may start at the deadline, each
+        # nvidia-smi is stopped after SMI_LIMIT and killed 10 s later, and the CUDA version is one more call.
+        gpu_check = limit["GPU_WAIT"] + 2 * (limit["SMI_LIMIT"] + 10)
+        assert seconds(graph["sdxl-gpu-check.service"]["TimeoutStartSec"][0]) > gpu_check
+    assert 0 < limit["SMI_LIMIT"] <= 120  # bounded: a healthy nvidia-smi answers in seconds
+    readme = " ".join((bootstrap.HOST_TEMPLATES.parent.parent / "README.md").read_text().split())
+    assert f"each call is stopped after {limit['SMI_LIMIT']} s" in readme
 
 
 def test_the_model_fetch_takes_what_the_server_loads_and_the_hub_token_only_when_set() -> None:
