@@ -260,15 +260,17 @@ def endpoint_url(settings: Settings, service: k8s.core.v1.Service, namespace: pu
         lambda address: (f"http://[{address}]" if ":" in address else f"http://{address}") if address else "")
 
 
-def load_balancer_address(service: k8s.core.v1.Service) -> pulumi.Output[str]:
-    """The address the cloud's load balancer controller wrote into the Service's status (an IP or a DNS name); ""
-    until it is assigned (preview): `pulumi up` waits for it before it finishes."""
+def load_balancer_address(front: k8s.core.v1.Service | k8s.networking.v1.Ingress) -> pulumi.Output[str]:
+    """The address a controller wrote into a LoadBalancer Service's or an Ingress's status (the same
+    status.loadBalancer.ingress list: an IP, or a DNS name such as an AWS load balancer's); "" until it is assigned
+    (preview). `pulumi up` waits for it before it finishes: pulumi-kubernetes' await logic holds a Service of type
+    LoadBalancer, and an Ingress, until that list has an entry."""
     def first(status: object) -> str:
         points = (getattr(getattr(status, "load_balancer", None), "ingress", None) or []) if status else []
         return next((p.ip or p.hostname for p in points if getattr(p, "ip", None) or getattr(p, "hostname", None)),
                     "")
 
-    return service.status.apply(first)
+    return front.status.apply(first)
 
 
 # --- scaling -----------------------------------------------------------------------------------------------------
@@ -406,10 +408,16 @@ class Endpoint(pulumi.ComponentResource):
         service_meta["annotations"] = {**service_meta.get("annotations", {}), **service_annotations(settings)}
         service = k8s.core.v1.Service(f"{name}-service", metadata=service_meta, spec=service_spec(settings),
                                       opts=ns_opts)
+        # The address the user's DNS record points at: the Ingress's own (its controller's load balancer), or the
+        # LoadBalancer Service's. cert-manager's HTTP-01 challenge passes only once `domain` resolves to it.
+        public_ip: pulumi.Input[str] = ""
         if kube.exposure == "ingress":
-            k8s.networking.v1.Ingress(f"{name}-ingress", metadata={
+            ingress = k8s.networking.v1.Ingress(f"{name}-ingress", metadata={
                 **meta, "name": APP, "annotations": ingress_annotations(settings)},
                 spec=ingress_spec(settings, service.metadata.name), opts=ns_opts)
+            public_ip = load_balancer_address(ingress)
+        elif kube.exposure == "loadBalancer":
+            public_ip = load_balancer_address(service)
 
         k8s.policy.v1.PodDisruptionBudget(f"{name}-pdb", metadata={**meta, "name": APP}, spec={
             # Node drains (upgrades, scale-in) keep one pod serving; a pod that is not ready may always be evicted,
@@ -436,7 +444,7 @@ class Endpoint(pulumi.ComponentResource):
         shell = f"kubectl {context}-n {ns_name} logs -f deployment/{deployment_name}"
         self.outputs = hosted.hosted_outputs(
             settings, endpoint=url, api_token=token, instance_id=f"{ns_name}/deployment/{deployment_name}",
-            shell=shell, public_ip=load_balancer_address(service) if kube.exposure == "loadBalancer" else "")
+            shell=shell, public_ip=public_ip)
         self.register_outputs(self.outputs)
 
     @staticmethod

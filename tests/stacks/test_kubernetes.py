@@ -16,7 +16,14 @@ from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 from server.settings import Settings as ServerSettings
 from stacks import catalog, config, contract
 from stacks import kubernetes as k8s_target
-from tests.stacks.conftest import FAKE_K8S_LB_IP, ROOT, plain_strings, run_program
+from tests.stacks.conftest import (
+    FAKE_K8S_INGRESS_HOSTNAME,
+    FAKE_K8S_INGRESS_IP,
+    FAKE_K8S_LB_IP,
+    ROOT,
+    plain_strings,
+    run_program,
+)
 
 IMAGE = "ghcr.io/sdxl-endpoint/sdxl-endpoint-server:1.0.0"
 BASE = {"cloud": "kubernetes", "image": IMAGE}
@@ -456,6 +463,21 @@ def test_an_ingress_with_cert_manager_gives_an_https_endpoint_and_fits_long_gene
     assert float(notes["nginx.ingress.kubernetes.io/proxy-body-size"].rstrip("m")) > ServerSettings().max_body_mb
     assert one_kind(run, "Service")["spec"]["type"] == "ClusterIP"
     assert run.value(run.outputs["endpoint"]) == "https://sdxl.example.com"
+
+
+@pytest.mark.parametrize(("ingress_class", "address"), [
+    ("nginx", FAKE_K8S_INGRESS_IP), ("gce", FAKE_K8S_INGRESS_IP),
+    ("alb", FAKE_K8S_INGRESS_HOSTNAME),  # the AWS Load Balancer Controller's ALB has a DNS name, no IP
+])
+def test_public_ip_is_the_address_the_ingress_controller_wrote_into_the_ingress_status(ingress_class, address):
+    """The user's DNS record points at it; until `domain` resolves there, cert-manager's HTTP-01 never passes."""
+    run = run_program({**BASE, "domain": "sdxl.example.com", "certIssuer": "letsencrypt-prod",
+                       "ingressClass": ingress_class})
+    assert run.value(run.outputs["publicIp"]) == address
+    assert run.value(run.outputs["endpoint"]) == "https://sdxl.example.com"  # the domain, not the address
+    # Inside the cluster only, there is no address to point a record at.
+    internal = run_program({**BASE, "exposure": "internal"})
+    assert internal.value(internal.outputs["publicIp"]) == ""
 
 
 @pytest.mark.parametrize("gke_class", ["gce", "gce-internal"])
