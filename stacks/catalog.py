@@ -1232,3 +1232,30 @@ CLOUDFRONT_VPC_ORIGIN_REGIONS = frozenset({
     "me-south-1", "me-central-1", "sa-east-1", "mx-central-1",
 })
 CLOUDFRONT_VPC_ORIGIN_EXCLUDED_AZ_IDS = frozenset({"use1-az3", "usw1-az2", "apne1-az3", "cac1-az3"})
+
+# --- Kubernetes: StorageClasses that cannot share the model cache between nodes -------------------------------
+# With maxReplicas above 1 the model cache claim asks ReadWriteMany (stacks/kubernetes.py cache_access_mode), so pods
+# on several nodes mount it at once. Block storage attaches a volume to one node at a time: these provisioners offer
+# no ReadWriteMany filesystem volume, so the claim never binds and the pods stay Pending. Sources: the Kubernetes CSI
+# docs' driver table (kubernetes-csi/docs book/src/drivers.md: ebs.csi.aws.com, pd.csi.storage.gke.io and
+# disk.csi.azure.com "Read/Write Single Pod"; EBS io2 Multi-Attach is for raw block volumes, not a filesystem) and
+# kubernetes.io's access-mode table for the in-tree plugins (AWSElasticBlockStore and AzureDisk ReadWriteOnce only,
+# GCEPersistentDisk ReadWriteOnce and ReadOnlyMany). GKE's default classes (standard-rwo, premium-rwo, standard) and
+# EKS's (gp2, gp3 of the EBS CSI driver or Auto Mode) are of these provisioners.
+K8S_BLOCK_ONLY_PROVISIONERS = {
+    "pd.csi.storage.gke.io": "Compute Engine persistent disk",
+    "kubernetes.io/gce-pd": "Compute Engine persistent disk, in-tree",
+    "ebs.csi.aws.com": "Amazon EBS",
+    "kubernetes.io/aws-ebs": "Amazon EBS, in-tree",
+    "disk.csi.azure.com": "Azure Disk",
+    "kubernetes.io/azure-disk": "Azure Disk, in-tree",
+}
+# What shares the cache instead, per platform: a file system class (platform, class, provisioner). GKE's Filestore
+# CSI driver is a cluster add-on (GcpFilestoreCsiDriverConfig) and brings the standard-rwx class; EFS needs its CSI
+# driver and a StorageClass of the user's own naming a file system (aws-efs-csi-driver: provisioningMode efs-ap,
+# fileSystemId); AKS ships azurefile-csi (Microsoft's AKS docs: built-in Azure Files classes).
+K8S_SHARED_STORAGE = (
+    ("GKE", "standard-rwx (Filestore; enable the Filestore CSI driver add-on)", "filestore.csi.storage.gke.io"),
+    ("EKS", "an EFS class of yours (the EFS CSI driver)", "efs.csi.aws.com"),
+    ("AKS", "azurefile-csi", "file.csi.azure.com"),
+)

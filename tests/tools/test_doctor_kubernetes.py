@@ -323,6 +323,35 @@ def test_storage_class_default_named_or_missing(cluster, tmp_path, monkeypatch):
     assert found["storage-class"][0] == FAIL and "no StorageClass 'gp3'" in found["storage-class"][1]
 
 
+def test_a_block_storage_class_fails_several_replicas_that_share_the_model_cache(cluster, tmp_path, monkeypatch):
+    """Above one replica the claim asks ReadWriteMany; GKE's default standard-rwo (persistent disk) cannot give it,
+    so the claim would stay Pending and every pod with it."""
+    cluster.nodes = [k8s.gke_l4()]
+    status, value, fix = checks(run(["--stack", stack(tmp_path, monkeypatch, maxReplicas="3")]))["storage-class"]
+    assert status == FAIL
+    assert value.startswith("storageClass unset: the cluster's default standard-rwo holds the model cache, but its "
+                            "provisioner pd.csi.storage.gke.io")
+    assert "maxReplicas 3 asks the model cache for ReadWriteMany" in value
+    assert fix.startswith("pulumi config set storageClass <a ReadWriteMany class>: GKE standard-rwx (Filestore")
+    assert "EFS" in fix and fix.endswith("or pulumi config set maxReplicas 1")
+    # EKS's gp3 (the EBS CSI driver), named by the stack, is refused the same way.
+    cluster.storage_classes.append(k8s.storage_class("gp3", provisioner="ebs.csi.aws.com"))
+    status, value, _ = checks(run(["--stack", stack(tmp_path, monkeypatch, maxReplicas="2",
+                                                    storageClass="gp3")]))["storage-class"]
+    assert status == FAIL and "ebs.csi.aws.com (Amazon EBS)" in value
+
+
+def test_a_filestore_class_or_one_replica_passes_the_storage_check(cluster, tmp_path, monkeypatch):
+    cluster.nodes = [k8s.gke_l4()]
+    cluster.storage_classes.append(k8s.filestore_class())
+    found = checks(run(["--stack", stack(tmp_path, monkeypatch, maxReplicas="3", storageClass="standard-rwx")]))
+    assert found["storage-class"] == (OK, "StorageClass standard-rwx exists", None)
+    # One replica: the claim asks ReadWriteOnce, which the default persistent disk gives.
+    found = checks(run(["--stack", stack(tmp_path, monkeypatch, maxReplicas="1")]))
+    assert found["storage-class"] == (OK, "storageClass unset: the cluster's default standard-rwo holds the model "
+                                          "cache", None)
+
+
 # --- namespace, quotas and limit ranges ------------------------------------------------------------------------
 
 
@@ -384,8 +413,10 @@ def test_a_fully_ready_cluster_passes_every_check(cluster, tmp_path, monkeypatch
     cluster.ingress_classes = [k8s.ingress_class("nginx", default=True)]
     cluster.namespaces["ml-serving"] = "Active"
     cluster.quotas["ml-serving"] = [k8s.resource_quota("gpu", {"requests.nvidia.com/gpu": "4", "pods": "20"})]
+    cluster.storage_classes.append(k8s.filestore_class())  # two replicas share the model cache
     name = ingress_stack(tmp_path, monkeypatch, namespace="ml-serving", certIssuer="letsencrypt", gpu="l4",
-                         kedaPrometheusUrl="http://prometheus.monitoring.svc:9090", maxReplicas="2")
+                         kedaPrometheusUrl="http://prometheus.monitoring.svc:9090", maxReplicas="2",
+                         storageClass="standard-rwx")
     report = run(["--stack", name])
     assert [(c.name, c.status) for c in report.checks] == [
         ("config", OK), ("cluster", OK), ("gpu-nodes", OK), ("placement", OK), ("keda", OK), ("cert-manager", OK),

@@ -13,6 +13,7 @@ Read-only: it gets and lists, nothing else. What it reads, in order:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -52,6 +53,10 @@ GPU_NODE_STEPS = ("install the NVIDIA GPU Operator (or the device plugin) and a 
                   "--accelerator type=nvidia-l4,count=1; EKS: a NodePool or node group of g6/g5 instances); on "
                   "CoreWeave CKS add a GPU Node Pool and do not install the Operator (CoreWeave runs it)")
 DEVICE_PLUGIN_FIX = f"add GPU nodes with the NVIDIA device plugin: {GPU_NODE_STEPS}"
+# A model cache that pods on several nodes share: a file system class, or a single replica.
+SHARED_CACHE_FIX = ("pulumi config set storageClass <a ReadWriteMany class>: "
+                    + "; ".join(f"{where} {name}" for where, name, _ in catalog.K8S_SHARED_STORAGE)
+                    + "; or pulumi config set maxReplicas 1")
 # What a fitting GPU is, from the catalog's floor (memory, compute capability) and the GPUs it lists.
 FITTING_GPU = (f"an NVIDIA GPU of {catalog.SDXL_MIN_GPU_MEMORY_GB} GB or more, compute capability "
                f"{'.'.join(map(str, catalog.MIN_COMPUTE_CAPABILITY))} or newer "
@@ -194,7 +199,8 @@ def check(target: Target, api: KubernetesApi, report: Report, with_suggest: bool
             on_gke = catalog.K8S_GKE_VERSION_MARK in cluster["version"]
             runner.run("ingress-class", lambda: _check_ingress_class(api, report, kube, on_gke))
         storage_class: list[str | None] = [kube.storage_class]
-        runner.run("storage-class", lambda: storage_class.__setitem__(0, _check_storage(api, report, kube)))
+        runner.run("storage-class", lambda: storage_class.__setitem__(
+            0, _check_storage(api, report, kube, target.replicas)))
         runner.run("namespace", lambda: _check_namespace(api, report, target, storage_class[0]))
     if with_suggest:
         report.suggestions = suggest(gpu_nodes, api.context_name, target)
@@ -369,24 +375,31 @@ def _check_cert_manager(api: KubernetesApi, report: Report, kube: config.KubeSet
 
 
 def _named_or_default(report: Report, check: str, kind: str, key: str, classes: list[Any], wanted: str | None,
-                      default_keys: tuple[str, ...], none_fix: str, unset_why: str) -> str | None:
-    """An IngressClass or StorageClass: the stack's (`key`) exists, or else the cluster marks one as its default.
-    Returns the class that will be used, or None."""
+                      default_keys: tuple[str, ...], none_fix: str, unset_why: str,
+                      judge: Callable[[Any], tuple[str, str] | None] | None = None) -> str | None:
+    """An IngressClass or StorageClass: the stack's (`key`) exists, or else the cluster marks one as its default;
+    and `judge` (why not, fix), when given, does not refuse it. Returns the class that will be used, or None."""
     names = [c.metadata.name for c in classes]
     listed = ", ".join(names) or "none"
     fix = f"pulumi config set {key} {names[0]}" if names else none_fix
     if wanted:
-        if wanted in names:
-            report.add(check, OK, f"{kind} {wanted} exists")
-        else:
+        if wanted not in names:
             report.add(check, FAIL, f"no {kind} {wanted!r} (the cluster has {listed})", fix)
-        return wanted
-    default = [c.metadata.name for c in classes if _annotated(c.metadata, *default_keys)]
-    if default:
-        report.add(check, OK, f"{key} unset: the cluster's default {default[0]} {unset_why}")
-        return default[0]
-    report.add(check, FAIL, f"{key} unset and no {kind} is the default (the cluster has {listed})", fix)
-    return None
+            return wanted
+        chosen, value = wanted, f"{kind} {wanted} exists"
+    else:
+        default = [c.metadata.name for c in classes if _annotated(c.metadata, *default_keys)]
+        if not default:
+            report.add(check, FAIL, f"{key} unset and no {kind} is the default (the cluster has {listed})", fix)
+            return None
+        chosen, value = default[0], f"{key} unset: the cluster's default {default[0]} {unset_why}"
+    refused = judge(classes[names.index(chosen)]) if judge else None
+    if refused:
+        why, refused_fix = refused
+        report.add(check, FAIL, f"{value}, but {why}", refused_fix)
+    else:
+        report.add(check, OK, value)
+    return chosen
 
 
 def _check_ingress_class(api: KubernetesApi, report: Report, kube: config.KubeSettings, on_gke: bool) -> None:
@@ -414,12 +427,24 @@ def _check_ingress_class(api: KubernetesApi, report: Report, kube: config.KubeSe
                       "set exposure loadBalancer", "serves the Ingress")
 
 
-def _check_storage(api: KubernetesApi, report: Report, kube: config.KubeSettings) -> str | None:
-    """The model cache's StorageClass: the stack's, or the cluster's default (without one the claim stays Pending).
-    Returns the class used."""
+def _check_storage(api: KubernetesApi, report: Report, kube: config.KubeSettings, replicas: int) -> str | None:
+    """The model cache's StorageClass: the stack's, or the cluster's default (without one the claim stays Pending);
+    with more than one replica, one whose volumes several nodes can mount. Returns the class used."""
     return _named_or_default(report, "storage-class", "StorageClass", "storageClass",
                              api.call("StorageV1Api", "list_storage_class").items, kube.storage_class,
-                             DEFAULT_STORAGE_CLASS, "install a CSI driver with a StorageClass", "holds the model cache")
+                             DEFAULT_STORAGE_CLASS, "install a CSI driver with a StorageClass", "holds the model cache",
+                             judge=lambda storage_class: _cannot_share(storage_class, replicas))
+
+
+def _cannot_share(storage_class: Any, replicas: int) -> tuple[str, str] | None:
+    """Why a class cannot hold the cache of `replicas` pods (the claim asks ReadWriteMany above one), and the fix."""
+    provisioner = str(getattr(storage_class, "provisioner", "") or "")
+    storage = catalog.K8S_BLOCK_ONLY_PROVISIONERS.get(provisioner)
+    if replicas <= 1 or storage is None:
+        return None
+    return (f"its provisioner {provisioner} ({storage}) attaches a volume to one node at a time: maxReplicas "
+            f"{replicas} asks the model cache for ReadWriteMany, which it cannot give, so the claim never binds and "
+            "the pods stay Pending", SHARED_CACHE_FIX)
 
 
 def _check_namespace(api: KubernetesApi, report: Report, target: Target, storage_class: str | None) -> None:
