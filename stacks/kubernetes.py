@@ -13,10 +13,13 @@ names (`kubeContext`; unset: the current one). In the namespace (`namespace`, or
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 
 import pulumi
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from stacks import catalog, contract, hosted
 from stacks.config import PROJECT, KubeSettings, Settings
@@ -47,6 +50,9 @@ REQUEST_TIMEOUT_SECONDS = contract.REQUEST_TIMEOUT_SECONDS
 INGRESS_TIMEOUT_SECONDS = REQUEST_TIMEOUT_SECONDS + 30
 # ingress-nginx refuses bodies over 1 MiB by default; the server takes 20 MiB (server/settings.py max_body_mb).
 INGRESS_BODY_LIMIT = "21m"
+# The pod template carries a digest of the tokens: the server reads them from env vars at start, so without it a new
+# apiToken or hfToken would change the Secret but leave the running pods on the old one.
+TOKENS_DIGEST_ANNOTATION = f"{PROJECT}.io/tokens-hmac-sha256"
 
 
 def labels(settings: Settings) -> dict[str, str]:
@@ -178,6 +184,20 @@ def cache_access_mode(settings: Settings) -> str:
     """Replicas on several nodes share the cache only through a ReadWriteMany class (Filestore, EFS, CoreWeave's
     shared storage); one replica needs ReadWriteOnce, which every class offers."""
     return "ReadWriteMany" if settings.max_replicas > 1 else "ReadWriteOnce"
+
+
+def tokens_digest(secrets: pulumi.Output[dict[str, str]], key: pulumi.Input[str]) -> pulumi.Output[str]:
+    """HMAC-SHA256 of the Secret's values under `key`, computed inside apply so the tokens never leave the secret
+    Output. The key (random, kept encrypted in the stack's state) is what lets the digest be a plain input: a bare
+    sha256 of a short apiToken a user chose could be guessed back by anyone who reads Deployments. A secret
+    annotation would make the provider treat the Deployment's whole spec as secret, hiding every change to it in
+    `pulumi preview --diff`."""
+    def digest(args: list) -> str:
+        secret_key, values = args
+        return hmac.new(str(secret_key).encode(), json.dumps(values, sort_keys=True).encode(),
+                        hashlib.sha256).hexdigest()
+
+    return pulumi.Output.unsecret(pulumi.Output.all(key, secrets).apply(digest))
 
 
 # --- exposure ----------------------------------------------------------------------------------------------------
@@ -350,8 +370,11 @@ class Endpoint(pulumi.ComponentResource):
             meta["annotations"] = {mark_key("ttl"): settings.ttl}
 
         token = contract.api_token(settings, parent=self)
+        secret_values = hosted.server_secrets(settings, token)
+        digest_key = random.RandomPassword(f"{name}-tokens-digest-key", length=64, special=False,
+                                           opts=pulumi.ResourceOptions(parent=self))
         tokens = k8s.core.v1.Secret(f"{name}-tokens", metadata={**meta, "name": f"{APP}-tokens"}, type="Opaque",
-                                    string_data=hosted.server_secrets(settings, token),
+                                    string_data=secret_values,
                                     opts=pulumi.ResourceOptions.merge(ns_opts, pulumi.ResourceOptions(
                                         additional_secret_outputs=["data", "stringData"])))
         pull_secret = None
@@ -384,7 +407,9 @@ class Endpoint(pulumi.ComponentResource):
                 "metadata": {"labels": labels(settings), "annotations": {
                     # Annotation-based discovery (the Prometheus Helm chart's default scrape config).
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
-                    "prometheus.io/path": "/metrics"}},
+                    "prometheus.io/path": "/metrics",
+                    # A token change rolls the pods, which read the tokens only at start.
+                    TOKENS_DIGEST_ANNOTATION: tokens_digest(secret_values, digest_key.result)}},
                 "spec": pod_spec(settings, secret_name=tokens.metadata.name, cache_claim=cache.metadata.name,
                                  pull_secret=pull_secret),
             },

@@ -4,6 +4,7 @@ a non-root read-only container, tokens only in a Secret, autoscaler bounds from 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
@@ -201,6 +202,31 @@ def test_tokens_are_only_in_a_secret():
     assert pod(run)["imagePullSecrets"] == [{"name": "sdxl-endpoint-pull"}]
     assert server(run)["envFrom"] == [{"secretRef": {"name": "sdxl-endpoint-tokens"}}]
     assert run.is_secret(run.outputs["apiToken"]) and run.value(run.outputs["apiToken"]) == token
+
+
+def test_a_new_token_rolls_the_pods_without_the_token_in_any_plain_input():
+    """The server reads the tokens from env vars at start: a changed Secret alone leaves the pods on the old token,
+    so the pod template carries a digest of them, which changes with either token and with nothing else."""
+    def template(token: str, hf: str = "hf_" + "b" * 34) -> tuple[str, dict[str, Any]]:
+        run = run_program({**BASE, "apiToken": token, "hfToken": hf},
+                          secret_keys=secrets(apiToken="", hfToken=""))
+        for resource in run.mocks.resources:
+            assert not any(token in text or hf in text for text in plain_strings(resource.inputs)), resource.typ
+        (deployment,) = run.of_type(DEPLOYMENT)
+        # A plain input (a secret one would hide the whole spec's diff), keyed: not the bare sha256 of the tokens,
+        # which a short chosen apiToken could be guessed back from.
+        assert not is_rpc_secret(deployment.inputs["spec"])
+        digest = deployment.inputs["spec"]["template"]["metadata"]["annotations"][
+            k8s_target.TOKENS_DIGEST_ANNOTATION]
+        bare = hashlib.sha256(json.dumps({"SDXL_API_TOKEN": token, "HF_TOKEN": hf}, sort_keys=True).encode())
+        assert len(digest) == 64 and digest != bare.hexdigest()
+        return digest, one_kind(run, "Deployment")["spec"]["template"]
+
+    first_digest, first = template("tok-" + "a" * 40)
+    second_digest, second = template("tok-" + "c" * 40)
+    assert first != second and first_digest != second_digest
+    assert template("tok-" + "a" * 40)[1] == first  # the same tokens: no rollout
+    assert template("tok-" + "a" * 40, hf="hf_" + "d" * 34)[0] != first_digest  # a new Hugging Face token too
 
 
 def test_the_stack_talks_to_the_named_context_through_its_own_provider():
