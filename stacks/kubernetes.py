@@ -190,8 +190,8 @@ def tokens_digest(secrets: pulumi.Output[dict[str, str]], key: pulumi.Input[str]
     """HMAC-SHA256 of the Secret's values under `key`, computed inside apply so the tokens never leave the secret
     Output. The key (random, kept encrypted in the stack's state) is what lets the digest be a plain input: a bare
     sha256 of a short apiToken a user chose could be guessed back by anyone who reads Deployments. A secret
-    annotation would make the provider treat the Deployment's whole spec as secret, hiding every change to it in
-    `pulumi preview --diff`."""
+    annotation would not do: the SDK then sends the Deployment's whole `spec` as one secret value, which hides every
+    change to it in `pulumi preview --diff`."""
     def digest(args: list) -> str:
         secret_key, values = args
         return hmac.new(str(secret_key).encode(), json.dumps(values, sort_keys=True).encode(),
