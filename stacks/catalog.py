@@ -998,6 +998,8 @@ def judge_node_selector(selector: Mapping[str, str], gpu_key: str | None) -> K8s
     """Judge a user's nodeSelector: the GPU it names, None when it names none (placement by `gpu` then applies),
     or UnfitMachineError for a GPU that cannot run SDXL, a value the platform never sets, or another `gpu`."""
     for label, value in selector.items():
+        if label == K8S_LABEL_GFD_PRODUCT and value.endswith(K8S_GFD_SHARED_SUFFIX):
+            raise UnfitMachineError(k8s_shared_product_refusal(value))
         named = K8S_LABEL_VALUES.get(label, {}).get(value) or (
             K8S_INSTANCE_TYPES.get(value) if label == K8S_LABEL_INSTANCE_TYPE else None)
         if named is None and label in K8S_GPU_LABELS and label not in K8S_OPEN_LABELS:
@@ -1259,3 +1261,38 @@ K8S_SHARED_STORAGE = (
     ("EKS", "an EFS class of yours (the EFS CSI driver)", "efs.csi.aws.com"),
     ("AKS", "azurefile-csi", "file.csi.azure.com"),
 )
+
+# --- Kubernetes: a nodeSelector naming a shared GPU --------------------------------------------------------------
+# GPU Feature Discovery appends -SHARED to the product label of a GPU the device plugin time-slices or shares by MPS
+# (k8s-device-plugin internal/lm/resource.go getProductName; its README: "nvidia.com/<resource-name>.product =
+# <product name>-SHARED" with renameByDefault=false, the default). The placement terms keep shared GPUs out
+# (k8s_gpu_terms: sharing-strategy NotIn time-slicing, mps), so a selector on such a value matches no node the pod
+# may use: it would stay Pending. The same card, unshared, carries the name without the suffix.
+K8S_GFD_SHARED_SUFFIX = "-SHARED"
+
+
+def k8s_shared_product_refusal(value: str) -> Refusal:
+    """A nodeSelector on a shared GPU's product label: the unshared name is the fix."""
+    whole = value.removesuffix(K8S_GFD_SHARED_SUFFIX)
+    known = K8S_LABEL_VALUES[K8S_LABEL_GFD_PRODUCT].get(whole)
+    alternatives = k8s_alternatives(K8S_LABEL_GFD_PRODUCT, known.memory_mib // 1024 if known else
+                                    SDXL_MIN_GPU_MEMORY_GB)
+    why = (f"{K8S_GFD_SHARED_SUFFIX} is how GPU Feature Discovery names a time-sliced or MPS-shared GPU: one "
+           "nvidia.com/gpu there is a share of a card other pods use too, and SDXL needs the whole memory, so the "
+           "placement keeps shared GPUs out and no node would take the pod")
+    unfit = k8s_fitting(known) if known else None
+    if unfit:  # the whole card is no way out either
+        return Refusal("nodeSelector", f"{K8S_LABEL_GFD_PRODUCT}={value}", f"{why}; and {unfit}", alternatives,
+                       _selector_fix(K8S_LABEL_GFD_PRODUCT, alternatives))
+    return Refusal("nodeSelector", f"{K8S_LABEL_GFD_PRODUCT}={value}", why, alternatives,
+                   f"pulumi config set --path 'nodeSelector[0]' {K8S_LABEL_GFD_PRODUCT}={whole} (the same GPU, "
+                   "on a node pool whose device plugin does not share it)")
+
+
+def k8s_selector_placement(selector: Mapping[str, str], gpu_key: str | None) -> K8sGpuClass:
+    """What the stack asks the scheduler for with this nodeSelector and `gpu` (as config.validate places it), or
+    UnfitMachineError."""
+    judged = judge_node_selector(selector, gpu_key)
+    if judged is not None:
+        return judged
+    return K8S_OFFERS[gpu_key] if gpu_key else K8S_ANY_GPU

@@ -360,6 +360,8 @@ def test_presets_leave_image_to_the_user_and_say_how_to_set_it():
     ("nvidia.com/gpu.product=Tesla-V100-SXM2-16GB", "predates Turing (compute capability 7.0)"),
     ("gpu.nvidia.com/class=Quadro_RTX_4000", "Quadro RTX 4000 has 8 GB"),
     ("cloud.google.com/gke-accelerator=nvidia-l4x", "GKE never sets this value"),
+    ("nvidia.com/gpu.product=NVIDIA-A10G-SHARED", "-SHARED is how GPU Feature Discovery names a time-sliced"),
+    ("nvidia.com/gpu.product=Tesla-T4-SHARED", "the placement keeps shared GPUs out and no node would take the pod"),
 ])
 def test_a_selector_naming_an_unfit_gpu_fails_preview_with_the_nearest_fitting_classes(selector, reason):
     with pytest.raises(config.ConfigError) as raised:
@@ -431,6 +433,22 @@ def test_the_fix_for_a_selector_that_names_another_gpu_passes_validation(gpu, se
     assert options
     for option in options:
         validated(**apply_fix(keys, option))  # raises if the suggestion is itself refused
+
+
+@pytest.mark.parametrize(("gpu", "shared", "whole"), [
+    (None, "Tesla-T4-SHARED", "Tesla-T4"), (None, "NVIDIA-A10G-SHARED", "NVIDIA-A10G"),
+    ("a10g", "NVIDIA-A10G-SHARED", "NVIDIA-A10G"),
+])
+def test_a_shared_gpus_product_selector_is_refused_naming_the_unshared_one(gpu, shared, whole):
+    """GFD appends -SHARED under time-slicing or MPS; the placement refuses shared GPUs, so the pod would never be
+    scheduled. The fix names the same GPU unshared, and passes validation."""
+    keys = {"nodeSelector": json.dumps([f"nvidia.com/gpu.product={shared}"]), **({"gpu": gpu} if gpu else {})}
+    with pytest.raises(config.ConfigError) as raised:
+        validated(**keys)
+    fix = str(raised.value).split("fix: ", 1)[1].splitlines()[0]
+    assert fix.startswith(f"pulumi config set --path 'nodeSelector[0]' nvidia.com/gpu.product={whole} (")
+    settings = validated(**apply_fix(keys, fix.split(" (")[0]))
+    assert settings.kube.node_selector == {"nvidia.com/gpu.product": whole}
 
 
 def test_every_kubernetes_mistake_is_named_in_one_message():

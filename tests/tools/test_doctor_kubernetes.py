@@ -431,14 +431,14 @@ def test_a_fully_ready_cluster_passes_every_check(cluster, tmp_path, monkeypatch
 
 def test_suggest_prints_a_selector_per_fitting_gpu_smallest_first_that_the_stack_accepts(cluster):
     cluster.nodes = [k8s.coreweave_h100(), k8s.gke_l4(), k8s.gke_l4("gke-sdxl-l4-pool-9z"), k8s.eks_auto_a10g(),
-                     k8s.karpenter_l4(), k8s.gke_p4(), k8s.cpu_node("cpu-1")]
+                     k8s.karpenter_l4(), k8s.gke_p4(), k8s.gfd_a10g_time_sliced(), k8s.cpu_node("cpu-1")]
     report = run(["--cloud", "kubernetes", "--gpu", "l4", "--suggest"])
     assert [(s.machine_type, s.zones) for s in report.suggestions] == [
         ("eks.amazonaws.com/instance-gpu-name=a10g", ["i-0a10g1234567890ab"]),  # 22888 MiB
         ("karpenter.k8s.aws/instance-gpu-name=l4", ["ip-10-0-1-23.ec2.internal"]),  # 22888 MiB
         ("cloud.google.com/gke-accelerator=nvidia-l4", ["gke-sdxl-l4-pool-1a2b", "gke-sdxl-l4-pool-9z"]),  # 23034
         ("nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3", ["g8a1b2c"]),
-    ]  # no P4 (cannot run SDXL), no CPU node
+    ]  # no P4 (cannot run SDXL), no time-sliced A10G (the placement keeps shared GPUs out), no CPU node
     commands = [s.command for s in report.suggestions]
     assert commands[2] == "pulumi config set --path 'nodeSelector[0]' cloud.google.com/gke-accelerator=nvidia-l4"
     assert commands[0].startswith("pulumi config rm gpu && ")  # an A10G is not the gpu l4 the stack asks for
@@ -452,6 +452,19 @@ def test_suggest_prints_a_selector_per_fitting_gpu_smallest_first_that_the_stack
                                     "sdxl-endpoint:nodeSelector": json.dumps([f"{label}={value}"]), **gpu},
                                    stack="s")
         assert settings.kube.node_selector == {label: value}
+
+
+@pytest.mark.parametrize("gpu", [None, "a10g"])
+def test_suggest_never_offers_a_time_sliced_gpu_whose_selector_the_placement_refuses(cluster, gpu):
+    """Its memory and compute fit, but the -SHARED product selects a share of a card: preview refuses it, and the
+    placement terms keep the pod off it."""
+    cluster.nodes = [k8s.gfd_a10g_time_sliced()]
+    report = run(["--cloud", "kubernetes", *(["--gpu", gpu] if gpu else []), "--suggest"])
+    assert report.suggestions == []
+    cluster.nodes.append(k8s.eks_auto_a10g())  # a whole A10G next to it is offered
+    report = run(["--cloud", "kubernetes", *(["--gpu", gpu] if gpu else []), "--suggest"])
+    assert [(s.machine_type, s.zones) for s in report.suggestions] == [
+        ("eks.amazonaws.com/instance-gpu-name=a10g", ["i-0a10g1234567890ab"])]
 
 
 def test_context_and_namespace_flags_are_kubernetes_only():

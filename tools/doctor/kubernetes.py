@@ -559,14 +559,28 @@ def _selector_for(node: GpuNode) -> tuple[str, str] | None:
     return None
 
 
+def _placed_with(node: GpuNode, selector: tuple[str, str], gpu_key: str | None) -> bool:
+    """Whether the stack, given this nodeSelector (and `gpu`, kept where the node has that GPU), passes preview and
+    its pod lands on this node: the same catalog judgement and placement terms as the Deployment's."""
+    keep = gpu_key if gpu_key and node.gpu is not None and catalog.k8s_node_matches(node.gpu, gpu_key) else None
+    try:
+        asked = catalog.k8s_selector_placement(dict([selector]), keep)
+    except catalog.UnfitMachineError:  # e.g. a time-sliced GPU's -SHARED product name
+        return False
+    terms = catalog.k8s_gpu_terms(catalog.k8s_placement_gpu(asked))
+    return _matches(node, dict([selector]), terms)
+
+
 def suggest(gpu_nodes: list[GpuNode], context: str, target: Target) -> list[Suggestion]:
-    """One nodeSelector per fitting GPU the cluster has, smallest GPU first, with the command that sets it."""
+    """One nodeSelector per fitting GPU the cluster has, smallest GPU first, with the command that sets it. A node
+    counts only where the selector would really place the pod (not a shared GPU, whatever its memory)."""
+    gpu_key = _wanted_gpu(target)
     groups: dict[tuple[str, str], list[GpuNode]] = {}
     for node in gpu_nodes:
         selector = _selector_for(node)
-        if node.gpu is not None and catalog.k8s_fitting(node.gpu) is None and selector and not node.cordoned:
+        if node.gpu is not None and catalog.k8s_fitting(node.gpu) is None and selector and \
+                _placed_with(node, selector, gpu_key):
             groups.setdefault(selector, []).append(node)
-    gpu_key = _wanted_gpu(target)
     found = []
     for (label, value), nodes in sorted(groups.items(), key=lambda item: (item[1][0].gpu.memory_mib, item[0])):
         gpu = nodes[0].gpu
