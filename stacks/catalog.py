@@ -1108,24 +1108,27 @@ def k8s_gpu_terms(gpu_key: str | None) -> list[dict[str, object]]:
     if gpu_key not in GPUS:
         gpu_key = None
     terms: list[dict[str, object]] = []
-    # Labels that name the GPU by themselves. CoreWeave's class label says nothing about sharing or memory left.
+    # Every term keeps shared GPUs out: under time-slicing or MPS, `nvidia.com/gpu: 1` is a share of a card that other
+    # pods use too (GFD then sets sharing-strategy and appends -SHARED to the product), and SDXL needs the memory. The
+    # GPU Operator that does the sharing runs on GKE, EKS and CoreWeave nodes too, whose own labels say nothing of it;
+    # NotIn holds where GFD sets no strategy.
+    whole = (K8S_LABEL_GFD_SHARING, "NotIn", K8S_GFD_SHARED_STRATEGIES)
+    # Labels that name the GPU by themselves. CoreWeave's class label says nothing about memory left.
     for label in (K8S_LABEL_GKE, K8S_LABEL_COREWEAVE):
         values = k8s_values_for(label, gpu_key)
         if values:
-            terms.append(_k8s_term((label, "In", values)))
+            terms.append(_k8s_term((label, "In", values), whole))
     instance_types = tuple(name for name, gpu in K8S_INSTANCE_TYPES.items() if k8s_node_matches(gpu, gpu_key))
     if instance_types:
-        terms.append(_k8s_term((K8S_LABEL_INSTANCE_TYPE, "In", instance_types)))
+        terms.append(_k8s_term((K8S_LABEL_INSTANCE_TYPE, "In", instance_types), whole))
     for name_label, memory_label in ((K8S_LABEL_EKS_AUTO, K8S_LABEL_EKS_AUTO_MEMORY),
                                      (K8S_LABEL_KARPENTER, K8S_LABEL_KARPENTER_MEMORY)):
         names = k8s_values_for(name_label, gpu_key)
         if names:
             # The memory also keeps fractional GPUs (g6f: a share of an L4, named l4) out.
-            terms.append(_k8s_term((name_label, "In", names), (memory_label, "Gt", (_k8s_memory_floor(gpu_key),))))
-    # GFD terms keep shared GPUs out: under time-slicing or MPS, `nvidia.com/gpu: 1` is a share of a card that other
-    # pods use too (GFD then sets sharing-strategy and appends -SHARED to the product), and SDXL needs the memory.
+            terms.append(_k8s_term((name_label, "In", names), (memory_label, "Gt", (_k8s_memory_floor(gpu_key),)),
+                                   whole))
     memory = (K8S_LABEL_GFD_MEMORY, "Gt", (str(K8S_MIN_GPU_MEMORY_MIB),))
-    whole = (K8S_LABEL_GFD_SHARING, "NotIn", K8S_GFD_SHARED_STRATEGIES)
     if gpu_key is not None:
         products = k8s_values_for(K8S_LABEL_GFD_PRODUCT, gpu_key)
         if products:

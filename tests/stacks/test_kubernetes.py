@@ -273,6 +273,13 @@ NODES: dict[str, dict[str, str]] = {
     "gfd-a10g-time-sliced": {catalog.K8S_LABEL_GFD_PRODUCT: "NVIDIA-A10G-SHARED", catalog.K8S_LABEL_GFD_MEMORY: "23028",
                              catalog.K8S_LABEL_GFD_COMPUTE_MAJOR: "8", catalog.K8S_LABEL_GFD_COMPUTE_MINOR: "6",
                              catalog.K8S_LABEL_GFD_SHARING: "time-slicing"},
+    # The GPU Operator time-slicing an EKS node's A10G: Karpenter's labels say a10g with EC2's memory, only GFD's
+    # say the card is shared.
+    "karpenter-a10g-time-sliced": {
+        catalog.K8S_LABEL_KARPENTER: "a10g", catalog.K8S_LABEL_KARPENTER_MEMORY: "22888",
+        catalog.K8S_LABEL_GFD_PRODUCT: "NVIDIA-A10G-SHARED", catalog.K8S_LABEL_GFD_MEMORY: "23028",
+        catalog.K8S_LABEL_GFD_SHARING: "time-slicing"},
+    "gke-l4-mps": {catalog.K8S_LABEL_GKE: "nvidia-l4", catalog.K8S_LABEL_GFD_SHARING: "mps"},
     # CoreWeave nodes that name their GPU only by class (no GPU Feature Discovery labels).
     "coreweave-a40-class": {catalog.K8S_LABEL_COREWEAVE: "A40"},
     "coreweave-h100-class": {catalog.K8S_LABEL_COREWEAVE: "H100_NVLINK_80GB"},
@@ -323,7 +330,7 @@ def test_a_coreweave_class_selector_lands_on_nodes_that_carry_only_that_class(se
 
 @pytest.mark.parametrize(("gpu", "nodes"), [
     ("l4", {"gke-l4", "karpenter-g6-l4", "gfd-l4"}),  # not the fractional g6f share, whose name is l4 too
-    ("a10g", {"eks-auto-a10g"}),  # not the time-sliced A10G
+    ("a10g", {"eks-auto-a10g"}),  # not the time-sliced A10Gs, whatever other labels they carry
     ("t4", {"gke-t4", "gfd-t4"}),
     ("h100", {"coreweave-h100", "coreweave-h100-class"}),
     ("a100", {"karpenter-p4de-a100"}),
