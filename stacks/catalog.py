@@ -1299,3 +1299,19 @@ def k8s_selector_placement(selector: Mapping[str, str], gpu_key: str | None) -> 
     if judged is not None:
         return judged
     return K8S_OFFERS[gpu_key] if gpu_key else K8S_ANY_GPU
+
+# --- Kubernetes: the labels that describe a node's GPU ----------------------------------------------------------
+# What the doctor shows of each GPU node: every label above that names the GPU, its memory, compute capability or
+# sharing, and a CKS instance type the catalog knows (other instance types say nothing of a GPU).
+K8S_GPU_LABEL_KEYS = (K8S_LABEL_GKE, K8S_LABEL_EKS_AUTO, K8S_LABEL_EKS_AUTO_MEMORY, K8S_LABEL_KARPENTER,
+                      K8S_LABEL_KARPENTER_MEMORY, K8S_LABEL_GFD_PRODUCT, K8S_LABEL_GFD_MEMORY,
+                      K8S_LABEL_GFD_COMPUTE_MAJOR, K8S_LABEL_GFD_COMPUTE_MINOR, K8S_LABEL_GFD_SHARING,
+                      K8S_LABEL_COREWEAVE)
+
+
+def k8s_gpu_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The GPU labels a node carries, in K8S_GPU_LABEL_KEYS order."""
+    shown = {key: labels[key] for key in K8S_GPU_LABEL_KEYS if key in labels}
+    if labels.get(K8S_LABEL_INSTANCE_TYPE) in K8S_INSTANCE_TYPES:
+        shown[K8S_LABEL_INSTANCE_TYPE] = labels[K8S_LABEL_INSTANCE_TYPE]
+    return shown

@@ -140,6 +140,21 @@ def test_a_t4_only_cluster_fails_a_stack_that_asks_for_24_gb(cluster, gpu):
     assert not report.ok
 
 
+def test_gpu_nodes_shows_the_gpu_labels_each_node_carries(cluster):
+    """What placement and a nodeSelector can match on: the platform's GPU labels and GFD's, not the node's others."""
+    cluster.nodes = [k8s.gke_l4(gfd=False), k8s.gfd_a10g_time_sliced(), k8s.node("bare-gpu-1", {}, gpus=1),
+                     k8s.cpu_node("cpu-1")]
+    status, value, fix = checks(run(["--cloud", "kubernetes"]))["gpu-nodes"]
+    assert status == WARN and "install NVIDIA GPU Feature Discovery" in fix  # the bare node names no GPU
+    assert value == (
+        "3 of 4 nodes expose nvidia.com/gpu: "
+        "gke-sdxl-l4-pool-1a2b: 1 x L4 24.0 GiB [cloud.google.com/gke-accelerator=nvidia-l4]; "
+        "ip-10-0-2-34.ec2.internal: 4 x NVIDIA-A10G-SHARED 22.5 GiB [nvidia.com/gpu.product=NVIDIA-A10G-SHARED, "
+        "nvidia.com/gpu.memory=23028, nvidia.com/gpu.compute.major=8, nvidia.com/gpu.compute.minor=6, "
+        "nvidia.com/gpu.sharing-strategy=time-slicing]; "
+        "bare-gpu-1: 1 x a GPU no label names [no GPU label]")
+
+
 def test_gpus_that_cannot_run_sdxl_are_named_with_the_reason(cluster):
     cluster.nodes = [k8s.gke_p4()]
     status, value, fix = checks(run(["--cloud", "kubernetes"]))["placement"]
@@ -188,7 +203,9 @@ def test_coreweave_h100_nodes_fit_by_instance_type_or_gfd_product(cluster, tmp_p
     for selector in ({"node.kubernetes.io/instance-type": "gd-8xh100ib-i128"},
                      {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}):
         found = checks(run(["--stack", stack(tmp_path, monkeypatch, nodeSelector=selector)]))
-        assert found["gpu-nodes"] == (OK, "1 of 2 nodes expose nvidia.com/gpu: g8a1b2c: 8 x H100 79.6 GiB", None)
+        assert found["gpu-nodes"] == (OK, "1 of 2 nodes expose nvidia.com/gpu: g8a1b2c: 8 x H100 79.6 GiB "
+                                          "[nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3, nvidia.com/gpu.memory=81559, "
+                                          "node.kubernetes.io/instance-type=gd-8xh100ib-i128]", None)
         assert found["placement"][0] == OK and found["placement"][1].endswith(": g8a1b2c")
 
 

@@ -145,6 +145,12 @@ class GpuNode:
         what = f"{self.gpu.model} {_gib(self.gpu)}" if self.gpu else "a GPU no label names"
         return f"{self.name}: {self.gpus} x {what}{' (cordoned)' if self.cordoned else ''}"
 
+    def describe_with_labels(self) -> str:
+        """describe(), and the GPU labels the node carries: what placement and nodeSelector can match on."""
+        shown = catalog.k8s_gpu_labels(self.labels)
+        labels = ", ".join(f"{key}={value}" for key, value in shown.items()) or "no GPU label"
+        return f"{self.describe()} [{labels}]"
+
 
 def _gib(gpu: catalog.NodeGpu) -> str:
     # Labelled memory is what the driver reports (L4: 23034 MiB), so it is shown as measured, not rounded to "24".
@@ -238,7 +244,8 @@ def _provisioner(api: KubernetesApi, nodes: list[Any]) -> str | None:
 def _check_gpu_nodes(api: KubernetesApi, report: Report, nodes: list[Any], gpu_nodes: list[GpuNode]) -> None:
     if gpu_nodes:
         unlabelled = [n.name for n in gpu_nodes if n.gpu is None]
-        value = f"{len(gpu_nodes)} of {len(nodes)} nodes expose {GPU}: " + "; ".join(n.describe() for n in gpu_nodes)
+        value = f"{len(gpu_nodes)} of {len(nodes)} nodes expose {GPU}: " + "; ".join(
+            n.describe_with_labels() for n in gpu_nodes)
         report.add("gpu-nodes", WARN if unlabelled else OK, value,
                    "label the GPU nodes: install NVIDIA GPU Feature Discovery (part of the GPU Operator), which sets "
                    f"{catalog.K8S_LABEL_GFD_PRODUCT} and {catalog.K8S_LABEL_GFD_MEMORY}" if unlabelled else None)
