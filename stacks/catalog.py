@@ -998,6 +998,8 @@ def judge_node_selector(selector: Mapping[str, str], gpu_key: str | None) -> K8s
     """Judge a user's nodeSelector: the GPU it names, None when it names none (placement by `gpu` then applies),
     or UnfitMachineError for a GPU that cannot run SDXL, a value the platform never sets, or another `gpu`."""
     for label, value in selector.items():
+        if label == K8S_LABEL_GFD_PRODUCT and value.endswith(K8S_GFD_SHARED_SUFFIX):
+            raise UnfitMachineError(k8s_shared_product_refusal(value))
         named = K8S_LABEL_VALUES.get(label, {}).get(value) or (
             K8S_INSTANCE_TYPES.get(value) if label == K8S_LABEL_INSTANCE_TYPE else None)
         if named is None and label in K8S_GPU_LABELS and label not in K8S_OPEN_LABELS:
@@ -1106,24 +1108,27 @@ def k8s_gpu_terms(gpu_key: str | None) -> list[dict[str, object]]:
     if gpu_key not in GPUS:
         gpu_key = None
     terms: list[dict[str, object]] = []
-    # Labels that name the GPU by themselves. CoreWeave's class label says nothing about sharing or memory left.
+    # Every term keeps shared GPUs out: under time-slicing or MPS, `nvidia.com/gpu: 1` is a share of a card that other
+    # pods use too (GFD then sets sharing-strategy and appends -SHARED to the product), and SDXL needs the memory. The
+    # GPU Operator that does the sharing runs on GKE, EKS and CoreWeave nodes too, whose own labels say nothing of it;
+    # NotIn holds where GFD sets no strategy.
+    whole = (K8S_LABEL_GFD_SHARING, "NotIn", K8S_GFD_SHARED_STRATEGIES)
+    # Labels that name the GPU by themselves. CoreWeave's class label says nothing about memory left.
     for label in (K8S_LABEL_GKE, K8S_LABEL_COREWEAVE):
         values = k8s_values_for(label, gpu_key)
         if values:
-            terms.append(_k8s_term((label, "In", values)))
+            terms.append(_k8s_term((label, "In", values), whole))
     instance_types = tuple(name for name, gpu in K8S_INSTANCE_TYPES.items() if k8s_node_matches(gpu, gpu_key))
     if instance_types:
-        terms.append(_k8s_term((K8S_LABEL_INSTANCE_TYPE, "In", instance_types)))
+        terms.append(_k8s_term((K8S_LABEL_INSTANCE_TYPE, "In", instance_types), whole))
     for name_label, memory_label in ((K8S_LABEL_EKS_AUTO, K8S_LABEL_EKS_AUTO_MEMORY),
                                      (K8S_LABEL_KARPENTER, K8S_LABEL_KARPENTER_MEMORY)):
         names = k8s_values_for(name_label, gpu_key)
         if names:
             # The memory also keeps fractional GPUs (g6f: a share of an L4, named l4) out.
-            terms.append(_k8s_term((name_label, "In", names), (memory_label, "Gt", (_k8s_memory_floor(gpu_key),))))
-    # GFD terms keep shared GPUs out: under time-slicing or MPS, `nvidia.com/gpu: 1` is a share of a card that other
-    # pods use too (GFD then sets sharing-strategy and appends -SHARED to the product), and SDXL needs the memory.
+            terms.append(_k8s_term((name_label, "In", names), (memory_label, "Gt", (_k8s_memory_floor(gpu_key),)),
+                                   whole))
     memory = (K8S_LABEL_GFD_MEMORY, "Gt", (str(K8S_MIN_GPU_MEMORY_MIB),))
-    whole = (K8S_LABEL_GFD_SHARING, "NotIn", K8S_GFD_SHARED_STRATEGIES)
     if gpu_key is not None:
         products = k8s_values_for(K8S_LABEL_GFD_PRODUCT, gpu_key)
         if products:
@@ -1244,3 +1249,82 @@ AWS_ROLLOUT_MAX_HEALTHY_PERCENT = 200
 def gcp_fleet_zones(gpu_key: str, region: str) -> list[str]:
     """The zones of a region that offer the GPU (GCP_ACCELERATOR_ZONES): a GCP fleet's group spans them all."""
     return [z for z in GCP_ACCELERATOR_ZONES.get(gpu_key, ()) if z.startswith(region + "-")]
+
+
+# --- Kubernetes: StorageClasses that cannot share the model cache between nodes -------------------------------
+# With maxReplicas above 1 the model cache claim asks ReadWriteMany (stacks/kubernetes.py cache_access_mode), so pods
+# on several nodes mount it at once. Block storage attaches a volume to one node at a time: these provisioners offer
+# no ReadWriteMany filesystem volume, so the claim never binds and the pods stay Pending. Sources: the Kubernetes CSI
+# docs' driver table (kubernetes-csi/docs book/src/drivers.md: ebs.csi.aws.com, pd.csi.storage.gke.io and
+# disk.csi.azure.com "Read/Write Single Pod"; EBS io2 Multi-Attach is for raw block volumes, not a filesystem) and
+# kubernetes.io's access-mode table for the in-tree plugins (AWSElasticBlockStore and AzureDisk ReadWriteOnce only,
+# GCEPersistentDisk ReadWriteOnce and ReadOnlyMany). GKE's default classes (standard-rwo, premium-rwo, standard) and
+# EKS's (gp2, gp3 of the EBS CSI driver or Auto Mode) are of these provisioners.
+K8S_BLOCK_ONLY_PROVISIONERS = {
+    "pd.csi.storage.gke.io": "Compute Engine persistent disk",
+    "kubernetes.io/gce-pd": "Compute Engine persistent disk, in-tree",
+    "ebs.csi.aws.com": "Amazon EBS",
+    "kubernetes.io/aws-ebs": "Amazon EBS, in-tree",
+    "disk.csi.azure.com": "Azure Disk",
+    "kubernetes.io/azure-disk": "Azure Disk, in-tree",
+}
+# What shares the cache instead, per platform: a file system class (platform, class, provisioner). GKE's Filestore
+# CSI driver is a cluster add-on (GcpFilestoreCsiDriverConfig) and brings the standard-rwx class; EFS needs its CSI
+# driver and a StorageClass of the user's own naming a file system (aws-efs-csi-driver: provisioningMode efs-ap,
+# fileSystemId); AKS ships azurefile-csi (Microsoft's AKS docs: built-in Azure Files classes).
+K8S_SHARED_STORAGE = (
+    ("GKE", "standard-rwx (Filestore; enable the Filestore CSI driver add-on)", "filestore.csi.storage.gke.io"),
+    ("EKS", "an EFS class of yours (the EFS CSI driver)", "efs.csi.aws.com"),
+    ("AKS", "azurefile-csi", "file.csi.azure.com"),
+)
+
+# --- Kubernetes: a nodeSelector naming a shared GPU --------------------------------------------------------------
+# GPU Feature Discovery appends -SHARED to the product label of a GPU the device plugin time-slices or shares by MPS
+# (k8s-device-plugin internal/lm/resource.go getProductName; its README: "nvidia.com/<resource-name>.product =
+# <product name>-SHARED" with renameByDefault=false, the default). The placement terms keep shared GPUs out
+# (k8s_gpu_terms: sharing-strategy NotIn time-slicing, mps), so a selector on such a value matches no node the pod
+# may use: it would stay Pending. The same card, unshared, carries the name without the suffix.
+K8S_GFD_SHARED_SUFFIX = "-SHARED"
+
+
+def k8s_shared_product_refusal(value: str) -> Refusal:
+    """A nodeSelector on a shared GPU's product label: the unshared name is the fix."""
+    whole = value.removesuffix(K8S_GFD_SHARED_SUFFIX)
+    known = K8S_LABEL_VALUES[K8S_LABEL_GFD_PRODUCT].get(whole)
+    alternatives = k8s_alternatives(K8S_LABEL_GFD_PRODUCT, known.memory_mib // 1024 if known else
+                                    SDXL_MIN_GPU_MEMORY_GB)
+    why = (f"{K8S_GFD_SHARED_SUFFIX} is how GPU Feature Discovery names a time-sliced or MPS-shared GPU: one "
+           "nvidia.com/gpu there is a share of a card other pods use too, and SDXL needs the whole memory, so the "
+           "placement keeps shared GPUs out and no node would take the pod")
+    unfit = k8s_fitting(known) if known else None
+    if unfit:  # the whole card is no way out either
+        return Refusal("nodeSelector", f"{K8S_LABEL_GFD_PRODUCT}={value}", f"{why}; and {unfit}", alternatives,
+                       _selector_fix(K8S_LABEL_GFD_PRODUCT, alternatives))
+    return Refusal("nodeSelector", f"{K8S_LABEL_GFD_PRODUCT}={value}", why, alternatives,
+                   f"pulumi config set --path 'nodeSelector[0]' {K8S_LABEL_GFD_PRODUCT}={whole} (the same GPU, "
+                   "on a node pool whose device plugin does not share it)")
+
+
+def k8s_selector_placement(selector: Mapping[str, str], gpu_key: str | None) -> K8sGpuClass:
+    """What the stack asks the scheduler for with this nodeSelector and `gpu` (as config.validate places it), or
+    UnfitMachineError."""
+    judged = judge_node_selector(selector, gpu_key)
+    if judged is not None:
+        return judged
+    return K8S_OFFERS[gpu_key] if gpu_key else K8S_ANY_GPU
+
+# --- Kubernetes: the labels that describe a node's GPU ----------------------------------------------------------
+# What the doctor shows of each GPU node: every label above that names the GPU, its memory, compute capability or
+# sharing, and a CKS instance type the catalog knows (other instance types say nothing of a GPU).
+K8S_GPU_LABEL_KEYS = (K8S_LABEL_GKE, K8S_LABEL_EKS_AUTO, K8S_LABEL_EKS_AUTO_MEMORY, K8S_LABEL_KARPENTER,
+                      K8S_LABEL_KARPENTER_MEMORY, K8S_LABEL_GFD_PRODUCT, K8S_LABEL_GFD_MEMORY,
+                      K8S_LABEL_GFD_COMPUTE_MAJOR, K8S_LABEL_GFD_COMPUTE_MINOR, K8S_LABEL_GFD_SHARING,
+                      K8S_LABEL_COREWEAVE)
+
+
+def k8s_gpu_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The GPU labels a node carries, in K8S_GPU_LABEL_KEYS order."""
+    shown = {key: labels[key] for key in K8S_GPU_LABEL_KEYS if key in labels}
+    if labels.get(K8S_LABEL_INSTANCE_TYPE) in K8S_INSTANCE_TYPES:
+        shown[K8S_LABEL_INSTANCE_TYPE] = labels[K8S_LABEL_INSTANCE_TYPE]
+    return shown

@@ -13,10 +13,13 @@ names (`kubeContext`; unset: the current one). In the namespace (`namespace`, or
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 
 import pulumi
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from stacks import catalog, contract, hosted
 from stacks.config import KubeSettings, Settings, k8s_mark_key
@@ -47,6 +50,9 @@ REQUEST_TIMEOUT_SECONDS = contract.REQUEST_TIMEOUT_SECONDS
 INGRESS_TIMEOUT_SECONDS = REQUEST_TIMEOUT_SECONDS + 30
 # ingress-nginx refuses bodies over 1 MiB by default; the server takes 20 MiB (server/settings.py max_body_mb).
 INGRESS_BODY_LIMIT = "21m"
+# The pod template carries a digest of the tokens: the server reads them from env vars at start, so without it a new
+# apiToken or hfToken would change the Secret but leave the running pods on the old one.
+TOKENS_DIGEST_ANNOTATION = k8s_mark_key("tokens-hmac-sha256")
 
 
 def labels(settings: Settings) -> dict[str, str]:
@@ -174,6 +180,20 @@ def cache_access_mode(settings: Settings) -> str:
     return "ReadWriteMany" if settings.max_replicas > 1 else "ReadWriteOnce"
 
 
+def tokens_digest(secrets: pulumi.Output[dict[str, str]], key: pulumi.Input[str]) -> pulumi.Output[str]:
+    """HMAC-SHA256 of the Secret's values under `key`, computed inside apply so the tokens never leave the secret
+    Output. The key (random, kept encrypted in the stack's state) is what lets the digest be a plain input: a bare
+    sha256 of a short apiToken a user chose could be guessed back by anyone who reads Deployments. A secret
+    annotation would not do: the SDK then sends the Deployment's whole `spec` as one secret value, which hides every
+    change to it in `pulumi preview --diff`."""
+    def digest(args: list) -> str:
+        secret_key, values = args
+        return hmac.new(str(secret_key).encode(), json.dumps(values, sort_keys=True).encode(),
+                        hashlib.sha256).hexdigest()
+
+    return pulumi.Output.unsecret(pulumi.Output.all(key, secrets).apply(digest))
+
+
 # --- exposure ----------------------------------------------------------------------------------------------------
 
 
@@ -254,15 +274,17 @@ def endpoint_url(settings: Settings, service: k8s.core.v1.Service, namespace: pu
         lambda address: (f"http://[{address}]" if ":" in address else f"http://{address}") if address else "")
 
 
-def load_balancer_address(service: k8s.core.v1.Service) -> pulumi.Output[str]:
-    """The address the cloud's load balancer controller wrote into the Service's status (an IP or a DNS name); ""
-    until it is assigned (preview): `pulumi up` waits for it before it finishes."""
+def load_balancer_address(front: k8s.core.v1.Service | k8s.networking.v1.Ingress) -> pulumi.Output[str]:
+    """The address a controller wrote into a LoadBalancer Service's or an Ingress's status (the same
+    status.loadBalancer.ingress list: an IP, or a DNS name such as an AWS load balancer's); "" until it is assigned
+    (preview). `pulumi up` waits for it before it finishes: pulumi-kubernetes' await logic holds a Service of type
+    LoadBalancer, and an Ingress, until that list has an entry."""
     def first(status: object) -> str:
         points = (getattr(getattr(status, "load_balancer", None), "ingress", None) or []) if status else []
         return next((p.ip or p.hostname for p in points if getattr(p, "ip", None) or getattr(p, "hostname", None)),
                     "")
 
-    return service.status.apply(first)
+    return front.status.apply(first)
 
 
 # --- scaling -----------------------------------------------------------------------------------------------------
@@ -342,8 +364,11 @@ class Endpoint(pulumi.ComponentResource):
             meta["annotations"] = {k8s_mark_key("ttl"): settings.ttl}
 
         token = contract.api_token(settings, parent=self)
+        secret_values = hosted.server_secrets(settings, token)
+        digest_key = random.RandomPassword(f"{name}-tokens-digest-key", length=64, special=False,
+                                           opts=pulumi.ResourceOptions(parent=self))
         tokens = k8s.core.v1.Secret(f"{name}-tokens", metadata={**meta, "name": f"{APP}-tokens"}, type="Opaque",
-                                    string_data=hosted.server_secrets(settings, token),
+                                    string_data=secret_values,
                                     opts=pulumi.ResourceOptions.merge(ns_opts, pulumi.ResourceOptions(
                                         additional_secret_outputs=["data", "stringData"])))
         pull_secret = None
@@ -376,7 +401,9 @@ class Endpoint(pulumi.ComponentResource):
                 "metadata": {"labels": labels(settings), "annotations": {
                     # Annotation-based discovery (the Prometheus Helm chart's default scrape config).
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
-                    "prometheus.io/path": "/metrics"}},
+                    "prometheus.io/path": "/metrics",
+                    # A token change rolls the pods, which read the tokens only at start.
+                    TOKENS_DIGEST_ANNOTATION: tokens_digest(secret_values, digest_key.result)}},
                 "spec": pod_spec(settings, secret_name=tokens.metadata.name, cache_claim=cache.metadata.name,
                                  pull_secret=pull_secret),
             },
@@ -400,10 +427,16 @@ class Endpoint(pulumi.ComponentResource):
         service_meta["annotations"] = {**service_meta.get("annotations", {}), **service_annotations(settings)}
         service = k8s.core.v1.Service(f"{name}-service", metadata=service_meta, spec=service_spec(settings),
                                       opts=ns_opts)
+        # The address the user's DNS record points at: the Ingress's own (its controller's load balancer), or the
+        # LoadBalancer Service's. cert-manager's HTTP-01 challenge passes only once `domain` resolves to it.
+        public_ip: pulumi.Input[str] = ""
         if kube.exposure == "ingress":
-            k8s.networking.v1.Ingress(f"{name}-ingress", metadata={
+            ingress = k8s.networking.v1.Ingress(f"{name}-ingress", metadata={
                 **meta, "name": APP, "annotations": ingress_annotations(settings)},
                 spec=ingress_spec(settings, service.metadata.name), opts=ns_opts)
+            public_ip = load_balancer_address(ingress)
+        elif kube.exposure == "loadBalancer":
+            public_ip = load_balancer_address(service)
 
         k8s.policy.v1.PodDisruptionBudget(f"{name}-pdb", metadata={**meta, "name": APP}, spec={
             # Node drains (upgrades, scale-in) keep one pod serving; a pod that is not ready may always be evicted,
@@ -430,7 +463,7 @@ class Endpoint(pulumi.ComponentResource):
         shell = f"kubectl {context}-n {ns_name} logs -f deployment/{deployment_name}"
         self.outputs = hosted.hosted_outputs(
             settings, endpoint=url, api_token=token, instance_id=f"{ns_name}/deployment/{deployment_name}",
-            shell=shell, public_ip=load_balancer_address(service) if kube.exposure == "loadBalancer" else "")
+            shell=shell, public_ip=public_ip)
         self.register_outputs(self.outputs)
 
     @staticmethod

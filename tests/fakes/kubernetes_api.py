@@ -132,11 +132,17 @@ def cpu_node(name: str, **labels: str) -> dict[str, Any]:
     return node(name, {"cloud.google.com/gke-nodepool": "default-pool", **labels})
 
 
-def storage_class(name: str, default: bool = False) -> dict[str, Any]:
+def storage_class(name: str, default: bool = False, provisioner: str = "pd.csi.storage.gke.io") -> dict[str, Any]:
+    """A StorageClass; by default of GKE's persistent disk CSI driver, as standard-rwo and premium-rwo are."""
     annotations = {"storageclass.kubernetes.io/is-default-class": "true"} if default else {}
     return {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": name, "annotations": annotations}, "provisioner": "pd.csi.storage.gke.io",
+            "metadata": {"name": name, "annotations": annotations}, "provisioner": provisioner,
             "reclaimPolicy": "Delete", "volumeBindingMode": "WaitForFirstConsumer"}
+
+
+def filestore_class(name: str = "standard-rwx") -> dict[str, Any]:
+    """GKE's Filestore class (the Filestore CSI driver add-on brings it): NFS volumes that many nodes mount."""
+    return {**storage_class(name, provisioner="filestore.csi.storage.gke.io"), "volumeBindingMode": "Immediate"}
 
 
 def ingress_class(name: str, default: bool = False) -> dict[str, Any]:

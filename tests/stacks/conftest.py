@@ -57,6 +57,10 @@ FAKE_HF_USER = huggingface_api.USER  # the account the HF fake answers whoami wi
 FAKE_POD_ID = "x1y2z3pod4567"
 FAKE_POD_COST = 0.43
 FAKE_K8S_LB_IP = "203.0.113.30"  # what a cloud's load balancer controller writes into a LoadBalancer Service's status
+# What an ingress controller writes into an Ingress's status: its load balancer's IP (ingress-nginx behind a cloud
+# load balancer, GKE's gce), or a DNS name where the load balancer has one (the AWS Load Balancer Controller's ALB).
+FAKE_K8S_INGRESS_IP = "203.0.113.40"
+FAKE_K8S_INGRESS_HOSTNAME = "k8s-sdxl-sdxlendp-0123456789-1234567890.us-east-1.elb.amazonaws.com"
 
 
 @functools.cache
@@ -137,6 +141,10 @@ class CloudMocks(pulumi.runtime.Mocks):
                          costPerHr=FAKE_POD_COST, desiredStatus="RUNNING")
         elif args.typ == "kubernetes:core/v1:Service" and args.inputs["spec"].get("type") == "LoadBalancer":
             state["status"] = {"loadBalancer": {"ingress": [{"ip": FAKE_K8S_LB_IP}]}}
+        elif args.typ == "kubernetes:networking.k8s.io/v1:Ingress":
+            point = ({"hostname": FAKE_K8S_INGRESS_HOSTNAME} if args.inputs["spec"].get("ingressClassName") == "alb"
+                     else {"ip": FAKE_K8S_INGRESS_IP})
+            state["status"] = {"loadBalancer": {"ingress": [point]}}
         elif args.typ == "random:index/randomPassword:RandomPassword":
             # Each password its own value (the API token's as before), as the provider's random bytes would be.
             stem = "generated-token-" if args.name == "api-token" else f"generated-{args.name}-"

@@ -4,6 +4,7 @@ a non-root read-only container, tokens only in a Secret, autoscaler bounds from 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
@@ -15,7 +16,16 @@ import yaml
 from server.settings import Settings as ServerSettings
 from stacks import catalog, config, contract
 from stacks import kubernetes as k8s_target
-from tests.stacks.conftest import FAKE_K8S_LB_IP, ROOT, is_rpc_secret, plain_strings, run_program, unwrap_rpc_secret
+from tests.stacks.conftest import (
+    FAKE_K8S_INGRESS_HOSTNAME,
+    FAKE_K8S_INGRESS_IP,
+    FAKE_K8S_LB_IP,
+    ROOT,
+    is_rpc_secret,
+    plain_strings,
+    run_program,
+    unwrap_rpc_secret,
+)
 
 IMAGE = "ghcr.io/sdxl-endpoint/sdxl-endpoint-server:1.0.0"
 BASE = {"cloud": "kubernetes", "image": IMAGE}
@@ -195,6 +205,31 @@ def test_tokens_are_only_in_a_secret():
     assert run.is_secret(run.outputs["apiToken"]) and run.value(run.outputs["apiToken"]) == token
 
 
+def test_a_new_token_rolls_the_pods_without_the_token_in_any_plain_input():
+    """The server reads the tokens from env vars at start: a changed Secret alone leaves the pods on the old token,
+    so the pod template carries a digest of them, which changes with either token and with nothing else."""
+    def template(token: str, hf: str = "hf_" + "b" * 34) -> tuple[str, dict[str, Any]]:
+        run = run_program({**BASE, "apiToken": token, "hfToken": hf},
+                          secret_keys=secrets(apiToken="", hfToken=""))
+        for resource in run.mocks.resources:
+            assert not any(token in text or hf in text for text in plain_strings(resource.inputs)), resource.typ
+        (deployment,) = run.of_type(DEPLOYMENT)
+        # A plain input (a secret one would hide the whole spec's diff), keyed: not the bare sha256 of the tokens,
+        # which a short chosen apiToken could be guessed back from.
+        assert not is_rpc_secret(deployment.inputs["spec"])
+        digest = deployment.inputs["spec"]["template"]["metadata"]["annotations"][
+            k8s_target.TOKENS_DIGEST_ANNOTATION]
+        bare = hashlib.sha256(json.dumps({"SDXL_API_TOKEN": token, "HF_TOKEN": hf}, sort_keys=True).encode())
+        assert len(digest) == 64 and digest != bare.hexdigest()
+        return digest, one_kind(run, "Deployment")["spec"]["template"]
+
+    first_digest, first = template("tok-" + "a" * 40)
+    second_digest, second = template("tok-" + "c" * 40)
+    assert first != second and first_digest != second_digest
+    assert template("tok-" + "a" * 40)[1] == first  # the same tokens: no rollout
+    assert template("tok-" + "a" * 40, hf="hf_" + "d" * 34)[0] != first_digest  # a new Hugging Face token too
+
+
 def test_the_stack_talks_to_the_named_context_through_its_own_provider():
     run = run_program({**BASE, "kubeContext": "gke_proj_us-central1_gpu"})
     provider = run.one("pulumi:providers:kubernetes")
@@ -239,6 +274,13 @@ NODES: dict[str, dict[str, str]] = {
     "gfd-a10g-time-sliced": {catalog.K8S_LABEL_GFD_PRODUCT: "NVIDIA-A10G-SHARED", catalog.K8S_LABEL_GFD_MEMORY: "23028",
                              catalog.K8S_LABEL_GFD_COMPUTE_MAJOR: "8", catalog.K8S_LABEL_GFD_COMPUTE_MINOR: "6",
                              catalog.K8S_LABEL_GFD_SHARING: "time-slicing"},
+    # The GPU Operator time-slicing an EKS node's A10G: Karpenter's labels say a10g with EC2's memory, only GFD's
+    # say the card is shared.
+    "karpenter-a10g-time-sliced": {
+        catalog.K8S_LABEL_KARPENTER: "a10g", catalog.K8S_LABEL_KARPENTER_MEMORY: "22888",
+        catalog.K8S_LABEL_GFD_PRODUCT: "NVIDIA-A10G-SHARED", catalog.K8S_LABEL_GFD_MEMORY: "23028",
+        catalog.K8S_LABEL_GFD_SHARING: "time-slicing"},
+    "gke-l4-mps": {catalog.K8S_LABEL_GKE: "nvidia-l4", catalog.K8S_LABEL_GFD_SHARING: "mps"},
     # CoreWeave nodes that name their GPU only by class (no GPU Feature Discovery labels).
     "coreweave-a40-class": {catalog.K8S_LABEL_COREWEAVE: "A40"},
     "coreweave-h100-class": {catalog.K8S_LABEL_COREWEAVE: "H100_NVLINK_80GB"},
@@ -289,7 +331,7 @@ def test_a_coreweave_class_selector_lands_on_nodes_that_carry_only_that_class(se
 
 @pytest.mark.parametrize(("gpu", "nodes"), [
     ("l4", {"gke-l4", "karpenter-g6-l4", "gfd-l4"}),  # not the fractional g6f share, whose name is l4 too
-    ("a10g", {"eks-auto-a10g"}),  # not the time-sliced A10G
+    ("a10g", {"eks-auto-a10g"}),  # not the time-sliced A10Gs, whatever other labels they carry
     ("t4", {"gke-t4", "gfd-t4"}),
     ("h100", {"coreweave-h100", "coreweave-h100-class"}),
     ("a100", {"karpenter-p4de-a100"}),
@@ -326,6 +368,8 @@ def test_presets_leave_image_to_the_user_and_say_how_to_set_it():
     ("nvidia.com/gpu.product=Tesla-V100-SXM2-16GB", "predates Turing (compute capability 7.0)"),
     ("gpu.nvidia.com/class=Quadro_RTX_4000", "Quadro RTX 4000 has 8 GB"),
     ("cloud.google.com/gke-accelerator=nvidia-l4x", "GKE never sets this value"),
+    ("nvidia.com/gpu.product=NVIDIA-A10G-SHARED", "-SHARED is how GPU Feature Discovery names a time-sliced"),
+    ("nvidia.com/gpu.product=Tesla-T4-SHARED", "the placement keeps shared GPUs out and no node would take the pod"),
 ])
 def test_a_selector_naming_an_unfit_gpu_fails_preview_with_the_nearest_fitting_classes(selector, reason):
     with pytest.raises(config.ConfigError) as raised:
@@ -399,6 +443,22 @@ def test_the_fix_for_a_selector_that_names_another_gpu_passes_validation(gpu, se
         validated(**apply_fix(keys, option))  # raises if the suggestion is itself refused
 
 
+@pytest.mark.parametrize(("gpu", "shared", "whole"), [
+    (None, "Tesla-T4-SHARED", "Tesla-T4"), (None, "NVIDIA-A10G-SHARED", "NVIDIA-A10G"),
+    ("a10g", "NVIDIA-A10G-SHARED", "NVIDIA-A10G"),
+])
+def test_a_shared_gpus_product_selector_is_refused_naming_the_unshared_one(gpu, shared, whole):
+    """GFD appends -SHARED under time-slicing or MPS; the placement refuses shared GPUs, so the pod would never be
+    scheduled. The fix names the same GPU unshared, and passes validation."""
+    keys = {"nodeSelector": json.dumps([f"nvidia.com/gpu.product={shared}"]), **({"gpu": gpu} if gpu else {})}
+    with pytest.raises(config.ConfigError) as raised:
+        validated(**keys)
+    fix = str(raised.value).split("fix: ", 1)[1].splitlines()[0]
+    assert fix.startswith(f"pulumi config set --path 'nodeSelector[0]' nvidia.com/gpu.product={whole} (")
+    settings = validated(**apply_fix(keys, fix.split(" (")[0]))
+    assert settings.kube.node_selector == {"nvidia.com/gpu.product": whole}
+
+
 def test_every_kubernetes_mistake_is_named_in_one_message():
     with pytest.raises(config.ConfigError) as raised:
         config.validate({f"sdxl-endpoint:{k}": v for k, v in {
@@ -455,6 +515,21 @@ def test_an_ingress_with_cert_manager_gives_an_https_endpoint_and_fits_long_gene
     assert float(notes["nginx.ingress.kubernetes.io/proxy-body-size"].rstrip("m")) > ServerSettings().max_body_mb
     assert one_kind(run, "Service")["spec"]["type"] == "ClusterIP"
     assert run.value(run.outputs["endpoint"]) == "https://sdxl.example.com"
+
+
+@pytest.mark.parametrize(("ingress_class", "address"), [
+    ("nginx", FAKE_K8S_INGRESS_IP), ("gce", FAKE_K8S_INGRESS_IP),
+    ("alb", FAKE_K8S_INGRESS_HOSTNAME),  # the AWS Load Balancer Controller's ALB has a DNS name, no IP
+])
+def test_public_ip_is_the_address_the_ingress_controller_wrote_into_the_ingress_status(ingress_class, address):
+    """The user's DNS record points at it; until `domain` resolves there, cert-manager's HTTP-01 never passes."""
+    run = run_program({**BASE, "domain": "sdxl.example.com", "certIssuer": "letsencrypt-prod",
+                       "ingressClass": ingress_class})
+    assert run.value(run.outputs["publicIp"]) == address
+    assert run.value(run.outputs["endpoint"]) == "https://sdxl.example.com"  # the domain, not the address
+    # Inside the cluster only, there is no address to point a record at.
+    internal = run_program({**BASE, "exposure": "internal"})
+    assert internal.value(internal.outputs["publicIp"]) == ""
 
 
 @pytest.mark.parametrize("gke_class", ["gce", "gce-internal"])

@@ -133,6 +133,21 @@ def test_a_t4_only_cluster_fails_a_stack_that_asks_for_24_gb(cluster, gpu):
     assert not report.ok
 
 
+def test_gpu_nodes_shows_the_gpu_labels_each_node_carries(cluster):
+    """What placement and a nodeSelector can match on: the platform's GPU labels and GFD's, not the node's others."""
+    cluster.nodes = [k8s.gke_l4(gfd=False), k8s.gfd_a10g_time_sliced(), k8s.node("bare-gpu-1", {}, gpus=1),
+                     k8s.cpu_node("cpu-1")]
+    status, value, fix = checks(run(["--cloud", "kubernetes"]))["gpu-nodes"]
+    assert status == WARN and "install NVIDIA GPU Feature Discovery" in fix  # the bare node names no GPU
+    assert value == (
+        "3 of 4 nodes expose nvidia.com/gpu: "
+        "gke-sdxl-l4-pool-1a2b: 1 x L4 24.0 GiB [cloud.google.com/gke-accelerator=nvidia-l4]; "
+        "ip-10-0-2-34.ec2.internal: 4 x NVIDIA-A10G-SHARED 22.5 GiB [nvidia.com/gpu.product=NVIDIA-A10G-SHARED, "
+        "nvidia.com/gpu.memory=23028, nvidia.com/gpu.compute.major=8, nvidia.com/gpu.compute.minor=6, "
+        "nvidia.com/gpu.sharing-strategy=time-slicing]; "
+        "bare-gpu-1: 1 x a GPU no label names [no GPU label]")
+
+
 def test_gpus_that_cannot_run_sdxl_are_named_with_the_reason(cluster):
     cluster.nodes = [k8s.gke_p4()]
     status, value, fix = checks(run(["--cloud", "kubernetes"]))["placement"]
@@ -181,7 +196,9 @@ def test_coreweave_h100_nodes_fit_by_instance_type_or_gfd_product(cluster, tmp_p
     for selector in ({"node.kubernetes.io/instance-type": "gd-8xh100ib-i128"},
                      {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}):
         found = checks(run(["--stack", stack(tmp_path, monkeypatch, nodeSelector=selector)]))
-        assert found["gpu-nodes"] == (OK, "1 of 2 nodes expose nvidia.com/gpu: g8a1b2c: 8 x H100 79.6 GiB", None)
+        assert found["gpu-nodes"] == (OK, "1 of 2 nodes expose nvidia.com/gpu: g8a1b2c: 8 x H100 79.6 GiB "
+                                          "[nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3, nvidia.com/gpu.memory=81559, "
+                                          "node.kubernetes.io/instance-type=gd-8xh100ib-i128]", None)
         assert found["placement"][0] == OK and found["placement"][1].endswith(": g8a1b2c")
 
 
@@ -316,6 +333,35 @@ def test_storage_class_default_named_or_missing(cluster, tmp_path, monkeypatch):
     assert found["storage-class"][0] == FAIL and "no StorageClass 'gp3'" in found["storage-class"][1]
 
 
+def test_a_block_storage_class_fails_several_replicas_that_share_the_model_cache(cluster, tmp_path, monkeypatch):
+    """Above one replica the claim asks ReadWriteMany; GKE's default standard-rwo (persistent disk) cannot give it,
+    so the claim would stay Pending and every pod with it."""
+    cluster.nodes = [k8s.gke_l4()]
+    status, value, fix = checks(run(["--stack", stack(tmp_path, monkeypatch, maxReplicas="3")]))["storage-class"]
+    assert status == FAIL
+    assert value.startswith("storageClass unset: the cluster's default standard-rwo holds the model cache, but its "
+                            "provisioner pd.csi.storage.gke.io")
+    assert "maxReplicas 3 asks the model cache for ReadWriteMany" in value
+    assert fix.startswith("pulumi config set storageClass <a ReadWriteMany class>: GKE standard-rwx (Filestore")
+    assert "EFS" in fix and fix.endswith("or pulumi config set maxReplicas 1")
+    # EKS's gp3 (the EBS CSI driver), named by the stack, is refused the same way.
+    cluster.storage_classes.append(k8s.storage_class("gp3", provisioner="ebs.csi.aws.com"))
+    status, value, _ = checks(run(["--stack", stack(tmp_path, monkeypatch, maxReplicas="2",
+                                                    storageClass="gp3")]))["storage-class"]
+    assert status == FAIL and "ebs.csi.aws.com (Amazon EBS)" in value
+
+
+def test_a_filestore_class_or_one_replica_passes_the_storage_check(cluster, tmp_path, monkeypatch):
+    cluster.nodes = [k8s.gke_l4()]
+    cluster.storage_classes.append(k8s.filestore_class())
+    found = checks(run(["--stack", stack(tmp_path, monkeypatch, maxReplicas="3", storageClass="standard-rwx")]))
+    assert found["storage-class"] == (OK, "StorageClass standard-rwx exists", None)
+    # One replica: the claim asks ReadWriteOnce, which the default persistent disk gives.
+    found = checks(run(["--stack", stack(tmp_path, monkeypatch, maxReplicas="1")]))
+    assert found["storage-class"] == (OK, "storageClass unset: the cluster's default standard-rwo holds the model "
+                                          "cache", None)
+
+
 # --- namespace, quotas and limit ranges ------------------------------------------------------------------------
 
 
@@ -377,8 +423,10 @@ def test_a_fully_ready_cluster_passes_every_check(cluster, tmp_path, monkeypatch
     cluster.ingress_classes = [k8s.ingress_class("nginx", default=True)]
     cluster.namespaces["ml-serving"] = "Active"
     cluster.quotas["ml-serving"] = [k8s.resource_quota("gpu", {"requests.nvidia.com/gpu": "4", "pods": "20"})]
+    cluster.storage_classes.append(k8s.filestore_class())  # two replicas share the model cache
     name = ingress_stack(tmp_path, monkeypatch, namespace="ml-serving", certIssuer="letsencrypt", gpu="l4",
-                         kedaPrometheusUrl="http://prometheus.monitoring.svc:9090", maxReplicas="2")
+                         kedaPrometheusUrl="http://prometheus.monitoring.svc:9090", maxReplicas="2",
+                         storageClass="standard-rwx")
     report = run(["--stack", name])
     assert [(c.name, c.status) for c in report.checks] == [
         ("config", OK), ("cluster", OK), ("gpu-nodes", OK), ("placement", OK), ("keda", OK), ("cert-manager", OK),
@@ -393,14 +441,14 @@ def test_a_fully_ready_cluster_passes_every_check(cluster, tmp_path, monkeypatch
 
 def test_suggest_prints_a_selector_per_fitting_gpu_smallest_first_that_the_stack_accepts(cluster):
     cluster.nodes = [k8s.coreweave_h100(), k8s.gke_l4(), k8s.gke_l4("gke-sdxl-l4-pool-9z"), k8s.eks_auto_a10g(),
-                     k8s.karpenter_l4(), k8s.gke_p4(), k8s.cpu_node("cpu-1")]
+                     k8s.karpenter_l4(), k8s.gke_p4(), k8s.gfd_a10g_time_sliced(), k8s.cpu_node("cpu-1")]
     report = run(["--cloud", "kubernetes", "--gpu", "l4", "--suggest"])
     assert [(s.machine_type, s.zones) for s in report.suggestions] == [
         ("eks.amazonaws.com/instance-gpu-name=a10g", ["i-0a10g1234567890ab"]),  # 22888 MiB
         ("karpenter.k8s.aws/instance-gpu-name=l4", ["ip-10-0-1-23.ec2.internal"]),  # 22888 MiB
         ("cloud.google.com/gke-accelerator=nvidia-l4", ["gke-sdxl-l4-pool-1a2b", "gke-sdxl-l4-pool-9z"]),  # 23034
         ("nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3", ["g8a1b2c"]),
-    ]  # no P4 (cannot run SDXL), no CPU node
+    ]  # no P4 (cannot run SDXL), no time-sliced A10G (the placement keeps shared GPUs out), no CPU node
     commands = [s.command for s in report.suggestions]
     assert commands[2] == "pulumi config set --path 'nodeSelector[0]' cloud.google.com/gke-accelerator=nvidia-l4"
     assert commands[0].startswith("pulumi config rm gpu && ")  # an A10G is not the gpu l4 the stack asks for
@@ -414,6 +462,19 @@ def test_suggest_prints_a_selector_per_fitting_gpu_smallest_first_that_the_stack
                                     "sdxl-endpoint:nodeSelector": json.dumps([f"{label}={value}"]), **gpu},
                                    stack="s")
         assert settings.kube.node_selector == {label: value}
+
+
+@pytest.mark.parametrize("gpu", [None, "a10g"])
+def test_suggest_never_offers_a_time_sliced_gpu_whose_selector_the_placement_refuses(cluster, gpu):
+    """Its memory and compute fit, but the -SHARED product selects a share of a card: preview refuses it, and the
+    placement terms keep the pod off it."""
+    cluster.nodes = [k8s.gfd_a10g_time_sliced()]
+    report = run(["--cloud", "kubernetes", *(["--gpu", gpu] if gpu else []), "--suggest"])
+    assert report.suggestions == []
+    cluster.nodes.append(k8s.eks_auto_a10g())  # a whole A10G next to it is offered
+    report = run(["--cloud", "kubernetes", *(["--gpu", gpu] if gpu else []), "--suggest"])
+    assert [(s.machine_type, s.zones) for s in report.suggestions] == [
+        ("eks.amazonaws.com/instance-gpu-name=a10g", ["i-0a10g1234567890ab"])]
 
 
 def test_context_and_namespace_flags_are_kubernetes_only():

@@ -13,6 +13,7 @@ Read-only: it gets and lists, nothing else. What it reads, in order:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -52,6 +53,10 @@ GPU_NODE_STEPS = ("install the NVIDIA GPU Operator (or the device plugin) and a 
                   "--accelerator type=nvidia-l4,count=1; EKS: a NodePool or node group of g6/g5 instances); on "
                   "CoreWeave CKS add a GPU Node Pool and do not install the Operator (CoreWeave runs it)")
 DEVICE_PLUGIN_FIX = f"add GPU nodes with the NVIDIA device plugin: {GPU_NODE_STEPS}"
+# A model cache that pods on several nodes share: a file system class, or a single replica.
+SHARED_CACHE_FIX = ("pulumi config set storageClass <a ReadWriteMany class>: "
+                    + "; ".join(f"{where} {name}" for where, name, _ in catalog.K8S_SHARED_STORAGE)
+                    + "; or pulumi config set maxReplicas 1")
 # What a fitting GPU is, from the catalog's floor (memory, compute capability) and the GPUs it lists.
 FITTING_GPU = (f"an NVIDIA GPU of {catalog.SDXL_MIN_GPU_MEMORY_GB} GB or more, compute capability "
                f"{'.'.join(map(str, catalog.MIN_COMPUTE_CAPABILITY))} or newer "
@@ -140,6 +145,12 @@ class GpuNode:
         what = f"{self.gpu.model} {_gib(self.gpu)}" if self.gpu else "a GPU no label names"
         return f"{self.name}: {self.gpus} x {what}{' (cordoned)' if self.cordoned else ''}"
 
+    def describe_with_labels(self) -> str:
+        """describe(), and the GPU labels the node carries: what placement and nodeSelector can match on."""
+        shown = catalog.k8s_gpu_labels(self.labels)
+        labels = ", ".join(f"{key}={value}" for key, value in shown.items()) or "no GPU label"
+        return f"{self.describe()} [{labels}]"
+
 
 def _gib(gpu: catalog.NodeGpu) -> str:
     # Labelled memory is what the driver reports (L4: 23034 MiB), so it is shown as measured, not rounded to "24".
@@ -195,7 +206,8 @@ def check(target: Target, api: KubernetesApi, report: Report, with_suggest: bool
             runner.run("ingress-class", lambda: _check_ingress_class(api, report, kube, on_gke))
         # The namespace check sizes the claim with the class the storage check found (the stack's, or the default).
         used = {"storage_class": kube.storage_class}
-        runner.run("storage-class", lambda: used.update(storage_class=_check_storage(api, report, kube)))
+        runner.run("storage-class", lambda: used.update(
+            storage_class=_check_storage(api, report, kube, target.replicas)))
         runner.run("namespace", lambda: _check_namespace(api, report, target, used["storage_class"]))
     if with_suggest:
         report.suggestions = suggest(gpu_nodes, api.context_name, target)
@@ -233,7 +245,8 @@ def _provisioner(api: KubernetesApi, nodes: list[Any]) -> str | None:
 def _check_gpu_nodes(api: KubernetesApi, report: Report, nodes: list[Any], gpu_nodes: list[GpuNode]) -> None:
     if gpu_nodes:
         unlabelled = [n.name for n in gpu_nodes if n.gpu is None]
-        value = f"{len(gpu_nodes)} of {len(nodes)} nodes expose {GPU}: " + "; ".join(n.describe() for n in gpu_nodes)
+        value = f"{len(gpu_nodes)} of {len(nodes)} nodes expose {GPU}: " + "; ".join(
+            n.describe_with_labels() for n in gpu_nodes)
         report.add("gpu-nodes", WARN if unlabelled else OK, value,
                    "label the GPU nodes: install NVIDIA GPU Feature Discovery (part of the GPU Operator), which sets "
                    f"{catalog.K8S_LABEL_GFD_PRODUCT} and {catalog.K8S_LABEL_GFD_MEMORY}" if unlabelled else None)
@@ -370,24 +383,31 @@ def _check_cert_manager(api: KubernetesApi, report: Report, kube: config.KubeSet
 
 
 def _named_or_default(report: Report, check: str, kind: str, key: str, classes: list[Any], wanted: str | None,
-                      default_keys: tuple[str, ...], none_fix: str, unset_why: str) -> str | None:
-    """An IngressClass or StorageClass: the stack's (`key`) exists, or else the cluster marks one as its default.
-    Returns the class that will be used, or None."""
+                      default_keys: tuple[str, ...], none_fix: str, unset_why: str,
+                      judge: Callable[[Any], tuple[str, str] | None] | None = None) -> str | None:
+    """An IngressClass or StorageClass: the stack's (`key`) exists, or else the cluster marks one as its default;
+    and `judge` (why not, fix), when given, does not refuse it. Returns the class that will be used, or None."""
     names = [c.metadata.name for c in classes]
     listed = ", ".join(names) or "none"
     fix = f"pulumi config set {key} {names[0]}" if names else none_fix
     if wanted:
-        if wanted in names:
-            report.add(check, OK, f"{kind} {wanted} exists")
-        else:
+        if wanted not in names:
             report.add(check, FAIL, f"no {kind} {wanted!r} (the cluster has {listed})", fix)
-        return wanted
-    default = [c.metadata.name for c in classes if _annotated(c.metadata, *default_keys)]
-    if default:
-        report.add(check, OK, f"{key} unset: the cluster's default {default[0]} {unset_why}")
-        return default[0]
-    report.add(check, FAIL, f"{key} unset and no {kind} is the default (the cluster has {listed})", fix)
-    return None
+            return wanted
+        chosen, value = wanted, f"{kind} {wanted} exists"
+    else:
+        default = [c.metadata.name for c in classes if _annotated(c.metadata, *default_keys)]
+        if not default:
+            report.add(check, FAIL, f"{key} unset and no {kind} is the default (the cluster has {listed})", fix)
+            return None
+        chosen, value = default[0], f"{key} unset: the cluster's default {default[0]} {unset_why}"
+    refused = judge(classes[names.index(chosen)]) if judge else None
+    if refused:
+        why, refused_fix = refused
+        report.add(check, FAIL, f"{value}, but {why}", refused_fix)
+    else:
+        report.add(check, OK, value)
+    return chosen
 
 
 def _check_ingress_class(api: KubernetesApi, report: Report, kube: config.KubeSettings, on_gke: bool) -> None:
@@ -413,12 +433,24 @@ def _check_ingress_class(api: KubernetesApi, report: Report, kube: config.KubeSe
                       "set exposure loadBalancer", "serves the Ingress")
 
 
-def _check_storage(api: KubernetesApi, report: Report, kube: config.KubeSettings) -> str | None:
-    """The model cache's StorageClass: the stack's, or the cluster's default (without one the claim stays Pending).
-    Returns the class used."""
+def _check_storage(api: KubernetesApi, report: Report, kube: config.KubeSettings, replicas: int) -> str | None:
+    """The model cache's StorageClass: the stack's, or the cluster's default (without one the claim stays Pending);
+    with more than one replica, one whose volumes several nodes can mount. Returns the class used."""
     return _named_or_default(report, "storage-class", "StorageClass", "storageClass",
                              api.call("StorageV1Api", "list_storage_class").items, kube.storage_class,
-                             DEFAULT_STORAGE_CLASS, "install a CSI driver with a StorageClass", "holds the model cache")
+                             DEFAULT_STORAGE_CLASS, "install a CSI driver with a StorageClass", "holds the model cache",
+                             judge=lambda storage_class: _cannot_share(storage_class, replicas))
+
+
+def _cannot_share(storage_class: Any, replicas: int) -> tuple[str, str] | None:
+    """Why a class cannot hold the cache of `replicas` pods (the claim asks ReadWriteMany above one), and the fix."""
+    provisioner = str(getattr(storage_class, "provisioner", "") or "")
+    storage = catalog.K8S_BLOCK_ONLY_PROVISIONERS.get(provisioner)
+    if replicas <= 1 or storage is None:
+        return None
+    return (f"its provisioner {provisioner} ({storage}) attaches a volume to one node at a time: maxReplicas "
+            f"{replicas} asks the model cache for ReadWriteMany, which it cannot give, so the claim never binds and "
+            "the pods stay Pending", SHARED_CACHE_FIX)
 
 
 def _check_namespace(api: KubernetesApi, report: Report, target: Target, storage_class: str | None) -> None:
@@ -533,14 +565,28 @@ def _selector_for(node: GpuNode) -> tuple[str, str] | None:
     return None
 
 
+def _placed_with(node: GpuNode, selector: tuple[str, str], gpu_key: str | None) -> bool:
+    """Whether the stack, given this nodeSelector (and `gpu`, kept where the node has that GPU), passes preview and
+    its pod lands on this node: the same catalog judgement and placement terms as the Deployment's."""
+    keep = gpu_key if gpu_key and node.gpu is not None and catalog.k8s_node_matches(node.gpu, gpu_key) else None
+    try:
+        asked = catalog.k8s_selector_placement(dict([selector]), keep)
+    except catalog.UnfitMachineError:  # e.g. a time-sliced GPU's -SHARED product name
+        return False
+    terms = catalog.k8s_gpu_terms(catalog.k8s_placement_gpu(asked))
+    return _matches(node, dict([selector]), terms)
+
+
 def suggest(gpu_nodes: list[GpuNode], context: str, target: Target) -> list[Suggestion]:
-    """One nodeSelector per fitting GPU the cluster has, smallest GPU first, with the command that sets it."""
+    """One nodeSelector per fitting GPU the cluster has, smallest GPU first, with the command that sets it. A node
+    counts only where the selector would really place the pod (not a shared GPU, whatever its memory)."""
+    gpu_key = _wanted_gpu(target)
     groups: dict[tuple[str, str], list[GpuNode]] = {}
     for node in gpu_nodes:
         selector = _selector_for(node)
-        if node.gpu is not None and catalog.k8s_fitting(node.gpu) is None and selector and not node.cordoned:
+        if node.gpu is not None and catalog.k8s_fitting(node.gpu) is None and selector and \
+                _placed_with(node, selector, gpu_key):
             groups.setdefault(selector, []).append(node)
-    gpu_key = _wanted_gpu(target)
     found = []
     for (label, value), nodes in sorted(groups.items(), key=lambda item: (item[1][0].gpu.memory_mib, item[0])):
         gpu = nodes[0].gpu
