@@ -163,12 +163,20 @@ JSON
 }
 
 # stack_resources STACK_GLOB TAG_CONDITION_VALUE [BOUNDARY_ARN]: the stack's IAM role (tagged), its token
-# parameters (/sdxl-endpoint/<stack>/...) and their KMS key (tagged), and its source bucket with the bundle.
+# parameters (/sdxl-endpoint/<stack>/...) and their KMS key (tagged), and its source bucket with the bundle
+# (sdxl-src-<stack>-<random>, stacks/aws.py source_bucket_name: S3 buckets take no tag condition, so the name
+# is what scopes them; the bundle objects must carry the stack tag as well).
 # Tagging is allowed on what the stack tag already marks as the stack's, or while creating (no stack tag
 # yet): never to re-tag another stack's role or key into reach. With BOUNDARY_ARN, a role may be created or
 # given policies only with that permissions boundary, so what CI lets it hold cannot exceed the boundary.
 stack_resources() {
   local names=$1 stack=$2 boundary=${3:-}
+  local source_buckets=("sdxl-src-$names") buckets objects
+  # Stacks deployed before the stack was in the name hold a sdxl-source-<random> bucket, which their next update
+  # replaces: the deploy role may still remove those. Never the review role: such a name says nothing of its stack.
+  [ "$names" != "*" ] || source_buckets+=("sdxl-source-*")
+  buckets=$(printf '"arn:aws:s3:::%s",' "${source_buckets[@]}" | sed 's/,$//')
+  objects=$(printf '"arn:aws:s3:::%s/*",' "${source_buckets[@]}" | sed 's/,$//')
   local tagged="\"StringLike\":{\"aws:ResourceTag/sdxl-endpoint:stack\":\"$stack\"}"
   local requested="\"StringLike\":{\"aws:RequestTag/sdxl-endpoint:stack\":\"$stack\"}"
   local untagged="\"Null\":{\"aws:ResourceTag/sdxl-endpoint:stack\":\"true\"}"
@@ -211,11 +219,11 @@ stack_resources() {
  "s3:ListBucketVersions","s3:GetBucket*","s3:PutBucketTagging","s3:PutBucketPublicAccessBlock",
  "s3:PutBucketOwnershipControls","s3:PutEncryptionConfiguration","s3:GetEncryptionConfiguration",
  "s3:GetLifecycleConfiguration","s3:GetReplicationConfiguration","s3:GetAccelerateConfiguration"],
- "Resource":"arn:aws:s3:::sdxl-source-*"},
+ "Resource":[$buckets]},
 {"Sid":"SourceBundleWrite","Effect":"Allow","Action":["s3:PutObject","s3:PutObjectTagging"],
- "Resource":"arn:aws:s3:::sdxl-source-*/*","Condition":{"StringLike":{"s3:RequestObjectTag/sdxl-endpoint:stack":"$stack"}}},
+ "Resource":[$objects],"Condition":{"StringLike":{"s3:RequestObjectTag/sdxl-endpoint:stack":"$stack"}}},
 {"Sid":"SourceBundle","Effect":"Allow","Action":["s3:GetObject","s3:GetObjectTagging","s3:DeleteObject",
- "s3:DeleteObjectVersion"],"Resource":"arn:aws:s3:::sdxl-source-*/*",
+ "s3:DeleteObjectVersion"],"Resource":[$objects],
  "Condition":{"StringLike":{"s3:ExistingObjectTag/sdxl-endpoint:stack":"$stack"}}},
 {"Sid":"SpotServiceRole","Effect":"Allow","Action":"iam:CreateServiceLinkedRole","Resource":"*",
  "Condition":{"StringEquals":{"iam:AWSServiceName":"spot.amazonaws.com"}}}
@@ -245,7 +253,7 @@ boundary_policy() {
  "Resource":"arn:aws:ssm:*:$account:parameter/sdxl-endpoint/pr-*/*"},
 {"Sid":"ItsTokenKey","Effect":"Allow","Action":"kms:Decrypt","Resource":"arn:aws:kms:*:$account:key/*",
  "Condition":{"StringLike":{"aws:ResourceTag/sdxl-endpoint:stack":"pr-*"}}},
-{"Sid":"ItsSourceBundle","Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::sdxl-source-*/*"},
+{"Sid":"ItsSourceBundle","Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::sdxl-src-pr-*/*"},
 {"Sid":"PullAnImage","Effect":"Allow","Action":["ecr:GetAuthorizationToken","ecr:BatchGetImage",
  "ecr:GetDownloadUrlForLayer","ecr:BatchCheckLayerAvailability"],"Resource":"*"}]}
 JSON
