@@ -155,10 +155,12 @@ class Endpoint(pulumi.ComponentResource):
         address = aws.ec2.Eip(f"{name}-eip", domain="vpc", tags=tags, opts=child)
 
         # The data disk: outlives every instance (a changed bootstrap replaces the instance, never this), so
-        # a replacement finds the model, images, build cache, compile cache and certificates again.
+        # a replacement finds the model, images, build cache, compile cache and certificates again. Its tags are
+        # exactly the instance's volume_tags: the provider reads those back from EVERY volume attached to the
+        # instance, this one too, and a difference (another Name) would be rewritten on each update, both ways.
         data = aws.ebs.Volume(
             f"{name}-data", availability_zone=zone, size=settings.data_disk_gb, type="gp3", encrypted=True,
-            tags={**tags, "Name": f"{settings.project}-{settings.stack}-data"}, opts=child,
+            tags=tags, opts=child,
         )
 
         document = bootstrap.render_user_data(
@@ -176,9 +178,12 @@ class Endpoint(pulumi.ComponentResource):
             vpc_security_group_ids=[firewall.id],
             iam_instance_profile=identity.profile.name,
             metadata_options=INSTANCE_METADATA,
-            root_block_device={
-                "volume_type": "gp3", "encrypted": True, "delete_on_termination": True, "tags": tags, **root_size,
-            },
+            root_block_device={"volume_type": "gp3", "encrypted": True, "delete_on_termination": True, **root_size},
+            # The root volume's tags go in RunInstances itself (a TagSpecification), so EC2 authorizes them as
+            # tagging on creation (ec2:CreateAction RunInstances); root_block_device.tags would instead tag the
+            # volume in a CreateTags call after launch, and CI's review role would need to tag volumes it does not
+            # own yet (ci/bootstrap/aws-oidc.sh).
+            volume_tags=tags,
             # A guest `poweroff` (the idle watcher) stops the instance and its GPU billing,
             # keeping the disks and the model cache.
             instance_initiated_shutdown_behavior="stop",

@@ -118,9 +118,11 @@ JSON
 
 # ec2 TAG_CONDITION_VALUE: what `pulumi up` and `destroy` of the stacks whose sdxl-endpoint:stack tag
 # matches the value do in EC2, in the deploy regions. Creating needs the tag in the request; changing or
-# deleting needs it on the resource. Parts EC2 creates untagged with an instance (its network interface,
-# root volume) and the security group rules have no tag of their own: they are allowed only next to a
-# tagged instance or group in the same call.
+# deleting needs it on the resource. Tags are added only by the call that creates the resource
+# (ec2:CreateAction) or to what already carries the tag: the instance's root volume is tagged in RunInstances
+# itself (stacks/aws.py volume_tags), so no untagged volume, another workload's, can be tagged into reach.
+# Parts EC2 creates untagged with an instance (its network interface) and the security group rules have no
+# tag of their own: they are allowed only next to a tagged instance or group in the same call.
 ec2() {
   local stack=$1 in_region="\"aws:RequestedRegion\":$regions_json"
   local requested="\"StringEquals\":{$in_region},\"StringLike\":{\"aws:RequestTag/sdxl-endpoint:stack\":\"$stack\"}"
@@ -155,10 +157,7 @@ ec2() {
  "ec2:UpdateSecurityGroupRuleDescriptionsIngress","ec2:UpdateSecurityGroupRuleDescriptionsEgress",
  "ec2:ModifySecurityGroupRules"],"Resource":"$arn:security-group-rule/*","Condition":{"StringEquals":{$in_region}}},
 {"Sid":"Ec2DisassociateFromInterface","Effect":"Allow","Action":"ec2:DisassociateAddress",
- "Resource":"$arn:network-interface/*","Condition":{"StringEquals":{$in_region}}},
-{"Sid":"Ec2TagRootVolume","Effect":"Allow","Action":"ec2:CreateTags","Resource":"$arn:volume/*",
- "Condition":{"StringEquals":{$in_region},"StringLike":{"aws:RequestTag/sdxl-endpoint:stack":"$stack"},
- "Null":{"aws:ResourceTag/sdxl-endpoint:stack":"true"}}}
+ "Resource":"$arn:network-interface/*","Condition":{"StringEquals":{$in_region}}}
 JSON
 }
 

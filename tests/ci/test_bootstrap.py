@@ -289,6 +289,8 @@ PROD_LEGACY_BUCKET = "arn:aws:s3:::sdxl-source-9f8e7d6"
 PR_BUCKET = f"arn:aws:s3:::{source_bucket_name('pr-42')}-1a2b3c4"
 BUNDLE = "bundles/0123abcd.tar"
 PROD_KEY = "arn:aws:kms:us-east-1:123456789012:key/prod-key"
+OTHER_VOLUME = "arn:aws:ec2:us-east-1:123456789012:volume/vol-0another0workload"
+PR_VOLUME = "arn:aws:ec2:us-east-1:123456789012:volume/vol-0pr42root"
 PR_KEY = "arn:aws:kms:us-east-1:123456789012:key/pr-key"
 ON_PROD = {"aws:ResourceTag/sdxl-endpoint:stack": "aws-g5"}
 ON_PR = {"aws:ResourceTag/sdxl-endpoint:stack": "pr-42"}
@@ -331,6 +333,11 @@ ESCALATIONS = {
         "s3:PutBucketPublicAccessBlock", PROD_LEGACY_BUCKET, {}),
     "change production bucket's ownership controls": ("s3:PutBucketOwnershipControls", PROD_BUCKET, {}),
     "delete production's bucket": ("s3:DeleteBucket", PROD_BUCKET, {}),
+    # Another workload's volume carries no stack tag: tagging it pr-* would put it in reach of Ec2ChangeTagged.
+    "tag an untagged volume then delete it": [
+        ("ec2:CreateTags", OTHER_VOLUME, {**ASKS_PR}),
+        ("ec2:DetachVolume", OTHER_VOLUME, {**ON_PR, "aws:RequestedRegion": "us-east-1"}),
+        ("ec2:DeleteVolume", OTHER_VOLUME, {**ON_PR, "aws:RequestedRegion": "us-east-1"})],
 }
 # What review's own `pulumi up`/`destroy` of pr-42 does: each must stay allowed.
 CREATING = {**ASKS_PR, "aws:TagKeys": ["sdxl-endpoint:stack", "sdxl-endpoint:project", "sdxl-endpoint:ttl", "Name"]}
@@ -360,13 +367,23 @@ REVIEW_OWN_CALLS = {
     "empty and delete its bucket": ("s3:DeleteObject", f"{PR_BUCKET}/{BUNDLE}",
                                     {"s3:ExistingObjectTag/sdxl-endpoint:stack": "pr-42"}),
     "delete its bucket": ("s3:DeleteBucket", PR_BUCKET, {}),
+    # stacks/aws.py's volume_tags: EC2 authorizes the root volume's tags in RunInstances as tagging on creation
+    "tag its root volume in RunInstances": ("ec2:CreateTags", PR_VOLUME,
+                                            {**CREATING, "ec2:CreateAction": "RunInstances"}),
+    "tag its data volume in CreateVolume": ("ec2:CreateTags", PR_VOLUME,
+                                            {**CREATING, "ec2:CreateAction": "CreateVolume"}),
+    "update its volumes' ttl tag": ("ec2:CreateTags", PR_VOLUME, {**ON_PR, "aws:RequestedRegion": "us-east-1",
+                                                                "aws:TagKeys": ["sdxl-endpoint:ttl"]}),
+    "detach its data volume": ("ec2:DetachVolume", PR_VOLUME, {**ON_PR, "aws:RequestedRegion": "us-east-1"}),
 }
 
 
 @pytest.mark.parametrize("request_name", sorted(ESCALATIONS))
 def test_aws_review_role_cannot_reach_production_or_escalate(aws, request_name):
+    """Each escalation is one request, or a list of them that only succeeds if every one is allowed."""
     review = role_policies(aws[1])["gha-sdxl-endpoint-review"][1]
-    assert not decision(review, *ESCALATIONS[request_name]), request_name
+    steps = ESCALATIONS[request_name]
+    assert not all(decision(review, *step) for step in (steps if isinstance(steps, list) else [steps])), request_name
 
 
 @pytest.mark.parametrize("request_name", sorted(REVIEW_OWN_CALLS))

@@ -217,6 +217,19 @@ def test_root_volume_is_encrypted_gp3_and_the_amis_own_size_unless_set(disk):
     assert root.get("volumeSize") == (int(disk) if disk else None)
 
 
+def test_the_root_volume_is_tagged_in_runinstances_and_the_data_volume_alike():
+    """volume_tags go into RunInstances as a TagSpecification, which EC2 authorizes as tagging on creation (CI's review
+    role may not tag volumes otherwise); root_block_device.tags would be a CreateTags call after launch. The provider
+    reads volume_tags back from every attached volume, so the data volume's tags must be exactly the same."""
+    run = run_program({"ttl": "2030-01-31T18:00:00Z"}, stack="pr-42")
+    instance = run.one(INSTANCE).inputs
+    assert "tags" not in instance["rootBlockDevice"]
+    assert instance["volumeTags"] == instance["tags"]
+    assert instance["volumeTags"]["sdxl-endpoint:stack"] == "pr-42"
+    assert instance["volumeTags"]["sdxl-endpoint:ttl"] == "2030-01-31T18:00:00Z"
+    assert run.one(VOLUME).inputs["tags"] == instance["volumeTags"]
+
+
 def test_guest_shutdown_stops_and_on_demand_by_default():
     instance = run_program(preset="aws-g5").one(INSTANCE).inputs
     assert instance["instanceInitiatedShutdownBehavior"] == "stop"
