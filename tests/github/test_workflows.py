@@ -491,6 +491,29 @@ def test_the_unreadable_stacks_step_fails_and_annotates_each(tmp_path):
     assert [line.split("::")[2].split(":")[0] for line in result.stdout.splitlines()] == ["stack pr-4", "stack pr-9"]
 
 
+def test_the_readme_says_what_bounds_a_reaper_run_with_the_workflows_numbers():
+    """One stack per reap job, so reap's --budget never bounds a scheduled run: find's --max, the matrix's max-parallel
+    and the jobs' timeout-minutes do, and the README says so with these very numbers."""
+    document = load(GITHUB / "workflows" / "reaper.yml")
+    find, reap, sweep = (document["jobs"][name] for name in ("find", "reap", "sweep"))
+    (listing,) = [s for s in steps(find) if "tools.ci expired" in s.get("run", "")]
+    most = int(re.search(r"--max (\d+)", listing["run"])[1])
+    parallel, limit = reap["strategy"]["max-parallel"], reap["timeout-minutes"]
+    rounds = -(-most // parallel)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"At most {most} stacks a run (the rest wait for the next hour), destroyed {parallel} at a time, each "
+            f"destroy job stopped after {limit} minutes, and finding and sweeping stopped after "
+            f"{find['timeout-minutes']} minutes each: at worst {find['timeout-minutes']} + {rounds} × {limit} + "
+            f"{sweep['timeout-minutes']} minutes") in readme
+    assert find["timeout-minutes"] == sweep["timeout-minutes"]
+    assert document["concurrency"] == {"group": "reaper", "cancel-in-progress": False}, "runs never overlap"
+    # The workflow's own words agree too.
+    assert f"at most {most} a run" in listing["name"]
+    assert any(f"(over {most} expired)" in s.get("run", "") for s in steps(sweep))
+    (destroy,) = [s for s in steps(reap) if "tools.ci reap" in s.get("run", "")]
+    assert "--budget" not in destroy["run"], "one stack per job: a budget there would never apply"
+
+
 def test_a_lock_older_than_every_job_that_can_hold_it_is_stale():
     from tools.ci import reaper
 

@@ -15,11 +15,13 @@ review-env.yml queued for that can be cancelled by a newer pending run). A lock 
 belongs to no live job (none runs longer, and its credentials would have expired): `pulumi cancel` deletes
 it before `destroy --refresh`.
 
-The reaper works within a time budget, re-reads each stack's expiry right before destroying it (a push
-may have renewed it meanwhile; reaper.yml runs each destroy in review-env's concurrency group for that PR),
-and says what it left for the next run. A stack whose state or history cannot be read (a corrupt checkpoint,
-a denied object) is reported as unreadable and skipped: one broken stack must not keep every other expired
-GPU billing.
+The reaper re-reads each stack's expiry right before destroying it (a push may have renewed it meanwhile;
+reaper.yml runs each destroy in review-env's concurrency group for that PR), and says what it left for the next
+run. Reaping many stacks in one process (`reap` by hand) it works within a time budget; reaper.yml runs one
+stack per job, and there its --max, max-parallel and timeout-minutes bound a run (README).
+
+A stack whose state or history cannot be read (a corrupt checkpoint, a denied object) is reported as unreadable
+and skipped: one broken stack must not keep every other expired GPU billing.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from tools.ci import (
 # The longest a job holding a pr-<n> lock can live: review-env.yml's and reaper.yml's timeout-minutes, which
 # is also the OIDC credentials' lifetime (role-duration-seconds 3600). tests/github checks they agree.
 STALE_LOCK = timedelta(minutes=60)
-# A reaper job's own timeout is 60 minutes; one GPU stack's destroy takes a few minutes, rarely 15.
+# For `reap` of many stacks in one process: start no destroy after this long. One GPU stack's destroy takes a
+# few minutes, rarely 15, so the last one started still ends within an hour.
 DEFAULT_BUDGET = timedelta(minutes=40)
 # `created by runner@host (pid 1234) at 2026-03-14T12:09:26Z`: one line per lock in the CLI's error.
 _LOCK_LINE = re.compile(r"created by \S+ \(pid \d+\) at (\S+)")
