@@ -16,7 +16,7 @@ import pulumi_aws as aws
 
 from stacks import aws_fleet, bootstrap, bundle, catalog, contract
 from stacks.aws_fleet import INSTANCE_METADATA, InstanceIdentity, Network
-from stacks.config import Problems, Settings
+from stacks.config import Problems, Settings, stack_dns_label
 
 VPC_CIDR = "10.80.0.0/16"
 SUBNET_CIDR = "10.80.1.0/24"
@@ -26,6 +26,28 @@ SUBNET_CIDR = "10.80.1.0/24"
 DATA_DEVICE = "/dev/sdf"
 _ECR_IMAGE = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repository>[^:@]+)")
+
+
+# The source bucket's Pulumi name: `sdxl-src-<stack>`. Pulumi's AWS provider names the bucket after it plus "-" and 7
+# random hex characters, lowercased, and refuses a name that would exceed S3's 63 characters
+# (pulumi-aws resources.go: AutoNameTransform("bucket", 63, strings.ToLower)). The stack in the name is what lets
+# ci/bootstrap/aws-oidc.sh confine the review role to `sdxl-src-pr-*` buckets: S3 buckets take no tag condition.
+SOURCE_BUCKET_PREFIX = "sdxl-src-"
+SOURCE_BUCKET_NAME_MAX = 63 - len("-1a2b3c4")
+
+
+def source_bucket_name(stack: str) -> str:
+    """`sdxl-src-<stack>` when the stack name is already a short lowercase label (every `pr-<n>` is). Any other name
+    is cleaned and cut as config.stack_dns_label does, with its short hash FIRST (`sdxl-src-<hash>-<stem>`): only a
+    stack literally named `pr-...`, whose resources also carry the tag the review role needs, ever gets a bucket in
+    the review role's reach; `PR-1` or `pr_1` does not."""
+    name = SOURCE_BUCKET_PREFIX + stack
+    if re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", stack) and len(name) <= SOURCE_BUCKET_NAME_MAX:
+        return name
+    # Here stack_dns_label always appends its hash: the name was altered, or is too long at this limit.
+    label = stack_dns_label(stack, SOURCE_BUCKET_NAME_MAX - len(SOURCE_BUCKET_PREFIX) + len("sdxl-"))
+    stem, _, digest = label.removeprefix("sdxl-").rpartition("-")
+    return f"{SOURCE_BUCKET_PREFIX}{digest}-{stem}" if stem else f"{SOURCE_BUCKET_PREFIX}{digest}"
 
 
 def data_devices(volume_id: str) -> list[str]:
@@ -133,10 +155,12 @@ class Endpoint(pulumi.ComponentResource):
         address = aws.ec2.Eip(f"{name}-eip", domain="vpc", tags=tags, opts=child)
 
         # The data disk: outlives every instance (a changed bootstrap replaces the instance, never this), so
-        # a replacement finds the model, images, build cache, compile cache and certificates again.
+        # a replacement finds the model, images, build cache, compile cache and certificates again. Its tags are
+        # exactly the instance's volume_tags: the provider reads those back from EVERY volume attached to the
+        # instance, this one too, and a difference (another Name) would be rewritten on each update, both ways.
         data = aws.ebs.Volume(
             f"{name}-data", availability_zone=zone, size=settings.data_disk_gb, type="gp3", encrypted=True,
-            tags={**tags, "Name": f"{settings.project}-{settings.stack}-data"}, opts=child,
+            tags=tags, opts=child,
         )
 
         document = bootstrap.render_user_data(
@@ -154,9 +178,12 @@ class Endpoint(pulumi.ComponentResource):
             vpc_security_group_ids=[firewall.id],
             iam_instance_profile=identity.profile.name,
             metadata_options=INSTANCE_METADATA,
-            root_block_device={
-                "volume_type": "gp3", "encrypted": True, "delete_on_termination": True, "tags": tags, **root_size,
-            },
+            root_block_device={"volume_type": "gp3", "encrypted": True, "delete_on_termination": True, **root_size},
+            # The root volume's tags go in RunInstances itself (a TagSpecification), so EC2 authorizes them as
+            # tagging on creation (ec2:CreateAction RunInstances); root_block_device.tags would instead tag the
+            # volume in a CreateTags call after launch, and CI's review role would need to tag volumes it does not
+            # own yet (ci/bootstrap/aws-oidc.sh).
+            volume_tags=tags,
             # A guest `poweroff` (the idle watcher) stops the instance and its GPU billing,
             # keeping the disks and the model cache.
             instance_initiated_shutdown_behavior="stop",
@@ -223,7 +250,7 @@ class Endpoint(pulumi.ComponentResource):
         token = contract.api_token(settings, parent=self)
         secrets, parameter_arns, key = self._tokens(name, settings, token, tags, child)
         built = bundle.build() if settings.image is None else None
-        bucket, upload = self._source_bucket(name, tags, child, built) if built else (None, [])
+        bucket, upload = self._source_bucket(name, settings.stack, tags, child, built) if built else (None, [])
 
         # Exactly these parameters and this bundle; ECR pulls from the configured image's repository only.
         statements = [
@@ -283,11 +310,12 @@ class Endpoint(pulumi.ComponentResource):
             arns.append(parameter.arn)
         return names, arns, key
 
-    def _source_bucket(self, name: str, tags: dict[str, str], child: pulumi.ResourceOptions,
+    def _source_bucket(self, name: str, stack: str, tags: dict[str, str], child: pulumi.ResourceOptions,
                        built: bundle.Bundle) -> tuple[aws.s3.Bucket, list[aws.s3.BucketObjectv2]]:
         """A private, encrypted bucket holding this checkout's source bundle; destroy empties and removes it.
         Also the upload: an instance boots only once it exists, or its first download fails."""
-        bucket = aws.s3.Bucket(f"{name}-source", force_destroy=True, tags=tags, opts=child)
+        # Named for its stack (source_bucket_name), so CI's review role can reach PR stacks' buckets and no other.
+        bucket = aws.s3.Bucket(source_bucket_name(stack), force_destroy=True, tags=tags, opts=child)
         settings = [
             aws.s3.BucketPublicAccessBlock(
                 f"{name}-source-private", bucket=bucket.id, block_public_acls=True, block_public_policy=True,

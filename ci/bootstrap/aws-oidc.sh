@@ -118,9 +118,11 @@ JSON
 
 # ec2 TAG_CONDITION_VALUE: what `pulumi up` and `destroy` of the stacks whose sdxl-endpoint:stack tag
 # matches the value do in EC2, in the deploy regions. Creating needs the tag in the request; changing or
-# deleting needs it on the resource. Parts EC2 creates untagged with an instance (its network interface,
-# root volume) and the security group rules have no tag of their own: they are allowed only next to a
-# tagged instance or group in the same call.
+# deleting needs it on the resource. Tags are added only by the call that creates the resource
+# (ec2:CreateAction) or to what already carries the tag: the instance's root volume is tagged in RunInstances
+# itself (stacks/aws.py volume_tags), so no untagged volume, another workload's, can be tagged into reach.
+# Parts EC2 creates untagged with an instance (its network interface) and the security group rules have no
+# tag of their own: they are allowed only next to a tagged instance or group in the same call.
 ec2() {
   local stack=$1 in_region="\"aws:RequestedRegion\":$regions_json"
   local requested="\"StringEquals\":{$in_region},\"StringLike\":{\"aws:RequestTag/sdxl-endpoint:stack\":\"$stack\"}"
@@ -155,20 +157,25 @@ ec2() {
  "ec2:UpdateSecurityGroupRuleDescriptionsIngress","ec2:UpdateSecurityGroupRuleDescriptionsEgress",
  "ec2:ModifySecurityGroupRules"],"Resource":"$arn:security-group-rule/*","Condition":{"StringEquals":{$in_region}}},
 {"Sid":"Ec2DisassociateFromInterface","Effect":"Allow","Action":"ec2:DisassociateAddress",
- "Resource":"$arn:network-interface/*","Condition":{"StringEquals":{$in_region}}},
-{"Sid":"Ec2TagRootVolume","Effect":"Allow","Action":"ec2:CreateTags","Resource":"$arn:volume/*",
- "Condition":{"StringEquals":{$in_region},"StringLike":{"aws:RequestTag/sdxl-endpoint:stack":"$stack"},
- "Null":{"aws:ResourceTag/sdxl-endpoint:stack":"true"}}}
+ "Resource":"$arn:network-interface/*","Condition":{"StringEquals":{$in_region}}}
 JSON
 }
 
 # stack_resources STACK_GLOB TAG_CONDITION_VALUE [BOUNDARY_ARN]: the stack's IAM role (tagged), its token
-# parameters (/sdxl-endpoint/<stack>/...) and their KMS key (tagged), and its source bucket with the bundle.
+# parameters (/sdxl-endpoint/<stack>/...) and their KMS key (tagged), and its source bucket with the bundle
+# (sdxl-src-<stack>-<random>, stacks/aws.py source_bucket_name: S3 buckets take no tag condition, so the name
+# is what scopes them; the bundle objects must carry the stack tag as well).
 # Tagging is allowed on what the stack tag already marks as the stack's, or while creating (no stack tag
 # yet): never to re-tag another stack's role or key into reach. With BOUNDARY_ARN, a role may be created or
 # given policies only with that permissions boundary, so what CI lets it hold cannot exceed the boundary.
 stack_resources() {
   local names=$1 stack=$2 boundary=${3:-}
+  local source_buckets=("sdxl-src-$names") buckets objects
+  # Stacks deployed before the stack was in the name hold a sdxl-source-<random> bucket, which their next update
+  # replaces: the deploy role may still remove those. Never the review role: such a name says nothing of its stack.
+  [ "$names" != "*" ] || source_buckets+=("sdxl-source-*")
+  buckets=$(printf '"arn:aws:s3:::%s",' "${source_buckets[@]}" | sed 's/,$//')
+  objects=$(printf '"arn:aws:s3:::%s/*",' "${source_buckets[@]}" | sed 's/,$//')
   local tagged="\"StringLike\":{\"aws:ResourceTag/sdxl-endpoint:stack\":\"$stack\"}"
   local requested="\"StringLike\":{\"aws:RequestTag/sdxl-endpoint:stack\":\"$stack\"}"
   local untagged="\"Null\":{\"aws:ResourceTag/sdxl-endpoint:stack\":\"true\"}"
@@ -211,11 +218,11 @@ stack_resources() {
  "s3:ListBucketVersions","s3:GetBucket*","s3:PutBucketTagging","s3:PutBucketPublicAccessBlock",
  "s3:PutBucketOwnershipControls","s3:PutEncryptionConfiguration","s3:GetEncryptionConfiguration",
  "s3:GetLifecycleConfiguration","s3:GetReplicationConfiguration","s3:GetAccelerateConfiguration"],
- "Resource":"arn:aws:s3:::sdxl-source-*"},
+ "Resource":[$buckets]},
 {"Sid":"SourceBundleWrite","Effect":"Allow","Action":["s3:PutObject","s3:PutObjectTagging"],
- "Resource":"arn:aws:s3:::sdxl-source-*/*","Condition":{"StringLike":{"s3:RequestObjectTag/sdxl-endpoint:stack":"$stack"}}},
+ "Resource":[$objects],"Condition":{"StringLike":{"s3:RequestObjectTag/sdxl-endpoint:stack":"$stack"}}},
 {"Sid":"SourceBundle","Effect":"Allow","Action":["s3:GetObject","s3:GetObjectTagging","s3:DeleteObject",
- "s3:DeleteObjectVersion"],"Resource":"arn:aws:s3:::sdxl-source-*/*",
+ "s3:DeleteObjectVersion"],"Resource":[$objects],
  "Condition":{"StringLike":{"s3:ExistingObjectTag/sdxl-endpoint:stack":"$stack"}}},
 {"Sid":"SpotServiceRole","Effect":"Allow","Action":"iam:CreateServiceLinkedRole","Resource":"*",
  "Condition":{"StringEquals":{"iam:AWSServiceName":"spot.amazonaws.com"}}}
@@ -245,7 +252,7 @@ boundary_policy() {
  "Resource":"arn:aws:ssm:*:$account:parameter/sdxl-endpoint/pr-*/*"},
 {"Sid":"ItsTokenKey","Effect":"Allow","Action":"kms:Decrypt","Resource":"arn:aws:kms:*:$account:key/*",
  "Condition":{"StringLike":{"aws:ResourceTag/sdxl-endpoint:stack":"pr-*"}}},
-{"Sid":"ItsSourceBundle","Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::sdxl-source-*/*"},
+{"Sid":"ItsSourceBundle","Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::sdxl-src-pr-*/*"},
 {"Sid":"PullAnImage","Effect":"Allow","Action":["ecr:GetAuthorizationToken","ecr:BatchGetImage",
  "ecr:GetDownloadUrlForLayer","ecr:BatchCheckLayerAvailability"],"Resource":"*"}]}
 JSON

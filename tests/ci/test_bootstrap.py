@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from stacks import gcp
+from stacks.aws import source_bucket_name
 from tests.ci import gcloud_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -219,10 +220,7 @@ def test_aws_review_role_needs_a_pr_tag_or_name_for_every_mutating_call(aws):
     _, calls = aws
     review = role_policies(calls)["gha-sdxl-endpoint-review"][1]
     riding_along = {"Ec2LaunchParts", "Ec2UntaggedParts", "Ec2DisassociateFromInterface", "Ec2TagOnCreate",
-                    "SpotServiceRole",
-                    # Pulumi names the source bucket sdxl-source-<random>, without the stack, and S3 buckets take
-                    # no tag condition: the bucket's settings are the one part scoped by name only (README).
-                    "SourceBucket"}
+                    "SpotServiceRole"}
     for statement in review["Statement"]:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         if statement["Effect"] == "Deny" or statement["Sid"] in riding_along or \
@@ -231,7 +229,9 @@ def test_aws_review_role_needs_a_pr_tag_or_name_for_every_mutating_call(aws):
         text = json.dumps(statement)
         like = statement.get("Condition", {}).get("StringLike", {})
         by_tag = any(v == "pr-*" for k, v in like.items() if k.endswith("Tag/sdxl-endpoint:stack"))
-        by_name = "/review/*" in text or "/sdxl-endpoint/pr-*/" in text
+        # S3 buckets take no tag condition: the source buckets are scoped by their name, sdxl-src-<stack>-<random>
+        by_name = "/review/*" in text or "/sdxl-endpoint/pr-*/" in text or \
+            all(r.startswith("arn:aws:s3:::sdxl-src-pr-*") for r in _listed(statement["Resource"]))
         assert by_tag or by_name, statement["Sid"]
     production_instance = "arn:aws:ec2:us-east-1:123456789012:instance/i-0prod"
     terminate = [s for s in review["Statement"] if "ec2:TerminateInstances" in s["Action"]]
@@ -282,12 +282,21 @@ def decision(policy: dict, action: str, resource: str, context: dict) -> bool:
 BOUNDARY = f"arn:aws:iam::{ACCOUNT}:policy/gha-sdxl-endpoint-review-boundary"
 PROD_ROLE = f"arn:aws:iam::{ACCOUNT}:role/sdxl-role-prod123"
 PR_ROLE = f"arn:aws:iam::{ACCOUNT}:role/sdxl-role-pr42abc"
+# Source buckets as stacks/aws.py names them, with the provider's 7 random hex characters; and one from before the
+# stack was in the name, which a production stack keeps until its next update (ec2:Describe* shows it in user data).
+PROD_BUCKET = f"arn:aws:s3:::{source_bucket_name('aws-g5')}-9f8e7d6"
+PROD_LEGACY_BUCKET = "arn:aws:s3:::sdxl-source-9f8e7d6"
+PR_BUCKET = f"arn:aws:s3:::{source_bucket_name('pr-42')}-1a2b3c4"
+BUNDLE = "bundles/0123abcd.tar"
 PROD_KEY = "arn:aws:kms:us-east-1:123456789012:key/prod-key"
+OTHER_VOLUME = "arn:aws:ec2:us-east-1:123456789012:volume/vol-0another0workload"
+PR_VOLUME = "arn:aws:ec2:us-east-1:123456789012:volume/vol-0pr42root"
 PR_KEY = "arn:aws:kms:us-east-1:123456789012:key/pr-key"
 ON_PROD = {"aws:ResourceTag/sdxl-endpoint:stack": "aws-g5"}
 ON_PR = {"aws:ResourceTag/sdxl-endpoint:stack": "pr-42"}
 ASKS_PR = {"aws:RequestTag/sdxl-endpoint:stack": "pr-42", "aws:TagKeys": ["sdxl-endpoint:stack"],
            "aws:RequestedRegion": "us-east-1"}
+ASKS_PR_OBJECT = {"s3:RequestObjectTag/sdxl-endpoint:stack": "pr-42"}
 # What the PR code of a malicious branch would try (the audit's escalation paths), each must be denied.
 ESCALATIONS = {
     "re-tag production's instance role as pr-*": ("iam:TagRole", PROD_ROLE, {**ON_PROD, **ASKS_PR}),
@@ -314,6 +323,21 @@ ESCALATIONS = {
     "decrypt with production's key": ("kms:Decrypt", PROD_KEY, ON_PROD),
     "terminate a production instance": ("ec2:TerminateInstances", "arn:aws:ec2:us-east-1:123456789012:instance/i-0prod",
                                         {**ON_PROD, "aws:RequestedRegion": "us-east-1"}),
+    # With the pr-* object tag the request itself sets: what a PR's code controls.
+    "overwrite production's bundle": ("s3:PutObject", f"{PROD_BUCKET}/{BUNDLE}", ASKS_PR_OBJECT),
+    "overwrite production's bundle in a bucket named before the stack was": (
+        "s3:PutObject", f"{PROD_LEGACY_BUCKET}/{BUNDLE}", ASKS_PR_OBJECT),
+    "re-tag production's bundle": ("s3:PutObjectTagging", f"{PROD_BUCKET}/{BUNDLE}", ASKS_PR_OBJECT),
+    "turn off production bucket's public access block": ("s3:PutBucketPublicAccessBlock", PROD_BUCKET, {}),
+    "turn off the public access block of a bucket named before the stack was": (
+        "s3:PutBucketPublicAccessBlock", PROD_LEGACY_BUCKET, {}),
+    "change production bucket's ownership controls": ("s3:PutBucketOwnershipControls", PROD_BUCKET, {}),
+    "delete production's bucket": ("s3:DeleteBucket", PROD_BUCKET, {}),
+    # Another workload's volume carries no stack tag: tagging it pr-* would put it in reach of Ec2ChangeTagged.
+    "tag an untagged volume then delete it": [
+        ("ec2:CreateTags", OTHER_VOLUME, {**ASKS_PR}),
+        ("ec2:DetachVolume", OTHER_VOLUME, {**ON_PR, "aws:RequestedRegion": "us-east-1"}),
+        ("ec2:DeleteVolume", OTHER_VOLUME, {**ON_PR, "aws:RequestedRegion": "us-east-1"})],
 }
 # What review's own `pulumi up`/`destroy` of pr-42 does: each must stay allowed.
 CREATING = {**ASKS_PR, "aws:TagKeys": ["sdxl-endpoint:stack", "sdxl-endpoint:project", "sdxl-endpoint:ttl", "Name"]}
@@ -333,19 +357,59 @@ REVIEW_OWN_CALLS = {
     "create its token key": ("kms:CreateKey", "*", CREATING),
     "tag its key while creating it": ("kms:TagResource", "*", CREATING),
     "schedule its key's deletion": ("kms:ScheduleKeyDeletion", PR_KEY, ON_PR),
+    "create its source bucket": ("s3:CreateBucket", PR_BUCKET, {}),
+    "make its source bucket private": ("s3:PutBucketPublicAccessBlock", PR_BUCKET, {}),
+    "enforce its bucket's ownership": ("s3:PutBucketOwnershipControls", PR_BUCKET, {}),
+    "encrypt its bucket": ("s3:PutEncryptionConfiguration", PR_BUCKET, {}),
+    "upload its bundle": ("s3:PutObject", f"{PR_BUCKET}/{BUNDLE}", ASKS_PR_OBJECT),
+    "read back its bundle": ("s3:GetObject", f"{PR_BUCKET}/{BUNDLE}",
+                             {"s3:ExistingObjectTag/sdxl-endpoint:stack": "pr-42"}),
+    "empty and delete its bucket": ("s3:DeleteObject", f"{PR_BUCKET}/{BUNDLE}",
+                                    {"s3:ExistingObjectTag/sdxl-endpoint:stack": "pr-42"}),
+    "delete its bucket": ("s3:DeleteBucket", PR_BUCKET, {}),
+    # stacks/aws.py's volume_tags: EC2 authorizes the root volume's tags in RunInstances as tagging on creation
+    "tag its root volume in RunInstances": ("ec2:CreateTags", PR_VOLUME,
+                                            {**CREATING, "ec2:CreateAction": "RunInstances"}),
+    "tag its data volume in CreateVolume": ("ec2:CreateTags", PR_VOLUME,
+                                            {**CREATING, "ec2:CreateAction": "CreateVolume"}),
+    "update its volumes' ttl tag": ("ec2:CreateTags", PR_VOLUME, {**ON_PR, "aws:RequestedRegion": "us-east-1",
+                                                                "aws:TagKeys": ["sdxl-endpoint:ttl"]}),
+    "detach its data volume": ("ec2:DetachVolume", PR_VOLUME, {**ON_PR, "aws:RequestedRegion": "us-east-1"}),
 }
 
 
 @pytest.mark.parametrize("request_name", sorted(ESCALATIONS))
 def test_aws_review_role_cannot_reach_production_or_escalate(aws, request_name):
+    """Each escalation is one request, or a list of them that only succeeds if every one is allowed."""
     review = role_policies(aws[1])["gha-sdxl-endpoint-review"][1]
-    assert not decision(review, *ESCALATIONS[request_name]), request_name
+    steps = ESCALATIONS[request_name]
+    assert not all(decision(review, *step) for step in (steps if isinstance(steps, list) else [steps])), request_name
 
 
 @pytest.mark.parametrize("request_name", sorted(REVIEW_OWN_CALLS))
 def test_aws_review_role_still_deploys_its_own_stack(aws, request_name):
     review = role_policies(aws[1])["gha-sdxl-endpoint-review"][1]
     assert decision(review, *REVIEW_OWN_CALLS[request_name]), request_name
+
+
+def test_aws_source_buckets_are_scoped_by_the_stack_in_their_name(aws):
+    """S3 buckets take no tag condition, so their name carries the stack (stacks/aws.py source_bucket_name): the review
+    role and its instances reach sdxl-src-pr-* alone; the deploy role also the buckets named before, to replace them."""
+    _, calls = aws
+    policies = role_policies(calls)
+    review, deploy = (policies[f"gha-sdxl-endpoint-{n}"][1] for n in ("review", "deploy"))
+    boundary = json.loads(option(find(calls, "create-policy")[0], "--policy-document"))
+    for stack in ("pr-7", "pr-1234567890", "aws-g5", "PR-7", "pr_7", "pr-X", "prod"):
+        bucket = f"arn:aws:s3:::{source_bucket_name(stack)}-1a2b3c4"
+        in_reach = decision(review, "s3:PutBucketPublicAccessBlock", bucket, {})
+        assert in_reach == (re.fullmatch(r"pr-[0-9]+", stack) is not None), stack  # as its tags: literally pr-*
+        assert decision(boundary, "s3:GetObject", f"{bucket}/{BUNDLE}", {}) == in_reach, stack
+        assert decision(deploy, "s3:PutBucketPublicAccessBlock", bucket, {}), stack
+    for action in ("s3:PutBucketPublicAccessBlock", "s3:DeleteBucket", "s3:ListBucket"):
+        assert decision(deploy, action, PROD_LEGACY_BUCKET, {}), action
+    assert decision(deploy, "s3:DeleteObject", f"{PROD_LEGACY_BUCKET}/{BUNDLE}",
+                    {"s3:ExistingObjectTag/sdxl-endpoint:stack": "aws-g5"})
+    assert not decision(review, "s3:ListBucket", PROD_LEGACY_BUCKET, {})
 
 
 def test_aws_boundary_is_created_and_caps_the_instance_role(aws):
@@ -538,6 +602,27 @@ def test_gcp_grants_are_least_privilege(gcloud):
     assert gcp.resource_name("sdxl-demo-1-pr-42", "source").startswith("sdxl-sdxl-demo-1-pr-")
     assert "GCP_WORKLOAD_IDENTITY_PROVIDER  projects/987654321/locations/global/workloadIdentityPools/" \
            "github-actions/providers/github" in result.stdout
+
+
+def _grants_on(expression: str, resource_type: str, name: str) -> bool:
+    """The bootstrap's `resource.type == '...' || resource.name.startsWith('...')` conditions, evaluated."""
+    types = re.findall(r"resource\.type == '([^']+)'", expression)
+    prefixes = re.findall(r"resource\.name\.startsWith\('([^']+)'\)", expression)
+    assert expression.count("||") == len(types) + len(prefixes) - 1, f"not modelled: {expression}"
+    return resource_type in types or any(name.startswith(p) for p in prefixes)
+
+
+def test_gcp_review_reaches_no_production_source_bucket_or_bundle(gcloud):
+    """GCP has not AWS's hole: the stack is in the source bucket's name (sdxl-<project>-<stack>-source), and review's
+    storage.admin holds only on the sdxl-<project>-pr-* buckets and their objects."""
+    _, calls = gcloud
+    (expression,) = [conditioned(c)["expression"] for c in find(calls, "roles/storage.admin")
+                     if option(c, "--member") == sa("gha-sdxl-review")]
+    bucket, obj = "storage.googleapis.com/Bucket", "storage.googleapis.com/Object"
+    for stack, reachable in (("pr-42", True), ("gcp-l4", False), ("gcp-t4", False), ("production", False)):
+        name = gcp.resource_name(f"sdxl-demo-1-{stack}", "source")
+        assert _grants_on(expression, bucket, f"projects/_/buckets/{name}") == reachable, stack
+        assert _grants_on(expression, obj, f"projects/_/buckets/{name}/objects/bundles/0123abcd.tar") == reachable
 
 
 def test_gcp_each_account_reads_and_writes_only_its_state_folder(gcloud):

@@ -417,6 +417,103 @@ def test_the_reaper_and_review_env_share_one_concurrency_group_per_pr():
     assert reap["strategy"]["matrix"]["include"] == "${{ fromJSON(needs.find.outputs.stacks) }}"
 
 
+_EXPRESSION_TOKEN = re.compile(r"\s*('[^']*'|&&|\|\||==|!=|!|\(|\)|[A-Za-z_][\w.-]*(?:\(\))?)")
+_STATUS_FUNCTIONS = ("success()", "failure()", "cancelled()", "always()")
+
+
+def runs(condition: str | None, needs: dict[str, dict], cancelled: bool = False) -> bool:
+    """Whether GitHub starts a job with this `if` (the subset of expressions the workflows use).
+
+    As GitHub documents it: an `if` without a status function gets an implicit `success()`, and success() is
+    false once a needed job failed, was skipped or cancelled; `needs.<job>.result` / `.outputs.<name>` read
+    `needs` (an unset output is ''); strings compare with == and != (GitHub compares them case-insensitively).
+    """
+    text = (condition or "success()").strip()
+    text = text.removeprefix("${{").removesuffix("}}").strip()
+    if not any(function in text for function in _STATUS_FUNCTIONS):
+        text = f"success() && ({text})"
+    status = {"success()": not cancelled and all(n["result"] == "success" for n in needs.values()),
+              "failure()": any(n["result"] == "failure" for n in needs.values()),
+              "cancelled()": cancelled, "always()": True}
+    python, position = [], 0
+    while position < len(text):
+        match = _EXPRESSION_TOKEN.match(text, position)
+        assert match and match.group(1), f"not modelled here: {text[position:]!r}"
+        token, position = match.group(1), match.end()
+        if token in status:
+            python.append(repr(status[token]))
+        elif token.startswith("needs."):
+            _, job, kind, *name = token.split(".")
+            value = needs[job]["result"] if kind == "result" else needs[job].get("outputs", {}).get(name[0], "")
+            python.append(repr(value.lower()))
+        elif token.startswith("'"):
+            python.append(repr(token[1:-1].lower()))
+        else:
+            python.append({"&&": "and", "||": "or", "!": "not", "==": "==", "!=": "!=", "(": "(", ")": ")"}[token])
+    return bool(eval(" ".join(python), {"__builtins__": {}}))  # noqa: S307 - built from the tokens above only
+
+
+def test_the_runs_model_follows_githubs_status_rules():
+    ok, failed, skipped = {"result": "success"}, {"result": "failure"}, {"result": "skipped"}
+    assert runs(None, {"a": ok}) and not runs(None, {"a": failed}) and not runs(None, {"a": skipped})
+    assert runs("always()", {"a": failed}, cancelled=True)
+    assert not runs("${{ !cancelled() }}", {"a": ok}, cancelled=True)
+    assert runs("needs.a.outputs.n != '0'", {"a": {**ok, "outputs": {"n": "2"}}})
+    assert not runs("needs.a.outputs.n != '0' && needs.a.outputs.n != ''", {"a": ok})
+
+
+def test_one_broken_stack_or_find_job_never_stops_the_sweep():
+    """find exits 0 with unreadable stacks (tools/ci reports them); the reap jobs run for the rest, the sweep runs
+    whatever find and reap returned, and the run still fails when a stack could not be read."""
+    reaper_jobs = jobs(GITHUB / "workflows" / "reaper.yml")
+    find, reap, sweep = reaper_jobs["find"], reaper_jobs["reap"], reaper_jobs["sweep"]
+    assert find["outputs"]["unreadable"] == "${{ steps.expired.outputs.unreadable }}"
+    found = {"result": "success", "outputs": {"count": "2", "unreadable": "pr-4"}}
+    assert runs(reap.get("if"), {"find": found})
+    assert not runs(reap.get("if"), {"find": {"result": "success", "outputs": {"count": "0"}}})
+    assert set(sweep["needs"]) == {"find", "reap"}
+    for find_result, reap_result in (("success", "success"), ("success", "failure"), ("success", "skipped"),
+                                     ("failure", "skipped"), ("cancelled", "skipped")):
+        assert runs(sweep.get("if"), {"find": {"result": find_result}, "reap": {"result": reap_result}}), \
+            (find_result, reap_result)
+    assert not runs(sweep.get("if"), {"find": found, "reap": {"result": "success"}}, cancelled=True)
+    (fail,) = [s for s in steps(sweep) if s.get("name") == "Fail the run if a stack could not be read"]
+    assert runs(fail["if"], {"find": found})
+    assert runs(fail["if"], {"find": found, "sweep-step": {"result": "failure"}}), "after a failed sweep step too"
+    assert not runs(fail["if"], {"find": {"result": "success", "outputs": {"count": "2"}}})
+
+
+def test_the_unreadable_stacks_step_fails_and_annotates_each(tmp_path):
+    (fail,) = [s for s in steps(jobs(GITHUB / "workflows" / "reaper.yml")["sweep"])
+               if s.get("name") == "Fail the run if a stack could not be read"]
+    result = run_step(fail["run"], {"UNREADABLE": "pr-4 pr-9"}, tmp_path)
+    assert result.returncode == 1
+    assert [line.split("::")[2].split(":")[0] for line in result.stdout.splitlines()] == ["stack pr-4", "stack pr-9"]
+
+
+def test_the_readme_says_what_bounds_a_reaper_run_with_the_workflows_numbers():
+    """One stack per reap job, so reap's --budget never bounds a scheduled run: find's --max, the matrix's max-parallel
+    and the jobs' timeout-minutes do, and the README says so with these very numbers."""
+    document = load(GITHUB / "workflows" / "reaper.yml")
+    find, reap, sweep = (document["jobs"][name] for name in ("find", "reap", "sweep"))
+    (listing,) = [s for s in steps(find) if "tools.ci expired" in s.get("run", "")]
+    most = int(re.search(r"--max (\d+)", listing["run"])[1])
+    parallel, limit = reap["strategy"]["max-parallel"], reap["timeout-minutes"]
+    rounds = -(-most // parallel)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"At most {most} stacks a run (the rest wait for the next hour), destroyed {parallel} at a time, each "
+            f"destroy job stopped after {limit} minutes, and finding and sweeping stopped after "
+            f"{find['timeout-minutes']} minutes each: at worst {find['timeout-minutes']} + {rounds} × {limit} + "
+            f"{sweep['timeout-minutes']} minutes") in readme
+    assert find["timeout-minutes"] == sweep["timeout-minutes"]
+    assert document["concurrency"] == {"group": "reaper", "cancel-in-progress": False}, "runs never overlap"
+    # The workflow's own words agree too.
+    assert f"at most {most} a run" in listing["name"]
+    assert any(f"(over {most} expired)" in s.get("run", "") for s in steps(sweep))
+    (destroy,) = [s for s in steps(reap) if "tools.ci reap" in s.get("run", "")]
+    assert "--budget" not in destroy["run"], "one stack per job: a budget there would never apply"
+
+
 def test_a_lock_older_than_every_job_that_can_hold_it_is_stale():
     from tools.ci import reaper
 

@@ -105,7 +105,7 @@ class CloudMocks(pulumi.runtime.Mocks):
             kind = args.typ.split("/")[1].split(":")[0]
             state.setdefault("arn", f"arn:aws:iam::{FAKE_ACCOUNT}:{kind}/{state['name']}")
         if args.typ == "aws:s3/bucket:Bucket":
-            resource_id = state.setdefault("bucket", f"{args.name}-20260801abcdef")  # the provider's auto-naming
+            resource_id = state.setdefault("bucket", aws_bucket_autoname(args.name))
             state["arn"] = f"arn:aws:s3:::{resource_id}"
         elif args.typ == "aws:ssm/parameter:Parameter":
             state["arn"] = f"arn:aws:ssm:{region}:{FAKE_ACCOUNT}:parameter{args.inputs['name']}"
@@ -196,6 +196,17 @@ class CloudMocks(pulumi.runtime.Mocks):
             return {"selfLink": link, "name": name, "family": family, "project": project, "id": link,
                     "diskSizeGb": FAKE_DLVM_DISK_GB}
         raise NotImplementedError(f"no mock for invoke {args.token}")
+
+
+def aws_bucket_autoname(name: str) -> str:
+    """The AWS provider's name for a bucket given none: pulumi-aws declares AutoNameTransform("bucket", 63,
+    strings.ToLower), i.e. the lowercased resource name, "-" and 7 random hex characters, and the engine refuses
+    the resource when that exceeds 63 (pulumi's resource.NewUniqueName, whose message this repeats)."""
+    prefix = f"{name.lower()}-"
+    if len(prefix) + 7 > 63:
+        raise ValueError(f"could not make instance of 'aws:s3/bucket:Bucket': name '{prefix}' plus 7 random chars "
+                         "is longer than maximum length 63")
+    return f"{prefix}1a2b3c4"
 
 
 def fleet_state(args: pulumi.runtime.MockResourceArgs, resource_id: str, state: dict, region: str) -> tuple[str, dict]:

@@ -4,6 +4,7 @@ import base64
 import gzip
 import hashlib
 import json
+import re
 
 import pytest
 import yaml
@@ -30,6 +31,7 @@ PARAMETER = "aws:ssm/parameter:Parameter"
 KEY = "aws:kms/key:Key"
 KEY_ARN = f"arn:aws:kms:us-east-1:{FAKE_ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 BUCKET = "aws:s3/bucket:Bucket"
+AWS_G5_BUCKET = "sdxl-src-aws-g5-1a2b3c4"  # sdxl-src-<stack>, then the provider's "-" and 7 random hex characters
 OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
 VOLUME = "aws:ebs/volume:Volume"
 ATTACHMENT = "aws:ec2/volumeAttachment:VolumeAttachment"
@@ -215,6 +217,19 @@ def test_root_volume_is_encrypted_gp3_and_the_amis_own_size_unless_set(disk):
     assert root.get("volumeSize") == (int(disk) if disk else None)
 
 
+def test_the_root_volume_is_tagged_in_runinstances_and_the_data_volume_alike():
+    """volume_tags go into RunInstances as a TagSpecification, which EC2 authorizes as tagging on creation (CI's review
+    role may not tag volumes otherwise); root_block_device.tags would be a CreateTags call after launch. The provider
+    reads volume_tags back from every attached volume, so the data volume's tags must be exactly the same."""
+    run = run_program({"ttl": "2030-01-31T18:00:00Z"}, stack="pr-42")
+    instance = run.one(INSTANCE).inputs
+    assert "tags" not in instance["rootBlockDevice"]
+    assert instance["volumeTags"] == instance["tags"]
+    assert instance["volumeTags"]["sdxl-endpoint:stack"] == "pr-42"
+    assert instance["volumeTags"]["sdxl-endpoint:ttl"] == "2030-01-31T18:00:00Z"
+    assert run.one(VOLUME).inputs["tags"] == instance["volumeTags"]
+
+
 def test_guest_shutdown_stops_and_on_demand_by_default():
     instance = run_program(preset="aws-g5").one(INSTANCE).inputs
     assert instance["instanceInitiatedShutdownBehavior"] == "stop"
@@ -310,7 +325,7 @@ def test_the_source_bucket_is_private_encrypted_owner_enforced_and_destroy_empti
     bucket = run.one(BUCKET)
     assert bucket.inputs["forceDestroy"] is True  # `pulumi destroy` removes it with its contents
     block = run.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").inputs
-    assert block == {"bucket": "sdxl-source-20260801abcdef", "blockPublicAcls": True, "blockPublicPolicy": True,
+    assert block == {"bucket": AWS_G5_BUCKET, "blockPublicAcls": True, "blockPublicPolicy": True,
                      "ignorePublicAcls": True, "restrictPublicBuckets": True}
     owner = run.one("aws:s3/bucketOwnershipControls:BucketOwnershipControls").inputs
     assert owner["rule"] == {"objectOwnership": "BucketOwnerEnforced"}  # no ACL can share an object
@@ -319,14 +334,37 @@ def test_the_source_bucket_is_private_encrypted_owner_enforced_and_destroy_empti
     assert not run.of_type("aws:s3/bucketPolicy:BucketPolicy") and not run.of_type("aws:s3/bucketAcl:BucketAcl")
 
 
+# What S3 accepts (its bucket naming rules, without dots, which these names never use): 3 to 63 characters.
+S3_BUCKET_NAME = r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"
+
+
+@pytest.mark.parametrize("stack, expected", [
+    ("pr-42", "sdxl-src-pr-42-1a2b3c4"),  # ci/bootstrap/aws-oidc.sh confines the review role to sdxl-src-pr-*
+    ("pr-1234567890", "sdxl-src-pr-1234567890-1a2b3c4"),  # the longest pr-<n> CI makes: never cut
+    ("aws-g5", AWS_G5_BUCKET),
+    ("PR-42", "sdxl-src-b6788e-pr-42-1a2b3c4"),  # not a pr-* stack to IAM (its tag is PR-42): out of review's reach
+    ("pr_42", "sdxl-src-2f13b9-pr-42-1a2b3c4"),
+    ("Production.EU-West_" + "x" * 70, None),  # the longest names still fit, with their hash
+])
+def test_the_source_bucket_is_named_for_its_stack_within_s3s_limit(stack, expected):
+    run = run_program({}, stack=stack)
+    name = run.state(BUCKET)["bucket"]
+    assert re.match(S3_BUCKET_NAME, name) and name.startswith("sdxl-src-"), name
+    assert name == (expected or name)
+    assert name.startswith("sdxl-src-pr-") == stack.startswith("pr-")
+    assert f"sdxl-boot build aws us-east-1 {name} bundles/" in aws_document(run)
+    if expected is None:
+        assert len(name) == 63 and aws.source_bucket_name(stack) != aws.source_bucket_name(stack + "y")
+
+
 def test_the_uploaded_bundle_is_this_checkouts_source_and_the_instance_checks_the_same_hash():
     run = run_program(preset="aws-g5")
     uploaded = run.one(OBJECT).inputs
     path = uploaded["source"].path  # a FileAsset, as the engine gets it
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
     assert digest == bundle.build().sha256  # content-addressed: the same checkout, the same object
-    assert uploaded["key"] == f"bundles/{digest}.tar" and uploaded["bucket"] == "sdxl-source-20260801abcdef"
-    assert f"sdxl-boot build aws us-east-1 sdxl-source-20260801abcdef bundles/{digest}.tar {digest}" in (
+    assert uploaded["key"] == f"bundles/{digest}.tar" and uploaded["bucket"] == AWS_G5_BUCKET
+    assert f"sdxl-boot build aws us-east-1 {AWS_G5_BUCKET} bundles/{digest}.tar {digest}" in (
         aws_document(run))
     assert run.options(OBJECT)["dependencies"]  # uploaded once the bucket's protections exist
     # The instance boots only once the bundle it downloads is there, and its role may read it.

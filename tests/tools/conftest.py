@@ -43,6 +43,7 @@ class FakeStack:
         self.fail_destroy = False
         self.last_outputs: dict[str, auto.OutputValue] = {}
         self.locks: list[datetime] = []  # when each lock file under .pulumi/locks/ was written
+        self.history_unreadable = False  # a history file the backend cannot parse (truncated, denied)
 
     # config, as `pulumi config` keeps it in the stack's config file
     def get_all_config(self) -> dict[str, auto.ConfigValue]:
@@ -119,6 +120,11 @@ class FakeStack:
     def history(self, page_size: int | None = None, page: int | None = None,
                 show_secrets: bool = True) -> list[auto.UpdateSummary]:
         assert not show_secrets, "the reaper has no reason to decrypt secrets"
+        if self.history_unreadable:
+            # The DIY backend's getHistory: `reading history file <key>: <err>`; the SDK raises CommandError.
+            raise auto.CommandError(auto.CommandResult("", (
+                f"error: reading history file .pulumi/history/sdxl-endpoint/{self.name}/{self.name}-1773500966"
+                ".history.json: unexpected end of JSON input"), 255))
         return list(self.updates[:page_size] if page_size else self.updates)
 
     def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:

@@ -360,8 +360,50 @@ def test_reap_destroys_expired_stacks_and_keeps_going_after_a_failure(fleet, tmp
         ("destroy", "pr-1", True), ("remove_stack", "pr-1"),
         ("destroy", "pr-3", True)]
     result = json.loads(capsys.readouterr().out)
-    assert result == {"destroyed": "pr-10 pr-1", "failed": "pr-3", "busy": "pr-6", "left": ""}
+    assert result == {"destroyed": "pr-10 pr-1", "failed": "pr-3", "busy": "pr-6", "left": "", "unreadable": ""}
     assert "failed=pr-3\n" in output.read_text() and "busy=pr-6\n" in output.read_text()
+
+
+@pytest.fixture
+def unreadable(fleet, monkeypatch) -> FakeBackend:
+    """The fleet with pr-1's history unparseable and pr-10's checkpoint denied: `pulumi stack select` fails."""
+    fleet.stacks["pr-1"].history_unreadable = True
+    select = fleet.select_stack
+
+    def select_denied(name, work_dir=None, opts=None):
+        if name == "pr-10":
+            raise auto.CommandError(auto.CommandResult("", "error: failed to load checkpoint: blob (key "
+                                                       "\".pulumi/stacks/sdxl-endpoint/pr-10.json\") "
+                                                       "(code=PermissionDenied): AccessDenied", 255))
+        return select(name, work_dir, opts)
+
+    monkeypatch.setattr(auto, "select_stack", select_denied)
+    return fleet
+
+
+def test_an_unreadable_stack_is_reported_and_the_others_still_listed(unreadable, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "github_output"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    assert ci.main(["expired", "--json"], now=lambda: NOW) == 0, "the find job must succeed so the reap jobs run"
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == [{"stack": "pr-6", "pr": "6"}, {"stack": "pr-3", "pr": "3"}]
+    assert "unreadable=pr-1 pr-10\n" in output.read_text() and "count=2\n" in output.read_text()
+    assert "stack pr-1: could not read its state or history:" in captured.err
+    assert "  error: reading history file .pulumi/history/sdxl-endpoint/pr-1/" in captured.err
+    assert "stack pr-10: could not read its state or history:" in captured.err and "AccessDenied" in captured.err
+    assert {e.stack for e in reaper.expired(now=lambda: NOW)} == {"pr-3", "pr-6"}
+
+
+def test_reap_skips_an_unreadable_stack_destroys_the_rest_and_fails(unreadable, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GITHUB_OUTPUT", str(tmp_path / "github_output"))
+    assert ci.main(["reap"], now=lambda: NOW) == 1
+    assert json.loads(capsys.readouterr().out) == {"destroyed": "pr-3", "failed": "", "busy": "pr-6", "left": "",
+                                                   "unreadable": "pr-1 pr-10"}
+    assert {"pr-1", "pr-10"} <= set(unreadable.stacks), "never destroyed without reading its expiry"
+    # reaper.yml's per-stack job: the re-read before the destroy fails the same way
+    assert ci.main(["reap", "--stack", "pr-1"], now=lambda: NOW) == 1
+    assert json.loads(capsys.readouterr().out)["unreadable"] == "pr-1"
+    assert not [c for c in unreadable.calls if c[0] == "destroy" and c[1] in ("pr-1", "pr-10")]
 
 
 def test_a_reaped_stack_can_come_back_on_the_next_push(backend):

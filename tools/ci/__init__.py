@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
             reaped = reaper.reap(now, stacks=args.stack, budget=reaper.parse_budget(args.budget),
                                  pull_lookup=pulls.lookup_from_env())
             result = reaped.outputs()
-            status = 1 if reaped.failed else 0  # the outputs still name what was destroyed
+            status = 1 if reaped.failed or reaped.unreadable else 0  # the outputs still name what was destroyed
         else:
             from tools.ci import sweep
 
@@ -475,17 +475,22 @@ def main(argv: list[str] | None = None, now: Clock = _utcnow) -> int:
 def _print_expired(as_json: bool, limit: int, now: Clock) -> int:
     from tools.ci import pulls, reaper
 
-    found = reaper.expired(now, pulls.lookup_from_env())
-    for expiry in found:
+    found = reaper.scan(now, pulls.lookup_from_env())
+    for expiry in found.expired:
         _log(f"{expiry.stack}: expired {rfc3339(expiry.expires_at)} ({expiry.source})")
-    chosen, left = found[:max(limit, 0)], found[max(limit, 0):]
+    chosen, left = found.expired[:max(limit, 0)], found.expired[max(limit, 0):]
     if left:
         _log(f"left for the next run (more than --max {limit}): {' '.join(e.stack for e in left)}")
+    if found.unreadable:
+        _log(f"unreadable, not reaped (the reasons are above): {' '.join(found.unreadable)}")
+    # Exit 0 even so: the readable expired stacks must still be destroyed. The output `unreadable` says which
+    # were skipped, and reaper.yml fails the run on it, where someone will see it.
     if not as_json:
         print("\n".join(e.stack for e in chosen))
         return 0
     stacks = json.dumps([{"stack": e.stack, "pr": e.stack.removeprefix("pr-")} for e in chosen],
                         separators=(",", ":"))
     print(stacks)
-    write_github_output({"stacks": stacks, "count": str(len(chosen)), "left": " ".join(e.stack for e in left)})
+    write_github_output({"stacks": stacks, "count": str(len(chosen)), "left": " ".join(e.stack for e in left),
+                         "unreadable": " ".join(found.unreadable)})
     return 0

@@ -15,9 +15,13 @@ review-env.yml queued for that can be cancelled by a newer pending run). A lock 
 belongs to no live job (none runs longer, and its credentials would have expired): `pulumi cancel` deletes
 it before `destroy --refresh`.
 
-The reaper works within a time budget, re-reads each stack's expiry right before destroying it (a push
-may have renewed it meanwhile; reaper.yml runs each destroy in review-env's concurrency group for that PR),
-and says what it left for the next run.
+The reaper re-reads each stack's expiry right before destroying it (a push may have renewed it meanwhile;
+reaper.yml runs each destroy in review-env's concurrency group for that PR), and says what it left for the next
+run. Reaping many stacks in one process (`reap` by hand) it works within a time budget; reaper.yml runs one
+stack per job, and there its --max, max-parallel and timeout-minutes bound a run (README).
+
+A stack whose state or history cannot be read (a corrupt checkpoint, a denied object) is reported as unreadable
+and skipped: one broken stack must not keep every other expired GPU billing.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ from tools.ci import (
 # The longest a job holding a pr-<n> lock can live: review-env.yml's and reaper.yml's timeout-minutes, which
 # is also the OIDC credentials' lifetime (role-duration-seconds 3600). tests/github checks they agree.
 STALE_LOCK = timedelta(minutes=60)
-# A reaper job's own timeout is 60 minutes; one GPU stack's destroy takes a few minutes, rarely 15.
+# For `reap` of many stacks in one process: start no destroy after this long. One GPU stack's destroy takes a
+# few minutes, rarely 15, so the last one started still ends within an hour.
 DEFAULT_BUDGET = timedelta(minutes=40)
 # `created by runner@host (pid 1234) at 2026-03-14T12:09:26Z`: one line per lock in the CLI's error.
 _LOCK_LINE = re.compile(r"created by \S+ \(pid \d+\) at (\S+)")
@@ -101,12 +106,20 @@ def _summaries() -> dict[str, auto.StackSummary]:
     return found
 
 
+class StackUnreadable(Exception):
+    """The backend could not select the stack or list its history; the message ends with the CLI's last lines."""
+
+
 def read_expiry(name: str, summary: auto.StackSummary | None, now: datetime,
                 pull_lookup: pulls.PullLookup | None = None) -> Expiry | None:
-    stack = workspace.select(name)
-    if stack is None:
+    try:
+        stack = workspace.select(name)
+        history = stack.history(show_secrets=False) if stack is not None else None
+    except auto.CommandError as err:
+        raise StackUnreadable(f"stack {name}: could not read its state or history:{_tail(err)}") from err
+    if stack is None or history is None:
         return None
-    expiry = expiry_of(name, stack.history(show_secrets=False), summary.resource_count if summary else None, now)
+    expiry = expiry_of(name, history, summary.resource_count if summary else None, now)
     if expiry is not None and expiry.expires_at > now:
         unwanted = pulls.why_unwanted(pull_lookup, int(name.removeprefix("pr-")))
         if unwanted:
@@ -114,17 +127,34 @@ def read_expiry(name: str, summary: auto.StackSummary | None, now: datetime,
     return expiry
 
 
-def expired(now: Clock = _utcnow, pull_lookup: pulls.PullLookup | None = None) -> list[Expiry]:
-    """Every pr-<n> stack of this project whose expiry has passed, oldest first."""
+@dataclass
+class Scan:
+    expired: list[Expiry] = field(default_factory=list)  # oldest first
+    unreadable: list[str] = field(default_factory=list)  # stacks whose expiry could not be read (logged why)
+
+
+def scan(now: Clock = _utcnow, pull_lookup: pulls.PullLookup | None = None) -> Scan:
+    """Every pr-<n> stack of this project whose expiry has passed, and those that could not be read."""
     moment = now()
-    found = []
+    result = Scan()
     for name, summary in _summaries().items():
-        expiry = read_expiry(name, summary, moment, pull_lookup)
+        try:
+            expiry = read_expiry(name, summary, moment, pull_lookup)
+        except StackUnreadable as err:
+            _log(f"{err}\n  left alone; the other stacks are still reaped")
+            result.unreadable.append(name)
+            continue
         if expiry is None:
             _log(f"stack {name}: never deployed, nothing bills")
         elif expiry.expires_at <= moment:
-            found.append(expiry)
-    return sorted(found, key=lambda e: (e.expires_at, e.stack))
+            result.expired.append(expiry)
+    result.expired.sort(key=lambda e: (e.expires_at, e.stack))
+    return result
+
+
+def expired(now: Clock = _utcnow, pull_lookup: pulls.PullLookup | None = None) -> list[Expiry]:
+    """Every pr-<n> stack of this project whose expiry has passed, oldest first (unreadable ones: scan())."""
+    return scan(now, pull_lookup).expired
 
 
 def lock_times(err: auto.CommandError) -> list[datetime]:
@@ -174,6 +204,7 @@ class Reaped:
     failed: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)  # locked by a job that may be alive: next run
     left: list[str] = field(default_factory=list)  # not started: the budget was spent
+    unreadable: list[str] = field(default_factory=list)  # state or history unreadable: never destroyed blind
 
     def outputs(self) -> dict[str, str]:
         return {key: " ".join(value) for key, value in vars(self).items()}
@@ -187,16 +218,24 @@ def reap(now: Clock = _utcnow, *, stacks: list[str] | None = None, budget: timed
     """
     started = time.monotonic()
     spent = elapsed or (lambda: time.monotonic() - started)
-    candidates = [check_ephemeral(s) for s in stacks] if stacks is not None else \
-        [e.stack for e in expired(now, pull_lookup)]
     result = Reaped()
+    if stacks is not None:
+        candidates = [check_ephemeral(s) for s in stacks]
+    else:
+        found = scan(now, pull_lookup)
+        candidates, result.unreadable = [e.stack for e in found.expired], found.unreadable
     for index, name in enumerate(candidates):
         if spent() >= budget.total_seconds():
             result.left = candidates[index:]
             _log(f"budget of {budget} spent: left for the next run: {' '.join(result.left)}")
             break
         moment = now()
-        expiry = read_expiry(name, _summaries().get(name), moment, pull_lookup)
+        try:
+            expiry = read_expiry(name, _summaries().get(name), moment, pull_lookup)
+        except StackUnreadable as err:
+            _log(f"{err}\n  not destroyed")
+            result.unreadable.append(name)
+            continue
         if expiry is None or expiry.expires_at > moment:
             until = f"until {rfc3339(expiry.expires_at)}" if expiry else "never deployed"
             _log(f"stack {name}: not expired any more ({until}); left alone")
