@@ -1107,37 +1107,31 @@ def k8s_gpu_terms(gpu_key: str | None) -> list[dict[str, object]]:
     the terms admit any fitting GPU and the nodeSelector picks that one."""
     if gpu_key not in GPUS:
         gpu_key = None
-    terms: list[dict[str, object]] = []
-    # Every term keeps shared GPUs out: under time-slicing or MPS, `nvidia.com/gpu: 1` is a share of a card that other
-    # pods use too (GFD then sets sharing-strategy and appends -SHARED to the product), and SDXL needs the memory. The
-    # GPU Operator that does the sharing runs on GKE, EKS and CoreWeave nodes too, whose own labels say nothing of it;
-    # NotIn holds where GFD sets no strategy.
-    whole = (K8S_LABEL_GFD_SHARING, "NotIn", K8S_GFD_SHARED_STRATEGIES)
+    terms: list[dict[str, object]] = []  # each keeps shared GPUs out (_k8s_term)
     # Labels that name the GPU by themselves. CoreWeave's class label says nothing about memory left.
     for label in (K8S_LABEL_GKE, K8S_LABEL_COREWEAVE):
         values = k8s_values_for(label, gpu_key)
         if values:
-            terms.append(_k8s_term((label, "In", values), whole))
+            terms.append(_k8s_term((label, "In", values)))
     instance_types = tuple(name for name, gpu in K8S_INSTANCE_TYPES.items() if k8s_node_matches(gpu, gpu_key))
     if instance_types:
-        terms.append(_k8s_term((K8S_LABEL_INSTANCE_TYPE, "In", instance_types), whole))
+        terms.append(_k8s_term((K8S_LABEL_INSTANCE_TYPE, "In", instance_types)))
     for name_label, memory_label in ((K8S_LABEL_EKS_AUTO, K8S_LABEL_EKS_AUTO_MEMORY),
                                      (K8S_LABEL_KARPENTER, K8S_LABEL_KARPENTER_MEMORY)):
         names = k8s_values_for(name_label, gpu_key)
         if names:
             # The memory also keeps fractional GPUs (g6f: a share of an L4, named l4) out.
-            terms.append(_k8s_term((name_label, "In", names), (memory_label, "Gt", (_k8s_memory_floor(gpu_key),)),
-                                   whole))
+            terms.append(_k8s_term((name_label, "In", names), (memory_label, "Gt", (_k8s_memory_floor(gpu_key),))))
     memory = (K8S_LABEL_GFD_MEMORY, "Gt", (str(K8S_MIN_GPU_MEMORY_MIB),))
     if gpu_key is not None:
         products = k8s_values_for(K8S_LABEL_GFD_PRODUCT, gpu_key)
         if products:
-            terms.append(_k8s_term((K8S_LABEL_GFD_PRODUCT, "In", products), memory, whole))
+            terms.append(_k8s_term((K8S_LABEL_GFD_PRODUCT, "In", products), memory))
         return terms or k8s_gpu_terms(None)  # no label names that GPU: any fitting one, never no term at all
     # Any card GFD describes with enough memory and a compute capability of 7.5 or more: major 8 and up, or 7.5+.
     major, minor = MIN_COMPUTE_CAPABILITY
-    terms.append(_k8s_term(memory, whole, (K8S_LABEL_GFD_COMPUTE_MAJOR, "Gt", (str(major),))))
-    terms.append(_k8s_term(memory, whole, (K8S_LABEL_GFD_COMPUTE_MAJOR, "In", (str(major),)),
+    terms.append(_k8s_term(memory, (K8S_LABEL_GFD_COMPUTE_MAJOR, "Gt", (str(major),))))
+    terms.append(_k8s_term(memory, (K8S_LABEL_GFD_COMPUTE_MAJOR, "In", (str(major),)),
                            (K8S_LABEL_GFD_COMPUTE_MINOR, "Gt", (str(minor - 1),))))
     return terms
 
@@ -1150,8 +1144,13 @@ def _k8s_memory_floor(gpu_key: str | None) -> str:
 
 
 def _k8s_term(*requirements: tuple[str, str, tuple[str, ...]]) -> dict[str, object]:
+    """One affinity term: these requirements, and never a shared GPU. Under time-slicing or MPS, `nvidia.com/gpu: 1`
+    is a share of a card that other pods use too (GFD then sets sharing-strategy and appends -SHARED to the product),
+    and SDXL needs the memory. The GPU Operator that does the sharing runs on GKE, EKS and CoreWeave nodes too, whose
+    own labels say nothing of it; NotIn holds where GFD sets no strategy."""
+    whole = (K8S_LABEL_GFD_SHARING, "NotIn", K8S_GFD_SHARED_STRATEGIES)
     return {"matchExpressions": [{"key": key, "operator": op, "values": list(values)}
-                                 for key, op, values in requirements]}
+                                 for key, op, values in (*requirements, whole)]}
 
 
 def k8s_requirement_holds(labels: Mapping[str, str], requirement: Mapping[str, Any]) -> bool:
@@ -1312,6 +1311,7 @@ def k8s_selector_placement(selector: Mapping[str, str], gpu_key: str | None) -> 
     if judged is not None:
         return judged
     return K8S_OFFERS[gpu_key] if gpu_key else K8S_ANY_GPU
+
 
 # --- Kubernetes: the labels that describe a node's GPU ----------------------------------------------------------
 # What the doctor shows of each GPU node: every label above that names the GPU, its memory, compute capability or

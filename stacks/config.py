@@ -725,14 +725,11 @@ def _place_kubernetes(raw: RawConfig, values: Mapping[str, object], gpu: str | N
         if not sep or not _LABEL_KEY_RE.match(label) or not _LABEL_VALUE_RE.match(value):
             problems.add("nodeSelector", item, "not a node label=value pair (a Kubernetes label key, '=', its value)",
                          "pulumi config set --path 'nodeSelector[0]' cloud.google.com/gke-accelerator=nvidia-l4")
-    machine: catalog.Offer | None = None
     try:
-        machine = catalog.judge_node_selector(selector, gpu)
+        machine: catalog.Offer = catalog.k8s_selector_placement(selector, gpu)
     except catalog.UnfitMachineError as err:
         problems.add_refusal(err.refusal)
         machine = catalog.K8S_OFFERS["t4"]  # reported above; keeps the other checks going
-    if machine is None:
-        machine = catalog.K8S_OFFERS[gpu] if gpu else catalog.K8S_ANY_GPU
     return Placement(machine, raw.kubeContext or "current-context")
 
 

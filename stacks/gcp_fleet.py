@@ -51,11 +51,6 @@ class VmSpec:
     scheduling: dict
 
 
-def zones_for(settings: Settings) -> list[str]:
-    """The zones of the region that offer the GPU: the group spans them all."""
-    return catalog.gcp_fleet_zones(settings.machine.gpu.key, settings.region)
-
-
 def armor_rules(cidrs: tuple[str, ...]) -> list[dict]:
     """Cloud Armor: allowedCidrs (ten per rule) may pass, everyone else gets 403 at Google's edge."""
     chunks = [list(cidrs[i:i + ARMOR_RANGES_PER_RULE]) for i in range(0, len(cidrs), ARMOR_RANGES_PER_RULE)]
@@ -69,7 +64,7 @@ def armor_rules(cidrs: tuple[str, ...]) -> list[dict]:
 def build(component: pulumi.ComponentResource, name: str, settings: Settings, *, child: pulumi.ResourceOptions,
           spec: VmSpec) -> dict[str, pulumi.Output]:
     """Every fleet resource, parented under `component`; returns the stack outputs (contract.fleet_outputs)."""
-    zones = zones_for(settings)
+    zones = catalog.gcp_fleet_zones(settings.machine.gpu.key, settings.region)  # the group spans them all
     labels = spec.labels
     timeouts = bootstrap.ProxyTimeouts()
     warmup = bootstrap.first_boot_seconds(settings)

@@ -29,6 +29,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from typing import Any
 
 import pulumi
@@ -120,11 +121,15 @@ def live_properties(pod: dict[str, Any], env_names: set[str]) -> dict[str, Any]:
     }
 
 
+def _changed(keys: Iterable[str], olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
+    return [key for key in keys if olds.get(key) != news.get(key)]
+
+
 def patch_body(olds: dict[str, Any], news: dict[str, Any]) -> dict[str, Any]:
     """The PATCH /pods/{podId} body for what changed, in the REST API's names and types. The pod's `env` is one
     object that the PATCH replaces whole (runpodctl's "pod update --env replaces all env vars", runpod/runpodctl
     #268), so a change to either the settings or the tokens sends both."""
-    changed = {key for key in UPDATE_IN_PLACE if olds.get(key) != news.get(key)}
+    changed = set(_changed(UPDATE_IN_PLACE, olds, news))
     body: dict[str, Any] = {}
     if "name" in changed:
         body["name"] = news["name"]
@@ -218,17 +223,15 @@ class PodProvider(dynamic.ResourceProvider):
         return dynamic.ReadResult(id_, {**props, **{k: v for k, v in live.items() if v is not None}})
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
-        changed = [key for key in (*REPLACE_ON, *UPDATE_IN_PLACE) if olds.get(key) != news.get(key)]
-        replaces = [key for key in changed if key in REPLACE_ON]
+        replaces = _changed(REPLACE_ON, olds, news)
+        changes = bool(replaces or _changed(UPDATE_IN_PLACE, olds, news))
         # One GPU at a time: the old pod goes before its replacement is placed (and billed).
-        return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
+        return dynamic.DiffResult(changes=changes, replaces=replaces, delete_before_replace=True)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
         """PATCH what changed, then wait as create does for /ready through the proxy. A failure never terminates
         the pod: it keeps its id, so its URL."""
-        body = patch_body(olds, news)
-        if not body:  # nothing the pod holds changed (diff reports no other change): no reset for nothing
-            return dynamic.UpdateResult({**olds, **news})
+        body = patch_body(olds, news)  # never empty: diff reports an update only when one of its keys changed
         fields = ", ".join(body)
         sdk = client()
         try:
@@ -255,7 +258,7 @@ class PodProvider(dynamic.ResourceProvider):
             ) from err
         return dynamic.UpdateResult(_outputs(news, id_, live))
 
-    def _patch(self, pod_id: str, body: dict[str, Any], secrets: Any) -> None:
+    def _patch(self, pod_id: str, body: dict[str, Any], secrets: Iterable[str]) -> None:
         """PATCH /pods/{podId} with the operator's key; RunPodError saying what to do when RunPod refuses (the
         answer with any token in it blanked out, since errors reach Pulumi's logs)."""
         url = f"{self.rest_url}/pods/{pod_id}"
@@ -270,7 +273,7 @@ class PodProvider(dynamic.ResourceProvider):
             return
         answer = response.text
         for secret in secrets:  # as it is, and as a JSON string holds it
-            for written in (str(secret), json.dumps(str(secret))[1:-1]):
+            for written in (str(secret), _graphql_text(secret)):
                 answer = answer.replace(written, "[secret]")
         answer = answer[:ERROR_BODY_CHARS]
         raise RunPodError(f"{doing}: RunPod answered HTTP {response.status_code}: {answer}. "

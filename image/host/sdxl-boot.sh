@@ -70,8 +70,10 @@ fail() {
 }
 
 # on_error STATUS LINE: a command failed where set -e ends the step, which would otherwise say nothing. Inside
-# $(...) the command around it fails in turn, in this shell: reported there, once.
+# $(...) the command around it fails in turn, in this shell: reported there, once. Only the boot's own steps report
+# here: the model prefetch and the ready watcher are never fatal, and the pull before Caddy fails explicitly.
 on_error() {
+  case "$STEP" in data-disk|docker-setup|gpu-check|build|pull-server) ;; *) return 0 ;; esac
   [ "$BASH_SUBSHELL" -eq 0 ] || return 0
   fail "sdxl-boot $STEP: \"$BASH_COMMAND\" exited $1 (line $2)"
 }
@@ -360,7 +362,7 @@ watch_ready() {
   done
 }
 
-case "${1:-}" in
+case "$STEP" in
   data-disk) shift && data_disk "$@" ;;
   docker-setup) docker_setup ;;
   gpu-check) gpu_check "${2:?cuda version}" ;;

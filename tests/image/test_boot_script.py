@@ -697,6 +697,13 @@ def test_a_failed_model_fetch_is_not_fatal(host: Host) -> None:
     assert host.boot("model-download", "aws", "us-east-1", "tiny", HF_ENDPOINT="http://127.0.0.1:9").returncode == 0
     assert "fetching" not in host.console().split("missing")[-1]
 
+def test_only_the_boots_own_steps_report_a_failure_the_trap_caught(host: Host) -> None:
+    # The ready watcher and the model prefetch record phases; a phase that cannot be written ends that step (its
+    # unit retries or gives up) without marking the boot failed, which would power the VM off.
+    (host.state / "boot-phases.log").mkdir(parents=True)
+    assert host.boot("phase", "server-ready").returncode != 0 and host.failed() is None
+
+
 class ReadyServer:
     """/ready: 503 until `ready` is set, 401 without the right token; counts polls."""
 
