@@ -44,6 +44,7 @@ class FakeStack:
         self.last_outputs: dict[str, auto.OutputValue] = {}
         self.locks: list[datetime] = []  # when each lock file under .pulumi/locks/ was written
         self.history_unreadable = False  # a history file the backend cannot parse (truncated, denied)
+        self.checkpoint_unreadable = False  # a checkpoint the backend may not read: `pulumi stack select` fails
 
     # config, as `pulumi config` keeps it in the stack's config file
     def get_all_config(self) -> dict[str, auto.ConfigValue]:
@@ -180,6 +181,11 @@ class FakeBackend:
         assert work_dir == str(presets.ROOT)
         if name not in self.stacks:
             raise auto.StackNotFoundError(auto.CommandResult("", f"no stack named '{name}' found", 255))
+        if self.stacks[name].checkpoint_unreadable:
+            # The DIY backend loading a checkpoint its credentials may not read; the SDK raises CommandError.
+            raise auto.CommandError(auto.CommandResult("", (
+                f"error: failed to load checkpoint: blob (key \".pulumi/stacks/sdxl-endpoint/{name}.json\") "
+                "(code=PermissionDenied): AccessDenied"), 255))
         return self.stacks[name]
 
     def local_workspace(self, work_dir=None, secrets_provider=None):

@@ -315,7 +315,7 @@ def fleet(backend) -> FakeBackend:
 
 
 def test_expired_lists_only_pr_stacks_past_their_expiry_oldest_first(fleet):
-    found = reaper.expired(now=lambda: NOW)
+    found = reaper.scan(now=lambda: NOW).expired
     assert [(e.stack, ci.rfc3339(e.expires_at), e.source) for e in found] == [
         ("pr-6", "2026-03-12T00:00:00Z", "ttl"),
         ("pr-10", "2026-03-12T23:00:00Z", "ttl"),
@@ -326,9 +326,9 @@ def test_expired_lists_only_pr_stacks_past_their_expiry_oldest_first(fleet):
 
 def test_expiry_moves_with_the_clock(fleet):
     later = NOW + timedelta(seconds=2)
-    assert {e.stack for e in reaper.expired(now=lambda: later)} == {"pr-1", "pr-2", "pr-3", "pr-6", "pr-10"}
+    assert {e.stack for e in reaper.scan(now=lambda: later).expired} == {"pr-1", "pr-2", "pr-3", "pr-6", "pr-10"}
     earlier = datetime(2026, 3, 11, 22, 59, tzinfo=UTC)
-    assert {e.stack for e in reaper.expired(now=lambda: earlier)} == {"pr-3"}, "no ttl and resources: at once"
+    assert {e.stack for e in reaper.scan(now=lambda: earlier).expired} == {"pr-3"}, "no ttl and resources: at once"
 
 
 def test_expired_cli_prints_one_name_per_line(fleet, capsys):
@@ -365,19 +365,10 @@ def test_reap_destroys_expired_stacks_and_keeps_going_after_a_failure(fleet, tmp
 
 
 @pytest.fixture
-def unreadable(fleet, monkeypatch) -> FakeBackend:
+def unreadable(fleet) -> FakeBackend:
     """The fleet with pr-1's history unparseable and pr-10's checkpoint denied: `pulumi stack select` fails."""
     fleet.stacks["pr-1"].history_unreadable = True
-    select = fleet.select_stack
-
-    def select_denied(name, work_dir=None, opts=None):
-        if name == "pr-10":
-            raise auto.CommandError(auto.CommandResult("", "error: failed to load checkpoint: blob (key "
-                                                       "\".pulumi/stacks/sdxl-endpoint/pr-10.json\") "
-                                                       "(code=PermissionDenied): AccessDenied", 255))
-        return select(name, work_dir, opts)
-
-    monkeypatch.setattr(auto, "select_stack", select_denied)
+    fleet.stacks["pr-10"].checkpoint_unreadable = True
     return fleet
 
 
@@ -391,7 +382,7 @@ def test_an_unreadable_stack_is_reported_and_the_others_still_listed(unreadable,
     assert "stack pr-1: could not read its state or history:" in captured.err
     assert "  error: reading history file .pulumi/history/sdxl-endpoint/pr-1/" in captured.err
     assert "stack pr-10: could not read its state or history:" in captured.err and "AccessDenied" in captured.err
-    assert {e.stack for e in reaper.expired(now=lambda: NOW)} == {"pr-3", "pr-6"}
+    assert {e.stack for e in reaper.scan(now=lambda: NOW).expired} == {"pr-3", "pr-6"}
 
 
 def test_reap_skips_an_unreadable_stack_destroys_the_rest_and_fails(unreadable, tmp_path, monkeypatch, capsys):
@@ -409,7 +400,7 @@ def test_reap_skips_an_unreadable_stack_destroys_the_rest_and_fails(unreadable, 
 def test_a_reaped_stack_can_come_back_on_the_next_push(backend):
     ci.create("pr-12", "aws-g4dn")
     ci.up("pr-12", timedelta(hours=1), now=lambda: NOW)
-    assert [e.stack for e in reaper.expired(now=lambda: NOW + timedelta(minutes=61))] == ["pr-12"]
+    assert [e.stack for e in reaper.scan(now=lambda: NOW + timedelta(minutes=61)).expired] == ["pr-12"]
     reaper.reap(now=lambda: NOW + timedelta(minutes=61))
     assert "pr-12" not in backend.stacks
     ci.create("pr-12", "aws-g4dn")
@@ -455,7 +446,8 @@ def test_a_failed_destroy_on_a_fresh_checkout_keeps_the_recorded_ttl(backend):
     assert ci.main(["reap"], now=lambda: NOW) == 1
     assert stack.updates[0].result == "failed" and ci.TTL_KEY not in stack.updates[0].config
     stack.fail_destroy = False
-    assert [e.stack for e in reaper.expired(now=lambda: NOW)] == ["pr-8"], "the failed destroy must not reset the TTL"
+    assert [e.stack for e in reaper.scan(now=lambda: NOW).expired] == ["pr-8"], \
+        "the failed destroy must not reset the TTL"
 
 
 def test_the_newest_valid_ttl_anywhere_in_the_history_counts(backend):
@@ -464,19 +456,19 @@ def test_the_newest_valid_ttl_anywhere_in_the_history_counts(backend):
     backend.now = NOW - timedelta(days=1)
     stack._record("refresh", backend.now)  # a later, successful operation run without the stack file
     backend.now = NOW
-    (found,) = reaper.expired(now=lambda: NOW)
+    (found,) = reaper.scan(now=lambda: NOW).expired
     assert (found.stack, ci.rfc3339(found.expires_at)) == ("pr-13", "2026-03-13T12:00:00Z")
 
 
 def test_a_killed_first_up_with_resources_and_no_history_is_expired_now(backend):
     backend.add("pr-9").resources = 7  # the checkpoint was written, the history never was
-    assert [e.stack for e in reaper.expired(now=lambda: NOW)] == ["pr-9"]
+    assert [e.stack for e in reaper.scan(now=lambda: NOW).expired] == ["pr-9"]
 
 
 def test_a_stack_whose_last_operation_failed_is_expired_now(backend):
     stack = deployed(backend, "pr-14", NOW - timedelta(hours=2), "2026-03-20T00:00:00Z")
     stack._record("update", NOW - timedelta(hours=1), result="failed")  # its TTL is days away
-    assert [e.stack for e in reaper.expired(now=lambda: NOW)] == ["pr-14"]
+    assert [e.stack for e in reaper.scan(now=lambda: NOW).expired] == ["pr-14"]
 
 
 def test_a_stuck_lock_is_cleared_and_the_stack_destroyed(backend):
@@ -511,7 +503,7 @@ def test_the_reaper_stops_at_its_budget_and_says_what_it_left(fleet):
 
 def test_the_expiry_is_read_again_right_before_each_destroy(backend):
     stack = deployed(backend, "pr-17", NOW - timedelta(days=1), "2026-03-14T14:00:00Z")
-    candidates = [e.stack for e in reaper.expired(now=lambda: NOW)]
+    candidates = [e.stack for e in reaper.scan(now=lambda: NOW).expired]
     assert candidates == ["pr-17"]
     stack.config[ci.TTL_KEY] = auto.ConfigValue("2026-03-15T14:00:00Z")  # a push renewed it meanwhile
     stack.up(on_output=lambda _line: None)
@@ -542,18 +534,14 @@ def test_a_spot_preset_is_refused_for_a_pr_stack(backend, tmp_path, monkeypatch)
     ci.create("pr-18", "aws-spot", ci.parse_overrides(["sdxl-endpoint:spot=false"]))
 
 
-def test_exists_tells_no_such_stack_from_a_broken_backend(backend, monkeypatch, capsys):
-    backend.add("aws-g5")
+def test_exists_tells_no_such_stack_from_a_broken_backend(backend, capsys):
+    stack = backend.add("aws-g5")
     assert ci.main(["exists", "--stack", "aws-g5"]) == 0
     assert ci.main(["exists", "--stack", "aws-g6"]) == 0
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [{"found": "true"},
                                                                                  {"found": "false"}]
 
-    def denied(name, work_dir=None, opts=None):
-        raise auto.CommandError(auto.CommandResult("", "error: failed to load checkpoint: blob (key "
-                                                   "\".pulumi/meta.yaml\") (code=PermissionDenied): AccessDenied", 255))
-
-    monkeypatch.setattr(auto, "select_stack", denied)
+    stack.checkpoint_unreadable = True
     assert ci.main(["exists", "--stack", "aws-g5"]) == 1
     assert "AccessDenied" in capsys.readouterr().err
 
@@ -622,7 +610,7 @@ def test_a_closed_or_unlabelled_prs_stack_is_expired_before_its_ttl(backend, git
         deployed(backend, f"pr-{number}", NOW - timedelta(hours=1), "2026-03-20T00:00:00Z")  # days ahead
     pulls_by_number.update({21: ("closed", ["deploy-preview"]), 22: ("open", ["bug"]),
                             23: ("open", ["deploy-preview"])})  # 24: the API answers 404
-    found = {e.stack: e.source for e in reaper.expired(lambda: NOW, pulls.lookup_from_env())}
+    found = {e.stack: e.source for e in reaper.scan(lambda: NOW, pulls.lookup_from_env()).expired}
     assert found == {"pr-21": "its pull request is closed",
                      "pr-22": "its pull request is no longer labelled deploy-preview"}
     assert ("GET", "/repos/octo-org/sdxl-endpoint/pulls/21", "Bearer ghs_test") in seen
@@ -636,7 +624,7 @@ def test_without_a_token_only_the_ttl_counts(backend, monkeypatch):
     monkeypatch.delenv("GITHUB_TOKEN", raising=False)
     assert pulls.lookup_from_env() is None
     deployed(backend, "pr-21", NOW - timedelta(hours=1), "2026-03-20T00:00:00Z")
-    assert reaper.expired(lambda: NOW, None) == []
+    assert reaper.scan(lambda: NOW, None).expired == []
 
 
 @pytest.mark.parametrize("command", [["up", "--stack", "pr-16", "--ttl", "1h"], ["destroy", "--stack", "pr-16"]])

@@ -371,6 +371,8 @@ def _tail(err: auto.CommandError, lines: int = 5) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tools.ci import reaper  # imports this module: not at the top
+
     parser = argparse.ArgumentParser(prog="python -m tools.ci", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -402,7 +404,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("reap", help="destroy and remove pr-<n> stacks past their expiry")
     p.add_argument("--stack", action="append", help="only this stack, if still expired (repeatable)")
-    p.add_argument("--budget", default="40m", help="start no destroy after this long (default 40m)")
+    budget = _human(reaper.DEFAULT_BUDGET)
+    p.add_argument("--budget", default=budget, help=f"start no destroy after this long (default {budget})")
 
     p = commands.add_parser("sweep", help="instances with an expired ttl that no stack knows")
     p.add_argument("--terminate", action="store_true", help="terminate them (default: only report)")

@@ -114,11 +114,11 @@ def read_expiry(name: str, summary: auto.StackSummary | None, now: datetime,
                 pull_lookup: pulls.PullLookup | None = None) -> Expiry | None:
     try:
         stack = workspace.select(name)
-        history = stack.history(show_secrets=False) if stack is not None else None
+        if stack is None:
+            return None
+        history = stack.history(show_secrets=False)
     except auto.CommandError as err:
         raise StackUnreadable(f"stack {name}: could not read its state or history:{_tail(err)}") from err
-    if stack is None or history is None:
-        return None
     expiry = expiry_of(name, history, summary.resource_count if summary else None, now)
     if expiry is not None and expiry.expires_at > now:
         unwanted = pulls.why_unwanted(pull_lookup, int(name.removeprefix("pr-")))
@@ -150,11 +150,6 @@ def scan(now: Clock = _utcnow, pull_lookup: pulls.PullLookup | None = None) -> S
             result.expired.append(expiry)
     result.expired.sort(key=lambda e: (e.expires_at, e.stack))
     return result
-
-
-def expired(now: Clock = _utcnow, pull_lookup: pulls.PullLookup | None = None) -> list[Expiry]:
-    """Every pr-<n> stack of this project whose expiry has passed, oldest first (unreadable ones: scan())."""
-    return scan(now, pull_lookup).expired
 
 
 def lock_times(err: auto.CommandError) -> list[datetime]:
