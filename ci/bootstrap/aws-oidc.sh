@@ -25,6 +25,15 @@
 # separate AWS account for the review role.
 set -euo pipefail
 
+# json_strings FORMAT ITEM...: the items as JSON strings, comma-separated, each placed by FORMAT (a literal
+# with one %s; callers prefix variable parts onto the items, never into the format).
+json_strings() {
+  local format="\"$1\","
+  shift
+  # shellcheck disable=SC2059 # the format is the caller's literal
+  printf "$format" "$@" | sed 's/,$//'
+}
+
 usage="usage: $0 OWNER/REPO BUCKET [BUCKET_REGION] [DEPLOY_REGION]"
 repo=${1:?$usage}
 bucket=${2:?$usage}
@@ -37,7 +46,7 @@ mapfile -t deploy_regions < <({
 } | sort -u)
 [ "${#deploy_regions[@]}" -gt 0 ] || deploy_regions=(us-east-1)
 deploy_region=${4:-${deploy_regions[0]}}  # the workflows' AWS_REGION (where credentials are issued)
-regions_json="[$(printf '"%s",' "${deploy_regions[@]}" | sed 's/,$//')]"
+regions_json="[$(json_strings '%s' "${deploy_regions[@]}")]"
 project=sdxl-endpoint   # Pulumi project name (Pulumi.yaml)
 prefix=gha-sdxl-endpoint  # never matches the sdxl-* names the program gives its own IAM resources
 
@@ -88,7 +97,7 @@ fi
 # trust_policy SUB...: only GitHub tokens for this audience whose subject is one of SUB.
 trust_policy() {
   local subs
-  subs=$(for s in "$@"; do printf '"repo:%s:%s",' "$repo" "$s"; done | sed 's/,$//')
+  subs=$(json_strings 'repo:%s' "${@/#/$repo:}")
   cat <<JSON
 {"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sts:AssumeRoleWithWebIdentity",
  "Principal":{"Federated":"$provider_arn"},
@@ -174,8 +183,8 @@ stack_resources() {
   # Stacks deployed before the stack was in the name hold a sdxl-source-<random> bucket, which their next update
   # replaces: the deploy role may still remove those. Never the review role: such a name says nothing of its stack.
   [ "$names" != "*" ] || source_buckets+=("sdxl-source-*")
-  buckets=$(printf '"arn:aws:s3:::%s",' "${source_buckets[@]}" | sed 's/,$//')
-  objects=$(printf '"arn:aws:s3:::%s/*",' "${source_buckets[@]}" | sed 's/,$//')
+  buckets=$(json_strings 'arn:aws:s3:::%s' "${source_buckets[@]}")
+  objects=$(json_strings 'arn:aws:s3:::%s/*' "${source_buckets[@]}")
   local tagged="\"StringLike\":{\"aws:ResourceTag/sdxl-endpoint:stack\":\"$stack\"}"
   local requested="\"StringLike\":{\"aws:RequestTag/sdxl-endpoint:stack\":\"$stack\"}"
   local untagged="\"Null\":{\"aws:ResourceTag/sdxl-endpoint:stack\":\"true\"}"

@@ -21,6 +21,7 @@ import pytest
 from stacks import gcp
 from stacks.aws import source_bucket_name
 from tests.ci import gcloud_args
+from tests.stacks.conftest import aws_bucket_autoname
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = ROOT / "ci" / "bootstrap"
@@ -286,7 +287,7 @@ PR_ROLE = f"arn:aws:iam::{ACCOUNT}:role/sdxl-role-pr42abc"
 # stack was in the name, which a production stack keeps until its next update (ec2:Describe* shows it in user data).
 PROD_BUCKET = f"arn:aws:s3:::{source_bucket_name('aws-g5')}-9f8e7d6"
 PROD_LEGACY_BUCKET = "arn:aws:s3:::sdxl-source-9f8e7d6"
-PR_BUCKET = f"arn:aws:s3:::{source_bucket_name('pr-42')}-1a2b3c4"
+PR_BUCKET = f"arn:aws:s3:::{aws_bucket_autoname(source_bucket_name('pr-42'))}"
 BUNDLE = "bundles/0123abcd.tar"
 PROD_KEY = "arn:aws:kms:us-east-1:123456789012:key/prod-key"
 OTHER_VOLUME = "arn:aws:ec2:us-east-1:123456789012:volume/vol-0another0workload"
@@ -400,7 +401,7 @@ def test_aws_source_buckets_are_scoped_by_the_stack_in_their_name(aws):
     review, deploy = (policies[f"gha-sdxl-endpoint-{n}"][1] for n in ("review", "deploy"))
     boundary = json.loads(option(find(calls, "create-policy")[0], "--policy-document"))
     for stack in ("pr-7", "pr-1234567890", "aws-g5", "PR-7", "pr_7", "pr-X", "prod"):
-        bucket = f"arn:aws:s3:::{source_bucket_name(stack)}-1a2b3c4"
+        bucket = f"arn:aws:s3:::{aws_bucket_autoname(source_bucket_name(stack))}"
         in_reach = decision(review, "s3:PutBucketPublicAccessBlock", bucket, {})
         assert in_reach == (re.fullmatch(r"pr-[0-9]+", stack) is not None), stack  # as its tags: literally pr-*
         assert decision(boundary, "s3:GetObject", f"{bucket}/{BUNDLE}", {}) == in_reach, stack
