@@ -217,11 +217,11 @@ def test_a_new_token_rolls_the_pods_without_the_token_in_any_plain_input():
         # A plain input (a secret one would hide the whole spec's diff), keyed: not the bare sha256 of the tokens,
         # which a short chosen apiToken could be guessed back from.
         assert not is_rpc_secret(deployment.inputs["spec"])
-        digest = deployment.inputs["spec"]["template"]["metadata"]["annotations"][
-            k8s_target.TOKENS_DIGEST_ANNOTATION]
+        pod_template = one_kind(run, "Deployment")["spec"]["template"]
+        digest = pod_template["metadata"]["annotations"][k8s_target.TOKENS_DIGEST_ANNOTATION]
         bare = hashlib.sha256(json.dumps({"SDXL_API_TOKEN": token, "HF_TOKEN": hf}, sort_keys=True).encode())
         assert len(digest) == 64 and digest != bare.hexdigest()
-        return digest, one_kind(run, "Deployment")["spec"]["template"]
+        return digest, pod_template
 
     first_digest, first = template("tok-" + "a" * 40)
     second_digest, second = template("tok-" + "c" * 40)

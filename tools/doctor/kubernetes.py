@@ -444,13 +444,14 @@ def _check_storage(api: KubernetesApi, report: Report, kube: config.KubeSettings
 
 def _cannot_share(storage_class: Any, replicas: int) -> tuple[str, str] | None:
     """Why a class cannot hold the cache of `replicas` pods (the claim asks ReadWriteMany above one), and the fix."""
-    provisioner = str(getattr(storage_class, "provisioner", "") or "")
-    storage = catalog.K8S_BLOCK_ONLY_PROVISIONERS.get(provisioner)
-    if replicas <= 1 or storage is None:
+    if replicas <= 1:
         return None
-    return (f"its provisioner {provisioner} ({storage}) attaches a volume to one node at a time: maxReplicas "
-            f"{replicas} asks the model cache for ReadWriteMany, which it cannot give, so the claim never binds and "
-            "the pods stay Pending", SHARED_CACHE_FIX)
+    storage = catalog.K8S_BLOCK_ONLY_PROVISIONERS.get(storage_class.provisioner)
+    if storage is None:
+        return None
+    return (f"its provisioner {storage_class.provisioner} ({storage}) attaches a volume to one node at a time: "
+            f"maxReplicas {replicas} asks the model cache for ReadWriteMany, which it cannot give, so the claim never "
+            "binds and the pods stay Pending", SHARED_CACHE_FIX)
 
 
 def _check_namespace(api: KubernetesApi, report: Report, target: Target, storage_class: str | None) -> None:
@@ -568,7 +569,7 @@ def _selector_for(node: GpuNode) -> tuple[str, str] | None:
 def _placed_with(node: GpuNode, selector: tuple[str, str], gpu_key: str | None) -> bool:
     """Whether the stack, given this nodeSelector (and `gpu`, kept where the node has that GPU), passes preview and
     its pod lands on this node: the same catalog judgement and placement terms as the Deployment's."""
-    keep = gpu_key if gpu_key and node.gpu is not None and catalog.k8s_node_matches(node.gpu, gpu_key) else None
+    keep = gpu_key if gpu_key and catalog.k8s_node_matches(node.gpu, gpu_key) else None
     try:
         asked = catalog.k8s_selector_placement(dict([selector]), keep)
     except catalog.UnfitMachineError:  # e.g. a time-sliced GPU's -SHARED product name
