@@ -41,11 +41,11 @@ def source_bucket_name(stack: str) -> str:
     is cleaned and cut as config.stack_dns_label does, with its short hash FIRST (`sdxl-src-<hash>-<stem>`): only a
     stack literally named `pr-...`, whose resources also carry the tag the review role needs, ever gets a bucket in
     the review role's reach; `PR-1` or `pr_1` does not."""
-    name = SOURCE_BUCKET_PREFIX + stack
-    if re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", stack) and len(name) <= SOURCE_BUCKET_NAME_MAX:
-        return name
-    # Here stack_dns_label always appends its hash: the name was altered, or is too long at this limit.
+    # At this limit `sdxl-<stack>` fits exactly when SOURCE_BUCKET_PREFIX + stack does; stack_dns_label returns it
+    # unchanged when the name needs neither cleaning nor cutting, and otherwise appends its hash.
     label = stack_dns_label(stack, SOURCE_BUCKET_NAME_MAX - len(SOURCE_BUCKET_PREFIX) + len("sdxl-"))
+    if label == "sdxl-" + stack:
+        return SOURCE_BUCKET_PREFIX + stack
     stem, _, digest = label.removeprefix("sdxl-").rpartition("-")
     return f"{SOURCE_BUCKET_PREFIX}{digest}-{stem}" if stem else f"{SOURCE_BUCKET_PREFIX}{digest}"
 
