@@ -1,4 +1,5 @@
-"""One live tiny server per session, started the way the container starts it: through image/entrypoint.sh."""
+"""One live tiny server per session, started the way the container starts it: through image/entrypoint.sh; and
+real Caddy fronts with the Caddyfile the instance gets (one in front of that server per session)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -21,6 +23,10 @@ IMAGE = ROOT / "image"
 CADDY = Path(sys.executable).parent / "caddy"
 TOKEN = "test-token-" + "t" * 37  # 48 characters, like the generated one
 APP_ORIGIN = "https://app.example.test"
+PUBLIC_IP = "127.0.0.1"  # stands in for the instance's public address
+# A page on APP_ORIGIN about to POST with a bearer token: the browser's preflight.
+PREFLIGHT = {"Origin": APP_ORIGIN, "Access-Control-Request-Method": "POST",
+             "Access-Control-Request-Headers": "authorization,content-type"}
 
 
 def free_port() -> int:
@@ -132,3 +138,19 @@ def caddy_front(home: Path, render, upstream_port: int, public_ip: str = "127.0.
         yield Front(https_url=https_url, http_url=f"http://{public_ip}:{http_port}", https_port=https_port, tls=tls)
     finally:
         stop(process)
+
+
+def front_for(tmp_path_factory: pytest.TempPathFactory, upstream_port: int, origins: tuple[str, ...],
+              ready_status: int) -> AbstractContextManager[Front]:
+    """caddy_front with the Caddyfile the instance gets for PUBLIC_IP, granting CORS to `origins`."""
+    from stacks.bootstrap import render_caddyfile
+
+    render = partial(render_caddyfile, PUBLIC_IP, None, cors_origins=origins)
+    return caddy_front(tmp_path_factory.mktemp("caddy"), render, upstream_port, PUBLIC_IP, ready_status=ready_status)
+
+
+@pytest.fixture(scope="session")
+def front(entrypoint_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    """Caddy in front of the session's server, granting APP_ORIGIN as the server does (its SDXL_CORS_ORIGINS)."""
+    with front_for(tmp_path_factory, entrypoint_server.port, (APP_ORIGIN,), ready_status=200) as running:
+        yield running

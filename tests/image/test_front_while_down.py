@@ -10,40 +10,25 @@ Caddyfile in front of the real server (`tiny`) must leave the server's own answe
 from __future__ import annotations
 
 from collections.abc import Iterator
-from functools import partial
 
 import httpx
 import openai
 import pytest
 
-from stacks.bootstrap import CORS_MAX_AGE_S, FRONT_RETRY_AFTER_S, render_caddyfile
-from tests.image.conftest import APP_ORIGIN, TOKEN, Front, LiveServer, caddy_front, free_port
+from stacks.bootstrap import CORS_MAX_AGE_S, FRONT_RETRY_AFTER_S
+from tests.image.conftest import APP_ORIGIN, PREFLIGHT, TOKEN, Front, free_port, front_for
 
 pytestmark = pytest.mark.slow
 
 OTHER_ORIGIN = "https://elsewhere.example.test"  # not in the server's SDXL_CORS_ORIGINS
 STARTING = "The server is starting or restarting; retry shortly"
-PREFLIGHT = {"Origin": APP_ORIGIN, "Access-Control-Request-Method": "POST",
-             "Access-Control-Request-Headers": "authorization,content-type"}
-
-
-def front_for(tmp_path_factory: pytest.TempPathFactory, upstream_port: int, origins: tuple[str, ...],
-              ready_status: int):
-    render = partial(render_caddyfile, "127.0.0.1", None, cors_origins=origins)
-    return caddy_front(tmp_path_factory.mktemp("caddy"), render, upstream_port, ready_status=ready_status)
 
 
 @pytest.fixture(scope="module")
 def down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
     """The server's port closed (nothing listens: connection refused, as while its container starts)."""
-    with front_for(tmp_path_factory, free_port(), (APP_ORIGIN,), ready_status=503) as front:
-        yield front
-
-
-@pytest.fixture(scope="module")
-def up(entrypoint_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
-    with front_for(tmp_path_factory, entrypoint_server.port, (APP_ORIGIN,), ready_status=200) as front:
-        yield front
+    with front_for(tmp_path_factory, free_port(), (APP_ORIGIN,), ready_status=503) as running:
+        yield running
 
 
 def client(front: Front) -> httpx.Client:
@@ -95,10 +80,10 @@ def test_without_an_origin_there_are_no_cors_headers(down: Front) -> None:
     assert not [name for name in response.headers if name.startswith("access-control-")]
 
 
-def test_a_preflight_gets_the_grant_the_server_gives(down: Front, up: Front) -> None:
+def test_a_preflight_gets_the_grant_the_server_gives(down: Front, front: Front) -> None:
     with client(down) as http:
         ours = http.options("/v1/images/generations", headers=PREFLIGHT)
-    with client(up) as http:
+    with client(front) as http:
         servers = http.options("/v1/images/generations", headers=PREFLIGHT)
     assert ours.status_code == 204
     assert (servers.status_code, servers.text) == (200, "OK")  # the server's own (Starlette's), passed through
@@ -114,17 +99,17 @@ def test_a_preflight_gets_the_grant_the_server_gives(down: Front, up: Front) -> 
 
 
 def test_any_origin_is_answered_with_a_star_as_the_server_does(tmp_path_factory: pytest.TempPathFactory) -> None:
-    with front_for(tmp_path_factory, free_port(), ("*",), ready_status=503) as front, client(front) as http:
+    with front_for(tmp_path_factory, free_port(), ("*",), ready_status=503) as starred, client(starred) as http:
         response = http.get("/ready", headers={"Origin": OTHER_ORIGIN})
         preflight = http.options("/", headers={**PREFLIGHT, "Origin": OTHER_ORIGIN})
     assert response.status_code == 503 and response.headers["access-control-allow-origin"] == "*"
     assert preflight.status_code == 204 and preflight.headers["access-control-allow-origin"] == "*"
 
 
-def test_with_the_server_up_its_own_answers_pass_through_untouched(up: Front) -> None:
+def test_with_the_server_up_its_own_answers_pass_through_untouched(front: Front) -> None:
     """Caddy's error handling runs only on Caddy's own errors: the server's answers, errors included, keep
     exactly the headers the server gave them, once."""
-    with client(up) as http:
+    with client(front) as http:
         ready = http.get("/ready", headers={"Origin": APP_ORIGIN, "Authorization": f"Bearer {TOKEN}"})
         refused = http.post("/v1/images/generations", headers={"Origin": APP_ORIGIN}, json={"prompt": "x"})
     assert (ready.status_code, ready.json()) == (200, {"status": "ready"})

@@ -5,26 +5,15 @@ differs: Caddy's internal CA instead of Let's Encrypt, trusted by this test, on 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
-from functools import partial
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from stacks.bootstrap import render_caddyfile, sslip_host
-from tests.image.conftest import APP_ORIGIN, TOKEN, Front, LiveServer, caddy_front
+from stacks.bootstrap import sslip_host
+from tests.image.conftest import APP_ORIGIN, PREFLIGHT, PUBLIC_IP, TOKEN, Front
 
 pytestmark = pytest.mark.slow
-
-PUBLIC_IP = "127.0.0.1"  # stands in for the instance's public address
-
-
-@pytest.fixture(scope="module")
-def front(entrypoint_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
-    render = partial(render_caddyfile, PUBLIC_IP, None, cors_origins=(APP_ORIGIN,))
-    with caddy_front(tmp_path_factory.mktemp("caddy"), render, entrypoint_server.port, PUBLIC_IP) as running:
-        yield running
 
 
 def test_the_server_answers_over_verified_https(front: Front) -> None:
@@ -54,11 +43,7 @@ def test_http_redirects_to_https(front: Front) -> None:
 def test_cross_origin_request_with_preflight_and_authorization(front: Front) -> None:
     """What a browser page on another origin does: preflight, then the real call with a bearer token."""
     with httpx.Client(verify=front.tls, timeout=60) as client:
-        preflight = client.options(f"{front.https_url}/", headers={
-            "Origin": APP_ORIGIN,
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization,content-type",
-        })
+        preflight = client.options(f"{front.https_url}/", headers=PREFLIGHT)
         assert preflight.status_code in (200, 204), preflight.text
         assert preflight.headers["access-control-allow-origin"] == APP_ORIGIN
         assert "POST" in preflight.headers["access-control-allow-methods"]
