@@ -20,7 +20,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stacks import bootstrap
 from stacks.bootstrap import BootstrapValues, SourceBundle, render_cloud_init
@@ -28,6 +27,7 @@ from tests.image import fake_cloud
 from tests.image.conftest import IMAGE
 from tests.image.fake_cloud import FakeCloud
 from tests.image.fake_hub import FakeHub
+from tests.stacks.test_bootstrap import files_of, unit
 
 SCRIPT = IMAGE / "host" / "sdxl-boot.sh"
 MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -164,6 +164,17 @@ class Host:
         lines = self.console().splitlines()
         return [line.split(" sdxl-boot: ", 1)[1] for line in lines if " sdxl-boot: FAILED" in line]
 
+    def assert_failed_once(self) -> None:
+        """The boot's failure marker is its status, and the console says it once."""
+        failed = self.failed()
+        assert failed is not None, "the boot was not marked failed"
+        assert self.status() == f"FAILED: {failed}"
+        assert self.reported_failures() == [f"FAILED: {failed.strip()}"]
+
+    def answer_result(self, service: str, result: str) -> None:
+        """systemctl answers `show -P Result <service>` with `result`: how systemd says the unit ended."""
+        self.fake("systemctl", f'[ "$*" != "show -P Result {service}" ] || echo {result}')
+
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[Host]:
@@ -255,8 +266,7 @@ def test_a_command_failing_inside_a_substitution_is_reported_once_with_its_line(
     assert result.returncode == 1
     line = script_line("uuid=$(blkid")
     assert host.failed() == f'sdxl-boot data-disk: "uuid=$(blkid -p -s UUID -o value "$dev")" exited 2 (line {line})\n'
-    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
-    assert host.status() == f"FAILED: {host.failed()}"
+    host.assert_failed_once()
     assert not [c for c in host.calls() if c.startswith("mount ")]
 
 
@@ -332,7 +342,7 @@ def test_a_toolkit_that_cannot_be_installed_fails_the_boot(host: Host, apt: Path
     host.fake("apt-get", "exit 100")
     result = host.boot("docker-setup")
     assert result.returncode == 1 and "could not install the NVIDIA container toolkit" in host.failed()
-    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]  # fail() exits: the trap stays quiet
+    host.assert_failed_once()  # fail() exits: the trap stays quiet
 
 
 @pytest.mark.parametrize(("tool", "reported"), [
@@ -349,8 +359,7 @@ def test_a_command_that_fails_under_set_e_fails_the_boot_naming_itself(host: Hos
     assert result.returncode == 1
     line = script_line(" ".join(reported.split()[:3]))
     assert host.failed() == f'sdxl-boot docker-setup: "{reported}" exited 1 (line {line})\n'
-    assert host.status() == f"FAILED: {host.failed()}"
-    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
+    host.assert_failed_once()
 
 
 # --- the GPU and its driver ------------------------------------------------------------------------------------
@@ -377,8 +386,7 @@ def test_a_hung_nvidia_smi_is_stopped_and_fails_the_boot(host: Host, hangs: str)
     assert "nvidia-smi did not answer within 1 s" in host.failed()
     assert host.failed().startswith("nvidia-smi sees no GPU" if hangs == "on every call" else
                                     "nvidia-smi listed the GPU, then failed")
-    assert host.status() == f"FAILED: {host.failed()}"
-    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
+    host.assert_failed_once()
     assert host.phases() == []
 
 
@@ -401,7 +409,7 @@ def test_a_driver_too_old_for_the_images_cuda_fails_with_both_versions(host: Hos
     assert result.returncode == 1
     message = "the NVIDIA driver supports CUDA 12.9, but the server image needs CUDA 13.0"
     assert message in host.failed() and message in host.status() and message in host.console()
-    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
+    host.assert_failed_once()
     assert host.phases() == []
 
 
@@ -458,17 +466,17 @@ def run_unit(host: Host, document: str, name: str) -> None:
     """Run a rendered unit's ExecStartPre and ExecStart lines, in order, as systemd would (a leading `-`
     lets a line fail; %n, %i and %% resolved), with the instance's paths mapped onto this test's stand-ins.
     `name` may be a template's instance, such as sdxl-failed@sdxl-data.service: its file is sdxl-failed@.service."""
-    files = {f["path"]: f["content"] for f in yaml.safe_load(document)["write_files"]}
+    files = files_of(document)
     template, at, instance = name.partition("@")
     specifiers = {"n": f"{name}.service", "i": instance, "%": "%"}
-    (host.root / "settings.env").write_text(files[bootstrap.SETTINGS_FILE])
+    (host.root / "settings.env").write_text(files[bootstrap.SETTINGS_FILE]["content"])
     paths = {
         bootstrap.BOOT_SCRIPT: f"bash {SCRIPT}", "/usr/bin/python3": sys.executable, "/usr/bin/docker": "docker",
         bootstrap.CLOUD_HELPER: str(IMAGE / "host" / "sdxl_cloud.py"),
         bootstrap.SETTINGS_FILE: str(host.root / "settings.env"),
         bootstrap.ENV_FILE: str(host.run / "server.env"), bootstrap.MODEL_CACHE_DIR: str(host.data / "models"),
     }
-    lines = re.sub(r"\\\n\s*", " ", files[f"/etc/systemd/system/{template}{at}.service"]).splitlines()
+    lines = re.sub(r"\\\n\s*", " ", unit(files, f"{template}{at}")).splitlines()
     lines = [re.sub(r"%(.)", lambda m: specifiers[m[1]], line) for line in lines if line.startswith("Exec")]
     commands = [line.split("=", 1)[1] for line in lines if line.startswith("ExecStartPre=")]
     commands += [line.split("=", 1)[1] for line in lines if line.startswith("ExecStart=")]
@@ -668,8 +676,7 @@ def test_the_model_is_fetched_beside_the_image_and_its_phase_recorded_once(host:
         hub.token = HF_TOKEN
         host.cloud.parameters["/sdxl-endpoint/dev/hf-token"] = HF_TOKEN
         document = render_cloud_init(values_for("aws", "0" * 64))
-        unit_file = yaml.safe_load(document)["write_files"]
-        (model_unit,) = [f["content"] for f in unit_file if f["path"].endswith("/sdxl-model.service")]
+        model_unit = unit(files_of(document), "sdxl-model")
         command = re.search(r"^ExecStart=\S+ (.*)$", model_unit, re.MULTILINE)[1].split()
         assert command == ["model-download", "aws", "us-east-1", MODEL, "HF_TOKEN=/sdxl-endpoint/dev/hf-token"]
         result = host.boot(*command, HF_ENDPOINT=hub.url, SDXL_CACHE_DIR=str(host.data / "models"))
@@ -784,11 +791,10 @@ def test_a_failure_stays_the_status_until_the_next_boot(host: Host) -> None:
     assert host.status() == "FAILED: the data disk did not appear\n"  # a later step does not hide it
 
 
-def on_failure(document: str, unit: str) -> str:
-    """The unit systemd starts when `unit` fails: its OnFailure=, %n resolved (sdxl-failed@sdxl-data.service)."""
-    files = {f["path"]: f["content"] for f in yaml.safe_load(document)["write_files"]}
-    (started,) = re.findall(r"^OnFailure=(\S+)$", files[f"/etc/systemd/system/{unit}.service"], re.MULTILINE)
-    return started.replace("%n", f"{unit}.service").removesuffix(".service")
+def on_failure(document: str, step: str) -> str:
+    """The unit systemd starts when `step` fails: its OnFailure=, %n resolved (sdxl-failed@sdxl-data.service)."""
+    (started,) = re.findall(r"^OnFailure=(\S+)$", unit(files_of(document), step), re.MULTILINE)
+    return started.replace("%n", f"{step}.service").removesuffix(".service")
 
 
 @pytest.mark.parametrize(("step", "result", "said"), [
@@ -800,24 +806,23 @@ def test_a_step_that_failed_without_a_word_is_marked_failed_by_its_on_failure_un
                                                                                    result: str, said: str) -> None:
     """Killed by systemd at its TimeoutStartSec (or crashed), a step writes nothing: its OnFailure= unit, run here as
     the rendered template says, marks the boot failed with the unit's name and systemd's Result for it."""
-    host.fake("systemctl", f'[ "$*" != "show -P Result {step}.service" ] || echo {result}')
+    host.answer_result(f"{step}.service", result)
     document = render_cloud_init(values_for("aws", "0" * 64))
     run_unit(host, document, on_failure(document, step))  # exits 0: the failure unit itself never fails
     assert f"systemctl show -P Result {step}.service" in host.calls()
     assert host.failed() == f"{step}.service failed ({said}): see journalctl -u {step}.service\n"
-    assert host.status() == f"FAILED: {host.failed()}"
-    assert host.reported_failures() == [f"FAILED: {host.failed().strip()}"]
+    host.assert_failed_once()
 
 
 def test_the_on_failure_unit_keeps_the_words_of_a_step_that_said_why(host: Host) -> None:
     nvidia_smi(host, "12.9")
     assert host.boot("gpu-check", "13.0").returncode == 1  # fail(): the marker and status say why
     said = host.failed()
-    host.fake("systemctl", '[ "$*" != "show -P Result sdxl-gpu-check.service" ] || echo exit-code')
+    host.answer_result("sdxl-gpu-check.service", "exit-code")
     document = render_cloud_init(values_for("aws", "0" * 64))
     run_unit(host, document, on_failure(document, "sdxl-gpu-check"))
-    assert host.failed() == said and host.status() == f"FAILED: {said}"
-    assert host.reported_failures() == [f"FAILED: {said.strip()}"]  # said once, by the step
+    assert host.failed() == said
+    host.assert_failed_once()  # said once, by the step
     assert "sdxl-boot: sdxl-gpu-check.service failed (exit-code)" in host.console()
 
 
@@ -829,7 +834,7 @@ def test_usage_error() -> None:
 def test_every_command_the_units_run_exists() -> None:
     documents = [render_cloud_init(values_for("aws", "0" * 64)),
                  render_cloud_init(values_for("aws", "0" * 64, source=None, image="ghcr.io/o/s:1"))]
-    units = "".join(f["content"] for document in documents for f in yaml.safe_load(document)["write_files"]
+    units = "".join(f["content"] for document in documents for f in files_of(document).values()
                     if f["path"].endswith(".service"))
     commands = set(re.findall(rf"{bootstrap.BOOT_SCRIPT} ([a-z-]+)", units))
     usage = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=10).stderr
