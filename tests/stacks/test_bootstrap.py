@@ -28,7 +28,7 @@ from stacks.bootstrap import (
     render_caddyfile,
     render_cloud_init,
 )
-from tests.stacks.conftest import FAKE_EIP, FAKE_GCP_ADDRESS, FAKE_GCP_PROJECT, FAKE_VOLUME, run_program
+from tests.stacks.conftest import FAKE_EIP, FAKE_GCP_ADDRESS, FAKE_GCP_PROJECT, FAKE_VOLUME, ROOT, run_program
 
 BIN = Path(sys.executable).parent
 SHA = "0123456789abcdef" * 4
@@ -236,23 +236,24 @@ ONESHOTS_THAT_FAIL_THE_BOOT = {"sdxl-data.service", "sdxl-docker.service", "sdxl
                                "sdxl-image.service"}
 
 
-@pytest.mark.parametrize("name", ["aws-build", "gcp-pull", "fleet"])
-def test_every_boot_step_that_can_fail_the_boot_starts_the_failure_unit_when_it_fails(name: str) -> None:
+def check_failure_units(variant: BootstrapValues) -> None:
     """However a boot oneshot fails (a word from sdxl-boot, a crash, systemd's kill at its TimeoutStartSec), its
     OnFailure= starts sdxl-failed@<the unit>, which marks the boot failed (tests/image/test_boot_script.py runs it).
     The model prefetch alone has none: it is never fatal, the server fetches what it left."""
-    variant = dataclasses.replace(VARIANTS["aws-build"], fleet=bootstrap.FleetFront(time_limit=60, seconds_per_image=5),
-                                  data_devices=(), public_ip=None) if name == "fleet" else VARIANTS[name]
     graph = unit_graph(render_cloud_init(variant))
     oneshots = {unit for unit, d in graph.items() if d.get("Type") == ["oneshot"] and "@" not in unit}
     assert oneshots == ONESHOTS_THAT_FAIL_THE_BOOT | {"sdxl-model.service"}
     for unit in ONESHOTS_THAT_FAIL_THE_BOOT:
         assert graph[unit]["OnFailure"] == [f"{bootstrap.FAILED_UNIT}%n.service"], unit  # %n: the unit's own name
-    assert "OnFailure" not in graph["sdxl-model.service"]
     assert {unit for unit, d in graph.items() if "OnFailure" in d} == ONESHOTS_THAT_FAIL_THE_BOOT
     failed = graph[f"{bootstrap.FAILED_UNIT}.service"]
     assert failed["Type"] == ["oneshot"] and failed["ExecStart"] == [f"{bootstrap.BOOT_SCRIPT} unit-failed %i"]
     assert not {key for key in failed if key in (*DEPENDENCIES, "WantedBy", "OnFailure")}  # nothing holds it back
+
+
+@pytest.mark.parametrize("name", ["aws-build", "gcp-pull"])
+def test_every_boot_step_that_can_fail_the_boot_starts_the_failure_unit_when_it_fails(name: str) -> None:
+    check_failure_units(VARIANTS[name])  # the fleet's: tests/stacks/test_fleet_bootstrap.py
 
 
 def test_ready_survives_a_failed_server_start() -> None:
@@ -327,7 +328,7 @@ def test_units_that_pull_or_build_outlast_sdxl_boots_own_limits() -> None:
         gpu_check = limit["GPU_WAIT"] + 2 * (limit["SMI_LIMIT"] + 10)
         assert seconds(graph["sdxl-gpu-check.service"]["TimeoutStartSec"][0]) > gpu_check
     assert 0 < limit["SMI_LIMIT"] <= 120  # bounded: a healthy nvidia-smi answers in seconds
-    readme = " ".join((bootstrap.HOST_TEMPLATES.parent.parent / "README.md").read_text().split())
+    readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"each call is stopped after {limit['SMI_LIMIT']} s" in readme
 
 

@@ -19,6 +19,7 @@ from tests.stacks.test_bootstrap import (
     BIN,
     LONG_ORIGINS,
     VARIANTS,
+    check_failure_units,
     cloud_init_binary,
     directives,
     files_of,
@@ -75,6 +76,10 @@ def test_no_caddy_no_data_disk_and_every_unit_enabled() -> None:
     assert bootstrap.CADDYFILE not in files
     runcmd = yaml.safe_load(document)["runcmd"]
     assert sorted(runcmd[2][2:]) == sorted(runcmd[3][3:]) == [f"{n}.service" for n in written]
+
+
+def test_every_boot_step_that_can_fail_the_boot_starts_the_failure_unit_when_it_fails() -> None:
+    check_failure_units(FLEET_VARIANTS["aws-build-cloudfront"])
 
 
 @pytest.mark.parametrize("name", FLEET_VARIANTS)
