@@ -1182,6 +1182,7 @@ def k8s_node_admits(labels: Mapping[str, str], terms: Sequence[Mapping[str, Any]
         return False
     return any(all(k8s_requirement_holds(labels, r) for r in term["matchExpressions"]) for term in terms)
 
+
 # --- RunPod: the host CUDA versions a pod may land on ---------------------------------------------------------
 # create_pod's allowed_cuda_versions (the SDK sends GraphQL `allowedCudaVersions: ["13.0"]`; RunPod's REST
 # "Create a new Pod" reference shows the same field as "major.minor" strings, e.g. "12.8"). Left out, RunPod places
@@ -1202,6 +1203,7 @@ def runpod_cuda_versions(image_cuda: str) -> list[str]:
         if host_major == major and host_minor >= minor:
             fitting.append(version)
     return fitting
+
 
 # --- fleets: the slowest GPU a fleet may run ---------------------------------------------------------------------
 

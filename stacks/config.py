@@ -605,6 +605,8 @@ def _check_fleet(raw: RawConfig, problems: Problems, cloud: str, domain: str | N
                      "load balancer sees CloudFront's addresses, never your clients'",
                      f"{_set('domain', 'sdxl.example.com')} (the load balancer then filters allowedCidrs "
                      "itself), or pulumi config rm allowedCidrs")
+
+
 def _check_vpc_origin_region(raw: RawConfig, problems: Problems, cloud: str, domain: str | None,
                              region: str) -> None:
     """An AWS fleet without `domain` is reached through a CloudFront VPC origin, which AWS offers in some regions

@@ -128,11 +128,6 @@ FLEET_OUTPUT_NAMES = ("fleet", "minReplicas", "maxReplicas", "hourlyCostUsdAtMax
                       "dnsRecords")
 
 
-def output_names(settings: Settings) -> tuple[str, ...]:
-    """The names a stack of these settings exports: one contract for both modes."""
-    return OUTPUT_NAMES + (FLEET_OUTPUT_NAMES if settings.fleet else ())
-
-
 def fleet_hourly_cost(settings: Settings, replicas: int, front_usd_per_hour: float,
                       replica_extra_usd_per_hour: float = 0.0) -> float | None:
     """The fleet's price per hour with `replicas` GPUs running, on demand (spot runs below it): each replica's
@@ -145,7 +140,7 @@ def fleet_outputs(settings: Settings, *, endpoint: pulumi.Input[str], public_ip:
                   api_token: pulumi.Output[str], fleet: pulumi.Input[str], zones: list[str], shell: pulumi.Input[str],
                   front_usd_per_hour: float, target_requests_per_hour: int, replica_extra_usd_per_hour: float = 0.0,
                   dns_records: pulumi.Input[list[dict[str, str]]]) -> dict[str, pulumi.Output]:
-    """The output contract for a fleet (output_names): the single instance's names, then FLEET_OUTPUT_NAMES."""
+    """The output contract for a fleet: the single instance's names, then FLEET_OUTPUT_NAMES."""
     def cost(replicas: int) -> float | None:
         return fleet_hourly_cost(settings, replicas, front_usd_per_hour, replica_extra_usd_per_hour)
 
